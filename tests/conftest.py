@@ -1,0 +1,39 @@
+"""Shared pytest fixtures: where the parity fixtures and sample images live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def require_dir(path: Path, what: str) -> Path:
+    """Return ``path`` if it is a folder; otherwise skip the test (or fail it under ``CI=true``)."""
+    if path.is_dir():
+        return path
+    message = f"{what} not found at {path}"
+    if _in_ci():
+        pytest.fail(f"{message} (CI=true: missing fixtures fail)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    """Root of the parity fixtures: ``$SYNCHUMAN_PARITY_DIR`` or ``../shared/parity``."""
+    return require_dir(
+        Path(os.environ.get("SYNCHUMAN_PARITY_DIR", SHARED_DIR / "parity")), "parity fixtures"
+    )
+
+
+@pytest.fixture(scope="session")
+def images_dir() -> Path:
+    """Real photos of people (``person_*.png``) and bad inputs from the field."""
+    return require_dir(Path(os.environ.get("SYNCHUMAN_IMAGES_DIR", SHARED_DIR / "images")), "sample images")
