@@ -25,6 +25,16 @@ def require_dir(path: Path, what: str) -> Path:
     pytest.skip(message)
 
 
+def require_tool(path: Path, what: str) -> Path:
+    """Return ``path`` if the tool exists (``make test`` installs it); otherwise skip, or fail under ``CI=true``."""
+    if path.exists():
+        return path
+    message = f"{what} not installed at {path}; run scripts/bootstrap.sh"
+    if _in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
     """Root of the parity fixtures: ``$SYNCHUMAN_PARITY_DIR`` or ``../shared/parity``."""

@@ -1,0 +1,20 @@
+# The two entry points of the README. Both install whatever is missing first (scripts/bootstrap.sh).
+.PHONY: serve test setup protos lint
+
+PY := .venv/bin/python
+
+setup:
+	bash scripts/bootstrap.sh
+
+# Main job: check/obtain checkpoints, then start preprocess, stage 1, stage 2 and the gateway on localhost.
+serve: setup
+	$(PY) -m synchuman.cli ckpts ensure
+	$(PY) -m synchuman.cli serve
+
+# Tests on CPU with tiny random checkpoints (what CI runs, via .ci/run).
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider
+
+protos:
+	$(PY) scripts/gen_protos.py
