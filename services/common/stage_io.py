@@ -1,0 +1,177 @@
+"""Wire helpers of the GPU stage services: upload reassembly, blob streaming, images and voxel structures.
+
+Uploads arrive as a ``start`` message announcing blobs (:class:`BlobHeader`) followed by their chunks in
+order; :func:`receive_blobs` reassembles and checks them. Outputs go back as a header followed by chunks of
+at most 1 MiB (:func:`blob_messages`). Every malformed input raises :class:`InvalidInput`, which services
+turn into INVALID_ARGUMENT with a ``BadRequest`` field violation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from synchuman.v1 import common_pb2
+
+CHUNK_BYTES = 1 << 20
+
+
+class InvalidInput(ValueError):
+    """A request is malformed; ``field`` names the offending field, the message says what to send instead."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def blob_header(name: str, media_type: str, data: bytes) -> common_pb2.BlobHeader:
+    """Header of ``data``: name, media type, size and SHA-256."""
+    return common_pb2.BlobHeader(
+        name=name, media_type=media_type, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+    )
+
+
+def blob_chunks(name: str, data: bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterator[common_pb2.BlobChunk]:
+    """``data`` as ordered chunks of at most ``chunk_bytes`` (an empty blob sends no chunk)."""
+    for offset in range(0, len(data), chunk_bytes):
+        yield common_pb2.BlobChunk(name=name, offset=offset, data=data[offset : offset + chunk_bytes])
+
+
+def receive_blobs(
+    headers: Sequence[common_pb2.BlobHeader],
+    chunks: Iterable[common_pb2.BlobChunk],
+    required: Sequence[str],
+    max_bytes: int,
+    field: str = "start.inputs",
+) -> dict[str, bytes]:
+    """Reassemble the announced blobs from ``chunks`` and check size and SHA-256 against their headers.
+
+    ``required`` lists the blob names that must be announced (no others are accepted); ``max_bytes`` bounds
+    each blob. Chunks must follow the headers' order, each continuing at the byte its blob has reached.
+    """
+    announced = [h.name for h in headers]
+    missing = [name for name in required if name not in announced]
+    unknown = [name for name in announced if name not in required]
+    if missing or unknown or len(set(announced)) != len(announced):
+        raise InvalidInput(
+            field,
+            f"announce exactly the blobs {list(required)} once each; got {announced}"
+            + (f" (missing {missing})" if missing else "")
+            + (f" (unexpected {unknown})" if unknown else ""),
+        )
+    for header in headers:
+        if header.size_bytes > max_bytes:
+            raise InvalidInput(
+                field, f"blob {header.name!r} is {header.size_bytes} bytes; the limit is {max_bytes}"
+            )
+    buffers = {h.name: bytearray() for h in headers}
+    order = iter(headers)
+    current = next(order, None)
+    for chunk in chunks:
+        while current is not None and len(buffers[current.name]) == current.size_bytes:
+            current = next(order, None)
+        if current is None or chunk.name != current.name:
+            expected = "no more chunks" if current is None else f"a chunk of {current.name!r}"
+            raise InvalidInput("chunk.name", f"got a chunk of {chunk.name!r}, expected {expected}")
+        buffer = buffers[current.name]
+        if chunk.offset != len(buffer):
+            raise InvalidInput(
+                "chunk.offset", f"chunk of {chunk.name!r} starts at {chunk.offset}, expected {len(buffer)}"
+            )
+        if len(chunk.data) > CHUNK_BYTES or len(buffer) + len(chunk.data) > current.size_bytes:
+            raise InvalidInput(
+                "chunk.data",
+                f"chunk of {chunk.name!r} is too large (chunks hold at most {CHUNK_BYTES} bytes and a blob "
+                f"no more than its announced size {current.size_bytes})",
+            )
+        buffer.extend(chunk.data)
+    result: dict[str, bytes] = {}
+    for header in headers:
+        data = bytes(buffers[header.name])
+        if len(data) != header.size_bytes:
+            raise InvalidInput(
+                field, f"blob {header.name!r} ended after {len(data)} of {header.size_bytes} announced bytes"
+            )
+        if hashlib.sha256(data).hexdigest() != header.sha256.lower():
+            raise InvalidInput(field, f"blob {header.name!r} does not match its announced SHA-256")
+        result[header.name] = data
+    return result
+
+
+def upload_chunks(requests: Iterable[Any]) -> Iterator[common_pb2.BlobChunk]:
+    """The ``chunk`` payloads of the rest of an upload stream (``start`` was read; anything else is an
+    error).
+    """
+    for message in requests:
+        if message.WhichOneof("payload") != "chunk":
+            raise InvalidInput("chunk", "after `start`, send only `chunk` messages")
+        yield message.chunk
+
+
+def decode_image(name: str, data: bytes, size: tuple[int, int], channels: int) -> np.ndarray:
+    """Decode PNG bytes to uint8 ``[H, W, channels]`` (channels 3 = RGB, 4 = RGBA) of exactly ``size`` (W,
+    H).
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.size != size:
+                raise InvalidInput(
+                    name, f"{name} is {image.size[0]}x{image.size[1]}; send {size[0]}x{size[1]}"
+                )
+            mode = "RGBA" if channels == 4 else "RGB"
+            if channels == 4 and image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+                raise InvalidInput(name, f"{name} has no alpha channel; send the RGBA image from preprocess")
+            return np.asarray(image.convert(mode), dtype=np.uint8).copy()
+    except InvalidInput:
+        raise
+    except Exception as exc:  # PIL raises many types for broken files
+        raise InvalidInput(name, f"{name} is not a readable PNG image ({exc})") from exc
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 ``[H, W, 3|4]`` to PNG bytes (fast compression: these blobs are intermediates)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def voxels_to_proto(coords: np.ndarray, resolution: int) -> common_pb2.VoxelStructure:
+    """Integer coords ``[N, 3]`` (x, y, z) to a :class:`VoxelStructure`, sorted lexicographically."""
+    coords = np.asarray(coords)
+    if coords.ndim != 2 or coords.shape[1] != 3:
+        raise ValueError(f"voxel coords must be [N, 3], got {coords.shape}")
+    if coords.size and (coords.min() < 0 or coords.max() >= resolution):
+        raise ValueError(f"voxel coords must lie in [0, {resolution}), got [{coords.min()}, {coords.max()}]")
+    order = np.lexsort((coords[:, 2], coords[:, 1], coords[:, 0]))
+    data = coords[order].astype("<u2").tobytes()
+    return common_pb2.VoxelStructure(resolution=resolution, count=len(coords), coords_xyz_u16le=data)
+
+
+def voxels_from_proto(structure: common_pb2.VoxelStructure, resolution: int) -> np.ndarray:
+    """A :class:`VoxelStructure` to int64 coords ``[N, 3]``; checks count, byte size and range."""
+    field = "start.structure"
+    if structure.resolution != resolution:
+        raise InvalidInput(
+            f"{field}.resolution", f"resolution is {structure.resolution}; this model uses {resolution}"
+        )
+    if structure.count == 0:
+        raise InvalidInput(f"{field}.count", "the voxel structure is empty; stage 1 found no person")
+    if len(structure.coords_xyz_u16le) != structure.count * 6:
+        raise InvalidInput(
+            f"{field}.coords_xyz_u16le",
+            f"{len(structure.coords_xyz_u16le)} bytes do not hold {structure.count} voxels (6 bytes each)",
+        )
+    coords = np.frombuffer(structure.coords_xyz_u16le, dtype="<u2").reshape(-1, 3).astype(np.int64)
+    if coords.max() >= resolution:
+        raise InvalidInput(
+            f"{field}.coords_xyz_u16le", f"coordinates must be < {resolution}, got {coords.max()}"
+        )
+    if len(np.unique(coords, axis=0)) != len(coords):
+        raise InvalidInput(f"{field}.coords_xyz_u16le", "voxel coordinates contain duplicates")
+    return coords

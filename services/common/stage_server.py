@@ -1,0 +1,141 @@
+"""Process lifecycle of a GPU stage service: listen, load and warm up, serve, drain on SIGTERM.
+
+Health (grpc.health.v1) answers from the first moment: NOT_SERVING while the checkpoints load and the warm-up
+run executes, SERVING afterwards, NOT_SERVING again as soon as a shutdown begins. Stage RPCs sent before the
+backend is ready fail with UNAVAILABLE and a RetryInfo.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.stage_runtime import StageLimits, StageRuntime
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """How to build one stage service.
+
+    ``service_name``: the full proto name (health and reflection); ``make_servicer(runtime)`` and
+    ``add_servicer(servicer, server)`` register the RPCs; ``load_backend()`` loads and verifies the
+    checkpoints (raising with an actionable message when they are missing or wrong); ``warm_up(backend)``
+    runs one small job so the first real request does not pay for lazy initialisation.
+    """
+
+    name: str
+    service_name: str
+    make_servicer: Callable[[StageRuntime], Any]
+    add_servicer: Callable[[Any, grpc.Server], None]
+    load_backend: Callable[[], Any]
+    warm_up: Callable[[Any], None]
+
+
+class StageServer:
+    """A started stage server (``port`` is the bound port); :meth:`load` then :meth:`wait` / :meth:`stop`."""
+
+    def __init__(self, spec: StageSpec, address: str, limits: StageLimits) -> None:
+        self.spec = spec
+        self.runtime = StageRuntime(spec.name, limits)
+        workers = limits.concurrency + limits.max_queue + 8  # running + queued handlers + health/info calls
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{spec.name}-rpc"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+            maximum_concurrent_rpcs=workers,
+        )
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        spec.add_servicer(spec.make_servicer(self.runtime), self.server)
+        reflection.enable_server_reflection(
+            (spec.service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"{spec.name}: cannot listen on {address} (in use or not a local address)")
+        self.address = address.rsplit(":", 1)[0] + f":{self.port}"
+        self.server.start()
+        self._stopped = threading.Event()
+
+    def _set_health(self, status: int) -> None:
+        self.health.set("", status)
+        self.health.set(self.spec.service_name, status)
+
+    def load(self) -> None:
+        """Load and verify the checkpoints, warm up, then report SERVING."""
+        started = time.monotonic()
+        backend = self.spec.load_backend()
+        loaded = time.monotonic()
+        self.spec.warm_up(backend)
+        self.runtime.attach(backend)
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            extra={
+                "stage": self.spec.name,
+                "address": self.address,
+                "load_s": round(loaded - started, 3),
+                "warm_up_s": round(time.monotonic() - loaded, 3),
+                "info": str(backend.info),
+            },
+        )
+
+    def stop(self) -> None:
+        """Drain (queued work rejected, running work finished or rejected after the grace period), then
+        stop.
+        """
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("shutting down", extra={"stage": self.spec.name, "running": self.runtime.limiter.running})
+        self.health.enter_graceful_shutdown()
+        self.runtime.drain()
+        self.server.stop(grace=2.0).wait()
+        log.info("stopped", extra={"stage": self.spec.name})
+
+
+def serve_forever(spec: StageSpec, address: str, limits: StageLimits) -> int:
+    """Run a stage service until SIGINT/SIGTERM; return the process exit status (3: checkpoints unusable)."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    server = StageServer(spec, address, limits)
+    print(f"{spec.name}: listening on {server.address} (loading checkpoints)", file=sys.stderr, flush=True)
+    failure: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            server.load()
+            print(f"{spec.name}: serving on {server.address}", file=sys.stderr, flush=True)
+        except BaseException as exc:  # reported by the main thread
+            failure.append(exc)
+            stop.set()
+
+    threading.Thread(target=load, name=f"{spec.name}-load", daemon=True).start()
+    while not stop.wait(0.5):
+        pass
+    if failure:
+        log.error("start-up failed", extra={"stage": spec.name}, exc_info=failure[0])
+        print(f"{spec.name}: cannot start: {failure[0]}", file=sys.stderr, flush=True)
+        server.server.stop(grace=None)
+        return 3
+    server.stop()
+    return 0
