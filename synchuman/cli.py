@@ -51,4 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under ``python -m synchuman.cli`` this file runs as ``__main__``, a second copy of the module whose
+    # UserError is not the one the commands raise: dispatch through the importable module instead.
+    from synchuman.cli import main as _main
+
+    sys.exit(_main())
