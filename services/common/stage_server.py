@@ -7,6 +7,7 @@ backend is ready fail with UNAVAILABLE and a RetryInfo.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -110,6 +111,53 @@ class StageServer:
         self.runtime.drain()
         self.server.stop(grace=2.0).wait()
         log.info("stopped", extra={"stage": self.spec.name})
+
+
+def add_stage_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
+    """The command-line options every stage service shares."""
+    parser.add_argument("--address", default=f"127.0.0.1:{default_port}", help="host:port to listen on")
+    parser.add_argument(
+        "--ckpts", metavar="DIR", help="checkpoint root (default: $SYNCHUMAN_CKPTS or ./ckpts)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="torch device: auto (cuda if present), cpu, cuda:0, ..."
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        help="compute precision (auto: float16 on CUDA, float32 on CPU)",
+    )
+    parser.add_argument("--concurrency", type=int, default=1, help="requests worked on at once (default 1)")
+    parser.add_argument("--max-queue", type=int, default=4, help="requests that may wait (default 4)")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long running work may take to finish before it is stopped (default 30)",
+    )
+
+
+def limits_from_args(args: argparse.Namespace, typical_job_s: float) -> StageLimits:
+    """:class:`StageLimits` from :func:`add_stage_arguments` options."""
+    return StageLimits(
+        concurrency=args.concurrency,
+        max_queue=args.max_queue,
+        grace_s=args.grace,
+        typical_job_s=typical_job_s,
+    )
+
+
+def resolve_device(device: str, dtype: str) -> tuple[str, str]:
+    """``auto`` resolved: the CUDA device when one is present (else CPU); float16 on CUDA, float32 on CPU."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else "float16"
+    return device, dtype
 
 
 def serve_forever(spec: StageSpec, address: str, limits: StageLimits) -> int:

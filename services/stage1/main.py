@@ -1,0 +1,49 @@
+"""``synchuman serve stage1``: the Stage1Service process (multiview diffusion + sparse structure)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from services.common.stage_server import (
+    StageSpec,
+    add_stage_arguments,
+    limits_from_args,
+    resolve_device,
+    serve_forever,
+)
+
+DEFAULT_PORT = 50053
+SERVICE_NAME = "synchuman.v1.Stage1Service"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the stage-2 service."""
+    add_stage_arguments(parser, DEFAULT_PORT)
+
+
+def build_spec(args: argparse.Namespace) -> StageSpec:
+    """How to build the service from parsed options (models load in ``load_backend``)."""
+    from services.stage1.service import Stage1Servicer
+    from synchuman.v1 import stage1_pb2_grpc
+
+    device, dtype = resolve_device(args.device, args.dtype)
+
+    def load_backend() -> object:
+        from services.stage1.backend import Stage1PipelineBackend
+
+        return Stage1PipelineBackend.load(Path(args.ckpts) if args.ckpts else None, device, dtype)
+
+    return StageSpec(
+        name="stage1",
+        service_name=SERVICE_NAME,
+        make_servicer=Stage1Servicer,
+        add_servicer=stage1_pb2_grpc.add_Stage1ServiceServicer_to_server,
+        load_backend=load_backend,
+        warm_up=lambda backend: backend.warm_up(),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; exit status 3 when the checkpoints cannot be loaded."""
+    return serve_forever(build_spec(args), args.address, limits_from_args(args, typical_job_s=15.0))

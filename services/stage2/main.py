@@ -1,0 +1,49 @@
+"""``synchuman serve stage2``: the Stage2Service process (latent flow, decoders, post-processing, GLB)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from services.common.stage_server import (
+    StageSpec,
+    add_stage_arguments,
+    limits_from_args,
+    resolve_device,
+    serve_forever,
+)
+
+DEFAULT_PORT = 50054
+SERVICE_NAME = "synchuman.v1.Stage2Service"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the stage-2 service."""
+    add_stage_arguments(parser, DEFAULT_PORT)
+
+
+def build_spec(args: argparse.Namespace) -> StageSpec:
+    """How to build the service from parsed options (models load in ``load_backend``)."""
+    from services.stage2.service import Stage2Servicer
+    from synchuman.v1 import stage2_pb2_grpc
+
+    device, dtype = resolve_device(args.device, args.dtype)
+
+    def load_backend() -> object:
+        from synchuman.pipelines.stage2 import Stage2Pipeline
+
+        return Stage2Pipeline.from_checkpoints(Path(args.ckpts) if args.ckpts else None, device, dtype)
+
+    return StageSpec(
+        name="stage2",
+        service_name=SERVICE_NAME,
+        make_servicer=Stage2Servicer,
+        add_servicer=stage2_pb2_grpc.add_Stage2ServiceServicer_to_server,
+        load_backend=load_backend,
+        warm_up=lambda pipeline: pipeline.warm_up(),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; exit status 3 when the checkpoints cannot be loaded."""
+    return serve_forever(build_spec(args), args.address, limits_from_args(args, typical_job_s=20.0))
