@@ -1,0 +1,154 @@
+"""The preprocess stage: photo bytes -> framed 768x768 RGBA, 518x518 conditioning crop, person mask, report.
+
+Used unchanged by the CLI (``synchuman preprocess``) and the gRPC service.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from synchuman.preprocess.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodedImage, decode_image
+from synchuman.preprocess.errors import QualityGateError
+from synchuman.preprocess.framing import conditioning_crop, frame_multiview
+from synchuman.preprocess.mask import clean_mask, refine_alpha
+from synchuman.preprocess.quality import QualityIssue, QualityReport, assess
+from synchuman.preprocess.segment import DEFAULT_SEGMENTER, load_segmenter
+
+#: Longer side of the copy used for segmentation and the quality measurements, in pixels.
+ANALYSIS_SIDE = 1024
+#: Longer side up to which alpha matting runs (larger inputs are matted at this size and upsampled).
+MATTING_SIDE = 2048
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """What to do. ``segmenter``: model name in the segmentation folder ("" = :data:`DEFAULT_SEGMENTER`);
+    ``ignore_alpha``: segment even if the input has a usable alpha channel; ``alpha_matting``: refine the
+    segmented mask's edge; ``max_pixels``/``max_bytes``: input limits; ``segmentation_dir``: model folder
+    (None = :func:`~synchuman.preprocess.segment.segmentation_dir`)."""
+
+    segmenter: str = ""
+    ignore_alpha: bool = False
+    alpha_matting: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    segmentation_dir: Path | None = None
+
+
+@dataclass
+class PreprocessResult:
+    """``framed``: uint8 [768, 768, 4] stage-1 input; ``conditioning``: uint8 [518, 518, 3] DINOv2 input;
+    ``mask``: uint8 [H, W] person mask at the input's (upright) resolution; ``report``: quality report;
+    ``timings``: seconds per phase."""
+
+    framed: np.ndarray
+    conditioning: np.ndarray
+    mask: np.ndarray
+    report: QualityReport
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _resize_long_side(image: np.ndarray, side: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    scale = side / max(height, width)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _upsample(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if values.shape[:2] == shape[:2]:
+        return values
+    return cv2.resize(values, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def alpha_is_usable(alpha: np.ndarray | None) -> bool:
+    """True when an alpha channel cuts something out: some pixel is not opaque and some is mostly opaque."""
+    return alpha is not None and int(alpha.min()) < 255 and int(alpha.max()) > 127
+
+
+def person_mask(
+    image: DecodedImage, options: PreprocessOptions
+) -> tuple[np.ndarray, np.ndarray, str, list[QualityIssue]]:
+    """The person mask of a decoded image.
+
+    Returns (uint8 [H, W] mask at full resolution, float32 [h, w] analysis copy in [0, 1] with h, w <=
+    :data:`ANALYSIS_SIDE`, mask source for the report, informational findings).
+    """
+    notes: list[QualityIssue] = []
+    if not options.ignore_alpha and alpha_is_usable(image.alpha):
+        assert image.alpha is not None
+        analysis = _resize_long_side(image.alpha, ANALYSIS_SIDE).astype(np.float32) / 255.0
+        return image.alpha, analysis, "alpha", notes
+    if image.alpha is not None and not options.ignore_alpha and int(image.alpha.min()) < 255:
+        notes.append(QualityIssue("info", "ALPHA_IGNORED", "the alpha channel is (almost) fully transparent; "
+                                  "it was ignored and the person segmented from the colours instead"))
+    name = options.segmenter or DEFAULT_SEGMENTER
+    segmenter = load_segmenter(name, options.segmentation_dir)
+    small = _resize_long_side(image.rgb, ANALYSIS_SIDE)
+    prob = clean_mask(segmenter.predict(small))
+    if options.alpha_matting and prob.any():
+        guide = _resize_long_side(image.rgb, MATTING_SIDE)
+        prob_hi = refine_alpha(guide, _upsample(prob, guide.shape))
+        full = _upsample(prob_hi, image.rgb.shape)
+        prob = _upsample(prob_hi, small.shape) if prob_hi.shape != small.shape else prob_hi
+    else:
+        full = _upsample(prob, image.rgb.shape)
+    mask = np.clip(full * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return mask, prob, f"segmenter:{segmenter.name}", notes
+
+
+def preprocess_decoded(
+    image: DecodedImage,
+    options: PreprocessOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PreprocessResult:
+    """Mask, quality gate and framing of an already decoded image (see :func:`preprocess`)."""
+    options = options or PreprocessOptions()
+    report_progress = progress or (lambda phase: None)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    report_progress("segment")
+    mask, analysis, source, notes = person_mask(image, options)
+    timings["mask"] = time.perf_counter() - start
+    report = assess(analysis, image.size, source)
+    report.issues[:0] = notes
+    if report.errors:
+        raise QualityGateError(report.errors[0].code, report.errors[0].message, report)
+    report_progress("frame")
+    start = time.perf_counter()
+    rgba = np.dstack([image.rgb, mask])
+    framed = frame_multiview(rgba)
+    conditioning = conditioning_crop(rgba)
+    timings["frame"] = time.perf_counter() - start
+    return PreprocessResult(
+        framed=framed, conditioning=conditioning, mask=mask, report=report, timings=timings
+    )
+
+
+def preprocess(
+    data: bytes, options: PreprocessOptions | None = None, progress: Callable[[str], None] | None = None
+) -> PreprocessResult:
+    """Run the whole stage on the bytes of an uploaded photo.
+
+    ``progress`` is called with the phase name ("decode", "segment", "frame") as each phase starts.
+    Raises :class:`~synchuman.preprocess.errors.InvalidImageError` for bad bytes,
+    :class:`~synchuman.preprocess.errors.SegmenterError` for a missing model and
+    :class:`~synchuman.preprocess.errors.QualityGateError` (with the report) when no usable person is found.
+    """
+    options = options or PreprocessOptions()
+    if progress:
+        progress("decode")
+    start = time.perf_counter()
+    image = decode_image(data, max_pixels=options.max_pixels, max_bytes=options.max_bytes)
+    decode_seconds = time.perf_counter() - start
+    result = preprocess_decoded(image, options, progress)
+    result.timings = {"decode": decode_seconds, **result.timings}
+    return result
