@@ -47,3 +47,11 @@ def parity_dir() -> Path:
 def images_dir() -> Path:
     """Real photos of people (``person_*.png``) and bad inputs from the field."""
     return require_dir(Path(os.environ.get("SYNCHUMAN_IMAGES_DIR", SHARED_DIR / "images")), "sample images")
+
+
+@pytest.fixture(scope="session")
+def segmenter_dir() -> Path:
+    """Folder holding the default segmenter ``u2netp.onnx`` (``scripts/fetch_segmenter.py`` puts it there)."""
+    folder = Path(os.environ.get("SYNCHUMAN_SEGMENTATION_DIR", REPO_ROOT / "ckpts" / "segmentation"))
+    require_tool(folder / "u2netp.onnx", "default segmenter u2netp.onnx")
+    return folder
