@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.observability import ObservabilityInterceptor, start_metrics_server
 from services.common.stage_runtime import StageLimits, StageRuntime
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class StageServer:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
             maximum_concurrent_rpcs=workers,
+            interceptors=(ObservabilityInterceptor(spec.name),),
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -113,9 +115,34 @@ class StageServer:
         log.info("stopped", extra={"stage": self.spec.name})
 
 
-def add_stage_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
-    """The command-line options every stage service shares."""
+def add_server_arguments(
+    parser: argparse.ArgumentParser, default_port: int, concurrency: int = 1, max_queue: int = 4
+) -> None:
+    """The command-line options of every service process: address, admission limits, grace, metrics."""
     parser.add_argument("--address", default=f"127.0.0.1:{default_port}", help="host:port to listen on")
+    parser.add_argument(
+        "--concurrency", type=int, default=concurrency,
+        help=f"requests worked on at once (default {concurrency})",
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=max_queue, help=f"requests that may wait (default {max_queue})"
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long running work may take to finish before it is stopped (default 30)",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=0, metavar="PORT",
+        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (default 0: off)",
+    )
+
+
+def add_stage_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
+    """The command-line options every GPU stage service shares (:func:`add_server_arguments` + device)."""
+    add_server_arguments(parser, default_port)
     parser.add_argument(
         "--ckpts", metavar="DIR", help="checkpoint root (default: $SYNCHUMAN_CKPTS or ./ckpts)"
     )
@@ -127,15 +154,6 @@ def add_stage_arguments(parser: argparse.ArgumentParser, default_port: int) -> N
         default="auto",
         choices=("auto", "float32", "float16", "bfloat16"),
         help="compute precision (auto: float16 on CUDA, float32 on CPU)",
-    )
-    parser.add_argument("--concurrency", type=int, default=1, help="requests worked on at once (default 1)")
-    parser.add_argument("--max-queue", type=int, default=4, help="requests that may wait (default 4)")
-    parser.add_argument(
-        "--grace",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="on SIGTERM, how long running work may take to finish before it is stopped (default 30)",
     )
 
 
@@ -160,12 +178,16 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
     return device, dtype
 
 
-def serve_forever(spec: StageSpec, address: str, limits: StageLimits) -> int:
-    """Run a stage service until SIGINT/SIGTERM; return the process exit status (3: checkpoints unusable)."""
+def serve_forever(spec: StageSpec, address: str, limits: StageLimits, metrics_port: int = 0) -> int:
+    """Run a stage service until SIGINT/SIGTERM; return the process exit status (3: checkpoints unusable).
+
+    ``metrics_port``: serve Prometheus metrics there (0: off).
+    """
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     server = StageServer(spec, address, limits)
+    start_metrics_server(metrics_port)
     print(f"{spec.name}: listening on {server.address} (loading checkpoints)", file=sys.stderr, flush=True)
     failure: list[BaseException] = []
 

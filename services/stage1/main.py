@@ -46,4 +46,6 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; exit status 3 when the checkpoints cannot be loaded."""
-    return serve_forever(build_spec(args), args.address, limits_from_args(args, typical_job_s=15.0))
+    return serve_forever(
+        build_spec(args), args.address, limits_from_args(args, typical_job_s=15.0), args.metrics_port
+    )
