@@ -52,17 +52,16 @@ def flow_config(cond_channels: int) -> dict[str, Any]:
     }
 
 
-def decoder_config(
-    name: str, mv_dim: int, model_channels: int, representation: dict[str, Any]
-) -> dict[str, Any]:
-    """Tiny swin decoder config (2 blocks, window 8 at resolution 64, 4-view features of width ``mv_dim``)."""
+def decoder_config(name: str, mv_dim: int, **extra: Any) -> dict[str, Any]:
+    """Tiny swin decoder config: 64 wide, 2 blocks, window 8 at resolution 64, 4-view features of width
+    ``mv_dim`` (also the blocks' per-view width, hard-coded to 1024 upstream); ``extra`` args are added."""
     return {
         "name": name,
         "args": {
-            "resolution": RESOLUTION, "model_channels": model_channels, "latent_channels": LATENT_CHANNELS,
+            "resolution": RESOLUTION, "model_channels": 64, "latent_channels": LATENT_CHANNELS,
             "num_blocks": 2, "num_heads": 2, "mlp_ratio": 4, "attn_mode": "swin", "window_size": 8,
             "use_fp16": False, "mv_condition_mode": "4_view", "use_multiscale": True, "use_faceinfo": False,
-            "mv_dim": mv_dim, "representation_config": representation,
+            "mv_dim": mv_dim, "block_mv_dim": mv_dim, **extra,
         },
     }
 
@@ -94,11 +93,12 @@ def write_tiny_stage2(root: Path, seed: int, dinov2_dim: int) -> None:
     """
     layout = CheckpointLayout(root)
     write_model_folder(layout.slat_flow, flow_config(dinov2_dim), seed + 1)
-    # The mesh decoder's subdivision GroupNorms use 32 groups on model_channels/8 channels, hence 256.
-    write_model_folder(layout.decoder_gs, decoder_config("SLatGaussianDecoder", dinov2_dim, 64,
-                                                         GAUSSIAN_REPRESENTATION), seed + 2)
-    write_model_folder(layout.decoder_mesh, decoder_config("SLatMeshDecoder", dinov2_dim, 256,
-                                                           {"use_color": True}), seed + 3)
+    gs = decoder_config("SLatGaussianDecoder", dinov2_dim, representation_config=GAUSSIAN_REPRESENTATION)
+    write_model_folder(layout.decoder_gs, gs, seed + 2)
+    # 8 groups: the subdivision blocks' GroupNorms see 64 / 8 = 8 channels (upstream: 32 groups of 96).
+    mesh = decoder_config("SLatMeshDecoder", dinov2_dim, representation_config={"use_color": True},
+                          subdivide_num_groups=8)
+    write_model_folder(layout.decoder_mesh, mesh, seed + 3)
     mean = [round(0.5 * ((seed + i) % 5 - 2), 3) for i in range(LATENT_CHANNELS)]
     std = [round(1.0 + 0.25 * ((seed + i) % 4), 3) for i in range(LATENT_CHANNELS)]
     write_json(layout.stage2_pipeline, pipeline_config(mean, std))
