@@ -18,7 +18,7 @@ from torch import nn
 
 from synchuman.checkpoints.loading import register_model
 from synchuman.models.flexicubes import Mesh, mesh_from_features
-from synchuman.models.gaussians import FIELDS, GaussianConstants, RawGaussians, offset_perturbation
+from synchuman.models.gaussians import FIELDS, GaussianConstants, Gaussians, RawGaussians, offset_perturbation
 from synchuman.nn.embeddings import AbsolutePositionEmbedder
 from synchuman.nn.norms import LayerNorm32
 from synchuman.nn.transformer import FeedForwardNet, MultiHeadAttention
@@ -219,9 +219,9 @@ class SLatGaussianDecoder(_SLatDecoderTrunk):
             out.append(RawGaussians(constants=self.constants, **fields))
         return out
 
-    def forward(self, x: SparseTensor, mv_color: torch.Tensor, mv_normal: torch.Tensor) -> list[RawGaussians]:
-        """Gaussians of every batch item (call ``.activate()`` for rendering values)."""
-        return self.to_gaussians(self.decode_features(x, mv_color, mv_normal))
+    def forward(self, x: SparseTensor, mv_color: torch.Tensor, mv_normal: torch.Tensor) -> list[Gaussians]:
+        """Activated Gaussians of every batch item."""
+        return [raw.activate() for raw in self.to_gaussians(self.decode_features(x, mv_color, mv_normal))]
 
 
 class SparseSubdivideBlock3d(nn.Module):

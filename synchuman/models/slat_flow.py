@@ -164,7 +164,8 @@ class SLatFlowModel(nn.Module):
         for block in self.input_blocks:
             h = block(h, t_emb)
             skips.append(h.feats)
-        feats = h.feats + self.pos_embedder(h.coords[:, 1:]).to(dtype)
+        ape = h.cache.get(("ape", self.pos_embedder.channels), lambda: self.pos_embedder(h.coords[:, 1:]))
+        feats = h.feats + ape.to(dtype)
         layout = h.layout
         for block in self.blocks:
             feats = block(feats, t_emb, cond, layout=layout)

@@ -22,7 +22,8 @@ class _LevelMap:
     parent: torch.Tensor  # long [N_fine]: coarse row of each fine voxel
 
 
-def _build_downsample(x: SparseTensor, factor: int) -> _LevelMap:
+def _build_downsample(x: SparseTensor, factor: int) -> tuple[_LevelMap, torch.Tensor]:
+    """The coarse level and the float32 number of fine voxels per coarse cell."""
     c = x.coords.long()
     coarse = torch.cat([c[:, :1], torch.div(c[:, 1:], factor, rounding_mode="floor")], dim=1)
     radix = int(coarse[:, 1:].max()) + 1
@@ -36,7 +37,8 @@ def _build_downsample(x: SparseTensor, factor: int) -> _LevelMap:
     coarse_cache = CoordCache()
     # the coarse level remembers how to go back up
     coarse_cache.get(("upsample", factor), lambda: _LevelMap(x.coords, x.cache, parent))
-    return _LevelMap(coarse_coords, coarse_cache, parent)
+    counts = torch.bincount(parent, minlength=coarse_coords.shape[0]).float()
+    return _LevelMap(coarse_coords, coarse_cache, parent), counts
 
 
 def downsample(x: SparseTensor, factor: int = 2) -> SparseTensor:
@@ -45,11 +47,11 @@ def downsample(x: SparseTensor, factor: int = 2) -> SparseTensor:
     Features are ``sum / (count + 1)`` per cell (upstream's ``scatter_reduce(zeros, 'mean')`` counts the
     initial zero). ``[N, C]`` -> ``[M, C]``.
     """
-    level = x.cache.get(("downsample", factor), lambda: _build_downsample(x, factor))
-    m = level.coords.shape[0]
-    sums = x.feats.new_zeros(m, x.feats.shape[1]).index_add_(0, level.parent, x.feats)
-    counts = torch.bincount(level.parent, minlength=m).to(x.feats.dtype)
-    return SparseTensor(sums / (counts + 1)[:, None], level.coords, level.cache)
+    level, counts = x.cache.get(("downsample", factor), lambda: _build_downsample(x, factor))
+    sums = x.feats.new_zeros(level.coords.shape[0], x.feats.shape[1], dtype=torch.float32)
+    sums.index_add_(0, level.parent, x.feats.float())
+    pooled = (sums / (counts + 1)[:, None]).to(x.feats.dtype)
+    return SparseTensor(pooled, level.coords, level.cache)
 
 
 def upsample(x: SparseTensor, factor: int = 2) -> SparseTensor:
