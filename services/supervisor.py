@@ -77,6 +77,7 @@ class Supervisor:
         self._stop_grace_s = stop_grace_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
         self.failed: str | None = None
 
     def start(self) -> None:
@@ -107,6 +108,10 @@ class Supervisor:
 
     def poll(self) -> None:
         """Check each child once: readiness, unexpected exit (schedule a restart), due restarts."""
+        with self._lock:
+            self._poll()
+
+    def _poll(self) -> None:
         now = time.monotonic()
         for child in self._children:
             process = child.process

@@ -1,0 +1,123 @@
+"""The embedded deployment: preprocess, stage 1, stage 2 and the gateway as four local processes.
+
+:func:`child_specs` turns an :class:`EmbeddedConfig` into the :class:`~services.supervisor.ChildSpec` list the
+supervisor runs; each child is ``python -m synchuman.cli serve <target> ...`` so it uses exactly the code and
+options of a stand-alone service.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.supervisor import ChildSpec, Supervisor
+
+#: Default ports of the embedded deployment (gateway gRPC, HTTP bridge, then the stage services).
+DEFAULT_PORTS = {"gateway": 50051, "preprocess": 50052, "stage1": 50053, "stage2": 50054, "http": 8080}
+HEALTH_SERVICES = {
+    "preprocess": "synchuman.v1.PreprocessService",
+    "stage1": "synchuman.v1.Stage1Service",
+    "stage2": "synchuman.v1.Stage2Service",
+    "gateway": "synchuman.v1.ReconstructionService",
+}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (for tests and the self-test)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class EmbeddedConfig:
+    """Where each service listens and what it loads.
+
+    ``ports``: per service name (see :data:`DEFAULT_PORTS`); ``ckpts``: checkpoint root (None: default);
+    ``data_dir``: the gateway's job and artifact store; ``stage_args``: extra options for both GPU stages
+    (e.g. ``["--max-queue", "8"]``); ``env``: extra environment for every child.
+    """
+
+    host: str = "127.0.0.1"
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    ckpts: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    data_dir: Path | None = None
+    log_level: str = "INFO"
+    stage_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def with_free_ports(cls, **kwargs: object) -> EmbeddedConfig:
+        """A config whose services listen on free ports (self-test, tests)."""
+        config = cls(**kwargs)  # type: ignore[arg-type]
+        config.ports = {name: free_port(config.host) for name in DEFAULT_PORTS}
+        return config
+
+    def address(self, name: str) -> str:
+        """host:port of service ``name``."""
+        return f"{self.host}:{self.ports[name]}"
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the gateway's HTTP bridge."""
+        return f"http://{self.host}:{self.ports['http']}"
+
+
+def _cli(config: EmbeddedConfig, *args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", "synchuman.cli", "--log-level", config.log_level, "serve", *args)
+
+
+def child_specs(config: EmbeddedConfig) -> list[ChildSpec]:
+    """The four services, gateway last (it is stopped first on shutdown)."""
+    ckpts = ("--ckpts", str(config.ckpts)) if config.ckpts else ()
+    device = ("--device", config.device, "--dtype", config.dtype)
+    specs = [
+        ChildSpec(
+            "preprocess",
+            _cli(config, "preprocess", "--address", config.address("preprocess"), *ckpts),
+            config.address("preprocess"),
+            HEALTH_SERVICES["preprocess"],
+            config.env,
+        ),
+    ]
+    for stage in ("stage1", "stage2"):
+        argv = _cli(config, stage, "--address", config.address(stage), *ckpts, *device, *config.stage_args)
+        specs.append(ChildSpec(stage, argv, config.address(stage), HEALTH_SERVICES[stage], config.env))
+    gateway = _cli(
+        config,
+        "gateway",
+        "--address",
+        config.address("gateway"),
+        "--http",
+        f"{config.host}:{config.ports['http']}",
+        "--preprocess",
+        config.address("preprocess"),
+        "--stage1",
+        config.address("stage1"),
+        "--stage2",
+        config.address("stage2"),
+        *(("--data-dir", str(config.data_dir)) if config.data_dir else ()),
+    )
+    specs.append(
+        ChildSpec("gateway", gateway, config.address("gateway"), HEALTH_SERVICES["gateway"], config.env)
+    )
+    return specs
+
+
+def start_embedded(config: EmbeddedConfig, ready_timeout_s: float = 600.0) -> Supervisor:
+    """Start the four services supervised from a background thread; wait until all are SERVING.
+
+    Raises ``RuntimeError`` (after stopping what was started) when they are not ready in time.
+    """
+    supervisor = Supervisor(child_specs(config))
+    supervisor.start()
+    supervisor.run_in_background()
+    if not supervisor.wait_ready(ready_timeout_s):
+        reason = supervisor.failed or f"not all services were ready within {ready_timeout_s:.0f} s"
+        supervisor.stop()
+        raise RuntimeError(f"the embedded servers did not start: {reason}")
+    return supervisor
