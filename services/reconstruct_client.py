@@ -1,0 +1,230 @@
+"""Client side of ``synchuman reconstruct`` and ``synchuman selftest``: submit a photo to the gateway, follow
+the job with a progress bar per phase, download the GLB (and extras), report the outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from tqdm import tqdm
+
+from services.common.stage_io import blob_chunks, blob_header
+from services.embedded import EmbeddedConfig, start_embedded
+from services.supervisor import Supervisor, health_status
+from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
+
+STAGE_NAMES = {
+    common_pb2.STAGE_PREPROCESS: "preprocess",
+    common_pb2.STAGE_MULTIVIEW: "multiview",
+    common_pb2.STAGE_RECONSTRUCTION: "reconstruction",
+}
+TERMINAL = {
+    reconstruction_pb2.JOB_STATE_SUCCEEDED,
+    reconstruction_pb2.JOB_STATE_FAILED,
+    reconstruction_pb2.JOB_STATE_CANCELLED,
+}
+
+
+class GatewayUnavailable(Exception):
+    """No gateway answers at the address."""
+
+
+@dataclass
+class Outcome:
+    """How a reconstruction ended: the final job, the files written, an error message when it failed."""
+
+    job: reconstruction_pb2.Job
+    written: list[Path] = field(default_factory=list)
+    error: str = ""
+    seconds: float = 0.0
+    events: list[reconstruction_pb2.WatchJobResponse] = field(default_factory=list)
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable summary: files, output report, warnings."""
+        lines = [
+            f"job {self.job.id}: {reconstruction_pb2.JobState.Name(self.job.state)} in {self.seconds:.1f} s"
+        ]
+        report = self.job.output_report
+        if report.face_count:
+            lines.append(
+                f"mesh: {report.vertex_count} vertices, {report.face_count} faces, "
+                f"texture coverage {report.texture_coverage:.0%}, GLB {report.glb_size_bytes / 1e6:.2f} MB"
+            )
+        for issue in list(self.job.input_report.issues) + list(report.issues):
+            lines.append(f"{common_pb2.Severity.Name(issue.severity)}: {issue.code}: {issue.message}")
+        lines += [f"wrote {path}" for path in self.written]
+        return lines
+
+
+def _upload(photo: bytes, options: common_pb2.JobOptions) -> Iterator[reconstruction_pb2.SubmitJobRequest]:
+    header = blob_header("input", "application/octet-stream", photo)
+    yield reconstruction_pb2.SubmitJobRequest(
+        start=reconstruction_pb2.SubmitJobStart(options=options, image=header)
+    )
+    for chunk in blob_chunks("input", photo):
+        yield reconstruction_pb2.SubmitJobRequest(chunk=chunk)
+
+
+def download(stub: reconstruction_pb2_grpc.ReconstructionServiceStub, job_id: str, name: str) -> bytes:
+    """One artifact of a job, checked against its header's size and SHA-256."""
+    import hashlib
+
+    header = None
+    data = bytearray()
+    for message in stub.GetArtifact(
+        reconstruction_pb2.GetArtifactRequest(job_id=job_id, name=name), timeout=300
+    ):
+        if message.WhichOneof("payload") == "header":
+            header = message.header
+        else:
+            data.extend(message.chunk.data)
+    if header is None or len(data) != header.size_bytes or hashlib.sha256(data).hexdigest() != header.sha256:
+        raise RuntimeError(f"download of {name} was incomplete or corrupted; try again")
+    return bytes(data)
+
+
+class _Bars:
+    """One tqdm bar per (stage, phase) of the progress events."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.key: tuple[int, str] | None = None
+        self.bar: tqdm | None = None
+
+    def update(self, event: common_pb2.ProgressEvent) -> None:
+        if not self.enabled:
+            return
+        key = (event.stage, event.phase)
+        if key != self.key:
+            self.close()
+            self.key = key
+            label = f"{STAGE_NAMES.get(event.stage, '?')} {event.phase}".strip()
+            self.bar = tqdm(total=event.total_steps or None, desc=label, unit="step", leave=True)
+        assert self.bar is not None
+        if event.total_steps:
+            self.bar.n = event.step
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def reconstruct_photo(
+    gateway: str,
+    photo: bytes,
+    options: common_pb2.JobOptions,
+    output: Path,
+    extras: list[str] | tuple[str, ...] = (),
+    timeout_s: float = 3600.0,
+    progress: bool = True,
+) -> Outcome:
+    """Submit ``photo``, follow the job to its end, write the GLB to ``output`` and extras beside it.
+
+    Raises :class:`GatewayUnavailable` when nothing answers at ``gateway``.
+    """
+    if health_status(gateway, timeout_s=2.0) is None:
+        raise GatewayUnavailable(f"no gateway answers at {gateway}")
+    started = time.monotonic()
+    with grpc.insecure_channel(gateway) as channel:
+        stub = reconstruction_pb2_grpc.ReconstructionServiceStub(channel)
+        try:
+            job = stub.SubmitJob(_upload(photo, options), timeout=120).job
+        except grpc.RpcError as exc:
+            return Outcome(reconstruction_pb2.Job(), error=f"the gateway refused the photo: {exc.details()}")
+        outcome = Outcome(job)
+        bars = _Bars(progress)
+        sequence = 0
+        deadline = started + timeout_s
+        try:
+            while job.state not in TERMINAL:
+                try:
+                    for event in stub.WatchJob(
+                        reconstruction_pb2.WatchJobRequest(job_id=job.id, after_sequence=sequence),
+                        timeout=max(1.0, deadline - time.monotonic()),
+                    ):
+                        sequence = event.sequence
+                        outcome.events.append(event)
+                        kind = event.WhichOneof("event")
+                        if kind == "progress":
+                            bars.update(event.progress)
+                        elif kind == "finished":
+                            job = event.finished
+                except grpc.RpcError as exc:
+                    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        stub.CancelJob(reconstruction_pb2.CancelJobRequest(job_id=job.id), timeout=30)
+                        outcome.error = f"gave up after {timeout_s:.0f} s; the job was cancelled"
+                        return outcome
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    time.sleep(1.0)  # the gateway restarts: resume from the last sequence seen
+                if job.state not in TERMINAL:
+                    job = stub.GetJob(reconstruction_pb2.GetJobRequest(job_id=job.id), timeout=30).job
+        finally:
+            bars.close()
+        outcome.job = job
+        outcome.seconds = time.monotonic() - started
+        if job.state != reconstruction_pb2.JOB_STATE_SUCCEEDED:
+            state = reconstruction_pb2.JobState.Name(job.state)
+            outcome.error = f"job {job.id} {state}: {job.error.message or 'no reason given'}"
+            return outcome
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(download(stub, job.id, "person.glb"))
+        outcome.written.append(output)
+        available = {a.blob.name for a in job.artifacts}
+        for extra in extras:
+            names = (
+                [n for n in sorted(available) if n.startswith(("color_", "normal_"))]
+                if extra == "multiview"
+                else [extra]
+            )
+            for name in names:
+                if name in available:
+                    path = output.with_name(f"{output.stem}.{name}")
+                    path.write_bytes(download(stub, job.id, name))
+                    outcome.written.append(path)
+        report_path = output.with_name(f"{output.stem}.report.json")
+        report_path.write_text(json.dumps(_report_dict(job), indent=2) + "\n")
+        outcome.written.append(report_path)
+    return outcome
+
+
+def _report_dict(job: reconstruction_pb2.Job) -> dict:
+    from google.protobuf import json_format
+
+    return {
+        "job_id": job.id,
+        "input_report": json_format.MessageToDict(job.input_report),
+        "output_report": json_format.MessageToDict(job.output_report),
+        "attempts": dict(job.attempts),
+    }
+
+
+@dataclass
+class EmbeddedServers:
+    """Servers started by a client command: the gateway address and a way to stop them."""
+
+    supervisor: Supervisor
+    config: EmbeddedConfig
+
+    @property
+    def gateway(self) -> str:
+        return self.config.address("gateway")
+
+    def stop(self) -> None:
+        self.supervisor.stop()
+
+
+def start_servers_for(args: argparse.Namespace, ready_timeout_s: float = 900.0) -> EmbeddedServers:
+    """Start the embedded servers on free ports with the command's ``--ckpts`` / ``--device``."""
+    config = EmbeddedConfig.with_free_ports(
+        ckpts=Path(args.ckpts) if args.ckpts else None, device=args.device, log_level="WARNING"
+    )
+    return EmbeddedServers(start_embedded(config, ready_timeout_s), config)

@@ -1,0 +1,138 @@
+"""``synchuman reconstruct PHOTO -o person.glb``: one photo to a textured 3D human through the gateway.
+
+Talks to a running gateway (``--gateway``, default the embedded one on 127.0.0.1:50051) with a progress bar
+per phase. When no gateway answers, ``--start-servers auto`` (the default) starts the embedded servers for the
+duration of the command (``always``: start them even if a gateway runs; ``never``: fail instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+OUTPUT_CHOICES = {"ply": "gaussians.ply", "obj": "mesh_obj.zip", "views": "multiview"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``reconstruct`` subcommand."""
+    parser = subparsers.add_parser(
+        "reconstruct",
+        help="turn a photo of a person into a textured GLB (through the gateway)",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
+    parser.add_argument("photo", metavar="PHOTO", help="photo of one person (JPEG, PNG, WebP, ...)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.glb", help="where to write the GLB")
+    parser.add_argument("--gateway", default="127.0.0.1:50051", help="gateway gRPC address (host:port)")
+    parser.add_argument(
+        "--start-servers",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="start the embedded servers when no gateway answers (auto, the default), always, or never",
+    )
+    parser.add_argument("--ckpts", metavar="DIR", help="checkpoint root for servers started by this command")
+    parser.add_argument("--device", default="auto", help="device for servers started by this command")
+    parser.add_argument("--seed", type=int, help="random seed of both stages (default 43)")
+    parser.add_argument("--steps1", type=int, metavar="N", help="multiview sampler steps (default 50)")
+    parser.add_argument("--guidance1", type=float, metavar="W", help="multiview guidance scale (default 3.0)")
+    parser.add_argument(
+        "--steps2", type=int, metavar="N", help="structured-latent sampler steps (default 25)"
+    )
+    parser.add_argument(
+        "--guidance2", type=float, metavar="W", help="structured-latent guidance (default 5.0)"
+    )
+    parser.add_argument("--texture-size", type=int, metavar="PX", help="baked texture edge (default 1024)")
+    parser.add_argument("--simplify", type=float, metavar="R", help="fraction of faces removed (default 0.7)")
+    parser.add_argument(
+        "--bake-steps", type=int, metavar="N", help="texture optimisation steps (default 1000)"
+    )
+    parser.add_argument("--visibility-views", type=int, metavar="N", help="hidden-face views (default 1000)")
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        choices=sorted(OUTPUT_CHOICES),
+        help="also download: ply (Gaussians), obj (zipped OBJ), views (the 10 generated PNGs); repeatable",
+    )
+    parser.add_argument("--segmenter", default="", help="segmentation model name (default u2netp)")
+    parser.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up after S seconds")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def job_options(args: argparse.Namespace):  # noqa: ANN201 - synchuman.v1.common_pb2.JobOptions
+    """The wire options for the chosen flags (unset flags stay unset: the servers' defaults apply)."""
+    from synchuman.v1 import common_pb2
+
+    options = common_pb2.JobOptions()
+    options.preprocess.segmenter = args.segmenter
+    for target, pairs in (
+        (
+            options.multiview,
+            (("seed", args.seed), ("steps", args.steps1), ("guidance_scale", args.guidance1)),
+        ),
+        (
+            options.reconstruction,
+            (
+                ("seed", args.seed),
+                ("steps", args.steps2),
+                ("guidance_scale", args.guidance2),
+                ("texture_size", args.texture_size),
+                ("simplify_ratio", args.simplify),
+                ("bake_steps", args.bake_steps),
+                ("visibility_views", args.visibility_views),
+            ),
+        ),
+    ):
+        for name, value in pairs:
+            if value is not None:
+                setattr(target, name, value)
+    formats = {
+        "ply": common_pb2.OUTPUT_FORMAT_GAUSSIAN_PLY,
+        "obj": common_pb2.OUTPUT_FORMAT_OBJ,
+        "views": common_pb2.OUTPUT_FORMAT_MULTIVIEW_PNG,
+    }
+    options.reconstruction.outputs.extend(formats[name] for name in dict.fromkeys(args.extra))
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    """Reconstruct one photo; 0 on success, UserError (exit 2) with the reason otherwise."""
+    from pathlib import Path
+
+    from synchuman.cli import UserError
+
+    photo = Path(args.photo)
+    try:
+        data = photo.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {photo}: {exc.strerror or exc}") from None
+    from services.reconstruct_client import GatewayUnavailable, reconstruct_photo, start_servers_for
+
+    servers = start_servers_for(args) if args.start_servers == "always" else None
+    try:
+        while True:
+            try:
+                outcome = reconstruct_photo(
+                    servers.gateway if servers else args.gateway,
+                    data,
+                    job_options(args),
+                    Path(args.output),
+                    extras=[OUTPUT_CHOICES[name] for name in dict.fromkeys(args.extra)],
+                    timeout_s=args.timeout,
+                    progress=not args.quiet,
+                )
+                break
+            except GatewayUnavailable as exc:
+                if args.start_servers != "auto" or servers is not None:
+                    raise UserError(f"{exc}; start the servers with `synchuman serve`") from None
+                print(f"no gateway at {args.gateway}: starting the embedded servers (this takes a while)")
+                servers = start_servers_for(args)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        if servers is not None:
+            servers.stop()
+    if outcome.error:
+        raise UserError(outcome.error)
+    for line in outcome.summary_lines():
+        print(line)
+    return 0
