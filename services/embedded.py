@@ -75,14 +75,12 @@ def child_specs(config: EmbeddedConfig) -> list[ChildSpec]:
     """The four services, gateway last (it is stopped first on shutdown)."""
     ckpts = ("--ckpts", str(config.ckpts)) if config.ckpts else ()
     device = ("--device", config.device, "--dtype", config.dtype)
+    segmentation = ("--segmentation-dir", str(config.ckpts / "segmentation")) if config.ckpts else ()
+    preprocess = _cli(config, "preprocess", "--address", config.address("preprocess"), *segmentation)
     specs = [
         ChildSpec(
-            "preprocess",
-            _cli(config, "preprocess", "--address", config.address("preprocess"), *ckpts),
-            config.address("preprocess"),
-            HEALTH_SERVICES["preprocess"],
-            config.env,
-        ),
+            "preprocess", preprocess, config.address("preprocess"), HEALTH_SERVICES["preprocess"], config.env
+        )
     ]
     for stage in ("stage1", "stage2"):
         argv = _cli(config, stage, "--address", config.address(stage), *ckpts, *device, *config.stage_args)
