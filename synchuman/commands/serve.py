@@ -17,6 +17,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "preprocess": ("services.preprocess.main", "PreprocessService: decode, segment, frame, check (CPU)"),
     "stage1": ("services.stage1.main", "Stage1Service: multiview diffusion and sparse structure (GPU)"),
     "stage2": ("services.stage2.main", "Stage2Service: structured latent, decoders, GLB export (GPU)"),
+    "gateway": ("gateway.main", "ReconstructionService gateway: jobs, stage retries, HTTP bridge"),
 }
 
 
@@ -30,9 +31,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"targets:\n{targets}\n\n`synchuman serve TARGET --help` lists a target's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("target", nargs="?", choices=sorted(TARGETS), metavar="TARGET",
-                        help="service to run (default: all of them)")
+    parser.add_argument(
+        "target",
+        nargs="?",
+        choices=sorted(TARGETS),
+        metavar="TARGET",
+        help="service to run (default: all of them)",
+    )
     parser.add_argument("options", nargs=argparse.REMAINDER, help="options of the target")
+    embedded = parser.add_argument_group("all-in-one options (no TARGET)")
+    embedded.add_argument(
+        "--ckpts", metavar="DIR", help="checkpoint root (default: $SYNCHUMAN_CKPTS or ./ckpts)"
+    )
+    embedded.add_argument("--device", default="auto", help="device of the GPU stages (default: auto)")
+    embedded.add_argument("--dtype", default="auto", help="precision of the GPU stages (default: auto)")
+    embedded.add_argument("--host", default="127.0.0.1", help="interface every service listens on")
+    embedded.add_argument("--data-dir", metavar="DIR", help="the gateway's job and artifact store")
     parser.set_defaults(func=run)
 
 
@@ -49,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.target is None:
         if args.options:
             raise UserError(f"options {' '.join(args.options)} need a TARGET ({', '.join(TARGETS)})")
-        return _run_all()
+        return _run_all(args)
     module = _target_module(args.target)
     description = TARGETS[args.target][1]
     parser = argparse.ArgumentParser(prog=f"synchuman serve {args.target}", description=description)
@@ -57,19 +71,28 @@ def run(args: argparse.Namespace) -> int:
     return int(module.run(parser.parse_args(args.options)) or 0)
 
 
-def _run_all() -> int:
+def _run_all(args: argparse.Namespace) -> int:
     import sys
+    from pathlib import Path
 
-    from services.supervisor import ChildSpec, Supervisor
+    from services.embedded import EmbeddedConfig, child_specs
+    from services.supervisor import Supervisor
 
-    specs = []
-    for name in TARGETS:
-        module = _target_module(name)
-        argv = (sys.executable, "-m", "synchuman.cli", "serve", name)
-        specs.append(ChildSpec(name, argv, f"127.0.0.1:{module.DEFAULT_PORT}", module.SERVICE_NAME))
+    config = EmbeddedConfig(
+        host=args.host,
+        ckpts=Path(args.ckpts) if args.ckpts else None,
+        device=args.device,
+        dtype=args.dtype,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        log_level=args.log_level,
+    )
+    specs = child_specs(config)
     supervisor = Supervisor(specs)
     supervisor.start()
-    return supervisor.run_until_stopped(
-        on_ready=lambda: print("all services ready: " + ", ".join(f"{s.name} {s.address}" for s in specs),
-                               file=sys.stderr, flush=True)
-    )
+
+    def ready() -> None:
+        lines = [f"  {s.name:<11}{s.address}" for s in specs]
+        lines.append(f"  {'http':<11}{config.http_url}  (OpenAPI at {config.http_url}/docs)")
+        print("all services ready:\n" + "\n".join(lines), file=sys.stderr, flush=True)
+
+    return supervisor.run_until_stopped(on_ready=ready)
