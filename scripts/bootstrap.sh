@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh machine: Python venv with the project and its dev tools, the npm tools the tests
-# use (buf, gltf-validator) and the offline default segmentation model. Safe to run again; fast when nothing changed.
+# use (buf, gltf-validator), the offline default segmentation model and a Docker Compose v2 binary (compose.yaml
+# validation, optional). Safe to run again; fast when nothing changed.
 #   SYNCHUMAN_VENV   venv folder (default .venv)
 #   SYNCHUMAN_TORCH  pip requirement for torch when none is installed (default torch==2.13.0: the CPU wheel here;
 #                    on a GPU host install the CUDA build you want into the venv first)
@@ -26,3 +27,4 @@ if [ ! -x node_modules/.bin/buf ] || [ ! -e node_modules/gltf-validator ] || [ p
   touch node_modules
 fi
 "$py" scripts/fetch_segmenter.py
+"$py" scripts/fetch_compose.py || echo "bootstrap: docker-compose not installed; compose.yaml tests will skip (fail under CI)" >&2
