@@ -16,7 +16,7 @@ COPY synchuman ./synchuman
 COPY services ./services
 COPY gateway ./gateway
 COPY scripts ./scripts
-RUN pip install -e ".[stage1]"
+RUN pip install -e ".[stage1,pull]"
 RUN useradd --uid 10001 --no-create-home synchuman
 USER synchuman
 EXPOSE 50053
