@@ -19,9 +19,9 @@ SIDE = 640  # composites are made at this longer side (keeps the test fast)
 MARGIN = 0.1  # background visible around the person, as a fraction of the person's size
 
 
-def texture_collage(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+def texture_collage(height: int, width: int, rng: np.random.Generator, blur: float = 2.0) -> np.ndarray:
     """Photo-like clutter: 128-px tiles cut from real photographs of brick, grass and gravel, tinted, slightly
-    defocused (as the background behind a person in focus)."""
+    defocused by a Gaussian of ``blur`` pixels (as the background behind a person in focus)."""
     import skimage.data
 
     tiles = [skimage.data.brick(), skimage.data.grass(), skimage.data.gravel()]
@@ -32,7 +32,8 @@ def texture_collage(height: int, width: int, rng: np.random.Generator) -> np.nda
             oy, ox = rng.integers(0, tile.shape[0] - 128), rng.integers(0, tile.shape[1] - 128)
             h, w = min(128, height - y), min(128, width - x)
             out[y : y + h, x : x + w] = tile[oy : oy + h, ox : ox + w, None] * rng.uniform(0.5, 1.1, 3)
-    return cv2.GaussianBlur(np.clip(out, 0, 255).astype(np.uint8), (0, 0), 2)
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    return cv2.GaussianBlur(out, (0, 0), blur) if blur else out
 
 
 def background(kind: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -43,14 +44,18 @@ def background(kind: str, height: int, width: int, rng: np.random.Generator) -> 
     return texture_collage(height, width, rng)
 
 
-def composite(cutout: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 RGB photo, bool ground-truth mask): the RGBA cut-out over a background with a margin."""
+def composite(
+    cutout: np.ndarray, kind: str, rng: np.random.Generator, make_background=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 RGB photo, bool ground-truth mask): the RGBA cut-out over a background with a margin.
+
+    ``make_background(kind, height, width, rng)`` defaults to :func:`background`."""
     scale = SIDE / max(cutout.shape[:2])
     cutout = cv2.resize(cutout, (round(cutout.shape[1] * scale), round(cutout.shape[0] * scale)),
                         interpolation=cv2.INTER_AREA)
     h, w = cutout.shape[:2]
     my, mx = int(h * MARGIN), int(w * MARGIN)
-    photo = background(kind, h + 2 * my, w + 2 * mx, rng).astype(np.float32)
+    photo = (make_background or background)(kind, h + 2 * my, w + 2 * mx, rng).astype(np.float32)
     alpha = cutout[:, :, 3:4] / 255.0
     photo[my : my + h, mx : mx + w] = cutout[:, :, :3] * alpha + photo[my : my + h, mx : mx + w] * (1 - alpha)
     truth = np.zeros(photo.shape[:2], bool)
