@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from PIL import Image
 
 from services.common.stage_io import blob_chunks, blob_header
@@ -249,3 +251,17 @@ def collect_blobs(responses: list) -> dict[str, bytes]:
 
 def channel(server: StageServer) -> grpc.Channel:
     return grpc.insecure_channel(f"127.0.0.1:{server.port}")
+
+
+def details(error: grpc.RpcError) -> dict[str, object]:
+    """The rich-status details of a failed call, by type name."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "the error carries no google.rpc.Status"
+    out: dict[str, object] = {}
+    for any_detail in status.details:
+        for cls in (error_details_pb2.RetryInfo, error_details_pb2.BadRequest, error_details_pb2.ErrorInfo):
+            if any_detail.Is(cls.DESCRIPTOR):
+                value = cls()
+                any_detail.Unpack(value)
+                out[cls.__name__] = value
+    return out

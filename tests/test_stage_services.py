@@ -9,14 +9,13 @@ import time
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 from stage_doubles import (
     FakeStage1,
     FakeStage2,
     channel,
     collect_blobs,
+    details,
     png,
     stage1_inputs,
     stage1_requests,
@@ -27,20 +26,6 @@ from stage_doubles import (
 from services.common.stage_io import voxels_to_proto
 from services.common.stage_runtime import StageLimits
 from synchuman.v1 import common_pb2, stage1_pb2, stage1_pb2_grpc, stage2_pb2_grpc
-
-
-def details(error: grpc.RpcError) -> dict[str, object]:
-    """The rich-status details of a failed call, by type name."""
-    status = rpc_status.from_call(error)
-    assert status is not None, "the error carries no google.rpc.Status"
-    out: dict[str, object] = {}
-    for any_detail in status.details:
-        for cls in (error_details_pb2.RetryInfo, error_details_pb2.BadRequest, error_details_pb2.ErrorInfo):
-            if any_detail.Is(cls.DESCRIPTOR):
-                value = cls()
-                any_detail.Unpack(value)
-                out[cls.__name__] = value
-    return out
 
 
 @pytest.fixture
