@@ -59,7 +59,7 @@ def closed_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def offline_sources(url: str) -> Sources:
+def sources_at(url: str) -> Sources:
     return Sources(hf_endpoint=url, dinov2_url=f"{url}/dinov2.pth", prompt_embeds_url=f"{url}/embeds")
 
 
@@ -237,17 +237,17 @@ def test_pull_offline_times_out_on_unanswered_connect(tmp_path: Path, monkeypatc
 def test_ensure_offline_writes_tiny_with_banner(closed_url: str, tmp_path: Path) -> None:
     said: list[str] = []
     root = tmp_path / "ckpts"
-    assert ensure_mod.ensure(root, sources=offline_sources(closed_url), say=said.append) == "tiny"
+    assert ensure_mod.ensure(root, sources=sources_at(closed_url), say=said.append) == "tiny"
     assert any("MEANINGLESS" in s for s in said)
     assert errors_of(root) == [] and is_tiny(root)
     said.clear()  # second run: still offline, the tiny tree is kept and the banner repeated
-    assert ensure_mod.ensure(root, sources=offline_sources(closed_url), say=said.append) == "tiny"
+    assert ensure_mod.ensure(root, sources=sources_at(closed_url), say=said.append) == "tiny"
     assert any("MEANINGLESS" in s for s in said)
 
 
 def test_ensure_no_tiny_fails_offline(closed_url: str, tmp_path: Path) -> None:
     with pytest.raises(ensure_mod.EnsureError, match="--no-tiny"):
-        ensure_mod.ensure(tmp_path, allow_tiny=False, sources=offline_sources(closed_url), say=lambda s: None)
+        ensure_mod.ensure(tmp_path, allow_tiny=False, sources=sources_at(closed_url), say=lambda s: None)
     assert not (tmp_path / TINY_MARKER).exists()
 
 
@@ -261,5 +261,69 @@ def test_ensure_never_overwrites_partial_real_tree(tree: Path, closed_url: str) 
     (tree / TINY_MARKER).unlink()
     (CheckpointLayout(tree).decoder_gs / "model.safetensors").unlink()
     with pytest.raises(ensure_mod.EnsureError, match="incomplete real checkpoints"):
-        ensure_mod.ensure(tree, sources=offline_sources(closed_url), say=lambda s: None)
+        ensure_mod.ensure(tree, sources=sources_at(closed_url), say=lambda s: None)
     assert not (CheckpointLayout(tree).decoder_gs / "model.safetensors").exists()
+
+
+# --- pull from local sources (loopback HTTP server; the hub client is replaced by a copy) -------------------
+
+
+@pytest.fixture
+def local_release(tiny_tree: Path, tmp_path: Path):
+    """Serve a tiny 'release' over HTTP on 127.0.0.1: dinov2 weights and prompt embeddings as files, and
+    a hub snapshot folder ``ckpts/{OneStage,SecondStage}`` whose pipeline.json names DINOv2 by its hub id."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    layout = CheckpointLayout(tiny_tree)
+    (served / "embeds").mkdir(parents=True)
+    shutil.copy(layout.dinov2_weights, served / "dinov2.pth")
+    for path in (layout.normal_prompt_embeds, layout.color_prompt_embeds):
+        shutil.copy(path, served / "embeds" / path.name)
+    snapshot = tmp_path / "snapshot" / "ckpts"
+    for name in ("OneStage", "SecondStage"):
+        shutil.copytree(tiny_tree / name, snapshot / name)
+    shutil.rmtree(snapshot / "OneStage" / "fixed_prompt_embeds_7view")
+    pipeline = snapshot / "SecondStage" / "pipeline.json"
+    config = json.loads(pipeline.read_text())
+    config["args"]["image_cond_model"] = DINOV2_HUB_ID
+    pipeline.write_text(json.dumps(config))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield sources_at(url), snapshot
+    server.shutdown()
+    thread.join()
+
+
+def test_pull_places_files_resolves_hub_ids_and_replaces_tiny(
+    local_release, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    from synchuman.checkpoints import pull as pull_mod
+
+    sources, snapshot = local_release
+    calls = []
+
+    def fake_snapshot_download(repo_id: str, *, local_dir: Path, endpoint: str, allow_patterns: list[str]):
+        calls.append((repo_id, endpoint, allow_patterns))
+        shutil.copytree(snapshot, Path(local_dir) / "ckpts", dirs_exist_ok=True)
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(pull_mod, "REAL_DINOV2_CONFIG", TINY_DINOV2_CONFIG)  # the served weights are tiny
+    monkeypatch.setattr(pull_mod, "pull_segmenter", lambda layout: None)
+    stale = CheckpointLayout(tree).stage1 / "stale.txt"
+    stale.write_text("left over from the tiny tree")
+    assert pull(tree, sources, connect_timeout_s=2, say=lambda s: None) == []
+    assert calls == [("xishushu/SyncHuman", sources.hf_endpoint, ["ckpts/OneStage/*", "ckpts/SecondStage/*"])]
+    assert not is_tiny(tree) and not stale.exists()
+    args = json.loads(CheckpointLayout(tree).stage2_pipeline.read_text())["args"]
+    assert args["image_cond_model"] == "../dinov2"
+    assert errors_of(tree) == []
