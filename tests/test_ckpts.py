@@ -180,6 +180,23 @@ def test_verify_reports_width_mismatch_with_dinov2(tmp_path: Path) -> None:
     assert "mv_dim = 48" in errors
 
 
+def test_verify_reads_sharded_weights(stage2_tree: Path, tmp_path: Path) -> None:
+    root = Path(shutil.copytree(stage2_tree, tmp_path / "ckpts"))
+    folder = CheckpointLayout(root).decoder_gs
+    tensors = load_file(str(folder / "model.safetensors"))
+    keys = sorted(tensors)
+    shards = {"part-1.safetensors": keys[::2], "part-2.safetensors": keys[1::2]}
+    for name, names in shards.items():
+        save_file({k: tensors[k] for k in names}, str(folder / name))
+    index = {"weight_map": {k: name for name, names in shards.items() for k in names}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "model.safetensors").unlink()
+    assert errors_of(root, ("stage2",)) == []
+    save_file({k: tensors[k] for k in keys[1::2][1:]}, str(folder / "part-2.safetensors"))
+    (error,) = errors_of(root, ("stage2",))
+    assert "part-2.safetensors lacks keys its index names" in error and keys[1] in error
+
+
 def test_verify_missing_root(tmp_path: Path) -> None:
     assert errors_of(tmp_path / "nope") == [f"ERROR   {tmp_path / 'nope'}: checkpoint folder does not exist"]
 
@@ -232,6 +249,16 @@ def test_pull_offline_times_out_on_unanswered_connect(tmp_path: Path, monkeypatc
     monkeypatch.setattr(socket, "create_connection", hang)
     with pytest.raises(OfflineError, match=r"example.invalid:443 \(TimeoutError\).*within 0.5 s"):
         pull(tmp_path, Sources(hf_endpoint="https://example.invalid"), connect_timeout_s=0.5)
+
+
+def test_probe_is_bounded_when_name_lookup_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from synchuman.checkpoints.pull import probe
+
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout: time.sleep(3))
+    start = time.monotonic()
+    with pytest.raises(OfflineError, match=r"a.invalid:443 \(no answer\), b.invalid:80 \(no answer\)"):
+        probe(["https://a.invalid/x", "http://b.invalid/y"], timeout_s=0.3)
+    assert time.monotonic() - start < 2
 
 
 def test_ensure_offline_writes_tiny_with_banner(closed_url: str, tmp_path: Path) -> None:

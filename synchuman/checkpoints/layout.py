@@ -25,10 +25,15 @@ PROMPT_EMBEDS_NAMES = ("normal_embeds.pt", "clr_embeds.pt")
 DINOV2_HUB_ID = "dinov2_vitl14_reg"
 DINOV2_LOCAL_REF = "../dinov2"
 
-#: Weight file names tried in order for a model folder (diffusers, transformers and TRELLIS conventions).
+#: Weight file names tried in order for a model folder (TRELLIS, transformers and diffusers conventions:
+#: single file, fp16 variant, sharded index, legacy pickle).
 WEIGHT_CANDIDATES = (
     "model.safetensors",
     "diffusion_pytorch_model.safetensors",
+    "model.fp16.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "model.safetensors.index.json",
+    "diffusion_pytorch_model.safetensors.index.json",
     "pytorch_model.bin",
     "diffusion_pytorch_model.bin",
 )

@@ -22,6 +22,8 @@ import logging
 import os
 import shutil
 import socket
+import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,14 +86,34 @@ def _host_port(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
+def _connect(host: str, port: int, timeout_s: float, results: dict[tuple[str, int], str | None]) -> None:
+    """Record ``None`` when a TCP connection to ``host:port`` opens, else the reason."""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+        results[(host, port)] = None
+    except OSError as exc:
+        results[(host, port)] = exc.strerror or exc.__class__.__name__
+
+
 def probe(urls: list[str], timeout_s: float) -> None:
-    """Open and close a TCP connection to each distinct host of ``urls``; ``OfflineError`` lists failures."""
-    failures = []
-    for host, port in dict.fromkeys(_host_port(u) for u in urls):
-        try:
-            socket.create_connection((host, port), timeout=timeout_s).close()
-        except OSError as exc:
-            failures.append(f"{host}:{port} ({exc.strerror or exc.__class__.__name__})")
+    """Open and close a TCP connection to each distinct host of ``urls``; ``OfflineError`` lists failures.
+
+    The hosts are probed in parallel daemon threads and the whole probe takes at most about ``timeout_s``
+    (a name lookup that hangs, which the socket timeout does not bound, counts as a failure).
+    """
+    targets = list(dict.fromkeys(_host_port(u) for u in urls))
+    results: dict[tuple[str, int], str | None] = {}
+    threads = [threading.Thread(target=_connect, args=(*t, timeout_s, results), daemon=True) for t in targets]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout_s + 0.5
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    failures = [
+        f"{host}:{port} ({results.get((host, port), 'no answer')})"
+        for host, port in targets
+        if results.get((host, port), "no answer") is not None
+    ]
     if failures:
         raise OfflineError(
             "cannot reach " + ", ".join(failures) + f" within {timeout_s:g} s: this machine looks offline. "

@@ -27,6 +27,8 @@ def file_shapes(path: Path) -> Shapes:
     """Key -> shape of every tensor in a weights file (``.safetensors`` or a torch pickle of a state dict)."""
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
+    if path.name.endswith(".index.json"):
+        return _sharded_shapes(path)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -44,6 +46,22 @@ def file_shapes(path: Path) -> Shapes:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a tensor or a flat state dict of tensors")
     return {str(k): tuple(v.shape) for k, v in obj.items()}
+
+
+def _sharded_shapes(index: Path) -> Shapes:
+    """Key -> shape over the shards named by a ``*.index.json`` (each key must be in the shard it names)."""
+    try:
+        weight_map = dict(json.loads(index.read_text())["weight_map"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index} is not a weights index with a 'weight_map': {exc}") from None
+    shapes: Shapes = {}
+    for shard in sorted(set(weight_map.values())):
+        found = file_shapes(index.parent / shard)
+        absent = sorted(k for k, name in weight_map.items() if name == shard and k not in found)
+        if absent:
+            raise CheckpointError(f"{index.parent / shard} lacks keys its index names: {absent[:5]}")
+        shapes.update(found)
+    return shapes
 
 
 def register_all_models() -> None:
