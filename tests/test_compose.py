@@ -121,3 +121,36 @@ def test_the_validator_rejects_a_broken_file(compose_bin: Path, tmp_path: Path) 
     broken.write_text(COMPOSE_FILE.read_text().replace("shm_size:", "shm_sise:"))
     result = run_config(compose_bin, broken)
     assert result.returncode != 0 and "shm_sise" in result.stderr
+
+
+def _cli_argv(argv: list[str]) -> list[str]:
+    assert argv[:3] == ["python", "-m", "synchuman.cli"], argv
+    return argv[3:]
+
+
+def _dockerfile_cmd(service: dict) -> list[str]:
+    text = (REPO_ROOT / service["build"]["dockerfile"]).read_text()
+    line = next(line for line in text.splitlines() if line.startswith("CMD "))
+    return json.loads(line.removeprefix("CMD "))
+
+
+@pytest.mark.parametrize("name", [*LONG_RUNNING, "ckpts"])
+def test_commands_parse_with_the_real_cli(config: dict, name: str) -> None:
+    """Every container command (compose and Dockerfile CMD) is accepted by the project's own parsers."""
+    import argparse
+
+    from synchuman.cli import build_parser
+    from synchuman.commands import serve
+
+    service = config["services"][name]
+    commands = [service["command"]] + ([_dockerfile_cmd(service)] if name in LONG_RUNNING else [])
+    for command in commands:
+        args = build_parser().parse_args(_cli_argv(command))
+        if args.command != "serve":
+            assert args.func is not None
+            continue
+        module = pytest.importorskip(serve.TARGETS[args.target][0])
+        parser = argparse.ArgumentParser(prog=f"synchuman serve {args.target}")
+        module.add_arguments(parser)
+        options = parser.parse_args(args.options)
+        assert options.address == f"0.0.0.0:{listen_port(service)}"
