@@ -145,3 +145,40 @@ def test_rembg_backend_without_rembg_installed(tmp_path, segmenter_dir, monkeypa
     with pytest.raises(SegmenterError) as info:
         load_segmenter("rembg:u2netp", tmp_path)
     assert info.value.code == "REMBG_NOT_INSTALLED"
+
+
+def test_alpha_matting_lowers_edge_error_on_a_plain_background(images_dir, segmenter_dir) -> None:
+    cutout = np.asarray(Image.open(images_dir / "person_000.png").convert("RGBA"))
+    photo, _ = composite(cutout, "plain", np.random.default_rng(0))
+    scale = SIDE / max(cutout.shape[:2])
+    small = cv2.resize(cutout, (round(cutout.shape[1] * scale), round(cutout.shape[0] * scale)),
+                       interpolation=cv2.INTER_AREA)
+    h, w = small.shape[:2]
+    truth = np.zeros(photo.shape[:2], np.float32)
+    truth[int(h * MARGIN) : int(h * MARGIN) + h, int(w * MARGIN) : int(w * MARGIN) + w] = small[:, :, 3] / 255
+    edge = (cv2.dilate((truth > 0.02).astype(np.uint8), np.ones((15, 15))) > 0) & (
+        cv2.erode((truth > 0.98).astype(np.uint8), np.ones((15, 15))) == 0
+    )
+    errors = {}
+    for matting in (False, True):
+        options = PreprocessOptions(segmentation_dir=segmenter_dir, alpha_matting=matting)
+        mask, _, _, _ = person_mask(DecodedImage(photo, None, "PNG", "RGB"), options)
+        errors[matting] = float(np.abs(mask / 255.0 - truth)[edge].mean())
+    assert errors[True] < 0.9 * errors[False], errors
+
+
+def test_alpha_is_used_ignored_on_request_and_when_empty(segmenter_dir) -> None:
+    rgb = np.full((300, 200, 3), 128, np.uint8)
+    rgb[60:260, 70:130] = (200, 40, 40)
+    alpha = np.zeros((300, 200), np.uint8)
+    alpha[60:260, 70:130] = 255
+    image = DecodedImage(rgb, alpha, "PNG", "RGBA")
+    _, _, source, notes = person_mask(image, PreprocessOptions(segmentation_dir=segmenter_dir))
+    assert source == "alpha" and notes == []
+    options = PreprocessOptions(segmentation_dir=segmenter_dir, ignore_alpha=True)
+    _, _, source, notes = person_mask(image, options)
+    assert source == "segmenter:u2netp" and notes == []
+    transparent = DecodedImage(rgb, np.zeros_like(alpha), "PNG", "RGBA")
+    mask, _, source, notes = person_mask(transparent, PreprocessOptions(segmentation_dir=segmenter_dir))
+    assert source == "segmenter:u2netp" and [n.code for n in notes] == ["ALPHA_IGNORED"]
+    assert mask[160, 100] > 127 and mask[20, 20] < 128  # the red figure is found from the colours
