@@ -42,6 +42,10 @@ _SEVERITY = {
 }
 
 
+class StoppedBetweenPhases(Exception):
+    """The request was stopped before ``phase`` began (the runtime turns this into the matching status)."""
+
+
 def report_to_proto(report: QualityReport) -> common_pb2.InputQualityReport:
     """The wire form of a :class:`QualityReport`."""
     return common_pb2.InputQualityReport(
@@ -130,7 +134,12 @@ class PreprocessServicer(preprocess_pb2_grpc.PreprocessServiceServicer):
         started = time.monotonic()
 
         def work(report: Callable[[Any], None], should_stop: Callable[[], bool]) -> PreprocessResult:
-            return preprocess(data, options, progress=report)
+            def phase_started(phase: str) -> None:
+                if should_stop():  # cancelled, past the deadline or shutting down: skip the remaining phases
+                    raise StoppedBetweenPhases(phase)
+                report(phase)
+
+            return preprocess(data, options, progress=phase_started)
 
         def progress(phase: str) -> preprocess_pb2.PreprocessResponse:
             return preprocess_pb2.PreprocessResponse(

@@ -146,12 +146,17 @@ def decode_image(
             rgb, alpha = _to_rgb_alpha(upright)
         except Image.DecompressionBombError:
             raise _too_many_pixels((width, height), max_pixels) from None
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-            truncated = "truncated" in str(exc) or isinstance(exc, EOFError)
+        except Exception as exc:  # noqa: BLE001 - hostile data makes Pillow raise many types
+            if "truncated" in str(exc) or isinstance(exc, (EOFError, struct.error)):
+                raise InvalidImageError(
+                    "TRUNCATED_IMAGE",
+                    f"the {source_format} file is truncated ({exc}); the upload or copy was probably cut "
+                    "short: send the complete original file",
+                ) from None
             raise InvalidImageError(
-                "TRUNCATED_IMAGE" if truncated else "CORRUPT_IMAGE",
-                f"the {source_format} file is {'truncated' if truncated else 'corrupt'} ({exc}); the upload "
-                "or copy was probably cut short: send the complete original file",
+                "CORRUPT_IMAGE",
+                f"the {source_format} file is damaged ({type(exc).__name__}: {exc}); re-export the photo or "
+                "send the original file",
             ) from None
     return DecodedImage(rgb=rgb, alpha=alpha, format=source_format, mode=source_mode)
 

@@ -63,10 +63,12 @@ def _resize_long_side(image: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def _upsample(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _resize_to(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``values`` resized to ``shape[:2]`` (area averaging when shrinking, bilinear when growing)."""
     if values.shape[:2] == shape[:2]:
         return values
-    return cv2.resize(values, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    interpolation = cv2.INTER_AREA if shape[0] < values.shape[0] else cv2.INTER_LINEAR
+    return cv2.resize(values, (shape[1], shape[0]), interpolation=interpolation)
 
 
 def alpha_is_usable(alpha: np.ndarray | None) -> bool:
@@ -94,14 +96,12 @@ def person_mask(
     segmenter = load_segmenter(name, options.segmentation_dir)
     small = _resize_long_side(image.rgb, ANALYSIS_SIDE)
     prob = clean_mask(segmenter.predict(small))
+    detail = prob
     if options.alpha_matting and prob.any():
         guide = _resize_long_side(image.rgb, MATTING_SIDE)
-        prob_hi = refine_alpha(guide, _upsample(prob, guide.shape))
-        full = _upsample(prob_hi, image.rgb.shape)
-        prob = _upsample(prob_hi, small.shape) if prob_hi.shape != small.shape else prob_hi
-    else:
-        full = _upsample(prob, image.rgb.shape)
-    mask = np.clip(full * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        detail = refine_alpha(guide, _resize_to(prob, guide.shape))
+        prob = _resize_to(detail, small.shape)
+    mask = _resize_to(np.clip(detail * 255.0 + 0.5, 0, 255).astype(np.uint8), image.rgb.shape)
     return mask, prob, f"segmenter:{segmenter.name}", notes
 
 
