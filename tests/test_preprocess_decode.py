@@ -185,3 +185,23 @@ def test_animated_files(fmt: str) -> None:
     data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
     error = expect_error(data, "ANIMATED_IMAGE")
     assert "3 frames" in str(error)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"])
+def test_mutated_files_never_escape_as_other_errors(fmt: str) -> None:
+    """Random byte corruption and cuts: either a decoded image or InvalidImageError, nothing else."""
+    rng = np.random.default_rng(zlib.crc32(fmt.encode()))
+    image = Image.fromarray(gradient(96, 80))
+    good = encode(image.convert("P") if fmt == "GIF" else image, fmt)
+    for _ in range(40):
+        data = bytearray(good)
+        for position in rng.integers(0, len(data), size=int(rng.integers(1, 12))):
+            data[position] = int(rng.integers(0, 256))
+        if rng.random() < 0.3:
+            data = data[: int(rng.integers(1, len(data)))]
+        try:
+            out = decode_image(bytes(data))
+        except InvalidImageError as error:
+            assert error.code and str(error)
+        else:
+            assert out.rgb.dtype == np.uint8 and out.rgb.ndim == 3
