@@ -119,7 +119,7 @@ class SLatFlowModel(nn.Module):
         self.pos_embedder = AbsolutePositionEmbedder(model_channels)
         self.input_layer = nn.Linear(in_channels, io[0] if io else model_channels)
         self.input_blocks = nn.ModuleList()
-        for chs, next_chs in zip(io, io[1:] + [model_channels], strict=True):
+        for chs, next_chs in zip(io, io[1:] + [model_channels], strict=False):
             self.input_blocks.extend(
                 SparseResBlock3d(chs, model_channels, chs) for _ in range(num_io_res_blocks - 1)
             )
@@ -137,7 +137,7 @@ class SLatFlowModel(nn.Module):
         )
         mult = 2 if use_skip_connection else 1
         self.out_blocks = nn.ModuleList()
-        for chs, prev_chs in zip(reversed(io), [model_channels] + list(reversed(io[1:])), strict=True):
+        for chs, prev_chs in zip(reversed(io), [model_channels] + list(reversed(io[1:])), strict=False):
             self.out_blocks.append(SparseResBlock3d(prev_chs * mult, model_channels, chs, upsample=True))
             self.out_blocks.extend(
                 SparseResBlock3d(chs * mult, model_channels, chs) for _ in range(num_io_res_blocks - 1)
