@@ -142,14 +142,17 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def kernel_seconds(fn) -> float:
-    """Sum of CUDA kernel time of one call (torch profiler)."""
+def kernel_seconds(fn, table_path: Path | None = None) -> float:
+    """Sum of CUDA kernel time of one call (torch profiler); the top ops table goes to ``table_path``."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
+    averages = prof.key_averages()
+    if table_path is not None:
+        table_path.write_text(averages.table(sort_by="self_device_time_total", row_limit=25))
+    return sum(e.self_device_time_total for e in averages) / 1e6
 
 
 def count_syncs(fn) -> tuple[int, int]:
@@ -205,7 +208,9 @@ def bench_sampler(args, sizes: dict, coords: torch.Tensor, dtype, device, rows: 
         peak = peak_gib(device)
         extra = {}
         if device.type == "cuda":
-            extra["gpu_kernel_s"] = kernel_seconds(run)
+            out_dir = os.environ.get("OUT")
+            table = Path(out_dir, f"sampler_ops_{args.dtype}_{args.voxels}.txt") if out_dir else None
+            extra["gpu_kernel_s"] = kernel_seconds(run, table)
             extra["host_syncs"], extra["host_syncs_after_step1"] = count_syncs(lambda cb: run(callback=cb))
             try:
                 run(graph=True, steps=2)
@@ -214,6 +219,7 @@ def bench_sampler(args, sizes: dict, coords: torch.Tensor, dtype, device, rows: 
                 extra["graph_vs_eager_maxabs"] = float((graphed - eager).abs().max())
             except Exception as exc:  # report, keep benchmarking
                 extra["graph_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    extra["finite"] = bool(torch.isfinite(eager).all())
     rows.append(
         {
             "phase": f"sampler {args.steps} steps, CFG",
@@ -249,7 +255,7 @@ def bench_decoders(
                 "phase": "GS decoder",
                 "wall_s": wall,
                 "peak_gib": peak_gib(device),
-                "note": f"{len(out[0])} Gaussians",
+                "note": f"{len(out[0])} Gaussians, finite: {bool(torch.isfinite(out[0].xyz).all())}",
             }
         )
     gs = out = None
@@ -283,7 +289,8 @@ def bench_decoders(
                 "phase": "FlexiCubes extraction",
                 "wall_s": x_wall,
                 "peak_gib": peak,
-                "note": f"V={mesh.vertices.shape[0]} F={mesh.faces.shape[0]}",
+                "note": f"V={mesh.vertices.shape[0]} F={mesh.faces.shape[0]}, "
+                f"finite: {bool(torch.isfinite(mesh.vertices).all())}",
             }
         )
         rows.append({"phase": "mesh decoder + FlexiCubes", "wall_s": f_wall + x_wall, "peak_gib": peak})
@@ -331,6 +338,8 @@ def main() -> None:
             notes.append(f"graph capture failed: {r['graph_error']}")
         if "host_syncs" in r:
             notes.append(f"host syncs: {r['host_syncs']} (after step 1: {r['host_syncs_after_step1']})")
+        if "finite" in r:
+            notes.append(f"finite: {r['finite']}")
         if "weights_gib" in r:
             notes.append(f"weights {r['weights_gib']:.2f} GiB")
         kernel = f"{r['gpu_kernel_s']:.3f} s" if "gpu_kernel_s" in r else ""
