@@ -8,7 +8,7 @@ photo-like clutter background of the tests, with margin) goes through
 768 framing, 518 conditioning crop). "cold" is the
 first call of the process (loads the ONNX model); "warm" the median of ``--runs`` further calls, with the
 per-phase split. "CLI" is ``synchuman preprocess photo.jpg -o out.png`` in a fresh process (interpreter start,
-imports, model load, run, PNG write).
+imports, model load, run, PNG write), median of 3.
 
 IoU: every ``person_*.png`` cut-out composited on each background (the test's plain, noise, clutter, plus
 harder ones: sharp texture tiles, a synthetic room with shelves, a real outdoor photo with a salient object),
@@ -105,32 +105,39 @@ def main() -> None:
     args = parser.parse_args()
 
     data = photo_12mp(args.images)
-    print(f"input: 3024x4032 JPEG, {len(data) / 2**20:.1f} MiB; CPU cores: {os.cpu_count()}")
+    print(f"input: 3024x4032 JPEG, {len(data) / 2**20:.1f} MiB; CPU cores: {os.cpu_count()}; "
+          f"load average before: {os.getloadavg()[0]:.2f}")
     segment._CACHE.clear()
     started = time.perf_counter()
     preprocess(data)
     cold = time.perf_counter() - started
-    totals, phases = [], []
+    totals, cpu, phases = [], [], []
     for _ in range(args.runs):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         result = preprocess(data)
         totals.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
         phases.append(result.timings)
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "photo.jpg"
         source.write_bytes(data)
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "synchuman.cli", "preprocess", str(source), "-o",
-                        str(Path(tmp) / "out.png")], check=True, capture_output=True)
-        cli = time.perf_counter() - started
+        cli_runs = []
+        for _ in range(3):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "synchuman.cli", "preprocess", str(source), "-o",
+                            str(Path(tmp) / "out.png")], check=True, capture_output=True)
+            cli_runs.append(time.perf_counter() - started)
+        cli = statistics.median(cli_runs)
 
     print("\n| 12 MP photo | seconds |\n|---|---|")
     print(f"| cold (first call, loads the model) | {cold:.3f} |")
     print(f"| warm, median of {args.runs} | {statistics.median(totals):.3f} |")
     print(f"| warm, best | {min(totals):.3f} |")
+    print(f"| warm, CPU seconds (all threads), median | {statistics.median(cpu):.3f} |")
     for phase in phases[0]:
         print(f"| - {phase} (median) | {statistics.median(p[phase] for p in phases):.3f} |")
-    print(f"| CLI in a fresh process (start-up + model load + run + PNG write) | {cli:.3f} |")
+    print(f"| CLI in a fresh process (start-up + model load + run + PNG write), median of 3 | {cli:.3f} |")
+    print(f"load average after: {os.getloadavg()[0]:.2f} (other processes share the cores)")
     report = result.report
     print(f"\nreport: coverage {report.mask_coverage:.3f}, box {report.bbox_fraction:.3f}, "
           f"components {report.person_components}, confidence {report.mask_confidence:.3f}, "
