@@ -197,6 +197,21 @@ def test_verify_reads_sharded_weights(stage2_tree: Path, tmp_path: Path) -> None
     assert "part-2.safetensors lacks keys its index names" in error and keys[1] in error
 
 
+def test_require_verified_lists_every_problem(stage2_tree: Path, tmp_path: Path) -> None:
+    from synchuman.checkpoints.loading import CheckpointError
+    from synchuman.checkpoints.verify import require_verified
+
+    root = Path(shutil.copytree(stage2_tree, tmp_path / "ckpts"))
+    assert require_verified(root, ("stage2",)) == []
+    layout = CheckpointLayout(root)
+    (layout.decoder_gs / "model.safetensors").unlink()
+    (layout.slat_flow / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"2 problem\(s\)") as info:
+        require_verified(root, ("stage2",))
+    assert "decoder_GS/model.safetensors: missing" in str(info.value)
+    assert "slat_flow/config.json: missing" in str(info.value) and "ckpts pull" in str(info.value)
+
+
 def test_verify_missing_root(tmp_path: Path) -> None:
     assert errors_of(tmp_path / "nope") == [f"ERROR   {tmp_path / 'nope'}: checkpoint folder does not exist"]
 

@@ -236,3 +236,21 @@ def is_tiny(root: Path) -> bool:
     """True when ``root`` holds the random tiny checkpoints written by ``make-tiny``."""
     return (Path(root) / TINY_MARKER).is_file()
 
+
+
+def require_verified(root: Path, sections: tuple[str, ...] = tuple(SECTIONS)) -> list[Finding]:
+    """Verify ``sections`` of the tree at ``root``; raise one :class:`CheckpointError` listing every problem.
+
+    Services call this before loading so a bad tree fails with the full list (and the fix) instead of the
+    first key error. Returns the non-fatal warnings.
+    """
+    findings = verify_tree(root, sections)
+    errors = [f for f in findings if f.fatal]
+    if errors:
+        listing = "\n  ".join(str(e) for e in errors)
+        raise CheckpointError(
+            f"checkpoints in {root} are incomplete or inconsistent ({len(errors)} problem(s)):\n  {listing}\n"
+            "Fix: `synchuman ckpts pull` (online), or `synchuman ckpts make-tiny DIR` for a test tree; "
+            "`synchuman ckpts verify` repeats this check."
+        )
+    return [f for f in findings if not f.ok]
