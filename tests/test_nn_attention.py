@@ -56,10 +56,13 @@ def test_windowed_attention_stays_in_windows() -> None:
 def test_dense_and_packed_block_agree() -> None:
     torch.manual_seed(3)
     block = ModulatedTransformerCrossBlock(16, 8, 2, qk_rms_norm=True).eval()
-    x, mod, ctx = torch.randn(2, 5, 16), torch.randn(2, 16), torch.randn(2, 3, 8)
-    dense = block(x, mod, ctx)
-    packed = block(x.reshape(10, 16), mod, ctx, layout=VarlenLayout.from_seqlens([5, 5]))
-    torch.testing.assert_close(dense.reshape(10, 16), packed, atol=1e-5, rtol=1e-5)
+    mod, ctx = torch.randn(2, 16), torch.randn(2, 3, 8)
+    x = torch.randn(8, 16)  # items of 5 and 3 tokens (variable-length path)
+    packed = block(x, mod, ctx, layout=VarlenLayout.from_seqlens([5, 3]))
+    per_item = [block(x[None, :5], mod[:1], ctx[:1])[0], block(x[None, 5:], mod[1:], ctx[1:])[0]]
+    torch.testing.assert_close(packed, torch.cat(per_item), atol=1e-5, rtol=1e-5)
+    uniform = block(x[:6], mod, ctx, layout=VarlenLayout.from_seqlens([3, 3]))  # equal lengths: dense path
+    torch.testing.assert_close(uniform, block(x[:6].reshape(2, 3, 16), mod, ctx).reshape(6, 16))
 
 
 def test_backend_is_a_runtime_setting() -> None:

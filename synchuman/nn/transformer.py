@@ -174,6 +174,10 @@ class ModulatedTransformerCrossBlock(nn.Module):
         Returns:
             same shape as ``x``.
         """
+        if layout is not None and layout.uniform and attn_layout is None:
+            # equal-length items (e.g. a CFG pair): run densely, modulation broadcasts instead of gathers
+            dense = x.reshape(len(layout.seqlens), layout.max_seqlen, x.shape[-1])
+            return self.forward(dense, mod, context).reshape(x.shape)
         chunks = self.adaLN_modulation(mod).chunk(6, dim=1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             _per_token(c, layout) for c in chunks
