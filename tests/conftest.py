@@ -26,7 +26,7 @@ def require_dir(path: Path, what: str) -> Path:
 
 
 def require_tool(path: Path, what: str) -> Path:
-    """Return ``path`` if the tool exists (``make test`` installs it); otherwise skip, or fail under ``CI=true``."""
+    """Return ``path`` if the tool exists (``make setup`` installs it); else skip (fail under CI=true)."""
     if path.exists():
         return path
     message = f"{what} not installed at {path}; run scripts/bootstrap.sh"
