@@ -103,7 +103,8 @@ class FakeStage1:
             raise
         self.record.leave(stopped=False)
         rng = np.random.default_rng(settings.seed)
-        views = tuple(rng.integers(0, 256, (768, 768, 3), dtype=np.uint8) for _ in range(10))
+        blocks = rng.integers(0, 256, (10, 24, 24, 3), dtype=np.uint8)  # smooth views, like real renders
+        views = tuple(np.kron(b, np.ones((32, 32, 1), np.uint8)) for b in blocks)
         coords = np.array([[3, 2, 1], [1, 2, 3], [1, 0, 0], [63, 63, 63]])
         return GeneratedViews(colors=views[:5], normals=views[5:], coords=coords)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -132,6 +134,29 @@ def decode_image(name: str, data: bytes, size: tuple[int, int], channels: int) -
         raise
     except Exception as exc:  # PIL raises many types for broken files
         raise InvalidInput(name, f"{name} is not a readable PNG image ({exc})") from exc
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Shared threads for PNG coding (zlib releases the GIL, so views are coded in parallel)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=min(10, os.cpu_count() or 1), thread_name_prefix="png")
+    return _POOL
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def encode_pngs(images: Sequence[np.ndarray]) -> list[bytes]:
+    """:func:`encode_png` of every image, in parallel, in order."""
+    return list(_pool().map(encode_png, images))
+
+
+def decode_images(blobs: dict[str, bytes], size: tuple[int, int], channels: int) -> dict[str, np.ndarray]:
+    """:func:`decode_image` of every named blob, in parallel."""
+    names = list(blobs)
+    arrays = _pool().map(lambda name: decode_image(name, blobs[name], size, channels), names)
+    return dict(zip(names, arrays, strict=True))
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -19,7 +19,7 @@ from services.common.stage_io import (
     blob_chunks,
     blob_header,
     decode_image,
-    encode_png,
+    encode_pngs,
     receive_blobs,
     upload_chunks,
     voxels_to_proto,
@@ -150,16 +150,14 @@ class Stage1Servicer(stage1_pb2_grpc.Stage1ServiceServicer):
             )
 
         views = yield from self._runtime.run_job(context, start.job_id, work, progress)
+        names = [f"{kind}_{i}.png" for kind in ("color", "normal") for i in range(len(views.colors))]
         headers = []
-        for kind, images in (("color", views.colors), ("normal", views.normals)):
-            for i, image in enumerate(images):
-                name = f"{kind}_{i}.png"
-                data = encode_png(image)
-                header = blob_header(name, "image/png", data)
-                headers.append(header)
-                yield stage1_pb2.GenerateViewsResponse(blob=header)
-                for chunk in blob_chunks(name, data):
-                    yield stage1_pb2.GenerateViewsResponse(chunk=chunk)
+        for name, data in zip(names, encode_pngs([*views.colors, *views.normals]), strict=True):
+            header = blob_header(name, "image/png", data)
+            headers.append(header)
+            yield stage1_pb2.GenerateViewsResponse(blob=header)
+            for chunk in blob_chunks(name, data):
+                yield stage1_pb2.GenerateViewsResponse(chunk=chunk)
         yield stage1_pb2.GenerateViewsResponse(
             result=stage1_pb2.GenerateViewsResult(
                 structure=voxels_to_proto(views.coords, backend.voxel_resolution),

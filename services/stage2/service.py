@@ -17,6 +17,7 @@ from services.common.stage_io import (
     blob_chunks,
     blob_header,
     decode_image,
+    decode_images,
     receive_blobs,
     upload_chunks,
     voxels_from_proto,
@@ -160,7 +161,7 @@ class Stage2Servicer(stage2_pb2_grpc.Stage2ServiceServicer):
         options = options_from_proto(start.options)
         coords = voxels_from_proto(start.structure, backend.voxel_resolution)
         blobs = receive_blobs(start.inputs, upload_chunks(requests), (CONDITIONING, *VIEWS), MAX_INPUT_BYTES)
-        views = {name: decode_image(name, blobs[name], (768, 768), 3) for name in VIEWS}
+        views = decode_images({name: blobs[name] for name in VIEWS}, (768, 768), 3)
         inputs = Stage2Inputs(
             coords=coords,
             colors=tuple(views[f"color_{i}.png"] for i in range(5)),
