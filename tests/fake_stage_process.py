@@ -1,0 +1,31 @@
+"""A real stage-1 server process (``serve_forever``) around the fake backend, for signal-handling tests.
+
+Usage: ``python tests/fake_stage_process.py ADDRESS GRACE_S STEP_S``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stage_doubles import FakeStage1  # noqa: E402
+
+from services.common.stage_runtime import StageLimits  # noqa: E402
+from services.common.stage_server import StageSpec, serve_forever  # noqa: E402
+from services.stage1.service import Stage1Servicer  # noqa: E402
+from synchuman.v1 import stage1_pb2_grpc  # noqa: E402
+
+if __name__ == "__main__":
+    address, grace_s, step_s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+    spec = StageSpec(
+        name="stage1",
+        service_name="synchuman.v1.Stage1Service",
+        make_servicer=Stage1Servicer,
+        add_servicer=stage1_pb2_grpc.add_Stage1ServiceServicer_to_server,
+        load_backend=lambda: FakeStage1(step_s=step_s),
+        warm_up=lambda backend: None,
+    )
+    sys.exit(serve_forever(spec, address, StageLimits(concurrency=1, max_queue=2, grace_s=grace_s)))
