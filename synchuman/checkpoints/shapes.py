@@ -85,11 +85,11 @@ def _library_class(name: str) -> Any:
     return None
 
 
-def build_meta_model(folder: Path) -> tuple[str, nn.Module]:
+def build_meta_model(folder: Path, device: str | torch.device = "meta") -> tuple[str, nn.Module]:
     """Build the model described by ``folder/config.json`` on the meta device -> ``(class name, model)``.
 
     Accepts TRELLIS (``name``/``args``), diffusers (``_class_name``) and transformers (``architectures``)
-    configs.
+    configs. Another ``device`` builds a real (randomly initialised) model there.
     """
     path = folder / CONFIG_NAME
     try:
@@ -104,7 +104,7 @@ def build_meta_model(folder: Path) -> tuple[str, nn.Module]:
         cls = _library_class(name)
         if cls is None:
             raise CheckpointError(f"{path}: transformers has no class {name!r} (is transformers installed?)")
-        with torch.device("meta"):
+        with torch.device(device):
             return name, cls(cls.config_class.from_pretrained(str(folder)))
     name, args = read_config(folder)
     try:
@@ -113,10 +113,10 @@ def build_meta_model(folder: Path) -> tuple[str, nn.Module]:
         cls = _library_class(name)
         if cls is None:
             raise
-        with torch.device("meta"):
+        with torch.device(device):
             return name, cls.from_config({k: v for k, v in raw.items() if not k.startswith("_")})
     try:
-        with torch.device("meta"):
+        with torch.device(device):
             return name, factory(**args)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot build {name}: {exc}") from exc

@@ -21,15 +21,16 @@ from synchuman.checkpoints.shapes import register_all_models
 
 
 @torch.no_grad()
-def randomize_(model: nn.Module, seed: int) -> nn.Module:
+def randomize_(model: nn.Module, seed: int, device: str | torch.device = "cpu") -> nn.Module:
     """Fill every parameter of ``model`` in place from a generator seeded with ``seed``.
 
     Matrices/kernels get ``N(0, 1/fan_in)`` (fan_in = product of all but the first dim), 1-D ``*.bias`` and
     other vectors get ``N(0, 0.02)``, 1-D ``weight``/``gamma`` (norm scales) get ``1 + N(0, 0.1)``.
+    The noise is drawn on ``device`` (the parameters' device; a GPU makes full-size models fast).
     """
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     for name, param in model.named_parameters():
-        noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+        noise = torch.randn(param.shape, generator=generator, dtype=torch.float32, device=device)
         if param.ndim >= 2:
             value = noise / math.sqrt(max(1, math.prod(param.shape[1:])))
         elif name.endswith(("weight", "gamma")):

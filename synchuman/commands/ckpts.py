@@ -1,4 +1,4 @@
-"""``synchuman ckpts pull|verify|make-tiny|ensure``: obtain, check and fake the checkpoint tree."""
+"""``synchuman ckpts pull|verify|make-tiny|make-random|ensure``: obtain, check and fake checkpoints."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def _root_default() -> Path:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``ckpts`` subcommand and its four actions."""
+    """Add the ``ckpts`` subcommand and its five actions."""
     parser = subparsers.add_parser(
         "ckpts",
         help="download (pull), check (verify), fake (make-tiny) or guarantee (ensure) the checkpoint tree",
@@ -55,6 +55,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--seed", type=int, default=0, help="parameter seed (default 0)")
     tiny.set_defaults(func=run_make_tiny)
 
+    random = actions.add_parser("make-random", help="write FULL-SIZE models with RANDOM weights (benchmarks)",
+                                description="Writes every model at full size with random, well-scaled "
+                                "weights in the real layout (~8 GB in fp16), drawn on the GPU when one is "
+                                "available. For speed/memory benchmarks only: outputs are meaningless.")
+    random.add_argument("dir", type=Path, metavar="DIR", help="checkpoint root to write")
+    random.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                        help="storage dtype of the parameters (default float16; DINOv2 stays float32)")
+    random.add_argument("--device", default="auto", help="where to draw the weights (default: cuda if any)")
+    random.add_argument("--parts", default="dinov2,stage1,stage2",
+                        help="comma-separated parts to write (default: dinov2,stage1,stage2)")
+    random.add_argument("--seed", type=int, default=0, help="parameter seed (default 0)")
+    random.set_defaults(func=run_make_random)
+
     ensure = actions.add_parser("ensure", help="verify; else pull; offline: tiny random checkpoints + banner")
     with_root(ensure)
     with_network(ensure)
@@ -94,6 +107,26 @@ def run_make_tiny(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     print(f"tiny random checkpoints written to {args.dir} (outputs made with them are meaningless)")
     return 0
+
+
+def run_make_random(args: argparse.Namespace) -> int:
+    """Write the full-size random tree, then verify the parts written; 0 when they verify."""
+    import torch
+
+    from synchuman.checkpoints.full_size import PARTS, write_random_tree
+    from synchuman.checkpoints.loading import parse_dtype
+    from synchuman.checkpoints.verify import verify_tree
+    from synchuman.cli import UserError
+
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise UserError(f"--parts: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    total = write_random_tree(args.dir, parse_dtype(args.dtype), device, args.seed, parts)
+    print(f"{total / 1e9:.2f} GB of full-size RANDOM checkpoints written to {args.dir} (meaningless outputs)")
+    errors = _print_findings(verify_tree(args.dir, parts), quiet=True)
+    return 1 if errors else 0
 
 
 def run_pull(args: argparse.Namespace) -> int:
