@@ -1,0 +1,635 @@
+"""Deployment bench: the four real services as compose runs them, N jobs back to back through the gateway.
+
+Starts preprocess and the gateway on the CPU and the stage-1 / stage-2 services each pinned to a GPU with
+``CUDA_VISIBLE_DEVICES`` (``--gpus 0,1``: one GPU each, as compose.yaml; ``--gpus 0``: both share GPU 0),
+using the embedded launcher (``services.embedded.child_specs`` + ``services.supervisor.Supervisor``, which
+also restarts a killed child). It waits for every health check to be SERVING, submits ``--jobs`` photos at
+once (a synthetic RGBA person cut-out, or ``--image``), follows every job's event stream, and measures:
+
+- per-job latency by stage (preprocess / stage 1 / stage 2, plus the waits between them) from the gateway's
+  event timestamps (a stage starts at its first progress event and ends at its ``stage_completed`` event);
+- throughput in jobs per minute (all jobs: first submit -> last finish; steady state: between finishes);
+- how much stage 1 of job k+1 overlaps stage 2 of job k (seconds, and as a fraction of that stage-1 run);
+- peak memory per GPU and per stage process (``nvidia-smi`` polled every 0.5 s; on ``--device cpu`` the
+  peak resident memory of each stage process instead);
+- a kill test: SIGKILL the stage-2 process while job ``--kill-job`` is in stage 2; the supervisor restarts
+  it; every job must still succeed and the killed job's stage 1 must not have run again (gateway ``attempts``
+  map: multiview == 1, reconstruction >= 2).
+
+Prints a markdown table and writes it to ``--out`` (raw timings beside it as JSON). Exit 1 when a job failed
+or the kill test did not hold.
+
+CPU dry run (tiny random checkpoints, few steps)::
+
+    .venv/bin/python bench/bench_deployment.py --device cpu --tiny --out /tmp/deploy.md
+
+GPU run (full size, random weights; paste as ONE device command, carry ``.whl``)::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site
+    .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD:$PYTHONPATH || exit; nvidia-smi -L;
+    python3 -m synchuman.cli ckpts make-random /tmp/ckpts --dtype float16 --device cuda || exit;
+    python3 bench/bench_deployment.py --ckpts /tmp/ckpts --gpus 0 --dtype float16 --jobs 8
+    --out $OUT/deployment.md 2>$OUT/services.log; tail -n 40 $OUT/services.log
+
+(``--gpus 0,1`` on the two-GPU machine; reduce with ``--mv-steps/--rec-steps/--texture/--jobs``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services.common.stage_io import blob_chunks, blob_header  # noqa: E402
+from services.embedded import HEALTH_SERVICES, EmbeddedConfig, child_specs  # noqa: E402
+from services.reconstruct_client import TERMINAL  # noqa: E402
+from services.supervisor import Supervisor, health_status  # noqa: E402
+from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc  # noqa: E402
+
+STAGES = {
+    common_pb2.STAGE_PREPROCESS: "preprocess",
+    common_pb2.STAGE_MULTIVIEW: "stage1",
+    common_pb2.STAGE_RECONSTRUCTION: "stage2",
+}
+GIB = 1024**3
+
+
+# --- launching --------------------------------------------------------------------------------------------
+
+
+def launch(args: argparse.Namespace, ckpts: Path, data_dir: Path) -> tuple[Supervisor, EmbeddedConfig]:
+    """Start the four services as compose would: stages pinned to their GPU, preprocess/gateway on CPU."""
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+    if args.device != "cpu" and len(gpus) not in (1, 2):
+        raise SystemExit("--gpus takes one GPU (shared by both stages) or two (stage 1, stage 2)")
+    config = EmbeddedConfig.with_free_ports(
+        ckpts=ckpts,
+        device=args.device,
+        dtype=args.dtype,
+        data_dir=data_dir,
+        log_level=args.log_level,
+        stage_args=["--max-queue", str(max(8, args.jobs))],
+    )
+    visible = {"preprocess": "", "gateway": "", "stage1": "", "stage2": ""}
+    if args.device != "cpu":
+        visible["stage1"], visible["stage2"] = gpus[0], gpus[-1]
+    specs = [
+        dataclasses.replace(spec, env={**spec.env, "CUDA_VISIBLE_DEVICES": visible[spec.name]})
+        for spec in child_specs(config)
+    ]
+    supervisor = Supervisor(specs)
+    supervisor.start()
+    supervisor.run_in_background()
+    if not supervisor.wait_ready(args.ready_timeout):
+        reason = supervisor.failed or f"not all services SERVING within {args.ready_timeout:.0f} s"
+        supervisor.stop()
+        raise SystemExit(f"services did not start: {reason}")
+    return supervisor, config
+
+
+# --- memory -----------------------------------------------------------------------------------------------
+
+
+def pids_listening(address: str) -> list[int]:
+    """PIDs whose command line has ``--address ADDRESS`` (the service, found again after a restart)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a == b"--address" and b == address.encode() for a, b in zip(argv, argv[1:], strict=False)):
+            found.append(int(entry.name))
+    return found
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _nvidia_smi(*query: str) -> list[list[str]]:
+    out = subprocess.run(
+        ["nvidia-smi", *query, "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    return [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.strip()]
+
+
+class MemoryPoller:
+    """Peak memory per GPU (``nvidia-smi``) and per stage process (GPU memory, or RSS on CPU), polled."""
+
+    def __init__(self, addresses: dict[str, str], gpu: bool, interval_s: float = 0.5) -> None:
+        self.addresses = addresses
+        self.gpu = gpu
+        self.interval_s = interval_s
+        self.peak_gpu: dict[str, int] = {}
+        self.peak_process: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="memory", daemon=True)
+
+    def __enter__(self) -> MemoryPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _bump(self, table: dict[str, int], key: str, value: int) -> None:
+        table[key] = max(table.get(key, 0), value)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sample()
+            except (OSError, subprocess.SubprocessError, ValueError):
+                pass  # a transient nvidia-smi failure loses one sample
+            self._stop.wait(self.interval_s)
+
+    def sample(self) -> None:
+        pids = {pid: name for name, address in self.addresses.items() for pid in pids_listening(address)}
+        if not self.gpu:
+            for pid, name in pids.items():
+                self._bump(self.peak_process, name, rss_bytes(pid))
+            return
+        uuids = {}
+        for index, uuid, used in _nvidia_smi("--query-gpu=index,uuid,memory.used"):
+            uuids[uuid] = index
+            self._bump(self.peak_gpu, f"GPU {index}", int(float(used)) << 20)
+        for pid, used, uuid in _nvidia_smi("--query-compute-apps=pid,used_memory,gpu_uuid"):
+            name = pids.get(int(pid))
+            if name is not None:
+                self._bump(self.peak_process, f"{name} (GPU {uuids.get(uuid, '?')})", int(float(used)) << 20)
+
+
+# --- jobs -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobRecord:
+    """What one job did: submit time, the gateway's events (wall-clock seconds), the final job."""
+
+    index: int
+    submitted: float
+    job_id: str = ""
+    events: list[tuple[float, str, str]] = field(default_factory=list)  # (time, kind, stage)
+    final: reconstruction_pb2.Job | None = None
+    error: str = ""
+
+    def first(self, kind: str, stage: str) -> float | None:
+        return next((t for t, k, s in self.events if k == kind and s == stage), None)
+
+    def last(self, kind: str, stage: str) -> float | None:
+        return next((t for t, k, s in reversed(self.events) if k == kind and s == stage), None)
+
+    def span(self, stage: str) -> tuple[float, float] | None:
+        """(start, end) of a stage's successful run: the first progress after the last failed attempt ended,
+        up to its ``stage_completed`` event."""
+        end = self.first("completed", stage)
+        if end is None:
+            return None
+        retried = [t for t, k, s in self.events if k == "retrying" and t <= end]
+        after = max(retried, default=-1.0)
+        start = next((t for t, k, s in self.events if k == "progress" and s == stage and t >= after), end)
+        return start, end
+
+    @property
+    def finished(self) -> float | None:
+        return self.first("finished", "")
+
+
+def _seconds(stamp: object) -> float:
+    return stamp.seconds + stamp.nanos * 1e-9  # type: ignore[attr-defined]
+
+
+def job_options(args: argparse.Namespace) -> common_pb2.JobOptions:
+    """Options of every job: only the flags given are set (the services' defaults apply otherwise)."""
+    options = common_pb2.JobOptions()
+    if args.mv_steps:
+        options.multiview.steps = args.mv_steps
+    if args.rec_steps:
+        options.reconstruction.steps = args.rec_steps
+    if args.texture:
+        options.reconstruction.texture_size = args.texture
+    if args.bake_steps:
+        options.reconstruction.bake_steps = args.bake_steps
+    if args.visibility_views:
+        options.reconstruction.visibility_views = args.visibility_views
+    return options
+
+
+def upload(photo: bytes, options: common_pb2.JobOptions) -> Iterator[reconstruction_pb2.SubmitJobRequest]:
+    """The SubmitJob stream: options + the photo's header, then its chunks."""
+    start = reconstruction_pb2.SubmitJobStart(options=options, image=blob_header("input", "image/png", photo))
+    yield reconstruction_pb2.SubmitJobRequest(start=start)
+    for chunk in blob_chunks("input", photo):
+        yield reconstruction_pb2.SubmitJobRequest(chunk=chunk)
+
+
+def submit(
+    stub: reconstruction_pb2_grpc.ReconstructionServiceStub,
+    record: JobRecord,
+    photo: bytes,
+    options: common_pb2.JobOptions,
+    deadline: float,
+) -> None:
+    """Submit one photo (retrying while the gateway says RESOURCE_EXHAUSTED/UNAVAILABLE)."""
+    while True:
+        try:
+            reply = stub.SubmitJob(upload(photo, options), timeout=120)
+            record.job_id = reply.job.id
+            return
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE) or (
+                time.monotonic() > deadline
+            ):
+                raise
+            time.sleep(1.0)
+
+
+def watch(
+    stub: reconstruction_pb2_grpc.ReconstructionServiceStub,
+    record: JobRecord,
+    deadline: float,
+    on_event: object,
+) -> None:
+    """Follow one job's events to its end (resuming after gateway hiccups); fills ``record``."""
+    sequence = 0
+    state = reconstruction_pb2.JOB_STATE_QUEUED
+    try:
+        while state not in TERMINAL:
+            try:
+                for event in stub.WatchJob(
+                    reconstruction_pb2.WatchJobRequest(job_id=record.job_id, after_sequence=sequence),
+                    timeout=max(1.0, deadline - time.monotonic()),
+                ):
+                    sequence = event.sequence
+                    state = event.state
+                    kind = event.WhichOneof("event")
+                    stage = ""
+                    if kind == "progress":
+                        stage = STAGES.get(event.progress.stage, "?")
+                    elif kind == "stage_completed":
+                        kind, stage = "completed", STAGES.get(event.stage_completed, "?")
+                    elif kind == "finished":
+                        record.final = event.finished
+                    record.events.append((_seconds(event.time), kind or "", stage))
+                    on_event(record, kind, stage)  # type: ignore[operator]
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+        if record.final is None:
+            record.final = stub.GetJob(reconstruction_pb2.GetJobRequest(job_id=record.job_id), timeout=30).job
+    except grpc.RpcError as exc:
+        record.error = f"{exc.code().name}: {exc.details()}"
+
+
+class KillTest:
+    """SIGKILLs stage 2 once, when job ``job_index`` first reports stage-2 progress; times the restart."""
+
+    def __init__(self, supervisor: Supervisor, job_index: int, address: str, delay_s: float) -> None:
+        self.supervisor = supervisor
+        self.job_index = job_index
+        self.address = address
+        self.delay_s = delay_s
+        self.killed_at: float | None = None
+        self.killed_pid = 0
+        self.serving_again_s: float | None = None
+        self._lock = threading.Lock()
+
+    def on_event(self, record: JobRecord, kind: str, stage: str) -> None:
+        if record.index != self.job_index or kind != "progress" or stage != "stage2":
+            return
+        with self._lock:
+            if self.killed_at is not None:
+                return
+            self.killed_at = -1.0
+        threading.Thread(target=self._kill, name="kill-stage2", daemon=True).start()
+
+    def _kill(self) -> None:
+        time.sleep(self.delay_s)
+        self.killed_pid = self.supervisor.kill_child("stage2")
+        self.killed_at = time.time()
+        print(
+            f"kill test: SIGKILL stage2 (pid {self.killed_pid}) during job {self.job_index}", file=sys.stderr
+        )
+        while time.time() - self.killed_at < 3600:
+            if health_status(self.address, HEALTH_SERVICES["stage2"]) == 1:
+                self.serving_again_s = time.time() - self.killed_at
+                return
+            time.sleep(0.25)
+
+
+def run_jobs(args: argparse.Namespace, gateway: str, photo: bytes, kill: KillTest | None) -> list[JobRecord]:
+    """Submit ``args.jobs`` photos back to back, watch them all concurrently, return their records."""
+    options = job_options(args)
+    deadline = time.monotonic() + args.timeout
+    records = [JobRecord(i + 1, 0.0) for i in range(args.jobs)]
+    on_event = kill.on_event if kill else (lambda *_: None)
+    with grpc.insecure_channel(gateway) as channel:
+        stub = reconstruction_pb2_grpc.ReconstructionServiceStub(channel)
+        watchers = []
+        for record in records:
+            record.submitted = time.time()
+            submit(stub, record, photo, options, deadline)
+            thread = threading.Thread(target=watch, args=(stub, record, deadline, on_event), daemon=True)
+            thread.start()
+            watchers.append(thread)
+        for thread in watchers:
+            thread.join()
+    return records
+
+
+# --- analysis ---------------------------------------------------------------------------------------------
+
+
+def analyse(records: list[JobRecord]) -> dict:
+    """Per-job stage times, throughput and stage-1(k+1) / stage-2(k) overlap from the job records."""
+    jobs = []
+    for r in records:
+        spans = {s: r.span(s) for s in ("preprocess", "stage1", "stage2")}
+        final = r.final
+        row = {
+            "job": r.index,
+            "id": r.job_id,
+            "state": reconstruction_pb2.JobState.Name(final.state) if final else f"ERROR {r.error}",
+            "attempts": dict(final.attempts) if final else {},
+            "latency_s": (r.finished - r.submitted) if r.finished else None,
+        }
+        previous_end = r.submitted
+        for stage, span in spans.items():
+            row[f"{stage}_s"] = (span[1] - span[0]) if span else None
+            row[f"{stage}_wait_s"] = (span[0] - previous_end) if span else None
+            row[f"{stage}_span"] = span
+            previous_end = span[1] if span else previous_end
+        jobs.append(row)
+    overlaps = []
+    for a, b in zip(jobs, jobs[1:], strict=False):
+        s2, s1 = a["stage2_span"], b["stage1_span"]
+        if not (s2 and s1):
+            continue
+        seconds = max(0.0, min(s2[1], s1[1]) - max(s2[0], s1[0]))
+        overlaps.append(
+            {
+                "pair": f"{b['job']}/{a['job']}",
+                "seconds": seconds,
+                "fraction_of_stage1": seconds / max(1e-9, s1[1] - s1[0]),
+            }
+        )
+    finishes = sorted(r.finished for r in records if r.finished)
+    first_submit = min(r.submitted for r in records)
+    summary = {
+        "jobs_succeeded": sum(j["state"] == "JOB_STATE_SUCCEEDED" for j in jobs),
+        "jobs": len(jobs),
+        "wall_s": (finishes[-1] - first_submit) if finishes else None,
+        "throughput_jobs_per_min": (60 * len(finishes) / (finishes[-1] - first_submit)) if finishes else None,
+        "steady_jobs_per_min": (60 * (len(finishes) - 1) / (finishes[-1] - finishes[0]))
+        if len(finishes) > 1 and finishes[-1] > finishes[0]
+        else None,
+        "overlap_s_total": sum(o["seconds"] for o in overlaps),
+        "overlap_fraction_mean": statistics.fmean(o["fraction_of_stage1"] for o in overlaps)
+        if overlaps
+        else 0.0,
+    }
+    return {"jobs": jobs, "overlaps": overlaps, "summary": summary}
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(result: dict, meta: dict) -> str:
+    """The report: setup line, per-job table, overlap table, summary, memory and the kill test."""
+    lines = [
+        f"Setup: {meta['setup']}",
+        "",
+        "| job | state | latency s | preprocess s | wait s | stage 1 s | wait s | stage 2 s | attempts |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for j in result["jobs"]:
+        attempts = " ".join(f"{k}={v}" for k, v in sorted(j["attempts"].items()))
+        lines.append(
+            f"| {j['job']} | {j['state'].removeprefix('JOB_STATE_')} | {_f(j['latency_s'])} | "
+            f"{_f(j['preprocess_s'], 2)} | {_f(j['stage1_wait_s'])} | {_f(j['stage1_s'])} | "
+            f"{_f(j['stage2_wait_s'])} | {_f(j['stage2_s'])} | {attempts} |"
+        )
+    times = [j for j in result["jobs"] if j["stage1_s"] is not None and j["stage2_s"] is not None]
+    if times:
+        lines.append(
+            f"| median | | {_f(statistics.median(j['latency_s'] for j in times if j['latency_s']))} | "
+            f"{_f(statistics.median(j['preprocess_s'] or 0 for j in times), 2)} | | "
+            f"{_f(statistics.median(j['stage1_s'] for j in times))} | | "
+            f"{_f(statistics.median(j['stage2_s'] for j in times))} | |"
+        )
+    s = result["summary"]
+    lines += [
+        "",
+        "| overlap stage 1 (job k+1) with stage 2 (job k) | seconds | fraction of that stage 1 |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {o['pair']} | {o['seconds']:.1f} | {o['fraction_of_stage1']:.0%} |" for o in result["overlaps"]
+    ]
+    lines += [
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| jobs succeeded | {s['jobs_succeeded']} / {s['jobs']} |",
+        f"| wall time, first submit -> last finish | {_f(s['wall_s'])} s |",
+        f"| throughput (all jobs) | {_f(s['throughput_jobs_per_min'], 2)} jobs/min |",
+        f"| throughput (steady state, between finishes) | {_f(s['steady_jobs_per_min'], 2)} jobs/min |",
+        f"| overlap stage1(k+1) / stage2(k), total | {s['overlap_s_total']:.1f} s "
+        f"(mean {s['overlap_fraction_mean']:.0%} of stage 1) |",
+    ]
+    for name, value in sorted(meta["peak_gpu"].items()):
+        lines.append(f"| peak memory {name} (nvidia-smi, whole GPU) | {value / GIB:.2f} GiB |")
+    for name, value in sorted(meta["peak_process"].items()):
+        what = "GPU memory" if meta["gpu"] else "resident memory"
+        lines.append(f"| peak {what} {name} | {value / GIB:.2f} GiB |")
+    kill = meta.get("kill")
+    if kill:
+        lines.append(f"| kill test | {kill['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def kill_verdict(kill: KillTest, records: list[JobRecord]) -> dict:
+    """Did the kill happen during stage 2 of the chosen job, and did every job survive without re-running
+    stage 1 of the killed job?"""
+    record = records[kill.job_index - 1]
+    attempts = dict(record.final.attempts) if record.final else {}
+    s1_again = (
+        kill.killed_at is not None
+        and kill.killed_at > 0
+        and any(k == "progress" and s == "stage1" and t > kill.killed_at for t, k, s in record.events)
+    )
+    all_ok = all(
+        r.final is not None and r.final.state == reconstruction_pb2.JOB_STATE_SUCCEEDED for r in records
+    )
+    ok = (
+        bool(kill.killed_pid)
+        and all_ok
+        and attempts.get("multiview", 0) == 1
+        and not s1_again
+        and (attempts.get("reconstruction", 0) >= 2)
+    )
+    verdict = (
+        f"{'PASS' if ok else 'FAIL'}: stage2 pid {kill.killed_pid or '-'} killed in job {kill.job_index}; "
+        f"SERVING again after {_f(kill.serving_again_s)} s; job {kill.job_index} attempts "
+        f"{attempts or '-'}; stage 1 re-run: {'yes' if s1_again else 'no'}; all jobs succeeded: {all_ok}"
+    )
+    return {"ok": ok, "verdict": verdict, "serving_again_s": kill.serving_again_s, "attempts": attempts}
+
+
+# --- main -------------------------------------------------------------------------------------------------
+
+
+def synthetic_photo(path: str | None) -> bytes:
+    """The bytes of ``--image``, or a synthetic RGBA person cut-out (PNG)."""
+    if path:
+        return Path(path).read_bytes()
+    from PIL import Image
+
+    from synchuman.commands.selftest import synthetic_person
+
+    buffer = io.BytesIO()
+    Image.fromarray(synthetic_person(), "RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--ckpts", type=Path, help="checkpoint root (full-size random: `synchuman ckpts make-random`)"
+    )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="write tiny random checkpoints to a temporary folder (CPU dry run) and use few steps",
+    )
+    p.add_argument(
+        "--gpus", default="0", help="'0': both stages share GPU 0; '0,1': stage 1 on 0, stage 2 on 1"
+    )
+    p.add_argument("--device", help="stage device: cuda (default) or cpu (default with --tiny)")
+    p.add_argument("--dtype", default="float16", help="stage compute dtype (float16, bfloat16, float32)")
+    p.add_argument("--jobs", type=int, default=8, help="jobs submitted back to back (default 8)")
+    p.add_argument("--image", help="input photo (default: a synthetic RGBA person cut-out)")
+    p.add_argument("--mv-steps", type=int, default=0, help="stage-1 steps (default: service default, 50)")
+    p.add_argument("--rec-steps", type=int, default=0, help="stage-2 steps (default: service default, 25)")
+    p.add_argument("--texture", type=int, default=0, help="texture size (default: service default, 1024)")
+    p.add_argument("--bake-steps", type=int, default=0, help="texture bake steps (default: service default)")
+    p.add_argument("--visibility-views", type=int, default=0, help="visibility views (default: service's)")
+    p.add_argument(
+        "--kill-job",
+        type=int,
+        default=3,
+        help="SIGKILL stage 2 while this job (1-based) is in stage 2; 0 = no kill test (default 3)",
+    )
+    p.add_argument("--kill-delay", type=float, default=0.5, help="seconds after its first stage-2 event")
+    p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
+    p.add_argument("--ready-timeout", type=float, default=1200.0, help="seconds to wait for SERVING")
+    p.add_argument("--log-level", default="WARNING", help="log level of the services (stderr)")
+    p.add_argument("--out", type=Path, help="write the markdown table here (and raw timings to .json)")
+    args = p.parse_args(argv)
+    args.device = args.device or ("cpu" if args.tiny else "cuda")
+    if args.device == "cpu":
+        args.dtype = "float32"
+    if args.tiny:
+        args.mv_steps = args.mv_steps or 2
+        args.rec_steps = args.rec_steps or 2
+        args.texture = args.texture or 256
+        args.bake_steps = args.bake_steps or 10
+        args.visibility_views = args.visibility_views or 16
+    if not args.ckpts and not args.tiny:
+        p.error("give --ckpts DIR (e.g. written by `synchuman ckpts make-random DIR`) or --tiny")
+    if not 0 <= args.kill_job <= args.jobs:
+        p.error(f"--kill-job must be between 0 and --jobs ({args.jobs})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-deploy-"))
+    ckpts = args.ckpts
+    if ckpts is None:
+        from synchuman.checkpoints.tiny import write_tiny_tree
+
+        ckpts = work / "ckpts"
+        write_tiny_tree(ckpts)
+    photo = synthetic_photo(args.image)
+    gpu = args.device != "cpu"
+    started = time.monotonic()
+    supervisor, config = launch(args, ckpts, work / "jobs")
+    startup_s = time.monotonic() - started
+    try:
+        addresses = {name: config.address(name) for name in ("stage1", "stage2")}
+        kill = (
+            KillTest(supervisor, args.kill_job, config.address("stage2"), args.kill_delay)
+            if args.kill_job
+            else None
+        )
+        with MemoryPoller(addresses, gpu) as memory:
+            records = run_jobs(args, config.address("gateway"), photo, kill)
+    finally:
+        supervisor.stop()
+    result = analyse(records)
+    placement = (
+        f"stage 1 on GPU {args.gpus.split(',')[0]}, stage 2 on GPU {args.gpus.split(',')[-1]}"
+        if gpu
+        else "all on CPU"
+    )
+    options = job_options(args)
+    meta = {
+        "setup": f"{args.jobs} jobs, {placement}, dtype {args.dtype}, ckpts {ckpts}"
+        f"{' (tiny)' if args.tiny else ''}, options {{{str(options).strip() or 'service defaults'}}}"
+        f", services SERVING after {startup_s:.0f} s".replace("\n", " "),
+        "gpu": gpu,
+        "peak_gpu": memory.peak_gpu,
+        "peak_process": memory.peak_process,
+    }
+    if kill:
+        meta["kill"] = kill_verdict(kill, records)
+    table = markdown(result, meta)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+        raw = {**result, "meta": meta, "startup_s": startup_s}
+        args.out.with_suffix(".json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    failed = result["summary"]["jobs_succeeded"] != result["summary"]["jobs"] or (
+        kill and not meta["kill"]["ok"]
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""bench/bench_deployment.py: the analysis of job records (stage spans, overlap, throughput, kill verdict) and
+the process lookup used for memory, on synthetic records (no services started)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from synchuman.v1 import reconstruction_pb2
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_deployment", ROOT / "bench" / "bench_deployment.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(
+    bench,
+    index: int,
+    t0: float,
+    s1: tuple[float, float],
+    s2: tuple[float, float],
+    attempts=None,
+    retry_at: float | None = None,
+):
+    r = bench.JobRecord(index, t0, job_id=f"j{index}")
+    r.events = [
+        (t0 + 0.1, "progress", "preprocess"),
+        (t0 + 0.5, "completed", "preprocess"),
+        (s1[0], "progress", "stage1"),
+        (s1[1], "completed", "stage1"),
+        (s2[0], "progress", "stage2"),
+    ]
+    if retry_at is not None:
+        r.events += [(retry_at, "retrying", ""), (retry_at + 3.0, "progress", "stage2")]
+    r.events += [(s2[1], "completed", "stage2"), (s2[1] + 0.1, "finished", "")]
+    r.final = reconstruction_pb2.Job(
+        id=r.job_id,
+        state=reconstruction_pb2.JOB_STATE_SUCCEEDED,
+        attempts=attempts or {"multiview": 1, "reconstruction": 1},
+    )
+    return r
+
+
+def test_pipelined_jobs_overlap_and_throughput(bench) -> None:
+    # stage 1 takes 10 s per job back to back; stage 2 takes 6 s and starts when stage 1 of the job ends.
+    records = [
+        _record(bench, k + 1, 0.0, (1 + 10 * k, 11 + 10 * k), (11 + 10 * k, 17 + 10 * k)) for k in range(3)
+    ]
+    result = bench.analyse(records)
+    assert [o["seconds"] for o in result["overlaps"]] == [6.0, 6.0]
+    assert result["overlaps"][0]["fraction_of_stage1"] == pytest.approx(0.6)
+    jobs = result["jobs"]
+    assert [j["stage1_s"] for j in jobs] == [10, 10, 10] and jobs[2]["stage1_wait_s"] == pytest.approx(20.5)
+    summary = result["summary"]
+    assert summary["jobs_succeeded"] == 3
+    assert summary["throughput_jobs_per_min"] == pytest.approx(60 * 3 / 37.1)
+    assert summary["steady_jobs_per_min"] == pytest.approx(60 * 2 / 20)
+    table = bench.markdown(
+        result, {"setup": "x", "gpu": True, "peak_gpu": {"GPU 0": 3 << 30}, "peak_process": {}}
+    )
+    assert (
+        "| 2/1 | 6.0 | 60% |" in table and "| peak memory GPU 0 (nvidia-smi, whole GPU) | 3.00 GiB |" in table
+    )
+
+
+def test_serial_jobs_do_not_overlap(bench) -> None:
+    records = [
+        _record(bench, k + 1, 0.0, (1 + 16 * k, 11 + 16 * k), (11 + 16 * k, 17 + 16 * k)) for k in range(2)
+    ]
+    assert bench.analyse(records)["overlaps"][0]["seconds"] == 0.0
+
+
+def test_stage2_span_counts_only_the_attempt_after_the_retry(bench) -> None:
+    r = _record(bench, 1, 0.0, (1, 11), (11, 30), retry_at=14.0)
+    assert r.span("stage2") == (17.0, 30)
+
+
+def test_kill_verdict(bench) -> None:
+    records = [
+        _record(bench, 1, 0.0, (1, 11), (11, 30), {"multiview": 1, "reconstruction": 2}, retry_at=14.0)
+    ]
+    kill = bench.KillTest(supervisor=None, job_index=1, address="", delay_s=0.0)
+    kill.killed_pid, kill.killed_at, kill.serving_again_s = 123, 13.0, 2.5
+    assert bench.kill_verdict(kill, records)["ok"]
+    records[0].final.attempts["multiview"] = 2  # stage 1 ran again: the kill lost work
+    assert not bench.kill_verdict(kill, records)["ok"]
+    records[0].final.attempts["multiview"] = 1
+    records[0].final.attempts["reconstruction"] = 1  # the kill did not hit the job in stage 2
+    assert not bench.kill_verdict(kill, records)["ok"]
+
+
+def test_pids_listening_matches_the_address_flag_only(bench) -> None:
+    code = "import time; time.sleep(30)"
+    own = subprocess.Popen([sys.executable, "-c", code, "--address", "127.0.0.1:1"])
+    other = subprocess.Popen([sys.executable, "-c", code, "--stage2", "127.0.0.1:1", "--address", "x"])
+    try:
+        deadline = time.monotonic() + 10
+        while own.pid not in bench.pids_listening("127.0.0.1:1") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert bench.pids_listening("127.0.0.1:1") == [own.pid]
+        assert bench.rss_bytes(own.pid) > 0
+    finally:
+        for p in (own, other):
+            p.kill()
+            p.wait()
