@@ -62,3 +62,27 @@ def test_full_stage2_configs_match_upstream_manifest(parity_dir: Path, tmp_path:
     (tmp_path / "config.json").write_text(json.dumps(config))
     _, model = build_meta_model(tmp_path)
     assert model_shapes(model) == {k: tuple(v["shape"]) for k, v in manifest["keys"].items()}
+
+
+class _TinySSDecoder(torch.nn.Module):
+    """Test double with the SS decoder's interface: latent [B, 8, 16^3] -> logits [B, 1, 64^3]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_layer = torch.nn.Conv3d(8, 32, 3, padding=1)
+        self.up = torch.nn.Upsample(scale_factor=4)
+        self.out_layer = torch.nn.Sequential(torch.nn.GroupNorm(8, 32), torch.nn.SiLU(),
+                                             torch.nn.Conv3d(32, 1, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_layer(self.up(self.input_layer(x)))
+
+
+def test_ss_occupancy_is_calibrated_for_latents_of_any_scale() -> None:
+    model = full_size.randomize_(_TinySSDecoder(), seed=1)
+    full_size.calibrate_ss_occupancy_(model, torch.device("cpu"), fraction=0.08)
+    with torch.no_grad():
+        for scale in (1.0, 5.0):
+            latent = scale * torch.randn(1, 8, 16, 16, 16, generator=torch.Generator().manual_seed(7))
+            occupied = float((model(latent) > 0).float().mean())
+            assert 0.04 < occupied < 0.16, (scale, occupied)

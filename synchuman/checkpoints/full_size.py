@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from synchuman.checkpoints.dinov2_config import REAL_DINOV2_CONFIG
 from synchuman.checkpoints.layout import CheckpointLayout
@@ -125,6 +126,25 @@ DECODER_MESH_CONFIG: dict[str, Any] = {
 PROMPT_TOKENS = 77
 PROMPT_VIEWS = 7
 PARTS = ("dinov2", "stage1", "stage2")
+#: Fraction of the 64^3 grid the random sparse-structure decoder marks occupied (a person: ~21k voxels, 8 %).
+SS_OCCUPANCY = 0.08
+#: The SS decoder's last parameter: the bias of the 32 -> 1 logit conv.
+SS_LAST_BIAS = "out_layer.2.bias"
+
+
+@torch.no_grad()
+def calibrate_ss_occupancy_(model: nn.Module, device: torch.device, fraction: float = SS_OCCUPANCY) -> None:
+    """Shift the SS decoder's last bias so about ``fraction`` of the logits of a N(0, 1) latent are > 0.
+
+    Random weights otherwise mark ~50 % of the grid (131k voxels), far beyond a person (~21k), which would
+    make every stage-2 measurement meaningless. The last conv's input is group-normed, so the fraction
+    hardly depends on the latent's scale.
+    """
+    latent = torch.randn(1, 8, 16, 16, 16, generator=torch.Generator(device=device).manual_seed(0),
+                         device=device)
+    logits = model(latent).float().flatten()
+    bias = dict(model.named_parameters())[SS_LAST_BIAS]
+    bias.sub_(torch.quantile(logits, 1.0 - fraction).to(bias.dtype))
 
 
 @dataclass(frozen=True)
@@ -136,6 +156,7 @@ class RandomModel:
     weights_name: str = WEIGHTS_NAME
     pickle: bool = False
     keep_fp32: bool = False
+    adjust: Callable[[nn.Module, torch.device], None] | None = None
 
 
 def models_of(layout: CheckpointLayout, part: str) -> list[RandomModel]:
@@ -148,7 +169,7 @@ def models_of(layout: CheckpointLayout, part: str) -> list[RandomModel]:
             RandomModel(layout.diffusion_2d3d, DIFFUSION_2D3D_CONFIG, DIFFUSERS_WEIGHTS),
             RandomModel(layout.vae, VAE_CONFIG, DIFFUSERS_WEIGHTS),
             RandomModel(layout.image_encoder, IMAGE_ENCODER_CONFIG),
-            RandomModel(layout.ss_decoder, SS_DECODER_CONFIG),
+            RandomModel(layout.ss_decoder, SS_DECODER_CONFIG, adjust=calibrate_ss_occupancy_),
         ]
     if part == "stage2":
         return [
@@ -168,6 +189,8 @@ def write_random_model(spec: RandomModel, seed: int, device: torch.device, dtype
     write_json(spec.folder / CONFIG_NAME, spec.config)
     _, model = build_meta_model(spec.folder, device=device)
     randomize_(model, seed, device)
+    if spec.adjust is not None:
+        spec.adjust(model, device)
     params = {name for name, _ in model.named_parameters()}
     store = torch.float32 if spec.keep_fp32 else dtype
     tensors = {
