@@ -23,15 +23,18 @@ CPU dry run (tiny random checkpoints, few steps)::
 
     .venv/bin/python bench/bench_deployment.py --device cpu --tiny --out /tmp/deploy.md
 
-GPU run (full size, random weights; paste as ONE device command, carry ``.whl``)::
+GPU run (full size, random weights, ~8 GB written once to /tmp/ckpts and reused while the machine stays warm).
+One device command (carry ``.whl``; --timeout bounds the bench so it reports before the 600 s limit)::
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site
-    .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD:$PYTHONPATH || exit; nvidia-smi -L;
-    python3 -m synchuman.cli ckpts make-random /tmp/ckpts --dtype float16 --device cuda || exit;
-    python3 bench/bench_deployment.py --ckpts /tmp/ckpts --gpus 0 --dtype float16 --jobs 8
-    --out $OUT/deployment.md 2>$OUT/services.log; tail -n 40 $OUT/services.log
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD:$PYTHONPATH || exit; nvidia-smi -L; \
+    [ -f /tmp/ckpts/RANDOM_WEIGHTS.json ] || python3 -m synchuman.cli ckpts make-random /tmp/ckpts \
+    --dtype float16 --device cuda >$OUT/ckpts.log 2>&1 || { tail -30 $OUT/ckpts.log; exit 1; }; \
+    python3 bench/bench_deployment.py --ckpts /tmp/ckpts --gpus 0 --jobs 8 --timeout 450 \
+    --out $OUT/deployment.md 2>$OUT/services.log; rc=$?; tail -25 $OUT/services.log; exit $rc
 
-(``--gpus 0,1`` on the two-GPU machine; reduce with ``--mv-steps/--rec-steps/--texture/--jobs``.)
+(Paste it as one line without the backslash-newlines. ``--gpus 0,1`` on the two-GPU machine; reduce the work
+with ``--jobs``, ``--mv-steps``, ``--rec-steps``, ``--texture``, ``--bake-steps``, ``--visibility-views``.)
 """
 
 from __future__ import annotations
@@ -52,13 +55,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from google.protobuf import text_format
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.common.stage_io import blob_chunks, blob_header  # noqa: E402
 from services.embedded import HEALTH_SERVICES, EmbeddedConfig, child_specs  # noqa: E402
-from services.reconstruct_client import TERMINAL  # noqa: E402
 from services.supervisor import Supervisor, health_status  # noqa: E402
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc  # noqa: E402
 
@@ -67,13 +70,22 @@ STAGES = {
     common_pb2.STAGE_MULTIVIEW: "stage1",
     common_pb2.STAGE_RECONSTRUCTION: "stage2",
 }
+TERMINAL = {
+    reconstruction_pb2.JOB_STATE_SUCCEEDED,
+    reconstruction_pb2.JOB_STATE_FAILED,
+    reconstruction_pb2.JOB_STATE_CANCELLED,
+}
 GIB = 1024**3
+#: Bytes per voxel in the stored "voxels.bin" (x, y, z as little-endian uint16, as on the wire).
+VOXEL_BYTES = 6
 
 
 # --- launching --------------------------------------------------------------------------------------------
 
 
-def launch(args: argparse.Namespace, ckpts: Path, data_dir: Path) -> tuple[Supervisor, EmbeddedConfig]:
+def launch(
+    args: argparse.Namespace, ckpts: Path, data_dir: Path, ready_timeout_s: float
+) -> tuple[Supervisor, EmbeddedConfig]:
     """Start the four services as compose would: stages pinned to their GPU, preprocess/gateway on CPU."""
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
     if args.device != "cpu" and len(gpus) not in (1, 2):
@@ -93,11 +105,11 @@ def launch(args: argparse.Namespace, ckpts: Path, data_dir: Path) -> tuple[Super
         dataclasses.replace(spec, env={**spec.env, "CUDA_VISIBLE_DEVICES": visible[spec.name]})
         for spec in child_specs(config)
     ]
-    supervisor = Supervisor(specs)
+    supervisor = Supervisor(specs, stop_grace_s=args.stop_grace)
     supervisor.start()
     supervisor.run_in_background()
-    if not supervisor.wait_ready(args.ready_timeout):
-        reason = supervisor.failed or f"not all services SERVING within {args.ready_timeout:.0f} s"
+    if not supervisor.wait_ready(ready_timeout_s):
+        reason = supervisor.failed or f"not all services SERVING within {ready_timeout_s:.0f} s"
         supervisor.stop()
         raise SystemExit(f"services did not start: {reason}")
     return supervisor, config
@@ -349,10 +361,14 @@ class KillTest:
             time.sleep(0.25)
 
 
-def run_jobs(args: argparse.Namespace, gateway: str, photo: bytes, kill: KillTest | None) -> list[JobRecord]:
-    """Submit ``args.jobs`` photos back to back, watch them all concurrently, return their records."""
+def run_jobs(
+    args: argparse.Namespace, gateway: str, photo: bytes, kill: KillTest | None, deadline: float
+) -> list[JobRecord]:
+    """Submit ``args.jobs`` photos back to back, watch them all concurrently, return their records.
+
+    At ``deadline`` (``time.monotonic()``) the jobs still running are cancelled and recorded as unfinished.
+    """
     options = job_options(args)
-    deadline = time.monotonic() + args.timeout
     records = [JobRecord(i + 1, 0.0) for i in range(args.jobs)]
     on_event = kill.on_event if kill else (lambda *_: None)
     with grpc.insecure_channel(gateway) as channel:
@@ -366,6 +382,12 @@ def run_jobs(args: argparse.Namespace, gateway: str, photo: bytes, kill: KillTes
             watchers.append(thread)
         for thread in watchers:
             thread.join()
+        for record in records:
+            if record.job_id and (record.final is None or record.final.state not in TERMINAL):
+                try:
+                    stub.CancelJob(reconstruction_pb2.CancelJobRequest(job_id=record.job_id), timeout=10)
+                except grpc.RpcError:
+                    pass  # the summary reports the job as unfinished either way
     return records
 
 
@@ -384,6 +406,12 @@ def analyse(records: list[JobRecord]) -> dict:
             "state": reconstruction_pb2.JobState.Name(final.state) if final else f"ERROR {r.error}",
             "attempts": dict(final.attempts) if final else {},
             "latency_s": (r.finished - r.submitted) if r.finished else None,
+            "voxels": next(
+                (a.blob.size_bytes // VOXEL_BYTES for a in final.artifacts if a.blob.name == "voxels.bin"),
+                None,
+            )
+            if final
+            else None,
         }
         previous_end = r.submitted
         for stage, span in spans.items():
@@ -432,15 +460,16 @@ def markdown(result: dict, meta: dict) -> str:
     lines = [
         f"Setup: {meta['setup']}",
         "",
-        "| job | state | latency s | preprocess s | wait s | stage 1 s | wait s | stage 2 s | attempts |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| job | state | latency s | preprocess s | wait s | stage 1 s | wait s | stage 2 s | voxels "
+        "| attempts |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for j in result["jobs"]:
         attempts = " ".join(f"{k}={v}" for k, v in sorted(j["attempts"].items()))
         lines.append(
             f"| {j['job']} | {j['state'].removeprefix('JOB_STATE_')} | {_f(j['latency_s'])} | "
             f"{_f(j['preprocess_s'], 2)} | {_f(j['stage1_wait_s'])} | {_f(j['stage1_s'])} | "
-            f"{_f(j['stage2_wait_s'])} | {_f(j['stage2_s'])} | {attempts} |"
+            f"{_f(j['stage2_wait_s'])} | {_f(j['stage2_s'])} | {j['voxels'] or '-'} | {attempts} |"
         )
     times = [j for j in result["jobs"] if j["stage1_s"] is not None and j["stage2_s"] is not None]
     if times:
@@ -448,7 +477,7 @@ def markdown(result: dict, meta: dict) -> str:
             f"| median | | {_f(statistics.median(j['latency_s'] for j in times if j['latency_s']))} | "
             f"{_f(statistics.median(j['preprocess_s'] or 0 for j in times), 2)} | | "
             f"{_f(statistics.median(j['stage1_s'] for j in times))} | | "
-            f"{_f(statistics.median(j['stage2_s'] for j in times))} | |"
+            f"{_f(statistics.median(j['stage2_s'] for j in times))} | | |"
         )
     s = result["summary"]
     lines += [
@@ -554,7 +583,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="SIGKILL stage 2 while this job (1-based) is in stage 2; 0 = no kill test (default 3)",
     )
     p.add_argument("--kill-delay", type=float, default=0.5, help="seconds after its first stage-2 event")
-    p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="overall budget in seconds from start-up on; unfinished jobs are then cancelled and reported",
+    )
+    p.add_argument("--stop-grace", type=float, default=15.0, help="seconds the services get to stop")
     p.add_argument("--ready-timeout", type=float, default=1200.0, help="seconds to wait for SERVING")
     p.add_argument("--log-level", default="WARNING", help="log level of the services (stderr)")
     p.add_argument("--out", type=Path, help="write the markdown table here (and raw timings to .json)")
@@ -587,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     photo = synthetic_photo(args.image)
     gpu = args.device != "cpu"
     started = time.monotonic()
-    supervisor, config = launch(args, ckpts, work / "jobs")
+    deadline = started + args.timeout
+    supervisor, config = launch(args, ckpts, work / "jobs", min(args.ready_timeout, args.timeout))
     startup_s = time.monotonic() - started
     try:
         addresses = {name: config.address(name) for name in ("stage1", "stage2")}
@@ -597,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
             else None
         )
         with MemoryPoller(addresses, gpu) as memory:
-            records = run_jobs(args, config.address("gateway"), photo, kill)
+            records = run_jobs(args, config.address("gateway"), photo, kill, deadline)
     finally:
         supervisor.stop()
     result = analyse(records)
@@ -606,11 +642,10 @@ def main(argv: list[str] | None = None) -> int:
         if gpu
         else "all on CPU"
     )
-    options = job_options(args)
+    options = text_format.MessageToString(job_options(args), as_one_line=True) or "service defaults"
     meta = {
         "setup": f"{args.jobs} jobs, {placement}, dtype {args.dtype}, ckpts {ckpts}"
-        f"{' (tiny)' if args.tiny else ''}, options {{{str(options).strip() or 'service defaults'}}}"
-        f", services SERVING after {startup_s:.0f} s".replace("\n", " "),
+        f"{' (tiny)' if args.tiny else ''}, options {{{options}}}, services SERVING after {startup_s:.0f} s",
         "gpu": gpu,
         "peak_gpu": memory.peak_gpu,
         "peak_process": memory.peak_process,

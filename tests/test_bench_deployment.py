@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from synchuman.v1 import reconstruction_pb2
+from synchuman.v1 import common_pb2, reconstruction_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,9 @@ def test_pipelined_jobs_overlap_and_throughput(bench) -> None:
     records = [
         _record(bench, k + 1, 0.0, (1 + 10 * k, 11 + 10 * k), (11 + 10 * k, 17 + 10 * k)) for k in range(3)
     ]
+    records[0].final.artifacts.add().blob.CopyFrom(common_pb2.BlobHeader(name="voxels.bin", size_bytes=600))
     result = bench.analyse(records)
+    assert [j["voxels"] for j in result["jobs"]] == [100, None, None]
     assert [o["seconds"] for o in result["overlaps"]] == [6.0, 6.0]
     assert result["overlaps"][0]["fraction_of_stage1"] == pytest.approx(0.6)
     jobs = result["jobs"]
