@@ -1,17 +1,21 @@
 """bench/bench_deployment.py: the analysis of job records (stage spans, overlap, throughput, kill verdict) and
-the process lookup used for memory, on synthetic records (no services started)."""
+the process lookup used for memory, on synthetic records; the client half (submit, watch, kill test) against
+a gateway test double over real gRPC."""
 
 from __future__ import annotations
 
 import importlib.util
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
+from google.rpc import status_pb2
 
-from synchuman.v1 import common_pb2, reconstruction_pb2
+from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,3 +121,101 @@ def test_pids_listening_matches_the_address_flag_only(bench) -> None:
         for p in (own, other):
             p.kill()
             p.wait()
+
+
+class _FakeGateway(reconstruction_pb2_grpc.ReconstructionServiceServicer):
+    """Test double of the gateway: jobs go through three simulated stages, each running one job at a time
+    (like one GPU slot per stage), so consecutive jobs pipeline. Setting ``crash`` fails the running stage-2
+    call once; the job then retries stage 2 only."""
+
+    STEP_S = 0.02
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict] = {}
+        self.locks = {s: threading.Lock() for s in (1, 2, 3)}
+        self.crash = threading.Event()
+        self.changed = threading.Condition()
+
+    def _emit(self, job: dict, state: int, **event) -> None:
+        with self.changed:
+            message = reconstruction_pb2.WatchJobResponse(
+                sequence=len(job["events"]) + 1, state=state, **event
+            )
+            message.time.GetCurrentTime()
+            job["events"].append(message)
+            self.changed.notify_all()
+
+    def _run(self, job: dict) -> None:
+        running = reconstruction_pb2.JOB_STATE_RUNNING
+        for stage, name in ((1, "preprocess"), (2, "multiview"), (3, "reconstruction")):
+            with self.locks[stage]:
+                while True:
+                    job["attempts"][name] = job["attempts"].get(name, 0) + 1
+                    failed = False
+                    for step in range(5):
+                        self._emit(job, running, progress=common_pb2.ProgressEvent(stage=stage, step=step))
+                        time.sleep(self.STEP_S)
+                        if stage == 3 and self.crash.is_set():
+                            self.crash.clear()
+                            failed = True
+                            break
+                    if not failed:
+                        break
+                    self._emit(job, running, retrying=status_pb2.Status(code=14, message="stage2 died"))
+            self._emit(job, running, stage_completed=stage)
+        final = reconstruction_pb2.Job(
+            id=job["id"], state=reconstruction_pb2.JOB_STATE_SUCCEEDED, attempts=job["attempts"]
+        )
+        self._emit(job, final.state, finished=final)
+
+    def SubmitJob(self, request_iterator, context):  # noqa: N802
+        assert next(request_iterator).WhichOneof("payload") == "start"
+        assert sum(len(r.chunk.data) for r in request_iterator) > 0
+        job = {"id": f"job{len(self.jobs) + 1}", "events": [], "attempts": {}}
+        self.jobs[job["id"]] = job
+        threading.Thread(target=self._run, args=(job,), daemon=True).start()
+        return reconstruction_pb2.SubmitJobResponse(job=reconstruction_pb2.Job(id=job["id"]))
+
+    def WatchJob(self, request, context):  # noqa: N802
+        job, sent = self.jobs[request.job_id], request.after_sequence
+        while True:
+            with self.changed:
+                self.changed.wait_for(lambda after=sent: len(job["events"]) > after, timeout=1.0)
+                pending = job["events"][sent:]
+            for message in pending:
+                sent = message.sequence
+                yield message
+                if message.WhichOneof("event") == "finished":
+                    return
+
+
+class _FakeSupervisor:
+    def __init__(self, gateway: _FakeGateway) -> None:
+        self.gateway = gateway
+
+    def kill_child(self, name: str) -> int:
+        assert name == "stage2"
+        self.gateway.crash.set()
+        return 4242
+
+
+def test_run_jobs_against_a_gateway_double_pipelines_and_survives_the_kill(bench) -> None:
+    from concurrent import futures
+
+    gateway = _FakeGateway()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    reconstruction_pb2_grpc.add_ReconstructionServiceServicer_to_server(gateway, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        args = bench.parse_args(["--tiny", "--jobs", "4", "--kill-job", "2", "--kill-delay", "0"])
+        kill = bench.KillTest(_FakeSupervisor(gateway), 2, f"127.0.0.1:{port}", 0.0)
+        records = bench.run_jobs(args, f"127.0.0.1:{port}", b"photo", kill, time.monotonic() + 60)
+    finally:
+        server.stop(None)
+    result = bench.analyse(records)
+    assert result["summary"]["jobs_succeeded"] == 4
+    assert result["summary"]["overlap_s_total"] > 0  # stage 1 of job k+1 ran while job k was in stage 2
+    verdict = bench.kill_verdict(kill, records)
+    assert verdict["ok"], verdict["verdict"]
+    assert verdict["attempts"] == {"preprocess": 1, "multiview": 1, "reconstruction": 2}
