@@ -7,7 +7,8 @@ requested dtype; buffers keep the values the constructor computed. The noise is 
 given, and the tree passes ``synchuman ckpts verify``. Outputs made with it are meaningless.
 
 Sizes (fp16): 2D3D diffusion 3.4 GB, CLIP ViT-H image encoder 1.3 GB, VAE 0.17 GB, SS decoder 0.15 GB,
-slat flow 1.2 GB, two decoders 0.6 GB, DINOv2 1.2 GB (fp32, as the hub file) -> about 8 GB.
+slat flow 1.2 GB, two decoders 1.8 GB, DINOv2 1.2 GB (fp32, as the hub file) -> about 9.2 GB. Stage 2 alone
+takes 24 s on 2 CPU cores; on a GPU the time is mostly the disk writes.
 """
 
 from __future__ import annotations

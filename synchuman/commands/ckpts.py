@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     random = actions.add_parser("make-random", help="write FULL-SIZE models with RANDOM weights (benchmarks)",
                                 description="Writes every model at full size with random, well-scaled "
-                                "weights in the real layout (~8 GB in fp16), drawn on the GPU when one is "
+                                "weights in the real layout (~9 GB in fp16), drawn on the GPU when one is "
                                 "available. For speed/memory benchmarks only: outputs are meaningless.")
     random.add_argument("dir", type=Path, metavar="DIR", help="checkpoint root to write")
     random.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
