@@ -1,0 +1,1 @@
+"""Small geometry helpers: cameras, mesh graphs and a PyTorch triangle rasteriser."""

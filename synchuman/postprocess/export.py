@@ -1,0 +1,79 @@
+"""Export: GLB with a PBR material (trimesh), OBJ+MTL+PNG, Gaussian PLY, multiview PNGs."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+# z-up (model space) to y-up (glTF): (x, y, z) -> (x, z, -y)
+Z_UP_TO_Y_UP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float32)
+
+
+def _textured_trimesh(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,
+                      metallic: float, roughness: float):  # -> trimesh.Trimesh
+    import trimesh
+    from PIL import Image
+
+    material = trimesh.visual.material.PBRMaterial(
+        baseColorTexture=Image.fromarray(texture),
+        baseColorFactor=np.array([255, 255, 255, 255], dtype=np.uint8),
+        metallicFactor=metallic,
+        roughnessFactor=roughness,
+    )
+    visual = trimesh.visual.TextureVisuals(uv=uvs, material=material)
+    return trimesh.Trimesh(vertices @ Z_UP_TO_Y_UP, faces, visual=visual, process=False)
+
+
+def glb_bytes(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,
+              metallic: float = 0.0, roughness: float = 1.0) -> bytes:
+    """GLB of a textured mesh.
+
+    Args:
+        vertices: ``[V, 3]`` z-up (rotated to y-up here); faces ``[F, 3]``; uvs ``[V, 2]`` (v up);
+        texture: ``[T, T, 3]`` uint8, row 0 at ``v = 1``.
+        metallic: upstream leaves it unset (glTF default 1.0, a fully metallic look); we default to 0.
+    """
+    mesh = _textured_trimesh(vertices, faces, uvs, texture, metallic, roughness)
+    return mesh.export(file_type="glb")
+
+
+def obj_files(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,
+              name: str = "model") -> dict[str, bytes]:
+    """OBJ + MTL + PNG (y-up) as ``{file name: bytes}``."""
+    from trimesh.exchange.obj import export_obj
+
+    mesh = _textured_trimesh(vertices, faces, uvs, texture, 0.0, 1.0)
+    text, files = export_obj(mesh, include_texture=True, return_texture=True, mtl_name=f"{name}.mtl")
+    out = {f"{name}.obj": text.encode()}
+    out.update({k: bytes(v) for k, v in files.items()})
+    return out
+
+
+def gaussian_ply(xyz: np.ndarray, features_dc: np.ndarray, scales: np.ndarray, quats: np.ndarray,
+                 opacities: np.ndarray) -> bytes:
+    """Binary little-endian 3DGS PLY (the layout 3DGS viewers read): raw log-scales and opacity logits.
+
+    Inputs are activated values: ``xyz [N, 3]``, ``features_dc [N, 3]``, ``scales [N, 3]`` (std-devs),
+    ``quats [N, 4]`` wxyz, ``opacities [N, 1]`` in (0, 1).
+    """
+    n = len(xyz)
+    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
+             "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    op = np.clip(np.asarray(opacities, dtype=np.float64).reshape(n), 1e-6, 1 - 1e-6)
+    data = np.concatenate([
+        xyz, np.zeros((n, 3)), features_dc, np.log(op / (1 - op))[:, None],
+        np.log(np.maximum(scales, 1e-12)), quats,
+    ], axis=1).astype("<f4")
+    header = "ply\nformat binary_little_endian 1.0\n" + f"element vertex {n}\n"
+    header += "".join(f"property float {p}\n" for p in names) + "end_header\n"
+    return header.encode() + data.tobytes()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG of a uint8 ``[H, W, 3]`` image."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()

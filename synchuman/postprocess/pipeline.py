@@ -1,0 +1,242 @@
+"""Decoded mesh + Gaussians + generated views -> finished GLB (upstream ``to_glb`` behaviour, on device)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from synchuman.geometry import camera
+from synchuman.models.flexicubes import Mesh
+from synchuman.models.gaussians import Gaussians
+from synchuman.postprocess import bake as bake_mod
+from synchuman.postprocess import checks as checks_mod
+from synchuman.postprocess import export
+from synchuman.postprocess.decimate import decimate
+from synchuman.postprocess.gaussian_render import render_gaussians
+from synchuman.postprocess.uv_atlas import parametrize
+from synchuman.postprocess.visibility import face_visibility, remove_invisible_faces
+
+# generated body views: azimuths of the front, right, back and left orthographic cameras (pitch 0, radius 2)
+VIEW_YAWS = (-math.pi, -3 * math.pi / 2, 0.0, -math.pi / 2)
+MIRRORED_VIEWS = (2, 3)  # upstream flips these generated images left-right before baking
+# face view: pixel region x 256-512, y 0-256 of the 768 front view, as a fraction of the image
+FACE_CROP = (256 / 768, 512 / 768, 0.0, 256 / 768)
+
+ProgressFn = Callable[[str, float], None]
+
+
+@dataclass
+class GeneratedViews:
+    """Stage-1 views.
+
+    Attributes:
+        colors: ``[5, H, W, 3]`` uint8: body views 0-3 (azimuths :data:`VIEW_YAWS`, orthographic, +-0.5 box)
+            then the face view (the :data:`FACE_CROP` region of view 0, upscaled).
+        normals: optional ``[5, H, W, 3]`` uint8 normal views; masks are pixels with a channel < 230 (upstream).
+            Without normals the colour views' non-white pixels are used.
+    """
+
+    colors: np.ndarray
+    normals: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class PostprocessOptions:
+    """Every upstream knob (defaults = upstream SyncHuman ``to_glb`` call) plus our speed options."""
+
+    simplify: float = 0.7
+    fill_holes: bool = True
+    max_hole_size: float = 0.04
+    max_hole_edges: int | None = None  # None: int(250 * sqrt(1 - simplify)), as upstream
+    visibility_views: int = 1000
+    visibility_resolution: int = 1024
+    texture_size: int = 1024
+    bake_mode: str = "opt"
+    bake_steps: int = 1000
+    bake_lambda_tv: float = 0.01
+    gaussian_views: int = 95  # upstream renders 100 views of which the first 5 are replaced by generated ones
+    gaussian_resolution: int = 1024
+    gaussian_kernel: float = 0.1
+    gaussian_backend: str = "auto"
+    atlas_fast: bool = True
+    metallic: float = 0.0
+    limits: checks_mod.CheckLimits = field(default_factory=checks_mod.CheckLimits)
+    extras: tuple[str, ...] = ()  # any of "gaussian_ply", "obj", "views"
+    raster_candidates: int = 1 << 24
+    seed: int = 0
+
+
+@dataclass
+class PostprocessReport:
+    """What happened: per-phase seconds, sizes, atlas and bake quality, backends, checks and warnings."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    atlas_utilization: float = 0.0
+    bake: bake_mod.BakeStats | None = None
+    backends: dict[str, str] = field(default_factory=dict)
+    checks: list[checks_mod.Check] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    extras: dict[str, bytes] = field(default_factory=dict)
+
+
+class _Phases:
+    """Wall-clock phase timer (synchronises CUDA at phase ends) that also reports progress."""
+
+    def __init__(self, report: PostprocessReport, device: torch.device, progress: ProgressFn | None) -> None:
+        self.report, self.device, self.progress = report, device, progress
+        self.names = ("decimate", "visibility", "cut_fill", "uv_atlas", "gaussian_render", "bake", "export")
+
+    def run(self, name: str, fn: Callable[[], object]) -> object:
+        if self.progress:
+            self.progress(name, self.names.index(name) / len(self.names))
+        start = time.perf_counter()
+        out = fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.report.phases[name] = time.perf_counter() - start
+        return out
+
+
+def generated_bake_views(views: GeneratedViews, device: torch.device) -> list[bake_mod.BakeView]:
+    """The 4 orthographic body views and the face view as :class:`~synchuman.postprocess.bake.BakeView`."""
+    colors = np.asarray(views.colors)
+    if colors.ndim != 4 or colors.shape[0] != 5 or colors.shape[-1] != 3 or colors.dtype != np.uint8:
+        raise checks_mod.PostprocessError(
+            f"generated views must be uint8 [5, H, W, 3] (4 body views + face view), got {colors.dtype} "
+            f"{list(colors.shape)}")
+    source = views.normals if views.normals is not None else colors
+    masks = np.any(np.asarray(source) < 230, axis=-1)
+    yaws = torch.tensor([*VIEW_YAWS, VIEW_YAWS[0]])
+    extrinsics = camera.orbit_extrinsics(yaws, torch.zeros(5), 2.0)
+    body = camera.orthographic_intrinsics(-0.5, 0.5, -0.5, 0.5)
+    u0, u1, v0, v1 = FACE_CROP
+    face = camera.orthographic_intrinsics(u0 - 0.5, u1 - 0.5, v0 - 0.5, v1 - 0.5)
+    out = []
+    for i in range(5):
+        image, mask = colors[i], masks[i]
+        if i in MIRRORED_VIEWS:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        out.append(bake_mod.BakeView(
+            image=torch.from_numpy(np.ascontiguousarray(image)).to(device).float() / 255,
+            mask=torch.from_numpy(np.ascontiguousarray(mask)).to(device),
+            extrinsics=extrinsics[i], intrinsics=face if i == 4 else body, orthographic=True,
+        ))
+    return out
+
+
+def gaussian_bake_views(
+    gaussians: Gaussians, options: PostprocessOptions
+) -> tuple[list[bake_mod.BakeView], str, torch.Tensor]:
+    """Render the Hammersley views of the Gaussians (radius 2, fov 40 degrees); mask = any channel > 0."""
+    yaw, pitch = camera.sphere_hammersley(options.gaussian_views)
+    device = gaussians.xyz.device
+    extrinsics = camera.orbit_extrinsics(yaw, pitch, 2.0).to(device)
+    intrinsics = camera.intrinsics_from_fov(math.radians(40.0)).expand(len(yaw), 3, 3).to(device)
+    rgb, _, backend = render_gaussians(gaussians, extrinsics, intrinsics, options.gaussian_resolution,
+                                       options.gaussian_kernel, options.gaussian_backend)
+    masks = (rgb >= 1 / 255).any(dim=-1)
+    views = [bake_mod.BakeView(rgb[i], masks[i], extrinsics[i], intrinsics[i], False) for i in range(len(yaw))]
+    return views, backend, rgb
+
+
+def to_glb(
+    mesh: Mesh, gaussians: Gaussians | None, views: GeneratedViews | None,
+    options: PostprocessOptions = PostprocessOptions(), progress: ProgressFn | None = None,
+) -> tuple[bytes, PostprocessReport]:
+    """Post-process a decoded mesh into a textured GLB.
+
+    Steps (upstream order): decimate -> per-face visibility -> interior cut + small-hole fill -> UV atlas ->
+    Gaussian renders -> texture bake -> z-up to y-up -> GLB. The mesh is z-up in the ``[-0.5, 0.5]`` box.
+
+    Returns:
+        ``(glb bytes, report)``. Raises :class:`~synchuman.postprocess.checks.PostprocessError` when an
+        error check fails (empty/tiny mesh, nothing left); warnings are listed in the report.
+    """
+    if gaussians is None and views is None:
+        raise checks_mod.PostprocessError("to_glb needs the generated views or the Gaussians to bake a texture")
+    device = mesh.vertices.device
+    report = PostprocessReport()
+    timer = _Phases(report, device, progress)
+    report.checks += checks_mod.check_input_mesh(mesh.vertices, mesh.faces, options.limits)
+    report.counts["faces_in"] = int(mesh.faces.shape[0])
+
+    verts_np, faces_np = timer.run("decimate", lambda: decimate(
+        mesh.vertices.detach().cpu().numpy(), mesh.faces.detach().cpu().numpy(), options.simplify))
+    report.counts["faces_decimated"] = len(faces_np)
+    report.backends["decimate"] = "fast-simplification"
+    if options.fill_holes:
+        vis = timer.run("visibility", lambda: face_visibility(
+            torch.from_numpy(verts_np).to(device), torch.from_numpy(faces_np).to(device),
+            options.visibility_views, options.visibility_resolution, max_candidates=options.raster_candidates))
+        nbe = options.max_hole_edges or int(250 * math.sqrt(1 - options.simplify))
+        verts_np, faces_np, cut = timer.run("cut_fill", lambda: remove_invisible_faces(
+            verts_np, faces_np, vis, options.max_hole_size, nbe))
+        report.counts["removed_by_cut"] = cut.removed_by_cut
+        report.counts["cut_passes"] = cut.passes
+        report.backends["visibility"] = f"torch-raster ({device.type})"
+        report.backends["cut_fill"] = "python-igraph mincut + pymeshfix"
+    atlas = timer.run("uv_atlas", lambda: parametrize(verts_np, faces_np, options.texture_size, options.atlas_fast))
+    report.atlas_utilization = atlas.utilization
+    report.counts["charts"] = atlas.charts
+    report.backends["uv_atlas"] = "xatlas (fast pack)" if options.atlas_fast else "xatlas (defaults)"
+
+    bake_views: list[bake_mod.BakeView] = []
+    if views is not None:
+        bake_views += generated_bake_views(views, device)
+    renders = None
+    if gaussians is not None and options.gaussian_views > 0:
+        g_views, backend, renders = timer.run("gaussian_render", lambda: gaussian_bake_views(gaussians, options))
+        bake_views += g_views
+        report.backends["gaussian_render"] = backend
+
+    def _bake() -> tuple[np.ndarray, bake_mod.BakeStats]:
+        v = torch.from_numpy(atlas.vertices).to(device)
+        f = torch.from_numpy(atlas.faces).to(device)
+        uv = torch.from_numpy(atlas.uvs).to(device)
+        tex, stats = bake_mod.bake_texture(v, f, uv, bake_views, options.texture_size, options.bake_mode,
+                                           options.bake_steps, options.bake_lambda_tv, seed=options.seed)
+        return bake_mod.to_uint8(tex), stats
+
+    texture, stats = timer.run("bake", _bake)
+    report.bake = stats
+    report.backends["bake"] = f"torch grid_sample ({options.bake_mode}, {device.type})"
+
+    def _export() -> bytes:
+        report.checks += checks_mod.check_output(atlas.faces, stats.coverage, options.limits)
+        glb = export.glb_bytes(atlas.vertices, atlas.faces, atlas.uvs, texture, metallic=options.metallic)
+        _extras(report, options, atlas, texture, gaussians, views, renders)
+        return glb
+
+    glb = timer.run("export", _export)
+    report.counts.update(faces_out=len(atlas.faces), vertices_out=len(atlas.vertices), glb_bytes=len(glb))
+    report.warnings += [c.message for c in report.checks if not c.ok]
+    if progress:
+        progress("done", 1.0)
+    return glb, report
+
+
+def _extras(report: PostprocessReport, options: PostprocessOptions, atlas, texture: np.ndarray,
+            gaussians: Gaussians | None, views: GeneratedViews | None, renders: torch.Tensor | None) -> None:
+    """Optional outputs named in ``options.extras``."""
+    unknown = set(options.extras) - {"gaussian_ply", "obj", "views"}
+    if unknown:
+        raise ValueError(f"unknown extras {sorted(unknown)}; use gaussian_ply, obj, views")
+    if "obj" in options.extras:
+        report.extras.update(export.obj_files(atlas.vertices, atlas.faces, atlas.uvs, texture))
+    if "gaussian_ply" in options.extras and gaussians is not None:
+        g = [t.detach().cpu().numpy() for t in (gaussians.xyz, gaussians.features_dc, gaussians.scales,
+                                                 gaussians.quats, gaussians.opacities)]
+        report.extras["gaussians.ply"] = export.gaussian_ply(*g)
+    if "views" in options.extras and views is not None:
+        for i, image in enumerate(views.colors):
+            report.extras[f"view_{i}.png"] = export.png_bytes(np.asarray(image))
+    if "views" in options.extras and renders is not None:
+        for i, image in enumerate(bake_mod.to_uint8(renders[: min(8, len(renders))].reshape(-1, *renders.shape[2:]))
+                                  .reshape(-1, *renders.shape[1:])):
+            report.extras[f"gaussian_view_{i}.png"] = export.png_bytes(image)

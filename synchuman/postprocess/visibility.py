@@ -1,0 +1,202 @@
+"""Removal of invisible interior faces: multi-view visibility, min-cut on the dual graph, small-hole filling.
+
+Upstream behaviour: rasterise the mesh from ``num_views`` cameras on a sphere (radius 2, fov 40 degrees,
+Hammersley layout) and count, per face, the share of views that see it. Faces seen by almost no view are the
+"inside" seeds, well-seen faces (per connected component, above a quantile threshold) the "outside" seeds; a
+min-cut of the dual graph weighted by shared edge lengths separates them. A cut piece is removed only if it is
+rarely seen and every new boundary loop it leaves is small (area <= ``max_hole_size``); pymeshfix then fills
+boundaries of at most ``max_hole_nbe`` edges. Up to three parameter sets are tried (see :data:`UPSTREAM_PASSES`);
+unlike upstream, visibility is computed once and reused by every pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from synchuman.geometry import camera, mesh_graph
+from synchuman.geometry.raster import rasterize
+
+
+@dataclass(frozen=True)
+class CutParams:
+    """Seed thresholds of one pass.
+
+    Attributes:
+        outer_quantile: per-component visibility quantile used as the outside threshold.
+        outer_min: lower bound of that threshold; also the largest median visibility of a removable piece.
+        inner_max: faces with visibility <= this are inside seeds.
+    """
+
+    outer_quantile: float
+    outer_min: float
+    inner_max: float
+
+
+UPSTREAM_PASSES = (CutParams(0.7, 0.15, 0.01), CutParams(0.7, 0.15, 0.0), CutParams(0.6, 0.08, 0.01))
+
+
+def visibility_cameras(num_views: int, radius: float = 2.0, fov_deg: float = 40.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Extrinsics ``[N, 4, 4]`` and intrinsics ``[N, 3, 3]`` of the visibility views (perspective)."""
+    yaw, pitch = camera.sphere_hammersley(num_views)
+    extrinsics = camera.orbit_extrinsics(yaw, pitch, radius)
+    intrinsics = camera.intrinsics_from_fov(math.radians(fov_deg)).expand(num_views, 3, 3)
+    return extrinsics, intrinsics
+
+
+def face_visibility(
+    vertices: torch.Tensor, faces: torch.Tensor, num_views: int = 1000, resolution: int = 1024,
+    views_per_batch: int | None = None, max_candidates: int = 1 << 24,
+) -> torch.Tensor:
+    """Share of views ``[F]`` float32 (0..1) in which each face covers at least one pixel centre.
+
+    Runs on ``vertices.device``; ``views_per_batch`` defaults to about 128 MiB of depth buffer per batch.
+    """
+    device = vertices.device
+    extrinsics, intrinsics = visibility_cameras(num_views)
+    extrinsics, intrinsics = extrinsics.to(device), intrinsics.to(device)
+    batch = views_per_batch or max(1, (1 << 24) // (resolution * resolution))
+    counts = torch.zeros(faces.shape[0], dtype=torch.int32, device=device)
+    for start in range(0, num_views, batch):
+        stop = min(start + batch, num_views)
+        out = rasterize(
+            vertices, faces, extrinsics[start:stop], intrinsics[start:stop], resolution, resolution,
+            with_bary=False, max_candidates=max_candidates,
+        )
+        seen = torch.zeros(stop - start, faces.shape[0], dtype=torch.bool, device=device)
+        view = torch.arange(stop - start, device=device)[:, None, None].expand_as(out.face_id)
+        hit = out.face_id >= 0
+        seen[view[hit], out.face_id[hit]] = True
+        counts += seen.sum(dim=0, dtype=torch.int32)
+    return counts.float() / num_views
+
+
+def _component_quantile(values: torch.Tensor, labels: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-label linear-interpolated quantile ``q`` of ``values``; returns ``[C]``."""
+    num = int(labels.max()) + 1
+    order = torch.argsort(labels.double() * 2 + values.double())
+    sorted_vals = values[order]
+    counts = torch.bincount(labels, minlength=num)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = starts.double() + q * (counts - 1).clamp(min=0).double()
+    lo, hi = pos.floor().long(), pos.ceil().long()
+    frac = (pos - lo.double()).float()
+    return sorted_vals[lo] * (1 - frac) + sorted_vals[hi] * frac
+
+
+def _loop_areas(vertices: torch.Tensor, loop_edges: torch.Tensor) -> torch.Tensor:
+    """Fan area from the centroid of each edge-connected loop of ``loop_edges [L, 2]``; returns ``[loops]``."""
+    labels = mesh_graph.edge_components(loop_edges)
+    num = int(labels.max()) + 1
+    mids = vertices[loop_edges].mean(dim=1)
+    centre = torch.zeros(num, 3, dtype=vertices.dtype).index_add_(0, labels, mids)
+    centre = centre / torch.bincount(labels, minlength=num)[:, None]
+    e0 = vertices[loop_edges[:, 0]] - centre[labels]
+    e1 = vertices[loop_edges[:, 1]] - centre[labels]
+    tri_area = torch.linalg.cross(e0, e1, dim=-1).norm(dim=-1) * 0.5
+    return torch.zeros(num, dtype=vertices.dtype).index_add_(0, labels, tri_area)
+
+
+def cut_interior(
+    vertices: torch.Tensor, faces: torch.Tensor, visibility: torch.Tensor, params: CutParams,
+    max_hole_size: float,
+) -> torch.Tensor | None:
+    """Faces to remove (bool ``[F]``) for one pass on CPU tensors, or None when no face is an inside seed."""
+    import igraph
+
+    num_faces = faces.shape[0]
+    edges, face2edge, degree = mesh_graph.compute_edges(faces)
+    labels = mesh_graph.face_components(faces)
+    global_q = float(torch.quantile(visibility, params.outer_quantile)) if num_faces < 1 << 24 else 0.5
+    comp_q = _component_quantile(visibility, labels, params.outer_quantile).clamp(max=global_q)
+    threshold = comp_q.clamp(min=params.outer_min).clamp(max=0.5)
+    outer = visibility > threshold[labels]
+    inner = visibility <= params.inner_max
+    if not bool(inner.any()):
+        return None
+    dual, dual_edge = mesh_graph.compute_dual_graph(face2edge)
+    lengths = (vertices[edges[dual_edge, 0]] - vertices[edges[dual_edge, 1]]).norm(dim=-1)
+    source, sink = num_faces, num_faces + 1
+    inner_ids, outer_ids = inner.nonzero().squeeze(1), outer.nonzero().squeeze(1)
+    links = torch.cat([
+        dual,
+        torch.stack([inner_ids, torch.full_like(inner_ids, source)], dim=1),
+        torch.stack([outer_ids, torch.full_like(outer_ids, sink)], dim=1),
+    ])
+    capacity = torch.cat([lengths, torch.ones(len(inner_ids) + len(outer_ids))]) * 1000
+    graph = igraph.Graph(n=num_faces + 2, edges=links.numpy())
+    cut = graph.mincut(source, sink, capacity.tolist())
+    side = torch.tensor([v for v in cut.partition[0] if v < num_faces], dtype=torch.long)
+    remove = torch.zeros(num_faces, dtype=torch.bool)
+    if side.numel() == 0:
+        return remove
+    piece = mesh_graph.face_components(faces[side])
+    mesh_boundary = degree == 1
+    for label in range(int(piece.max()) + 1):
+        members = side[piece == label]
+        vis = torch.sort(visibility[members]).values
+        if float(vis[(len(vis) - 1) // 2]) > params.outer_min:
+            continue
+        ids, uses = torch.unique(face2edge[members], return_counts=True)
+        new_boundary = ids[(uses == 1) & ~mesh_boundary[ids]]
+        if new_boundary.numel() and bool((_loop_areas(vertices, edges[new_boundary]) > max_hole_size).any()):
+            continue
+        remove[members] = True
+    return remove
+
+
+def fill_small_holes(vertices: np.ndarray, faces: np.ndarray, max_hole_edges: int) -> tuple[np.ndarray, np.ndarray]:
+    """pymeshfix: fill boundary loops of at most ``max_hole_edges`` edges (refined). Returns new arrays."""
+    import pymeshfix
+
+    tmesh = pymeshfix.PyTMesh()
+    tmesh.load_array(np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int32))
+    tmesh.fill_small_boundaries(nbe=max_hole_edges, refine=True)
+    out_v, out_f = tmesh.return_arrays()
+    return np.asarray(out_v, dtype=np.float32), np.asarray(out_f, dtype=np.int64)
+
+
+@dataclass
+class InteriorReport:
+    """What :func:`remove_invisible_faces` did: faces removed by the cut, passes run, faces after filling."""
+
+    removed_by_cut: int
+    passes: int
+    faces_out: int
+
+
+def remove_invisible_faces(
+    vertices: np.ndarray, faces: np.ndarray, visibility: torch.Tensor, max_hole_size: float = 0.04,
+    max_hole_edges: int = 136, passes: tuple[CutParams, ...] = UPSTREAM_PASSES,
+) -> tuple[np.ndarray, np.ndarray, InteriorReport]:
+    """Cut away invisible interior pieces and fill small holes (upstream pass logic).
+
+    Args:
+        vertices: ``[V, 3]`` float; faces ``[F, 3]`` int; visibility ``[F]`` from :func:`face_visibility`.
+        max_hole_size: largest area (world units^2) of a new boundary loop a removal may open.
+        max_hole_edges: pymeshfix limit (upstream ``int(250 * sqrt(1 - simplify))``, 136 for 0.7).
+    Returns:
+        ``(vertices, faces, report)``; the input is returned unchanged if no face is an inside seed.
+    """
+    verts_t = torch.from_numpy(np.asarray(vertices, dtype=np.float32))
+    faces_t = torch.from_numpy(np.asarray(faces, dtype=np.int64))
+    vis = visibility.detach().float().cpu()
+    result = (np.asarray(vertices, dtype=np.float32), np.asarray(faces, dtype=np.int64))
+    report = InteriorReport(0, 0, len(faces))
+    for index, params in enumerate(passes):
+        remove = cut_interior(verts_t, faces_t, vis, params, max_hole_size)
+        if remove is None:  # nothing to cut: this pass returns the input, the next pass is still tried
+            result = (np.asarray(vertices, dtype=np.float32), np.asarray(faces, dtype=np.int64))
+            report = InteriorReport(0, index + 1, len(faces))
+            continue
+        kept_faces, kept_verts = mesh_graph.remove_unreferenced_vertices(faces_t[~remove], verts_t)
+        out_v, out_f = fill_small_holes(kept_verts.numpy(), kept_faces.numpy(), max_hole_edges)
+        result = (out_v, out_f)
+        removed = len(faces) - len(out_f)
+        report = InteriorReport(int(remove.sum()), index + 1, len(out_f))
+        if removed > 15000 or removed > len(vertices) * 4 / 5:
+            break
+    return result[0], result[1], report
