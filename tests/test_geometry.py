@@ -44,7 +44,9 @@ def test_fov_intrinsics_round_trip_and_projection_matrices_match_project() -> No
 
 def test_sphere_hammersley_spreads_views() -> None:
     yaw, pitch = camera.sphere_hammersley(64)
-    assert yaw.shape == (64,) and float(pitch.min()) >= -math.pi / 2 - 1e-6 and float(pitch.max()) < math.pi / 2
+    assert (
+        yaw.shape == (64,) and float(pitch.min()) >= -math.pi / 2 - 1e-6 and float(pitch.max()) < math.pi / 2
+    )
     assert abs(float(torch.sin(pitch).mean())) < 0.05  # uniform in height
 
 
@@ -72,15 +74,23 @@ def _front_camera(ortho: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_raster_coverage_matches_triangle_area_and_nearest_wins() -> None:
     # two overlapping triangles in the x-z plane, the second nearer the front camera (at y = -2)
-    verts = torch.tensor([[-0.4, 0.0, -0.4], [0.4, 0.0, -0.4], [0.0, 0.0, 0.4],
-                          [-0.4, -0.1, 0.4], [0.4, -0.1, 0.4], [0.0, -0.1, -0.4]])
+    verts = torch.tensor(
+        [
+            [-0.4, 0.0, -0.4],
+            [0.4, 0.0, -0.4],
+            [0.0, 0.0, 0.4],
+            [-0.4, -0.1, 0.4],
+            [0.4, -0.1, 0.4],
+            [0.0, -0.1, -0.4],
+        ]
+    )
     faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
     extr, intr = _front_camera(True)
     out = rasterize(verts[:3], faces[:1], extr, intr, 200, 200, orthographic=True)
     area_px = 0.5 * 0.8 * 0.8 * 200 * 200
     assert abs(int(out.mask.sum()) - area_px) / area_px < 0.02
     both = rasterize(verts, faces, extr, intr, 64, 64, orthographic=True)
-    overlap = (both.face_id[0] >= 0) & out.mask[0, ::200 // 64][:64, ::200 // 64][:64].new_ones(64, 64)
+    overlap = (both.face_id[0] >= 0) & out.mask[0, :: 200 // 64][:64, :: 200 // 64][:64].new_ones(64, 64)
     centre = both.face_id[0, 32, 32]
     assert int(centre) == 1 and bool(overlap.any())
     assert abs(float(both.depth[0, 32, 32]) - 1.9) < 1e-5

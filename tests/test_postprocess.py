@@ -39,7 +39,7 @@ def test_interior_shell_is_removed_and_outer_surface_kept() -> None:
     verts = np.concatenate([v_out, v_in])
     faces = np.concatenate([f_out, f_in + len(v_out)])
     vis = face_visibility(torch.from_numpy(verts), torch.from_numpy(faces), num_views=48, resolution=64)
-    assert float(vis[len(f_out):].max()) == 0.0 and float(vis[: len(f_out)].min()) > 0.1
+    assert float(vis[len(f_out) :].max()) == 0.0 and float(vis[: len(f_out)].min()) > 0.1
     new_v, new_f, report = remove_invisible_faces(verts, faces, vis)
     assert report.removed_by_cut == len(f_in)
     assert len(new_f) == len(f_out)
@@ -82,8 +82,16 @@ def test_uv_atlas_covers_without_overlap() -> None:
         tri_uv = uv[f].reshape(-1, 2)
         depth = 2 + order * torch.arange(len(f)).repeat_interleave(3).float() / len(f)
         flat = torch.cat([tri_uv[:, :1], 1 - tri_uv[:, 1:], depth[:, None]], dim=1)
-        out = rasterize(flat, torch.arange(len(flat)).reshape(-1, 3), torch.eye(4)[None], torch.eye(3)[None],
-                        256, 256, True, with_bary=False)
+        out = rasterize(
+            flat,
+            torch.arange(len(flat)).reshape(-1, 3),
+            torch.eye(4)[None],
+            torch.eye(3)[None],
+            256,
+            256,
+            True,
+            with_bary=False,
+        )
         ids.append(out.face_id[0])
     covered = ids[0] >= 0
     assert float(covered.float().mean()) > 0.3 and atlas.utilization > 0.3
@@ -91,8 +99,9 @@ def test_uv_atlas_covers_without_overlap() -> None:
     del rank
 
 
-def _render_pattern(verts: torch.Tensor, faces: torch.Tensor, extr: torch.Tensor, intr: torch.Tensor,
-                    size: int, ortho: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _render_pattern(
+    verts: torch.Tensor, faces: torch.Tensor, extr: torch.Tensor, intr: torch.Tensor, size: int, ortho: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     out = rasterize(verts, faces, extr, intr, size, size, ortho)
     pos = interpolate(verts, faces, out)
     colour = pattern(pos.reshape(-1, 3)).reshape(*pos.shape)
@@ -102,7 +111,8 @@ def _render_pattern(verts: torch.Tensor, faces: torch.Tensor, extr: torch.Tensor
 def _generated_views(verts: torch.Tensor, faces: torch.Tensor, size: int) -> pipeline.GeneratedViews:
     """The 4 body views + face view rendered with the pipeline's cameras (views 2, 3 stored mirrored)."""
     base = pipeline.generated_bake_views(
-        pipeline.GeneratedViews(np.zeros((5, size, size, 3), np.uint8)), torch.device("cpu"))
+        pipeline.GeneratedViews(np.zeros((5, size, size, 3), np.uint8)), torch.device("cpu")
+    )
     images = []
     for i, view in enumerate(base):
         rgb, _ = _render_pattern(verts, faces, view.extrinsics[None], view.intrinsics[None], size, True)
@@ -153,8 +163,11 @@ def test_push_pull_fills_everything_and_keeps_known_texels() -> None:
 def test_torch_gaussian_renderer_applies_the_2d_filter() -> None:
     sigma_world, opacity = 0.01, 0.8
     g = Gaussians(
-        xyz=torch.zeros(1, 3), scales=torch.full((1, 3), sigma_world), quats=torch.tensor([[1.0, 0, 0, 0]]),
-        opacities=torch.tensor([[opacity]]), features_dc=(torch.tensor([[0.9, 0.2, 0.5]]) - 0.5) / SH_C0,
+        xyz=torch.zeros(1, 3),
+        scales=torch.full((1, 3), sigma_world),
+        quats=torch.tensor([[1.0, 0, 0, 0]]),
+        opacities=torch.tensor([[opacity]]),
+        features_dc=(torch.tensor([[0.9, 0.2, 0.5]]) - 0.5) / SH_C0,
     )
     extr = camera.orbit_extrinsics(torch.tensor([-math.pi]), torch.zeros(1), 2.0)
     intr = camera.intrinsics_from_fov(math.radians(40))[None]
@@ -174,14 +187,24 @@ def test_torch_gaussian_renderer_applies_the_2d_filter() -> None:
 def _gaussians_on_surface(verts: torch.Tensor) -> Gaussians:
     n = len(verts)
     return Gaussians(
-        xyz=verts.clone(), scales=torch.full((n, 3), 0.012), quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
-        opacities=torch.full((n, 1), 0.9), features_dc=(pattern(verts) - 0.5) / SH_C0,
+        xyz=verts.clone(),
+        scales=torch.full((n, 3), 0.012),
+        quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
+        opacities=torch.full((n, 1), 0.9),
+        features_dc=(pattern(verts) - 0.5) / SH_C0,
     )
 
 
 SMALL = pipeline.PostprocessOptions(
-    simplify=0.5, visibility_views=32, visibility_resolution=64, texture_size=128, bake_mode="fast",
-    bake_steps=20, gaussian_views=3, gaussian_resolution=32, limits=CheckLimits(min_faces=200),
+    simplify=0.5,
+    visibility_views=32,
+    visibility_resolution=64,
+    texture_size=128,
+    bake_mode="fast",
+    bake_steps=20,
+    gaussian_views=3,
+    gaussian_resolution=32,
+    limits=CheckLimits(min_faces=200),
     extras=("gaussian_ply", "obj", "views"),
 )
 
@@ -193,8 +216,13 @@ def small_glb() -> tuple[bytes, pipeline.PostprocessReport]:
     views = _generated_views(verts, faces, 96)
     sub = torch.from_numpy(np.unique(faces_np[::4].reshape(-1)))
     phases: list[str] = []
-    glb, report = pipeline.to_glb(Mesh(verts, faces), _gaussians_on_surface(verts[sub]), views, SMALL,
-                                  progress=lambda name, frac: phases.append(name))
+    glb, report = pipeline.to_glb(
+        Mesh(verts, faces),
+        _gaussians_on_surface(verts[sub]),
+        views,
+        SMALL,
+        progress=lambda name, frac: phases.append(name),
+    )
     assert phases[0] == "decimate" and phases[-1] == "done"
     return glb, report
 
@@ -211,8 +239,15 @@ def test_to_glb_round_trips_through_trimesh_y_up(small_glb: tuple[bytes, pipelin
     image = mesh.visual.material.baseColorTexture
     assert image.size == (128, 128)
     assert report.bake is not None and report.bake.l1 < 0.05 and report.bake.coverage > 0.9
-    assert set(report.phases) == {"decimate", "visibility", "cut_fill", "uv_atlas", "gaussian_render", "bake",
-                                  "export"}
+    assert set(report.phases) == {
+        "decimate",
+        "visibility",
+        "cut_fill",
+        "uv_atlas",
+        "gaussian_render",
+        "bake",
+        "export",
+    }
     assert report.backends["gaussian_render"] == "torch" and not report.warnings
     assert {"model.obj", "model.mtl", "gaussians.ply", "view_4.png"} <= set(report.extras)
     assert report.extras["gaussians.ply"].startswith(b"ply\nformat binary_little_endian")
@@ -230,15 +265,23 @@ def test_bad_meshes_fail_with_clear_errors() -> None:
     with pytest.raises(PostprocessError, match="faces"):
         pipeline.to_glb(Mesh(torch.from_numpy(v), torch.from_numpy(f)), None, views, SMALL)
     with pytest.raises(PostprocessError, match="uint8"):
-        pipeline.generated_bake_views(pipeline.GeneratedViews(np.zeros((4, 8, 8, 3), np.uint8)), torch.device("cpu"))
+        pipeline.generated_bake_views(
+            pipeline.GeneratedViews(np.zeros((4, 8, 8, 3), np.uint8)), torch.device("cpu")
+        )
 
 
-def test_glb_passes_the_khronos_validator(small_glb: tuple[bytes, pipeline.PostprocessReport],
-                                          tmp_path: Path) -> None:
+def test_glb_passes_the_khronos_validator(
+    small_glb: tuple[bytes, pipeline.PostprocessReport], tmp_path: Path
+) -> None:
     validator = REPO_ROOT / "node_modules" / "gltf-validator"
     if not validator.exists() and shutil.which("npm") and os.environ.get("CI", "").lower() != "true":
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=REPO_ROOT, check=False,
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund"],
+            cwd=REPO_ROOT,
+            check=False,
+            capture_output=True,
+            timeout=300,
+        )
     require_tool(validator, "npm package gltf-validator (package.json devDependencies; npm install)")
     path = tmp_path / "out.glb"
     path.write_bytes(small_glb[0])
@@ -247,7 +290,13 @@ def test_glb_passes_the_khronos_validator(small_glb: tuple[bytes, pipeline.Postp
         "v.validateBytes(new Uint8Array(fs.readFileSync(process.argv[1])))"
         ".then(r=>{console.log(JSON.stringify(r.issues));}).catch(e=>{console.error(e);process.exit(1);});"
     )
-    done = subprocess.run(["node", "-e", script, str(path)], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=120, check=True)
+    done = subprocess.run(
+        ["node", "-e", script, str(path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     issues = json.loads(done.stdout)
     assert issues["numErrors"] == 0, issues["messages"]

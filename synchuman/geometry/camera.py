@@ -1,9 +1,10 @@
 """Camera helpers.
 
 Conventions: world space is z-up; camera space is OpenCV (x right, y down, z forward). ``extrinsics`` are
-``[..., 4, 4]`` world-to-camera matrices. ``intrinsics`` are *normalised* ``[..., 3, 3]`` matrices mapping camera
-coordinates to image coordinates ``(u, v)`` in ``[0, 1]`` (``u`` right, ``v`` down, row 0 at the top):
-perspective ``u = fx * x / z + cx``; orthographic ``u = fx * x + cx`` (``fx`` = 1 / visible width in world units).
+``[..., 4, 4]`` world-to-camera matrices. ``intrinsics`` are *normalised* ``[..., 3, 3]`` matrices
+mapping camera coordinates to image coordinates ``(u, v)`` in ``[0, 1]`` (``u`` right, ``v`` down, row 0 at
+the top): perspective ``u = fx * x / z + cx``; orthographic ``u = fx * x + cx`` (``fx`` = 1 / visible width
+in world units).
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ import torch
 
 
 def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """World-to-camera extrinsics ``[..., 4, 4]`` for cameras at ``eye [..., 3]`` looking at ``target [..., 3]``.
+    """World-to-camera extrinsics ``[..., 4, 4]`` for cameras at ``eye [..., 3]`` looking at ``target [...,
+    3]``.
 
-    ``up [..., 3]`` is the world direction that appears upwards in the image (must not be parallel to the view).
+    ``up [..., 3]`` is the world direction that appears upwards in the image (must not be parallel to the
+    view).
     """
     eye, target, up = torch.broadcast_tensors(eye, target, up)
     z = torch.nn.functional.normalize(target - eye, dim=-1)
     x = torch.linalg.cross(z, up, dim=-1)
     if bool((x.norm(dim=-1) < 1e-8).any()):
-        raise ValueError("look_at: the up vector is parallel to the viewing direction; pick another up vector")
+        raise ValueError(
+            "look_at: the up vector is parallel to the viewing direction; pick another up vector"
+        )
     x = torch.nn.functional.normalize(x, dim=-1)
     y = torch.linalg.cross(z, x, dim=-1)
     rot = torch.stack([x, y, z], dim=-2)
@@ -33,7 +38,9 @@ def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.
     return out
 
 
-def intrinsics_from_fov(fov_x: torch.Tensor | float, fov_y: torch.Tensor | float | None = None) -> torch.Tensor:
+def intrinsics_from_fov(
+    fov_x: torch.Tensor | float, fov_y: torch.Tensor | float | None = None
+) -> torch.Tensor:
     """Normalised perspective intrinsics ``[..., 3, 3]`` from full field-of-view angles in radians."""
     fov_x = torch.as_tensor(fov_x, dtype=torch.float32)
     fov_y = fov_x if fov_y is None else torch.as_tensor(fov_y, dtype=fov_x.dtype, device=fov_x.device)
@@ -55,7 +62,8 @@ def fov_from_intrinsics(intrinsics: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def orthographic_intrinsics(left: float, right: float, top: float, bottom: float) -> torch.Tensor:
-    """Normalised orthographic intrinsics ``[3, 3]`` seeing camera x in ``[left, right]``, y in ``[top, bottom]``.
+    """Normalised orthographic intrinsics ``[3, 3]`` seeing camera x in ``[left, right]``, y in ``[top,
+    bottom]``.
 
     (Camera y points down, so ``top < bottom``.)
     """
@@ -72,10 +80,16 @@ def orthographic_intrinsics(left: float, right: float, top: float, bottom: float
 def perspective_projection(intrinsics: torch.Tensor, near: float, far: float) -> torch.Tensor:
     """OpenGL-style clip matrix ``[..., 4, 4]`` for OpenCV camera coordinates and normalised intrinsics.
 
-    ``clip = P @ [x, y, z, 1]``; after division by ``w = z``, NDC ``x = 2u - 1``, ``y = 2v - 1`` (so NDC y=-1 is
+    ``clip = P @ [x, y, z, 1]``; after division by ``w = z``, NDC ``x = 2u - 1``, ``y = 2v - 1`` (so NDC
+    y=-1 is
     image row 0, the nvdiffrast convention) and NDC ``z`` maps ``[near, far]`` to ``[-1, 1]``.
     """
-    fx, fy, cx, cy = intrinsics[..., 0, 0], intrinsics[..., 1, 1], intrinsics[..., 0, 2], intrinsics[..., 1, 2]
+    fx, fy, cx, cy = (
+        intrinsics[..., 0, 0],
+        intrinsics[..., 1, 1],
+        intrinsics[..., 0, 2],
+        intrinsics[..., 1, 2],
+    )
     out = torch.zeros(*intrinsics.shape[:-2], 4, 4, dtype=intrinsics.dtype, device=intrinsics.device)
     out[..., 0, 0] = 2 * fx
     out[..., 0, 2] = 2 * cx - 1
@@ -89,7 +103,12 @@ def perspective_projection(intrinsics: torch.Tensor, near: float, far: float) ->
 
 def orthographic_projection(intrinsics: torch.Tensor, near: float, far: float) -> torch.Tensor:
     """Clip matrix ``[..., 4, 4]`` (``w = 1``) for orthographic normalised intrinsics; same NDC as above."""
-    fx, fy, cx, cy = intrinsics[..., 0, 0], intrinsics[..., 1, 1], intrinsics[..., 0, 2], intrinsics[..., 1, 2]
+    fx, fy, cx, cy = (
+        intrinsics[..., 0, 0],
+        intrinsics[..., 1, 1],
+        intrinsics[..., 0, 2],
+        intrinsics[..., 1, 2],
+    )
     out = torch.zeros(*intrinsics.shape[:-2], 4, 4, dtype=intrinsics.dtype, device=intrinsics.device)
     out[..., 0, 0] = 2 * fx
     out[..., 0, 3] = 2 * cx - 1
@@ -102,7 +121,8 @@ def orthographic_projection(intrinsics: torch.Tensor, near: float, far: float) -
 
 
 def orbit_eye(yaw: torch.Tensor, pitch: torch.Tensor, radius: float) -> torch.Tensor:
-    """Camera positions ``[..., 3]`` on a z-up sphere: ``r * (sin(yaw) cos(pitch), cos(yaw) cos(pitch), sin(pitch))``."""
+    """Camera positions ``[..., 3]`` on a z-up sphere: ``r * (sin(yaw) cos(pitch), cos(yaw) cos(pitch),
+    sin(pitch))``."""
     return radius * torch.stack(
         [torch.sin(yaw) * torch.cos(pitch), torch.cos(yaw) * torch.cos(pitch), torch.sin(pitch)], dim=-1
     )
@@ -132,7 +152,8 @@ def radical_inverse_base2(n: torch.Tensor) -> torch.Tensor:
 def sphere_hammersley(num: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``num`` evenly spread directions as ``(yaw, pitch)`` float32 ``[num]`` (radians).
 
-    The i-th point uses ``u = i / num`` (uniform in height: ``pitch = acos(1 - 2u) - pi/2``) and the base-2 radical
+    The i-th point uses ``u = i / num`` (uniform in height: ``pitch = acos(1 - 2u) - pi/2``) and the base-2
+    radical
     inverse of ``i`` for the azimuth (``yaw = 2 pi r2(i)``), the upstream view layout.
     """
     if num <= 0:

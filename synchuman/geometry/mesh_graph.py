@@ -58,7 +58,8 @@ def connected_components(num_nodes: int, links: torch.Tensor) -> torch.Tensor:
     """Component label ``[num_nodes]`` long (0..C-1) of a graph given by ``links [L, 2]`` node pairs."""
     links_np = links.detach().cpu().numpy().astype(np.int64).reshape(-1, 2)
     adjacency = coo_matrix(
-        (np.ones(len(links_np), dtype=np.int8), (links_np[:, 0], links_np[:, 1])), shape=(num_nodes, num_nodes)
+        (np.ones(len(links_np), dtype=np.int8), (links_np[:, 0], links_np[:, 1])),
+        shape=(num_nodes, num_nodes),
     )
     _, labels = _cc(adjacency, directed=False)
     return torch.from_numpy(labels.astype(np.int64)).to(links.device)

@@ -2,8 +2,10 @@
 
 Pixels are sampled at their centres; image row 0 is the top (camera conventions in :mod:`.camera`). Both faces
 sides are drawn (no back-face culling), the nearest surface wins. Each triangle's screen bounding box is
-enumerated on a grid sized to the next power of two of its width and height, so small triangles (the common case
-for dense meshes) cost a handful of candidate pixels; the depth test is one ``scatter_reduce(amin)`` of a packed
+enumerated on a grid sized to the next power of two of its width and height, so small triangles (the common
+case
+for dense meshes) cost a handful of candidate pixels; the depth test is one ``scatter_reduce(amin)`` of a
+packed
 ``(depth bits << 32) | face id`` key per pixel.
 """
 
@@ -23,7 +25,8 @@ class RasterOutput:
 
     Attributes:
         face_id: ``[B, H, W]`` long, the visible face or -1 for background.
-        bary: ``[B, H, W, 3]`` float32 perspective-correct barycentrics of the face's corners (0 on background),
+        bary: ``[B, H, W, 3]`` float32 perspective-correct barycentrics of the face's corners (0 on
+        background),
             or ``None`` when not requested.
         depth: ``[B, H, W]`` float32 camera-space z of the surface (0 on background), or ``None``.
     """
@@ -39,8 +42,12 @@ class RasterOutput:
 
 
 def project(
-    vertices: torch.Tensor, extrinsics: torch.Tensor, intrinsics: torch.Tensor, orthographic: torch.Tensor | bool,
-    height: int, width: int,
+    vertices: torch.Tensor,
+    extrinsics: torch.Tensor,
+    intrinsics: torch.Tensor,
+    orthographic: torch.Tensor | bool,
+    height: int,
+    width: int,
 ) -> torch.Tensor:
     """Screen positions ``[B, V, 3]``: pixel x, pixel y (0..W, 0..H, centres at +0.5) and camera z.
 
@@ -102,7 +109,12 @@ def rasterize(
 
 
 def _fill(
-    buffer: torch.Tensor, tri: torch.Tensor, ortho: torch.Tensor, height: int, width: int, near: float,
+    buffer: torch.Tensor,
+    tri: torch.Tensor,
+    ortho: torch.Tensor,
+    height: int,
+    width: int,
+    near: float,
     max_candidates: int,
 ) -> None:
     """Scatter the nearest packed key of every covered pixel into ``buffer [B*H*W]``."""
@@ -127,20 +139,29 @@ def _fill(
     box = torch.stack([x_lo, y_lo, x_hi, y_hi], dim=-1).reshape(-1, 4).long()
     flat_ortho = ortho[:, None].expand(num_views, num_faces).reshape(-1)
     start = 0
-    for bucket, count in zip(buckets.tolist(), counts.tolist()):
+    for bucket, count in zip(buckets.tolist(), counts.tolist(), strict=True):
         kx, ky = 1 << (bucket // 32), 1 << (bucket % 32)
         chunk = max(1, max_candidates // (kx * ky))
         for s in range(start, start + count, chunk):
-            sel = idx[s:min(s + chunk, start + count)]
+            sel = idx[s : min(s + chunk, start + count)]
             _splat(buffer, sel, flat_tri[sel], box[sel], flat_ortho[sel], kx, ky, num_faces, height, width)
         start += count
 
 
 def _splat(
-    buffer: torch.Tensor, sel: torch.Tensor, tri: torch.Tensor, box: torch.Tensor, ortho: torch.Tensor,
-    kx: int, ky: int, num_faces: int, height: int, width: int,
+    buffer: torch.Tensor,
+    sel: torch.Tensor,
+    tri: torch.Tensor,
+    box: torch.Tensor,
+    ortho: torch.Tensor,
+    kx: int,
+    ky: int,
+    num_faces: int,
+    height: int,
+    width: int,
 ) -> None:
-    """Candidate pixels of triangles ``sel`` (flat view*F+face ids) on a ``ky x kx`` grid from their box corner."""
+    """Candidate pixels of triangles ``sel`` (flat view*F+face ids) on a ``ky x kx`` grid from their box
+    corner."""
     device = tri.device
     px = box[:, 0, None, None] + torch.arange(kx, device=device)[None, None, :]
     py = box[:, 1, None, None] + torch.arange(ky, device=device)[None, :, None]
@@ -192,7 +213,8 @@ def _barycentrics(
 
 
 def interpolate(attrs: torch.Tensor, faces: torch.Tensor, out: RasterOutput) -> torch.Tensor:
-    """Interpolate vertex attributes ``[V, C]`` at the pixels of ``out``: ``[B, H, W, C]`` (0 on background)."""
+    """Interpolate vertex attributes ``[V, C]`` at the pixels of ``out``: ``[B, H, W, C]`` (0 on
+    background)."""
     if out.bary is None:
         raise ValueError("interpolate: rasterize(..., with_bary=True) is needed")
     corners = faces.long()[out.face_id.clamp(min=0)]  # [B, H, W, 3]

@@ -4,11 +4,12 @@ Texture convention: ``[T, T, 3]`` float in final image orientation (row 0 is ``v
 texel centres (``grid_sample``, ``align_corners=False``) with ``x = 2u - 1``, ``y = 1 - 2v``.
 
 Modes:
-- ``"opt"`` (upstream): texture from zeros, ``steps`` Adam steps (betas 0.5/0.9, cosine lr 1e-2 -> 3e-5), each on
-  one random view: L1 over the view's observed pixels + ``lambda_tv`` * total variation; the last 7 % of steps
-  draw only from ``late_views`` (upstream: the front and back generated views).
-- ``"fast"``: texture initialised by bilinear splatting (weighted average of every observation) with push-pull
-  filling, then ``steps`` full-batch Adam steps of the same objective (every view each step, equal view weights).
+- ``"opt"`` (upstream): texture from zeros, ``steps`` Adam steps (betas 0.5/0.9, cosine lr 1e-2 -> 3e-5),
+  each on one random view: L1 over the view's observed pixels + ``lambda_tv`` * total variation; the last
+  7 % of steps draw only from ``late_views`` (upstream: the front and back generated views).
+- ``"fast"``: texture initialised by bilinear splatting (weighted average of every observation) with
+  push-pull filling, then ``steps`` full-batch Adam steps of the same objective (every view each step, equal
+  view weights).
 Texels outside every UV chart are filled by push-pull from the charts (upstream: OpenCV Telea inpainting).
 """
 
@@ -30,7 +31,8 @@ class BakeView:
 
     Attributes:
         image: ``[H, W, 3]`` float32 in [0, 1]; mask: ``[H, W]`` bool (pixels to trust).
-        extrinsics: ``[4, 4]`` world-to-camera; intrinsics ``[3, 3]`` normalised; orthographic: projection kind.
+        extrinsics: ``[4, 4]`` world-to-camera; intrinsics ``[3, 3]`` normalised; orthographic: projection
+        kind.
     """
 
     image: torch.Tensor
@@ -60,7 +62,8 @@ class Samples:
 
 @dataclass
 class BakeStats:
-    """Bake quality: ``l1`` mean over views of each view's mean absolute error (0..1 units), ``coverage`` share
+    """Bake quality: ``l1`` mean over views of each view's mean absolute error (0..1 units), ``coverage``
+    share
     of UV-chart texels reached by at least one observation, ``mode`` and ``steps`` run."""
 
     l1: float
@@ -70,7 +73,10 @@ class BakeStats:
 
 
 def gather_samples(
-    vertices: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, views: list[BakeView],
+    vertices: torch.Tensor,
+    faces: torch.Tensor,
+    uvs: torch.Tensor,
+    views: list[BakeView],
     max_candidates: int = 1 << 24,
 ) -> Samples:
     """Rasterise every view (batched per image size) and keep masked pixels with their UV and colour."""
@@ -83,7 +89,7 @@ def gather_samples(
     for (height, width), ids in by_size.items():
         batch = max(1, (1 << 24) // (height * width))
         for start in range(0, len(ids), batch):
-            chunk = ids[start:start + batch]
+            chunk = ids[start : start + batch]
             extr = torch.stack([views[i].extrinsics for i in chunk]).to(device).float()
             intr = torch.stack([views[i].intrinsics for i in chunk]).to(device).float()
             ortho = torch.tensor([views[i].orthographic for i in chunk], device=device)
@@ -104,8 +110,9 @@ def uv_coverage(uvs: torch.Tensor, faces: torch.Tensor, size: int) -> torch.Tens
     """``[T, T]`` bool: texels whose centre lies inside a UV triangle."""
     flat = torch.cat([uvs[:, :1], 1 - uvs[:, 1:2], torch.ones_like(uvs[:, :1])], dim=1)
     eye = torch.eye(4, device=uvs.device)[None]
-    out = rasterize(flat, faces, eye, torch.eye(3, device=uvs.device)[None], size, size, True, near=0.0,
-                    with_bary=False)
+    out = rasterize(
+        flat, faces, eye, torch.eye(3, device=uvs.device)[None], size, size, True, near=0.0, with_bary=False
+    )
     return out.mask[0]
 
 
@@ -185,9 +192,18 @@ def _cosine(step: int, total: int, start: float, end: float) -> float:
 
 
 def bake_texture(
-    vertices: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, views: list[BakeView], texture_size: int = 1024,
-    mode: str = "opt", steps: int = 1000, lambda_tv: float = 0.01, lr: tuple[float, float] = (1e-2, 3e-5),
-    late_views: tuple[int, ...] = (0, 2), late_fraction: float = 0.07, seed: int = 0,
+    vertices: torch.Tensor,
+    faces: torch.Tensor,
+    uvs: torch.Tensor,
+    views: list[BakeView],
+    texture_size: int = 1024,
+    mode: str = "opt",
+    steps: int = 1000,
+    lambda_tv: float = 0.01,
+    lr: tuple[float, float] = (1e-2, 3e-5),
+    late_views: tuple[int, ...] = (0, 2),
+    late_fraction: float = 0.07,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, BakeStats]:
     """Bake a texture ``[T, T, 3]`` float32 in [0, 1] (device of ``vertices``) and its :class:`BakeStats`.
 
@@ -221,7 +237,9 @@ def bake_texture(
         optimizer.zero_grad(set_to_none=True)
         if mode == "opt":
             a, b = samples.offsets[order[step]], samples.offsets[order[step] + 1]
-            pred = F.grid_sample(tex, grid[:, :, a:b], mode="bilinear", padding_mode="border", align_corners=False)
+            pred = F.grid_sample(
+                tex, grid[:, :, a:b], mode="bilinear", padding_mode="border", align_corners=False
+            )
             loss = (pred[0, :, 0].T - samples.color[a:b]).abs().mean()
         else:
             pred = F.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False)

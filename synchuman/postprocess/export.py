@@ -10,8 +10,14 @@ import numpy as np
 Z_UP_TO_Y_UP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float32)
 
 
-def _textured_trimesh(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,
-                      metallic: float, roughness: float):  # -> trimesh.Trimesh
+def _textured_trimesh(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    uvs: np.ndarray,
+    texture: np.ndarray,
+    metallic: float,
+    roughness: float,
+):  # -> trimesh.Trimesh
     import trimesh
     from PIL import Image
 
@@ -25,8 +31,14 @@ def _textured_trimesh(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, 
     return trimesh.Trimesh(vertices @ Z_UP_TO_Y_UP, faces, visual=visual, process=False)
 
 
-def glb_bytes(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,
-              metallic: float = 0.0, roughness: float = 1.0) -> bytes:
+def glb_bytes(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    uvs: np.ndarray,
+    texture: np.ndarray,
+    metallic: float = 0.0,
+    roughness: float = 1.0,
+) -> bytes:
     """GLB of a textured mesh.
 
     Args:
@@ -38,8 +50,9 @@ def glb_bytes(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture:
     return mesh.export(file_type="glb")
 
 
-def obj_files(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,
-              name: str = "model") -> dict[str, bytes]:
+def obj_files(
+    vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray, name: str = "model"
+) -> dict[str, bytes]:
     """OBJ + MTL + PNG (y-up) as ``{file name: bytes}``."""
     from trimesh.exchange.obj import export_obj
 
@@ -50,21 +63,46 @@ def obj_files(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture:
     return out
 
 
-def gaussian_ply(xyz: np.ndarray, features_dc: np.ndarray, scales: np.ndarray, quats: np.ndarray,
-                 opacities: np.ndarray) -> bytes:
+def gaussian_ply(
+    xyz: np.ndarray, features_dc: np.ndarray, scales: np.ndarray, quats: np.ndarray, opacities: np.ndarray
+) -> bytes:
     """Binary little-endian 3DGS PLY (the layout 3DGS viewers read): raw log-scales and opacity logits.
 
     Inputs are activated values: ``xyz [N, 3]``, ``features_dc [N, 3]``, ``scales [N, 3]`` (std-devs),
     ``quats [N, 4]`` wxyz, ``opacities [N, 1]`` in (0, 1).
     """
     n = len(xyz)
-    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
-             "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    names = [
+        "x",
+        "y",
+        "z",
+        "nx",
+        "ny",
+        "nz",
+        "f_dc_0",
+        "f_dc_1",
+        "f_dc_2",
+        "opacity",
+        "scale_0",
+        "scale_1",
+        "scale_2",
+        "rot_0",
+        "rot_1",
+        "rot_2",
+        "rot_3",
+    ]
     op = np.clip(np.asarray(opacities, dtype=np.float64).reshape(n), 1e-6, 1 - 1e-6)
-    data = np.concatenate([
-        xyz, np.zeros((n, 3)), features_dc, np.log(op / (1 - op))[:, None],
-        np.log(np.maximum(scales, 1e-12)), quats,
-    ], axis=1).astype("<f4")
+    data = np.concatenate(
+        [
+            xyz,
+            np.zeros((n, 3)),
+            features_dc,
+            np.log(op / (1 - op))[:, None],
+            np.log(np.maximum(scales, 1e-12)),
+            quats,
+        ],
+        axis=1,
+    ).astype("<f4")
     header = "ply\nformat binary_little_endian 1.0\n" + f"element vertex {n}\n"
     header += "".join(f"property float {p}\n" for p in names) + "end_header\n"
     return header.encode() + data.tobytes()

@@ -28,8 +28,14 @@ def gsplat_available(device: torch.device) -> bool:
 
 
 def render_gaussians(
-    gaussians: Gaussians, extrinsics: torch.Tensor, intrinsics: torch.Tensor, resolution: int,
-    kernel_size: float = 0.1, backend: str = "auto", near: float = 0.01, far: float = 100.0,
+    gaussians: Gaussians,
+    extrinsics: torch.Tensor,
+    intrinsics: torch.Tensor,
+    resolution: int,
+    kernel_size: float = 0.1,
+    backend: str = "auto",
+    near: float = 0.01,
+    far: float = 100.0,
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Render ``B`` perspective views.
 
@@ -53,31 +59,60 @@ def render_gaussians(
         import gsplat
 
         rgb, alpha, _ = gsplat.rasterization(
-            gaussians.xyz, gaussians.quats, gaussians.scales, gaussians.opacities.reshape(-1), colors,
-            viewmats, ks, resolution, resolution, near_plane=near, far_plane=far, eps2d=kernel_size,
-            rasterize_mode="antialiased", backgrounds=torch.zeros(len(viewmats), 3, device=device),
+            gaussians.xyz,
+            gaussians.quats,
+            gaussians.scales,
+            gaussians.opacities.reshape(-1),
+            colors,
+            viewmats,
+            ks,
+            resolution,
+            resolution,
+            near_plane=near,
+            far_plane=far,
+            eps2d=kernel_size,
+            rasterize_mode="antialiased",
+            backgrounds=torch.zeros(len(viewmats), 3, device=device),
         )
         return rgb.clamp(0, 1), alpha[..., 0], backend
     if backend != "torch":
         raise ValueError(f"render_gaussians: unknown backend {backend!r} (use auto, gsplat or torch)")
-    images = [_render_torch(gaussians, colors, viewmats[i], ks[i], resolution, kernel_size, near, far)
-              for i in range(len(viewmats))]
+    images = [
+        _render_torch(gaussians, colors, viewmats[i], ks[i], resolution, kernel_size, near, far)
+        for i in range(len(viewmats))
+    ]
     return torch.stack([im[0] for im in images]), torch.stack([im[1] for im in images]), backend
 
 
 def _quat_to_matrix(quats: torch.Tensor) -> torch.Tensor:
     """Rotation matrices ``[N, 3, 3]`` of quaternions ``[N, 4]`` (wxyz, normalised here)."""
     w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(-1, 3, 3)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(-1, 3, 3)
 
 
 def _render_torch(
-    g: Gaussians, colors: torch.Tensor, viewmat: torch.Tensor, k_px: torch.Tensor, resolution: int,
-    kernel_size: float, near: float, far: float, pixels_per_chunk: int = 4096,
+    g: Gaussians,
+    colors: torch.Tensor,
+    viewmat: torch.Tensor,
+    k_px: torch.Tensor,
+    resolution: int,
+    kernel_size: float,
+    near: float,
+    far: float,
+    pixels_per_chunk: int = 4096,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One view: EWA projection, 2D filter, depth-sorted front-to-back compositing over all Gaussians."""
     rot_w, t_w = viewmat[:3, :3], viewmat[:3, 3]
@@ -106,8 +141,11 @@ def _render_torch(
     pix = torch.stack(torch.meshgrid(coords, coords, indexing="xy"), dim=-1).reshape(-1, 2)
     rgb_out, alpha_out = [], []
     for start in range(0, len(pix), pixels_per_chunk):
-        d = pix[start:start + pixels_per_chunk, None, :] - mean2d[None]
-        power = -0.5 * (conic[:, 0] * d[..., 0] ** 2 + conic[:, 2] * d[..., 1] ** 2) - conic[:, 1] * d[..., 0] * d[..., 1]
+        d = pix[start : start + pixels_per_chunk, None, :] - mean2d[None]
+        power = (
+            -0.5 * (conic[:, 0] * d[..., 0] ** 2 + conic[:, 2] * d[..., 1] ** 2)
+            - conic[:, 1] * d[..., 0] * d[..., 1]
+        )
         alpha = (opacity * torch.exp(power.clamp(max=0))).clamp(max=0.999)
         alpha = torch.where(alpha >= 1 / 255, alpha, 0.0)
         trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], dim=1), dim=1)

@@ -18,7 +18,7 @@ from synchuman.postprocess import checks as checks_mod
 from synchuman.postprocess import export
 from synchuman.postprocess.decimate import decimate
 from synchuman.postprocess.gaussian_render import render_gaussians
-from synchuman.postprocess.uv_atlas import parametrize
+from synchuman.postprocess.uv_atlas import Atlas, parametrize
 from synchuman.postprocess.visibility import face_visibility, remove_invisible_faces
 
 # generated body views: azimuths of the front, right, back and left orthographic cameras (pitch 0, radius 2)
@@ -37,7 +37,8 @@ class GeneratedViews:
     Attributes:
         colors: ``[5, H, W, 3]`` uint8: body views 0-3 (azimuths :data:`VIEW_YAWS`, orthographic, +-0.5 box)
             then the face view (the :data:`FACE_CROP` region of view 0, upscaled).
-        normals: optional ``[5, H, W, 3]`` uint8 normal views; masks are pixels with a channel < 230 (upstream).
+        normals: optional ``[5, H, W, 3]`` uint8 normal views; masks are pixels with a channel < 230
+        (upstream).
             Without normals the colour views' non-white pixels are used.
     """
 
@@ -109,7 +110,8 @@ def generated_bake_views(views: GeneratedViews, device: torch.device) -> list[ba
     if colors.ndim != 4 or colors.shape[0] != 5 or colors.shape[-1] != 3 or colors.dtype != np.uint8:
         raise checks_mod.PostprocessError(
             f"generated views must be uint8 [5, H, W, 3] (4 body views + face view), got {colors.dtype} "
-            f"{list(colors.shape)}")
+            f"{list(colors.shape)}"
+        )
     source = views.normals if views.normals is not None else colors
     masks = np.any(np.asarray(source) < 230, axis=-1)
     yaws = torch.tensor([*VIEW_YAWS, VIEW_YAWS[0]])
@@ -122,11 +124,15 @@ def generated_bake_views(views: GeneratedViews, device: torch.device) -> list[ba
         image, mask = colors[i], masks[i]
         if i in MIRRORED_VIEWS:
             image, mask = image[:, ::-1], mask[:, ::-1]
-        out.append(bake_mod.BakeView(
-            image=torch.from_numpy(np.ascontiguousarray(image)).to(device).float() / 255,
-            mask=torch.from_numpy(np.ascontiguousarray(mask)).to(device),
-            extrinsics=extrinsics[i], intrinsics=face if i == 4 else body, orthographic=True,
-        ))
+        out.append(
+            bake_mod.BakeView(
+                image=torch.from_numpy(np.ascontiguousarray(image)).to(device).float() / 255,
+                mask=torch.from_numpy(np.ascontiguousarray(mask)).to(device),
+                extrinsics=extrinsics[i],
+                intrinsics=face if i == 4 else body,
+                orthographic=True,
+            )
+        )
     return out
 
 
@@ -138,16 +144,27 @@ def gaussian_bake_views(
     device = gaussians.xyz.device
     extrinsics = camera.orbit_extrinsics(yaw, pitch, 2.0).to(device)
     intrinsics = camera.intrinsics_from_fov(math.radians(40.0)).expand(len(yaw), 3, 3).to(device)
-    rgb, _, backend = render_gaussians(gaussians, extrinsics, intrinsics, options.gaussian_resolution,
-                                       options.gaussian_kernel, options.gaussian_backend)
+    rgb, _, backend = render_gaussians(
+        gaussians,
+        extrinsics,
+        intrinsics,
+        options.gaussian_resolution,
+        options.gaussian_kernel,
+        options.gaussian_backend,
+    )
     masks = (rgb >= 1 / 255).any(dim=-1)
-    views = [bake_mod.BakeView(rgb[i], masks[i], extrinsics[i], intrinsics[i], False) for i in range(len(yaw))]
+    views = [
+        bake_mod.BakeView(rgb[i], masks[i], extrinsics[i], intrinsics[i], False) for i in range(len(yaw))
+    ]
     return views, backend, rgb
 
 
 def to_glb(
-    mesh: Mesh, gaussians: Gaussians | None, views: GeneratedViews | None,
-    options: PostprocessOptions = PostprocessOptions(), progress: ProgressFn | None = None,
+    mesh: Mesh,
+    gaussians: Gaussians | None,
+    views: GeneratedViews | None,
+    options: PostprocessOptions = PostprocessOptions(),
+    progress: ProgressFn | None = None,
 ) -> tuple[bytes, PostprocessReport]:
     """Post-process a decoded mesh into a textured GLB.
 
@@ -159,29 +176,45 @@ def to_glb(
         error check fails (empty/tiny mesh, nothing left); warnings are listed in the report.
     """
     if gaussians is None and views is None:
-        raise checks_mod.PostprocessError("to_glb needs the generated views or the Gaussians to bake a texture")
+        raise checks_mod.PostprocessError(
+            "to_glb needs the generated views or the Gaussians to bake a texture"
+        )
     device = mesh.vertices.device
     report = PostprocessReport()
     timer = _Phases(report, device, progress)
     report.checks += checks_mod.check_input_mesh(mesh.vertices, mesh.faces, options.limits)
     report.counts["faces_in"] = int(mesh.faces.shape[0])
 
-    verts_np, faces_np = timer.run("decimate", lambda: decimate(
-        mesh.vertices.detach().cpu().numpy(), mesh.faces.detach().cpu().numpy(), options.simplify))
+    verts_np, faces_np = timer.run(
+        "decimate",
+        lambda: decimate(
+            mesh.vertices.detach().cpu().numpy(), mesh.faces.detach().cpu().numpy(), options.simplify
+        ),
+    )
     report.counts["faces_decimated"] = len(faces_np)
     report.backends["decimate"] = "fast-simplification"
     if options.fill_holes:
-        vis = timer.run("visibility", lambda: face_visibility(
-            torch.from_numpy(verts_np).to(device), torch.from_numpy(faces_np).to(device),
-            options.visibility_views, options.visibility_resolution, max_candidates=options.raster_candidates))
+        vis = timer.run(
+            "visibility",
+            lambda: face_visibility(
+                torch.from_numpy(verts_np).to(device),
+                torch.from_numpy(faces_np).to(device),
+                options.visibility_views,
+                options.visibility_resolution,
+                max_candidates=options.raster_candidates,
+            ),
+        )
         nbe = options.max_hole_edges or int(250 * math.sqrt(1 - options.simplify))
-        verts_np, faces_np, cut = timer.run("cut_fill", lambda: remove_invisible_faces(
-            verts_np, faces_np, vis, options.max_hole_size, nbe))
+        verts_np, faces_np, cut = timer.run(
+            "cut_fill", lambda: remove_invisible_faces(verts_np, faces_np, vis, options.max_hole_size, nbe)
+        )
         report.counts["removed_by_cut"] = cut.removed_by_cut
         report.counts["cut_passes"] = cut.passes
         report.backends["visibility"] = f"torch-raster ({device.type})"
         report.backends["cut_fill"] = "python-igraph mincut + pymeshfix"
-    atlas = timer.run("uv_atlas", lambda: parametrize(verts_np, faces_np, options.texture_size, options.atlas_fast))
+    atlas = timer.run(
+        "uv_atlas", lambda: parametrize(verts_np, faces_np, options.texture_size, options.atlas_fast)
+    )
     report.atlas_utilization = atlas.utilization
     report.counts["charts"] = atlas.charts
     report.backends["uv_atlas"] = "xatlas (fast pack)" if options.atlas_fast else "xatlas (defaults)"
@@ -191,7 +224,9 @@ def to_glb(
         bake_views += generated_bake_views(views, device)
     renders = None
     if gaussians is not None and options.gaussian_views > 0:
-        g_views, backend, renders = timer.run("gaussian_render", lambda: gaussian_bake_views(gaussians, options))
+        g_views, backend, renders = timer.run(
+            "gaussian_render", lambda: gaussian_bake_views(gaussians, options)
+        )
         bake_views += g_views
         report.backends["gaussian_render"] = backend
 
@@ -199,8 +234,17 @@ def to_glb(
         v = torch.from_numpy(atlas.vertices).to(device)
         f = torch.from_numpy(atlas.faces).to(device)
         uv = torch.from_numpy(atlas.uvs).to(device)
-        tex, stats = bake_mod.bake_texture(v, f, uv, bake_views, options.texture_size, options.bake_mode,
-                                           options.bake_steps, options.bake_lambda_tv, seed=options.seed)
+        tex, stats = bake_mod.bake_texture(
+            v,
+            f,
+            uv,
+            bake_views,
+            options.texture_size,
+            options.bake_mode,
+            options.bake_steps,
+            options.bake_lambda_tv,
+            seed=options.seed,
+        )
         return bake_mod.to_uint8(tex), stats
 
     texture, stats = timer.run("bake", _bake)
@@ -221,8 +265,15 @@ def to_glb(
     return glb, report
 
 
-def _extras(report: PostprocessReport, options: PostprocessOptions, atlas, texture: np.ndarray,
-            gaussians: Gaussians | None, views: GeneratedViews | None, renders: torch.Tensor | None) -> None:
+def _extras(
+    report: PostprocessReport,
+    options: PostprocessOptions,
+    atlas: Atlas,
+    texture: np.ndarray,
+    gaussians: Gaussians | None,
+    views: GeneratedViews | None,
+    renders: torch.Tensor | None,
+) -> None:
     """Optional outputs named in ``options.extras``."""
     unknown = set(options.extras) - {"gaussian_ply", "obj", "views"}
     if unknown:
@@ -230,13 +281,24 @@ def _extras(report: PostprocessReport, options: PostprocessOptions, atlas, textu
     if "obj" in options.extras:
         report.extras.update(export.obj_files(atlas.vertices, atlas.faces, atlas.uvs, texture))
     if "gaussian_ply" in options.extras and gaussians is not None:
-        g = [t.detach().cpu().numpy() for t in (gaussians.xyz, gaussians.features_dc, gaussians.scales,
-                                                 gaussians.quats, gaussians.opacities)]
+        g = [
+            t.detach().cpu().numpy()
+            for t in (
+                gaussians.xyz,
+                gaussians.features_dc,
+                gaussians.scales,
+                gaussians.quats,
+                gaussians.opacities,
+            )
+        ]
         report.extras["gaussians.ply"] = export.gaussian_ply(*g)
     if "views" in options.extras and views is not None:
         for i, image in enumerate(views.colors):
             report.extras[f"view_{i}.png"] = export.png_bytes(np.asarray(image))
     if "views" in options.extras and renders is not None:
-        for i, image in enumerate(bake_mod.to_uint8(renders[: min(8, len(renders))].reshape(-1, *renders.shape[2:]))
-                                  .reshape(-1, *renders.shape[1:])):
+        for i, image in enumerate(
+            bake_mod.to_uint8(renders[: min(8, len(renders))].reshape(-1, *renders.shape[2:])).reshape(
+                -1, *renders.shape[1:]
+            )
+        ):
             report.extras[f"gaussian_view_{i}.png"] = export.png_bytes(image)

@@ -33,20 +33,24 @@ class Atlas:
     charts: int
 
 
-def parametrize(vertices: np.ndarray, faces: np.ndarray, texture_size: int = 1024, fast: bool = True,
-                padding: int = 2) -> Atlas:
+def parametrize(
+    vertices: np.ndarray, faces: np.ndarray, texture_size: int = 1024, fast: bool = True, padding: int = 2
+) -> Atlas:
     """Cut the mesh into charts and pack them into one ``texture_size`` square atlas.
 
     Args:
         vertices: ``[V, 3]`` float; faces: ``[F, 3]`` int.
-        fast: pack at ``texture_size`` with block alignment (see module doc); False = xatlas defaults (upstream).
+        fast: pack at ``texture_size`` with block alignment (see module doc); False = xatlas defaults
+        (upstream).
     """
     import xatlas
 
     if len(faces) == 0:
         raise ValueError("parametrize: the mesh has no faces")
     atlas = xatlas.Atlas()
-    atlas.add_mesh(np.ascontiguousarray(vertices, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.uint32))
+    atlas.add_mesh(
+        np.ascontiguousarray(vertices, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.uint32)
+    )
     chart_options = xatlas.ChartOptions()
     pack_options = xatlas.PackOptions()
     if fast:

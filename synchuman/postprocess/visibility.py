@@ -5,7 +5,8 @@ Hammersley layout) and count, per face, the share of views that see it. Faces se
 "inside" seeds, well-seen faces (per connected component, above a quantile threshold) the "outside" seeds; a
 min-cut of the dual graph weighted by shared edge lengths separates them. A cut piece is removed only if it is
 rarely seen and every new boundary loop it leaves is small (area <= ``max_hole_size``); pymeshfix then fills
-boundaries of at most ``max_hole_nbe`` edges. Up to three parameter sets are tried (see :data:`UPSTREAM_PASSES`);
+boundaries of at most ``max_hole_nbe`` edges. Up to three parameter sets are tried (see
+:data:`UPSTREAM_PASSES`);
 unlike upstream, visibility is computed once and reused by every pass.
 """
 
@@ -39,7 +40,9 @@ class CutParams:
 UPSTREAM_PASSES = (CutParams(0.7, 0.15, 0.01), CutParams(0.7, 0.15, 0.0), CutParams(0.6, 0.08, 0.01))
 
 
-def visibility_cameras(num_views: int, radius: float = 2.0, fov_deg: float = 40.0) -> tuple[torch.Tensor, torch.Tensor]:
+def visibility_cameras(
+    num_views: int, radius: float = 2.0, fov_deg: float = 40.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Extrinsics ``[N, 4, 4]`` and intrinsics ``[N, 3, 3]`` of the visibility views (perspective)."""
     yaw, pitch = camera.sphere_hammersley(num_views)
     extrinsics = camera.orbit_extrinsics(yaw, pitch, radius)
@@ -48,8 +51,12 @@ def visibility_cameras(num_views: int, radius: float = 2.0, fov_deg: float = 40.
 
 
 def face_visibility(
-    vertices: torch.Tensor, faces: torch.Tensor, num_views: int = 1000, resolution: int = 1024,
-    views_per_batch: int | None = None, max_candidates: int = 1 << 24,
+    vertices: torch.Tensor,
+    faces: torch.Tensor,
+    num_views: int = 1000,
+    resolution: int = 1024,
+    views_per_batch: int | None = None,
+    max_candidates: int = 1 << 24,
 ) -> torch.Tensor:
     """Share of views ``[F]`` float32 (0..1) in which each face covers at least one pixel centre.
 
@@ -63,8 +70,14 @@ def face_visibility(
     for start in range(0, num_views, batch):
         stop = min(start + batch, num_views)
         out = rasterize(
-            vertices, faces, extrinsics[start:stop], intrinsics[start:stop], resolution, resolution,
-            with_bary=False, max_candidates=max_candidates,
+            vertices,
+            faces,
+            extrinsics[start:stop],
+            intrinsics[start:stop],
+            resolution,
+            resolution,
+            with_bary=False,
+            max_candidates=max_candidates,
         )
         seen = torch.zeros(stop - start, faces.shape[0], dtype=torch.bool, device=device)
         view = torch.arange(stop - start, device=device)[:, None, None].expand_as(out.face_id)
@@ -88,7 +101,8 @@ def _component_quantile(values: torch.Tensor, labels: torch.Tensor, q: float) ->
 
 
 def _loop_areas(vertices: torch.Tensor, loop_edges: torch.Tensor) -> torch.Tensor:
-    """Fan area from the centroid of each edge-connected loop of ``loop_edges [L, 2]``; returns ``[loops]``."""
+    """Fan area from the centroid of each edge-connected loop of ``loop_edges [L, 2]``; returns
+    ``[loops]``."""
     labels = mesh_graph.edge_components(loop_edges)
     num = int(labels.max()) + 1
     mids = vertices[loop_edges].mean(dim=1)
@@ -101,7 +115,10 @@ def _loop_areas(vertices: torch.Tensor, loop_edges: torch.Tensor) -> torch.Tenso
 
 
 def cut_interior(
-    vertices: torch.Tensor, faces: torch.Tensor, visibility: torch.Tensor, params: CutParams,
+    vertices: torch.Tensor,
+    faces: torch.Tensor,
+    visibility: torch.Tensor,
+    params: CutParams,
     max_hole_size: float,
 ) -> torch.Tensor | None:
     """Faces to remove (bool ``[F]``) for one pass on CPU tensors, or None when no face is an inside seed."""
@@ -121,11 +138,13 @@ def cut_interior(
     lengths = (vertices[edges[dual_edge, 0]] - vertices[edges[dual_edge, 1]]).norm(dim=-1)
     source, sink = num_faces, num_faces + 1
     inner_ids, outer_ids = inner.nonzero().squeeze(1), outer.nonzero().squeeze(1)
-    links = torch.cat([
-        dual,
-        torch.stack([inner_ids, torch.full_like(inner_ids, source)], dim=1),
-        torch.stack([outer_ids, torch.full_like(outer_ids, sink)], dim=1),
-    ])
+    links = torch.cat(
+        [
+            dual,
+            torch.stack([inner_ids, torch.full_like(inner_ids, source)], dim=1),
+            torch.stack([outer_ids, torch.full_like(outer_ids, sink)], dim=1),
+        ]
+    )
     capacity = torch.cat([lengths, torch.ones(len(inner_ids) + len(outer_ids))]) * 1000
     graph = igraph.Graph(n=num_faces + 2, edges=links.numpy())
     cut = graph.mincut(source, sink, capacity.tolist())
@@ -148,7 +167,9 @@ def cut_interior(
     return remove
 
 
-def fill_small_holes(vertices: np.ndarray, faces: np.ndarray, max_hole_edges: int) -> tuple[np.ndarray, np.ndarray]:
+def fill_small_holes(
+    vertices: np.ndarray, faces: np.ndarray, max_hole_edges: int
+) -> tuple[np.ndarray, np.ndarray]:
     """pymeshfix: fill boundary loops of at most ``max_hole_edges`` edges (refined). Returns new arrays."""
     import pymeshfix
 
@@ -169,8 +190,12 @@ class InteriorReport:
 
 
 def remove_invisible_faces(
-    vertices: np.ndarray, faces: np.ndarray, visibility: torch.Tensor, max_hole_size: float = 0.04,
-    max_hole_edges: int = 136, passes: tuple[CutParams, ...] = UPSTREAM_PASSES,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    visibility: torch.Tensor,
+    max_hole_size: float = 0.04,
+    max_hole_edges: int = 136,
+    passes: tuple[CutParams, ...] = UPSTREAM_PASSES,
 ) -> tuple[np.ndarray, np.ndarray, InteriorReport]:
     """Cut away invisible interior pieces and fill small holes (upstream pass logic).
 
