@@ -20,19 +20,46 @@ SERVICE_NAME = "synchuman.v1.Stage2Service"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the stage-2 service."""
     add_stage_arguments(parser, DEFAULT_PORT)
+    parser.add_argument(
+        "--gaussian-views",
+        default="auto",
+        metavar="N",
+        help="Gaussian renders added to the texture bake (auto: 95 as upstream on CUDA, 0 on CPU, where only "
+        "the generated views are baked)",
+    )
+    parser.add_argument(
+        "--gaussian-resolution",
+        type=int,
+        default=1024,
+        metavar="PX",
+        help="size of those renders (default 1024)",
+    )
 
 
 def build_spec(args: argparse.Namespace) -> StageSpec:
     """How to build the service from parsed options (models load in ``load_backend``)."""
     from services.stage2.service import Stage2Servicer
+    from synchuman.cli import UserError
     from synchuman.v1 import stage2_pb2_grpc
 
     device, dtype = resolve_device(args.device, args.dtype)
+    if args.gaussian_views == "auto":
+        render_views = 0 if device == "cpu" else 95
+    elif args.gaussian_views.isdigit():
+        render_views = int(args.gaussian_views)
+    else:
+        raise UserError(f"--gaussian-views must be 'auto' or a number >= 0, got {args.gaussian_views!r}")
 
     def load_backend() -> object:
         from synchuman.pipelines.stage2 import Stage2Pipeline
 
-        return Stage2Pipeline.from_checkpoints(Path(args.ckpts) if args.ckpts else None, device, dtype)
+        return Stage2Pipeline.from_checkpoints(
+            Path(args.ckpts) if args.ckpts else None,
+            device,
+            dtype,
+            render_views=render_views,
+            render_resolution=args.gaussian_resolution,
+        )
 
     return StageSpec(
         name="stage2",

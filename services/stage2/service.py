@@ -28,6 +28,7 @@ from synchuman.pipelines.stage2_types import (
     Severity,
     Stage2Inputs,
     Stage2Options,
+    Stage2OutputRejected,
     Stage2Progress,
     Stage2Result,
 )
@@ -187,7 +188,10 @@ class Stage2Servicer(stage2_pb2_grpc.Stage2ServiceServicer):
                 )
             )
 
-        result = yield from self._runtime.run_job(context, start.job_id, work, progress)
+        try:
+            result = yield from self._runtime.run_job(context, start.job_id, work, progress)
+        except Stage2OutputRejected as exc:
+            raise OutputRejected(exc.code, f"the reconstruction is unusable: {exc}") from exc
         errors = result.report.errors
         if errors:
             raise OutputRejected(

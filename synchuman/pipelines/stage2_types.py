@@ -25,6 +25,15 @@ class Stage2Cancelled(Exception):
     """``should_stop()`` returned true; the pipeline stopped between steps."""
 
 
+class Stage2OutputRejected(Exception):
+    """The result is useless (empty or tiny mesh, nothing left after post-processing); ``code`` is a stable
+    finding code (``EMPTY_MESH``, ``TINY_MESH``) and the message says what happened and what to check."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class Stage2InputError(ValueError):
     """An input is malformed or unusable; ``field`` names it and the message says what to send instead."""
 
