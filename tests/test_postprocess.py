@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, require_tool
-from mesh_builders import body_mesh, box_mesh
+from mesh_builders import body_mesh, box_mesh, generated_views, pattern, render_pattern, surface_gaussians
 
 from synchuman.geometry import camera, mesh_graph
 from synchuman.geometry.raster import interpolate, rasterize
@@ -25,12 +25,6 @@ from synchuman.postprocess.checks import CheckLimits, PostprocessError
 from synchuman.postprocess.gaussian_render import render_gaussians
 from synchuman.postprocess.uv_atlas import parametrize
 from synchuman.postprocess.visibility import face_visibility, fill_small_holes, remove_invisible_faces
-
-
-def pattern(points: torch.Tensor) -> torch.Tensor:
-    """Known smooth colour ``[N, 3]`` in [0.15, 0.85] of world positions ``[N, 3]``."""
-    phase = torch.tensor([0.0, 2.0, 4.0])
-    return 0.5 + 0.35 * torch.sin(2 * math.pi * 1.5 * points @ torch.tensor([[1.0, 0.3, 0.2]] * 3).T + phase)
 
 
 def test_interior_shell_is_removed_and_outer_surface_kept() -> None:
@@ -99,37 +93,15 @@ def test_uv_atlas_covers_without_overlap() -> None:
     del rank
 
 
-def _render_pattern(
-    verts: torch.Tensor, faces: torch.Tensor, extr: torch.Tensor, intr: torch.Tensor, size: int, ortho: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    out = rasterize(verts, faces, extr, intr, size, size, ortho)
-    pos = interpolate(verts, faces, out)
-    colour = pattern(pos.reshape(-1, 3)).reshape(*pos.shape)
-    return torch.where(out.mask[..., None], colour, 1.0), out.mask
-
-
-def _generated_views(verts: torch.Tensor, faces: torch.Tensor, size: int) -> pipeline.GeneratedViews:
-    """The 4 body views + face view rendered with the pipeline's cameras (views 2, 3 stored mirrored)."""
-    base = pipeline.generated_bake_views(
-        pipeline.GeneratedViews(np.zeros((5, size, size, 3), np.uint8)), torch.device("cpu")
-    )
-    images = []
-    for i, view in enumerate(base):
-        rgb, _ = _render_pattern(verts, faces, view.extrinsics[None], view.intrinsics[None], size, True)
-        image = (rgb[0] * 255).round().to(torch.uint8).numpy()
-        images.append(image[:, ::-1] if i in pipeline.MIRRORED_VIEWS else image)
-    return pipeline.GeneratedViews(np.stack(images))
-
-
 def test_bake_reproduces_a_known_pattern_and_fast_is_not_worse() -> None:
     verts_np, faces_np = body_mesh(40)
     atlas = parametrize(verts_np, faces_np, texture_size=128)
     v, f, uv = (torch.from_numpy(x) for x in (atlas.vertices, atlas.faces, atlas.uvs))
-    views = pipeline.generated_bake_views(_generated_views(v, f, 128), torch.device("cpu"))
+    views = pipeline.generated_bake_views(generated_views(v, f, 128), torch.device("cpu"))
     yaw, pitch = camera.sphere_hammersley(6)
     extr = camera.orbit_extrinsics(yaw, pitch, 2.0)
     intr = camera.intrinsics_from_fov(math.radians(40)).expand(6, 3, 3)
-    rgb, mask = _render_pattern(v, f, extr, intr, 96, False)
+    rgb, mask = render_pattern(v, f, extr, intr, 96, False)
     views += [bake.BakeView(rgb[i], mask[i], extr[i], intr[i], False) for i in range(6)]
     tex_opt, opt = bake.bake_texture(v, f, uv, views, 128, mode="opt", steps=400)
     tex_fast, fast = bake.bake_texture(v, f, uv, views, 128, mode="fast", steps=30)
@@ -184,17 +156,6 @@ def test_torch_gaussian_renderer_applies_the_2d_filter() -> None:
         render_gaussians(g, extr, intr, 8, backend="nope")
 
 
-def _gaussians_on_surface(verts: torch.Tensor) -> Gaussians:
-    n = len(verts)
-    return Gaussians(
-        xyz=verts.clone(),
-        scales=torch.full((n, 3), 0.012),
-        quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
-        opacities=torch.full((n, 1), 0.9),
-        features_dc=(pattern(verts) - 0.5) / SH_C0,
-    )
-
-
 SMALL = pipeline.PostprocessOptions(
     simplify=0.5,
     visibility_views=32,
@@ -213,12 +174,11 @@ SMALL = pipeline.PostprocessOptions(
 def small_glb() -> tuple[bytes, pipeline.PostprocessReport]:
     verts_np, faces_np = body_mesh(40)
     verts, faces = torch.from_numpy(verts_np), torch.from_numpy(faces_np)
-    views = _generated_views(verts, faces, 96)
-    sub = torch.from_numpy(np.unique(faces_np[::4].reshape(-1)))
+    views = generated_views(verts, faces, 96)
     phases: list[str] = []
     glb, report = pipeline.to_glb(
         Mesh(verts, faces),
-        _gaussians_on_surface(verts[sub]),
+        surface_gaussians(verts, faces, 600, 0.012),
         views,
         SMALL,
         progress=lambda name, frac: phases.append(name),

@@ -68,7 +68,7 @@ class PostprocessOptions:
     metallic: float = 0.0
     limits: checks_mod.CheckLimits = field(default_factory=checks_mod.CheckLimits)
     extras: tuple[str, ...] = ()  # any of "gaussian_ply", "obj", "views"
-    raster_candidates: int = 1 << 24
+    raster_candidates: int = 1 << 25  # candidate pixels per rasteriser chunk (~120 B each)
     seed: int = 0
 
 

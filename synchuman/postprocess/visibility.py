@@ -60,12 +60,15 @@ def face_visibility(
 ) -> torch.Tensor:
     """Share of views ``[F]`` float32 (0..1) in which each face covers at least one pixel centre.
 
-    Runs on ``vertices.device``; ``views_per_batch`` defaults to about 128 MiB of depth buffer per batch.
+    Runs on ``vertices.device``; ``views_per_batch`` defaults to 64M pixels per batch on CUDA (512 MiB depth
+    buffer), 4M on CPU.
     """
     device = vertices.device
     extrinsics, intrinsics = visibility_cameras(num_views)
     extrinsics, intrinsics = extrinsics.to(device), intrinsics.to(device)
-    batch = views_per_batch or max(1, (1 << 24) // (resolution * resolution))
+    batch = views_per_batch or max(
+        1, (1 << (26 if device.type == "cuda" else 22)) // (resolution * resolution)
+    )
     counts = torch.zeros(faces.shape[0], dtype=torch.int32, device=device)
     for start in range(0, num_views, batch):
         stop = min(start + batch, num_views)
@@ -79,11 +82,12 @@ def face_visibility(
             with_bary=False,
             max_candidates=max_candidates,
         )
-        seen = torch.zeros(stop - start, faces.shape[0], dtype=torch.bool, device=device)
-        view = torch.arange(stop - start, device=device)[:, None, None].expand_as(out.face_id)
-        hit = out.face_id >= 0
-        seen[view[hit], out.face_id[hit]] = True
-        counts += seen.sum(dim=0, dtype=torch.int32)
+        num = (stop - start) * faces.shape[0]
+        view = torch.arange(stop - start, device=device)[:, None, None]
+        flat = torch.where(out.face_id >= 0, view * faces.shape[0] + out.face_id, num)  # misses -> spare slot
+        seen = torch.zeros(num + 1, dtype=torch.bool, device=device)
+        seen[flat.reshape(-1)] = True
+        counts += seen[:num].reshape(stop - start, -1).sum(dim=0, dtype=torch.int32)
     return counts.float() / num_views
 
 
@@ -114,19 +118,45 @@ def _loop_areas(vertices: torch.Tensor, loop_edges: torch.Tensor) -> torch.Tenso
     return torch.zeros(num, dtype=vertices.dtype).index_add_(0, labels, tri_area)
 
 
+@dataclass
+class FaceGraph:
+    """Connectivity of one mesh, computed once and shared by every cut pass (CPU tensors).
+
+    Attributes:
+        edges ``[E, 2]``, face2edge ``[F, 3]``, degree ``[E]`` (see :func:`mesh_graph.compute_edges`),
+        labels ``[F]`` face component, dual ``[D, 2]`` face pairs, lengths ``[D]`` shared-edge lengths.
+    """
+
+    edges: torch.Tensor
+    face2edge: torch.Tensor
+    degree: torch.Tensor
+    labels: torch.Tensor
+    dual: torch.Tensor
+    lengths: torch.Tensor
+
+    @classmethod
+    def build(cls, vertices: torch.Tensor, faces: torch.Tensor) -> FaceGraph:
+        edges, face2edge, degree = mesh_graph.compute_edges(faces)
+        dual, dual_edge = mesh_graph.compute_dual_graph(face2edge)
+        labels = mesh_graph.connected_components(faces.shape[0], dual)
+        lengths = (vertices[edges[dual_edge, 0]] - vertices[edges[dual_edge, 1]]).norm(dim=-1)
+        return cls(edges, face2edge, degree, labels, dual, lengths)
+
+
 def cut_interior(
     vertices: torch.Tensor,
     faces: torch.Tensor,
     visibility: torch.Tensor,
     params: CutParams,
     max_hole_size: float,
+    graph: FaceGraph | None = None,
 ) -> torch.Tensor | None:
     """Faces to remove (bool ``[F]``) for one pass on CPU tensors, or None when no face is an inside seed."""
     import igraph
 
     num_faces = faces.shape[0]
-    edges, face2edge, degree = mesh_graph.compute_edges(faces)
-    labels = mesh_graph.face_components(faces)
+    graph = graph or FaceGraph.build(vertices, faces)
+    edges, face2edge, degree, labels = graph.edges, graph.face2edge, graph.degree, graph.labels
     global_q = float(torch.quantile(visibility, params.outer_quantile)) if num_faces < 1 << 24 else 0.5
     comp_q = _component_quantile(visibility, labels, params.outer_quantile).clamp(max=global_q)
     threshold = comp_q.clamp(min=params.outer_min).clamp(max=0.5)
@@ -134,8 +164,7 @@ def cut_interior(
     inner = visibility <= params.inner_max
     if not bool(inner.any()):
         return None
-    dual, dual_edge = mesh_graph.compute_dual_graph(face2edge)
-    lengths = (vertices[edges[dual_edge, 0]] - vertices[edges[dual_edge, 1]]).norm(dim=-1)
+    dual, lengths = graph.dual, graph.lengths
     source, sink = num_faces, num_faces + 1
     inner_ids, outer_ids = inner.nonzero().squeeze(1), outer.nonzero().squeeze(1)
     links = torch.cat(
@@ -211,8 +240,9 @@ def remove_invisible_faces(
     vis = visibility.detach().float().cpu()
     result = (np.asarray(vertices, dtype=np.float32), np.asarray(faces, dtype=np.int64))
     report = InteriorReport(0, 0, len(faces))
+    graph = FaceGraph.build(verts_t, faces_t)
     for index, params in enumerate(passes):
-        remove = cut_interior(verts_t, faces_t, vis, params, max_hole_size)
+        remove = cut_interior(verts_t, faces_t, vis, params, max_hole_size, graph)
         if remove is None:  # nothing to cut: this pass returns the input, the next pass is still tried
             result = (np.asarray(vertices, dtype=np.float32), np.asarray(faces, dtype=np.int64))
             report = InteriorReport(0, index + 1, len(faces))
