@@ -1,0 +1,291 @@
+"""Stage-2 pipeline: voxels + generated views + conditioning crop -> textured GLB.
+
+Steps (upstream ``SyncHumanTwoStagePipeline``, run without files):
+
+1. condition: DINOv2 patch tokens of the 518x518 crop (``x_prenorm``, layer-normed without affine)
+   ``[1, 1 + registers + 37^2, D]``; the negative condition is zeros.
+2. sample the structured latent ``[N, 8]`` on the voxels with the guided flow-Euler sampler (noise from a CPU
+   generator seeded with ``options.seed``, so every device draws the same noise), then de-normalise it.
+3. multiview features: colour and normal views 0-3 resized to 896^2, DINOv2 intermediate layers concatenated
+   ``[1, 4, 64, 64, 4 D]``.
+4. decode Gaussians and the FlexiCubes mesh.
+5. post-process to GLB (decimate, remove hidden faces, UV atlas, bake the texture from the views and Gaussian
+   renders, export y-up) and measure the result.
+
+``progress(phase, step, total)`` is called per sampler step and once per later phase; ``should_stop()`` is
+checked between steps and phases (raising :class:`Stage2Cancelled`).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from synchuman.checkpoints.layout import CheckpointLayout, default_root
+from synchuman.checkpoints.verify import is_tiny, require_verified
+from synchuman.pipelines.stage2_models import Stage2Models, load_stage2_models
+from synchuman.pipelines.stage2_types import (
+    OutputReport,
+    QualityFinding,
+    Severity,
+    Stage2Cancelled,
+    Stage2Inputs,
+    Stage2Options,
+    Stage2OutputRejected,
+    Stage2Progress,
+    Stage2Result,
+)
+from synchuman.postprocess.checks import PostprocessError
+from synchuman.postprocess.pipeline import GeneratedViews, PostprocessOptions, PostprocessReport, to_glb
+from synchuman.samplers.flow_euler import SamplingCancelled
+from synchuman.sparse import SparseTensor
+
+#: Views of each kind that condition the decoders (front, right, back, left).
+DECODER_VIEWS = 4
+
+
+class ImageEncoder(Protocol):
+    """DINOv2 as stage 2 uses it."""
+
+    def condition(self, crop: np.ndarray) -> torch.Tensor:
+        """uint8 ``[518, 518, 3]`` crop -> layer-normed ``x_prenorm`` tokens ``[1, L, D]`` on the device."""
+        ...
+
+    def multiview_features(self, views: Sequence[np.ndarray]) -> torch.Tensor:
+        """``V`` uint8 ``[768, 768, 3]`` views -> ``[1, V, 64, 64, 4 D]`` intermediate-layer features."""
+        ...
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """What a loaded pipeline runs (reported by the service's GetInfo)."""
+
+    checkpoint_dir: str
+    weights: str
+    device: str
+    dtype: str
+
+
+class Stage2Pipeline:
+    """Loaded stage-2 models plus DINOv2; :meth:`reconstruct` runs one person."""
+
+    def __init__(
+        self,
+        models: Stage2Models,
+        dinov2: ImageEncoder,
+        info: PipelineInfo,
+        render_views: int = 95,
+        render_resolution: int = 1024,
+    ) -> None:
+        """``render_views`` / ``render_resolution``: Gaussian renders added to the texture bake (upstream 95
+        at 1024^2; 0 bakes from the generated views only, e.g. on CPU-only machines)."""
+        self.models = models
+        self.dinov2 = dinov2
+        self.info = info
+        self.render_views = render_views
+        self.render_resolution = render_resolution
+        self.voxel_resolution = models.resolution
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        root: Path | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        render_views: int = 95,
+        render_resolution: int = 1024,
+    ) -> Stage2Pipeline:
+        """Verify and load ``root`` (default: the checkpoint root) onto ``device`` in ``dtype``."""
+        layout = CheckpointLayout(root or default_root())
+        require_verified(layout.root, ("dinov2", "stage2"))
+        models = load_stage2_models(layout, device=device, dtype=dtype)
+        from synchuman.models.dinov2 import DinoV2Encoder
+
+        dinov2 = DinoV2Encoder.from_checkpoints(layout, device=device, dtype=dtype)
+        tiny = is_tiny(layout.root)
+        weights = "tiny random weights (selftest)" if tiny else "SyncHuman (xishushu/SyncHuman)"
+        info = PipelineInfo(str(layout.root), weights, str(device), str(dtype))
+        return cls(models, dinov2, info, render_views, render_resolution)
+
+    # -- one request ---------------------------------------------------------------------------------------
+
+    def reconstruct(
+        self,
+        inputs: Stage2Inputs,
+        options: Stage2Options,
+        progress: Stage2Progress,
+        should_stop: Callable[[], bool],
+    ) -> Stage2Result:
+        """Run stage 2 for one person (see the module docstring); :class:`Stage2Cancelled` when stopped."""
+        inputs.validate(self.voxel_resolution)
+        options.validate()
+        timer = _PhaseTimer()
+        try:
+            with torch.inference_mode():
+                with timer("condition"):
+                    cond = self.dinov2.condition(inputs.conditioning)
+                with timer("sampling"):
+                    slat = self._sample(inputs.coords, cond, options, progress, should_stop)
+                _check(should_stop)
+                progress("multiview_features", 0, 0)
+                with timer("multiview_features"):
+                    mv_color = self.dinov2.multiview_features(inputs.colors[:DECODER_VIEWS])
+                    mv_normal = self.dinov2.multiview_features(inputs.normals[:DECODER_VIEWS])
+                _check(should_stop)
+                progress("decode", 0, 0)
+                with timer("decode"):
+                    gaussians, mesh = self.models.decode(slat, mv_color, mv_normal)
+                del mv_color, mv_normal, cond
+            _check(should_stop)
+            glb, post = to_glb(
+                mesh,
+                gaussians,
+                GeneratedViews(colors=np.stack(inputs.colors), normals=np.stack(inputs.normals)),
+                PostprocessOptions(
+                    simplify=options.simplify_ratio,
+                    visibility_views=options.visibility_views,
+                    texture_size=options.texture_size,
+                    bake_steps=options.bake_steps,
+                    gaussian_views=self.render_views,
+                    gaussian_resolution=self.render_resolution,
+                    extras=tuple(_POSTPROCESS_EXTRAS[name] for name in options.outputs),
+                    seed=options.seed,
+                ),
+                progress=lambda phase, fraction: _progress_phase(phase, progress, should_stop),
+            )
+        except SamplingCancelled as exc:
+            raise Stage2Cancelled(str(exc)) from exc
+        except PostprocessError as exc:
+            raise Stage2OutputRejected(_rejection_code(str(exc)), str(exc)) from exc
+        timer.seconds.update(post.phases)
+        return Stage2Result(
+            glb=glb,
+            extra_files=_extra_files(post.extras, options.outputs),
+            report=output_report(post, len(glb)),
+            phase_seconds=timer.seconds,
+        )
+
+    def _sample(
+        self,
+        coords: np.ndarray,
+        cond: torch.Tensor,
+        options: Stage2Options,
+        progress: Stage2Progress,
+        should_stop: Callable[[], bool],
+    ) -> SparseTensor:
+        """The de-normalised structured latent ``[N, 8]`` on ``coords``."""
+        return self.models.sample_latent(
+            torch.as_tensor(coords, dtype=torch.int32),
+            cond,
+            seed=options.seed,
+            steps=options.steps,
+            cfg_strength=options.guidance_scale,
+            callback=lambda step, total: progress("sampling", step, total),
+            should_stop=should_stop,
+            cuda_graph=self.models.device.type == "cuda",
+        )
+
+    # -- start-up ------------------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Run conditioning, one sampler step and both decoders on a small sphere of voxels (no export), so
+        the first request does not pay for lazy initialisation (kernels, allocator pools)."""
+        grid = np.stack(np.meshgrid(*[np.arange(24, 40)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        coords = grid[np.linalg.norm(grid - 31.5, axis=1) < 8]
+        view = np.full((768, 768, 3), 255, np.uint8)
+        crop = np.zeros((518, 518, 3), np.uint8)
+        with torch.inference_mode():
+            cond = self.dinov2.condition(crop)
+            slat = self._sample(coords, cond, Stage2Options(steps=1), lambda *_: None, lambda: False)
+            features = self.dinov2.multiview_features((view,) * DECODER_VIEWS)
+            self.models.decode(slat, features, features)
+
+
+#: Stage-2 output file -> the post-processing extra that produces it.
+_POSTPROCESS_EXTRAS = {"gaussians.ply": "gaussian_ply", "mesh_obj.zip": "obj"}
+#: Post-processing check name -> stable finding code of the output report.
+_CHECK_CODES = {
+    "faces": "TINY_MESH",
+    "extent": "TINY_MESH",
+    "faces_out": "TINY_MESH",
+    "texture_coverage": "LOW_TEXTURE_COVERAGE",
+    "non_manifold_edges": "NON_MANIFOLD",
+}
+
+
+def _progress_phase(phase: str, progress: Stage2Progress, should_stop: Callable[[], bool]) -> None:
+    """Report a post-processing phase (``done`` is not one) and stop between phases when asked."""
+    _check(should_stop)
+    if phase != "done":
+        progress(phase, 0, 0)
+
+
+def _rejection_code(message: str) -> str:
+    return "EMPTY_MESH" if "empty" in message else "TINY_MESH"
+
+
+def _extra_files(extras: dict[str, bytes], outputs: tuple[str, ...]) -> dict[str, bytes]:
+    """The requested extra outputs: the Gaussian PLY as is, the OBJ + MTL + texture zipped."""
+    files: dict[str, bytes] = {}
+    if "gaussians.ply" in outputs:
+        files["gaussians.ply"] = extras["gaussians.ply"]
+    if "mesh_obj.zip" in outputs:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, data in sorted(extras.items()):
+                if name != "gaussians.ply":  # the OBJ, its MTL and texture
+                    archive.writestr(name, data)
+        files["mesh_obj.zip"] = buffer.getvalue()
+    return files
+
+
+def output_report(post: PostprocessReport, glb_size: int) -> OutputReport:
+    """The output quality report from the post-processing report (failed checks become findings)."""
+    checks = {c.name: c for c in post.checks}
+    findings = tuple(
+        QualityFinding(
+            Severity.ERROR if c.severity == "error" else Severity.WARNING,
+            _CHECK_CODES.get(c.name, c.name.upper()),
+            c.message,
+        )
+        for c in post.checks
+        if not c.ok
+    )
+    non_manifold = checks.get("non_manifold_edges")
+    return OutputReport(
+        vertex_count=int(post.counts.get("vertices_out", 0)),
+        face_count=int(post.counts.get("faces_out", 0)),
+        texture_coverage=float(post.bake.coverage) if post.bake is not None else 0.0,
+        non_manifold_edge_fraction=float(non_manifold.value) if non_manifold is not None else 0.0,
+        glb_size_bytes=glb_size,
+        findings=findings,
+    )
+
+
+def _check(should_stop: Callable[[], bool]) -> None:
+    if should_stop():
+        raise Stage2Cancelled("stage 2 stopped on request")
+
+
+class _PhaseTimer:
+    """Wall seconds per phase (accumulated when a phase repeats)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started

@@ -1,0 +1,146 @@
+"""Stage2Pipeline glue on CPU: tiny random stage-2 checkpoints, the real sampler/decoders/post-processing.
+
+DINOv2 is replaced by a deterministic test double of the same shapes here (the real encoder is covered by its
+own tests and by the end-to-end tests), so these tests pin the glue: option plumbing, progress order, stop
+checks, extra outputs, the output report.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from synchuman.checkpoints.layout import CheckpointLayout
+from synchuman.checkpoints.tiny_stage2 import write_tiny_stage2
+from synchuman.pipelines.stage2 import PipelineInfo, Stage2Pipeline
+from synchuman.pipelines.stage2_models import load_stage2_models
+from synchuman.pipelines.stage2_types import (
+    Stage2Cancelled,
+    Stage2InputError,
+    Stage2Inputs,
+    Stage2Options,
+)
+
+WIDTH = 32  # tiny DINOv2 width the tiny stage-2 models are conditioned on
+
+
+class FakeDinoV2:
+    """Deterministic stand-in: tokens / feature maps derived from the image statistics."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def condition(self, crop: np.ndarray) -> torch.Tensor:
+        self.calls.append("condition")
+        assert crop.shape == (518, 518, 3) and crop.dtype == np.uint8
+        g = torch.Generator().manual_seed(int(crop.mean()))
+        return torch.randn(1, 1 + 4 + 37 * 37, WIDTH, generator=g)
+
+    def multiview_features(self, views) -> torch.Tensor:
+        self.calls.append(f"multiview:{len(views)}")
+        assert all(v.shape == (768, 768, 3) for v in views)
+        g = torch.Generator().manual_seed(int(sum(v.mean() for v in views)))
+        return torch.randn(1, len(views), 64, 64, 4 * WIDTH, generator=g)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Stage2Pipeline:
+    root = tmp_path_factory.mktemp("ckpts")
+    write_tiny_stage2(root, seed=0, dinov2_dim=WIDTH)
+    models = load_stage2_models(CheckpointLayout(root))
+    return Stage2Pipeline(
+        models, FakeDinoV2(), PipelineInfo(str(root), "tiny", "cpu", "float32"), render_views=0
+    )
+
+
+def person_inputs() -> Stage2Inputs:
+    grid = np.stack(np.meshgrid(*[np.arange(20, 44)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    coords = grid[np.linalg.norm((grid - 31.5) * [1.0, 1.0, 0.5], axis=1) < 9]
+    rng = np.random.default_rng(0)
+    views = [np.full((768, 768, 3), 255, np.uint8) for _ in range(10)]
+    for v in views:
+        v[100:700, 250:520] = rng.integers(0, 200, 3, dtype=np.uint8)
+    return Stage2Inputs(
+        coords=coords,
+        colors=tuple(views[:5]),
+        normals=tuple(views[5:]),
+        conditioning=rng.integers(0, 256, (518, 518, 3), dtype=np.uint8),
+    )
+
+
+SMALL = Stage2Options(steps=3, texture_size=256, bake_steps=5, visibility_views=8, simplify_ratio=0.95)
+
+
+def test_reconstruct_makes_a_loadable_glb_with_ordered_progress_and_extras(pipeline):
+    import trimesh
+
+    events: list[tuple[str, int, int]] = []
+    options = Stage2Options(**{**SMALL.__dict__, "outputs": ("gaussians.ply", "mesh_obj.zip")})
+    result = pipeline.reconstruct(person_inputs(), options, lambda *e: events.append(e), lambda: False)
+    scene = trimesh.load(io.BytesIO(result.glb), file_type="glb", force="scene")
+    faces = sum(len(g.faces) for g in scene.geometry.values())
+    assert faces == result.report.face_count > 0
+    assert result.report.glb_size_bytes == len(result.glb)
+    assert 0.0 < result.report.texture_coverage <= 1.0
+    assert events[:3] == [("sampling", 1, 3), ("sampling", 2, 3), ("sampling", 3, 3)]
+    phases = [e[0] for e in events[3:]]
+    assert phases[:2] == ["multiview_features", "decode"]
+    assert phases[2:] == ["decimate", "visibility", "cut_fill", "uv_atlas", "bake", "export"]
+    assert sorted(result.extra_files) == ["gaussians.ply", "mesh_obj.zip"]
+    assert result.extra_files["gaussians.ply"].startswith(b"ply\n")
+    names = zipfile.ZipFile(io.BytesIO(result.extra_files["mesh_obj.zip"])).namelist()
+    assert any(n.endswith(".obj") for n in names) and any(n.endswith(".mtl") for n in names)
+    assert {"sampling", "decode", "bake", "export"} <= set(result.phase_seconds)
+    assert pipeline.dinov2.calls[-2:] == ["multiview:4", "multiview:4"]
+
+
+def test_should_stop_between_sampler_steps_raises_cancelled(pipeline):
+    events: list = []
+    with pytest.raises(Stage2Cancelled):
+        pipeline.reconstruct(
+            person_inputs(), Stage2Options(steps=50), lambda *e: events.append(e), lambda: len(events) >= 2
+        )
+    assert [e[1] for e in events] == [1, 2]
+
+
+def test_should_stop_during_postprocessing_raises_cancelled(pipeline):
+    events: list = []
+    with pytest.raises(Stage2Cancelled):
+        pipeline.reconstruct(
+            person_inputs(),
+            SMALL,
+            lambda *e: events.append(e),
+            lambda: any(e[0] == "visibility" for e in events),
+        )
+    assert events[-1][0] == "visibility"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda i: Stage2Inputs(np.zeros((0, 3), int), i.colors, i.normals, i.conditioning), "coords"),
+        (lambda i: Stage2Inputs(i.coords + 60, i.colors, i.normals, i.conditioning), "coords"),
+        (lambda i: Stage2Inputs(i.coords, i.colors[:4], i.normals, i.conditioning), "colors"),
+        (lambda i: Stage2Inputs(i.coords, i.colors, i.normals, i.conditioning[:500]), "conditioning"),
+    ],
+)
+def test_bad_inputs_name_the_field(pipeline, change, field):
+    with pytest.raises(Stage2InputError) as err:
+        pipeline.reconstruct(change(person_inputs()), SMALL, lambda *e: None, lambda: False)
+    assert err.value.field == field
+
+
+def test_out_of_range_options_name_the_option(pipeline):
+    with pytest.raises(Stage2InputError) as err:
+        pipeline.reconstruct(person_inputs(), Stage2Options(texture_size=64), lambda *e: None, lambda: False)
+    assert err.value.field == "options.texture_size"
+
+
+def test_warm_up_runs_the_models_once(pipeline):
+    calls = len(pipeline.dinov2.calls)
+    pipeline.warm_up()
+    assert pipeline.dinov2.calls[calls:] == ["condition", "multiview:4"]
