@@ -144,3 +144,44 @@ def test_warm_up_runs_the_models_once(pipeline):
     calls = len(pipeline.dinov2.calls)
     pipeline.warm_up()
     assert pipeline.dinov2.calls[calls:] == ["condition", "multiview:4"]
+
+
+def test_a_speck_of_voxels_is_rejected_as_a_useless_output(pipeline):
+    from synchuman.pipelines.stage2_types import Stage2OutputRejected
+
+    tiny = person_inputs()
+    tiny = Stage2Inputs(np.array([[31, 31, 31]]), tiny.colors, tiny.normals, tiny.conditioning)
+    with pytest.raises(Stage2OutputRejected) as err:
+        pipeline.reconstruct(tiny, SMALL, lambda *e: None, lambda: False)
+    assert err.value.code in ("TINY_MESH", "EMPTY_MESH")
+
+
+def test_served_over_grpc(pipeline):
+    """The real pipeline behind Stage2Service: GLB streamed back, report filled in, progress per step."""
+    import grpc
+    from stage_doubles import collect_blobs, png, stage2_requests, start_server
+
+    from services.common.stage_io import voxels_to_proto
+    from services.common.stage_runtime import StageLimits
+    from synchuman.v1 import common_pb2, stage2_pb2_grpc
+
+    server = start_server("stage2", pipeline, StageLimits())
+    try:
+        inputs = person_inputs()
+        blobs = {"conditioning.png": png(inputs.conditioning)}
+        for kind, views in (("color", inputs.colors), ("normal", inputs.normals)):
+            blobs.update({f"{kind}_{i}.png": png(v) for i, v in enumerate(views)})
+        options = common_pb2.ReconstructionOptions(
+            steps=2, texture_size=256, bake_steps=5, visibility_views=8, simplify_ratio=0.95
+        )
+        stub = stage2_pb2_grpc.Stage2ServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+        responses = list(
+            stub.Reconstruct(stage2_requests(blobs, voxels_to_proto(inputs.coords, 64), options))
+        )
+        glb = collect_blobs(responses)["person.glb"]
+        result = responses[-1].result
+        assert result.report.glb_size_bytes == len(glb) and result.report.face_count > 0
+        steps = [r.progress.step for r in responses if r.progress.phase == "sampling"]
+        assert steps == [1, 2]
+    finally:
+        server.stop()
