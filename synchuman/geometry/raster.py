@@ -93,6 +93,7 @@ def rasterize(
         raise ValueError("rasterize: extrinsics [B, 4, 4] and intrinsics [B, 3, 3] must share B")
     device = vertices.device
     faces = faces.long().to(device)
+    extrinsics, intrinsics = extrinsics.to(device), intrinsics.to(device)
     num_views, num_faces = extrinsics.shape[0], faces.shape[0]
     screen = project(vertices.float(), extrinsics.float(), intrinsics.float(), orthographic, height, width)
     ortho = torch.as_tensor(orthographic, device=device).reshape(-1).expand(num_views)

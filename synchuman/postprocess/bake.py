@@ -225,7 +225,7 @@ def bake_texture(
     else:
         init = torch.zeros(texture_size, texture_size, 3, device=vertices.device)
     tex = torch.nn.Parameter(init.permute(2, 0, 1)[None].contiguous())
-    optimizer = torch.optim.Adam([tex], betas=(0.5, 0.9), lr=lr[0])
+    optimizer = torch.optim.Adam([tex], betas=(0.5, 0.9), lr=lr[0], fused=tex.is_cuda or None)
     grid = torch.stack([samples.uv[:, 0] * 2 - 1, 1 - samples.uv[:, 1] * 2], dim=-1)[None, None]
     nonempty = [i for i in range(samples.num_views) if samples.offsets[i + 1] > samples.offsets[i]]
     if mode == "opt":

@@ -1,0 +1,183 @@
+"""GPU bench of post-processing (decoded mesh + Gaussians + generated views -> GLB).
+
+Builds a ~240k-face human (marching cubes of a capsule body at 340^3), ~600k surface Gaussians and the five
+generated views (768^2) painted with a known colour pattern, then runs ``to_glb``:
+- once small to warm up (CUDA context, gsplat JIT build, kernels), timed separately;
+- at the upstream defaults (simplify 0.7, 1000 visibility views at 1024^2, 95 Gaussian views at 1024^2,
+  1024^2 texture, 1000 "opt" bake steps);
+- with the "fast" bake (splat init + full-batch steps), the rest unchanged;
+and prints per-phase seconds, peak GPU memory, bake error (mean per-view L1, 0..1 units), texture coverage,
+atlas utilisation and the backends used. Also times xatlas on the decimated mesh the upstream way
+(one mesh, default packing) in a subprocess with a time limit. JSON goes to $OUT/bench_postprocess.json.
+
+Usage: ``PYTHONPATH=.:tests python bench/bench_postprocess.py``; ``--small --device cpu`` checks the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from mesh_builders import body_mesh, generated_views, surface_gaussians  # noqa: E402
+
+from synchuman.models.flexicubes import Mesh  # noqa: E402
+from synchuman.postprocess import pipeline  # noqa: E402
+from synchuman.postprocess.decimate import decimate  # noqa: E402
+
+
+def _xatlas_upstream(queue: mp.Queue, vertices, faces) -> None:
+    from synchuman.postprocess.uv_atlas import parametrize
+
+    start = time.perf_counter()
+    atlas = parametrize(vertices, faces, fast=False, pieces=1)
+    queue.put((time.perf_counter() - start, atlas.utilization, atlas.charts))
+
+
+def xatlas_upstream(vertices, faces, limit_s: float) -> dict:
+    """Upstream-style xatlas (one mesh, default packing) in a child process, killed after ``limit_s``."""
+    queue: mp.Queue = mp.get_context("fork").Queue()
+    proc = mp.get_context("fork").Process(target=_xatlas_upstream, args=(queue, vertices, faces))
+    proc.start()
+    proc.join(limit_s)
+    if proc.is_alive():
+        proc.kill()
+        return {"seconds": f"> {limit_s:.0f} (killed)"}
+    seconds, util, charts = queue.get()
+    return {"seconds": round(seconds, 2), "utilization": round(util, 4), "charts": charts}
+
+
+def run(mesh: Mesh, gaussians, views, options: pipeline.PostprocessOptions, device: torch.device) -> dict:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    glb, report = pipeline.to_glb(mesh, gaussians, views, options)
+    total = time.perf_counter() - start
+    out = {
+        "total_s": round(total, 3),
+        "phases_s": {k: round(v, 3) for k, v in report.phases.items()},
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if device.type == "cuda"
+        else None,
+        "counts": report.counts,
+        "glb_mb": round(len(glb) / 1e6, 3),
+        "atlas_utilization": round(report.atlas_utilization, 4),
+        "bake": dataclasses.asdict(report.bake) if report.bake else None,
+        "backends": report.backends,
+        "warnings": report.warnings,
+    }
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def _save(results: dict) -> None:
+    out_dir = os.environ.get("OUT")
+    if out_dir:
+        Path(out_dir, "bench_postprocess.json").write_text(json.dumps(results, indent=1))
+
+
+def _build_gsplat(status: dict) -> None:
+    """Import gsplat's CUDA backend (JIT-builds it the first time) and record how long it took."""
+    start = time.perf_counter()
+    try:
+        from gsplat.cuda import _backend
+
+        status["ok"] = _backend._C is not None
+    except Exception as exc:  # noqa: BLE001 - reported, the bench then runs without Gaussian views
+        status["error"] = repr(exc)[:500]
+    status["seconds"] = round(time.perf_counter() - start, 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--small", action="store_true", help="tiny sizes (script check on CPU)")
+    parser.add_argument("--resolution", type=int, default=340, help="marching-cubes grid of the body")
+    parser.add_argument("--gaussians", type=int, default=600_000)
+    parser.add_argument("--fast-steps", type=int, default=100)
+    parser.add_argument("--xatlas-limit", type=float, default=90.0)
+    parser.add_argument(
+        "--budget", type=float, default=270.0, help="seconds; the xatlas comparison gets the rest"
+    )
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    res = 48 if args.small else args.resolution
+    results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+    bench_start = time.perf_counter()
+    gsplat_status: dict = {}
+    builder = threading.Thread(target=_build_gsplat, args=(gsplat_status,))
+    if device.type == "cuda":
+        builder.start()  # overlaps the JIT build with building the inputs
+
+    t = time.perf_counter()
+    verts_np, faces_np = body_mesh(res, device=str(device))
+    verts, faces = torch.from_numpy(verts_np).to(device), torch.from_numpy(faces_np).to(device)
+    gaussians = surface_gaussians(verts, faces, 2000 if args.small else args.gaussians, 0.004)
+    views = generated_views(verts, faces, 96 if args.small else 768)
+    results["inputs"] = {
+        "faces": len(faces_np),
+        "gaussians": len(gaussians),
+        "build_s": time.perf_counter() - t,
+    }
+    print(json.dumps(results), flush=True)
+    mesh = Mesh(verts, faces)
+    if device.type == "cuda":
+        builder.join()
+        results["gsplat_build"] = gsplat_status
+        print(json.dumps(gsplat_status), flush=True)
+    no_gsplat = device.type == "cuda" and not gsplat_status.get("ok")
+    warm = pipeline.PostprocessOptions(
+        visibility_views=8,
+        visibility_resolution=256,
+        texture_size=256,
+        bake_steps=5,
+        gaussian_views=0 if no_gsplat else 2,
+        gaussian_resolution=256,
+    )
+    t = time.perf_counter()
+    pipeline.to_glb(mesh, gaussians, views, warm)
+    results["warmup_s"] = round(time.perf_counter() - t, 2)
+    print(json.dumps({"warmup_s": results["warmup_s"]}), flush=True)
+    _save(results)
+
+    if args.small:
+        default = dataclasses.replace(
+            warm,
+            visibility_views=32,
+            visibility_resolution=128,
+            bake_steps=100,
+            gaussian_views=8,
+            gaussian_resolution=96,
+            texture_size=128,
+        )
+    else:
+        default = pipeline.PostprocessOptions(gaussian_views=0 if no_gsplat else 95)
+    _save(results)
+    fast = dataclasses.replace(default, bake_mode="fast", bake_steps=args.fast_steps)
+    results["fast_bake"] = run(mesh, gaussians, views, fast, device)
+    _save(results)
+    results["upstream_defaults"] = run(mesh, gaussians, views, default, device)
+    _save(results)
+    remaining = args.budget - (time.perf_counter() - bench_start)
+    if remaining > 15:
+        dec_v, dec_f = decimate(verts_np, faces_np, default.simplify)
+        results["xatlas_upstream_way"] = xatlas_upstream(dec_v, dec_f, min(args.xatlas_limit, remaining - 5))
+        print(json.dumps(results["xatlas_upstream_way"]), flush=True)
+    _save(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
