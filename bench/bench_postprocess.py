@@ -147,7 +147,14 @@ def main() -> int:
         gaussian_resolution=256,
     )
     t = time.perf_counter()
-    pipeline.to_glb(mesh, gaussians, views, warm)
+    try:
+        pipeline.to_glb(mesh, gaussians, views, warm)
+    except Exception as exc:  # noqa: BLE001 - recorded; retried without Gaussian views
+        results["warmup_error"] = repr(exc)[:500]
+        print(results["warmup_error"], flush=True)
+        no_gsplat = True
+        warm = dataclasses.replace(warm, gaussian_views=0)
+        pipeline.to_glb(mesh, gaussians, views, warm)
     results["warmup_s"] = round(time.perf_counter() - t, 2)
     print(json.dumps({"warmup_s": results["warmup_s"]}), flush=True)
     _save(results)

@@ -72,8 +72,7 @@ def render_gaussians(
             far_plane=far,
             eps2d=kernel_size,
             rasterize_mode="antialiased",
-            backgrounds=torch.zeros(len(viewmats), 3, device=device),
-        )
+        )  # background: black (gsplat's default)
         return rgb.clamp(0, 1), alpha[..., 0], backend
     if backend != "torch":
         raise ValueError(f"render_gaussians: unknown backend {backend!r} (use auto, gsplat or torch)")
