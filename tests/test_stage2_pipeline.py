@@ -59,7 +59,7 @@ def pipeline(tmp_path_factory) -> Stage2Pipeline:
 
 def person_inputs() -> Stage2Inputs:
     grid = np.stack(np.meshgrid(*[np.arange(20, 44)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    coords = grid[np.linalg.norm((grid - 31.5) * [1.0, 1.0, 0.5], axis=1) < 9]
+    coords = grid[np.linalg.norm((grid - 31.5) * [1.0, 1.0, 0.5], axis=1) < 6]
     rng = np.random.default_rng(0)
     views = [np.full((768, 768, 3), 255, np.uint8) for _ in range(10)]
     for v in views:
