@@ -19,7 +19,11 @@ def compute_edges(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     faces = faces.long()
     half = torch.stack([faces, faces.roll(-1, dims=1)], dim=-1).reshape(-1, 2)
     half = torch.sort(half, dim=1).values
-    edges, inverse, degree = torch.unique(half, dim=0, return_inverse=True, return_counts=True)
+    stride = int(faces.max()) + 1 if faces.numel() else 1
+    keys, inverse, degree = torch.unique(
+        half[:, 0] * stride + half[:, 1], return_inverse=True, return_counts=True
+    )
+    edges = torch.stack([keys // stride, keys % stride], dim=1)
     return edges, inverse.reshape(-1, 3), degree
 
 

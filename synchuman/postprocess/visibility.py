@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from synchuman.geometry import camera, mesh_graph
 from synchuman.geometry.raster import rasterize
+
+if TYPE_CHECKING:
+    import igraph
 
 
 @dataclass(frozen=True)
@@ -104,10 +108,8 @@ def _component_quantile(values: torch.Tensor, labels: torch.Tensor, q: float) ->
     return sorted_vals[lo] * (1 - frac) + sorted_vals[hi] * frac
 
 
-def _loop_areas(vertices: torch.Tensor, loop_edges: torch.Tensor) -> torch.Tensor:
-    """Fan area from the centroid of each edge-connected loop of ``loop_edges [L, 2]``; returns
-    ``[loops]``."""
-    labels = mesh_graph.edge_components(loop_edges)
+def _loop_areas(vertices: torch.Tensor, loop_edges: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fan area ``[loops]`` of each loop (edges ``[L, 2]``, loop ``labels [L]``) around its edge centroid."""
     num = int(labels.max()) + 1
     mids = vertices[loop_edges].mean(dim=1)
     centre = torch.zeros(num, 3, dtype=vertices.dtype).index_add_(0, labels, mids)
@@ -118,13 +120,54 @@ def _loop_areas(vertices: torch.Tensor, loop_edges: torch.Tensor) -> torch.Tenso
     return torch.zeros(num, dtype=vertices.dtype).index_add_(0, labels, tri_area)
 
 
+def _removable_pieces(
+    vertices: torch.Tensor,
+    side: torch.Tensor,
+    visibility: torch.Tensor,
+    graph: FaceGraph,
+    params: CutParams,
+    max_hole_size: float,
+) -> torch.Tensor:
+    """Which faces of the cut side ``side [S]`` may go (bool ``[S]``), all connected pieces at once.
+
+    A piece may go when its (lower) median visibility is <= ``params.outer_min`` and every new boundary loop
+    it would open (its edges used once by the piece that are not already mesh boundary) has a fan area
+    <= ``max_hole_size``.
+    """
+    piece = mesh_graph.face_components(graph.faces[side])
+    num_pieces = int(piece.max()) + 1
+    vis = visibility[side]
+    order = torch.argsort(piece.double() * 2 + vis.double())
+    counts = torch.bincount(piece, minlength=num_pieces)
+    starts = torch.cumsum(counts, 0) - counts
+    ok = vis[order][starts + (counts - 1) // 2] <= params.outer_min
+    num_edges = graph.edges.shape[0]
+    keys, uses = torch.unique(
+        (piece[:, None] * num_edges + graph.face2edge[side]).reshape(-1), return_counts=True
+    )
+    key_piece, key_edge = keys // num_edges, keys % num_edges
+    new = (uses == 1) & (graph.degree[key_edge] != 1)
+    key_piece, key_edge = key_piece[new], key_edge[new]
+    if key_edge.numel():
+        loop_edges = graph.edges[key_edge]
+        # vertex ids made piece-specific so that loops of different pieces never merge
+        labels = mesh_graph.edge_components(key_piece[:, None] * vertices.shape[0] + loop_edges)
+        areas = _loop_areas(vertices, loop_edges, labels)
+        loop_piece = torch.zeros(len(areas), dtype=torch.long).scatter_(0, labels, key_piece)
+        too_big = torch.zeros(num_pieces, dtype=torch.bool)
+        too_big[loop_piece[areas > max_hole_size]] = True
+        ok &= ~too_big
+    return ok[piece]
+
+
 @dataclass
 class FaceGraph:
     """Connectivity of one mesh, computed once and shared by every cut pass (CPU tensors).
 
     Attributes:
         edges ``[E, 2]``, face2edge ``[F, 3]``, degree ``[E]`` (see :func:`mesh_graph.compute_edges`),
-        labels ``[F]`` face component, dual ``[D, 2]`` face pairs, lengths ``[D]`` shared-edge lengths.
+        labels ``[F]`` face component, dual ``[D, 2]`` face pairs, lengths ``[D]`` shared-edge lengths,
+        faces ``[F, 3]``.
     """
 
     edges: torch.Tensor
@@ -133,6 +176,16 @@ class FaceGraph:
     labels: torch.Tensor
     dual: torch.Tensor
     lengths: torch.Tensor
+    faces: torch.Tensor
+    _flow: object = None
+
+    def flow_graph(self) -> igraph.Graph:
+        """A fresh igraph graph: one node per face plus source and sink, the dual edges (built once)."""
+        import igraph
+
+        if self._flow is None:
+            self._flow = igraph.Graph(n=self.faces.shape[0] + 2, edges=self.dual.numpy())
+        return self._flow.copy()
 
     @classmethod
     def build(cls, vertices: torch.Tensor, faces: torch.Tensor) -> FaceGraph:
@@ -140,7 +193,7 @@ class FaceGraph:
         dual, dual_edge = mesh_graph.compute_dual_graph(face2edge)
         labels = mesh_graph.connected_components(faces.shape[0], dual)
         lengths = (vertices[edges[dual_edge, 0]] - vertices[edges[dual_edge, 1]]).norm(dim=-1)
-        return cls(edges, face2edge, degree, labels, dual, lengths)
+        return cls(edges, face2edge, degree, labels, dual, lengths, faces)
 
 
 def cut_interior(
@@ -152,11 +205,9 @@ def cut_interior(
     graph: FaceGraph | None = None,
 ) -> torch.Tensor | None:
     """Faces to remove (bool ``[F]``) for one pass on CPU tensors, or None when no face is an inside seed."""
-    import igraph
-
     num_faces = faces.shape[0]
     graph = graph or FaceGraph.build(vertices, faces)
-    edges, face2edge, degree, labels = graph.edges, graph.face2edge, graph.degree, graph.labels
+    labels = graph.labels
     global_q = float(torch.quantile(visibility, params.outer_quantile)) if num_faces < 1 << 24 else 0.5
     comp_q = _component_quantile(visibility, labels, params.outer_quantile).clamp(max=global_q)
     threshold = comp_q.clamp(min=params.outer_min).clamp(max=0.5)
@@ -175,24 +226,14 @@ def cut_interior(
         ]
     )
     capacity = torch.cat([lengths, torch.ones(len(inner_ids) + len(outer_ids))]) * 1000
-    graph = igraph.Graph(n=num_faces + 2, edges=links.numpy())
-    cut = graph.mincut(source, sink, capacity.tolist())
+    flow = graph.flow_graph()
+    flow.add_edges(links[len(dual) :].numpy())
+    cut = flow.mincut(source, sink, capacity.tolist())
     side = torch.tensor([v for v in cut.partition[0] if v < num_faces], dtype=torch.long)
     remove = torch.zeros(num_faces, dtype=torch.bool)
     if side.numel() == 0:
         return remove
-    piece = mesh_graph.face_components(faces[side])
-    mesh_boundary = degree == 1
-    for label in range(int(piece.max()) + 1):
-        members = side[piece == label]
-        vis = torch.sort(visibility[members]).values
-        if float(vis[(len(vis) - 1) // 2]) > params.outer_min:
-            continue
-        ids, uses = torch.unique(face2edge[members], return_counts=True)
-        new_boundary = ids[(uses == 1) & ~mesh_boundary[ids]]
-        if new_boundary.numel() and bool((_loop_areas(vertices, edges[new_boundary]) > max_hole_size).any()):
-            continue
-        remove[members] = True
+    remove[side] = _removable_pieces(vertices, side, visibility, graph, params, max_hole_size)
     return remove
 
 
@@ -247,11 +288,15 @@ def remove_invisible_faces(
             result = (np.asarray(vertices, dtype=np.float32), np.asarray(faces, dtype=np.int64))
             report = InteriorReport(0, index + 1, len(faces))
             continue
+        cut_count = int(remove.sum())
+        limit = min(15000, len(vertices) * 4 / 5)
+        if index < len(passes) - 1 and cut_count <= limit:
+            # filling only adds faces, so this pass cannot stop the loop: its result is replaced by the next
+            continue
         kept_faces, kept_verts = mesh_graph.remove_unreferenced_vertices(faces_t[~remove], verts_t)
         out_v, out_f = fill_small_holes(kept_verts.numpy(), kept_faces.numpy(), max_hole_edges)
         result = (out_v, out_f)
-        removed = len(faces) - len(out_f)
-        report = InteriorReport(int(remove.sum()), index + 1, len(out_f))
-        if removed > 15000 or removed > len(vertices) * 4 / 5:
+        report = InteriorReport(cut_count, index + 1, len(out_f))
+        if len(faces) - len(out_f) > limit:
             break
     return result[0], result[1], report
