@@ -69,7 +69,6 @@ def test_uv_atlas_covers_without_overlap() -> None:
     # rasterise the UV layout twice with opposite face priorities: overlapping charts would disagree
     uv = torch.from_numpy(atlas.uvs)
     f = torch.from_numpy(atlas.faces)
-    rank = torch.zeros(len(uv))
     ids = []
     for order in (1.0, -1.0):
         # per-face depth via per-face vertices
@@ -90,7 +89,6 @@ def test_uv_atlas_covers_without_overlap() -> None:
     covered = ids[0] >= 0
     assert float(covered.float().mean()) > 0.3 and atlas.utilization > 0.3
     assert float((ids[0] != ids[1])[covered].float().mean()) < 0.002
-    del rank
 
 
 def test_bake_reproduces_a_known_pattern_and_fast_is_not_worse() -> None:
