@@ -1,0 +1,72 @@
+"""The real stage-1 backend: :mod:`synchuman.pipelines.stage1` loaded from a verified checkpoint tree.
+
+The adapter expects ``Stage1Pipeline.from_checkpoints(layout, device=, dtype=)``, its ``voxel_resolution``,
+and ``run(framed, conditioning, *, seed, steps, guidance_scale, callback, should_stop)`` returning an object
+with ``colors`` / ``normals`` (5 uint8 ``[768, 768, 3]`` each) and ``coords`` (int ``[N, 3]``). The stage-1
+pipeline is helper B's; this file is the only place to adapt when its interface differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from services.common.stage_runtime import BackendInfo
+from services.stage1.service import GeneratedViews, MultiviewSettings
+
+
+class Stage1PipelineBackend:
+    """Adapts the core stage-1 pipeline to :class:`services.stage1.service.Stage1Backend`."""
+
+    def __init__(self, pipeline: object, info: BackendInfo, voxel_resolution: int) -> None:
+        self.pipeline = pipeline
+        self.info = info
+        self.voxel_resolution = voxel_resolution
+
+    @classmethod
+    def load(cls, root: Path | None, device: str, dtype: str) -> Stage1PipelineBackend:
+        """Verify (every problem listed at once) and load the stage-1 checkpoints under ``root``."""
+        from synchuman.pipelines.stage1 import Stage1Pipeline
+
+        from synchuman.checkpoints.layout import CheckpointLayout, default_root
+        from synchuman.checkpoints.verify import is_tiny, require_verified
+
+        layout = CheckpointLayout(root or default_root())
+        require_verified(layout.root, ("dinov2", "stage1"))
+        pipeline = Stage1Pipeline.from_checkpoints(layout, device=device, dtype=dtype)
+        weights = (
+            "tiny random weights (selftest)" if is_tiny(layout.root) else "SyncHuman (xishushu/SyncHuman)"
+        )
+        info = BackendInfo(str(layout.root), weights, device, dtype)
+        return cls(pipeline, info, pipeline.voxel_resolution)
+
+    def warm_up(self) -> None:
+        """One sampler step on a blank input: kernels and allocator pools exist before the first request."""
+        framed = np.zeros((768, 768, 4), np.uint8)
+        framed[192:576, 288:480] = 255
+        crop = np.zeros((518, 518, 3), np.uint8)
+        self.generate(framed, crop, MultiviewSettings(steps=1), lambda step, total: None, lambda: False)
+
+    def generate(
+        self,
+        framed: np.ndarray,
+        conditioning: np.ndarray,
+        settings: MultiviewSettings,
+        progress: Callable[[int, int], None],
+        should_stop: Callable[[], bool],
+    ) -> GeneratedViews:
+        """Run the pipeline (see :class:`services.stage1.service.Stage1Backend`)."""
+        out = self.pipeline.run(  # type: ignore[attr-defined]
+            framed,
+            conditioning,
+            seed=settings.seed,
+            steps=settings.steps,
+            guidance_scale=settings.guidance_scale,
+            callback=progress,
+            should_stop=should_stop,
+        )
+        return GeneratedViews(
+            colors=tuple(out.colors), normals=tuple(out.normals), coords=np.asarray(out.coords)
+        )

@@ -1,0 +1,195 @@
+"""End to end on CPU: the four real services as separate processes over real gRPC, tiny random checkpoints.
+
+One embedded deployment (preprocess, stage 1, stage 2, gateway; each its own process under the supervisor) is
+shared by the module. Every job uses few sampler steps and small texture / visibility settings so the suite
+stays within a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from stage_doubles import details, stage1_inputs, stage1_requests
+
+from services.embedded import EmbeddedConfig, start_embedded
+from services.reconstruct_client import TERMINAL, download, reconstruct_photo
+from synchuman.v1 import (
+    common_pb2,
+    reconstruction_pb2,
+    reconstruction_pb2_grpc,
+    stage1_pb2_grpc,
+)
+
+pytestmark = pytest.mark.slow
+
+# The whole chain needs the gateway (helper E) and the stage-1 pipeline (helper B); until both are in the tree
+# these tests are skipped with that reason (the stage-2 process tests in test_e2e_stage2_process.py run now).
+pytest.importorskip("gateway.main", reason="the gateway (gateway/main.py) is not in the tree yet")
+pytest.importorskip("synchuman.pipelines.stage1", reason="the stage-1 pipeline is not in the tree yet")
+
+
+def small_options(steps1: int = 2, steps2: int = 2) -> common_pb2.JobOptions:
+    options = common_pb2.JobOptions()
+    options.multiview.steps = steps1
+    options.reconstruction.steps = steps2
+    options.reconstruction.texture_size = 256
+    options.reconstruction.bake_steps = 5
+    options.reconstruction.visibility_views = 8
+    options.reconstruction.simplify_ratio = 0.95
+    return options
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    from synchuman.checkpoints.tiny import write_tiny_tree
+
+    root = tmp_path_factory.mktemp("e2e")
+    write_tiny_tree(root / "ckpts")
+    config = EmbeddedConfig.with_free_ports(
+        ckpts=root / "ckpts",
+        device="cpu",
+        dtype="float32",
+        data_dir=root / "jobs",
+        log_level="WARNING",
+        stage_args=["--max-queue", "1", "--grace", "2"],  # stage 2 on CPU bakes without Gaussian renders
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    supervisor = start_embedded(config, ready_timeout_s=300)
+    yield config, supervisor
+    supervisor.stop()
+
+
+@pytest.fixture(scope="module")
+def photo(images_dir: Path) -> bytes:
+    from PIL import Image
+
+    image = Image.open(sorted(images_dir.glob("person_*.png"))[0])
+    image.thumbnail((512, 512))  # smaller upload and preprocessing; framing rescales to 768 anyway
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def gateway_stub(config: EmbeddedConfig) -> reconstruction_pb2_grpc.ReconstructionServiceStub:
+    return reconstruction_pb2_grpc.ReconstructionServiceStub(grpc.insecure_channel(config.address("gateway")))
+
+
+def submit(config: EmbeddedConfig, photo: bytes, options: common_pb2.JobOptions) -> reconstruction_pb2.Job:
+    from services.reconstruct_client import _upload
+
+    return gateway_stub(config).SubmitJob(_upload(photo, options), timeout=60).job
+
+
+def wait_for_event(config: EmbeddedConfig, job_id: str, predicate, timeout_s: float = 120.0):
+    """Watch the job until ``predicate(event)``; returns that event."""
+    for event in gateway_stub(config).WatchJob(
+        reconstruction_pb2.WatchJobRequest(job_id=job_id), timeout=timeout_s
+    ):
+        if predicate(event):
+            return event
+    raise AssertionError("the job ended before the expected event")
+
+
+def wait_for_end(config: EmbeddedConfig, job_id: str, timeout_s: float = 240.0) -> reconstruction_pb2.Job:
+    deadline = time.monotonic() + timeout_s
+    stub = gateway_stub(config)
+    while time.monotonic() < deadline:
+        job = stub.GetJob(reconstruction_pb2.GetJobRequest(job_id=job_id), timeout=10).job
+        if job.state in TERMINAL:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not end within {timeout_s} s")
+
+
+def is_progress(stage: int):
+    return lambda e: e.WhichOneof("event") == "progress" and e.progress.stage == stage
+
+
+def test_photo_in_glb_out_with_ordered_progress(deployment, photo, tmp_path):
+    import trimesh
+
+    config, _ = deployment
+    outcome = reconstruct_photo(
+        config.address("gateway"),
+        photo,
+        small_options(),
+        tmp_path / "person.glb",
+        progress=False,
+        timeout_s=300,
+    )
+    assert outcome.error == ""
+    assert outcome.job.state == reconstruction_pb2.JOB_STATE_SUCCEEDED
+    scene = trimesh.load(tmp_path / "person.glb", file_type="glb", force="scene")
+    assert sum(len(g.faces) for g in scene.geometry.values()) > 0
+    sequences = [e.sequence for e in outcome.events]
+    assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+    progress = [e.progress for e in outcome.events if e.WhichOneof("event") == "progress"]
+    stages = [p.stage for p in progress]
+    assert stages == sorted(stages), "stages must follow preprocess -> multiview -> reconstruction"
+    assert common_pb2.STAGE_MULTIVIEW in stages and common_pb2.STAGE_RECONSTRUCTION in stages
+    sampling = [p.step for p in progress if p.stage == common_pb2.STAGE_MULTIVIEW and p.phase == "sampling"]
+    assert sampling == [1, 2]
+    recon = [p.step for p in progress if p.stage == common_pb2.STAGE_RECONSTRUCTION and p.phase == "sampling"]
+    assert recon == [1, 2]
+    assert outcome.job.output_report.face_count > 0
+
+
+def test_cancel_mid_stage1_stops_the_work(deployment, photo):
+    config, _ = deployment
+    job = submit(config, photo, small_options(steps1=200))
+    wait_for_event(config, job.id, is_progress(common_pb2.STAGE_MULTIVIEW))
+    cancelled = (
+        gateway_stub(config).CancelJob(reconstruction_pb2.CancelJobRequest(job_id=job.id), timeout=30).job
+    )
+    assert wait_for_end(config, cancelled.id).state == reconstruction_pb2.JOB_STATE_CANCELLED
+    # Stage 1 runs one request at a time: a new request only completes if the cancelled work stopped and freed
+    # the slot, long before its 200 steps could have finished.
+    stub = stage1_pb2_grpc.Stage1ServiceStub(grpc.insecure_channel(config.address("stage1")))
+    started = time.monotonic()
+    responses = list(
+        stub.GenerateViews(stage1_requests(stage1_inputs(), common_pb2.MultiviewOptions(steps=1)), timeout=60)
+    )
+    assert responses[-1].WhichOneof("payload") == "result"
+    assert time.monotonic() - started < 60
+
+
+def test_stage2_crash_mid_job_is_redone_without_rerunning_stage1(deployment, photo, tmp_path):
+    config, supervisor = deployment
+    job = submit(config, photo, small_options(steps2=60))
+    wait_for_event(config, job.id, is_progress(common_pb2.STAGE_RECONSTRUCTION))
+    stub = gateway_stub(config)
+    views_before = download(stub, job.id, "color_1.png")
+    supervisor.kill_child("stage2")  # SIGKILL mid-sampling; the supervisor restarts it
+    done = wait_for_end(config, job.id, timeout_s=300)
+    assert done.state == reconstruction_pb2.JOB_STATE_SUCCEEDED, done.error.message
+    assert done.attempts["multiview"] == 1
+    assert done.attempts["reconstruction"] >= 2
+    assert download(stub, job.id, "color_1.png") == views_before
+    assert len(download(stub, job.id, "person.glb")) > 0
+
+
+def test_queue_overflow_on_the_real_stage1_gives_resource_exhausted(deployment):
+    config, _ = deployment
+    stub = stage1_pb2_grpc.Stage1ServiceStub(grpc.insecure_channel(config.address("stage1")))
+    long = common_pb2.MultiviewOptions(steps=200)
+    running = stub.GenerateViews(stage1_requests(stage1_inputs(), long), timeout=120)
+    next(iter(running))  # the first progress event: it holds the GPU slot
+    queued = stub.GenerateViews(stage1_requests(stage1_inputs(), long), timeout=120)
+    try:
+        # The queue (max 1) is full once the second upload has arrived; until then a probe waits in the queue
+        # and expires after 3 s, so probe until the refusal comes (at once) or 30 s pass.
+        deadline = time.monotonic() + 30
+        while True:
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.GenerateViews(stage1_requests(stage1_inputs(), long), timeout=3))
+            if err.value.code() != grpc.StatusCode.DEADLINE_EXCEEDED or time.monotonic() > deadline:
+                break
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert details(err.value)["RetryInfo"].retry_delay.seconds >= 1
+    finally:
+        running.cancel()
+        queued.cancel()
