@@ -106,11 +106,24 @@ def child_specs(config: EmbeddedConfig) -> list[ChildSpec]:
     return specs
 
 
+def missing_services() -> list[str]:
+    """Services whose module is not installed (``"name (module)"``); empty when all four can start."""
+    import importlib.util
+
+    from synchuman.commands.serve import TARGETS
+
+    return [f"{name} ({mod})" for name, (mod, _) in TARGETS.items() if not importlib.util.find_spec(mod)]
+
+
 def start_embedded(config: EmbeddedConfig, ready_timeout_s: float = 600.0) -> Supervisor:
     """Start the four services supervised from a background thread; wait until all are SERVING.
 
-    Raises ``RuntimeError`` (after stopping what was started) when they are not ready in time.
+    Raises ``RuntimeError`` at once when a service is not installed, and (after stopping what was started)
+    when they are not ready in time.
     """
+    missing = missing_services()
+    if missing:
+        raise RuntimeError(f"cannot start every service: not installed: {', '.join(missing)}")
     supervisor = Supervisor(child_specs(config))
     supervisor.start()
     supervisor.run_in_background()

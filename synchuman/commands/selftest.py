@@ -64,11 +64,18 @@ def run(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from services.embedded import EmbeddedConfig, start_embedded
-    from services.reconstruct_client import reconstruct_photo
-    from synchuman.checkpoints.tiny import write_tiny_tree
     from synchuman.cli import UserError
-    from synchuman.v1 import common_pb2
+
+    try:
+        from services.embedded import EmbeddedConfig, missing_services, start_embedded
+        from services.reconstruct_client import reconstruct_photo
+        from synchuman.checkpoints.tiny import write_tiny_tree
+        from synchuman.v1 import common_pb2
+    except ModuleNotFoundError as exc:
+        raise UserError(f"selftest FAILED: the installation is incomplete: {exc}") from None
+    missing = missing_services()
+    if missing:
+        raise UserError(f"selftest FAILED: incomplete installation, not installed: {', '.join(missing)}")
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="synchuman-selftest-") as temp:

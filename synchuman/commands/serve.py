@@ -72,15 +72,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_all(args: argparse.Namespace) -> int:
-    import importlib.util
     import sys
     from pathlib import Path
 
-    from services.embedded import EmbeddedConfig, child_specs
+    from services.embedded import EmbeddedConfig, child_specs, missing_services
     from services.supervisor import Supervisor
     from synchuman.cli import UserError
 
-    missing = [f"{name} ({mod})" for name, (mod, _) in TARGETS.items() if not importlib.util.find_spec(mod)]
+    missing = missing_services()
     if missing:
         raise UserError(f"cannot start every service: not installed: {', '.join(missing)}")
 
