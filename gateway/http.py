@@ -1,0 +1,307 @@
+"""The HTTP/JSON bridge of the gateway (FastAPI on uvicorn, in the gateway process).
+
+Same operations as the gRPC ReconstructionService, on the same :class:`~gateway.manager.JobManager`:
+
+* ``POST /v1/jobs`` - submit: ``multipart/form-data`` (file field ``image``, optional fields ``options`` (the
+  ``JobOptions`` message as JSON) and ``idempotency_key``) or the raw photo as the body (``image/*`` or
+  ``application/octet-stream``; options as the ``options`` query parameter). ``Idempotency-Key`` header works
+  for both. 201 with ``{"job": ..., "deduplicated": false}``, 200 when deduplicated.
+* ``GET /v1/jobs`` (``page_size``, ``page_token``, ``state``), ``GET /v1/jobs/{id}``,
+  ``POST /v1/jobs/{id}/cancel``.
+* ``GET /v1/jobs/{id}/events`` - server-sent events (``id`` = sequence; resume with ``Last-Event-ID`` or
+  ``?after=N``), one per job event, the stream closes after the ``finished`` event.
+* ``GET /v1/jobs/{id}/artifacts/{name}`` - a file with its media type, ``ETag`` = SHA-256.
+* ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``, ``/docs``.
+
+Errors are JSON ``{"error": {"code", "message", "details"}}`` with the gRPC code mapped to an HTTP status
+(see :data:`HTTP_STATUS`); RESOURCE_EXHAUSTED carries ``Retry-After``. When a token is configured every
+``/v1`` route requires ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import secrets
+import socket
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import uvicorn
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from google.protobuf import json_format
+from google.rpc import error_details_pb2
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from gateway.manager import JobError, JobManager
+from services.common.stage_runtime import bad_request
+from synchuman.v1 import common_pb2
+from synchuman.v1 import reconstruction_pb2 as R
+
+#: gRPC status -> HTTP status of the bridge.
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+UPLOAD_TYPES = ("image/", "application/octet-stream")
+_UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "options": {"type": "string", "description": "JobOptions as JSON"},
+                        "idempotency_key": {"type": "string", "maxLength": 128},
+                    },
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _to_dict(message: Any) -> dict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _error_response(error: JobError) -> JSONResponse:
+    headers = {}
+    for detail in error.details:
+        if isinstance(detail, error_details_pb2.RetryInfo):
+            headers["Retry-After"] = str(max(1, math.ceil(detail.retry_delay.ToTimedelta().total_seconds())))
+    if error.code == grpc.StatusCode.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = "Bearer"
+    body = {
+        "error": {
+            "code": error.code.name,
+            "message": error.message,
+            "details": [{"@type": d.DESCRIPTOR.full_name, **_to_dict(d)} for d in error.details],
+        }
+    }
+    return JSONResponse(body, status_code=HTTP_STATUS.get(error.code, 500), headers=headers)
+
+
+def _invalid(field: str, message: str) -> JobError:
+    return JobError(grpc.StatusCode.INVALID_ARGUMENT, message, bad_request(field, message))
+
+
+def _parse_options(text: str | None) -> common_pb2.JobOptions:
+    options = common_pb2.JobOptions()
+    if text:
+        try:
+            json_format.Parse(text, options)
+        except json_format.ParseError as exc:
+            raise _invalid("options", f"options is not a JobOptions JSON object: {exc}") from exc
+    return options
+
+
+def _parse_state(text: str) -> int:
+    if not text:
+        return 0
+    name = text.upper() if text.upper().startswith("JOB_STATE_") else f"JOB_STATE_{text.upper()}"
+    if name not in R.JobState.keys():
+        raise _invalid(
+            "state", f"unknown state {text!r}; use queued, running, succeeded, failed or cancelled"
+        )
+    return R.JobState.Value(name)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    slack = 64 << 10  # multipart boundaries and form fields
+    too_large = JobError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"the upload is larger than the limit of {limit} bytes",
+        bad_request("image", "too large"),
+    )
+    if declared and declared.isdigit() and int(declared) > limit + slack:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit + slack:
+            raise too_large
+    return bytes(body)
+
+
+def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int = 32 << 20) -> FastAPI:
+    """The FastAPI application of the bridge."""
+    app = FastAPI(
+        title="SyncHuman Serve",
+        version="1",
+        description="One photo of a person to a textured 3D human (GLB). HTTP/JSON bridge of the gRPC "
+        "synchuman.v1.ReconstructionService.",
+    )
+
+    @app.exception_handler(JobError)
+    async def job_error(_: Request, error: JobError) -> JSONResponse:
+        return _error_response(error)
+
+    def authorize(request: Request) -> None:
+        if not auth_token:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), auth_token):
+            raise JobError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "send the header 'Authorization: Bearer <token>' of this server",
+            )
+
+    auth = [Depends(authorize)]
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict:
+        return {"status": "SERVING"}
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/jobs", tags=["jobs"], dependencies=auth, status_code=201, openapi_extra=_UPLOAD_DOC)
+    async def submit(request: Request) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        body = await _read_limited(request, max_upload_bytes)
+        key = request.headers.get("idempotency-key", "")
+        if content_type.startswith("multipart/form-data"):
+            request._body = body  # the form parser reads the already received (size-checked) body
+            form = await request.form()
+            image = form.get("image")
+            if image is None or isinstance(image, str):
+                raise _invalid("image", "send the photo as the file field 'image'")
+            data = await image.read()
+            options = _parse_options(form.get("options"))  # type: ignore[arg-type]
+            key = str(form.get("idempotency_key") or key)
+        elif content_type.startswith(UPLOAD_TYPES) or not content_type:
+            data = body
+            options = _parse_options(request.query_params.get("options"))
+        else:
+            raise _invalid(
+                "content-type",
+                f"unsupported content type {content_type!r}; send multipart/form-data or image/*",
+            )
+        job, deduplicated = await run_in_threadpool(manager.submit, data, options, key)
+        return JSONResponse(
+            {"job": _to_dict(job), "deduplicated": deduplicated},
+            status_code=200 if deduplicated else 201,
+            headers={"Location": f"/v1/jobs/{job.id}"},
+        )
+
+    @app.get("/v1/jobs", tags=["jobs"], dependencies=auth)
+    def list_jobs(page_size: int = 0, page_token: str = "", state: str = "") -> dict:
+        if page_size < 0:
+            raise _invalid("page_size", "page_size must be 1 to 1000")
+        jobs, token = manager.list(page_size, page_token, _parse_state(state))
+        return {"jobs": [_to_dict(j) for j in jobs], "next_page_token": token}
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], dependencies=auth)
+    def get_job(job_id: str) -> dict:
+        return {"job": _to_dict(manager.get(job_id))}
+
+    @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"], dependencies=auth)
+    def cancel_job(job_id: str) -> dict:
+        return {"job": _to_dict(manager.cancel(job_id))}
+
+    @app.get("/v1/jobs/{job_id}/artifacts/{name}", tags=["jobs"], dependencies=auth, response_class=Response)
+    def artifact(job_id: str, name: str) -> Response:
+        header, data = manager.artifact(job_id, name)
+        return Response(
+            data,
+            media_type=header.media_type or "application/octet-stream",
+            headers={
+                "ETag": f'"{header.sha256}"',
+                "Content-Disposition": f'attachment; filename="{job_id}-{name}"',
+            },
+        )
+
+    @app.get("/v1/jobs/{job_id}/events", tags=["jobs"], dependencies=auth, response_class=StreamingResponse)
+    async def events(job_id: str, request: Request, after: int = 0) -> StreamingResponse:
+        await run_in_threadpool(manager.get, job_id)  # NOT_FOUND before the stream starts
+        last = request.headers.get("last-event-id", "")
+        start = int(last) if last.isdigit() else after
+
+        async def stream() -> AsyncIterator[str]:
+            sequence = start
+            while not await request.is_disconnected():
+                batch = await run_in_threadpool(manager.next_events, job_id, sequence, 5.0)
+                if not batch:
+                    yield ": keep-alive\n\n"
+                    job = await run_in_threadpool(manager.get, job_id)
+                    if job.state in (R.JOB_STATE_SUCCEEDED, R.JOB_STATE_FAILED, R.JOB_STATE_CANCELLED):
+                        return
+                    continue
+                for event in batch:
+                    sequence = event.sequence
+                    kind = event.WhichOneof("event") or "state"
+                    yield f"id: {sequence}\nevent: {kind}\ndata: {json.dumps(_to_dict(event))}\n\n"
+                    if kind == "finished":
+                        return
+                await asyncio.sleep(0)
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    return app
+
+
+class HttpBridge:
+    """The bridge served by uvicorn from a background thread."""
+
+    def __init__(self, manager: JobManager, address: str, auth_token: str, max_upload_bytes: int) -> None:
+        host, _, port = address.rpartition(":")
+        self.host = host.strip("[]") or "127.0.0.1"
+        self.requested_port = int(port)
+        self.app = build_app(manager, auth_token, max_upload_bytes)
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout_s: float = 30.0) -> int:
+        """Bind, start serving, and return the bound port."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.requested_port))
+        port = int(sock.getsockname()[1])
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="gateway-http", daemon=True
+        )
+        self._thread.start()
+        waited = 0.0
+        while not self._server.started and waited < timeout_s and self._thread.is_alive():
+            threading.Event().wait(0.05)
+            waited += 0.05
+        if not self._server.started:
+            raise OSError(f"gateway: the HTTP bridge did not start on {self.host}:{port}")
+        return port
+
+    def stop(self) -> None:
+        """Stop serving (open event streams are closed)."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10.0)

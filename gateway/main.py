@@ -1,0 +1,94 @@
+"""``synchuman serve gateway`` / ``python -m gateway``: the ReconstructionService gateway process.
+
+Options may also come from the environment: ``SYNCHUMAN_GATEWAY_AUTH_TOKEN`` (bearer token of the HTTP
+bridge; preferred over ``--auth-token``, which shows up in process listings) and
+``SYNCHUMAN_GATEWAY_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+DEFAULT_PORT = 50051
+DEFAULT_HTTP_PORT = 8080
+SERVICE_NAME = "synchuman.v1.ReconstructionService"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the gateway."""
+    parser.add_argument("--address", default=f"127.0.0.1:{DEFAULT_PORT}", help="gRPC host:port to listen on")
+    parser.add_argument("--grpc-port", type=int, help="gRPC port (overrides the port of --address)")
+    parser.add_argument(
+        "--http",
+        default=f"127.0.0.1:{DEFAULT_HTTP_PORT}",
+        metavar="HOST:PORT",
+        help="HTTP bridge host:port ('' or 'off': no HTTP bridge)",
+    )
+    parser.add_argument("--http-port", type=int, help="HTTP port (overrides the port of --http)")
+    for name, port in (("preprocess", 50052), ("stage1", 50053), ("stage2", 50054)):
+        parser.add_argument(
+            f"--{name}",
+            f"--{name}-target",
+            dest=name,
+            default=f"127.0.0.1:{port}",
+            metavar="TARGET",
+            help=f"gRPC target of the {name} service: host:port, dns:///host:port or "
+            f"ipv4:ADDR:PORT,ADDR:PORT (replicas used round robin; default 127.0.0.1:{port})",
+        )
+    parser.add_argument("--data-dir", default="gateway-data", metavar="DIR", help="job and artifact store")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("SYNCHUMAN_GATEWAY_DATABASE_URL", ""),
+        metavar="URL",
+        help="job database (default: sqlite:///DATA_DIR/jobs.sqlite3)",
+    )
+    parser.add_argument(
+        "--auth-token",
+        default=os.environ.get("SYNCHUMAN_GATEWAY_AUTH_TOKEN", ""),
+        help="bearer token the HTTP bridge requires (default: $SYNCHUMAN_GATEWAY_AUTH_TOKEN; empty: none)",
+    )
+    parser.add_argument("--max-upload-bytes", type=int, default=32 << 20, help="largest photo accepted")
+    parser.add_argument(
+        "--max-pending-jobs", type=int, default=64, help="queued + running jobs before RESOURCE_EXHAUSTED"
+    )
+    parser.add_argument("--workers", type=int, default=8, help="jobs worked on at once (default 8)")
+    parser.add_argument(
+        "--stage-timeout", type=float, default=1800.0, metavar="SECONDS", help="deadline of one stage call"
+    )
+    parser.add_argument("--max-attempts", type=int, default=20, help="attempts per stage before a job fails")
+
+
+def _with_port(address: str, port: int | None) -> str:
+    return address if port is None else f"{address.rsplit(':', 1)[0]}:{port}"
+
+
+def config_from_args(args: argparse.Namespace):  # noqa: ANN201 - gateway.server.GatewayConfig
+    """A :class:`gateway.server.GatewayConfig` from parsed options."""
+    from gateway.manager import RetryPolicy
+    from gateway.server import GatewayConfig
+
+    http = "" if args.http in ("", "off") else _with_port(args.http, args.http_port)
+    return GatewayConfig(
+        address=_with_port(args.address, args.grpc_port),
+        http_address=http,
+        preprocess_target=args.preprocess,
+        stage1_target=args.stage1,
+        stage2_target=args.stage2,
+        data_dir=Path(args.data_dir),
+        database_url=args.database_url,
+        auth_token=args.auth_token,
+        max_upload_bytes=args.max_upload_bytes,
+        max_pending_jobs=args.max_pending_jobs,
+        workers=args.workers,
+        stage_timeout_s=args.stage_timeout,
+        retry=RetryPolicy(max_attempts=args.max_attempts),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM."""
+    from gateway.server import serve
+
+    return serve(config_from_args(args))

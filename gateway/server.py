@@ -1,0 +1,137 @@
+"""The gateway process: gRPC ReconstructionService (with health, reflection, logs and metrics) and the HTTP
+bridge in one process, both on one :class:`~gateway.manager.JobManager`.
+
+``Gateway(config)`` starts everything and resumes unfinished jobs; :func:`serve` runs it until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.artifacts import ArtifactStore
+from gateway.manager import JobManager, ManagerSettings, RetryPolicy
+from gateway.service import ReconstructionServicer
+from gateway.stages import StageClients, StageTargets
+from gateway.store import open_job_store
+from services.common.observability import ObservabilityInterceptor
+from synchuman.v1 import reconstruction_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "synchuman.v1.ReconstructionService"
+
+
+@dataclass
+class GatewayConfig:
+    """Everything the gateway needs. ``http_address`` empty: no HTTP bridge. ``database_url`` empty:
+    ``DATA_DIR/jobs.sqlite3``. ``auth_token``: bearer token required by the HTTP bridge (empty: open).
+    """
+
+    address: str = "127.0.0.1:50051"
+    http_address: str = "127.0.0.1:8080"
+    preprocess_target: str = "127.0.0.1:50052"
+    stage1_target: str = "127.0.0.1:50053"
+    stage2_target: str = "127.0.0.1:50054"
+    data_dir: Path = Path("gateway-data")
+    database_url: str = ""
+    auth_token: str = ""
+    max_upload_bytes: int = 32 << 20
+    max_pending_jobs: int = 64
+    workers: int = 8
+    stage_timeout_s: float = 1800.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+class Gateway:
+    """A started gateway: ``port`` / ``http_port`` are the bound ports; :meth:`stop` shuts it down."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        data_dir = Path(config.data_dir)
+        self.manager = JobManager(
+            open_job_store(config.database_url, data_dir),
+            ArtifactStore(data_dir / "artifacts"),
+            StageClients(
+                StageTargets(config.preprocess_target, config.stage1_target, config.stage2_target),
+                config.stage_timeout_s,
+            ),
+            ManagerSettings(config.max_pending_jobs, config.workers, config.max_upload_bytes, config.retry),
+        )
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="gateway-rpc"),
+            options=[
+                ("grpc.max_receive_message_length", 4 << 20),
+                ("grpc.max_send_message_length", 4 << 20),
+            ],
+            maximum_concurrent_rpcs=256,
+            interceptors=(ObservabilityInterceptor("gateway"),),
+        )
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reconstruction_pb2_grpc.add_ReconstructionServiceServicer_to_server(
+            ReconstructionServicer(self.manager), self.server
+        )
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(config.address)
+        if self.port == 0:
+            raise OSError(f"gateway: cannot listen on {config.address} (in use or not a local address)")
+        self.address = config.address.rsplit(":", 1)[0] + f":{self.port}"
+        resumed = self.manager.start()
+        self.server.start()
+        self.http = None
+        self.http_port = 0
+        if config.http_address:
+            from gateway.http import HttpBridge
+
+            self.http = HttpBridge(
+                self.manager, config.http_address, config.auth_token, config.max_upload_bytes
+            )
+            self.http_port = self.http.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            extra={
+                "address": self.address,
+                "http_port": self.http_port,
+                "resumed_jobs": resumed,
+                "data_dir": str(data_dir),
+            },
+        )
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Report NOT_SERVING, stop accepting calls, stop the workers (running jobs resume at the next
+        start) and the HTTP bridge.
+        """
+        self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            self.http.stop()
+        stopped = self.server.stop(grace=grace_s)
+        self.manager.stop()
+        stopped.wait()
+
+
+def serve(config: GatewayConfig) -> int:
+    """Run the gateway until SIGINT/SIGTERM; exit status 0."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    gateway = Gateway(config)
+    http = f", HTTP on port {gateway.http_port}" if gateway.http else ""
+    print(f"gateway: serving gRPC on {gateway.address}{http}", file=sys.stderr, flush=True)
+    while not stop.wait(0.5):
+        pass
+    gateway.stop()
+    return 0

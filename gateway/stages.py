@@ -1,0 +1,281 @@
+"""Clients of the three stage services as the gateway calls them: one streaming call per stage attempt.
+
+Each call uploads the stage's inputs (a ``start`` message, then <= 1 MiB chunks), relays the stage's progress
+events, reassembles the output blobs (checking size and SHA-256 against their headers) and returns them with
+the stage's result message. A failure becomes :class:`StageFailure` carrying the stage's own
+``google.rpc.Status`` and whether retrying may help. A :class:`CallHandle` lets another thread stop the call
+in flight (job cancelled, gateway shutting down).
+
+Targets are gRPC target strings: ``host:port``, ``dns:///host:port`` (every address the name resolves to) or
+``ipv4:127.0.0.1:5001,127.0.0.1:5002``; calls are spread over all addresses round robin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from services.common.stage_io import CHUNK_BYTES, blob_chunks, blob_header
+from synchuman.v1 import (
+    common_pb2,
+    preprocess_pb2,
+    preprocess_pb2_grpc,
+    stage1_pb2,
+    stage1_pb2_grpc,
+    stage2_pb2,
+    stage2_pb2_grpc,
+)
+
+#: Status codes after which the same stage call is worth sending again (the service restarts, is busy, or
+#: the attempt ran out of time).
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+
+CHANNEL_OPTIONS = (
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.max_receive_message_length", 4 << 20),
+    ("grpc.max_send_message_length", 4 << 20),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
+Progress = Callable[[common_pb2.ProgressEvent], None]
+
+
+class StageFailure(Exception):
+    """A stage call failed. ``status``: the stage's ``google.rpc.Status`` (code, message, details);
+    ``retryable``: whether the same call may succeed later; ``retry_after_s``: the stage's RetryInfo, if any.
+    """
+
+    def __init__(self, status: status_pb2.Status, retryable: bool, retry_after_s: float = 0.0) -> None:
+        super().__init__(status.message)
+        self.status = status
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+
+    @property
+    def code_name(self) -> str:
+        """The status code's name, e.g. ``"UNAVAILABLE"``."""
+        return code_pb2.Code.Name(self.status.code)
+
+    @classmethod
+    def from_rpc_error(cls, stage: str, error: grpc.RpcError) -> StageFailure:
+        """From a failed call: keeps the rich status the stage sent (or builds one from code + details)."""
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        code = error.code()  # type: ignore[attr-defined]
+        if status is None:
+            status = status_pb2.Status(code=code.value[0], message=str(error.details() or code.name))  # type: ignore[attr-defined]
+        status.message = (
+            f"{stage}: {status.message}" if not status.message.startswith(stage) else status.message
+        )
+        retry_after = 0.0
+        for detail in status.details:
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                retry_after = info.retry_delay.ToTimedelta().total_seconds()
+        return cls(status, code in RETRYABLE, retry_after)
+
+    @classmethod
+    def broken_stream(cls, stage: str, reason: str) -> StageFailure:
+        """The stage's answer was incomplete or corrupted in transit (retryable)."""
+        return cls(status_pb2.Status(code=code_pb2.DATA_LOSS, message=f"{stage}: {reason}"), True)
+
+
+class CallHandle:
+    """Lets another thread stop a job's stage call: :meth:`stop` records why and cancels the call in flight
+    (and any call attached later).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self.reason = ""
+        self.stopped = threading.Event()
+
+    def attach(self, call: Any) -> None:
+        with self._lock:
+            self._call = call
+            if self.reason:
+                call.cancel()
+
+    def detach(self) -> None:
+        with self._lock:
+            self._call = None
+
+    def stop(self, reason: str) -> None:
+        """Stop the job's work; ``reason`` is ``"cancelled"`` or ``"shutdown"`` (the first reason wins)."""
+        with self._lock:
+            if not self.reason:
+                self.reason = reason
+            self.stopped.set()
+            if self._call is not None:
+                self._call.cancel()
+
+
+@dataclass
+class StageOutput:
+    """What a stage call returned: the output blobs (name -> bytes, media types) and the result message."""
+
+    blobs: dict[str, bytes]
+    media: dict[str, str]
+    result: Any
+
+
+class _BlobCollector:
+    """Reassembles ``blob`` + ``chunk`` messages of a response stream and checks them on :meth:`finish`."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.headers: dict[str, common_pb2.BlobHeader] = {}
+        self.data: dict[str, bytearray] = {}
+        self.current = ""
+
+    def header(self, header: common_pb2.BlobHeader) -> None:
+        self.headers[header.name] = header
+        self.data[header.name] = bytearray()
+        self.current = header.name
+
+    def chunk(self, chunk: common_pb2.BlobChunk) -> None:
+        buffer = self.data.get(chunk.name)
+        if chunk.name != self.current or buffer is None or chunk.offset != len(buffer):
+            raise StageFailure.broken_stream(self.stage, f"chunk of {chunk.name!r} out of order")
+        if len(chunk.data) > CHUNK_BYTES:
+            raise StageFailure.broken_stream(self.stage, f"chunk of {chunk.name!r} exceeds 1 MiB")
+        buffer.extend(chunk.data)
+
+    def finish(self) -> tuple[dict[str, bytes], dict[str, str]]:
+        blobs = {}
+        for name, header in self.headers.items():
+            data = bytes(self.data[name])
+            if len(data) != header.size_bytes or hashlib.sha256(data).hexdigest() != header.sha256.lower():
+                raise StageFailure.broken_stream(self.stage, f"blob {name!r} does not match its header")
+            blobs[name] = data
+        return blobs, {name: h.media_type for name, h in self.headers.items()}
+
+
+def _upload(start: Any, request_type: Any, blobs: dict[str, bytes]) -> Iterator[Any]:
+    yield request_type(start=start)
+    for name, data in blobs.items():
+        for chunk in blob_chunks(name, data):
+            yield request_type(chunk=chunk)
+
+
+@dataclass(frozen=True)
+class StageTargets:
+    """gRPC targets of the three stage services."""
+
+    preprocess: str
+    stage1: str
+    stage2: str
+
+
+class StageClients:
+    """One channel per stage service; ``call_timeout_s`` bounds every stage call (DEADLINE_EXCEEDED is
+    retried like any other transient failure).
+    """
+
+    def __init__(self, targets: StageTargets, call_timeout_s: float = 1800.0) -> None:
+        self.targets = targets
+        self.call_timeout_s = call_timeout_s
+        self._channels = [
+            grpc.insecure_channel(t, options=CHANNEL_OPTIONS)
+            for t in (targets.preprocess, targets.stage1, targets.stage2)
+        ]
+        self._preprocess = preprocess_pb2_grpc.PreprocessServiceStub(self._channels[0])
+        self._stage1 = stage1_pb2_grpc.Stage1ServiceStub(self._channels[1])
+        self._stage2 = stage2_pb2_grpc.Stage2ServiceStub(self._channels[2])
+
+    def close(self) -> None:
+        """Close the channels (calls in flight are cancelled)."""
+        for channel in self._channels:
+            channel.close()
+
+    def _run(
+        self, stage: str, method: Any, requests: Iterable[Any], on_progress: Progress, handle: CallHandle
+    ) -> StageOutput:
+        collector = _BlobCollector(stage)
+        result = None
+        try:
+            call = method(iter(requests), timeout=self.call_timeout_s)
+            handle.attach(call)
+            try:
+                for message in call:
+                    kind = message.WhichOneof("payload")
+                    if kind == "progress":
+                        on_progress(message.progress)
+                    elif kind == "blob":
+                        collector.header(message.blob)
+                    elif kind == "chunk":
+                        collector.chunk(message.chunk)
+                    elif kind == "result":
+                        result = message.result
+            finally:
+                handle.detach()
+        except grpc.RpcError as error:
+            raise StageFailure.from_rpc_error(stage, error) from error
+        if result is None:
+            raise StageFailure.broken_stream(stage, "the stream ended without a result")
+        blobs, media = collector.finish()
+        return StageOutput(blobs, media, result)
+
+    def preprocess(
+        self,
+        job_id: str,
+        image: bytes,
+        options: common_pb2.PreprocessOptions,
+        on_progress: Progress,
+        handle: CallHandle,
+    ) -> StageOutput:
+        """PreprocessService.Preprocess of the photo; result: ``PreprocessResult``."""
+        start = preprocess_pb2.PreprocessStart(
+            request_id=job_id, options=options, image=blob_header("input", "application/octet-stream", image)
+        )
+        requests = _upload(start, preprocess_pb2.PreprocessRequest, {"input": image})
+        return self._run("preprocess", self._preprocess.Preprocess, requests, on_progress, handle)
+
+    def multiview(
+        self,
+        job_id: str,
+        inputs: dict[str, bytes],
+        options: common_pb2.MultiviewOptions,
+        on_progress: Progress,
+        handle: CallHandle,
+    ) -> StageOutput:
+        """Stage1Service.GenerateViews of "framed.png" + "conditioning.png"; result:
+        ``GenerateViewsResult``.
+        """
+        start = stage1_pb2.GenerateViewsStart(
+            job_id=job_id, options=options, inputs=[blob_header(n, "image/png", d) for n, d in inputs.items()]
+        )
+        requests = _upload(start, stage1_pb2.GenerateViewsRequest, inputs)
+        return self._run("multiview", self._stage1.GenerateViews, requests, on_progress, handle)
+
+    def reconstruct(
+        self,
+        job_id: str,
+        structure: common_pb2.VoxelStructure,
+        inputs: dict[str, bytes],
+        options: common_pb2.ReconstructionOptions,
+        on_progress: Progress,
+        handle: CallHandle,
+    ) -> StageOutput:
+        """Stage2Service.Reconstruct of the voxel structure, conditioning image and views; result:
+        ``ReconstructResult``.
+        """
+        start = stage2_pb2.ReconstructStart(
+            job_id=job_id,
+            options=options,
+            structure=structure,
+            inputs=[blob_header(n, "image/png", d) for n, d in inputs.items()],
+        )
+        requests = _upload(start, stage2_pb2.ReconstructRequest, inputs)
+        return self._run("reconstruction", self._stage2.Reconstruct, requests, on_progress, handle)
