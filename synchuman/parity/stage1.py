@@ -82,7 +82,7 @@ def _dinov2_model(fixture: Fixture) -> nn.Module:
     return model.to(fixture.device).eval()
 
 
-@register_fixture_kind("dinov2", modules=("DinoVisionTransformer",))
+@register_fixture_kind("dinov2", modules=("DinoVisionTransformer", "dinov2 ViT with 4 registers (tiny)"))
 def run_dinov2(fixture: Fixture) -> list[Check]:
     """Every input size ``in.image_<s>``: x_prenorm (+ layer norm), normed tokens, position embeddings and
     the recorded intermediate layers."""
@@ -113,3 +113,44 @@ def run_dinov2(fixture: Fixture) -> list[Check]:
             ours[f"out.intermediate_{size}_concat"] = torch.cat(layers, dim=-1)
         checks += [compare(k, v, fixture.tensor(k), ATOL) for k, v in ours.items() if k in fixture.io]
     return _unchecked(fixture, checks)
+
+
+#: ``intermediate.*`` io keys -> our submodule whose output they record.
+_DIFFUSION_INTERMEDIATES = {
+    "intermediate.time_embedding_out": "time_embedding",
+    "intermediate.class_embedding_out": "class_embedding",
+    "intermediate.trellis_t_emb": "t_embedder",
+    "intermediate.mid_block_out": "mid_block",
+}
+
+
+@register_fixture_kind("diffusion_2d3d", modules=("SyncHuman_2D3DCrossSpaceDiffusion",))
+def run_diffusion_2d3d(fixture: Fixture) -> list[Check]:
+    """One CFG denoising step ``(v2d, v3d) = model(...)``; compares both outputs and the intermediates."""
+    from synchuman.models.cross_space import SyncHuman_2D3DCrossSpaceDiffusion
+
+    model = from_pretrained(fixture.path, SyncHuman_2D3DCrossSpaceDiffusion, device=fixture.device)
+    device = fixture.device
+    timestep = fixture.meta.get("timestep_python_value")
+    if timestep is None:
+        timestep = fixture.tensor("in.timestep").to(device)
+    inputs = {
+        name: fixture.tensor(f"in.{name}").to(device)
+        for name in (
+            "sample",
+            "encoder_hidden_states",
+            "class_labels",
+            "trellis_x",
+            "trellis_t",
+            "trellis_cond",
+        )
+    }
+    names = {k: v for k, v in _DIFFUSION_INTERMEDIATES.items() if k in fixture.io}
+    with _capture(model, names) as captured:
+        v2d, v3d = model(timestep=timestep, **inputs)
+    checks = [
+        compare("out.sample", v2d, fixture.tensor("out.sample"), DIFFUSION_ATOL),
+        compare("out.trellis", v3d, fixture.tensor("out.trellis"), DIFFUSION_ATOL),
+    ]
+    checks += [compare(k, captured[k], fixture.tensor(k), DIFFUSION_ATOL) for k in sorted(names)]
+    return _unchecked(fixture, checks, ("out.", "intermediate."))
