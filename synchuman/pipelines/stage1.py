@@ -1,0 +1,362 @@
+"""Stage 1: the framed photo -> 5 colour + 5 normal views and the occupied voxels of the 64^3 grid.
+
+Checkpoint layout (:class:`~synchuman.checkpoints.layout.CheckpointLayout`, upstream ``ckpts/OneStage``)::
+
+    OneStage/SyncHuman_2D3DCrossSpaceDiffusion/  config.json + diffusion_pytorch_model.safetensors (or
+                                                 model.safetensors)
+    OneStage/vae/                    diffusers AutoencoderKL folder
+    OneStage/image_encoder/          transformers CLIPVisionModelWithProjection folder
+    OneStage/feature_extractor/      CLIPImageProcessor preprocessor_config.json
+    OneStage/sparse_structure_decoder/  config.json ({"name", "args"}) + weights
+    OneStage/fixed_prompt_embeds_7view/{normal,clr}_embeds.pt   [7, 77, D] CLIP-text hidden states
+    OneStage/text_encoder/, OneStage/tokenizer/   only needed when the prompt files are absent
+    dinov2/config.json + dinov2_vitl14_reg4_pretrain.pth   (torch-hub weights)
+
+The prompt files are not public; when absent they are computed from :data:`VIEW_PROMPTS` with the text encoder
+and a CLIP tokenizer (``OneStage/tokenizer``); without a tokenizer loading fails naming the missing files.
+
+Sampling (upstream ``SyncHumanOneStagePipeline.run``): views = 4 x the framed body + the face crop, both over
+white; CLIP image embeddings + the noise-level-0 embedding as class labels; VAE ``mode() * scale`` image
+latents; ``steps`` Euler steps over ``t = 3 s / (1 + 2 s)``, ``s = linspace(1, 0, steps + 1)`` for the 2D
+latents and the 3D latent together, with CFG on both (2D batch ``[normal-uncond, normal-cond, colour-uncond,
+colour-cond] x 5 views``: uncond has zero image latents / class labels; 3D batch ``[zero, DINOv2 cond]``).
+Noise is drawn on the CPU from ``torch.Generator().manual_seed(seed)`` in upstream's order (an unused draw
+shaped like the CLIP embeddings, the 2D latents ``[10, 4, h, w]``, the 3D latent ``[1, 8, 16, 16, 16]``), so a
+seed gives the same noise on every device. Decoding: the VAE in slices, colour view 0 replaced by the input,
+the face normal (view 4) resized to the face box and pasted into normal view 0, occupancy ``logits > 0``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synchuman.checkpoints.layout import CheckpointLayout, weights_file
+from synchuman.checkpoints.loading import (
+    CheckpointError,
+    load_state_dict_strict,
+    parse_dtype,
+    read_config,
+    read_safetensors,
+)
+from synchuman.models.cross_space import SyncHuman_2D3DCrossSpaceDiffusion
+from synchuman.models.dinov2 import DinoV2Encoder
+from synchuman.models.ss_decoder import SparseStructureDecoder
+from synchuman.preprocess.framing import FACE_BOX, MULTIVIEW_SIZE, composite_on_white, face_crop
+from synchuman.samplers.flow_euler import SamplingCancelled, timesteps
+
+log = logging.getLogger(__name__)
+
+NUM_VIEWS = 5
+#: Rows of the 7-view prompt files used (front, right, back, left, face).
+PROMPT_ROWS = (0, 2, 3, 4, 6)
+#: Prompts the fixed embeddings are computed from when the files are absent (PSHuman's 7-view layout; the
+#: wording follows its Era3D-style template, inferred: the released files were not inspected).
+PROMPT_VIEWS = ("front", "front_right", "right", "back", "left", "front_left", "face")
+VIEW_PROMPTS = {
+    domain: [f"a rendering image of 3D models, {view} view, {domain} map." for view in PROMPT_VIEWS]
+    for domain in ("normal", "color")
+}
+RESCALE_T = 3.0
+
+
+@dataclass
+class Stage1Output:
+    """``colors`` / ``normals``: uint8 ``[5, 768, 768, 3]``; ``coords``: int32 ``[N, 3]`` (x, y, z) of the
+    occupied voxels of the ``voxel_resolution^3`` grid; ``timings``: seconds per phase."""
+
+    colors: np.ndarray
+    normals: np.ndarray
+    coords: np.ndarray
+    timings: dict[str, float]
+
+
+def load_model(
+    folder: Path, cls: type[nn.Module], device: str | torch.device, dtype: torch.dtype
+) -> nn.Module:
+    """Build ``cls`` from ``folder/config.json`` on the meta device, load its safetensors weights strictly."""
+    name, args = read_config(folder)
+    path = weights_file(folder)
+    if path is None or not path.name.endswith(".safetensors"):
+        raise CheckpointError(
+            f"{folder}: no safetensors weights file (looked for model / diffusion_pytorch_model)"
+        )
+    with torch.device("meta"):
+        try:
+            model = cls(**args)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{folder}/config.json: cannot build {name}: {exc}") from exc
+    load_state_dict_strict(model, read_safetensors(path, dtype=dtype), what=f"{name} ({folder})")
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_prompt_embeds(layout: CheckpointLayout) -> torch.Tensor:
+    """Fixed prompt embeddings ``[10, 77, D]`` (normal x 5, colour x 5) from the files, or computed from
+    :data:`VIEW_PROMPTS` when the files are absent and a tokenizer is available."""
+    paths = (layout.normal_prompt_embeds, layout.color_prompt_embeds)
+    missing = [p for p in paths if not p.is_file()]
+    if not missing:
+        rows = []
+        for path in paths:
+            embeds = torch.load(path, map_location="cpu", weights_only=True)
+            if (
+                not isinstance(embeds, torch.Tensor)
+                or embeds.dim() != 3
+                or embeds.shape[0] <= max(PROMPT_ROWS)
+            ):
+                raise CheckpointError(f"{path}: expected a tensor [7, tokens, D]")
+            rows.append(embeds[list(PROMPT_ROWS)].float())
+        return torch.cat(rows)
+    tokenizer_dir = layout.stage1 / "tokenizer"
+    if not (tokenizer_dir.is_dir() and layout.text_encoder.is_dir()):
+        names = ", ".join(str(p) for p in missing)
+        raise CheckpointError(
+            f"fixed prompt embeddings missing: {names}. Copy them from PSHuman's "
+            f"mvdiffusion/data/fixed_prompt_embeds_7view, or provide {tokenizer_dir} (CLIP tokenizer) and "
+            f"{layout.text_encoder} so they can be computed"
+        )
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    encoder = CLIPTextModel.from_pretrained(str(layout.text_encoder), local_files_only=True).eval()
+    out = []
+    with torch.inference_mode():
+        for domain in ("normal", "color"):
+            prompts = [VIEW_PROMPTS[domain][i] for i in PROMPT_ROWS]
+            ids = tokenizer(
+                prompts,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            out.append(encoder(ids).last_hidden_state.float())
+    return torch.cat(out)
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``[V, 3, H, W]`` in [0, 1] -> uint8 ``[V, H, W, 3]`` (rounded)."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class Stage1Pipeline:
+    """The stage-1 models on one device; :meth:`run` turns one framed photo into the stage-2 hand-off."""
+
+    def __init__(
+        self,
+        diffusion: SyncHuman_2D3DCrossSpaceDiffusion,
+        vae: nn.Module,
+        image_encoder: nn.Module,
+        image_processor: Any,
+        ss_decoder: SparseStructureDecoder,
+        dinov2: DinoV2Encoder,
+        prompt_embeds: torch.Tensor,
+        vae_slice: int = 2,
+    ) -> None:
+        self.diffusion, self.vae, self.image_encoder = diffusion, vae, image_encoder
+        self.image_processor, self.ss_decoder, self.dinov2 = image_processor, ss_decoder, dinov2
+        param = diffusion.conv_in.weight
+        self.device, self.dtype = param.device, param.dtype
+        self.prompt_embeds = prompt_embeds.to(self.device, self.dtype)
+        self.vae_slice = vae_slice
+        self.vae_scale = float(vae.config.scaling_factor)
+        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.latent_channels = int(vae.config.latent_channels)
+        self.voxel_resolution = diffusion.grid * ss_decoder.upsample_factor
+        expected = (
+            2 * NUM_VIEWS,
+            diffusion.mid_block.attentions[0].transformer_blocks[0].attn2.to_k.in_features,
+        )
+        if (self.prompt_embeds.shape[0], self.prompt_embeds.shape[-1]) != expected:
+            raise CheckpointError(
+                f"prompt embeddings {list(prompt_embeds.shape)} do not fit the model "
+                f"(need {expected[0]} rows of width {expected[1]})"
+            )
+        if MULTIVIEW_SIZE // self.vae_factor != diffusion.sample_size:
+            raise CheckpointError(
+                f"the VAE maps {MULTIVIEW_SIZE}^2 views to {MULTIVIEW_SIZE // self.vae_factor}^2 latents "
+                f"but the diffusion model's sample_size is {diffusion.sample_size}"
+            )
+
+    @classmethod
+    def from_checkpoints(
+        cls, layout: CheckpointLayout, device: str | torch.device = "cuda", dtype: str | torch.dtype = "fp16"
+    ) -> Stage1Pipeline:
+        """Load every stage-1 component of ``layout`` (strict keys; see the module docstring)."""
+        from diffusers import AutoencoderKL
+        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+        torch_dtype = parse_dtype(dtype)
+        diffusion = load_model(layout.diffusion_2d3d, SyncHuman_2D3DCrossSpaceDiffusion, device, torch_dtype)
+        ss_decoder = load_model(layout.ss_decoder, SparseStructureDecoder, device, torch_dtype)
+        vae = AutoencoderKL.from_pretrained(str(layout.vae), torch_dtype=torch_dtype, local_files_only=True)
+        encoder = CLIPVisionModelWithProjection.from_pretrained(
+            str(layout.image_encoder), torch_dtype=torch_dtype, local_files_only=True
+        )
+        processor = CLIPImageProcessor.from_pretrained(str(layout.feature_extractor_config.parent))
+        dinov2 = DinoV2Encoder.from_checkpoints(layout, device, torch_dtype)
+        return cls(
+            diffusion,
+            vae.to(device).eval(),
+            encoder.to(device).eval(),
+            processor,
+            ss_decoder,
+            dinov2,
+            load_prompt_embeds(layout),
+        )
+
+    # -- conditioning ---------------------------------------------------------------------------------------
+    def _views(self, framed: np.ndarray) -> torch.Tensor:
+        """Body over white and face over white, float ``[2, 3, 768, 768]`` in [0, 1] (CPU)."""
+        body = composite_on_white(framed)
+        face = composite_on_white(face_crop(framed))
+        return torch.from_numpy(np.stack([body, face])).permute(0, 3, 1, 2)
+
+    def _image_conditions(self, views: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """CLIP class labels ``[20, 2 P]`` and image latents ``[20, 4, h, w]`` in the CFG batch layout."""
+        pixels = (views * 255).to(torch.uint8)  # upstream's to_pil_image truncation
+        clip_in = self.image_processor(images=list(pixels.permute(0, 2, 3, 1).numpy()), return_tensors="pt")
+        clip_in = clip_in.pixel_values.to(self.device, self.image_encoder.dtype)
+        embeds = self.image_encoder(clip_in).image_embeds.float()  # [2, P]
+        per_view = embeds[[0, 0, 0, 0, 1]]
+        torch.randn((2 * NUM_VIEWS, embeds.shape[-1]), generator=generator)  # upstream's unused noise draw
+        half = embeds.shape[-1] // 2
+        noise_level = torch.cat([torch.ones(half), torch.zeros(embeds.shape[-1] - half)]).to(self.device)
+        labels = torch.cat([per_view, noise_level.expand(NUM_VIEWS, -1)], dim=1)
+        vae_in = (pixels.float() / 255 * 2 - 1).to(self.device, self.vae.dtype)
+        latents = self.vae.encode(vae_in).latent_dist.mode().float() * self.vae_scale
+        latents = latents[[0, 0, 0, 0, 1]]
+        zero_l, zero_c = torch.zeros_like(latents), torch.zeros_like(labels)
+        class_labels = torch.cat([zero_c, labels, zero_c, labels]).to(self.dtype)
+        image_latents = torch.cat([zero_l, latents, zero_l, latents]).to(self.dtype)
+        return class_labels, image_latents
+
+    # -- sampling -------------------------------------------------------------------------------------------
+    def sample(
+        self,
+        latents: torch.Tensor,
+        structure: torch.Tensor,
+        class_labels: torch.Tensor,
+        image_latents: torch.Tensor,
+        cond: torch.Tensor,
+        steps: int,
+        guidance_scale: float,
+        callback: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Euler flow sampling with CFG of both branches.
+
+        Args:
+            latents: fp32 ``[10, 4, h, w]`` (normal x 5, colour x 5); structure: fp32 ``[1, 8, G, G, G]``.
+            class_labels / image_latents: ``[20, ...]`` CFG layout; cond: ``[1, L, D]`` DINOv2 tokens.
+        Returns:
+            the final ``(latents, structure)`` (fp32).
+        """
+        t_seq = timesteps(steps, RESCALE_T)
+        trellis_cond = torch.cat([torch.zeros_like(cond), cond]).to(self.dtype)
+        for i in range(steps):
+            if should_stop is not None and should_stop():
+                raise SamplingCancelled(f"stage-1 sampling cancelled before step {i + 1} of {steps}")
+            t, t_prev = float(t_seq[i]), float(t_seq[i + 1])
+            normal, color = latents.to(self.dtype).chunk(2)
+            sample = torch.cat([torch.cat([normal, normal, color, color]), image_latents], dim=1)
+            trellis_x = torch.cat([structure, structure]).to(self.dtype)
+            trellis_t = torch.full((1,), 1000 * t, device=self.device)
+            v2d, v3d = self.diffusion(
+                sample, 1000 * t, self.prompt_embeds_cfg, class_labels, trellis_x, trellis_t, trellis_cond
+            )
+            nu, nc, cu, cc = v2d.float().chunk(4)
+            uncond, cond_v = torch.cat([nu, cu]), torch.cat([nc, cc])
+            u3, c3 = v3d.float().chunk(2)
+            latents = latents - (t - t_prev) * (uncond + guidance_scale * (cond_v - uncond))
+            structure = structure - (t - t_prev) * (u3 + guidance_scale * (c3 - u3))
+            if callback is not None:
+                callback(i + 1, steps)
+        return latents, structure
+
+    @property
+    def prompt_embeds_cfg(self) -> torch.Tensor:
+        """``[20, 77, D]``: ``[normal, normal, colour, colour]`` (uncond uses the same embeddings)."""
+        normal, color = self.prompt_embeds.chunk(2)
+        return torch.cat([normal, normal, color, color])
+
+    def decode_views(self, latents: torch.Tensor) -> torch.Tensor:
+        """``[10, 4, h, w]`` -> ``[10, 3, 768, 768]`` in [0, 1], ``vae_slice`` images at a time."""
+        out = []
+        for chunk in (latents / self.vae_scale).split(self.vae_slice):
+            image = self.vae.decode(chunk.to(self.vae.dtype)).sample
+            out.append((image.float() / 2 + 0.5).clamp(0, 1))
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def run(
+        self,
+        framed: np.ndarray,
+        conditioning: np.ndarray,
+        *,
+        seed: int = 43,
+        steps: int = 50,
+        guidance_scale: float = 3.0,
+        callback: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Stage1Output:
+        """Framed RGBA uint8 ``[768, 768, 4]`` + conditioning crop uint8 ``[518, 518, 3]`` -> views + voxels.
+
+        ``callback(step, steps)`` runs after every sampler step; ``should_stop()`` is checked before each step
+        and raises :class:`~synchuman.samplers.flow_euler.SamplingCancelled`.
+        """
+        if framed.shape != (MULTIVIEW_SIZE, MULTIVIEW_SIZE, 4) or framed.dtype != np.uint8:
+            raise ValueError(
+                f"framed image must be uint8 [768, 768, 4]; got {framed.dtype} {list(framed.shape)}"
+            )
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1; got {steps}")
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(seed)
+        views = self._views(framed)
+        class_labels, image_latents = self._image_conditions(views, generator)
+        cond = self.dinov2.condition(conditioning).to(self.dtype)
+        size = self.diffusion.sample_size
+        latents = torch.randn((2 * NUM_VIEWS, self.latent_channels, size, size), generator=generator)
+        grid = self.diffusion.grid
+        structure = torch.randn(
+            (1, self.diffusion.trellis_in_channels, grid, grid, grid), generator=generator
+        )
+        timings["encode"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        latents, structure = self.sample(
+            latents.to(self.device),
+            structure.to(self.device),
+            class_labels,
+            image_latents,
+            cond,
+            steps,
+            guidance_scale,
+            callback,
+            should_stop,
+        )
+        timings["sample"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        images = self.decode_views(latents)
+        normals, colors = images[:NUM_VIEWS], images[NUM_VIEWS:].clone()
+        colors[0] = views[0].to(colors.device)
+        x0, y0, x1, y1 = FACE_BOX
+        face = F.interpolate(normals[-1:], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
+        normals[0, :, y0:y1, x0:x1] = face[0]
+        logits = self.ss_decoder(structure)
+        coords = torch.argwhere(logits[0, 0] > 0).to(torch.int32).cpu().numpy()
+        timings["decode"] = time.perf_counter() - start
+        log.info("stage 1 done", extra={"timings": timings, "voxels": int(coords.shape[0])})
+        return Stage1Output(_to_uint8(colors), _to_uint8(normals), coords, timings)

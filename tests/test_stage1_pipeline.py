@@ -1,0 +1,114 @@
+"""The whole stage-1 pipeline on tiny random checkpoints in the real folder layout (CPU)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from synchuman.checkpoints.layout import CheckpointLayout
+from synchuman.checkpoints.loading import CheckpointError
+from synchuman.checkpoints.tiny import write_tiny_tree
+from synchuman.pipelines.stage1 import Stage1Pipeline
+from synchuman.preprocess.framing import composite_on_white
+from synchuman.samplers.flow_euler import SamplingCancelled
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> CheckpointLayout:
+    root = tmp_path_factory.mktemp("ckpts")
+    write_tiny_tree(root, seed=5)
+    return CheckpointLayout(root)
+
+
+@pytest.fixture(scope="module")
+def pipeline(layout: CheckpointLayout) -> Stage1Pipeline:
+    return Stage1Pipeline.from_checkpoints(layout, device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def inputs() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    framed = np.zeros((768, 768, 4), np.uint8)
+    framed[80:720, 240:530, :3] = rng.integers(0, 256, (640, 290, 3), dtype=np.uint8)
+    framed[80:720, 240:530, 3] = 255
+    framed[60:80, 300:470, 3] = 128  # soft edge
+    crop = rng.integers(0, 256, (518, 518, 3), dtype=np.uint8)
+    return framed, crop
+
+
+@pytest.fixture(scope="module")
+def result(pipeline: Stage1Pipeline, inputs: tuple[np.ndarray, np.ndarray]) -> tuple[object, list]:
+    progress: list[tuple[int, int]] = []
+    out = pipeline.run(
+        *inputs, seed=7, steps=3, guidance_scale=3.0, callback=lambda s, n: progress.append((s, n))
+    )
+    return out, progress
+
+
+def test_handoff_shapes_and_contents(pipeline: Stage1Pipeline, inputs, result) -> None:
+    out, progress = result
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+    assert out.colors.shape == out.normals.shape == (5, 768, 768, 3)
+    assert out.colors.dtype == out.normals.dtype == np.uint8
+    assert pipeline.voxel_resolution == 64
+    coords = out.coords
+    assert coords.dtype == np.int32 and coords.ndim == 2 and coords.shape[1] == 3
+    assert 0 < len(coords) < 64**3
+    assert coords.min() >= 0 and coords.max() < 64
+    assert len(np.unique(coords, axis=0)) == len(coords)
+    # colour view 0 is the input composited over white
+    body = np.round(composite_on_white(inputs[0]) * 255).astype(np.uint8)
+    assert np.array_equal(out.colors[0], body)
+    # the generated colour views are not the input
+    assert not np.array_equal(out.colors[1], body)
+    # normal view 0 carries the face normal (view 4) resized into the face box
+    face = torch.from_numpy(out.normals[4]).permute(2, 0, 1)[None].float()
+    small = F.interpolate(face, size=(256, 256), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+    diff = np.abs(out.normals[0, :256, 256:512].astype(int) - small.numpy().round().astype(int))
+    assert diff.max() <= 1
+
+
+def test_deterministic_for_a_seed(pipeline: Stage1Pipeline, inputs, result) -> None:
+    first, _ = result
+    again = pipeline.run(*inputs, seed=7, steps=3)
+    assert np.array_equal(first.colors, again.colors)
+    assert np.array_equal(first.normals, again.normals)
+    assert np.array_equal(first.coords, again.coords)
+    other = pipeline.run(*inputs, seed=8, steps=3)
+    assert not np.array_equal(first.normals, other.normals)
+
+
+def test_cancel_between_steps(pipeline: Stage1Pipeline, inputs) -> None:
+    progress: list[tuple[int, int]] = []
+    with pytest.raises(SamplingCancelled, match="before step 2"):
+        pipeline.run(
+            *inputs,
+            steps=4,
+            callback=lambda s, n: progress.append((s, n)),
+            should_stop=lambda: len(progress) >= 1,
+        )
+    assert progress == [(1, 4)]
+
+
+def test_bad_inputs_are_refused(pipeline: Stage1Pipeline, inputs) -> None:
+    framed, crop = inputs
+    with pytest.raises(ValueError, match="768"):
+        pipeline.run(framed[:, :700], crop, steps=1)
+    with pytest.raises(ValueError, match="518"):
+        pipeline.run(framed, crop[:500], steps=1)
+    with pytest.raises(ValueError, match="steps"):
+        pipeline.run(framed, crop, steps=0)
+
+
+def test_missing_prompt_embeddings_named_at_load(layout: CheckpointLayout, tmp_path: Path) -> None:
+    root = tmp_path / "ckpts"
+    shutil.copytree(layout.root, root)
+    broken = CheckpointLayout(root)
+    broken.color_prompt_embeds.unlink()
+    with pytest.raises(CheckpointError, match="clr_embeds.pt"):
+        Stage1Pipeline.from_checkpoints(broken, device="cpu", dtype="fp32")
