@@ -74,9 +74,11 @@ class FakeStage1:
 
     voxel_resolution = 64
 
-    def __init__(self, step_s: float = 0.0) -> None:
+    def __init__(self, step_s: float = 0.0, coords: np.ndarray | None = None) -> None:
         self.info = INFO
         self.step_s = step_s
+        scattered = np.array([[3, 2, 1], [1, 2, 3], [1, 0, 0], [63, 63, 63]])
+        self.coords = coords if coords is not None else scattered
         self.record = Record()
         self.seen: list[tuple[np.ndarray, np.ndarray, MultiviewSettings]] = []
 
@@ -105,8 +107,7 @@ class FakeStage1:
         rng = np.random.default_rng(settings.seed)
         blocks = rng.integers(0, 256, (10, 24, 24, 3), dtype=np.uint8)  # smooth views, like real renders
         views = tuple(np.kron(b, np.ones((32, 32, 1), np.uint8)) for b in blocks)
-        coords = np.array([[3, 2, 1], [1, 2, 3], [1, 0, 0], [63, 63, 63]])
-        return GeneratedViews(colors=views[:5], normals=views[5:], coords=coords)
+        return GeneratedViews(colors=views[:5], normals=views[5:], coords=self.coords)
 
 
 class FakeStage2:
@@ -162,6 +163,12 @@ class FakeStage2:
         )
         extra = {name: name.encode() * 10 for name in options.outputs}
         return Stage2Result(glb=glb, extra_files=extra, report=report, phase_seconds={"sampling": 0.1})
+
+
+def voxel_blob(radius: float = 6.0) -> np.ndarray:
+    """A person-sized-ish ellipsoid of voxels around the grid centre (stage-1 stand-in output)."""
+    grid = np.stack(np.meshgrid(*[np.arange(20, 44)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    return grid[np.linalg.norm((grid - 31.5) * [1.0, 1.0, 0.5], axis=1) < radius]
 
 
 def start_server(name: str, backend: object, limits: StageLimits, load: bool = True) -> StageServer:
