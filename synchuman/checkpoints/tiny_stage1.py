@@ -60,36 +60,42 @@ TINY_SS_DECODER_CONFIG: dict[str, Any] = {
 }
 
 
+#: Tiny AutoencoderKL: 6 levels (768^2 views <-> 24^2 latents), 8 channels.
+TINY_VAE_CONFIG: dict[str, Any] = {
+    "down_block_types": ["DownEncoderBlock2D"] * 6,
+    "up_block_types": ["UpDecoderBlock2D"] * 6,
+    "block_out_channels": [8] * 6,
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 4,
+    "sample_size": 768,
+    "scaling_factor": 0.18215,
+}
+
+#: Tiny CLIPVisionModelWithProjection (224 input, 7x7 patches of 32).
+TINY_IMAGE_ENCODER_CONFIG: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 224,
+    "patch_size": 32,
+    "projection_dim": CLIP_PROJECTION,
+}
+
+
 def _write_vae(folder: Path, seed: int) -> None:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 6,
-        up_block_types=("UpDecoderBlock2D",) * 6,
-        block_out_channels=(8,) * 6,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=768,
-        scaling_factor=0.18215,
-    )
-    vae.save_pretrained(str(folder))
+    AutoencoderKL(**TINY_VAE_CONFIG).save_pretrained(str(folder))
 
 
 def _write_clip(layout: CheckpointLayout, seed: int) -> None:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
-    config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=224,
-        patch_size=32,
-        projection_dim=CLIP_PROJECTION,
-    )
+    config = CLIPVisionConfig(**TINY_IMAGE_ENCODER_CONFIG)
     CLIPVisionModelWithProjection(config).save_pretrained(str(layout.image_encoder))
     write_json(layout.feature_extractor_config, FEATURE_EXTRACTOR_CONFIG)
 

@@ -167,6 +167,9 @@ class Stage1Pipeline:
         param = diffusion.conv_in.weight
         self.device, self.dtype = param.device, param.dtype
         self.prompt_embeds = prompt_embeds.to(self.device, self.dtype)
+        normal, color = self.prompt_embeds.chunk(2)
+        #: ``[20, 77, D]``: ``[normal, normal, colour, colour]`` (uncond uses the same embeddings).
+        self.prompt_embeds_cfg = torch.cat([normal, normal, color, color])
         self.vae_slice = vae_slice
         self.vae_scale = float(vae.config.scaling_factor)
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -270,9 +273,9 @@ class Stage1Pipeline:
             normal, color = latents.to(self.dtype).chunk(2)
             sample = torch.cat([torch.cat([normal, normal, color, color]), image_latents], dim=1)
             trellis_x = torch.cat([structure, structure]).to(self.dtype)
-            trellis_t = torch.full((1,), 1000 * t, device=self.device)
+            timestep = torch.full((1,), 1000 * t, device=self.device)  # a tensor: no recompiles per step
             v2d, v3d = self.diffusion(
-                sample, 1000 * t, self.prompt_embeds_cfg, class_labels, trellis_x, trellis_t, trellis_cond
+                sample, timestep, self.prompt_embeds_cfg, class_labels, trellis_x, timestep, trellis_cond
             )
             nu, nc, cu, cc = v2d.float().chunk(4)
             uncond, cond_v = torch.cat([nu, cu]), torch.cat([nc, cc])
@@ -282,12 +285,6 @@ class Stage1Pipeline:
             if callback is not None:
                 callback(i + 1, steps)
         return latents, structure
-
-    @property
-    def prompt_embeds_cfg(self) -> torch.Tensor:
-        """``[20, 77, D]``: ``[normal, normal, colour, colour]`` (uncond uses the same embeddings)."""
-        normal, color = self.prompt_embeds.chunk(2)
-        return torch.cat([normal, normal, color, color])
 
     def decode_views(self, latents: torch.Tensor) -> torch.Tensor:
         """``[10, 4, h, w]`` -> ``[10, 3, 768, 768]`` in [0, 1], ``vae_slice`` images at a time."""

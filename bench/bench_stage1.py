@@ -1,0 +1,298 @@
+"""Stage-1 GPU bench: full-size models with random weights, the real pipeline code path.
+
+Measures (one table, also written as markdown to ``--out``):
+- the bf16 matrix-product rate of the GPU (8192^3), the reference for the loop's efficiency;
+- the 50-step sampling loop with CFG (2D UNet batch 20 + 3D branch batch 2) per variant (eager;
+  ``channels_last`` UNet; ``torch.compile``), ms/step, seconds, peak GPU memory;
+- FLOPs of one step (``torch.utils.flop_counter``), the attention share of them, the fraction of the measured
+  matmul rate the loop achieves, and the share of GPU time in copy / cast kernels (profiler, 2 steps);
+- VAE encode (2 distinct views) / sliced decode (10 views), DINOv2 518 conditioning, CLIP image embeddings;
+- the whole ``Stage1Pipeline.run`` (50 steps) with its peak GPU memory.
+
+Device command (carry ``.whl`` for diffusers)::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    .whl/diffusers-*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; PYTHONUNBUFFERED=1 \
+    python3 bench/bench_stage1.py --dtype bf16 --out $OUT/stage1.md
+
+CPU smoke run (tiny configs): ``.venv/bin/python bench/bench_stage1.py --tiny --device cpu --steps 2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from synchuman.checkpoints import full_size, tiny_stage1  # noqa: E402
+from synchuman.checkpoints.dinov2_config import REAL_DINOV2_CONFIG, TINY_DINOV2_CONFIG  # noqa: E402
+from synchuman.checkpoints.loading import parse_dtype  # noqa: E402
+from synchuman.checkpoints.tiny_common import randomize_  # noqa: E402
+from synchuman.models.cross_space import SyncHuman_2D3DCrossSpaceDiffusion  # noqa: E402
+from synchuman.models.dinov2 import DinoV2Encoder, DinoVisionTransformer  # noqa: E402
+from synchuman.models.ss_decoder import SparseStructureDecoder  # noqa: E402
+from synchuman.pipelines.stage1 import NUM_VIEWS, Stage1Pipeline  # noqa: E402
+
+GIB = 2**30
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int = 1) -> tuple[float, Any]:
+    """Median wall seconds of ``repeats`` calls (synchronised), and the last result."""
+    times, out = [], None
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def peak_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else float("nan")
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def matmul_rate(device: torch.device) -> float:
+    """Measured bf16 TFLOP/s of an 8192^3 product (median of 10 after 3 warm-ups)."""
+    if device.type != "cuda":
+        return float("nan")
+    a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    seconds, _ = timed(lambda: a @ b, device, repeats=10)
+    return 2 * 8192**3 / seconds / 1e12
+
+
+def build_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype) -> Stage1Pipeline:
+    """Every stage-1 model with random weights (full-size upstream configs unless ``tiny``)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    diffusion_cfg = tiny_stage1.TINY_DIFFUSION_CONFIG if tiny else full_size.DIFFUSION_2D3D_CONFIG
+    vae_cfg = tiny_stage1.TINY_VAE_CONFIG if tiny else full_size.VAE_CONFIG
+    clip_cfg = tiny_stage1.TINY_IMAGE_ENCODER_CONFIG if tiny else full_size.IMAGE_ENCODER_CONFIG
+    ss_cfg = tiny_stage1.TINY_SS_DECODER_CONFIG if tiny else full_size.SS_DECODER_CONFIG
+    dino_cfg = TINY_DINOV2_CONFIG if tiny else REAL_DINOV2_CONFIG
+    torch.manual_seed(0)
+    with torch.device(device):
+        diffusion = SyncHuman_2D3DCrossSpaceDiffusion(
+            **{k: v for k, v in diffusion_cfg.items() if not k.startswith("_")}
+        )
+        ss_decoder = SparseStructureDecoder(**ss_cfg["args"])
+        dino = DinoVisionTransformer(**dino_cfg["args"])
+        vae = AutoencoderKL.from_config({k: v for k, v in vae_cfg.items() if not k.startswith("_")})
+        clip_args = {k: v for k, v in clip_cfg.items() if k not in ("architectures", "model_type")}
+        clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_args))
+    for seed, model in enumerate((diffusion, ss_decoder, dino)):
+        randomize_(model, seed, device)
+    full_size.calibrate_ss_occupancy_(ss_decoder, device)
+    processor = CLIPImageProcessor(
+        **{k: v for k, v in full_size.FEATURE_EXTRACTOR_CONFIG.items() if k != "image_processor_type"}
+    )
+    width = int(diffusion_cfg["cross_attention_dim"])
+    prompts = torch.randn(
+        2 * NUM_VIEWS, full_size.PROMPT_TOKENS, width, generator=torch.Generator().manual_seed(1)
+    )
+    models = [m.to(device=device, dtype=dtype).eval() for m in (diffusion, vae, clip, ss_decoder, dino)]
+    diffusion, vae, clip, ss_decoder, dino = models
+    return Stage1Pipeline(diffusion, vae, clip, processor, ss_decoder, DinoV2Encoder(dino), prompts)
+
+
+def inputs() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    framed = np.zeros((768, 768, 4), np.uint8)
+    framed[60:740, 250:520, :3] = rng.integers(0, 256, (680, 270, 3), dtype=np.uint8)
+    framed[60:740, 250:520, 3] = 255
+    crop = rng.integers(0, 256, (518, 518, 3), dtype=np.uint8)
+    return framed, crop
+
+
+def step_flops(pipeline: Stage1Pipeline, args: tuple) -> tuple[float, float]:
+    """(total FLOPs, attention FLOPs) of one diffusion forward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        pipeline.diffusion(*args)
+    per_op = counter.get_flop_counts().get("Global", {})
+    attention = sum(v for k, v in per_op.items() if "attention" in str(k))
+    return float(counter.get_total_flops()), float(attention)
+
+
+def copy_share(pipeline: Stage1Pipeline, args: tuple, device: torch.device) -> float:
+    """Share of device time in copy/cast kernels (``aten::copy_`` self time) over 2 forward passes."""
+    if device.type != "cuda":
+        return float("nan")
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            pipeline.diffusion(*args)
+        _sync(device)
+    events = prof.key_averages()
+
+    def device_time(e: Any) -> float:
+        return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
+
+    total = sum(device_time(e) for e in events)
+    copies = sum(device_time(e) for e in events if e.key in ("aten::copy_",))
+    return copies / total if total else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bf16", help="bf16 | fp16 | fp32")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke run)")
+    parser.add_argument("--variants", default="eager,channels_last,compile")
+    parser.add_argument(
+        "--budget", type=float, default=240.0, help="skip remaining variants after this many s"
+    )
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    device, dtype = torch.device(args.device), parse_dtype(args.dtype)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    rows: list[tuple[str, str]] = []
+
+    def row(name: str, value: str) -> None:
+        rows.append((name, value))
+        print(f"{name:58s} {value}", flush=True)
+
+    if device.type == "cuda":
+        row("device", torch.cuda.get_device_name(device))
+    rate = matmul_rate(device)
+    row("bf16 matmul rate 8192^3 (TFLOP/s)", f"{rate:.0f}")
+    seconds, pipeline = timed(lambda: build_pipeline(args.tiny, device, dtype), device)
+    row(f"build random models ({'tiny' if args.tiny else 'full size'}, {args.dtype}) (s)", f"{seconds:.1f}")
+    framed, crop = inputs()
+
+    with torch.inference_mode():
+        generator = torch.Generator().manual_seed(0)
+        views = pipeline._views(framed)
+        pipeline._image_conditions(views, generator)  # warm-up
+        t_clip, _ = timed(
+            lambda: pipeline.image_encoder(
+                pipeline.image_processor(
+                    images=list((views * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()),
+                    return_tensors="pt",
+                ).pixel_values.to(device, dtype)
+            ),
+            device,
+            5,
+        )
+        row("CLIP image embeddings, 2 views incl. preprocessing (ms)", f"{1e3 * t_clip:.1f}")
+        vae_in = views.to(device, dtype) * 2 - 1
+        reset_peak(device)
+        t_enc, _ = timed(lambda: pipeline.vae.encode(vae_in).latent_dist.mode(), device, 3)
+        row(
+            "VAE encode, 2 distinct views 768^2 (ms) / peak GiB",
+            f"{1e3 * t_enc:.1f} / {peak_gib(device):.2f}",
+        )
+        class_labels, image_latents = pipeline._image_conditions(views, generator)
+        pipeline.dinov2.condition(crop)
+        t_dino, cond = timed(lambda: pipeline.dinov2.condition(crop), device, 5)
+        row("DINOv2 ViT-L/14-reg 518^2 conditioning (ms)", f"{1e3 * t_dino:.1f}")
+        size, grid = pipeline.diffusion.sample_size, pipeline.diffusion.grid
+        noise = torch.randn(2 * NUM_VIEWS, 4, size, size, device=device)
+        structure = torch.randn(1, 8, grid, grid, grid, device=device)
+        cond = cond.to(dtype)
+
+        def loop(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return pipeline.sample(noise, structure, class_labels, image_latents, cond, steps, 3.0)
+
+        base = pipeline.diffusion
+        for variant in [v for v in args.variants.split(",") if v]:
+            if time.perf_counter() - started > args.budget:
+                row(f"loop [{variant}]", "skipped (time budget)")
+                continue
+            context = nullcontext()
+            if variant == "channels_last":
+                for module in base.modules():
+                    if isinstance(module, torch.nn.Conv2d):
+                        module.to(memory_format=torch.channels_last)
+            elif variant == "compile":  # on top of channels_last when that ran before
+                pipeline.diffusion = torch.compile(base)
+            t_warm, _ = timed(lambda: loop(2), device)
+            with context:
+                reset_peak(device)
+                t_loop, (lat, _) = timed(lambda: loop(args.steps), device)
+            finite = bool(torch.isfinite(lat).all())
+            row(
+                f"loop [{variant}] {args.steps} steps (s) / ms per step / peak GiB",
+                f"{t_loop:.2f} / {1e3 * t_loop / args.steps:.1f} / {peak_gib(device):.2f}"
+                + ("" if finite else "  NON-FINITE"),
+            )
+            if variant == "compile":
+                row("compile warm-up (2 steps incl. compilation) (s)", f"{t_warm:.1f}")
+            if variant == "eager" or not hasattr(pipeline, "_best") or t_loop < pipeline._best[1]:
+                pipeline._best = (variant, t_loop)
+        pipeline.diffusion = base
+        normal, color = noise.to(dtype).chunk(2)
+        sample = torch.cat([torch.cat([normal, normal, color, color]), image_latents], dim=1)
+        step_args = (
+            sample,
+            500.0,
+            pipeline.prompt_embeds_cfg,
+            class_labels,
+            torch.cat([structure, structure]).to(dtype),
+            torch.full((1,), 500.0, device=device),
+            torch.cat([torch.zeros_like(cond), cond]),
+        )
+        flops, attn_flops = step_flops(pipeline, step_args)
+        best, t_best = pipeline._best
+        row("FLOPs of one step (TFLOP) / attention share", f"{flops / 1e12:.1f} / {attn_flops / flops:.0%}")
+        row(
+            f"achieved rate of the loop [{best}] (TFLOP/s) / of matmul rate",
+            f"{flops * args.steps / t_best / 1e12:.0f} / {flops * args.steps / t_best / 1e12 / rate:.0%}",
+        )
+        row("copy/cast kernels share of GPU time [eager]", f"{copy_share(pipeline, step_args, device):.0%}")
+        latents = torch.randn(2 * NUM_VIEWS, 4, size, size, device=device)
+        for slice_size in (2, 5):
+            pipeline.vae_slice = slice_size
+            reset_peak(device)
+            t_dec, _ = timed(lambda: pipeline.decode_views(latents), device, 2)
+            row(
+                f"VAE decode 10 views, slices of {slice_size} (ms) / peak GiB",
+                f"{1e3 * t_dec:.0f} / {peak_gib(device):.2f}",
+            )
+        pipeline.vae_slice = 2
+
+    reset_peak(device)
+    t_run, out = timed(lambda: pipeline.run(framed, crop, seed=43, steps=args.steps), device)
+    phases = ", ".join(f"{k} {v:.2f}" for k, v in out.timings.items())
+    row(
+        f"whole Stage1Pipeline.run [eager], {args.steps} steps (s) / peak GiB",
+        f"{t_run:.2f} / {peak_gib(device):.2f}  ({phases}; {len(out.coords)} voxels)",
+    )
+    if args.out is not None:
+        lines = ["| measurement | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
