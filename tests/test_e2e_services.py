@@ -159,12 +159,12 @@ def test_cancel_mid_stage1_stops_the_work(deployment, photo):
 
 def test_stage2_crash_mid_job_is_redone_without_rerunning_stage1(deployment, photo, tmp_path):
     config, supervisor = deployment
-    job = submit(config, photo, small_options(steps2=60))
+    job = submit(config, photo, small_options(steps2=4))
     wait_for_event(config, job.id, is_progress(common_pb2.STAGE_RECONSTRUCTION))
     stub = gateway_stub(config)
     views_before = download(stub, job.id, "color_1.png")
     supervisor.kill_child("stage2")  # SIGKILL mid-sampling; the supervisor restarts it
-    done = wait_for_end(config, job.id, timeout_s=300)
+    done = wait_for_end(config, job.id, timeout_s=600)
     assert done.state == reconstruction_pb2.JOB_STATE_SUCCEEDED, done.error.message
     assert done.attempts["multiview"] == 1
     assert done.attempts["reconstruction"] >= 2
