@@ -28,9 +28,10 @@ the face normal (view 4) resized to the face box and pasted into normal view 0, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,10 +172,13 @@ class Stage1Pipeline:
         #: ``[20, 77, D]``: ``[normal, normal, colour, colour]`` (uncond uses the same embeddings).
         self.prompt_embeds_cfg = torch.cat([normal, normal, color, color])
         self.vae_slice = vae_slice
+        self.cudnn_attention = False
         self.vae_scale = float(vae.config.scaling_factor)
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_channels = int(vae.config.latent_channels)
         self.voxel_resolution = diffusion.grid * ss_decoder.upsample_factor
+        self.sample_size, self.grid = diffusion.sample_size, diffusion.grid
+        self.trellis_channels = diffusion.trellis_in_channels
         expected = (
             2 * NUM_VIEWS,
             diffusion.mid_block.attentions[0].transformer_blocks[0].attn2.to_k.in_features,
@@ -216,6 +220,29 @@ class Stage1Pipeline:
             dinov2,
             load_prompt_embeds(layout),
         )
+
+    def accelerate(self, compile_model: bool = True, cudnn_attention: bool = True) -> None:
+        """GPU speed-ups of the sampling loop (same function): ``torch.compile`` of the diffusion model (the
+        first call compiles, minutes) and cuDNN's fused attention kernels ahead of flash attention."""
+        if compile_model:
+            self.diffusion = torch.compile(self.diffusion)
+        self.cudnn_attention = cudnn_attention
+
+    @contextlib.contextmanager
+    def _attention_kernels(self) -> Iterator[None]:
+        if not (self.cudnn_attention and self.device.type == "cuda"):
+            yield
+            return
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        order = [
+            SDPBackend.CUDNN_ATTENTION,
+            SDPBackend.FLASH_ATTENTION,
+            SDPBackend.EFFICIENT_ATTENTION,
+            SDPBackend.MATH,
+        ]
+        with sdpa_kernel(order, set_priority=True):
+            yield
 
     # -- conditioning ---------------------------------------------------------------------------------------
     def _views(self, framed: np.ndarray) -> torch.Tensor:
@@ -264,6 +291,31 @@ class Stage1Pipeline:
         Returns:
             the final ``(latents, structure)`` (fp32).
         """
+        with self._attention_kernels():
+            return self._sample(
+                latents,
+                structure,
+                class_labels,
+                image_latents,
+                cond,
+                steps,
+                guidance_scale,
+                callback,
+                should_stop,
+            )
+
+    def _sample(
+        self,
+        latents: torch.Tensor,
+        structure: torch.Tensor,
+        class_labels: torch.Tensor,
+        image_latents: torch.Tensor,
+        cond: torch.Tensor,
+        steps: int,
+        guidance_scale: float,
+        callback: Callable[[int, int], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         t_seq = timesteps(steps, RESCALE_T)
         trellis_cond = torch.cat([torch.zeros_like(cond), cond]).to(self.dtype)
         for i in range(steps):
