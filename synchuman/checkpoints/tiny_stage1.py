@@ -12,13 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from synchuman.checkpoints.dinov2_config import TINY_DINOV2_CONFIG
-from synchuman.checkpoints.full_size import FEATURE_EXTRACTOR_CONFIG, PROMPT_TOKENS, PROMPT_VIEWS
+from synchuman.checkpoints.full_size import (
+    FEATURE_EXTRACTOR_CONFIG,
+    PROMPT_TOKENS,
+    PROMPT_VIEWS,
+    calibrate_ss_occupancy_,
+)
 from synchuman.checkpoints.layout import CheckpointLayout
-from synchuman.checkpoints.tiny_common import write_json, write_model_folder
+from synchuman.checkpoints.loading import WEIGHTS_NAME
+from synchuman.checkpoints.tiny_common import state_dict_for_saving, write_json, write_model_folder
 
 CLIP_PROJECTION = 16
+#: Occupied fraction of the 64^3 grid the tiny decoder is calibrated to (~5k voxels: keeps CPU stage 2 fast).
+TINY_SS_OCCUPANCY = 0.02
 CROSS_ATTENTION_DIM = 16
 
 #: Tiny ``SyncHuman_2D3DCrossSpaceDiffusion`` (diffusers-style config; unknown keys would be refused).
@@ -107,7 +116,9 @@ def write_tiny_stage1(root: Path, seed: int = 0) -> None:
     """
     layout = CheckpointLayout(Path(root))
     write_model_folder(layout.diffusion_2d3d, TINY_DIFFUSION_CONFIG, seed + 11)
-    write_model_folder(layout.ss_decoder, TINY_SS_DECODER_CONFIG, seed + 12)
+    decoder = write_model_folder(layout.ss_decoder, TINY_SS_DECODER_CONFIG, seed + 12)
+    calibrate_ss_occupancy_(decoder, torch.device("cpu"), TINY_SS_OCCUPANCY)
+    save_file(state_dict_for_saving(decoder), str(layout.ss_decoder / WEIGHTS_NAME))
     _write_vae(layout.vae, seed + 13)
     _write_clip(layout, seed + 14)
     generator = torch.Generator().manual_seed(seed + 15)
