@@ -28,10 +28,9 @@ class Stage1PipelineBackend:
     @classmethod
     def load(cls, root: Path | None, device: str, dtype: str) -> Stage1PipelineBackend:
         """Verify (every problem listed at once) and load the stage-1 checkpoints under ``root``."""
-        from synchuman.pipelines.stage1 import Stage1Pipeline
-
         from synchuman.checkpoints.layout import CheckpointLayout, default_root
         from synchuman.checkpoints.verify import is_tiny, require_verified
+        from synchuman.pipelines.stage1 import Stage1Pipeline
 
         layout = CheckpointLayout(root or default_root())
         require_verified(layout.root, ("dinov2", "stage1"))
