@@ -7,7 +7,9 @@ also restarts a killed child). It waits for every health check to be SERVING, su
 once (a synthetic RGBA person cut-out, or ``--image``), follows every job's event stream, and measures:
 
 - per-job latency by stage (preprocess / stage 1 / stage 2, plus the waits between them) from the gateway's
-  event timestamps (a stage starts at its first progress event and ends at its ``stage_completed`` event);
+  event timestamps: a stage runs from the moment its service starts working on the request (the time of its
+  first progress event minus that event's ``elapsed_seconds``, so time spent in the service's queue counts as
+  waiting, not as stage time) to its ``stage_completed`` event;
 - throughput in jobs per minute (all jobs: first submit -> last finish; steady state: between finishes);
 - how much stage 1 of job k+1 overlaps stage 2 of job k (seconds, and as a fraction of that stage-1 run);
 - peak memory per GPU and per stage process (``nvidia-smi`` polled every 0.5 s; on ``--device cpu`` the
@@ -212,26 +214,28 @@ class JobRecord:
     index: int
     submitted: float
     job_id: str = ""
-    events: list[tuple[float, str, str]] = field(default_factory=list)  # (time, kind, stage)
+    #: (time, kind, stage, work start): for service progress events the wall-clock moment the service started
+    #: working (event time - elapsed_seconds); None for other events and the gateway's own "start" marker.
+    events: list[tuple[float, str, str, float | None]] = field(default_factory=list)
     final: reconstruction_pb2.Job | None = None
     error: str = ""
 
     def first(self, kind: str, stage: str) -> float | None:
-        return next((t for t, k, s in self.events if k == kind and s == stage), None)
+        return next((t for t, k, s, _ in self.events if k == kind and s == stage), None)
 
     def last(self, kind: str, stage: str) -> float | None:
-        return next((t for t, k, s in reversed(self.events) if k == kind and s == stage), None)
+        return next((t for t, k, s, _ in reversed(self.events) if k == kind and s == stage), None)
 
     def span(self, stage: str) -> tuple[float, float] | None:
-        """(start, end) of a stage's successful run: the first progress after the last failed attempt ended,
-        up to its ``stage_completed`` event."""
+        """(start, end) of a stage's successful run: when its service started working on the request (after
+        the last failed attempt), up to its ``stage_completed`` event."""
         end = self.first("completed", stage)
         if end is None:
             return None
-        retried = [t for t, k, s in self.events if k == "retrying" and t <= end]
+        retried = [t for t, k, _, _ in self.events if k == "retrying" and t <= end]
         after = max(retried, default=-1.0)
-        start = next((t for t, k, s in self.events if k == "progress" and s == stage and t >= after), end)
-        return start, end
+        starts = [w for t, k, s, w in self.events if k == "progress" and s == stage and t >= after and w]
+        return (max(after, starts[0]) if starts else end), end
 
     @property
     def finished(self) -> float | None:
@@ -308,14 +312,16 @@ def watch(
                     sequence = event.sequence
                     state = event.state
                     kind = event.WhichOneof("event")
-                    stage = ""
+                    stage, work_start = "", None
                     if kind == "progress":
                         stage = STAGES.get(event.progress.stage, "?")
+                        if event.progress.phase != "start":  # the gateway's dispatch marker
+                            work_start = _seconds(event.time) - event.progress.elapsed_seconds
                     elif kind == "stage_completed":
                         kind, stage = "completed", STAGES.get(event.stage_completed, "?")
                     elif kind == "finished":
                         record.final = event.finished
-                    record.events.append((_seconds(event.time), kind or "", stage))
+                    record.events.append((_seconds(event.time), kind or "", stage, work_start))
                     on_event(record, kind, stage)  # type: ignore[operator]
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
@@ -520,7 +526,7 @@ def kill_verdict(kill: KillTest, records: list[JobRecord]) -> dict:
     s1_again = (
         kill.killed_at is not None
         and kill.killed_at > 0
-        and any(k == "progress" and s == "stage1" and t > kill.killed_at for t, k, s in record.events)
+        and any(k == "progress" and s == "stage1" and t > kill.killed_at for t, k, s, _ in record.events)
     )
     all_ok = all(
         r.final is not None and r.final.state == reconstruction_pb2.JOB_STATE_SUCCEEDED for r in records

@@ -39,16 +39,20 @@ def _record(
     retry_at: float | None = None,
 ):
     r = bench.JobRecord(index, t0, job_id=f"j{index}")
+    # Each stage: the gateway's dispatch marker ("start", no work start) a second before the service takes
+    # the request off its queue, then the service's progress events carrying that work start.
     r.events = [
-        (t0 + 0.1, "progress", "preprocess"),
-        (t0 + 0.5, "completed", "preprocess"),
-        (s1[0], "progress", "stage1"),
-        (s1[1], "completed", "stage1"),
-        (s2[0], "progress", "stage2"),
+        (t0 + 0.1, "progress", "preprocess", t0 + 0.1),
+        (t0 + 0.5, "completed", "preprocess", None),
+        (s1[0] - 1.0, "progress", "stage1", None),
+        (s1[0] + 0.5, "progress", "stage1", s1[0]),
+        (s1[1], "completed", "stage1", None),
+        (s2[0] - 1.0, "progress", "stage2", None),
+        (s2[0] + 0.5, "progress", "stage2", s2[0]),
     ]
     if retry_at is not None:
-        r.events += [(retry_at, "retrying", ""), (retry_at + 3.0, "progress", "stage2")]
-    r.events += [(s2[1], "completed", "stage2"), (s2[1] + 0.1, "finished", "")]
+        r.events += [(retry_at, "retrying", "", None), (retry_at + 3.0, "progress", "stage2", retry_at + 2.5)]
+    r.events += [(s2[1], "completed", "stage2", None), (s2[1] + 0.1, "finished", "", None)]
     r.final = reconstruction_pb2.Job(
         id=r.job_id,
         state=reconstruction_pb2.JOB_STATE_SUCCEEDED,
@@ -90,7 +94,13 @@ def test_serial_jobs_do_not_overlap(bench) -> None:
 
 def test_stage2_span_counts_only_the_attempt_after_the_retry(bench) -> None:
     r = _record(bench, 1, 0.0, (1, 11), (11, 30), retry_at=14.0)
-    assert r.span("stage2") == (17.0, 30)
+    assert r.span("stage2") == (16.5, 30)  # the retried attempt's work start, not the first attempt's
+
+
+def test_queue_time_counts_as_wait_not_stage_time(bench) -> None:
+    r = _record(bench, 1, 0.0, (5, 11), (20, 30))
+    assert r.span("stage1") == (5, 11)  # not the dispatch marker at 4.0
+    assert r.span("stage2") == (20, 30)
 
 
 def test_kill_verdict(bench) -> None:

@@ -198,9 +198,10 @@ class StageRuntime:
         context: grpc.ServicerContext,
         job_id: str,
         work: Callable[[Callable[[Any], None], Callable[[], bool]], R],
-        to_message: Callable[[Any], Any],
+        to_message: Callable[[Any, float], Any],
     ) -> Generator[Any, None, R]:
-        """Run ``work(report, should_stop)`` in a slot; yield ``to_message(p)`` per report; return its result.
+        """Run ``work(report, should_stop)`` in a slot; yield ``to_message(p, elapsed_s)`` per report, where
+        ``elapsed_s`` counts seconds since the slot was taken (time in the queue excluded); return its result.
 
         Never returns normally when the work did not complete: the call is aborted with the matching status.
         """
@@ -216,7 +217,8 @@ class StageRuntime:
                 running = StopSignal(context, self.shutdown.aborting)
                 try:
                     result = yield from _map_stream(
-                        stream_work(work, running, name=f"{self.name}:{job_id}"), to_message
+                        stream_work(work, running, name=f"{self.name}:{job_id}"),
+                        lambda item: to_message(item, time.monotonic() - started),
                     )
                 except WorkStopped as stopped:
                     log.info(

@@ -131,7 +131,7 @@ class PreprocessServicer(preprocess_pb2_grpc.PreprocessServiceServicer):
         chunks = upload_chunks(requests)
         blobs = receive_blobs([start.image], chunks, (INPUT,), options.max_bytes, "start.image")
         data = blobs[INPUT]
-        started = time.monotonic()
+        started = time.monotonic()  # the request's server-side wall time (queue included)
 
         def work(report: Callable[[Any], None], should_stop: Callable[[], bool]) -> PreprocessResult:
             def phase_started(phase: str) -> None:
@@ -141,10 +141,10 @@ class PreprocessServicer(preprocess_pb2_grpc.PreprocessServiceServicer):
 
             return preprocess(data, options, progress=phase_started)
 
-        def progress(phase: str) -> preprocess_pb2.PreprocessResponse:
+        def progress(phase: str, elapsed_s: float) -> preprocess_pb2.PreprocessResponse:
             return preprocess_pb2.PreprocessResponse(
                 progress=common_pb2.ProgressEvent(
-                    stage=common_pb2.STAGE_PREPROCESS, phase=phase, elapsed_seconds=time.monotonic() - started
+                    stage=common_pb2.STAGE_PREPROCESS, phase=phase, elapsed_seconds=elapsed_s
                 )
             )
 

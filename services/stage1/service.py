@@ -130,14 +130,14 @@ class Stage1Servicer(stage1_pb2_grpc.Stage1ServiceServicer):
         blobs = receive_blobs(start.inputs, upload_chunks(requests), (FRAMED, CONDITIONING), MAX_INPUT_BYTES)
         framed = decode_image(FRAMED, blobs[FRAMED], (768, 768), 4)
         conditioning = decode_image(CONDITIONING, blobs[CONDITIONING], (518, 518), 3)
-        started = time.monotonic()
+        started = time.monotonic()  # the request's server-side wall time (queue included)
 
         def work(report: Callable[[Any], None], should_stop: Callable[[], bool]) -> GeneratedViews:
             return backend.generate(
                 framed, conditioning, settings, lambda step, total: report((step, total)), should_stop
             )
 
-        def progress(item: tuple[int, int]) -> stage1_pb2.GenerateViewsResponse:
+        def progress(item: tuple[int, int], elapsed_s: float) -> stage1_pb2.GenerateViewsResponse:
             step, total = item
             return stage1_pb2.GenerateViewsResponse(
                 progress=common_pb2.ProgressEvent(
@@ -145,7 +145,7 @@ class Stage1Servicer(stage1_pb2_grpc.Stage1ServiceServicer):
                     phase="sampling",
                     step=step,
                     total_steps=total,
-                    elapsed_seconds=time.monotonic() - started,
+                    elapsed_seconds=elapsed_s,
                 )
             )
 

@@ -169,14 +169,14 @@ class Stage2Servicer(stage2_pb2_grpc.Stage2ServiceServicer):
             normals=tuple(views[f"normal_{i}.png"] for i in range(5)),
             conditioning=decode_image(CONDITIONING, blobs[CONDITIONING], (518, 518), 3),
         )
-        started = time.monotonic()
+        started = time.monotonic()  # the request's server-side wall time (queue included)
 
         def work(report: Callable[[Any], None], should_stop: Callable[[], bool]) -> Stage2Result:
             return backend.reconstruct(
                 inputs, options, lambda phase, step, total: report((phase, step, total)), should_stop
             )
 
-        def progress(item: tuple[str, int, int]) -> stage2_pb2.ReconstructResponse:
+        def progress(item: tuple[str, int, int], elapsed_s: float) -> stage2_pb2.ReconstructResponse:
             phase, step, total = item
             return stage2_pb2.ReconstructResponse(
                 progress=common_pb2.ProgressEvent(
@@ -184,7 +184,7 @@ class Stage2Servicer(stage2_pb2_grpc.Stage2ServiceServicer):
                     phase=phase,
                     step=step,
                     total_steps=total,
-                    elapsed_seconds=time.monotonic() - started,
+                    elapsed_seconds=elapsed_s,
                 )
             )
 

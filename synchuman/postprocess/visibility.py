@@ -244,6 +244,7 @@ def fill_small_holes(
     import pymeshfix
 
     tmesh = pymeshfix.PyTMesh()
+    tmesh.set_quiet(1)  # MeshFix otherwise prints a "% done" line per step to the service's stdout
     tmesh.load_array(np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int32))
     tmesh.fill_small_boundaries(nbe=max_hole_edges, refine=True)
     out_v, out_f = tmesh.return_arrays()
