@@ -6,6 +6,7 @@ The servicer only speaks the wire format; the work is done by a :class:`Stage2Ba
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -33,6 +34,8 @@ from synchuman.pipelines.stage2_types import (
     Stage2Result,
 )
 from synchuman.v1 import common_pb2, stage2_pb2, stage2_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 CONDITIONING = "conditioning.png"
 VIEWS = tuple(f"{kind}_{i}.png" for kind in ("color", "normal") for i in range(5))
@@ -192,6 +195,8 @@ class Stage2Servicer(stage2_pb2_grpc.Stage2ServiceServicer):
             result = yield from self._runtime.run_job(context, start.job_id, work, progress)
         except Stage2OutputRejected as exc:
             raise OutputRejected(exc.code, f"the reconstruction is unusable: {exc}") from exc
+        phases = {name: round(seconds, 3) for name, seconds in result.phase_seconds.items()}
+        log.info("reconstruction phases", extra={"job_id": start.job_id, "phases": phases})
         errors = result.report.errors
         if errors:
             raise OutputRejected(
