@@ -322,7 +322,7 @@ def watch(
                     elif kind == "finished":
                         record.final = event.finished
                     record.events.append((_seconds(event.time), kind or "", stage, work_start))
-                    on_event(record, kind, stage)  # type: ignore[operator]
+                    on_event(record, kind, stage, work_start is not None)  # type: ignore[operator]
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                     raise
@@ -334,7 +334,9 @@ def watch(
 
 
 class KillTest:
-    """SIGKILLs stage 2 once, when job ``job_index`` first reports stage-2 progress; times the restart."""
+    """SIGKILLs stage 2 once, when the stage-2 service first reports work on job ``job_index`` (not when the
+    gateway merely dispatches it, which may be while the job still waits in the service's queue); times the
+    restart."""
 
     def __init__(self, supervisor: Supervisor, job_index: int, address: str, delay_s: float) -> None:
         self.supervisor = supervisor
@@ -346,8 +348,8 @@ class KillTest:
         self.serving_again_s: float | None = None
         self._lock = threading.Lock()
 
-    def on_event(self, record: JobRecord, kind: str, stage: str) -> None:
-        if record.index != self.job_index or kind != "progress" or stage != "stage2":
+    def on_event(self, record: JobRecord, kind: str, stage: str, working: bool) -> None:
+        if record.index != self.job_index or kind != "progress" or stage != "stage2" or not working:
             return
         with self._lock:
             if self.killed_at is not None:
@@ -441,6 +443,11 @@ def analyse(records: list[JobRecord]) -> dict:
                 "fraction_of_stage1": seconds / max(1e-9, s1[1] - s1[0]),
             }
         )
+    # Pipelining as a whole: how much of stage 1's busy time had stage 2 busy too (on any job).
+    stage1_busy = [j["stage1_span"] for j in jobs if j["stage1_span"]]
+    stage2_busy = [j["stage2_span"] for j in jobs if j["stage2_span"]]
+    concurrent = sum(max(0.0, min(a[1], b[1]) - max(a[0], b[0])) for a in stage1_busy for b in stage2_busy)
+    stage1_total = sum(b - a for a, b in stage1_busy)
     finishes = sorted(r.finished for r in records if r.finished)
     first_submit = min(r.submitted for r in records)
     summary = {
@@ -455,6 +462,8 @@ def analyse(records: list[JobRecord]) -> dict:
         "overlap_fraction_mean": statistics.fmean(o["fraction_of_stage1"] for o in overlaps)
         if overlaps
         else 0.0,
+        "stage1_busy_s": stage1_total,
+        "stage1_concurrent_with_stage2_s": concurrent,
     }
     return {"jobs": jobs, "overlaps": overlaps, "summary": summary}
 
@@ -488,6 +497,7 @@ def markdown(result: dict, meta: dict) -> str:
             f"{_f(statistics.median(j['stage2_s'] for j in times))} | | |"
         )
     s = result["summary"]
+    concurrent, busy = s["stage1_concurrent_with_stage2_s"], s["stage1_busy_s"]
     lines += [
         "",
         "| overlap stage 1 (job k+1) with stage 2 (job k) | seconds | fraction of that stage 1 |",
@@ -506,6 +516,8 @@ def markdown(result: dict, meta: dict) -> str:
         f"| throughput (steady state, between finishes) | {_f(s['steady_jobs_per_min'], 2)} jobs/min |",
         f"| overlap stage1(k+1) / stage2(k), total | {s['overlap_s_total']:.1f} s "
         f"(mean {s['overlap_fraction_mean']:.0%} of stage 1) |",
+        f"| stage-1 work done while stage 2 worked on any job | {concurrent:.1f} s of {busy:.1f} s "
+        f"({concurrent / max(1e-9, busy):.0%}) |",
     ]
     for name, value in sorted(meta["peak_gpu"].items()):
         lines.append(f"| peak memory {name} (nvidia-smi, whole GPU) | {value / GIB:.2f} GiB |")

@@ -226,6 +226,7 @@ def test_run_jobs_against_a_gateway_double_pipelines_and_survives_the_kill(bench
     result = bench.analyse(records)
     assert result["summary"]["jobs_succeeded"] == 4
     assert result["summary"]["overlap_s_total"] > 0  # stage 1 of job k+1 ran while job k was in stage 2
+    assert 0 < result["summary"]["stage1_concurrent_with_stage2_s"] <= result["summary"]["stage1_busy_s"]
     verdict = bench.kill_verdict(kill, records)
     assert verdict["ok"], verdict["verdict"]
     assert verdict["attempts"] == {"preprocess": 1, "multiview": 1, "reconstruction": 2}
