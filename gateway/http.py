@@ -86,6 +86,20 @@ def _to_dict(message: Any) -> dict:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
+class UploadTooLarge(JobError):
+    """The request body is over the upload limit: gRPC ``INVALID_ARGUMENT``, HTTP 413 (Content Too Large)."""
+
+    http_status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the upload is larger than the limit of {limit} bytes; send a smaller photo "
+            "(the person only needs about 1000 pixels of height)",
+            bad_request("image", "too large"),
+        )
+
+
 def _error_response(error: JobError) -> JSONResponse:
     headers = {}
     for detail in error.details:
@@ -100,7 +114,8 @@ def _error_response(error: JobError) -> JSONResponse:
             "details": [{"@type": d.DESCRIPTOR.full_name, **_to_dict(d)} for d in error.details],
         }
     }
-    return JSONResponse(body, status_code=HTTP_STATUS.get(error.code, 500), headers=headers)
+    status = getattr(error, "http_status", None) or HTTP_STATUS.get(error.code, 500)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _invalid(field: str, message: str) -> JobError:
@@ -131,11 +146,7 @@ def _parse_state(text: str) -> int:
 async def _read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     slack = 64 << 10  # multipart boundaries and form fields
-    too_large = JobError(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        f"the upload is larger than the limit of {limit} bytes",
-        bad_request("image", "too large"),
-    )
+    too_large = UploadTooLarge(limit)
     if declared and declared.isdigit() and int(declared) > limit + slack:
         raise too_large
     body = bytearray()

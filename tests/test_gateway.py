@@ -455,7 +455,8 @@ def test_http_bridge_auth_limits_and_overflow(stack_factory):
         assert http.get("/healthz").status_code == 200
         auth = {"Authorization": "Bearer s3cret"}
         big = http.post("/v1/jobs", content=b"x" * 400_000, headers={**auth, "Content-Type": "image/png"})
-        assert big.status_code == 400 and "limit" in big.json()["error"]["message"]
+        assert big.status_code == 413 and "limit" in big.json()["error"]["message"]
+        assert big.json()["error"]["code"] == "INVALID_ARGUMENT"
         first = http.post("/v1/jobs", content=photo(), headers={**auth, "Content-Type": "image/png"})
         assert first.status_code == 201
         full = http.post("/v1/jobs", content=photo(), headers={**auth, "Content-Type": "image/png"})
