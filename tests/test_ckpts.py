@@ -19,7 +19,7 @@ from synchuman.checkpoints.pull import OfflineError, Sources, pull
 from synchuman.checkpoints.shapes import build_meta_model, model_shapes
 from synchuman.checkpoints.tiny_common import write_model_folder
 from synchuman.checkpoints.tiny_stage2 import write_tiny_stage2
-from synchuman.checkpoints.verify import TINY_MARKER, is_tiny, verify_tree
+from synchuman.checkpoints.verify import RANDOM_MARKER, TINY_MARKER, is_tiny, verify_tree, weights_kind
 from synchuman.cli import main
 
 
@@ -77,6 +77,22 @@ def test_tiny_tree_verifies_and_is_marked(tiny_tree: Path, capsys: pytest.Captur
     assert main(["ckpts", "verify", str(tiny_tree)]) == 0
     out = capsys.readouterr().out
     assert "tiny random weights" in out and "SLatMeshDecoder" in out
+
+
+def test_random_benchmark_tree_is_never_taken_for_real_weights(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A verified tree carrying make-random's marker is named as random by verify and ensure (no pull)."""
+    assert weights_kind(tree) == "tiny random"
+    (tree / TINY_MARKER).unlink()
+    assert weights_kind(tree) == "real"
+    (tree / RANDOM_MARKER).write_text("{}\n")
+    assert weights_kind(tree) == "full-size random"
+    assert main(["ckpts", "verify", str(tree)]) == 0
+    assert "(full-size random weights)" in capsys.readouterr().out
+    said: list[str] = []
+    assert ensure_mod.ensure(tree, sources=sources_at("http://127.0.0.1:9/"), say=said.append) == "random"
+    assert "FULL-SIZE RANDOM" in said[0] and "MEANINGLESS" in said[0]
 
 
 def test_tiny_stage2_pipeline_has_real_sampler_settings(stage2_tree: Path) -> None:

@@ -29,16 +29,13 @@ class Stage1PipelineBackend:
     def load(cls, root: Path | None, device: str, dtype: str) -> Stage1PipelineBackend:
         """Verify (every problem listed at once) and load the stage-1 checkpoints under ``root``."""
         from synchuman.checkpoints.layout import CheckpointLayout, default_root
-        from synchuman.checkpoints.verify import is_tiny, require_verified
+        from synchuman.checkpoints.verify import require_verified, weights_label
         from synchuman.pipelines.stage1 import Stage1Pipeline
 
         layout = CheckpointLayout(root or default_root())
         require_verified(layout.root, ("dinov2", "stage1"))
         pipeline = Stage1Pipeline.from_checkpoints(layout, device=device, dtype=dtype)
-        weights = (
-            "tiny random weights (selftest)" if is_tiny(layout.root) else "SyncHuman (xishushu/SyncHuman)"
-        )
-        info = BackendInfo(str(layout.root), weights, device, dtype)
+        info = BackendInfo(str(layout.root), weights_label(layout.root), device, dtype)
         return cls(pipeline, info, pipeline.voxel_resolution)
 
     def warm_up(self) -> None:

@@ -1,6 +1,7 @@
 """``synchuman ckpts ensure`` (run by ``make serve``): make sure a usable checkpoint tree exists.
 
-1. The tree verifies and holds real weights: nothing to do.
+1. The tree verifies and holds real weights: nothing to do. A verified tree of full-size random benchmark
+   weights (``make-random``) is kept and named as such in a warning.
 2. Otherwise pull the real weights.
 3. Offline: write tiny random checkpoints (unless ``allow_tiny`` is false) and print a loud banner saying that
    outputs will be meaningless. A tree holding (partial) real weights is never overwritten with tiny ones.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from synchuman.checkpoints.layout import CheckpointLayout
 from synchuman.checkpoints.pull import OfflineError, Sources, pull
-from synchuman.checkpoints.verify import Finding, is_tiny, verify_tree
+from synchuman.checkpoints.verify import Finding, is_tiny, verify_tree, weights_kind
 
 BANNER = """
 ################################################################################################
@@ -22,6 +23,11 @@ BANNER = """
 ##  this installation only proves that the services start and answer.                        ##
 ##  Get the real weights with `synchuman ckpts pull` on a machine with network access.        ##
 ################################################################################################
+"""
+
+RANDOM_BANNER = """
+WARNING: {root} holds FULL-SIZE RANDOM weights (written by `synchuman ckpts make-random` for benchmarks).
+Every output will be MEANINGLESS. Replace them with `synchuman ckpts pull --force --root {root}`.
 """
 
 
@@ -47,12 +53,16 @@ def ensure(
     connect_timeout_s: float = 5.0,
     say: Callable[[str], None] = print,
 ) -> str:
-    """Make ``root`` hold a verified tree; returns ``"real"`` or ``"tiny"``. Raises :class:`EnsureError`."""
+    """Make ``root`` hold a verified tree; returns ``"real"``, ``"random"`` or ``"tiny"``. Raises
+    :class:`EnsureError`."""
     root = Path(root)
     errors = _errors(verify_tree(root))
-    if not errors and not is_tiny(root):
+    if not errors and weights_kind(root) == "real":
         say(f"checkpoints in {root} verified")
         return "real"
+    if not errors and weights_kind(root) == "full-size random":
+        say(RANDOM_BANNER.format(root=root))
+        return "random"
     try:
         warnings = pull(root, sources, connect_timeout_s, say=say)
     except OfflineError as exc:

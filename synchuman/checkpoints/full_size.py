@@ -30,7 +30,7 @@ from synchuman.checkpoints.loading import CONFIG_NAME, WEIGHTS_NAME
 from synchuman.checkpoints.shapes import build_meta_model
 from synchuman.checkpoints.tiny_common import randomize_, write_json
 from synchuman.checkpoints.tiny_stage2 import GAUSSIAN_REPRESENTATION, LATENT_CHANNELS, pipeline_config
-from synchuman.checkpoints.verify import TINY_MARKER
+from synchuman.checkpoints.verify import RANDOM_MARKER, TINY_MARKER
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 RANDOM_NOTICE = (
@@ -259,7 +259,7 @@ def write_random_tree(
             write_json(layout.stage2_pipeline, pipeline_config(mean, std))
     (layout.root / TINY_MARKER).unlink(missing_ok=True)
     (layout.root / "RANDOM_WEIGHTS.txt").write_text(RANDOM_NOTICE)
-    (layout.root / "RANDOM_WEIGHTS.json").write_text(
+    (layout.root / RANDOM_MARKER).write_text(
         json.dumps({"dtype": str(dtype).removeprefix("torch."), "seed": seed, "parts": list(parts)}) + "\n"
     )
     return total

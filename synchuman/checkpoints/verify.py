@@ -27,6 +27,8 @@ from synchuman.checkpoints.shapes import build_meta_model, compare_shapes, file_
 
 #: Marker file written by ``make-tiny``: its presence means the weights are random.
 TINY_MARKER = "TINY_RANDOM_WEIGHTS.txt"
+#: Marker file written by ``make-random`` (full-size models, random weights, for benchmarks).
+RANDOM_MARKER = "RANDOM_WEIGHTS.json"
 LATENT_CHANNELS = 8
 PROMPT_VIEWS = 7
 
@@ -235,6 +237,23 @@ def verify_tree(root: Path, sections: tuple[str, ...] = tuple(SECTIONS)) -> list
 def is_tiny(root: Path) -> bool:
     """True when ``root`` holds the random tiny checkpoints written by ``make-tiny``."""
     return (Path(root) / TINY_MARKER).is_file()
+
+
+def weights_kind(root: Path) -> str:
+    """``"tiny random"`` (``make-tiny``), ``"full-size random"`` (``make-random``) or ``"real"``."""
+    if is_tiny(root):
+        return "tiny random"
+    if (Path(root) / RANDOM_MARKER).is_file():
+        return "full-size random"
+    return "real"
+
+
+def weights_label(root: Path) -> str:
+    """What a service reports as its weights (``ServiceInfo``, logs), random trees named as such."""
+    return {
+        "tiny random": "tiny random weights (selftest; outputs are meaningless)",
+        "full-size random": "full-size random weights (benchmark; outputs are meaningless)",
+    }.get(weights_kind(root), "SyncHuman (xishushu/SyncHuman)")
 
 
 

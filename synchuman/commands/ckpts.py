@@ -87,11 +87,11 @@ def _print_findings(findings: list, quiet: bool) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     """0 when the tree verifies, 1 otherwise."""
-    from synchuman.checkpoints.verify import is_tiny, verify_tree
+    from synchuman.checkpoints.verify import verify_tree, weights_kind
 
     root = args.dir or _root_default()
     errors = _print_findings(verify_tree(root), args.quiet)
-    kind = "tiny random" if is_tiny(root) else "real"
+    kind = weights_kind(root)
     if errors:
         print(f"{root}: {errors} problem(s)")
         return 1

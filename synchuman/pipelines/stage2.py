@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from synchuman.checkpoints.layout import CheckpointLayout, default_root
-from synchuman.checkpoints.verify import is_tiny, require_verified
+from synchuman.checkpoints.verify import require_verified, weights_label
 from synchuman.pipelines.stage2_models import Stage2Models, load_stage2_models
 from synchuman.pipelines.stage2_types import (
     OutputReport,
@@ -111,9 +111,7 @@ class Stage2Pipeline:
         from synchuman.models.dinov2 import DinoV2Encoder
 
         dinov2 = DinoV2Encoder.from_checkpoints(layout, device=device, dtype=dtype)
-        tiny = is_tiny(layout.root)
-        weights = "tiny random weights (selftest)" if tiny else "SyncHuman (xishushu/SyncHuman)"
-        info = PipelineInfo(str(layout.root), weights, str(device), str(dtype))
+        info = PipelineInfo(str(layout.root), weights_label(layout.root), str(device), str(dtype))
         return cls(models, dinov2, info, render_views, render_resolution)
 
     # -- one request ---------------------------------------------------------------------------------------
