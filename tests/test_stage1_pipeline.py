@@ -112,3 +112,55 @@ def test_missing_prompt_embeddings_named_at_load(layout: CheckpointLayout, tmp_p
     broken.color_prompt_embeds.unlink()
     with pytest.raises(CheckpointError, match="clr_embeds.pt"):
         Stage1Pipeline.from_checkpoints(broken, device="cpu", dtype="fp32")
+
+
+def _write_tiny_text_encoder(layout: CheckpointLayout, width: int, tokens: int) -> None:
+    """A character-level CLIP tokenizer (no merges: every word is spelt letter by letter) and a one-layer CLIP
+    text model of the tiny width, in the folders the pipeline reads."""
+    import json
+    import string
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    symbols = list(string.ascii_lowercase + string.digits + ",.-")
+    names = ["<|startoftext|>", "<|endoftext|>", *symbols, *(f"{c}</w>" for c in symbols)]
+    layout.tokenizer.mkdir(parents=True)
+    vocab, merges = layout.tokenizer / "vocab.json", layout.tokenizer / "merges.txt"
+    vocab.write_text(json.dumps({name: i for i, name in enumerate(names)}))
+    merges.write_text("#version: 0.2\n")
+    CLIPTokenizer(str(vocab), str(merges), model_max_length=tokens).save_pretrained(str(layout.tokenizer))
+    config = CLIPTextConfig(
+        vocab_size=len(names),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=tokens,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    torch.manual_seed(0)
+    CLIPTextModel(config).save_pretrained(str(layout.text_encoder))
+
+
+def test_prompt_embeddings_computed_when_only_the_text_encoder_is_there(
+    layout: CheckpointLayout, tmp_path: Path
+) -> None:
+    from synchuman.checkpoints.tiny_stage1 import CROSS_ATTENTION_DIM, PROMPT_TOKENS
+    from synchuman.checkpoints.verify import verify_tree
+    from synchuman.pipelines.stage1 import load_prompt_embeds
+
+    root = Path(shutil.copytree(layout.root, tmp_path / "ckpts"))
+    computed = CheckpointLayout(root)
+    computed.normal_prompt_embeds.unlink()
+    computed.color_prompt_embeds.unlink()
+    assert any(f.fatal for f in verify_tree(root))  # neither the files nor a way to compute them
+    _write_tiny_text_encoder(computed, CROSS_ATTENTION_DIM, PROMPT_TOKENS)
+    findings = verify_tree(root)
+    assert not [f for f in findings if f.fatal], [str(f) for f in findings if f.fatal]
+    assert any("computed at start-up" in str(f) for f in findings)
+    embeds = load_prompt_embeds(computed)
+    assert embeds.shape == (10, PROMPT_TOKENS, CROSS_ATTENTION_DIM) and torch.isfinite(embeds).all()
+    assert not torch.equal(embeds[0], embeds[5])  # normal and colour prompts differ
+    Stage1Pipeline.from_checkpoints(computed, device="cpu", dtype="fp32")

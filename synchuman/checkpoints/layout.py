@@ -87,6 +87,11 @@ class CheckpointLayout:
         return self.stage1 / "text_encoder"
 
     @property
+    def tokenizer(self) -> Path:
+        """CLIP tokenizer files; with :attr:`text_encoder`, lets the fixed prompt embeddings be computed."""
+        return self.stage1 / "tokenizer"
+
+    @property
     def feature_extractor_config(self) -> Path:
         return self.stage1 / "feature_extractor" / "preprocessor_config.json"
 

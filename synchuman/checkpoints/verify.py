@@ -145,9 +145,19 @@ def _check_stage1(c: _Checker) -> None:
         c.error(lay.feature_extractor_config, "no 'crop_size' (not a CLIPImageProcessor config?)")
     c.model(lay.ss_decoder)
     width = _args(diffusion).get("cross_attention_dim")
+    computable = lay.text_encoder.is_dir() and lay.tokenizer.is_dir() and any(lay.tokenizer.iterdir())
     for path in (lay.normal_prompt_embeds, lay.color_prompt_embeds):
+        if not path.is_file() and computable:
+            encoder = c.rel(lay.text_encoder)
+            c.warn(path, f"missing; computed at start-up from the view prompts with {encoder}")
+            continue
         if not path.is_file():
-            c.error(path, "missing (fixed prompt embeddings)")
+            c.error(
+                path,
+                "missing (fixed prompt embeddings): copy them from PSHuman's "
+                "mvdiffusion/data/fixed_prompt_embeds_7view (`synchuman ckpts pull` does), or provide "
+                f"{c.rel(lay.tokenizer)} and {c.rel(lay.text_encoder)} so they can be computed",
+            )
             continue
         try:
             shape = file_shapes(path).get("")

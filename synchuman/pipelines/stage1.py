@@ -117,7 +117,7 @@ def load_prompt_embeds(layout: CheckpointLayout) -> torch.Tensor:
                 raise CheckpointError(f"{path}: expected a tensor [7, tokens, D]")
             rows.append(embeds[list(PROMPT_ROWS)].float())
         return torch.cat(rows)
-    tokenizer_dir = layout.stage1 / "tokenizer"
+    tokenizer_dir = layout.tokenizer
     if not (tokenizer_dir.is_dir() and layout.text_encoder.is_dir()):
         names = ", ".join(str(p) for p in missing)
         raise CheckpointError(
