@@ -26,10 +26,6 @@ from synchuman.v1 import (
 
 pytestmark = pytest.mark.slow
 
-# The whole chain needs the gateway (helper E) and the stage-1 pipeline (helper B); until both are in the tree
-# these tests are skipped with that reason (the stage-2 process tests in test_e2e_stage2_process.py run now).
-pytest.importorskip("gateway.main", reason="the gateway (gateway/main.py) is not in the tree yet")
-pytest.importorskip("synchuman.pipelines.stage1", reason="the stage-1 pipeline is not in the tree yet")
 
 
 def small_options(steps1: int = 2, steps2: int = 2) -> common_pb2.JobOptions:

@@ -2,8 +2,8 @@
 
 The adapter expects ``Stage1Pipeline.from_checkpoints(layout, device=, dtype=)``, its ``voxel_resolution``,
 and ``run(framed, conditioning, *, seed, steps, guidance_scale, callback, should_stop)`` returning an object
-with ``colors`` / ``normals`` (5 uint8 ``[768, 768, 3]`` each) and ``coords`` (int ``[N, 3]``). The stage-1
-pipeline is helper B's; this file is the only place to adapt when its interface differs.
+with ``colors`` / ``normals`` (5 uint8 ``[768, 768, 3]`` each) and ``coords`` (int ``[N, 3]``); this file is
+the one place that binds the service to that interface.
 """
 
 from __future__ import annotations
