@@ -285,7 +285,11 @@ def test_pull_offline_times_out_on_unanswered_connect(tmp_path: Path, monkeypatc
 def test_probe_is_bounded_when_name_lookup_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
     from synchuman.checkpoints.pull import probe
 
-    monkeypatch.setattr(socket, "create_connection", lambda address, timeout: time.sleep(3))
+    def slow_lookup(address: tuple[str, int], timeout: float) -> socket.socket:
+        time.sleep(3)  # a name lookup that ignores the connect timeout
+        raise socket.gaierror("name lookup gave up")
+
+    monkeypatch.setattr(socket, "create_connection", slow_lookup)
     start = time.monotonic()
     with pytest.raises(OfflineError, match=r"a.invalid:443 \(no answer\), b.invalid:80 \(no answer\)"):
         probe(["https://a.invalid/x", "http://b.invalid/y"], timeout_s=0.3)
