@@ -105,7 +105,11 @@ class _Bars:
             self.close()
             self.key = key
             label = f"{STAGE_NAMES.get(event.stage, '?')} {event.phase}".strip()
-            self.bar = tqdm(total=event.total_steps or None, desc=label, unit="step", leave=True)
+            if event.message:
+                label += f" ({event.message})"
+            # A phase without steps shows only its running time, not an empty step counter.
+            stepless = {} if event.total_steps else {"bar_format": "{desc}: {elapsed}"}
+            self.bar = tqdm(total=event.total_steps or None, desc=label, unit="step", leave=True, **stepless)
         assert self.bar is not None
         if event.total_steps:
             self.bar.n = event.step

@@ -127,7 +127,8 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         IN_FLIGHT.labels(self.server, method).dec()
         REQUESTS.labels(self.server, method, code.name).inc()
         DURATION.labels(self.server, method).observe(seconds)
-        if method in QUIET_METHODS and code is grpc.StatusCode.OK:
+        quiet = method in QUIET_METHODS  # polled by health checkers: NOT_FOUND while starting is normal
+        if quiet and code is grpc.StatusCode.OK:
             return
         fields = {
             "server": self.server,
@@ -142,7 +143,8 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         details = context.details() if hasattr(context, "details") else None
         if details and code is not grpc.StatusCode.OK:
             fields["details"] = details if isinstance(details, str) else details.decode("utf-8", "replace")
-        log.log(logging.INFO if code is grpc.StatusCode.OK else logging.WARNING, "rpc finished", extra=fields)
+        level = logging.DEBUG if quiet else logging.INFO if code is grpc.StatusCode.OK else logging.WARNING
+        log.log(level, "rpc finished", extra=fields)
 
     def _wrap_unary(self, behaviour: Callable[[Any, grpc.ServicerContext], Any], method: str) -> Callable:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
