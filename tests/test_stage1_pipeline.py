@@ -164,3 +164,25 @@ def test_prompt_embeddings_computed_when_only_the_text_encoder_is_there(
     assert embeds.shape == (10, PROMPT_TOKENS, CROSS_ATTENTION_DIM) and torch.isfinite(embeds).all()
     assert not torch.equal(embeds[0], embeds[5])  # normal and colour prompts differ
     Stage1Pipeline.from_checkpoints(computed, device="cpu", dtype="fp32")
+
+
+def test_service_compile_option_compiles_the_diffusion_model(
+    layout: CheckpointLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`synchuman serve stage1 --compile` reaches Stage1Pipeline.accelerate (the compile itself is not run
+    here: minutes on a CPU); without the flag the model stays eager."""
+    import argparse
+
+    from services.stage1 import main as stage1_main
+    from services.stage1.backend import Stage1PipelineBackend
+
+    calls: list[dict] = []
+    monkeypatch.setattr(Stage1Pipeline, "accelerate", lambda self, **kw: calls.append(kw))
+    parser = argparse.ArgumentParser()
+    stage1_main.add_arguments(parser)
+    assert parser.parse_args([]).compile is False
+    assert parser.parse_args(["--compile"]).compile is True
+    Stage1PipelineBackend.load(layout.root, "cpu", "fp32")
+    assert calls == []
+    Stage1PipelineBackend.load(layout.root, "cpu", "fp32", compile_model=True)
+    assert calls == [{"compile_model": True}]

@@ -26,8 +26,11 @@ class Stage1PipelineBackend:
         self.voxel_resolution = voxel_resolution
 
     @classmethod
-    def load(cls, root: Path | None, device: str, dtype: str) -> Stage1PipelineBackend:
-        """Verify (every problem listed at once) and load the stage-1 checkpoints under ``root``."""
+    def load(
+        cls, root: Path | None, device: str, dtype: str, compile_model: bool = False
+    ) -> Stage1PipelineBackend:
+        """Verify (every problem listed at once) and load the stage-1 checkpoints under ``root``;
+        ``compile_model``: ``torch.compile`` the diffusion model (compiled by the warm-up call)."""
         from synchuman.checkpoints.layout import CheckpointLayout, default_root
         from synchuman.checkpoints.verify import require_verified, weights_label
         from synchuman.pipelines.stage1 import Stage1Pipeline
@@ -35,6 +38,8 @@ class Stage1PipelineBackend:
         layout = CheckpointLayout(root or default_root())
         require_verified(layout.root, ("dinov2", "stage1"))
         pipeline = Stage1Pipeline.from_checkpoints(layout, device=device, dtype=dtype)
+        if compile_model:
+            pipeline.accelerate(compile_model=True)
         info = BackendInfo(str(layout.root), weights_label(layout.root), device, dtype)
         return cls(pipeline, info, pipeline.voxel_resolution)
 

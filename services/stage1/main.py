@@ -18,8 +18,15 @@ SERVICE_NAME = "synchuman.v1.Stage1Service"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the stage-2 service."""
+    """Options of the stage-1 service."""
     add_stage_arguments(parser, DEFAULT_PORT)
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the 2D-3D diffusion model at start-up: the warm-up compiles it (minutes on a "
+        "GPU; the service stays NOT_SERVING meanwhile), then the 50-step loop runs ~30 %% faster "
+        "(bench/RESULTS.md: 12.9 s -> 9.0 s on an H100)",
+    )
 
 
 def build_spec(args: argparse.Namespace) -> StageSpec:
@@ -32,7 +39,8 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
     def load_backend() -> object:
         from services.stage1.backend import Stage1PipelineBackend
 
-        return Stage1PipelineBackend.load(Path(args.ckpts) if args.ckpts else None, device, dtype)
+        root = Path(args.ckpts) if args.ckpts else None
+        return Stage1PipelineBackend.load(root, device, dtype, compile_model=args.compile)
 
     return StageSpec(
         name="stage1",
