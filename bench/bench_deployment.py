@@ -99,6 +99,7 @@ def launch(
         data_dir=data_dir,
         log_level=args.log_level,
         stage_args=["--max-queue", str(max(8, args.jobs))],
+        stage1_args=["--compile"] if args.stage1_compile else [],
     )
     visible = {"preprocess": "", "gateway": "", "stage1": "", "stage2": ""}
     if args.device != "cpu":
@@ -608,6 +609,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=3,
         help="SIGKILL stage 2 while this job (1-based) is in stage 2; 0 = no kill test (default 3)",
+    )
+    p.add_argument(
+        "--stage1-compile", action="store_true", help="start stage 1 with --compile (torch.compile warm-up)"
     )
     p.add_argument("--kill-delay", type=float, default=0.5, help="seconds after its first stage-2 event")
     p.add_argument(

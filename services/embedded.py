@@ -37,7 +37,8 @@ class EmbeddedConfig:
 
     ``ports``: per service name (see :data:`DEFAULT_PORTS`); ``ckpts``: checkpoint root (None: default);
     ``data_dir``: the gateway's job and artifact store; ``stage_args``: extra options for both GPU stages
-    (e.g. ``["--max-queue", "8"]``); ``env``: extra environment for every child.
+    (e.g. ``["--max-queue", "8"]``); ``stage1_args``: extra options for stage 1 only (e.g. ``["--compile"]``);
+    ``env``: extra environment for every child.
     """
 
     host: str = "127.0.0.1"
@@ -48,6 +49,7 @@ class EmbeddedConfig:
     data_dir: Path | None = None
     log_level: str = "INFO"
     stage_args: list[str] = field(default_factory=list)
+    stage1_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -83,7 +85,10 @@ def child_specs(config: EmbeddedConfig) -> list[ChildSpec]:
         )
     ]
     for stage in ("stage1", "stage2"):
-        argv = _cli(config, stage, "--address", config.address(stage), *ckpts, *device, *config.stage_args)
+        own = config.stage1_args if stage == "stage1" else []
+        argv = _cli(
+            config, stage, "--address", config.address(stage), *ckpts, *device, *config.stage_args, *own
+        )
         specs.append(ChildSpec(stage, argv, config.address(stage), HEALTH_SERVICES[stage], config.env))
     gateway = _cli(
         config,

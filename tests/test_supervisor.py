@@ -94,3 +94,18 @@ def test_embedded_children_share_the_configured_addresses(tmp_path):
     assert stage1[stage1.index("--ckpts") + 1] == str(tmp_path / "ck")
     assert stage1[stage1.index("--device") + 1] == "cpu"
     assert "--segmentation-dir" in specs["preprocess"].argv
+
+
+def test_stage1_only_options_reach_stage1_only(tmp_path):
+    config = EmbeddedConfig.with_free_ports(stage_args=["--max-queue", "3"], stage1_args=["--compile"])
+    specs = {s.name: s.argv for s in child_specs(config)}
+    assert "--compile" in specs["stage1"] and "--compile" not in specs["stage2"]
+    assert all(argv[argv.index("--max-queue") + 1] == "3" for argv in (specs["stage1"], specs["stage2"]))
+    import argparse
+
+    from services.stage1.main import add_arguments  # the stage-1 server accepts what it is given
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    serve_at = specs["stage1"].index("stage1") + 1
+    assert parser.parse_args(specs["stage1"][serve_at:]).compile is True

@@ -47,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     embedded.add_argument("--dtype", default="auto", help="precision of the GPU stages (default: auto)")
     embedded.add_argument("--host", default="127.0.0.1", help="interface every service listens on")
     embedded.add_argument("--data-dir", metavar="DIR", help="the gateway's job and artifact store")
+    embedded.add_argument(
+        "--compile",
+        action="store_true",
+        help="stage 1 compiles its diffusion model at start-up (`serve stage1 --compile`)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -90,6 +95,7 @@ def _run_all(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         log_level=args.log_level,
+        stage1_args=["--compile"] if args.compile else [],
     )
     specs = child_specs(config)
     supervisor = Supervisor(specs)
