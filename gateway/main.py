@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--auth-token",
         default=os.environ.get("SYNCHUMAN_GATEWAY_AUTH_TOKEN", ""),
-        help="bearer token the HTTP bridge requires (default: $SYNCHUMAN_GATEWAY_AUTH_TOKEN; empty: none)",
+        help="bearer token that gRPC calls and the HTTP bridge require (default: "
+        "$SYNCHUMAN_GATEWAY_AUTH_TOKEN; empty: none)",
     )
     parser.add_argument("--max-upload-bytes", type=int, default=32 << 20, help="largest photo accepted")
     parser.add_argument(

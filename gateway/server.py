@@ -23,6 +23,7 @@ from gateway.manager import JobManager, ManagerSettings, RetryPolicy
 from gateway.service import ReconstructionServicer
 from gateway.stages import StageClients, StageTargets
 from gateway.store import open_job_store
+from services.common.auth import BearerTokenInterceptor
 from services.common.observability import ObservabilityInterceptor
 from synchuman.v1 import reconstruction_pb2_grpc
 
@@ -34,7 +35,8 @@ SERVICE_NAME = "synchuman.v1.ReconstructionService"
 @dataclass
 class GatewayConfig:
     """Everything the gateway needs. ``http_address`` empty: no HTTP bridge. ``database_url`` empty:
-    ``DATA_DIR/jobs.sqlite3``. ``auth_token``: bearer token required by the HTTP bridge (empty: open).
+    ``DATA_DIR/jobs.sqlite3``. ``auth_token``: bearer token required on gRPC (health and reflection
+    excepted) and by the HTTP bridge (empty: open).
     """
 
     address: str = "127.0.0.1:50051"
@@ -74,7 +76,10 @@ class Gateway:
                 ("grpc.max_send_message_length", 4 << 20),
             ],
             maximum_concurrent_rpcs=256,
-            interceptors=(ObservabilityInterceptor("gateway"),),
+            interceptors=(
+                ObservabilityInterceptor("gateway"),
+                *((BearerTokenInterceptor(config.auth_token),) if config.auth_token else ()),
+            ),
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
+from services.common.auth import authorized_channel
 from services.common.stage_io import blob_chunks, blob_header
 from services.embedded import EmbeddedConfig, start_embedded
 from services.supervisor import Supervisor, health_status
@@ -129,16 +130,18 @@ def reconstruct_photo(
     extras: list[str] | tuple[str, ...] = (),
     timeout_s: float = 3600.0,
     progress: bool = True,
+    token: str = "",
 ) -> Outcome:
     """Submit ``photo``, follow the job to its end, write the GLB to ``output`` and extras beside it.
 
-    Raises :class:`GatewayUnavailable` when nothing answers at ``gateway``.
+    Raises :class:`GatewayUnavailable` when nothing answers at ``gateway``. ``token``: the gateway's bearer
+    token, when it requires one.
     """
     if health_status(gateway, timeout_s=2.0) is None:
         raise GatewayUnavailable(f"no gateway answers at {gateway}")
     started = time.monotonic()
     with grpc.insecure_channel(gateway) as channel:
-        stub = reconstruction_pb2_grpc.ReconstructionServiceStub(channel)
+        stub = reconstruction_pb2_grpc.ReconstructionServiceStub(authorized_channel(channel, token))
         try:
             job = stub.SubmitJob(_upload(photo, options), timeout=120).job
         except grpc.RpcError as exc:

@@ -155,3 +155,9 @@ def test_commands_parse_with_the_real_cli(config: dict, name: str) -> None:
         module.add_arguments(parser)
         options = parser.parse_args(args.options)
         assert options.address == f"0.0.0.0:{listen_port(service)}"
+
+
+def test_gateway_token_is_passed_through(config) -> None:
+    environment = config["services"]["gateway"]["environment"]
+    assert "SYNCHUMAN_GATEWAY_AUTH_TOKEN" in environment
+    assert environment["SYNCHUMAN_CKPTS"] == "/ckpts"

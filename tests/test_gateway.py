@@ -467,6 +467,39 @@ def test_http_bridge_auth_limits_and_overflow(stack_factory):
         assert cancelled.status_code == 200 and cancelled.json()["job"]["state"] == "JOB_STATE_CANCELLED"
 
 
+def test_grpc_requires_the_token_except_health_and_reflection(stack_factory):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    from services.common.auth import authorized_channel
+
+    stack = stack_factory(auth_token="s3cret")
+    with grpc.insecure_channel(stack.gateway.address) as channel:
+        anonymous = reconstruction_pb2_grpc.ReconstructionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            anonymous.ListJobs(R.ListJobsRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "no token" in refused.value.details() and "Bearer" in refused.value.details()
+        with pytest.raises(grpc.RpcError) as streamed:  # a streaming call is refused the same way
+            list(anonymous.WatchJob(R.WatchJobRequest(job_id="x"), timeout=10))
+        assert streamed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        wrong = reconstruction_pb2_grpc.ReconstructionServiceStub(authorized_channel(channel, "nope"))
+        with pytest.raises(grpc.RpcError) as denied:
+            wrong.ListJobs(R.ListJobsRequest(), timeout=10)
+        assert (
+            denied.value.code() == grpc.StatusCode.UNAUTHENTICATED and "wrong token" in denied.value.details()
+        )
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+        assert "synchuman.v1.ReconstructionService" in services
+        allowed = reconstruction_pb2_grpc.ReconstructionServiceStub(authorized_channel(channel, "s3cret"))
+        job = allowed.SubmitJob(upload(photo()), timeout=30).job
+        assert allowed.GetJob(R.GetJobRequest(job_id=job.id), timeout=10).job.id == job.id
+
+
 def test_buf_curl_lists_services_and_checks_health(stack_factory):
     buf = require_tool(REPO_ROOT / "node_modules" / ".bin" / "buf", "buf (npm @bufbuild/buf)")
     stack = stack_factory()

@@ -12,6 +12,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from PIL import Image
 
+from services.common.auth import BearerTokenInterceptor
 from services.common.stage_io import blob_chunks, blob_header
 from synchuman.cli import main
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
@@ -82,10 +83,12 @@ class FakeGateway(reconstruction_pb2_grpc.ReconstructionServiceServicer):
             yield reconstruction_pb2.GetArtifactResponse(chunk=chunk)
 
 
-@pytest.fixture
-def gateway():
+@pytest.fixture(params=[""], ids=["open"])
+def gateway(request):
+    """The fake gateway on a real gRPC server; ``request.param``: the bearer token it requires ("" none)."""
     fake = FakeGateway()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    interceptors = (BearerTokenInterceptor(request.param),) if request.param else ()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=interceptors)
     reconstruction_pb2_grpc.add_ReconstructionServiceServicer_to_server(fake, server)
     status = health.HealthServicer()
     status.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -185,6 +188,21 @@ def test_a_failed_job_is_a_one_line_error(gateway, photo, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "JOB_STATE_FAILED" in err and "TINY_MESH" in err
     assert not (tmp_path / "x.glb").exists()
+
+
+@pytest.mark.parametrize("gateway", ["s3cret"], indirect=True, ids=["token"])
+def test_token_from_the_environment_reaches_a_gateway_that_requires_it(
+    gateway, photo, tmp_path, capsys, monkeypatch
+):
+    _, address = gateway
+    argv = ["reconstruct", str(photo), "-o", str(tmp_path / "p.glb"), "--gateway", address]
+    argv += ["--start-servers", "never", "--quiet"]
+    assert main(argv) == 2  # no token: refused with the reason and what to send
+    err = capsys.readouterr().err
+    assert "refused" in err and "no token" in err and "authorization: Bearer" in err
+    monkeypatch.setenv("SYNCHUMAN_GATEWAY_AUTH_TOKEN", "s3cret")
+    assert main(argv) == 0
+    assert (tmp_path / "p.glb").is_file()
 
 
 def test_no_gateway_and_never_start_says_how_to_start_it(photo, tmp_path, capsys):

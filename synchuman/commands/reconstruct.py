@@ -8,6 +8,7 @@ duration of the command (``always``: start them even if a gateway runs; ``never`
 from __future__ import annotations
 
 import argparse
+import os
 
 OUTPUT_CHOICES = {"ply": "gaussians.ply", "obj": "mesh_obj.zip", "views": "multiview"}
 
@@ -22,6 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("photo", metavar="PHOTO", help="photo of one person (JPEG, PNG, WebP, ...)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.glb", help="where to write the GLB")
     parser.add_argument("--gateway", default="127.0.0.1:50051", help="gateway gRPC address (host:port)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("SYNCHUMAN_GATEWAY_AUTH_TOKEN", ""),
+        help="the gateway's bearer token, when it requires one (default: $SYNCHUMAN_GATEWAY_AUTH_TOKEN)",
+    )
     parser.add_argument(
         "--start-servers",
         choices=("auto", "always", "never"),
@@ -119,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
                     extras=[OUTPUT_CHOICES[name] for name in dict.fromkeys(args.extra)],
                     timeout_s=args.timeout,
                     progress=not args.quiet,
+                    token=args.token,
                 )
                 break
             except GatewayUnavailable as exc:
