@@ -70,6 +70,11 @@ class ArtifactStore:
         """The file's bytes; ``FileNotFoundError`` when it does not exist."""
         return self._path(job_id, name).read_bytes()
 
-    def remove_job(self, job_id: str) -> None:
-        """Delete every file of ``job_id``."""
-        shutil.rmtree(self.root / job_id, ignore_errors=True)
+    def remove_job(self, job_id: str) -> int:
+        """Delete every file of ``job_id``; returns how many there were."""
+        if not _JOB_ID.match(job_id):
+            raise ValueError(f"invalid job id {job_id!r}")
+        folder = self.root / job_id
+        count = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+        shutil.rmtree(folder, ignore_errors=True)
+        return count

@@ -235,6 +235,11 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
     def cancel_job(job_id: str) -> dict:
         return {"job": _to_dict(manager.cancel(job_id))}
 
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"], dependencies=auth)
+    def delete_job(job_id: str) -> dict:
+        """Delete a finished job, its events and files (409 while it is queued or running)."""
+        return {"deleted_artifacts": manager.delete(job_id)}
+
     @app.get("/v1/jobs/{job_id}/artifacts/{name}", tags=["jobs"], dependencies=auth, response_class=Response)
     def artifact(job_id: str, name: str) -> Response:
         header, data = manager.artifact(job_id, name)

@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stage-timeout", type=float, default=1800.0, metavar="SECONDS", help="deadline of one stage call"
     )
     parser.add_argument("--max-attempts", type=int, default=20, help="attempts per stage before a job fails")
+    parser.add_argument(
+        "--retention-hours",
+        type=float,
+        default=168.0,
+        help="delete finished jobs (record, photo, outputs) this long after submission (default 168 = "
+        "7 days; 0: keep until DeleteJob)",
+    )
 
 
 def _with_port(address: str, port: int | None) -> str:
@@ -85,6 +92,7 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201 - gateway.server
         workers=args.workers,
         stage_timeout_s=args.stage_timeout,
         retry=RetryPolicy(max_attempts=args.max_attempts),
+        retention_s=args.retention_hours * 3600.0,
     )
 
 

@@ -104,13 +104,16 @@ class RetryPolicy:
 @dataclass(frozen=True)
 class ManagerSettings:
     """``max_pending_jobs``: queued + running jobs before submissions get RESOURCE_EXHAUSTED; ``workers``:
-    jobs worked on at once (each waits in the stage services' own queues); ``max_upload_bytes``: photo limit.
+    jobs worked on at once (each waits in the stage services' own queues); ``max_upload_bytes``: photo limit;
+    ``retention_s``: finished jobs (record, events, files, the photo included) are deleted this many seconds
+    after their creation (0: kept until deleted with ``DeleteJob``).
     """
 
     max_pending_jobs: int = 64
     workers: int = 8
     max_upload_bytes: int = 32 << 20
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retention_s: float = 7 * 24 * 3600.0
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -216,6 +219,10 @@ class JobManager:
             thread = threading.Thread(target=self._work, name=f"gateway-job-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.settings.retention_s > 0:
+            sweeper = threading.Thread(target=self._sweep, name="gateway-retention", daemon=True)
+            sweeper.start()
+            self._threads.append(sweeper)
         return len(resumed)
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -347,6 +354,55 @@ class JobManager:
             with self._lock:
                 self._changed.wait(0.2)
         return self.get(job_id)
+
+    def delete(self, job_id: str) -> int:
+        """Delete a finished job with its events and files; returns the number of files removed.
+        FAILED_PRECONDITION while the job is queued or running, NOT_FOUND for an unknown id."""
+        with self._lock:
+            job = self.get(job_id)
+            if job.state not in TERMINAL_STATES:
+                raise JobError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"job {job_id} is {R.JobState.Name(job.state)}; cancel it first (CancelJob), "
+                    "then delete it",
+                    error_info("JOB_NOT_FINISHED"),
+                )
+            self.store.delete(job_id)
+            self._sequence.pop(job_id, None)
+        removed = self.artifacts.remove_job(job_id)
+        log.info("job deleted", extra={"job_id": job_id, "files": removed})
+        return removed
+
+    def delete_expired(self, now_s: float | None = None, batch: int = 100) -> int:
+        """Delete the finished jobs created more than ``retention_s`` before ``now_s``; returns how many."""
+        cutoff_ns = int(((time.time() if now_s is None else now_s) - self.settings.retention_s) * 1e9)
+        deleted = 0
+        while ids := self.store.finished_before(cutoff_ns, batch):
+            for job_id in ids:
+                try:
+                    self.delete(job_id)
+                    deleted += 1
+                except JobError:  # deleted meanwhile by a client
+                    continue
+            if len(ids) < batch:
+                break
+        return deleted
+
+    def _sweep(self) -> None:
+        """Delete expired jobs now and then until the manager stops."""
+        interval_s = min(600.0, max(1.0, self.settings.retention_s / 10))
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+            try:
+                count = self.delete_expired()
+                if count:
+                    log.info("expired jobs deleted", extra={"jobs": count})
+            except Exception:  # keep sweeping; the next pass retries
+                log.exception("retention sweep failed")
+            with self._lock:
+                self._changed.wait_for(lambda: self._stopping, timeout=interval_s)
 
     def artifact(self, job_id: str, name: str) -> tuple[common_pb2.BlobHeader, bytes]:
         """A stored file of a job listed in ``Job.artifacts`` (header, bytes), or NOT_FOUND."""

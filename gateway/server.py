@@ -52,6 +52,7 @@ class GatewayConfig:
     workers: int = 8
     stage_timeout_s: float = 1800.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retention_s: float = 7 * 24 * 3600.0
 
 
 class Gateway:
@@ -67,7 +68,13 @@ class Gateway:
                 StageTargets(config.preprocess_target, config.stage1_target, config.stage2_target),
                 config.stage_timeout_s,
             ),
-            ManagerSettings(config.max_pending_jobs, config.workers, config.max_upload_bytes, config.retry),
+            ManagerSettings(
+                config.max_pending_jobs,
+                config.workers,
+                config.max_upload_bytes,
+                config.retry,
+                config.retention_s,
+            ),
         )
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="gateway-rpc"),

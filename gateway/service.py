@@ -76,6 +76,13 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
             _fail(context, error)
         raise AssertionError("unreachable")
 
+    def DeleteJob(self, request: R.DeleteJobRequest, context: grpc.ServicerContext) -> R.DeleteJobResponse:
+        try:
+            return R.DeleteJobResponse(deleted_artifacts=self.manager.delete(request.job_id))
+        except JobError as error:
+            _fail(context, error)
+        raise AssertionError("unreachable")
+
     def GetArtifact(
         self, request: R.GetArtifactRequest, context: grpc.ServicerContext
     ) -> Iterator[R.GetArtifactResponse]:

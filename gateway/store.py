@@ -60,6 +60,12 @@ class JobStore(Protocol):
     def count_by_state(self) -> dict[int, int]:
         """Number of jobs per state."""
 
+    def delete(self, job_id: str) -> bool:
+        """Remove a job and its events; False when there was no such job."""
+
+    def finished_before(self, create_ns: int, limit: int) -> list[str]:
+        """Ids of finished jobs created before ``create_ns`` (ns since the epoch), oldest first."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -192,6 +198,28 @@ class SqliteJobStore:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return {int(state): int(count) for state, count in rows}
+
+    def delete(self, job_id: str) -> bool:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
+                self._db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return deleted > 0
+
+    def finished_before(self, create_ns: int, limit: int) -> list[str]:
+        terminal = ",".join(str(s) for s in sorted(TERMINAL_STATES))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM jobs WHERE state IN ({terminal}) AND create_ns < ? "
+                "ORDER BY create_ns, id LIMIT ?",
+                (create_ns, limit),
+            ).fetchall()
+        return [str(row[0]) for row in rows]
 
 
 def open_job_store(url: str, data_dir: Path) -> JobStore:

@@ -500,6 +500,53 @@ def test_grpc_requires_the_token_except_health_and_reflection(stack_factory):
         assert allowed.GetJob(R.GetJobRequest(job_id=job.id), timeout=10).job.id == job.id
 
 
+def test_delete_removes_a_finished_job_and_refuses_a_running_one(stack_factory):
+    stack = stack_factory(http_address="127.0.0.1:0", behaviours={"stage1": Behaviour(step_s=0.3, steps=30)})
+    artifacts = stack.config.data_dir / "artifacts"
+    running = stack.stub.SubmitJob(upload(photo()), timeout=30).job
+    with pytest.raises(grpc.RpcError) as busy:
+        stack.stub.DeleteJob(R.DeleteJobRequest(job_id=running.id), timeout=10)
+    assert (
+        busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "cancel it first" in busy.value.details()
+    )
+    stack.stub.CancelJob(R.CancelJobRequest(job_id=running.id), timeout=30)
+    assert (artifacts / running.id / "input").is_file()
+    deleted = stack.stub.DeleteJob(R.DeleteJobRequest(job_id=running.id), timeout=10)
+    assert deleted.deleted_artifacts >= 1 and not (artifacts / running.id).exists()
+    for call in (
+        lambda: stack.stub.GetJob(R.GetJobRequest(job_id=running.id), timeout=10),
+        lambda: stack.stub.DeleteJob(R.DeleteJobRequest(job_id=running.id), timeout=10),
+        lambda: list(stack.stub.WatchJob(R.WatchJobRequest(job_id=running.id), timeout=10)),
+    ):
+        with pytest.raises(grpc.RpcError) as gone:
+            call()
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    with httpx.Client(base_url=f"http://127.0.0.1:{stack.gateway.http_port}", timeout=30) as http:
+        job_id = http.post("/v1/jobs", content=photo(), headers={"Content-Type": "image/png"}).json()["job"][
+            "id"
+        ]
+        conflict = http.delete(f"/v1/jobs/{job_id}")
+        assert conflict.status_code == 409 and "cancel it first" in conflict.json()["error"]["message"]
+        http.post(f"/v1/jobs/{job_id}/cancel")
+        assert http.delete(f"/v1/jobs/{job_id}").json()["deleted_artifacts"] >= 1
+        assert http.delete(f"/v1/jobs/{job_id}").status_code == 404
+
+
+def test_retention_deletes_only_expired_finished_jobs(stack_factory):
+    stack = stack_factory(retention_s=3600.0, behaviours={"stage1": Behaviour(step_s=0.3, steps=30)})
+    done = stack.stub.SubmitJob(upload(photo(), key="done"), timeout=30).job
+    stack.stub.CancelJob(R.CancelJobRequest(job_id=done.id), timeout=30)
+    busy = stack.stub.SubmitJob(upload(photo(), key="busy"), timeout=30).job
+    manager = stack.gateway.manager
+    assert manager.delete_expired(now_s=time.time()) == 0  # nothing is an hour old yet
+    assert manager.delete_expired(now_s=time.time() + 3601) == 1  # the finished one; the running one stays
+    assert stack.stub.GetJob(R.GetJobRequest(job_id=busy.id), timeout=10).job.id == busy.id
+    with pytest.raises(grpc.RpcError) as gone:
+        stack.stub.GetJob(R.GetJobRequest(job_id=done.id), timeout=10)
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    assert not (stack.config.data_dir / "artifacts" / done.id).exists()
+
+
 def test_buf_curl_lists_services_and_checks_health(stack_factory):
     buf = require_tool(REPO_ROOT / "node_modules" / ".bin" / "buf", "buf (npm @bufbuild/buf)")
     stack = stack_factory()

@@ -170,6 +170,18 @@ class CancelJobResponse(_message.Message):
     job: Job
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
+class DeleteJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class DeleteJobResponse(_message.Message):
+    __slots__ = ("deleted_artifacts",)
+    DELETED_ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    deleted_artifacts: int
+    def __init__(self, deleted_artifacts: _Optional[int] = ...) -> None: ...
+
 class GetArtifactRequest(_message.Message):
     __slots__ = ("job_id", "name")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

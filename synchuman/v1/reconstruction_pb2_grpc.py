@@ -65,6 +65,11 @@ class ReconstructionServiceStub:
                 request_serializer=synchuman_dot_v1_dot_reconstruction__pb2.GetArtifactRequest.SerializeToString,
                 response_deserializer=synchuman_dot_v1_dot_reconstruction__pb2.GetArtifactResponse.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/synchuman.v1.ReconstructionService/DeleteJob',
+                request_serializer=synchuman_dot_v1_dot_reconstruction__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=synchuman_dot_v1_dot_reconstruction__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
 
 
 class ReconstructionServiceServicer:
@@ -129,6 +134,17 @@ class ReconstructionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteJob(self, request, context):
+        """Delete a finished job: its record, its events and every stored file,
+        the uploaded photo included. FAILED_PRECONDITION for a job that is still
+        queued or running (cancel it first); NOT_FOUND for an unknown id. The
+        gateway also deletes finished jobs by itself once they are older than
+        its retention period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReconstructionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +177,11 @@ def add_ReconstructionServiceServicer_to_server(servicer, server):
                     servicer.GetArtifact,
                     request_deserializer=synchuman_dot_v1_dot_reconstruction__pb2.GetArtifactRequest.FromString,
                     response_serializer=synchuman_dot_v1_dot_reconstruction__pb2.GetArtifactResponse.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=synchuman_dot_v1_dot_reconstruction__pb2.DeleteJobRequest.FromString,
+                    response_serializer=synchuman_dot_v1_dot_reconstruction__pb2.DeleteJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -326,6 +347,33 @@ class ReconstructionService:
             '/synchuman.v1.ReconstructionService/GetArtifact',
             synchuman_dot_v1_dot_reconstruction__pb2.GetArtifactRequest.SerializeToString,
             synchuman_dot_v1_dot_reconstruction__pb2.GetArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/synchuman.v1.ReconstructionService/DeleteJob',
+            synchuman_dot_v1_dot_reconstruction__pb2.DeleteJobRequest.SerializeToString,
+            synchuman_dot_v1_dot_reconstruction__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
