@@ -112,9 +112,8 @@ class _Bars:
             stepless = {} if event.total_steps else {"bar_format": "{desc}: {elapsed}"}
             self.bar = tqdm(total=event.total_steps or None, desc=label, unit="step", leave=True, **stepless)
         assert self.bar is not None
-        if event.total_steps:
-            self.bar.n = event.step
-            self.bar.refresh()
+        if event.total_steps and event.step > self.bar.n:
+            self.bar.update(event.step - self.bar.n)  # through update() so the rate shown is right
 
     def close(self) -> None:
         if self.bar is not None:
