@@ -57,10 +57,11 @@ def ensure(
     :class:`EnsureError`."""
     root = Path(root)
     errors = _errors(verify_tree(root))
-    if not errors and weights_kind(root) == "real":
+    kind = weights_kind(root)
+    if not errors and kind == "real":
         say(f"checkpoints in {root} verified")
         return "real"
-    if not errors and weights_kind(root) == "full-size random":
+    if not errors and kind == "full-size random":
         say(RANDOM_BANNER.format(root=root))
         return "random"
     try:
