@@ -392,9 +392,6 @@ class JobManager:
         """Delete expired jobs now and then until the manager stops."""
         interval_s = min(600.0, max(1.0, self.settings.retention_s / 10))
         while True:
-            with self._lock:
-                if self._stopping:
-                    return
             try:
                 count = self.delete_expired()
                 if count:
@@ -402,7 +399,8 @@ class JobManager:
             except Exception:  # keep sweeping; the next pass retries
                 log.exception("retention sweep failed")
             with self._lock:
-                self._changed.wait_for(lambda: self._stopping, timeout=interval_s)
+                if self._changed.wait_for(lambda: self._stopping, timeout=interval_s):
+                    return
 
     def artifact(self, job_id: str, name: str) -> tuple[common_pb2.BlobHeader, bytes]:
         """A stored file of a job listed in ``Job.artifacts`` (header, bytes), or NOT_FOUND."""
