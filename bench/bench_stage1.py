@@ -159,6 +159,46 @@ def copy_share(pipeline: Stage1Pipeline, args: tuple, device: torch.device) -> f
     return copies / total if total else float("nan")
 
 
+KERNEL_CLASSES = (
+    ("attention", ("flash", "fmha", "attn", "attention", "sdpa")),
+    ("convolution", ("conv", "fprop", "dgrad", "implicit_gemm", "winograd")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "splitk")),
+    ("normalisation", ("norm", "welford")),
+    ("copy / cast / layout", ("copy", "cat", "transpose", "permute", "contiguous")),
+    ("fused (triton)", ("triton",)),
+)
+
+
+def kernel_table(loop: Callable[[int], Any], steps: int, device: torch.device, top: int) -> list[str]:
+    """GPU kernel time of ``steps`` loop steps by kernel class and the ``top`` kernels (ms per step)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        loop(steps)
+        _sync(device)
+    kernels = [
+        (e.key, float(e.self_device_time_total) / 1e3 / steps, e.count // steps)
+        for e in prof.key_averages()
+        if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0
+    ]
+    total = sum(ms for _, ms, _ in kernels)
+    by_class: dict[str, float] = {}
+    for name, ms, _ in kernels:
+        lowered = name.lower()
+        label = next((c for c, keys in KERNEL_CLASSES if any(k in lowered for k in keys)), "other")
+        by_class[label] = by_class.get(label, 0.0) + ms
+    lines = [f"GPU kernel time per step: {total:.1f} ms"]
+    lines += [
+        f"  {c:24s} {ms:7.1f} ms  {ms / total:4.0%}"
+        for c, ms in sorted(by_class.items(), key=lambda x: -x[1])
+    ]
+    lines.append(f"  top {top} kernels (ms per step, launches per step):")
+    for name, ms, count in sorted(kernels, key=lambda x: -x[1])[:top]:
+        lines.append(f"  {ms:7.2f} ms {count:5d}x  {name[:150]}")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -170,6 +210,7 @@ def main() -> int:
         "--budget", type=float, default=240.0, help="skip remaining variants after this many s"
     )
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--kernels", type=int, default=0, help="print the top N kernels of each variant")
     args = parser.parse_args()
     started = time.perf_counter()
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
@@ -250,6 +291,8 @@ def main() -> int:
             )
             if "compile" in variant:
                 row(f"[{variant}] warm-up (2 steps incl. compilation) (s)", f"{t_warm:.1f}")
+            if args.kernels and device.type == "cuda":
+                print("\n".join(kernel_table(loop, 2, device, args.kernels)), flush=True)
             if best is None or t_loop < best[1]:
                 best = (variant, t_loop, pipeline.diffusion, pipeline.cudnn_attention)
         pipeline.diffusion, pipeline.cudnn_attention = base, False
