@@ -147,6 +147,13 @@ def validate_options(options: common_pb2.JobOptions) -> None:
     for message, group, name, low, high in checks:
         if message.HasField(name):
             _check_range(f"options.{group}.{name}", getattr(message, name), low, high)
+    if rc.bake_mode not in common_pb2.BakeMode.values():
+        known = ", ".join(common_pb2.BakeMode.keys()[1:])
+        raise JobError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"options.reconstruction.bake_mode {rc.bake_mode} is unknown; use one of {known}",
+            bad_request("options.reconstruction.bake_mode", f"must be one of {known}"),
+        )
 
 
 def _image_media_type(data: bytes) -> str:

@@ -213,6 +213,12 @@ def test_bad_input_fails_the_job_without_retry(stack_factory):
     with pytest.raises(grpc.RpcError) as err:
         stack.stub.SubmitJob(upload(photo(), options=options), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "multiview.steps" in err.value.details()
+    options = common_pb2.JobOptions()
+    options.reconstruction.bake_mode = 7  # not a BakeMode value (a newer client, a typo in JSON-less code)
+    with pytest.raises(grpc.RpcError) as err:
+        stack.stub.SubmitJob(upload(photo(), options=options), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "bake_mode" in err.value.details() and "BAKE_MODE_FAST" in err.value.details()
 
 
 def test_idempotency_key_returns_the_same_job(stack_factory):

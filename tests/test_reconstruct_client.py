@@ -144,6 +144,7 @@ def test_cli_writes_the_glb_extras_and_report(gateway, photo, tmp_path, capsys):
     assert (options.multiview.steps, options.multiview.seed, options.reconstruction.steps) == (3, 7, 2)
     assert options.reconstruction.texture_size == 512
     assert not options.reconstruction.HasField("bake_steps")  # unset flags keep the server defaults
+    assert options.reconstruction.bake_mode == common_pb2.BAKE_MODE_UNSPECIFIED
     assert list(options.reconstruction.outputs) == [
         common_pb2.OUTPUT_FORMAT_GAUSSIAN_PLY,
         common_pb2.OUTPUT_FORMAT_MULTIVIEW_PNG,
@@ -227,3 +228,18 @@ def test_no_gateway_and_never_start_says_how_to_start_it(photo, tmp_path, capsys
 def test_missing_photo_is_a_user_error(tmp_path, capsys):
     assert main(["reconstruct", str(tmp_path / "nope.jpg"), "-o", str(tmp_path / "x.glb")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_bake_flags_reach_the_wire_options():
+    from synchuman.cli import build_parser
+    from synchuman.commands.reconstruct import job_options
+
+    args = build_parser().parse_args(
+        ["reconstruct", "p.jpg", "-o", "p.glb", "--bake-mode", "optimize", "--bake-steps", "300"]
+    )
+    options = job_options(args).reconstruction
+    assert (options.bake_mode, options.bake_steps) == (common_pb2.BAKE_MODE_OPTIMIZE, 300)
+    fast = job_options(
+        build_parser().parse_args(["reconstruct", "p.jpg", "-o", "p.glb", "--bake-mode", "fast"])
+    )
+    assert fast.reconstruction.bake_mode == common_pb2.BAKE_MODE_FAST

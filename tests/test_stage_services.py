@@ -312,10 +312,29 @@ def test_stage2_streams_progress_then_the_glb_in_chunks_and_the_report(stage2):
         16,
     )
     assert effective.seed == 43 and effective.guidance_scale == pytest.approx(5.0)
+    assert effective.bake_mode == common_pb2.BAKE_MODE_FAST  # the default, sent back explicitly
     inputs, opts = backend.seen[0]
     assert inputs.coords.tolist() == [[0, 0, 0], [1, 2, 3], [10, 20, 30]]
     assert opts.simplify_ratio == pytest.approx(0.5) and opts.outputs == ("gaussians.ply",)
     assert len(inputs.colors) == 5 and inputs.normals[4].shape == (768, 768, 3)
+
+
+@pytest.mark.parametrize(
+    ("wire", "mode", "steps"),
+    [
+        (common_pb2.ReconstructionOptions(), "fast", 100),
+        (common_pb2.ReconstructionOptions(bake_mode=common_pb2.BAKE_MODE_OPTIMIZE), "opt", 1000),
+        (common_pb2.ReconstructionOptions(bake_mode=common_pb2.BAKE_MODE_OPTIMIZE, bake_steps=0), "opt", 0),
+        (common_pb2.ReconstructionOptions(bake_mode=common_pb2.BAKE_MODE_FAST, bake_steps=30), "fast", 30),
+    ],
+)
+def test_stage2_bake_mode_defaults_its_steps(wire, mode, steps):
+    from services.stage2.service import options_from_proto, options_to_proto
+
+    options = options_from_proto(wire)
+    assert (options.bake_mode, options.bake_steps) == (mode, steps)
+    echoed = options_from_proto(options_to_proto(options))  # the effective options round-trip
+    assert (echoed.bake_mode, echoed.bake_steps) == (mode, steps)
 
 
 def test_stage2_unusable_output_fails_with_failed_precondition():
@@ -343,6 +362,7 @@ def test_stage2_unusable_output_fails_with_failed_precondition():
         (common_pb2.ReconstructionOptions(texture_size=100), STRUCTURE, "start.options.texture_size"),
         (common_pb2.ReconstructionOptions(simplify_ratio=1.5), STRUCTURE, "start.options.simplify_ratio"),
         (common_pb2.ReconstructionOptions(visibility_views=2), STRUCTURE, "start.options.visibility_views"),
+        (common_pb2.ReconstructionOptions(bake_mode=9), STRUCTURE, "start.options.bake_mode"),
         (
             common_pb2.ReconstructionOptions(),
             common_pb2.VoxelStructure(resolution=64),

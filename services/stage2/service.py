@@ -49,6 +49,12 @@ _EXTRA_BY_FORMAT = {
     common_pb2.OUTPUT_FORMAT_OBJ: "mesh_obj.zip",
 }
 _PASSIVE_FORMATS = (common_pb2.OUTPUT_FORMAT_GLB, common_pb2.OUTPUT_FORMAT_MULTIVIEW_PNG)
+#: wire bake mode -> pipeline bake mode ("" = unset: the pipeline default)
+_BAKE_MODES = {
+    common_pb2.BAKE_MODE_UNSPECIFIED: "",
+    common_pb2.BAKE_MODE_FAST: "fast",
+    common_pb2.BAKE_MODE_OPTIMIZE: "opt",
+}
 _FORMAT_BY_EXTRA = {name: fmt for fmt, name in _EXTRA_BY_FORMAT.items()}
 _MEDIA_TYPES = {
     GLB: "model/gltf-binary",
@@ -93,6 +99,9 @@ def options_from_proto(options: common_pb2.ReconstructionOptions) -> Stage2Optio
         "visibility_views",
     ):
         values[name] = getattr(options, name) if options.HasField(name) else getattr(defaults, name)
+    if options.bake_mode not in _BAKE_MODES:
+        raise InvalidInput("start.options.bake_mode", f"unknown bake mode {options.bake_mode}")
+    values["bake_mode"] = _BAKE_MODES[options.bake_mode] or defaults.bake_mode
     unknown = [f for f in options.outputs if f not in _EXTRA_BY_FORMAT and f not in _PASSIVE_FORMATS]
     if unknown:
         raise InvalidInput("start.options.outputs", f"unknown output formats {unknown}")
@@ -112,6 +121,7 @@ def options_to_proto(options: Stage2Options) -> common_pb2.ReconstructionOptions
         texture_size=options.texture_size,
         simplify_ratio=options.simplify_ratio,
         bake_steps=options.bake_steps,
+        bake_mode=next(k for k, v in _BAKE_MODES.items() if v == options.bake_mode),
         visibility_views=options.visibility_views,
         outputs=[common_pb2.OUTPUT_FORMAT_GLB] + [_FORMAT_BY_EXTRA[name] for name in options.outputs],
     )

@@ -48,7 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--texture-size", type=int, metavar="PX", help="baked texture edge (default 1024)")
     parser.add_argument("--simplify", type=float, metavar="R", help="fraction of faces removed (default 0.7)")
     parser.add_argument(
-        "--bake-steps", type=int, metavar="N", help="texture optimisation steps (default 1000)"
+        "--bake-mode",
+        choices=("fast", "optimize"),
+        help="texture bake: fast (default; splat + full-batch steps) or optimize (upstream, 1000 steps)",
+    )
+    parser.add_argument(
+        "--bake-steps", type=int, metavar="N", help="texture bake steps (default: fast 100, optimize 1000)"
     )
     parser.add_argument("--visibility-views", type=int, metavar="N", help="hidden-face views (default 1000)")
     parser.add_argument(
@@ -96,6 +101,11 @@ def job_options(args: argparse.Namespace):  # noqa: ANN201 - synchuman.v1.common
         "obj": common_pb2.OUTPUT_FORMAT_OBJ,
         "views": common_pb2.OUTPUT_FORMAT_MULTIVIEW_PNG,
     }
+    if args.bake_mode:
+        options.reconstruction.bake_mode = {
+            "fast": common_pb2.BAKE_MODE_FAST,
+            "optimize": common_pb2.BAKE_MODE_OPTIMIZE,
+        }[args.bake_mode]
     options.reconstruction.outputs.extend(formats[name] for name in dict.fromkeys(args.extra))
     return options
 

@@ -152,6 +152,7 @@ class Stage2Pipeline:
                     simplify=options.simplify_ratio,
                     visibility_views=options.visibility_views,
                     texture_size=options.texture_size,
+                    bake_mode=options.bake_mode,
                     bake_steps=options.bake_steps,
                     gaussian_views=self.render_views,
                     gaussian_resolution=self.render_resolution,

@@ -4,11 +4,14 @@ services).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from synchuman.postprocess.defaults import BAKE_STEPS
 
 VIEW_SIZE = 768
 CONDITIONING_SIZE = 518
@@ -51,12 +54,21 @@ class Stage2Options:
     guidance_scale: float = 5.0
     texture_size: int = 1024
     simplify_ratio: float = 0.7
-    bake_steps: int = 1000
+    bake_mode: str = "fast"  # "fast" | "opt" (upstream); see synchuman.postprocess.bake
+    bake_steps: int | None = None  # None: the mode's default (fast 100, opt 1000); validate() fills it
     visibility_views: int = 1000
     outputs: tuple[str, ...] = ()
 
     def validate(self) -> Stage2Options:
-        """Return ``self`` or raise :class:`Stage2InputError` naming the first out-of-range option."""
+        """Return the options with defaults resolved (``bake_steps``), or raise :class:`Stage2InputError`
+        naming the first out-of-range option."""
+        if self.bake_mode not in BAKE_STEPS:
+            raise Stage2InputError(
+                "options.bake_mode",
+                f"bake_mode={self.bake_mode!r} is unknown; choose one of {sorted(BAKE_STEPS)}",
+            )
+        if self.bake_steps is None:
+            return dataclasses.replace(self, bake_steps=BAKE_STEPS[self.bake_mode]).validate()
         checks = (
             ("seed", 0 <= self.seed < 2**63, "0 to 2^63-1"),
             ("steps", 1 <= self.steps <= 200, "1 to 200"),

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from synchuman.geometry.raster import interpolate, rasterize
+from synchuman.postprocess.defaults import BAKE_STEPS
 
 
 @dataclass
@@ -211,7 +212,7 @@ def bake_texture(
         vertices ``[V, 3]``, faces ``[F, 3]``, uvs ``[V, 2]`` of the parametrised mesh (same device).
         views: observations; ``late_views`` index into it (ignored when they have no samples).
     """
-    if mode not in ("opt", "fast"):
+    if mode not in BAKE_STEPS:
         raise ValueError(f"bake_texture: mode must be 'opt' or 'fast', got {mode!r}")
     samples = gather_samples(vertices, faces, uvs, views)
     if samples.uv.shape[0] == 0:

@@ -17,6 +17,7 @@ from synchuman.postprocess import bake as bake_mod
 from synchuman.postprocess import checks as checks_mod
 from synchuman.postprocess import export
 from synchuman.postprocess.decimate import decimate
+from synchuman.postprocess.defaults import BAKE_STEPS
 from synchuman.postprocess.gaussian_render import render_gaussians
 from synchuman.postprocess.uv_atlas import Atlas, parametrize
 from synchuman.postprocess.visibility import face_visibility, remove_invisible_faces
@@ -48,7 +49,11 @@ class GeneratedViews:
 
 @dataclass(frozen=True)
 class PostprocessOptions:
-    """Every upstream knob (defaults = upstream SyncHuman ``to_glb`` call) plus our speed options."""
+    """Every upstream knob (defaults = upstream SyncHuman ``to_glb`` call) plus our speed options.
+
+    The bake defaults to the ``"fast"`` mode (splat initialisation + 100 full-batch steps), which reaches a
+    lower view error than upstream's 1000 single-view steps (``bake_mode="opt"``) in ``bench_postprocess``.
+    """
 
     simplify: float = 0.7
     fill_holes: bool = True
@@ -57,8 +62,8 @@ class PostprocessOptions:
     visibility_views: int = 1000
     visibility_resolution: int = 1024
     texture_size: int = 1024
-    bake_mode: str = "opt"
-    bake_steps: int = 1000
+    bake_mode: str = "fast"  # "fast" (lower error than upstream's, 2.5x faster) or "opt" (upstream)
+    bake_steps: int | None = None  # None: BAKE_STEPS of the mode (fast 100, opt 1000)
     bake_lambda_tv: float = 0.01
     gaussian_views: int = 95  # upstream renders 100 views of which the first 5 are replaced by generated ones
     gaussian_resolution: int = 1024
@@ -179,6 +184,9 @@ def to_glb(
         raise checks_mod.PostprocessError(
             "to_glb needs the generated views or the Gaussians to bake a texture"
         )
+    if options.bake_mode not in BAKE_STEPS:
+        raise ValueError(f"bake_mode must be one of {sorted(BAKE_STEPS)}; got {options.bake_mode!r}")
+    bake_steps = BAKE_STEPS[options.bake_mode] if options.bake_steps is None else options.bake_steps
     device = mesh.vertices.device
     report = PostprocessReport()
     timer = _Phases(report, device, progress)
@@ -241,7 +249,7 @@ def to_glb(
             bake_views,
             options.texture_size,
             options.bake_mode,
-            options.bake_steps,
+            bake_steps,
             options.bake_lambda_tv,
             seed=options.seed,
         )

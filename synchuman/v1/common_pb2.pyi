@@ -28,6 +28,12 @@ class OutputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTPUT_FORMAT_GAUSSIAN_PLY: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_OBJ: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_MULTIVIEW_PNG: _ClassVar[OutputFormat]
+
+class BakeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BAKE_MODE_UNSPECIFIED: _ClassVar[BakeMode]
+    BAKE_MODE_FAST: _ClassVar[BakeMode]
+    BAKE_MODE_OPTIMIZE: _ClassVar[BakeMode]
 STAGE_UNSPECIFIED: Stage
 STAGE_PREPROCESS: Stage
 STAGE_MULTIVIEW: Stage
@@ -41,6 +47,9 @@ OUTPUT_FORMAT_GLB: OutputFormat
 OUTPUT_FORMAT_GAUSSIAN_PLY: OutputFormat
 OUTPUT_FORMAT_OBJ: OutputFormat
 OUTPUT_FORMAT_MULTIVIEW_PNG: OutputFormat
+BAKE_MODE_UNSPECIFIED: BakeMode
+BAKE_MODE_FAST: BakeMode
+BAKE_MODE_OPTIMIZE: BakeMode
 
 class BlobHeader(_message.Message):
     __slots__ = ("name", "media_type", "size_bytes", "sha256")
@@ -149,7 +158,7 @@ class MultiviewOptions(_message.Message):
     def __init__(self, seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ...) -> None: ...
 
 class ReconstructionOptions(_message.Message):
-    __slots__ = ("seed", "steps", "guidance_scale", "texture_size", "simplify_ratio", "bake_steps", "visibility_views", "outputs")
+    __slots__ = ("seed", "steps", "guidance_scale", "texture_size", "simplify_ratio", "bake_steps", "visibility_views", "outputs", "bake_mode")
     SEED_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +167,7 @@ class ReconstructionOptions(_message.Message):
     BAKE_STEPS_FIELD_NUMBER: _ClassVar[int]
     VISIBILITY_VIEWS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    BAKE_MODE_FIELD_NUMBER: _ClassVar[int]
     seed: int
     steps: int
     guidance_scale: float
@@ -166,7 +176,8 @@ class ReconstructionOptions(_message.Message):
     bake_steps: int
     visibility_views: int
     outputs: _containers.RepeatedScalarFieldContainer[OutputFormat]
-    def __init__(self, seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., texture_size: _Optional[int] = ..., simplify_ratio: _Optional[float] = ..., bake_steps: _Optional[int] = ..., visibility_views: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[OutputFormat, str]]] = ...) -> None: ...
+    bake_mode: BakeMode
+    def __init__(self, seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., texture_size: _Optional[int] = ..., simplify_ratio: _Optional[float] = ..., bake_steps: _Optional[int] = ..., visibility_views: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., bake_mode: _Optional[_Union[BakeMode, str]] = ...) -> None: ...
 
 class JobOptions(_message.Message):
     __slots__ = ("preprocess", "multiview", "reconstruction")
