@@ -46,8 +46,10 @@ GIB = 2**30
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for every visible GPU (the CFG-parallel variants use two)."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
 
 
 def timed(fn: Callable[[], Any], device: torch.device, repeats: int = 1) -> tuple[float, Any]:
@@ -69,7 +71,8 @@ def peak_gib(device: torch.device) -> float:
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(index)
 
 
 def matmul_rate(device: torch.device) -> float:
@@ -205,7 +208,13 @@ def main() -> int:
     parser.add_argument("--dtype", default="bf16", help="bf16 | fp16 | fp32")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke run)")
-    parser.add_argument("--variants", default="eager,channels_last,compile")
+    parser.add_argument(
+        "--variants",
+        default="eager,compile",
+        help="comma list of eager | channels_last | compile | eager_cfg2 | compile_cfg2 (the _cfg2 variants "
+        "run the unconditional CFG half on --cfg-device)",
+    )
+    parser.add_argument("--cfg-device", default=None, help="second device of the _cfg2 variants, e.g. cuda:1")
     parser.add_argument(
         "--budget", type=float, default=240.0, help="skip remaining variants after this many s"
     )
@@ -264,18 +273,25 @@ def main() -> int:
         def loop(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
             return pipeline.sample(noise, structure, class_labels, image_latents, cond, steps, 3.0)
 
-        best: tuple[str, float, Any, bool] | None = None
-        base = pipeline.diffusion
+        best: tuple[str, float, Any, Any, Any] | None = None
+        base, replica, first_latents = pipeline.diffusion, None, None
         for variant in [v for v in args.variants.split(",") if v]:
             if time.perf_counter() - started > args.budget:
                 row(f"loop [{variant}]", "skipped (time budget)")
                 continue
-            pipeline.diffusion = base
+            pipeline.diffusion, pipeline.cfg_diffusion, pipeline.cfg_device = base, None, None
+            if "cfg2" in variant:
+                if args.cfg_device is None:
+                    raise SystemExit(f"variant {variant} needs --cfg-device")
+                if replica is None:
+                    pipeline.enable_cfg_parallel(args.cfg_device)
+                    replica = pipeline.cfg_diffusion
+                pipeline.cfg_diffusion, pipeline.cfg_device = replica, torch.device(args.cfg_device)
             if variant == "channels_last":
                 for module in base.modules():
                     if isinstance(module, torch.nn.Conv2d):
                         module.to(memory_format=torch.channels_last)
-            pipeline.accelerate(compile_model="compile" in variant, cudnn_attention="cudnn" in variant)
+            pipeline.accelerate(compile_model="compile" in variant)
             try:
                 t_warm, _ = timed(lambda: loop(2), device)
                 reset_peak(device)
@@ -284,18 +300,27 @@ def main() -> int:
                 row(f"loop [{variant}]", f"failed: {type(exc).__name__}: {str(exc)[:120]}")
                 continue
             finite = bool(torch.isfinite(lat).all())
+            peaks = f"{peak_gib(device):.2f}"
+            if pipeline.cfg_device is not None:
+                peaks += f" + {peak_gib(pipeline.cfg_device):.2f} ({pipeline.cfg_device})"
+            if first_latents is None:
+                first_latents, agreement = lat, ""
+            else:
+                rel = float((lat - first_latents).norm() / first_latents.norm())
+                agreement = f"  (final latents vs the first variant: rel. diff {rel:.1e})"
             row(
                 f"loop [{variant}] {args.steps} steps (s) / ms per step / peak GiB",
-                f"{t_loop:.2f} / {1e3 * t_loop / args.steps:.1f} / {peak_gib(device):.2f}"
-                + ("" if finite else "  NON-FINITE"),
+                f"{t_loop:.2f} / {1e3 * t_loop / args.steps:.1f} / {peaks}"
+                + ("" if finite else "  NON-FINITE")
+                + agreement,
             )
             if "compile" in variant:
                 row(f"[{variant}] warm-up (2 steps incl. compilation) (s)", f"{t_warm:.1f}")
             if args.kernels and device.type == "cuda":
                 print("\n".join(kernel_table(loop, 2, device, args.kernels)), flush=True)
             if best is None or t_loop < best[1]:
-                best = (variant, t_loop, pipeline.diffusion, pipeline.cudnn_attention)
-        pipeline.diffusion, pipeline.cudnn_attention = base, False
+                best = (variant, t_loop, pipeline.diffusion, pipeline.cfg_diffusion, pipeline.cfg_device)
+        pipeline.diffusion, pipeline.cfg_diffusion, pipeline.cfg_device = base, None, None
         normal, color = noise.to(dtype).chunk(2)
         sample = torch.cat([torch.cat([normal, normal, color, color]), image_latents], dim=1)
         step_args = (
@@ -328,7 +353,7 @@ def main() -> int:
             )
         pipeline.vae_slice = 2
 
-    pipeline.diffusion, pipeline.cudnn_attention = best[2], best[3]
+    pipeline.diffusion, pipeline.cfg_diffusion, pipeline.cfg_device = best[2:]
     reset_peak(device)
     t_run, out = timed(lambda: pipeline.run(framed, crop, seed=43, steps=args.steps), device)
     phases = ", ".join(f"{k} {v:.2f}" for k, v in out.timings.items())

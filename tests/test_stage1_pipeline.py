@@ -186,3 +186,54 @@ def test_service_compile_option_compiles_the_diffusion_model(
     assert calls == []
     Stage1PipelineBackend.load(layout.root, "cpu", "fp32", compile_model=True)
     assert calls == [{"compile_model": True}]
+
+
+def test_cfg_parallel_computes_the_same_views(layout: CheckpointLayout, inputs, result) -> None:
+    """The unconditional CFG half on a replica (here on the same CPU) gives the joint batch's output."""
+    split = Stage1Pipeline.from_checkpoints(layout, device="cpu", dtype="fp32")
+    split.enable_cfg_parallel("cpu")
+    assert split.cfg_diffusion is not None and split.cfg_diffusion is not split.diffusion
+    out = split.run(*inputs, seed=7, steps=3, guidance_scale=3.0)
+    joint, _ = result
+    for a, b in ((out.colors, joint.colors), (out.normals, joint.normals)):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # fp32 summation order, then uint8 rounding
+    differing = {tuple(c) for c in out.coords} ^ {tuple(c) for c in joint.coords}
+    assert len(differing) <= 0.002 * len(joint.coords)
+    other_seed = split.run(*inputs, seed=8, steps=3)
+    assert not np.array_equal(other_seed.normals, out.normals)
+
+
+def test_cfg_parallel_must_precede_compilation(layout: CheckpointLayout) -> None:
+    pipe = Stage1Pipeline.from_checkpoints(layout, device="cpu", dtype="fp32")
+    pipe.accelerate(compile_model=True)  # wraps only; compilation would happen at the first call
+    with pytest.raises(RuntimeError, match="before accelerate"):
+        pipe.enable_cfg_parallel("cpu")
+
+
+def test_service_cfg_device_option(layout: CheckpointLayout, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`synchuman serve stage1 --cfg-device cuda:1` reaches enable_cfg_parallel before compilation; devices
+    that cannot serve are refused with a message naming the flag."""
+    import argparse
+
+    from services.stage1 import backend as stage1_backend
+    from services.stage1 import main as stage1_main
+
+    parser = argparse.ArgumentParser()
+    stage1_main.add_arguments(parser)
+    assert parser.parse_args(["--cfg-device", "cuda:1"]).cfg_device == "cuda:1"
+    for main_device, second in (("cpu", "cpu"), ("cuda:0", "cpu"), ("cuda:0", "cuda:0"), ("cuda", "cuda:99")):
+        if main_device != "cpu" and second != "cpu" and torch.cuda.device_count() == 0:
+            with pytest.raises(ValueError, match="--cfg-device .* has 0 CUDA device"):
+                stage1_backend.check_second_device(main_device, second)
+            continue
+        with pytest.raises(ValueError, match="--cfg-device"):
+            stage1_backend.check_second_device(main_device, second)
+    order: list[str] = []
+    monkeypatch.setattr(stage1_backend, "check_second_device", lambda main, second: order.append("check"))
+    monkeypatch.setattr(Stage1Pipeline, "enable_cfg_parallel", lambda self, d: order.append(f"cfg {d}"))
+    monkeypatch.setattr(Stage1Pipeline, "accelerate", lambda self, **kw: order.append("compile"))
+    loaded = stage1_backend.Stage1PipelineBackend.load(
+        layout.root, "cpu", "fp32", compile_model=True, cfg_device="cuda:1"
+    )
+    assert order == ["check", "cfg cuda:1", "compile"]
+    assert "cuda:1 (CFG-parallel)" in loaded.info.device

@@ -17,6 +17,21 @@ from services.common.stage_runtime import BackendInfo
 from services.stage1.service import GeneratedViews, MultiviewSettings
 
 
+def check_second_device(device: str, cfg_device: str) -> None:
+    """``ValueError`` unless ``cfg_device`` is an existing CUDA device other than ``device``."""
+    import torch
+
+    main, second = torch.device(device), torch.device(cfg_device)
+    if second.type != "cuda" or main.type != "cuda":
+        raise ValueError(f"--cfg-device {cfg_device}: CFG-parallel needs two CUDA devices (main: {device})")
+    count = torch.cuda.device_count()
+    main_index, second_index = main.index or 0, second.index or 0
+    if second_index >= count:
+        raise ValueError(f"--cfg-device {cfg_device}: this machine has {count} CUDA device(s)")
+    if second_index == main_index:
+        raise ValueError(f"--cfg-device {cfg_device} is the main device ({device}); name a second GPU")
+
+
 class Stage1PipelineBackend:
     """Adapts the core stage-1 pipeline to :class:`services.stage1.service.Stage1Backend`."""
 
@@ -27,17 +42,28 @@ class Stage1PipelineBackend:
 
     @classmethod
     def load(
-        cls, root: Path | None, device: str, dtype: str, compile_model: bool = False
+        cls,
+        root: Path | None,
+        device: str,
+        dtype: str,
+        compile_model: bool = False,
+        cfg_device: str | None = None,
     ) -> Stage1PipelineBackend:
         """Verify (every problem listed at once) and load the stage-1 checkpoints under ``root``;
-        ``compile_model``: ``torch.compile`` the diffusion model (compiled by the warm-up call)."""
+        ``compile_model``: ``torch.compile`` the diffusion model (compiled by the warm-up call);
+        ``cfg_device``: a second CUDA device for the unconditional CFG half (``ValueError`` if unusable)."""
         from synchuman.checkpoints.layout import CheckpointLayout, default_root
         from synchuman.checkpoints.verify import require_verified, weights_label
         from synchuman.pipelines.stage1 import Stage1Pipeline
 
+        if cfg_device is not None:
+            check_second_device(device, cfg_device)
         layout = CheckpointLayout(root or default_root())
         require_verified(layout.root, ("dinov2", "stage1"))
         pipeline = Stage1Pipeline.from_checkpoints(layout, device=device, dtype=dtype)
+        if cfg_device is not None:
+            pipeline.enable_cfg_parallel(cfg_device)
+            device = f"{device} + {cfg_device} (CFG-parallel)"
         if compile_model:
             pipeline.accelerate(compile_model=True)
         info = BackendInfo(str(layout.root), weights_label(layout.root), device, dtype)

@@ -27,6 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "GPU; the service stays NOT_SERVING meanwhile), then the 50-step loop runs ~30 %% faster "
         "(bench/RESULTS.md: 12.9 s -> 9.0 s on an H100)",
     )
+    parser.add_argument(
+        "--cfg-device",
+        default=None,
+        metavar="DEVICE",
+        help="a second GPU (e.g. cuda:1) that computes the unconditional half of classifier-free guidance "
+        "in parallel: about halves a request's sampling time, and holds a second copy of the diffusion "
+        "model (bench/RESULTS.md)",
+    )
 
 
 def build_spec(args: argparse.Namespace) -> StageSpec:
@@ -40,7 +48,9 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
         from services.stage1.backend import Stage1PipelineBackend
 
         root = Path(args.ckpts) if args.ckpts else None
-        return Stage1PipelineBackend.load(root, device, dtype, compile_model=args.compile)
+        return Stage1PipelineBackend.load(
+            root, device, dtype, compile_model=args.compile, cfg_device=args.cfg_device
+        )
 
     return StageSpec(
         name="stage1",

@@ -28,10 +28,10 @@ the face normal (view 4) resized to the face box and pasted into normal view 0, 
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,9 @@ VIEW_PROMPTS = {
     for domain in ("normal", "color")
 }
 RESCALE_T = 3.0
+_Pair = tuple[torch.Tensor, torch.Tensor]
+#: ``velocity(latents, structure, timestep) -> ((uncond_2d, cond_2d), (uncond_3d, cond_3d))``
+_Velocity = Callable[[torch.Tensor, torch.Tensor, float], tuple[_Pair, _Pair]]
 
 
 @dataclass
@@ -150,7 +153,12 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 class Stage1Pipeline:
-    """The stage-1 models on one device; :meth:`run` turns one framed photo into the stage-2 hand-off."""
+    """The stage-1 models on one device; :meth:`run` turns one framed photo into the stage-2 hand-off.
+
+    :meth:`enable_cfg_parallel` adds a replica of the diffusion model on a second device that computes the
+    unconditional half of every guided step while the main device computes the conditional half (the two
+    halves are independent within a step), halving the loop's time for one request on two GPUs.
+    """
 
     def __init__(
         self,
@@ -172,7 +180,9 @@ class Stage1Pipeline:
         #: ``[20, 77, D]``: ``[normal, normal, colour, colour]`` (uncond uses the same embeddings).
         self.prompt_embeds_cfg = torch.cat([normal, normal, color, color])
         self.vae_slice = vae_slice
-        self.cudnn_attention = False
+        #: replica of ``diffusion`` computing the unconditional CFG half, and its device (``None``: off)
+        self.cfg_diffusion: nn.Module | None = None
+        self.cfg_device: torch.device | None = None
         self.vae_scale = float(vae.config.scaling_factor)
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_channels = int(vae.config.latent_channels)
@@ -221,28 +231,25 @@ class Stage1Pipeline:
             load_prompt_embeds(layout),
         )
 
-    def accelerate(self, compile_model: bool = True, cudnn_attention: bool = True) -> None:
-        """GPU speed-ups of the sampling loop (same function): ``torch.compile`` of the diffusion model (the
-        first call compiles, minutes) and cuDNN's fused attention kernels ahead of flash attention."""
+    def accelerate(self, compile_model: bool = True) -> None:
+        """``torch.compile`` the diffusion model (and its CFG replica): same function, ~30 % faster loop on a
+        GPU; the first call compiles (minutes). SDPA already picks cuDNN's fused attention on Hopper."""
         if compile_model:
             self.diffusion = torch.compile(self.diffusion)
-        self.cudnn_attention = cudnn_attention
+            if self.cfg_diffusion is not None:
+                self.cfg_diffusion = torch.compile(self.cfg_diffusion)
 
-    @contextlib.contextmanager
-    def _attention_kernels(self) -> Iterator[None]:
-        if not (self.cudnn_attention and self.device.type == "cuda"):
-            yield
-            return
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        order = [
-            SDPBackend.CUDNN_ATTENTION,
-            SDPBackend.FLASH_ATTENTION,
-            SDPBackend.EFFICIENT_ATTENTION,
-            SDPBackend.MATH,
-        ]
-        with sdpa_kernel(order, set_priority=True):
-            yield
+    def enable_cfg_parallel(self, device: str | torch.device) -> None:
+        """Run the unconditional half of classifier-free guidance on a replica of the diffusion model on
+        ``device`` (call before :meth:`accelerate`). Each step then runs two batch-10 forwards (one per
+        device, concurrently) instead of one batch-20 forward; the per-step exchange is the 2D velocity
+        ``[10, 4, h, w]`` and the 3D one ``[1, 8, G, G, G]`` (~0.4 MB in bf16). Same function as the joint
+        batch up to floating-point summation order."""
+        if hasattr(self.diffusion, "_orig_mod"):
+            raise RuntimeError("enable_cfg_parallel must come before accelerate() (the model is compiled)")
+        device = torch.device(device)
+        replica = copy.deepcopy(self.diffusion).to(device)
+        self.cfg_diffusion, self.cfg_device = replica, device
 
     # -- conditioning ---------------------------------------------------------------------------------------
     def _views(self, framed: np.ndarray) -> torch.Tensor:
@@ -291,52 +298,77 @@ class Stage1Pipeline:
         Returns:
             the final ``(latents, structure)`` (fp32).
         """
-        with self._attention_kernels():
-            return self._sample(
-                latents,
-                structure,
-                class_labels,
-                image_latents,
-                cond,
-                steps,
-                guidance_scale,
-                callback,
-                should_stop,
-            )
-
-    def _sample(
-        self,
-        latents: torch.Tensor,
-        structure: torch.Tensor,
-        class_labels: torch.Tensor,
-        image_latents: torch.Tensor,
-        cond: torch.Tensor,
-        steps: int,
-        guidance_scale: float,
-        callback: Callable[[int, int], None] | None,
-        should_stop: Callable[[], bool] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
         t_seq = timesteps(steps, RESCALE_T)
-        trellis_cond = torch.cat([torch.zeros_like(cond), cond]).to(self.dtype)
+        velocity = self._cfg_halves(class_labels, image_latents, cond)
         for i in range(steps):
             if should_stop is not None and should_stop():
                 raise SamplingCancelled(f"stage-1 sampling cancelled before step {i + 1} of {steps}")
             t, t_prev = float(t_seq[i]), float(t_seq[i + 1])
-            normal, color = latents.to(self.dtype).chunk(2)
-            sample = torch.cat([torch.cat([normal, normal, color, color]), image_latents], dim=1)
-            trellis_x = torch.cat([structure, structure]).to(self.dtype)
-            timestep = torch.full((1,), 1000 * t, device=self.device)  # a tensor: no recompiles per step
-            v2d, v3d = self.diffusion(
-                sample, timestep, self.prompt_embeds_cfg, class_labels, trellis_x, timestep, trellis_cond
-            )
-            nu, nc, cu, cc = v2d.float().chunk(4)
-            uncond, cond_v = torch.cat([nu, cu]), torch.cat([nc, cc])
-            u3, c3 = v3d.float().chunk(2)
+            (uncond, cond_v), (u3, c3) = velocity(latents, structure, 1000 * t)
             latents = latents - (t - t_prev) * (uncond + guidance_scale * (cond_v - uncond))
             structure = structure - (t - t_prev) * (u3 + guidance_scale * (c3 - u3))
             if callback is not None:
                 callback(i + 1, steps)
         return latents, structure
+
+    def _cfg_halves(
+        self, class_labels: torch.Tensor, image_latents: torch.Tensor, cond: torch.Tensor
+    ) -> _Velocity:
+        """``velocity(latents, structure, timestep)`` -> ``((uncond_2d, cond_2d), (uncond_3d, cond_3d))``,
+        fp32 on the main device, each 2D half ``[10, 4, h, w]`` (normal x 5, colour x 5).
+
+        Joint: one forward of the CFG batch ``[normal-u, normal-c, colour-u, colour-c]`` (20) + 3D ``[u, c]``.
+        Parallel (:meth:`enable_cfg_parallel`): the unconditional batch ``[normal-u, colour-u]`` runs on the
+        replica's device, the conditional one here; the replica's forward is launched first.
+        """
+        trellis_cond = torch.cat([torch.zeros_like(cond), cond]).to(self.dtype)
+        if self.cfg_diffusion is None:
+
+            def joint(latents: torch.Tensor, structure: torch.Tensor, t: float) -> tuple[_Pair, _Pair]:
+                normal, color = latents.to(self.dtype).chunk(2)
+                sample = torch.cat([torch.cat([normal, normal, color, color]), image_latents], dim=1)
+                trellis_x = torch.cat([structure, structure]).to(self.dtype)
+                timestep = torch.full((1,), t, device=self.device)  # a tensor: no recompiles per step
+                v2d, v3d = self.diffusion(
+                    sample, timestep, self.prompt_embeds_cfg, class_labels, trellis_x, timestep, trellis_cond
+                )
+                nu, nc, cu, cc = v2d.float().chunk(4)
+                u3, c3 = v3d.float().chunk(2)
+                return (torch.cat([nu, cu]), torch.cat([nc, cc])), (u3, c3)
+
+            return joint
+
+        views = NUM_VIEWS
+        uncond_rows = [*range(0, views), *range(2 * views, 3 * views)]
+        cond_rows = [*range(views, 2 * views), *range(3 * views, 4 * views)]
+        halves = []
+        for rows, model, device, trellis_row in (
+            (uncond_rows, self.cfg_diffusion, self.cfg_device, 0),
+            (cond_rows, self.diffusion, self.device, 1),
+        ):
+            halves.append(
+                (
+                    model,
+                    device,
+                    self.prompt_embeds_cfg[rows].to(device),
+                    class_labels[rows].to(device),
+                    image_latents[rows].to(device),
+                    trellis_cond[trellis_row : trellis_row + 1].to(device),
+                )
+            )
+
+        def parallel(latents: torch.Tensor, structure: torch.Tensor, t: float) -> tuple[_Pair, _Pair]:
+            out = []
+            for model, device, prompts, labels, image_lat, t_cond in halves:
+                sample = torch.cat([latents.to(device, self.dtype, non_blocking=True), image_lat], dim=1)
+                timestep = torch.full((1,), t, device=device)
+                trellis_x = structure.to(device, self.dtype, non_blocking=True)
+                out.append(model(sample, timestep, prompts, labels, trellis_x, timestep, t_cond))
+            (u2, u3), (c2, c3) = out
+            uncond_2d, uncond_3d = (x.to(self.device, non_blocking=True).float() for x in (u2, u3))
+            return (uncond_2d, c2.float()), (uncond_3d, c3.float())
+
+        return parallel
 
     def decode_views(self, latents: torch.Tensor) -> torch.Tensor:
         """``[10, 4, h, w]`` -> ``[10, 3, 768, 768]`` in [0, 1], ``vae_slice`` images at a time."""
