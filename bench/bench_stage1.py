@@ -211,8 +211,8 @@ def main() -> int:
     parser.add_argument(
         "--variants",
         default="eager,compile",
-        help="comma list of eager | channels_last | compile | eager_cfg2 | compile_cfg2 (the _cfg2 variants "
-        "run the unconditional CFG half on --cfg-device)",
+        help="comma list of eager | channels_last | compile | compile_graphs | eager_cfg2 | compile_cfg2 | "
+        "compile_graphs_cfg2 (_cfg2: the unconditional CFG half on --cfg-device; _graphs: CUDA graphs)",
     )
     parser.add_argument("--cfg-device", default=None, help="second device of the _cfg2 variants, e.g. cuda:1")
     parser.add_argument(
@@ -291,7 +291,7 @@ def main() -> int:
                 for module in base.modules():
                     if isinstance(module, torch.nn.Conv2d):
                         module.to(memory_format=torch.channels_last)
-            pipeline.accelerate(compile_model="compile" in variant)
+            pipeline.accelerate(compile_model="compile" in variant, cuda_graphs="graphs" in variant)
             try:
                 t_warm, _ = timed(lambda: loop(2), device)
                 reset_peak(device)

@@ -185,7 +185,7 @@ def test_service_compile_option_compiles_the_diffusion_model(
     Stage1PipelineBackend.load(layout.root, "cpu", "fp32")
     assert calls == []
     Stage1PipelineBackend.load(layout.root, "cpu", "fp32", compile_model=True)
-    assert calls == [{"compile_model": True}]
+    assert calls == [{"compile_model": True, "cuda_graphs": False}]
 
 
 def test_cfg_parallel_computes_the_same_views(layout: CheckpointLayout, inputs, result) -> None:
@@ -231,9 +231,9 @@ def test_service_cfg_device_option(layout: CheckpointLayout, monkeypatch: pytest
     order: list[str] = []
     monkeypatch.setattr(stage1_backend, "check_second_device", lambda main, second: order.append("check"))
     monkeypatch.setattr(Stage1Pipeline, "enable_cfg_parallel", lambda self, d: order.append(f"cfg {d}"))
-    monkeypatch.setattr(Stage1Pipeline, "accelerate", lambda self, **kw: order.append("compile"))
+    monkeypatch.setattr(Stage1Pipeline, "accelerate", lambda self, **kw: order.append(f"compile {kw}"))
     loaded = stage1_backend.Stage1PipelineBackend.load(
         layout.root, "cpu", "fp32", compile_model=True, cfg_device="cuda:1"
     )
-    assert order == ["check", "cfg cuda:1", "compile"]
+    assert order == ["check", "cfg cuda:1", "compile {'compile_model': True, 'cuda_graphs': True}"]
     assert "cuda:1 (CFG-parallel)" in loaded.info.device

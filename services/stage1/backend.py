@@ -65,7 +65,8 @@ class Stage1PipelineBackend:
             pipeline.enable_cfg_parallel(cfg_device)
             device = f"{device} + {cfg_device} (CFG-parallel)"
         if compile_model:
-            pipeline.accelerate(compile_model=True)
+            # with two devices, CUDA graphs keep one host thread from being the bottleneck (bench/RESULTS.md)
+            pipeline.accelerate(compile_model=True, cuda_graphs=cfg_device is not None)
         info = BackendInfo(str(layout.root), weights_label(layout.root), device, dtype)
         return cls(pipeline, info, pipeline.voxel_resolution)
 

@@ -231,13 +231,19 @@ class Stage1Pipeline:
             load_prompt_embeds(layout),
         )
 
-    def accelerate(self, compile_model: bool = True) -> None:
+    def accelerate(self, compile_model: bool = True, cuda_graphs: bool = False) -> None:
         """``torch.compile`` the diffusion model (and its CFG replica): same function, ~30 % faster loop on a
-        GPU; the first call compiles (minutes). SDPA already picks cuDNN's fused attention on Hopper."""
+        GPU; the first call compiles (minutes). SDPA already picks cuDNN's fused attention on Hopper.
+
+        ``cuda_graphs``: compile in ``"reduce-overhead"`` mode, replaying each forward as one CUDA graph. This
+        takes the host's kernel launches out of the loop, which matters with :meth:`enable_cfg_parallel`:
+        one host thread launches both devices' forwards, and without graphs the launches, not the GPUs, set
+        the pace (bench/RESULTS.md)."""
         if compile_model:
-            self.diffusion = torch.compile(self.diffusion)
+            mode = "reduce-overhead" if cuda_graphs else "default"
+            self.diffusion = torch.compile(self.diffusion, mode=mode)
             if self.cfg_diffusion is not None:
-                self.cfg_diffusion = torch.compile(self.cfg_diffusion)
+                self.cfg_diffusion = torch.compile(self.cfg_diffusion, mode=mode)
 
     def enable_cfg_parallel(self, device: str | torch.device) -> None:
         """Run the unconditional half of classifier-free guidance on a replica of the diffusion model on
