@@ -17,6 +17,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "compose.yaml"
+CFG_PARALLEL_FILE = REPO_ROOT / "compose.stage1-cfg-parallel.yaml"
 STAGES = ("preprocess", "stage1", "stage2")  # scalable services behind the gateway
 LONG_RUNNING = (*STAGES, "gateway")
 HEALTH_SERVICE = {
@@ -42,10 +43,13 @@ def compose_bin() -> Path:
         pytest.skip(message)
 
 
-def run_config(compose_bin: Path, compose_file: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run_config(
+    compose_bin: Path, compose_file: Path, *overrides: Path, **env: str
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCHUMAN_", "COMPOSE_", "DOCKER_"))}
+    files = [arg for path in (compose_file, *overrides) for arg in ("-f", str(path))]
     return subprocess.run(
-        [str(compose_bin), "-f", str(compose_file), "config", "--format", "json"],
+        [str(compose_bin), *files, "config", "--format", "json"],
         capture_output=True, text=True, env={**clean, **env}, cwd=compose_file.parent, timeout=60,
     )
 
@@ -161,3 +165,26 @@ def test_gateway_token_is_passed_through(config) -> None:
     environment = config["services"]["gateway"]["environment"]
     assert "SYNCHUMAN_GATEWAY_AUTH_TOKEN" in environment
     assert environment["SYNCHUMAN_CKPTS"] == "/ckpts"
+
+
+def test_stage1_cfg_parallel_override(compose_bin: Path) -> None:
+    """The two-GPU stage-1 override: both GPUs reserved (replacing, not adding to, the base reservation), the
+    service started with --cfg-device cuda:1 --compile, and the command accepted by the real parser."""
+    import argparse
+
+    from services.stage1 import main as stage1_main
+    from synchuman.cli import build_parser
+
+    result = run_config(compose_bin, COMPOSE_FILE, CFG_PARALLEL_FILE, SYNCHUMAN_STAGE1_CFG_GPU="3")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    (device,) = services["stage1"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["device_ids"] == ["0", "3"] and device["capabilities"] == ["gpu"]
+    (stage2_device,) = services["stage2"]["deploy"]["resources"]["reservations"]["devices"]
+    assert stage2_device["device_ids"] == ["1"]
+    args = build_parser().parse_args(_cli_argv(services["stage1"]["command"]))
+    parser = argparse.ArgumentParser()
+    stage1_main.add_arguments(parser)
+    options = parser.parse_args(args.options)
+    assert (options.device, options.cfg_device, options.compile) == ("cuda:0", "cuda:1", True)
+    assert options.address == "0.0.0.0:50053"
