@@ -586,7 +586,11 @@ class JobManager:
                     },
                 )
                 self._emit(job, retrying=failure.status)
-                handle.stopped.wait(delay)
+                if failure.status.code == code_pb2.UNAVAILABLE:  # down or restarting: retry once it is back
+                    if not handle.stopped.wait(min(delay, policy.initial_backoff_s)):
+                        self.stages.wait_until_back(stage, delay - policy.initial_backoff_s, handle.stopped)
+                else:
+                    handle.stopped.wait(delay)
                 continue
             STAGE_SECONDS.labels(name, "OK").observe(time.monotonic() - started)
             self._store_outputs(job, stage, output)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from services.common.stage_io import CHUNK_BYTES, blob_chunks, blob_header
@@ -198,6 +200,36 @@ class StageClients:
         """Close the channels (calls in flight are cancelled)."""
         for channel in self._channels:
             channel.close()
+
+    def serving(self, stage: int, timeout_s: float = 1.0) -> bool | None:
+        """The stage's overall gRPC health: True = SERVING, False = down or not serving, None = unknown (the
+        service has no health endpoint). ``stage``: a ``synchuman.v1.Stage`` value."""
+        order = (common_pb2.STAGE_PREPROCESS, common_pb2.STAGE_MULTIVIEW, common_pb2.STAGE_RECONSTRUCTION)
+        stub = health_pb2_grpc.HealthStub(self._channels[order.index(stage)])
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+        except grpc.RpcError as error:
+            return None if error.code() == grpc.StatusCode.UNIMPLEMENTED else False  # type: ignore[attr-defined]
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def wait_until_back(
+        self, stage: int, timeout_s: float, stop: threading.Event, poll_s: float = 0.25
+    ) -> bool:
+        """Wait up to ``timeout_s`` for a stage that failed with UNAVAILABLE, returning early (True) as soon
+        as its health turns SERVING after having been seen down: a restarted service gets its retry when it is
+        ready, not at the end of a long back-off. A stage that stays SERVING (it failed for another reason)
+        gets the whole wait. False when the time ran out or ``stop`` was set."""
+        deadline = time.monotonic() + timeout_s
+        seen_down = False
+        while (remaining := deadline - time.monotonic()) > 0:
+            serving = self.serving(stage, timeout_s=min(1.0, remaining))
+            if serving is False:
+                seen_down = True
+            elif serving and seen_down:
+                return True
+            if stop.wait(min(poll_s, max(0.0, deadline - time.monotonic()))):
+                return False
+        return False
 
     def _run(
         self, stage: str, method: Any, requests: Iterable[Any], on_progress: Progress, handle: CallHandle

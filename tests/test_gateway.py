@@ -317,6 +317,31 @@ def test_stage2_process_killed_mid_job_completes_without_rerunning_stage1(stack_
         stage2.wait()
 
 
+def test_restarted_stage_gets_its_retry_when_healthy_not_after_the_back_off(stack_factory, tmp_path):
+    """Stage 2 dies mid-job and comes back ~1 s later; the retry back-off has grown to 20 s by then, yet the
+    job resumes as soon as the stage's health turns SERVING."""
+    log = tmp_path / "stage2.log"
+    address = f"127.0.0.1:{free_port()}"
+    stage2 = _spawn_doubles(address, "stage2", log, "--step-s", "0.3", "--steps", "20")
+    try:
+        slow = RetryPolicy(max_attempts=6, initial_backoff_s=0.2, multiplier=100.0, max_backoff_s=30.0)
+        stack = stack_factory(stage2_target=address, retry=slow)
+        job = stack.stub.SubmitJob(upload(photo()), timeout=30).job
+        wait_until(lambda: calls(log, "stage2", job.id, "started") == 1, what="stage 2 to start")
+        stage2.send_signal(signal.SIGKILL)
+        stage2.wait()
+        time.sleep(1.0)  # attempt 2 fails on the closed port; its back-off is 20 s
+        stage2 = _spawn_doubles(address, "stage2", log, "--steps", "2")
+        back = time.monotonic()
+        done = watch_all(stack.stub, job.id)[-1].finished
+        assert done.state == R.JOB_STATE_SUCCEEDED, done.error.message
+        assert time.monotonic() - back < 8.0  # the plain back-off would wait until ~20 s
+        assert done.attempts["reconstruction"] == 3 and done.attempts["multiview"] == 1
+    finally:
+        stage2.kill()
+        stage2.wait()
+
+
 def _spawn_gateway(address: str, targets: dict[str, str], data: Path, http: str = "off") -> subprocess.Popen:
     argv = [
         sys.executable,
