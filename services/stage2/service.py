@@ -206,7 +206,11 @@ class Stage2Servicer(stage2_pb2_grpc.Stage2ServiceServicer):
         except Stage2OutputRejected as exc:
             raise OutputRejected(exc.code, f"the reconstruction is unusable: {exc}") from exc
         phases = {name: round(seconds, 3) for name, seconds in result.phase_seconds.items()}
-        log.info("reconstruction phases", extra={"job_id": start.job_id, "phases": phases})
+        peaks = {name: round(gib, 2) for name, gib in result.phase_peak_gib.items()}
+        log.info(
+            "reconstruction phases",
+            extra={"job_id": start.job_id, "phases": phases, "peak_gpu_gib": peaks},
+        )
         errors = result.report.errors
         if errors:
             raise OutputRejected(

@@ -19,10 +19,8 @@ checked between steps and phases (raising :class:`Stage2Cancelled`).
 from __future__ import annotations
 
 import io
-import time
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +30,7 @@ import torch
 
 from synchuman.checkpoints.layout import CheckpointLayout, default_root
 from synchuman.checkpoints.verify import require_verified, weights_label
+from synchuman.phases import PhaseTimer
 from synchuman.pipelines.stage2_models import Stage2Models, load_stage2_models
 from synchuman.pipelines.stage2_types import (
     OutputReport,
@@ -126,7 +125,7 @@ class Stage2Pipeline:
         """Run stage 2 for one person (see the module docstring); :class:`Stage2Cancelled` when stopped."""
         inputs.validate(self.voxel_resolution)
         options.validate()
-        timer = _PhaseTimer()
+        timer = PhaseTimer(self.models.device)
         try:
             with torch.inference_mode():
                 with timer("condition"):
@@ -166,11 +165,13 @@ class Stage2Pipeline:
         except PostprocessError as exc:
             raise Stage2OutputRejected(_rejection_code(str(exc)), str(exc)) from exc
         timer.seconds.update(post.phases)
+        timer.peak_gib.update(post.phase_peak_gib)
         return Stage2Result(
             glb=glb,
             extra_files=_extra_files(post.extras, options.outputs),
             report=output_report(post, len(glb)),
             phase_seconds=timer.seconds,
+            phase_peak_gib=timer.peak_gib,
         )
 
     def _sample(
@@ -273,18 +274,3 @@ def output_report(post: PostprocessReport, glb_size: int) -> OutputReport:
 def _check(should_stop: Callable[[], bool]) -> None:
     if should_stop():
         raise Stage2Cancelled("stage 2 stopped on request")
-
-
-class _PhaseTimer:
-    """Wall seconds per phase (accumulated when a phase repeats)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started

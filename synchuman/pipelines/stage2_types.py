@@ -169,9 +169,11 @@ class OutputReport:
 
 @dataclass
 class Stage2Result:
-    """The GLB, requested extra files (name -> bytes), the output report and wall seconds per phase."""
+    """The GLB, requested extra files (name -> bytes), the output report, wall seconds per phase and (on a
+    GPU) each phase's peak allocated GPU memory in GiB."""
 
     glb: bytes
     extra_files: dict[str, bytes]
     report: OutputReport
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    phase_peak_gib: dict[str, float] = field(default_factory=dict)

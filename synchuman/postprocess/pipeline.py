@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,6 +12,7 @@ import torch
 from synchuman.geometry import camera
 from synchuman.models.flexicubes import Mesh
 from synchuman.models.gaussians import Gaussians
+from synchuman.phases import PhaseTimer
 from synchuman.postprocess import bake as bake_mod
 from synchuman.postprocess import checks as checks_mod
 from synchuman.postprocess import export
@@ -82,6 +82,7 @@ class PostprocessReport:
     """What happened: per-phase seconds, sizes, atlas and bake quality, backends, checks and warnings."""
 
     phases: dict[str, float] = field(default_factory=dict)
+    phase_peak_gib: dict[str, float] = field(default_factory=dict)  # CUDA only: peak allocated per phase
     counts: dict[str, int] = field(default_factory=dict)
     atlas_utilization: float = 0.0
     bake: bake_mod.BakeStats | None = None
@@ -92,21 +93,21 @@ class PostprocessReport:
 
 
 class _Phases:
-    """Wall-clock phase timer (synchronises CUDA at phase ends) that also reports progress."""
+    """Runs the phases through a :class:`~synchuman.phases.PhaseTimer` (time and peak GPU memory into the
+    report) and reports progress."""
+
+    names = ("decimate", "visibility", "cut_fill", "uv_atlas", "gaussian_render", "bake", "export")
 
     def __init__(self, report: PostprocessReport, device: torch.device, progress: ProgressFn | None) -> None:
-        self.report, self.device, self.progress = report, device, progress
-        self.names = ("decimate", "visibility", "cut_fill", "uv_atlas", "gaussian_render", "bake", "export")
+        self.progress = progress
+        self.timer = PhaseTimer(device)
+        self.timer.seconds, self.timer.peak_gib = report.phases, report.phase_peak_gib
 
     def run(self, name: str, fn: Callable[[], object]) -> object:
         if self.progress:
             self.progress(name, self.names.index(name) / len(self.names))
-        start = time.perf_counter()
-        out = fn()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.report.phases[name] = time.perf_counter() - start
-        return out
+        with self.timer(name):
+            return fn()
 
 
 def generated_bake_views(views: GeneratedViews, device: torch.device) -> list[bake_mod.BakeView]:
