@@ -68,6 +68,7 @@ def run(mesh: Mesh, gaussians, views, options: pipeline.PostprocessOptions, devi
     out = {
         "total_s": round(total, 3),
         "phases_s": {k: round(v, 3) for k, v in report.phases.items()},
+        "phase_peak_gpu_gib": {k: round(v, 2) for k, v in report.phase_peak_gib.items()},
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if device.type == "cuda"
         else None,
