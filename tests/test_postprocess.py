@@ -154,6 +154,26 @@ def test_torch_gaussian_renderer_applies_the_2d_filter() -> None:
         render_gaussians(g, extr, intr, 8, backend="nope")
 
 
+def test_gaussian_views_render_the_same_in_batches() -> None:
+    gen = torch.Generator().manual_seed(3)
+    g = Gaussians(
+        xyz=torch.rand(40, 3, generator=gen) - 0.5,
+        scales=torch.full((40, 3), 0.03),
+        quats=torch.tensor([[1.0, 0, 0, 0]]).expand(40, 4),
+        opacities=torch.full((40, 1), 0.7),
+        features_dc=torch.randn(40, 3, generator=gen),
+    )
+    yaw, pitch = camera.sphere_hammersley(5)
+    extr = camera.orbit_extrinsics(yaw, pitch, 2.0)
+    intr = camera.intrinsics_from_fov(math.radians(40)).expand(5, 3, 3)
+    whole, whole_alpha, _ = render_gaussians(g, extr, intr, 24, backend="torch", views_per_batch=5)
+    batched, batched_alpha, _ = render_gaussians(g, extr, intr, 24, backend="torch", views_per_batch=2)
+    assert batched.shape == (5, 24, 24, 3) and float(whole_alpha.max()) > 0.1
+    assert torch.equal(whole, batched) and torch.equal(whole_alpha, batched_alpha)
+    with pytest.raises(ValueError, match="views_per_batch"):
+        render_gaussians(g, extr, intr, 24, backend="torch", views_per_batch=0)
+
+
 SMALL = pipeline.PostprocessOptions(
     simplify=0.5,
     visibility_views=32,

@@ -36,8 +36,11 @@ def render_gaussians(
     backend: str = "auto",
     near: float = 0.01,
     far: float = 100.0,
+    views_per_batch: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Render ``B`` perspective views.
+    """Render ``B`` perspective views, ``views_per_batch`` at a time (gsplat's per-batch buffers grow with
+    views x Gaussians: 95 views of 600k Gaussians at once need several GB; each view's image is the same
+    either way).
 
     Args:
         gaussians: activated Gaussians (``xyz [N, 3]``, ``scales [N, 3]`` std-devs, ``quats [N, 4]`` wxyz,
@@ -51,6 +54,33 @@ def render_gaussians(
     device = gaussians.xyz.device
     if backend == "auto":
         backend = "gsplat" if gsplat_available(device) else "torch"
+    if backend not in ("gsplat", "torch"):
+        raise ValueError(f"render_gaussians: unknown backend {backend!r} (use auto, gsplat or torch)")
+    if views_per_batch < 1:
+        raise ValueError(f"render_gaussians: views_per_batch must be >= 1, got {views_per_batch}")
+    rgbs, alphas = [], []
+    for start in range(0, len(extrinsics), views_per_batch):
+        views = slice(start, start + views_per_batch)
+        rgb, alpha = _render_batch(
+            gaussians, extrinsics[views], intrinsics[views], resolution, kernel_size, backend, near, far
+        )
+        rgbs.append(rgb)
+        alphas.append(alpha)
+    return torch.cat(rgbs), torch.cat(alphas), backend
+
+
+def _render_batch(
+    gaussians: Gaussians,
+    extrinsics: torch.Tensor,
+    intrinsics: torch.Tensor,
+    resolution: int,
+    kernel_size: float,
+    backend: str,
+    near: float,
+    far: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of views with ``backend`` (arguments as :func:`render_gaussians`)."""
+    device = gaussians.xyz.device
     colors = gaussians.colors.clamp(min=0.0)
     ks = intrinsics.to(device).float().clone()
     ks[:, :2] *= resolution
@@ -73,14 +103,12 @@ def render_gaussians(
             eps2d=kernel_size,
             rasterize_mode="antialiased",
         )  # background: black (gsplat's default)
-        return rgb.clamp(0, 1), alpha[..., 0], backend
-    if backend != "torch":
-        raise ValueError(f"render_gaussians: unknown backend {backend!r} (use auto, gsplat or torch)")
+        return rgb.clamp(0, 1), alpha[..., 0]
     images = [
         _render_torch(gaussians, colors, viewmats[i], ks[i], resolution, kernel_size, near, far)
         for i in range(len(viewmats))
     ]
-    return torch.stack([im[0] for im in images]), torch.stack([im[1] for im in images]), backend
+    return torch.stack([im[0] for im in images]), torch.stack([im[1] for im in images])
 
 
 def _quat_to_matrix(quats: torch.Tensor) -> torch.Tensor:
