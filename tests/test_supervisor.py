@@ -109,3 +109,12 @@ def test_stage1_only_options_reach_stage1_only(tmp_path):
     add_arguments(parser)
     serve_at = specs["stage1"].index("stage1") + 1
     assert parser.parse_args(specs["stage1"][serve_at:]).compile is True
+
+
+def test_all_in_one_stage1_flags_become_stage1_options():
+    from synchuman.cli import build_parser
+    from synchuman.commands.serve import stage1_options
+
+    assert stage1_options(build_parser().parse_args(["serve"])) == []
+    args = build_parser().parse_args(["serve", "--compile", "--stage1-cfg-device", "cuda:1"])
+    assert stage1_options(args) == ["--compile", "--cfg-device", "cuda:1"]

@@ -52,7 +52,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="stage 1 compiles its diffusion model at start-up (`serve stage1 --compile`)",
     )
+    embedded.add_argument(
+        "--stage1-cfg-device",
+        metavar="DEVICE",
+        help="a second GPU for stage 1's CFG-parallel sampling, e.g. cuda:1 (`serve stage1 --cfg-device`)",
+    )
     parser.set_defaults(func=run)
+
+
+def stage1_options(args: argparse.Namespace) -> list[str]:
+    """The all-in-one flags that become stage-1 service options."""
+    options = ["--compile"] if args.compile else []
+    if args.stage1_cfg_device:
+        options += ["--cfg-device", args.stage1_cfg_device]
+    return options
 
 
 def _target_module(name: str):  # noqa: ANN202 - a module object
@@ -95,7 +108,7 @@ def _run_all(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         log_level=args.log_level,
-        stage1_args=["--compile"] if args.compile else [],
+        stage1_args=stage1_options(args),
     )
     specs = child_specs(config)
     supervisor = Supervisor(specs)
