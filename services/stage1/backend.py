@@ -8,6 +8,7 @@ the one place that binds the service to that interface.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import numpy as np
 
 from services.common.stage_runtime import BackendInfo
 from services.stage1.service import GeneratedViews, MultiviewSettings
+
+log = logging.getLogger(__name__)
 
 
 def check_second_device(device: str, cfg_device: str) -> None:
@@ -64,6 +67,11 @@ class Stage1PipelineBackend:
         if cfg_device is not None:
             pipeline.enable_cfg_parallel(cfg_device)
             device = f"{device} + {cfg_device} (CFG-parallel)"
+            if not compile_model:
+                log.warning(
+                    "CFG-parallel without --compile: one host thread launching both GPUs' kernels sets the "
+                    "pace, so it is no faster than one GPU (bench/RESULTS.md); add --compile"
+                )
         if compile_model:
             # with two devices, CUDA graphs keep one host thread from being the bottleneck (bench/RESULTS.md)
             pipeline.accelerate(compile_model=True, cuda_graphs=cfg_device is not None)

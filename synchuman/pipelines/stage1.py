@@ -248,9 +248,9 @@ class Stage1Pipeline:
     def enable_cfg_parallel(self, device: str | torch.device) -> None:
         """Run the unconditional half of classifier-free guidance on a replica of the diffusion model on
         ``device`` (call before :meth:`accelerate`). Each step then runs two batch-10 forwards (one per
-        device, concurrently) instead of one batch-20 forward; the per-step exchange is the 2D velocity
-        ``[10, 4, h, w]`` and the 3D one ``[1, 8, G, G, G]`` (~0.4 MB in bf16). Same function as the joint
-        batch up to floating-point summation order."""
+        device, concurrently) instead of one batch-20 forward; per step the latents go over (fp32 ``[10, 4, h,
+        w]`` + ``[1, 8, G, G, G]``) and the unconditional velocities come back: ~2.3 MB at full size. Same
+        function as the joint batch up to floating-point summation order."""
         if hasattr(self.diffusion, "_orig_mod"):
             raise RuntimeError("enable_cfg_parallel must come before accelerate() (the model is compiled)")
         device = torch.device(device)
