@@ -17,6 +17,8 @@ import torch
 
 _SENTINEL = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
+#: rasteriser backends accepted by :func:`rasterize`
+BACKENDS = ("torch", "nvdiffrast", "open3d", "auto")
 
 
 @dataclass
@@ -39,6 +41,25 @@ class RasterOutput:
     def mask(self) -> torch.Tensor:
         """``[B, H, W]`` bool, True where a face is visible."""
         return self.face_id >= 0
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend that will serve ``device``: ``"auto"`` resolved; ValueError for an unknown name or a
+    backend that cannot serve the device; ImportError when the chosen optional package is missing."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown rasteriser backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    from synchuman.geometry import raster_backends
+
+    if backend == "auto":
+        preferred = "nvdiffrast" if device.type == "cuda" else "open3d"
+        return preferred if raster_backends.available(preferred) else "torch"
+    if backend == "nvdiffrast" and device.type != "cuda":
+        raise ValueError("the nvdiffrast rasteriser needs CUDA tensors; use 'torch' or 'open3d' on the CPU")
+    if backend == "open3d" and device.type != "cpu":
+        raise ValueError("the open3d rasteriser runs on CPU tensors; use 'torch' or 'nvdiffrast' on a GPU")
+    if backend != "torch":
+        raster_backends.import_backend(backend)
+    return backend
 
 
 def project(
@@ -77,15 +98,19 @@ def rasterize(
     near: float = 1e-3,
     with_bary: bool = True,
     max_candidates: int = 1 << 24,
+    backend: str = "torch",
 ) -> RasterOutput:
     """Rasterise a mesh from ``B`` cameras.
 
     Args:
         vertices: ``[V, 3]`` (or ``[B, V, 3]``) world positions. faces: ``[F, 3]`` long.
         extrinsics: ``[B, 4, 4]``; intrinsics: ``[B, 3, 3]`` normalised; orthographic: bool or ``[B]`` bool.
-        near: faces with a corner at camera z <= near are skipped.
+        near: faces with a corner at camera z <= near are skipped (nvdiffrast clips them instead).
         with_bary: also return barycentrics and depth (costs ``B*H*W*3`` floats).
-        max_candidates: candidate pixels processed per chunk (memory bound, ~40 bytes each).
+        max_candidates: candidate pixels processed per chunk (memory bound, ~40 bytes each; torch only).
+        backend: one of :data:`BACKENDS`: ``"torch"`` (this module, CPU and GPU), ``"nvdiffrast"`` (CUDA) or
+            ``"open3d"`` (CPU ray casting) when installed (:mod:`.raster_backends`), or ``"auto"``: nvdiffrast
+            for CUDA tensors and Open3D for CPU tensors when importable, else torch.
     """
     if faces.ndim != 2 or faces.shape[1] != 3:
         raise ValueError(f"rasterize: faces must be [F, 3], got {tuple(faces.shape)}")
@@ -93,10 +118,17 @@ def rasterize(
         raise ValueError("rasterize: extrinsics [B, 4, 4] and intrinsics [B, 3, 3] must share B")
     device = vertices.device
     faces = faces.long().to(device)
-    extrinsics, intrinsics = extrinsics.to(device), intrinsics.to(device)
+    extrinsics, intrinsics = extrinsics.to(device).float(), intrinsics.to(device).float()
     num_views, num_faces = extrinsics.shape[0], faces.shape[0]
-    screen = project(vertices.float(), extrinsics.float(), intrinsics.float(), orthographic, height, width)
     ortho = torch.as_tensor(orthographic, device=device).reshape(-1).expand(num_views)
+    backend = resolve_backend(backend, device)
+    if backend != "torch" and num_faces:
+        from synchuman.geometry import raster_backends
+
+        run = {"nvdiffrast": raster_backends.rasterize_nvdiffrast, "open3d": raster_backends.rasterize_open3d}
+        args = (extrinsics, intrinsics, height, width, ortho, near, with_bary)
+        return run[backend](vertices.float(), faces, *args)
+    screen = project(vertices.float(), extrinsics, intrinsics, ortho, height, width)
     tri = screen[:, faces]  # [B, F, 3 corners, 3]
     buffer = torch.full((num_views * height * width,), _SENTINEL, dtype=torch.int64, device=device)
     if num_faces:

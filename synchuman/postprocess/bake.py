@@ -79,8 +79,10 @@ def gather_samples(
     uvs: torch.Tensor,
     views: list[BakeView],
     max_candidates: int = 1 << 24,
+    backend: str = "torch",
 ) -> Samples:
-    """Rasterise every view (batched per image size) and keep masked pixels with their UV and colour."""
+    """Rasterise every view (batched per image size) and keep masked pixels with their UV and colour.
+    ``backend``: the rasteriser (:func:`~synchuman.geometry.raster.rasterize`)."""
     device = vertices.device
     uv_list, color_list, counts = [], [], []
     by_size: dict[tuple[int, int], list[int]] = {}
@@ -94,7 +96,10 @@ def gather_samples(
             extr = torch.stack([views[i].extrinsics for i in chunk]).to(device).float()
             intr = torch.stack([views[i].intrinsics for i in chunk]).to(device).float()
             ortho = torch.tensor([views[i].orthographic for i in chunk], device=device)
-            out = rasterize(vertices, faces, extr, intr, height, width, ortho, max_candidates=max_candidates)
+            size = (height, width)
+            out = rasterize(
+                vertices, faces, extr, intr, *size, ortho, max_candidates=max_candidates, backend=backend
+            )
             uv_img = interpolate(uvs, faces, out)
             for j, i in enumerate(chunk):
                 hit = out.mask[j] & views[i].mask.to(device)
@@ -205,6 +210,7 @@ def bake_texture(
     late_views: tuple[int, ...] = (0, 2),
     late_fraction: float = 0.07,
     seed: int = 0,
+    raster_backend: str = "torch",
 ) -> tuple[torch.Tensor, BakeStats]:
     """Bake a texture ``[T, T, 3]`` float32 in [0, 1] (device of ``vertices``) and its :class:`BakeStats`.
 
@@ -214,7 +220,7 @@ def bake_texture(
     """
     if mode not in BAKE_STEPS:
         raise ValueError(f"bake_texture: mode must be 'opt' or 'fast', got {mode!r}")
-    samples = gather_samples(vertices, faces, uvs, views)
+    samples = gather_samples(vertices, faces, uvs, views, backend=raster_backend)
     if samples.uv.shape[0] == 0:
         raise ValueError("bake_texture: no view sees the mesh inside its mask; check cameras and masks")
     covered = uv_coverage(uvs, faces, texture_size)

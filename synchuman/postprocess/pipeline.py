@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from synchuman.geometry import camera
+from synchuman.geometry.raster import resolve_backend
 from synchuman.models.flexicubes import Mesh
 from synchuman.models.gaussians import Gaussians
 from synchuman.phases import PhaseTimer
@@ -73,7 +74,8 @@ class PostprocessOptions:
     metallic: float = 0.0
     limits: checks_mod.CheckLimits = field(default_factory=checks_mod.CheckLimits)
     extras: tuple[str, ...] = ()  # any of "gaussian_ply", "obj", "views"
-    raster_candidates: int = 1 << 25  # candidate pixels per rasteriser chunk (~120 B each)
+    raster_candidates: int = 1 << 25  # candidate pixels per rasteriser chunk (~120 B each; torch backend)
+    raster_backend: str = "torch"  # visibility and bake views: torch | nvdiffrast | open3d | auto
     seed: int = 0
 
 
@@ -189,6 +191,7 @@ def to_glb(
         raise ValueError(f"bake_mode must be one of {sorted(BAKE_STEPS)}; got {options.bake_mode!r}")
     bake_steps = BAKE_STEPS[options.bake_mode] if options.bake_steps is None else options.bake_steps
     device = mesh.vertices.device
+    raster = resolve_backend(options.raster_backend, device)
     report = PostprocessReport()
     timer = _Phases(report, device, progress)
     report.checks += checks_mod.check_input_mesh(mesh.vertices, mesh.faces, options.limits)
@@ -211,6 +214,7 @@ def to_glb(
                 options.visibility_views,
                 options.visibility_resolution,
                 max_candidates=options.raster_candidates,
+                backend=raster,
             ),
         )
         nbe = options.max_hole_edges or int(250 * math.sqrt(1 - options.simplify))
@@ -219,7 +223,7 @@ def to_glb(
         )
         report.counts["removed_by_cut"] = cut.removed_by_cut
         report.counts["cut_passes"] = cut.passes
-        report.backends["visibility"] = f"torch-raster ({device.type})"
+        report.backends["visibility"] = f"{raster} rasteriser ({device.type})"
         report.backends["cut_fill"] = "python-igraph mincut + pymeshfix"
     atlas = timer.run(
         "uv_atlas", lambda: parametrize(verts_np, faces_np, options.texture_size, options.atlas_fast)
@@ -253,12 +257,13 @@ def to_glb(
             bake_steps,
             options.bake_lambda_tv,
             seed=options.seed,
+            raster_backend=raster,
         )
         return bake_mod.to_uint8(tex), stats
 
     texture, stats = timer.run("bake", _bake)
     report.bake = stats
-    report.backends["bake"] = f"torch grid_sample ({options.bake_mode}, {device.type})"
+    report.backends["bake"] = f"torch grid_sample ({options.bake_mode}, {device.type}; {raster} rasteriser)"
 
     def _export() -> bytes:
         report.checks += checks_mod.check_output(atlas.faces, stats.coverage, options.limits)

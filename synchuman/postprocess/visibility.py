@@ -61,11 +61,12 @@ def face_visibility(
     resolution: int = 1024,
     views_per_batch: int | None = None,
     max_candidates: int = 1 << 24,
+    backend: str = "torch",
 ) -> torch.Tensor:
     """Share of views ``[F]`` float32 (0..1) in which each face covers at least one pixel centre.
 
     Runs on ``vertices.device``; ``views_per_batch`` defaults to 64M pixels per batch on CUDA (512 MiB depth
-    buffer), 4M on CPU.
+    buffer), 4M on CPU. ``backend``: the rasteriser (:func:`~synchuman.geometry.raster.rasterize`).
     """
     device = vertices.device
     extrinsics, intrinsics = visibility_cameras(num_views)
@@ -85,6 +86,7 @@ def face_visibility(
             resolution,
             with_bary=False,
             max_candidates=max_candidates,
+            backend=backend,
         )
         num = (stop - start) * faces.shape[0]
         view = torch.arange(stop - start, device=device)[:, None, None]
