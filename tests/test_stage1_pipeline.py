@@ -237,3 +237,44 @@ def test_service_cfg_device_option(layout: CheckpointLayout, monkeypatch: pytest
     )
     assert order == ["check", "cfg cuda:1", "compile {'compile_model': True, 'cuda_graphs': True}"]
     assert "cuda:1 (CFG-parallel)" in loaded.info.device
+
+
+def test_backend_runs_every_request_on_one_gpu_thread() -> None:
+    """Warm-up and requests share one long-lived thread (CUDA graphs are recorded per thread), whatever
+    thread calls; errors from the pipeline reach the caller."""
+    import threading
+
+    from services.common.stage_runtime import BackendInfo
+    from services.stage1.backend import Stage1PipelineBackend
+    from services.stage1.service import MultiviewSettings
+
+    class RecordingPipeline:  # test double of Stage1Pipeline.run
+        def __init__(self) -> None:
+            self.threads: list[int] = []
+
+        def run(self, framed, conditioning, *, seed, steps, guidance_scale, callback, should_stop):
+            self.threads.append(threading.get_ident())
+            if steps == 7:
+                raise RuntimeError("pipeline failed")
+            callback(steps, steps)
+            views = np.zeros((5, 8, 8, 3), np.uint8)
+            return type("Out", (), {"colors": views, "normals": views, "coords": np.zeros((1, 3), int)})()
+
+    pipeline = RecordingPipeline()
+    backend = Stage1PipelineBackend(pipeline, BackendInfo("ckpts", "random", "cpu", "float32"), 64)
+    backend.warm_up()
+    seen: list[tuple[int, int]] = []
+    callers = [
+        threading.Thread(
+            target=backend.generate,
+            args=(None, None, MultiviewSettings(steps=2), lambda s, n: seen.append((s, n)), lambda: False),
+        )
+        for _ in range(3)
+    ]
+    for caller in callers:
+        caller.start()
+        caller.join()
+    assert len(pipeline.threads) == 4 and len(set(pipeline.threads)) == 1
+    assert pipeline.threads[0] != threading.get_ident() and seen == [(2, 2)] * 3
+    with pytest.raises(RuntimeError, match="pipeline failed"):
+        backend.generate(None, None, MultiviewSettings(steps=7), lambda s, n: None, lambda: False)

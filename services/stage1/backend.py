@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +37,18 @@ def check_second_device(device: str, cfg_device: str) -> None:
 
 
 class Stage1PipelineBackend:
-    """Adapts the core stage-1 pipeline to :class:`services.stage1.service.Stage1Backend`."""
+    """Adapts the core stage-1 pipeline to :class:`services.stage1.service.Stage1Backend`.
+
+    Every pipeline call (warm-up included) runs on one long-lived thread: torch.compile's CUDA graphs
+    (``--compile`` with ``--cfg-device``) are recorded per Python thread, so a thread per request would record
+    them again for every request instead of replaying the warm-up's.
+    """
 
     def __init__(self, pipeline: object, info: BackendInfo, voxel_resolution: int) -> None:
         self.pipeline = pipeline
         self.info = info
         self.voxel_resolution = voxel_resolution
+        self._gpu_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage1-gpu")
 
     @classmethod
     def load(
@@ -83,7 +90,8 @@ class Stage1PipelineBackend:
         framed = np.zeros((768, 768, 4), np.uint8)
         framed[192:576, 288:480] = 255
         crop = np.zeros((518, 518, 3), np.uint8)
-        self.generate(framed, crop, MultiviewSettings(steps=1), lambda step, total: None, lambda: False)
+        # 3 steps: compiled CUDA graphs are warmed up on a function's first call and recorded on a later one
+        self.generate(framed, crop, MultiviewSettings(steps=3), lambda step, total: None, lambda: False)
 
     def generate(
         self,
@@ -93,8 +101,10 @@ class Stage1PipelineBackend:
         progress: Callable[[int, int], None],
         should_stop: Callable[[], bool],
     ) -> GeneratedViews:
-        """Run the pipeline (see :class:`services.stage1.service.Stage1Backend`)."""
-        out = self.pipeline.run(  # type: ignore[attr-defined]
+        """Run the pipeline on the GPU thread (see :class:`services.stage1.service.Stage1Backend`)."""
+        run = self.pipeline.run  # type: ignore[attr-defined]
+        out = self._gpu_thread.submit(
+            run,
             framed,
             conditioning,
             seed=settings.seed,
@@ -102,7 +112,7 @@ class Stage1PipelineBackend:
             guidance_scale=settings.guidance_scale,
             callback=progress,
             should_stop=should_stop,
-        )
+        ).result()
         return GeneratedViews(
             colors=tuple(out.colors), normals=tuple(out.normals), coords=np.asarray(out.coords)
         )
