@@ -62,6 +62,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def camera_space(vertices: torch.Tensor, extrinsics: torch.Tensor) -> torch.Tensor:
+    """World ``[V, 3]`` (or ``[B, V, 3]``) -> camera space ``[B, V, 3]`` under ``extrinsics [B, 4, 4]``."""
+    return vertices @ extrinsics[:, :3, :3].transpose(1, 2) + extrinsics[:, None, :3, 3]
+
+
 def project(
     vertices: torch.Tensor,
     extrinsics: torch.Tensor,
@@ -79,7 +84,7 @@ def project(
     """
     num_views = extrinsics.shape[0]
     ortho = torch.as_tensor(orthographic, device=vertices.device).reshape(-1).expand(num_views)
-    cam = vertices @ extrinsics[:, :3, :3].transpose(1, 2) + extrinsics[:, None, :3, 3]
+    cam = camera_space(vertices, extrinsics)
     z = cam[..., 2:3]
     divisor = torch.where(ortho[:, None, None], torch.ones_like(z), z.clamp(min=1e-8))
     uv = (cam[..., :2] / divisor) @ intrinsics[:, :2, :2].transpose(1, 2) + intrinsics[:, None, :2, 2]

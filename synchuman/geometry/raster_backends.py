@@ -21,7 +21,7 @@ from types import ModuleType
 import torch
 
 from synchuman.geometry import camera
-from synchuman.geometry.raster import RasterOutput
+from synchuman.geometry.raster import RasterOutput, camera_space
 
 #: far plane of the nvdiffrast clip matrices (world units; the scenes live in a box of about 1)
 FAR = 100.0
@@ -49,11 +49,6 @@ def available(name: str) -> bool:
     return True
 
 
-def _camera_space(vertices: torch.Tensor, extrinsics: torch.Tensor) -> torch.Tensor:
-    """World ``[V, 3]`` (or ``[B, V, 3]``) -> camera space ``[B, V, 3]`` under ``extrinsics [B, 4, 4]``."""
-    return vertices @ extrinsics[:, :3, :3].transpose(1, 2) + extrinsics[:, None, :3, 3]
-
-
 def rasterize_nvdiffrast(
     vertices: torch.Tensor,
     faces: torch.Tensor,
@@ -71,7 +66,7 @@ def rasterize_nvdiffrast(
     device = vertices.device
     if device not in _contexts:
         _contexts[device] = dr.RasterizeCudaContext(device=device)
-    cam = _camera_space(vertices, extrinsics)
+    cam = camera_space(vertices, extrinsics)
     proj = torch.where(
         ortho[:, None, None],
         camera.orthographic_projection(intrinsics, near, FAR),
