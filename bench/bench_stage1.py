@@ -202,6 +202,107 @@ def kernel_table(loop: Callable[[int], Any], steps: int, device: torch.device, t
     return lines
 
 
+def _label(name: str) -> str:
+    """``down_blocks.0.attentions.1.transformer_blocks.0.ff`` -> ``down_blocks.0.attentions.ff``."""
+    parts = name.split(".")
+    if parts[0] == "blocks":
+        return "3D blocks (all 24)"
+    out: list[str] = []
+    for part in parts:
+        if part.isdigit() and out and out[-1] in ("resnets", "attentions", "transformer_blocks"):
+            continue
+        if part == "transformer_blocks":
+            continue
+        out.append(part)
+    return ".".join(out)
+
+
+def module_breakdown(
+    model: torch.nn.Module, args: tuple, device: torch.device, repeats: int = 3
+) -> list[str]:
+    """Eager GPU time per module group of one diffusion forward (CUDA events around each module; groups
+    nest, so a block's row includes its parts). ms per forward, median of ``repeats``."""
+    from synchuman.models.mv_unet import MVTransformerBlock
+
+    records: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+    handles: list[Any] = []
+
+    def timer(label: str) -> tuple[Callable[..., None], Callable[..., None]]:
+        pending: list[torch.cuda.Event] = []
+
+        def pre(*_: Any) -> None:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            pending.append(event)
+
+        def post(*_: Any) -> None:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            records.append((label, pending.pop(), event))
+
+        return pre, post
+
+    def wrap_method(block: torch.nn.Module, method: str, label: str) -> None:
+        pre, post = timer(label)
+        original = getattr(block, method)
+
+        def wrapped(*a: Any, **kw: Any) -> Any:
+            pre()
+            out = original(*a, **kw)
+            post()
+            return out
+
+        setattr(block, method, wrapped)
+        handles.append((block, method))
+
+    for name, module in model.named_modules():
+        depth = name.count(".")
+        keep = (
+            (depth == 0 and name)
+            or (
+                depth == 1
+                and name.split(".")[0]
+                in ("down_blocks", "up_blocks", "blocks", "dual_CrossAttblocks_SS", "dual_CrossAttblocks_MV")
+            )
+            or (depth == 2 and name.split(".")[-1] in ("downsamplers", "upsamplers"))
+            or (depth == 3 and name.split(".")[-2] in ("resnets", "attentions"))
+            or name.endswith(("transformer_blocks.0.attn2", "transformer_blocks.0.ff"))
+        )
+        if keep and not isinstance(module, torch.nn.ModuleList):
+            pre, post = timer(_label(name))
+            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(post))
+        if isinstance(module, MVTransformerBlock):
+            level = _label(name)
+            wrap_method(module, "cross_domain_attention", f"{level}.cross_domain_attention")
+            wrap_method(module, "rowwise_attention", f"{level}.rowwise_attention")
+    totals: dict[str, list[float]] = {}
+    try:
+        with torch.inference_mode():
+            model(*args)  # warm-up
+            for _ in range(repeats):
+                records.clear()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(*args)
+                end.record()
+                torch.cuda.synchronize(device)
+                per: dict[str, float] = {"forward (all)": start.elapsed_time(end)}
+                for label, a, b in records:
+                    per[label] = per.get(label, 0.0) + a.elapsed_time(b)
+                for label, ms in per.items():
+                    totals.setdefault(label, []).append(ms)
+    finally:
+        for handle in handles:
+            if isinstance(handle, tuple):
+                delattr(*handle)
+            else:
+                handle.remove()
+    lines = [f"eager GPU time per forward by module group (ms, median of {repeats}):"]
+    lines += [f"  {statistics.median(v):8.2f}  {label}" for label, v in totals.items()]
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -211,8 +312,9 @@ def main() -> int:
     parser.add_argument(
         "--variants",
         default="eager,compile",
-        help="comma list of eager | channels_last | compile | compile_graphs | eager_cfg2 | compile_cfg2 | "
-        "compile_graphs_cfg2 (_cfg2: the unconditional CFG half on --cfg-device; _graphs: CUDA graphs)",
+        help="comma list of eager | channels_last | compile | compile_cl | compile_graphs | eager_cfg2 | "
+        "compile_cfg2 | compile_graphs_cfg2 (_cfg2: the unconditional CFG half on --cfg-device; _graphs: "
+        "CUDA graphs; channels_last / _cl: the UNet's convolutions in channels-last format from then on)",
     )
     parser.add_argument("--cfg-device", default=None, help="second device of the _cfg2 variants, e.g. cuda:1")
     parser.add_argument(
@@ -220,11 +322,18 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--kernels", type=int, default=0, help="print the top N kernels of each variant")
+    parser.add_argument(
+        "--cudnn-benchmark", action="store_true", help="let cuDNN time its convolution algorithms"
+    )
+    parser.add_argument(
+        "--breakdown", action="store_true", help="print eager GPU time per module group of one forward"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     rows: list[tuple[str, str]] = []
 
     def row(name: str, value: str) -> None:
@@ -287,7 +396,7 @@ def main() -> int:
                     pipeline.enable_cfg_parallel(args.cfg_device)
                     replica = pipeline.cfg_diffusion
                 pipeline.cfg_diffusion, pipeline.cfg_device = replica, torch.device(args.cfg_device)
-            if variant == "channels_last":
+            if variant == "channels_last" or variant.endswith("_cl"):
                 for module in base.modules():
                     if isinstance(module, torch.nn.Conv2d):
                         module.to(memory_format=torch.channels_last)
@@ -333,6 +442,8 @@ def main() -> int:
             torch.cat([torch.zeros_like(cond), cond]),
         )
         flops, attn_flops = step_flops(pipeline, step_args)
+        if args.breakdown and device.type == "cuda":
+            print("\n".join(module_breakdown(pipeline.diffusion, step_args, device)), flush=True)
         if best is None:
             raise SystemExit("no loop variant ran")
         best_name, t_best = best[0], best[1]
