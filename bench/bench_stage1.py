@@ -382,6 +382,20 @@ def main() -> int:
         def loop(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
             return pipeline.sample(noise, structure, class_labels, image_latents, cond, steps, 3.0)
 
+        normal, color = noise.to(dtype).chunk(2)
+        sample = torch.cat([torch.cat([normal, normal, color, color]), image_latents], dim=1)
+        step_args = (
+            sample,
+            500.0,
+            pipeline.prompt_embeds_cfg,
+            class_labels,
+            torch.cat([structure, structure]).to(dtype),
+            torch.full((1,), 500.0, device=device),
+            torch.cat([torch.zeros_like(cond), cond]),
+        )
+        if args.breakdown and device.type == "cuda":
+            print("\n".join(module_breakdown(pipeline.diffusion, step_args, device)), flush=True)
+
         best: tuple[str, float, Any, Any, Any] | None = None
         base, replica, first_latents = pipeline.diffusion, None, None
         for variant in [v for v in args.variants.split(",") if v]:
@@ -430,20 +444,7 @@ def main() -> int:
             if best is None or t_loop < best[1]:
                 best = (variant, t_loop, pipeline.diffusion, pipeline.cfg_diffusion, pipeline.cfg_device)
         pipeline.diffusion, pipeline.cfg_diffusion, pipeline.cfg_device = base, None, None
-        normal, color = noise.to(dtype).chunk(2)
-        sample = torch.cat([torch.cat([normal, normal, color, color]), image_latents], dim=1)
-        step_args = (
-            sample,
-            500.0,
-            pipeline.prompt_embeds_cfg,
-            class_labels,
-            torch.cat([structure, structure]).to(dtype),
-            torch.full((1,), 500.0, device=device),
-            torch.cat([torch.zeros_like(cond), cond]),
-        )
         flops, attn_flops = step_flops(pipeline, step_args)
-        if args.breakdown and device.type == "cuda":
-            print("\n".join(module_breakdown(pipeline.diffusion, step_args, device)), flush=True)
         if best is None:
             raise SystemExit("no loop variant ran")
         best_name, t_best = best[0], best[1]
