@@ -24,10 +24,18 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
-                payload[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+                payload[key] = value
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload, ensure_ascii=False)
+        # dicts and lists stay JSON structures; what JSON cannot hold (paths, numpy scalars) becomes str
+        try:
+            return json.dumps(payload, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):  # e.g. a dict with tuple keys
+            flat = {
+                k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+                for k, v in payload.items()
+            }
+            return json.dumps(flat, ensure_ascii=False)
 
 
 def configure_logging(level: str | int = "INFO") -> None:

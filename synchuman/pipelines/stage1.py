@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,7 @@ from synchuman.checkpoints.loading import (
 from synchuman.models.cross_space import SyncHuman_2D3DCrossSpaceDiffusion
 from synchuman.models.dinov2 import DinoV2Encoder
 from synchuman.models.ss_decoder import SparseStructureDecoder
+from synchuman.phases import PhaseTimer
 from synchuman.preprocess.framing import FACE_BOX, MULTIVIEW_SIZE, composite_on_white, face_crop
 from synchuman.samplers.flow_euler import SamplingCancelled, timesteps
 
@@ -407,43 +407,50 @@ class Stage1Pipeline:
             )
         if steps < 1:
             raise ValueError(f"steps must be >= 1; got {steps}")
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        generator = torch.Generator().manual_seed(seed)
-        views = self._views(framed)
-        class_labels, image_latents = self._image_conditions(views, generator)
-        cond = self.dinov2.condition(conditioning).to(self.dtype)
-        size = self.diffusion.sample_size
-        latents = torch.randn((2 * NUM_VIEWS, self.latent_channels, size, size), generator=generator)
-        grid = self.diffusion.grid
-        structure = torch.randn(
-            (1, self.diffusion.trellis_in_channels, grid, grid, grid), generator=generator
-        )
-        timings["encode"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        latents, structure = self.sample(
-            latents.to(self.device),
-            structure.to(self.device),
-            class_labels,
-            image_latents,
-            cond,
-            steps,
-            guidance_scale,
-            callback,
-            should_stop,
-        )
-        timings["sample"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        images = self.decode_views(latents)
-        normals, colors = images[:NUM_VIEWS], images[NUM_VIEWS:].clone()
-        colors[0] = views[0].to(colors.device)
-        x0, y0, x1, y1 = FACE_BOX
-        face = F.interpolate(normals[-1:], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
-        normals[0, :, y0:y1, x0:x1] = face[0]
-        logits = self.ss_decoder(structure)
-        coords = torch.argwhere(logits[0, 0] > 0).to(torch.int32).cpu().numpy()
-        timings["decode"] = time.perf_counter() - start
-        log.info("stage 1 done", extra={"timings": timings, "voxels": int(coords.shape[0])})
+        timer = PhaseTimer(self.device)
+        replica_on_gpu = self.cfg_device is not None and self.cfg_device.type == "cuda"
+        if replica_on_gpu:
+            torch.cuda.reset_peak_memory_stats(self.cfg_device)
+        with timer("encode"):
+            generator = torch.Generator().manual_seed(seed)
+            views = self._views(framed)
+            class_labels, image_latents = self._image_conditions(views, generator)
+            cond = self.dinov2.condition(conditioning).to(self.dtype)
+            size = self.diffusion.sample_size
+            latents = torch.randn((2 * NUM_VIEWS, self.latent_channels, size, size), generator=generator)
+            grid = self.diffusion.grid
+            structure = torch.randn(
+                (1, self.diffusion.trellis_in_channels, grid, grid, grid), generator=generator
+            )
+        with timer("sample"):
+            latents, structure = self.sample(
+                latents.to(self.device),
+                structure.to(self.device),
+                class_labels,
+                image_latents,
+                cond,
+                steps,
+                guidance_scale,
+                callback,
+                should_stop,
+            )
+        with timer("decode"):
+            images = self.decode_views(latents)
+            normals, colors = images[:NUM_VIEWS], images[NUM_VIEWS:].clone()
+            colors[0] = views[0].to(colors.device)
+            x0, y0, x1, y1 = FACE_BOX
+            face = F.interpolate(normals[-1:], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
+            normals[0, :, y0:y1, x0:x1] = face[0]
+            logits = self.ss_decoder(structure)
+            coords = torch.argwhere(logits[0, 0] > 0).to(torch.int32).cpu().numpy()
+        extra: dict[str, object] = {
+            "timings": {k: round(v, 3) for k, v in timer.seconds.items()},
+            "voxels": int(coords.shape[0]),
+        }
+        if timer.peak_gib:
+            extra["peak_gpu_gib"] = {k: round(v, 2) for k, v in timer.peak_gib.items()}
+        if replica_on_gpu:
+            extra["cfg_device_peak_gib"] = round(torch.cuda.max_memory_allocated(self.cfg_device) / 2**30, 2)
+        log.info("stage 1 done", extra=extra)
+        timings = dict(timer.seconds)
         return Stage1Output(_to_uint8(colors), _to_uint8(normals), coords, timings)
