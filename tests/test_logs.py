@@ -1,4 +1,4 @@
-"""The JSON log formatter keeps structured ``extra=`` fields as JSON (the benches and log pipelines parse them)."""
+"""The JSON log formatter keeps structured ``extra=`` fields as JSON (benches and log tools parse them)."""
 
 from __future__ import annotations
 

@@ -186,6 +186,13 @@ def test_service_compile_option_compiles_the_diffusion_model(
     assert calls == []
     Stage1PipelineBackend.load(layout.root, "cpu", "fp32", compile_model=True)
     assert calls == [{"compile_model": True, "cuda_graphs": False}]
+    assert parser.parse_args([]).cuda_graphs == "auto"
+    Stage1PipelineBackend.load(layout.root, "cpu", "fp32", compile_model=True, cuda_graphs=True)
+    assert calls[-1] == {"compile_model": True, "cuda_graphs": True}
+    with pytest.raises(ValueError, match="needs --compile"):
+        Stage1PipelineBackend.load(layout.root, "cpu", "fp32", cuda_graphs=True)
+    with pytest.raises(SystemExit, match="add --compile"):
+        stage1_main.run(parser.parse_args(["--cuda-graphs", "on"]))
 
 
 def test_cfg_parallel_computes_the_same_views(layout: CheckpointLayout, inputs, result) -> None:

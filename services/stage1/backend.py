@@ -58,10 +58,12 @@ class Stage1PipelineBackend:
         dtype: str,
         compile_model: bool = False,
         cfg_device: str | None = None,
+        cuda_graphs: bool | None = None,
     ) -> Stage1PipelineBackend:
         """Verify (every problem listed at once) and load the stage-1 checkpoints under ``root``;
         ``compile_model``: ``torch.compile`` the diffusion model (compiled by the warm-up call);
-        ``cfg_device``: a second CUDA device for the unconditional CFG half (``ValueError`` if unusable)."""
+        ``cfg_device``: a second CUDA device for the unconditional CFG half (``ValueError`` if unusable);
+        ``cuda_graphs``: replay the compiled forwards as CUDA graphs (``None``: only with ``cfg_device``)."""
         from synchuman.checkpoints.layout import CheckpointLayout, default_root
         from synchuman.checkpoints.verify import require_verified, weights_label
         from synchuman.pipelines.stage1 import Stage1Pipeline
@@ -79,9 +81,13 @@ class Stage1PipelineBackend:
                     "CFG-parallel without --compile: one host thread launching both GPUs' kernels sets the "
                     "pace, so it is no faster than one GPU (bench/RESULTS.md); add --compile"
                 )
-        if compile_model:
+        if cuda_graphs is None:
             # with two devices, CUDA graphs keep one host thread from being the bottleneck (bench/RESULTS.md)
-            pipeline.accelerate(compile_model=True, cuda_graphs=cfg_device is not None)
+            cuda_graphs = cfg_device is not None
+        if cuda_graphs and not compile_model:
+            raise ValueError("CUDA graphs replay the compiled model: --cuda-graphs on needs --compile")
+        if compile_model:
+            pipeline.accelerate(compile_model=True, cuda_graphs=cuda_graphs)
         info = BackendInfo(str(layout.root), weights_label(layout.root), device, dtype)
         return cls(pipeline, info, pipeline.voxel_resolution)
 

@@ -35,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "in parallel: about halves a request's sampling time, and holds a second copy of the diffusion "
         "model (bench/RESULTS.md)",
     )
+    parser.add_argument(
+        "--cuda-graphs",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="with --compile, replay each denoising forward as one CUDA graph (takes the host's kernel "
+        "launches out of the loop; keeps a static memory pool). auto (default): on with --cfg-device",
+    )
 
 
 def build_spec(args: argparse.Namespace) -> StageSpec:
@@ -49,7 +56,12 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
 
         root = Path(args.ckpts) if args.ckpts else None
         return Stage1PipelineBackend.load(
-            root, device, dtype, compile_model=args.compile, cfg_device=args.cfg_device
+            root,
+            device,
+            dtype,
+            compile_model=args.compile,
+            cfg_device=args.cfg_device,
+            cuda_graphs={"auto": None, "on": True, "off": False}[args.cuda_graphs],
         )
 
     return StageSpec(
@@ -64,6 +76,8 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; exit status 3 when the checkpoints cannot be loaded."""
+    if args.cuda_graphs == "on" and not args.compile:
+        raise SystemExit("serve stage1: --cuda-graphs on replays the compiled model; add --compile")
     return serve_forever(
         build_spec(args), args.address, limits_from_args(args, typical_job_s=15.0), args.metrics_port
     )
