@@ -140,10 +140,35 @@ def test_out_of_range_options_name_the_option(pipeline):
     assert err.value.field == "options.texture_size"
 
 
-def test_warm_up_runs_the_models_once(pipeline):
+def test_warm_up_runs_the_models_once(pipeline, monkeypatch):
+    """Models once each, and the Gaussian renderer requests use (so gsplat's CUDA build happens before
+    SERVING and a broken renderer fails the start-up)."""
+    import synchuman.pipelines.stage2 as stage2_module
+
+    rendered = []
+    real = stage2_module.gaussian_bake_views
+
+    def recording(gaussians, options):
+        views, backend, rgb = real(gaussians, options)
+        rendered.append((options.gaussian_backend, backend, tuple(rgb.shape)))
+        return views, backend, rgb
+
+    monkeypatch.setattr(stage2_module, "gaussian_bake_views", recording)
     calls = len(pipeline.dinov2.calls)
     pipeline.warm_up()
     assert pipeline.dinov2.calls[calls:] == ["condition", "multiview:4"]
+    assert rendered == [("auto", "torch", (1, 16, 16, 3))]  # CPU: the torch renderer; CUDA: gsplat
+
+
+def test_warm_up_fails_when_the_renderer_cannot_work(pipeline, monkeypatch):
+    import synchuman.pipelines.stage2 as stage2_module
+
+    def broken(gaussians, options):
+        raise PermissionError("cannot write the gsplat build directory")
+
+    monkeypatch.setattr(stage2_module, "gaussian_bake_views", broken)
+    with pytest.raises(PermissionError, match="gsplat"):
+        pipeline.warm_up()
 
 
 def test_a_speck_of_voxels_is_rejected_as_a_useless_output(pipeline):

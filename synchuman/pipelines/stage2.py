@@ -44,7 +44,13 @@ from synchuman.pipelines.stage2_types import (
     Stage2Result,
 )
 from synchuman.postprocess.checks import PostprocessError
-from synchuman.postprocess.pipeline import GeneratedViews, PostprocessOptions, PostprocessReport, to_glb
+from synchuman.postprocess.pipeline import (
+    GeneratedViews,
+    PostprocessOptions,
+    PostprocessReport,
+    gaussian_bake_views,
+    to_glb,
+)
 from synchuman.samplers.flow_euler import SamplingCancelled
 from synchuman.sparse import SparseTensor
 
@@ -197,8 +203,10 @@ class Stage2Pipeline:
     # -- start-up ------------------------------------------------------------------------------------------
 
     def warm_up(self) -> None:
-        """Run conditioning, one sampler step and both decoders on a small sphere of voxels (no export), so
-        the first request does not pay for lazy initialisation (kernels, allocator pools)."""
+        """Run conditioning, one sampler step, both decoders and a one-view 16^2 Gaussian render on a small
+        sphere of voxels (no export), so the first request does not pay for lazy initialisation (kernels,
+        allocator pools, gsplat's CUDA build when it was not pre-built: ~1 minute), and a renderer that cannot
+        work fails the start-up instead of the first job."""
         grid = np.stack(np.meshgrid(*[np.arange(24, 40)] * 3, indexing="ij"), -1).reshape(-1, 3)
         coords = grid[np.linalg.norm(grid - 31.5, axis=1) < 8]
         view = np.full((768, 768, 3), 255, np.uint8)
@@ -207,7 +215,8 @@ class Stage2Pipeline:
             cond = self.dinov2.condition(crop)
             slat = self._sample(coords, cond, Stage2Options(steps=1), lambda *_: None, lambda: False)
             features = self.dinov2.multiview_features((view,) * DECODER_VIEWS)
-            self.models.decode(slat, features, features)
+            gaussians, _ = self.models.decode(slat, features, features)
+            gaussian_bake_views(gaussians, PostprocessOptions(gaussian_views=1, gaussian_resolution=16))
 
 
 #: Stage-2 output file -> the post-processing extra that produces it.
