@@ -188,3 +188,17 @@ def test_stage1_cfg_parallel_override(compose_bin: Path) -> None:
     options = parser.parse_args(args.options)
     assert (options.device, options.cfg_device, options.compile) == ("cuda:0", "cuda:1", True)
     assert options.address == "0.0.0.0:50053"
+
+
+def test_stage2_image_builds_gsplat_kernels_before_switching_user() -> None:
+    """gsplat's CUDA extension is compiled while the image is built, into a directory the runtime user owns
+    (the user has no home directory, so a JIT build at the first request could not write its cache)."""
+    lines = [line.strip() for line in (REPO_ROOT / "docker/stage2.Dockerfile").read_text().splitlines()]
+    env = next(line for line in lines if line.startswith("ENV TORCH_EXTENSIONS_DIR="))
+    directory = env.split("=", 1)[1].split()[0]
+    build = next(i for i, line in enumerate(lines) if "from gsplat.cuda._backend import _C" in line)
+    user = lines.index("USER synchuman")
+    uid = next(line for line in lines if line.startswith("RUN useradd")).split("--uid ")[1].split()[0]
+    assert build < user and lines.index(env) < build
+    assert "assert _C is not None" in lines[build]  # no CUDA toolkit -> gsplat leaves _C None: fail the build
+    assert f"chown -R {uid} {directory}" in " ".join(lines[build : build + 2])
