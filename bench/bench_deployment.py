@@ -348,6 +348,11 @@ class KillTest:
         self.killed_pid = 0
         self.serving_again_s: float | None = None
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        """End the wait for stage 2's return (the bench is over)."""
+        self._stopped.set()
 
     def on_event(self, record: JobRecord, kind: str, stage: str, working: bool) -> None:
         if record.index != self.job_index or kind != "progress" or stage != "stage2" or not working:
@@ -365,11 +370,11 @@ class KillTest:
         print(
             f"kill test: SIGKILL stage2 (pid {self.killed_pid}) during job {self.job_index}", file=sys.stderr
         )
-        while time.time() - self.killed_at < 3600:
+        while not self._stopped.is_set():
             if health_status(self.address, HEALTH_SERVICES["stage2"]) == 1:
                 self.serving_again_s = time.time() - self.killed_at
                 return
-            time.sleep(0.25)
+            self._stopped.wait(0.25)
 
 
 def run_jobs(
@@ -656,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = started + args.timeout
     supervisor, config = launch(args, ckpts, work / "jobs", min(args.ready_timeout, args.timeout))
     startup_s = time.monotonic() - started
+    kill: KillTest | None = None
     try:
         addresses = {name: config.address(name) for name in ("stage1", "stage2")}
         kill = (
@@ -666,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
         with MemoryPoller(addresses, gpu) as memory:
             records = run_jobs(args, config.address("gateway"), photo, kill, deadline)
     finally:
+        if kill:
+            kill.stop()
         supervisor.stop()
     result = analyse(records)
     placement = (
