@@ -10,7 +10,7 @@ turn (one at a time, so the services never compete for a GPU) and prints, per co
   with the CFG replica's peak; stage 2: ``reconstruction phases``).
 
 Stage 1 gets a framed person-sized image and a conditioning crop; stage 2 gets ten 768^2 views, the crop and
-a human-shaped voxel set (capsule stick figure, ``--voxels`` cells of the 64^3 grid).
+a human-shaped voxel set (the shell of a capsule stick figure, ``--voxels`` cells of the 64^3 grid).
 
 Device command (``.whl`` carried; checkpoints drawn on the GPU first)::
 
@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from bench_stage2_models import human_occupancy  # noqa: E402
+from bench_stage_services import photo_like  # noqa: E402
 from stage_doubles import png, stage1_requests, stage2_requests  # noqa: E402
 
 from services.common.stage_io import voxels_to_proto  # noqa: E402
@@ -71,45 +73,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def smooth_image(seed: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Blocky random image (compresses like a rendered view, unlike noise)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (-(-shape[0] // 32), -(-shape[1] // 32), shape[2]), dtype=np.uint8)
-    return np.kron(small, np.ones((32, 32, 1), np.uint8))[: shape[0], : shape[1]]
-
-
 def stage1_inputs() -> dict[str, bytes]:
     """A person-sized opaque region on a transparent 768^2 canvas + a 518^2 crop (content does not change
     the model's work: every request runs the same shapes)."""
     framed = np.zeros((768, 768, 4), np.uint8)
-    framed[60:740, 250:520, :3] = smooth_image(0, (680, 270, 3))
+    framed[60:740, 250:520, :3] = photo_like(0, (680, 270, 3))
     framed[60:740, 250:520, 3] = 255
-    return {"framed.png": png(framed), "conditioning.png": png(smooth_image(1, (518, 518, 3)))}
-
-
-def human_voxels(target: int, res: int = 64) -> np.ndarray:
-    """``[N, 3]`` cells of a capsule stick figure (torso, head, arms, legs) grown until ~``target`` cells."""
-    axes = np.stack(np.meshgrid(*[np.arange(res)] * 3, indexing="ij"), -1).reshape(-1, 3) / res - 0.5
-    segments = [  # (start, end) in [-0.5, 0.5]^3, z up
-        ((0, 0, -0.05), (0, 0, 0.2)), ((0, 0, 0.28), (0, 0, 0.3)), ((-0.2, 0, 0.18), (0.2, 0, 0.18)),
-        ((-0.2, 0, 0.18), (-0.3, 0, -0.05)), ((0.2, 0, 0.18), (0.3, 0, -0.05)),
-        ((-0.08, 0, -0.05), (-0.1, 0, -0.45)), ((0.08, 0, -0.05), (0.1, 0, -0.45)),
-    ]  # fmt: skip
-    distance = np.full(len(axes), np.inf)
-    for a, b in segments:
-        a, b = np.array(a), np.array(b)
-        t = np.clip(((axes - a) @ (b - a)) / max(float((b - a) @ (b - a)), 1e-9), 0, 1)
-        distance = np.minimum(distance, np.linalg.norm(axes - (a + t[:, None] * (b - a)), axis=1))
-    radius = np.sort(distance)[min(target, len(distance)) - 1]
-    return ((axes[distance <= radius] + 0.5) * res).round().astype(np.int64)
+    return {"framed.png": png(framed), "conditioning.png": png(photo_like(1, (518, 518, 3)))}
 
 
 def stage2_inputs(voxels: int) -> tuple[dict[str, bytes], common_pb2.VoxelStructure]:
-    blobs = {"conditioning.png": png(smooth_image(0, (518, 518, 3)))}
+    blobs = {"conditioning.png": png(photo_like(0, (518, 518, 3)))}
     for kind in ("color", "normal"):
         for i in range(5):
-            blobs[f"{kind}_{i}.png"] = png(smooth_image(i + (10 if kind == "normal" else 0), (768, 768, 3)))
-    return blobs, voxels_to_proto(human_voxels(voxels), 64)
+            blobs[f"{kind}_{i}.png"] = png(photo_like(i + (10 if kind == "normal" else 0), (768, 768, 3)))
+    return blobs, voxels_to_proto(human_occupancy(voxels), 64)
 
 
 def serving(port: int) -> bool:
