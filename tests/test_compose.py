@@ -188,6 +188,24 @@ def test_stage1_cfg_parallel_override(compose_bin: Path) -> None:
     options = parser.parse_args(args.options)
     assert (options.device, options.cfg_device, options.compile) == ("cuda:0", "cuda:1", True)
     assert options.address == "0.0.0.0:50053"
+    mounts = {v["target"]: v for v in services["stage1"]["volumes"]}
+    assert mounts["/ckpts"]["read_only"] is True  # the base file's checkpoint mount survives the override
+    assert mounts["/var/cache/synchuman"]["type"] == "volume"  # torch.compile's caches across restarts
+
+
+def test_stage1_image_can_run_torch_compile() -> None:
+    """`--compile` runs Triton, which builds its launcher modules with a C compiler and the Python headers at
+    run time; its caches go to a directory the service user owns (the compose override mounts a volume)."""
+    text = (REPO_ROOT / "docker/stage1.Dockerfile").read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    apt = next(line for line in lines if "apt-get install" in line)
+    assert {"gcc", "libc6-dev", "python3-dev"} <= set(apt.split())
+    env = next(line for line in lines if line.startswith("ENV TORCHINDUCTOR_CACHE_DIR="))
+    cache = env.split("=", 1)[1]
+    assert cache.startswith("/var/cache/synchuman/")
+    uid = next(line for line in lines if line.startswith("RUN useradd")).split("--uid ")[1].split()[0]
+    assert f"chown -R {uid} /var/cache/synchuman" in text
+    assert lines.index(env) < lines.index("USER synchuman")
 
 
 def test_stage2_image_builds_gsplat_kernels_before_switching_user() -> None:
