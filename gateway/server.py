@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway.artifacts import ArtifactStore
 from gateway.manager import JobManager, ManagerSettings, RetryPolicy
-from gateway.service import ReconstructionServicer
+from gateway.grpc_servicer import ReconstructionServicer
 from gateway.stages import StageClients, StageTargets
 from gateway.store import open_job_store
 from services.common.auth import BearerTokenInterceptor
