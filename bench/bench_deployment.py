@@ -62,8 +62,9 @@ from google.protobuf import text_format
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from services.common.endpoints import HEALTH_SERVICES  # noqa: E402
 from services.common.stage_io import blob_chunks, blob_header  # noqa: E402
-from services.embedded import HEALTH_SERVICES, EmbeddedConfig, child_specs  # noqa: E402
+from services.embedded import EmbeddedConfig, child_specs  # noqa: E402
 from services.supervisor import Supervisor, health_status  # noqa: E402
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc  # noqa: E402
 

@@ -11,31 +11,29 @@ import argparse
 import os
 from pathlib import Path
 
-DEFAULT_PORT = 50051
-DEFAULT_HTTP_PORT = 8080
-SERVICE_NAME = "synchuman.v1.ReconstructionService"
+from services.common.endpoints import default_address
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the gateway."""
-    parser.add_argument("--address", default=f"127.0.0.1:{DEFAULT_PORT}", help="gRPC host:port to listen on")
+    parser.add_argument("--address", default=default_address("gateway"), help="gRPC host:port to listen on")
     parser.add_argument("--grpc-port", type=int, help="gRPC port (overrides the port of --address)")
     parser.add_argument(
         "--http",
-        default=f"127.0.0.1:{DEFAULT_HTTP_PORT}",
+        default=default_address("http"),
         metavar="HOST:PORT",
         help="HTTP bridge host:port ('' or 'off': no HTTP bridge)",
     )
     parser.add_argument("--http-port", type=int, help="HTTP port (overrides the port of --http)")
-    for name, port in (("preprocess", 50052), ("stage1", 50053), ("stage2", 50054)):
+    for name in ("preprocess", "stage1", "stage2"):
         parser.add_argument(
             f"--{name}",
             f"--{name}-target",
             dest=name,
-            default=f"127.0.0.1:{port}",
+            default=default_address(name),
             metavar="TARGET",
             help=f"gRPC target of the {name} service: host:port, dns:///host:port or "
-            f"ipv4:ADDR:PORT,ADDR:PORT (replicas used round robin; default 127.0.0.1:{port})",
+            f"ipv4:ADDR:PORT,ADDR:PORT (replicas used round robin; default {default_address(name)})",
         )
     parser.add_argument("--data-dir", default="gateway-data", metavar="DIR", help="job and artifact store")
     parser.add_argument(

@@ -19,17 +19,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.artifacts import ArtifactStore
-from gateway.manager import JobManager, ManagerSettings, RetryPolicy
 from gateway.grpc_servicer import ReconstructionServicer
+from gateway.manager import JobManager, ManagerSettings, RetryPolicy
 from gateway.stages import StageClients, StageTargets
 from gateway.store import open_job_store
 from services.common.auth import BearerTokenInterceptor
+from services.common.endpoints import RECONSTRUCTION_SERVICE, default_address
 from services.common.observability import ObservabilityInterceptor
 from synchuman.v1 import reconstruction_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "synchuman.v1.ReconstructionService"
+SERVICE_NAME = RECONSTRUCTION_SERVICE
 
 
 @dataclass
@@ -39,11 +40,11 @@ class GatewayConfig:
     excepted) and by the HTTP bridge (empty: open).
     """
 
-    address: str = "127.0.0.1:50051"
-    http_address: str = "127.0.0.1:8080"
-    preprocess_target: str = "127.0.0.1:50052"
-    stage1_target: str = "127.0.0.1:50053"
-    stage2_target: str = "127.0.0.1:50054"
+    address: str = default_address("gateway")
+    http_address: str = default_address("http")
+    preprocess_target: str = default_address("preprocess")
+    stage1_target: str = default_address("stage1")
+    stage2_target: str = default_address("stage2")
     data_dir: Path = Path("gateway-data")
     database_url: str = ""
     auth_token: str = ""

@@ -12,16 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.endpoints import DEFAULT_HOST, DEFAULT_PORTS, HEALTH_SERVICES
 from services.supervisor import ChildSpec, Supervisor
-
-#: Default ports of the embedded deployment (gateway gRPC, HTTP bridge, then the stage services).
-DEFAULT_PORTS = {"gateway": 50051, "preprocess": 50052, "stage1": 50053, "stage2": 50054, "http": 8080}
-HEALTH_SERVICES = {
-    "preprocess": "synchuman.v1.PreprocessService",
-    "stage1": "synchuman.v1.Stage1Service",
-    "stage2": "synchuman.v1.Stage2Service",
-    "gateway": "synchuman.v1.ReconstructionService",
-}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -35,13 +27,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedConfig:
     """Where each service listens and what it loads.
 
-    ``ports``: per service name (see :data:`DEFAULT_PORTS`); ``ckpts``: checkpoint root (None: default);
+    ``ports``: per service name (see :data:`~services.common.endpoints.DEFAULT_PORTS`); ``ckpts``: checkpoint
+    root (None: default);
     ``data_dir``: the gateway's job and artifact store; ``stage_args``: extra options for both GPU stages
     (e.g. ``["--max-queue", "8"]``); ``stage1_args``: extra options for stage 1 only (e.g. ``["--compile"]``);
     ``env``: extra environment for every child.
     """
 
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     ckpts: Path | None = None
     device: str = "auto"

@@ -6,17 +6,16 @@ import argparse
 import os
 from pathlib import Path
 
+from services.common.endpoints import DEFAULT_PORTS, PREPROCESS_SERVICE
 from services.common.stage_server import StageSpec, add_server_arguments, limits_from_args, serve_forever
 from synchuman.preprocess.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from synchuman.preprocess.pipeline import PreprocessOptions
 
-DEFAULT_PORT = 50052
-SERVICE_NAME = "synchuman.v1.PreprocessService"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the preprocess service."""
-    add_server_arguments(parser, DEFAULT_PORT, concurrency=max(1, (os.cpu_count() or 2) // 2), max_queue=16)
+    concurrency = max(1, (os.cpu_count() or 2) // 2)
+    add_server_arguments(parser, DEFAULT_PORTS["preprocess"], concurrency=concurrency, max_queue=16)
     parser.add_argument("--segmentation-dir", metavar="DIR",
                         help="segmentation models (default: $SYNCHUMAN_CKPTS/segmentation or "
                         "./ckpts/segmentation)")
@@ -41,7 +40,7 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
     )
     return StageSpec(
         name="preprocess",
-        service_name=SERVICE_NAME,
+        service_name=PREPROCESS_SERVICE,
         make_servicer=PreprocessServicer,
         add_servicer=preprocess_pb2_grpc.add_PreprocessServiceServicer_to_server,
         load_backend=lambda: PreprocessBackend.load(defaults),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from services.common.endpoints import DEFAULT_PORTS, STAGE1_SERVICE
 from services.common.stage_server import (
     StageSpec,
     add_stage_arguments,
@@ -13,13 +14,10 @@ from services.common.stage_server import (
     serve_forever,
 )
 
-DEFAULT_PORT = 50053
-SERVICE_NAME = "synchuman.v1.Stage1Service"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the stage-1 service."""
-    add_stage_arguments(parser, DEFAULT_PORT)
+    add_stage_arguments(parser, DEFAULT_PORTS["stage1"])
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -66,7 +64,7 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
 
     return StageSpec(
         name="stage1",
-        service_name=SERVICE_NAME,
+        service_name=STAGE1_SERVICE,
         make_servicer=Stage1Servicer,
         add_servicer=stage1_pb2_grpc.add_Stage1ServiceServicer_to_server,
         load_backend=load_backend,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from services.common.endpoints import DEFAULT_PORTS, STAGE2_SERVICE
 from services.common.stage_server import (
     StageSpec,
     add_stage_arguments,
@@ -13,13 +14,10 @@ from services.common.stage_server import (
     serve_forever,
 )
 
-DEFAULT_PORT = 50054
-SERVICE_NAME = "synchuman.v1.Stage2Service"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the stage-2 service."""
-    add_stage_arguments(parser, DEFAULT_PORT)
+    add_stage_arguments(parser, DEFAULT_PORTS["stage2"])
     parser.add_argument(
         "--gaussian-views",
         default="auto",
@@ -63,7 +61,7 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
 
     return StageSpec(
         name="stage2",
-        service_name=SERVICE_NAME,
+        service_name=STAGE2_SERVICE,
         make_servicer=Stage2Servicer,
         add_servicer=stage2_pb2_grpc.add_Stage2ServiceServicer_to_server,
         load_backend=load_backend,
