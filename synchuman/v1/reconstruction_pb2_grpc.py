@@ -116,8 +116,12 @@ class ReconstructionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Cancel a queued or running job. Work in progress stops at the next
-        sampler step. Cancelling a finished job is a no-op that returns it.
+        """Cancel a queued or running job. A queued job is cancelled at once. For
+        a running job the gateway abandons the stage call and the call returns
+        as soon as the job is CANCELLED, waiting at most 30 s: if the stage has
+        not stopped by then the returned job can still be RUNNING, and the
+        CANCELLED state follows on `WatchJob`. Cancelling a finished job is a
+        no-op that returns it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
