@@ -14,20 +14,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from services.common.observability import ObservabilityInterceptor, start_metrics_server
+from services.common.endpoints import default_address
+from services.common.grpc_server import ServiceServer
+from services.common.observability import start_metrics_server
 from services.common.stage_runtime import StageLimits, StageRuntime
 
 log = logging.getLogger(__name__)
-
-MAX_MESSAGE_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -55,32 +52,18 @@ class StageServer:
         self.spec = spec
         self.runtime = StageRuntime(spec.name, limits)
         workers = limits.concurrency + limits.max_queue + 8  # running + queued handlers + health/info calls
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{spec.name}-rpc"),
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-            maximum_concurrent_rpcs=workers,
-            interceptors=(ObservabilityInterceptor(spec.name),),
+        self.grpc_server = ServiceServer(
+            spec.name,
+            spec.service_name,
+            address,
+            lambda server: spec.add_servicer(spec.make_servicer(self.runtime), server),
+            workers=workers,
+            max_concurrent_rpcs=workers,
         )
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        spec.add_servicer(spec.make_servicer(self.runtime), self.server)
-        reflection.enable_server_reflection(
-            (spec.service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"{spec.name}: cannot listen on {address} (in use or not a local address)")
-        self.address = address.rsplit(":", 1)[0] + f":{self.port}"
-        self.server.start()
+        self.port = self.grpc_server.port
+        self.address = self.grpc_server.address
+        self.grpc_server.start()
         self._stopped = threading.Event()
-
-    def _set_health(self, status: int) -> None:
-        self.health.set("", status)
-        self.health.set(self.spec.service_name, status)
 
     def load(self) -> None:
         """Load and verify the checkpoints, warm up, then report SERVING."""
@@ -89,7 +72,7 @@ class StageServer:
         loaded = time.monotonic()
         self.spec.warm_up(backend)
         self.runtime.attach(backend)
-        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.grpc_server.set_serving(True)
         log.info(
             "serving",
             extra={
@@ -109,17 +92,19 @@ class StageServer:
             return
         self._stopped.set()
         log.info("shutting down", extra={"stage": self.spec.name, "running": self.runtime.limiter.running})
-        self.health.enter_graceful_shutdown()
+        self.grpc_server.health.enter_graceful_shutdown()
         self.runtime.drain()
-        self.server.stop(grace=2.0).wait()
+        self.grpc_server.stop(2.0).wait()
         log.info("stopped", extra={"stage": self.spec.name})
 
 
 def add_server_arguments(
-    parser: argparse.ArgumentParser, default_port: int, concurrency: int = 1, max_queue: int = 4
+    parser: argparse.ArgumentParser, name: str, concurrency: int = 1, max_queue: int = 4
 ) -> None:
-    """The command-line options of every service process: address, admission limits, grace, metrics."""
-    parser.add_argument("--address", default=f"127.0.0.1:{default_port}", help="host:port to listen on")
+    """The command-line options of every service process: address (default: service ``name``'s default
+    address), admission limits, grace, metrics.
+    """
+    parser.add_argument("--address", default=default_address(name), help="host:port to listen on")
     parser.add_argument(
         "--concurrency", type=int, default=concurrency,
         help=f"requests worked on at once (default {concurrency})",
@@ -140,9 +125,9 @@ def add_server_arguments(
     )
 
 
-def add_stage_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
+def add_stage_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """The command-line options every GPU stage service shares (:func:`add_server_arguments` + device)."""
-    add_server_arguments(parser, default_port)
+    add_server_arguments(parser, name)
     parser.add_argument(
         "--ckpts", metavar="DIR", help="checkpoint root (default: $SYNCHUMAN_CKPTS or ./ckpts)"
     )
@@ -205,7 +190,7 @@ def serve_forever(spec: StageSpec, address: str, limits: StageLimits, metrics_po
     if failure:
         log.error("start-up failed", extra={"stage": spec.name}, exc_info=failure[0])
         print(f"{spec.name}: cannot start: {failure[0]}", file=sys.stderr, flush=True)
-        server.server.stop(grace=None)
+        server.grpc_server.stop(None)
         return 3
     server.stop()
     return 0

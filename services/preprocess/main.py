@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from services.common.endpoints import DEFAULT_PORTS, PREPROCESS_SERVICE
+from services.common.endpoints import PREPROCESS_SERVICE
 from services.common.stage_server import StageSpec, add_server_arguments, limits_from_args, serve_forever
 from synchuman.preprocess.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from synchuman.preprocess.pipeline import PreprocessOptions
@@ -15,7 +15,7 @@ from synchuman.preprocess.pipeline import PreprocessOptions
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the preprocess service."""
     concurrency = max(1, (os.cpu_count() or 2) // 2)
-    add_server_arguments(parser, DEFAULT_PORTS["preprocess"], concurrency=concurrency, max_queue=16)
+    add_server_arguments(parser, "preprocess", concurrency=concurrency, max_queue=16)
     parser.add_argument("--segmentation-dir", metavar="DIR",
                         help="segmentation models (default: $SYNCHUMAN_CKPTS/segmentation or "
                         "./ckpts/segmentation)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from services.common.endpoints import DEFAULT_PORTS, STAGE1_SERVICE
+from services.common.endpoints import STAGE1_SERVICE
 from services.common.stage_server import (
     StageSpec,
     add_stage_arguments,
@@ -17,7 +17,7 @@ from services.common.stage_server import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the stage-1 service."""
-    add_stage_arguments(parser, DEFAULT_PORTS["stage1"])
+    add_stage_arguments(parser, "stage1")
     parser.add_argument(
         "--compile",
         action="store_true",

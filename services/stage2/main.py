@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from services.common.endpoints import DEFAULT_PORTS, STAGE2_SERVICE
+from services.common.endpoints import STAGE2_SERVICE
 from services.common.stage_server import (
     StageSpec,
     add_stage_arguments,
@@ -17,7 +17,7 @@ from services.common.stage_server import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the stage-2 service."""
-    add_stage_arguments(parser, DEFAULT_PORTS["stage2"])
+    add_stage_arguments(parser, "stage2")
     parser.add_argument(
         "--gaussian-views",
         default="auto",
