@@ -8,8 +8,8 @@ setup:
 
 # Main job: check/obtain checkpoints, then start preprocess, stage 1, stage 2 and the gateway on localhost.
 serve: setup
-	$(PY) -m synchuman.cli ckpts ensure
-	$(PY) -m synchuman.cli serve
+	$(PY) -m synchuman_cli ckpts ensure
+	$(PY) -m synchuman_cli serve
 
 # Tests on CPU with tiny random checkpoints (what CI runs, via .ci/run).
 test: setup

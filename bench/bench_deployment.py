@@ -2,7 +2,7 @@
 
 Starts preprocess and the gateway on the CPU and the stage-1 / stage-2 services each pinned to a GPU with
 ``CUDA_VISIBLE_DEVICES`` (``--gpus 0,1``: one GPU each, as compose.yaml; ``--gpus 0``: both share GPU 0),
-using the embedded launcher (``services.embedded.child_specs`` + ``services.supervisor.Supervisor``, which
+using the embedded launcher (``services.launcher.child_specs`` + ``services.supervisor.Supervisor``, which
 also restarts a killed child). It waits for every health check to be SERVING, submits ``--jobs`` photos at
 once (a synthetic RGBA person cut-out, or ``--image``), follows every job's event stream, and measures:
 
@@ -30,7 +30,7 @@ One device command (carry ``.whl``; --timeout bounds the bench so it reports bef
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD:$PYTHONPATH || exit; nvidia-smi -L; \
-    [ -f /tmp/ckpts/RANDOM_WEIGHTS.json ] || python3 -m synchuman.cli ckpts make-random /tmp/ckpts \
+    [ -f /tmp/ckpts/RANDOM_WEIGHTS.json ] || python3 -m synchuman_cli ckpts make-random /tmp/ckpts \
     --dtype float16 --device cuda >$OUT/ckpts.log 2>&1 || { tail -30 $OUT/ckpts.log; exit 1; }; \
     python3 bench/bench_deployment.py --ckpts /tmp/ckpts --gpus 0 --jobs 8 --timeout 450 --simplify 0.95 \
     --out $OUT/deployment.md 2>$OUT/services.log; rc=$?; tail -25 $OUT/services.log; exit $rc
@@ -64,7 +64,7 @@ sys.path.insert(0, str(ROOT))
 
 from services.common.endpoints import HEALTH_SERVICES  # noqa: E402
 from services.common.stage_io import blob_chunks, blob_header  # noqa: E402
-from services.embedded import EmbeddedConfig, child_specs  # noqa: E402
+from services.launcher import EmbeddedConfig, child_specs  # noqa: E402
 from services.supervisor import Supervisor, health_status  # noqa: E402
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc  # noqa: E402
 
@@ -574,7 +574,7 @@ def synthetic_photo(path: str | None) -> bytes:
         return Path(path).read_bytes()
     from PIL import Image
 
-    from synchuman.commands.selftest import synthetic_person
+    from synchuman_cli.commands.selftest import synthetic_person
 
     buffer = io.BytesIO()
     Image.fromarray(synthetic_person(), "RGBA").save(buffer, format="PNG")

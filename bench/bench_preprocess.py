@@ -124,7 +124,7 @@ def main() -> None:
         cli_runs = []
         for _ in range(3):
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "synchuman.cli", "preprocess", str(source), "-o",
+            subprocess.run([sys.executable, "-m", "synchuman_cli", "preprocess", str(source), "-o",
                             str(Path(tmp) / "out.png")], check=True, capture_output=True)
             cli_runs.append(time.perf_counter() - started)
         cli = statistics.median(cli_runs)

@@ -14,7 +14,7 @@ a human-shaped voxel set (the shell of a capsule stick figure, ``--voxels`` cell
 
 Device command (``.whl`` carried; checkpoints drawn on the GPU first)::
 
-    python3 -m synchuman.cli ckpts make-random /tmp/ckpts --parts dinov2,stage1 && \\
+    python3 -m synchuman_cli ckpts make-random /tmp/ckpts --parts dinov2,stage1 && \\
     python3 bench/bench_stage_service.py --stage 1 --ckpts /tmp/ckpts \\
         --config "1 GPU, compiled=--device cuda:0 --compile" \\
         --config "2 GPUs, CFG-parallel=--device cuda:0 --cfg-device cuda:1 --compile"
@@ -168,7 +168,7 @@ def main() -> int:
     try:
         for svc in services:
             command = [
-                sys.executable, "-m", "synchuman.cli", "--log-level", "INFO", "serve", f"stage{args.stage}",
+                sys.executable, "-m", "synchuman_cli", "--log-level", "INFO", "serve", f"stage{args.stage}",
                 "--address", f"127.0.0.1:{svc.port}", "--ckpts", str(args.ckpts), *svc.args,
             ]  # fmt: skip
             svc.started = time.perf_counter()

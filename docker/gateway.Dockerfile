@@ -9,6 +9,7 @@ RUN pip install "${TORCH_SPEC}" --index-url "${TORCH_INDEX_URL}"
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY synchuman ./synchuman
+COPY synchuman_cli ./synchuman_cli
 COPY services ./services
 COPY gateway ./gateway
 COPY scripts ./scripts
@@ -18,4 +19,4 @@ USER synchuman
 EXPOSE 50051 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-m", "services.common.healthcheck", "127.0.0.1:50051", "--service", "synchuman.v1.ReconstructionService"]
-CMD ["python", "-m", "synchuman.cli", "--log-level", "INFO", "serve", "gateway", "--address", "0.0.0.0:50051", "--http", "0.0.0.0:8080", "--preprocess", "dns:///preprocess:50052", "--stage1", "dns:///stage1:50053", "--stage2", "dns:///stage2:50054", "--data-dir", "/data"]
+CMD ["python", "-m", "synchuman_cli", "--log-level", "INFO", "serve", "gateway", "--address", "0.0.0.0:50051", "--http", "0.0.0.0:8080", "--preprocess", "dns:///preprocess:50052", "--stage1", "dns:///stage1:50053", "--stage2", "dns:///stage2:50054", "--data-dir", "/data"]

@@ -9,6 +9,7 @@ RUN pip install "${TORCH_SPEC}" --index-url "${TORCH_INDEX_URL}"
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY synchuman ./synchuman
+COPY synchuman_cli ./synchuman_cli
 COPY services ./services
 COPY gateway ./gateway
 COPY scripts ./scripts
@@ -18,4 +19,4 @@ USER synchuman
 EXPOSE 50052
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-m", "services.common.healthcheck", "127.0.0.1:50052", "--service", "synchuman.v1.PreprocessService"]
-CMD ["python", "-m", "synchuman.cli", "--log-level", "INFO", "serve", "preprocess", "--address", "0.0.0.0:50052", "--segmentation-dir", "/ckpts/segmentation"]
+CMD ["python", "-m", "synchuman_cli", "--log-level", "INFO", "serve", "preprocess", "--address", "0.0.0.0:50052", "--segmentation-dir", "/ckpts/segmentation"]

@@ -15,6 +15,7 @@ RUN pip install "${TORCH_SPEC}" --index-url "${TORCH_INDEX_URL}"
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY synchuman ./synchuman
+COPY synchuman_cli ./synchuman_cli
 COPY services ./services
 COPY gateway ./gateway
 COPY scripts ./scripts
@@ -28,4 +29,4 @@ USER synchuman
 EXPOSE 50053
 HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
     CMD ["python", "-m", "services.common.healthcheck", "127.0.0.1:50053", "--service", "synchuman.v1.Stage1Service"]
-CMD ["python", "-m", "synchuman.cli", "--log-level", "INFO", "serve", "stage1", "--address", "0.0.0.0:50053", "--ckpts", "/ckpts"]
+CMD ["python", "-m", "synchuman_cli", "--log-level", "INFO", "serve", "stage1", "--address", "0.0.0.0:50053", "--ckpts", "/ckpts"]

@@ -1,8 +1,11 @@
-"""The embedded deployment: preprocess, stage 1, stage 2 and the gateway as four local processes.
+"""Launch the services as local child processes: preprocess, stage 1, stage 2 and the gateway (the "embedded"
+all-in-one deployment of ``synchuman serve``, ``synchuman reconstruct`` and ``synchuman selftest``).
 
-:func:`child_specs` turns an :class:`EmbeddedConfig` into the :class:`~services.supervisor.ChildSpec` list the
-supervisor runs; each child is ``python -m synchuman.cli serve <target> ...`` so it uses exactly the code and
-options of a stand-alone service.
+:data:`TARGETS` names every service module; :func:`child_specs` turns an :class:`EmbeddedConfig` into the
+:class:`~services.supervisor.ChildSpec` list the supervisor runs; each child is
+``python -m synchuman_cli serve <target> ...`` so it uses exactly the code and options of a stand-alone
+service. Importing this module stays cheap and needs no gRPC (the CLI reads :data:`TARGETS` to build its
+parser); the supervisor is imported where processes are started.
 """
 
 from __future__ import annotations
@@ -11,12 +14,25 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.common.endpoints import DEFAULT_HOST, DEFAULT_PORTS, HEALTH_SERVICES
-from services.supervisor import ChildSpec, Supervisor
+
+if TYPE_CHECKING:
+    from services.supervisor import ChildSpec, Supervisor
+
+#: Service name -> (module, one-line description). Order = start order of the all-in-one deployment (a front
+#: end such as the gateway goes last). Each module exposes ``add_arguments(parser)`` and ``run(args) -> int``;
+#: add a service by adding one line here.
+TARGETS: dict[str, tuple[str, str]] = {
+    "preprocess": ("services.preprocess.main", "PreprocessService: decode, segment, frame, check (CPU)"),
+    "stage1": ("services.stage1.main", "Stage1Service: multiview diffusion and sparse structure (GPU)"),
+    "stage2": ("services.stage2.main", "Stage2Service: structured latent, decoders, GLB export (GPU)"),
+    "gateway": ("gateway.main", "ReconstructionService gateway: jobs, stage retries, HTTP bridge"),
+}
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = DEFAULT_HOST) -> int:
     """A TCP port that was free a moment ago (for tests and the self-test)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -28,10 +44,9 @@ class EmbeddedConfig:
     """Where each service listens and what it loads.
 
     ``ports``: per service name (see :data:`~services.common.endpoints.DEFAULT_PORTS`); ``ckpts``: checkpoint
-    root (None: default);
-    ``data_dir``: the gateway's job and artifact store; ``stage_args``: extra options for both GPU stages
-    (e.g. ``["--max-queue", "8"]``); ``stage1_args``: extra options for stage 1 only (e.g. ``["--compile"]``);
-    ``env``: extra environment for every child.
+    root (None: default); ``data_dir``: the gateway's job and artifact store; ``stage_args``: extra options
+    for both GPU stages (e.g. ``["--max-queue", "8"]``); ``stage1_args``: extra options for stage 1 only
+    (e.g. ``["--compile"]``); ``env``: extra environment for every child.
     """
 
     host: str = DEFAULT_HOST
@@ -63,11 +78,13 @@ class EmbeddedConfig:
 
 
 def _cli(config: EmbeddedConfig, *args: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", "synchuman.cli", "--log-level", config.log_level, "serve", *args)
+    return (sys.executable, "-m", "synchuman_cli", "--log-level", config.log_level, "serve", *args)
 
 
 def child_specs(config: EmbeddedConfig) -> list[ChildSpec]:
     """The four services, gateway last (it is stopped first on shutdown)."""
+    from services.supervisor import ChildSpec
+
     ckpts = ("--ckpts", str(config.ckpts)) if config.ckpts else ()
     device = ("--device", config.device, "--dtype", config.dtype)
     segmentation = ("--segmentation-dir", str(config.ckpts / "segmentation")) if config.ckpts else ()
@@ -108,8 +125,6 @@ def missing_services() -> list[str]:
     """Services whose module is not installed (``"name (module)"``); empty when all four can start."""
     import importlib.util
 
-    from synchuman.commands.serve import TARGETS
-
     return [f"{name} ({mod})" for name, (mod, _) in TARGETS.items() if not importlib.util.find_spec(mod)]
 
 
@@ -122,6 +137,8 @@ def start_embedded(config: EmbeddedConfig, ready_timeout_s: float = 600.0) -> Su
     missing = missing_services()
     if missing:
         raise RuntimeError(f"cannot start every service: not installed: {', '.join(missing)}")
+    from services.supervisor import Supervisor
+
     supervisor = Supervisor(child_specs(config))
     supervisor.start()
     supervisor.run_in_background()

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from services.common.auth import authorized_channel
 from services.common.stage_io import blob_chunks, blob_header
-from services.embedded import EmbeddedConfig, start_embedded
+from services.launcher import EmbeddedConfig, start_embedded
 from services.supervisor import Supervisor, health_status
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
 

@@ -1,6 +1,6 @@
 """The ``synchuman`` command line.
 
-Every subcommand lives in its own module under :mod:`synchuman.commands`; that module exposes
+Every subcommand lives in its own module under :mod:`synchuman_cli.commands`; that module exposes
 ``register(subparsers)`` (adds its parser, cheap to import) and the parser's ``func`` default,
 which does the work and returns the process exit status.
 """
@@ -25,9 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"synchuman.commands.{name}")
+            module = importlib.import_module(f"synchuman_cli.commands.{name}")
         except ModuleNotFoundError as exc:  # a command whose module is not installed
-            if exc.name and exc.name.startswith("synchuman.commands"):
+            if exc.name and exc.name.startswith("synchuman_cli.commands"):
                 continue
             raise
         module.register(subparsers)
@@ -49,10 +49,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"synchuman {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    # Under ``python -m synchuman.cli`` this file runs as ``__main__``, a second copy of the module whose
-    # UserError is not the one the commands raise: dispatch through the importable module instead.
-    from synchuman.cli import main as _main
-
-    sys.exit(_main())

@@ -20,7 +20,7 @@ from synchuman.checkpoints.shapes import build_meta_model, model_shapes
 from synchuman.checkpoints.tiny_common import write_model_folder
 from synchuman.checkpoints.tiny_stage2 import write_tiny_stage2
 from synchuman.checkpoints.verify import RANDOM_MARKER, TINY_MARKER, is_tiny, verify_tree, weights_kind
-from synchuman.cli import main
+from synchuman_cli.main import main
 
 
 def errors_of(root: Path, sections: tuple[str, ...] | None = None) -> list[str]:

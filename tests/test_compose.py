@@ -129,7 +129,7 @@ def test_the_validator_rejects_a_broken_file(compose_bin: Path, tmp_path: Path) 
 
 
 def _cli_argv(argv: list[str]) -> list[str]:
-    assert argv[:3] == ["python", "-m", "synchuman.cli"], argv
+    assert argv[:3] == ["python", "-m", "synchuman_cli"], argv
     return argv[3:]
 
 
@@ -144,8 +144,8 @@ def test_commands_parse_with_the_real_cli(config: dict, name: str) -> None:
     """Every container command (compose and Dockerfile CMD) is accepted by the project's own parsers."""
     import argparse
 
-    from synchuman.cli import build_parser
-    from synchuman.commands import serve
+    from synchuman_cli.commands import serve
+    from synchuman_cli.main import build_parser
 
     service = config["services"][name]
     commands = [service["command"]] + ([_dockerfile_cmd(service)] if name in LONG_RUNNING else [])
@@ -173,7 +173,7 @@ def test_stage1_cfg_parallel_override(compose_bin: Path) -> None:
     import argparse
 
     from services.stage1 import main as stage1_main
-    from synchuman.cli import build_parser
+    from synchuman_cli.main import build_parser
 
     result = run_config(compose_bin, COMPOSE_FILE, CFG_PARALLEL_FILE, SYNCHUMAN_STAGE1_CFG_GPU="3")
     assert result.returncode == 0, result.stderr

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from stage_doubles import details, stage1_inputs, stage1_requests
 
-from services.embedded import EmbeddedConfig, start_embedded
+from services.launcher import EmbeddedConfig, start_embedded
 from services.reconstruct_client import TERMINAL, download, reconstruct_photo
 from synchuman.v1 import (
     common_pb2,

@@ -17,7 +17,7 @@ import pytest
 from stage_doubles import collect_blobs, details, png, stage2_requests
 
 from services.common.stage_io import voxels_to_proto
-from services.embedded import free_port
+from services.launcher import free_port
 from services.supervisor import ChildSpec, Supervisor
 from synchuman.v1 import common_pb2, stage2_pb2_grpc
 
@@ -39,7 +39,7 @@ def stage2(tmp_path_factory):
     argv = (
         sys.executable,
         "-m",
-        "synchuman.cli",
+        "synchuman_cli",
         "serve",
         "stage2",
         "--address",

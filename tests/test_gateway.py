@@ -29,7 +29,7 @@ from PIL import Image
 from gateway.manager import RetryPolicy
 from gateway.server import Gateway, GatewayConfig
 from services.common.stage_io import blob_chunks, blob_header
-from services.embedded import free_port
+from services.launcher import free_port
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
 
 R = reconstruction_pb2

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from synchuman.cli import main
+from synchuman_cli.main import main
 
 KINDS = ("slat_flow", "sampler", "decoder_gs", "decoder_mesh")
 

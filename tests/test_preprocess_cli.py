@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO_ROOT
 from PIL import Image
 
-from synchuman.cli import main
+from synchuman_cli.main import main
 
 
 def cutout_png(path, height: int = 300, width: int = 200) -> None:
@@ -84,7 +84,7 @@ def test_cli_missing_file_and_quality_gate(tmp_path, capsys) -> None:
 
 def test_cli_truncated_photo_in_a_subprocess(tmp_path, images_dir) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "synchuman.cli", "preprocess", str(images_dir / "photo_truncated.jpeg"),
+        [sys.executable, "-m", "synchuman_cli", "preprocess", str(images_dir / "photo_truncated.jpeg"),
          "-o", str(tmp_path / "o.png")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2

@@ -245,7 +245,7 @@ def test_capacity_and_deadline(segmenter_dir, monkeypatch) -> None:
 
 def test_serve_command_starts_and_stops_on_sigterm(segmenter_dir) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "synchuman.cli", "serve", "preprocess", "--address", "127.0.0.1:0",
+        [sys.executable, "-m", "synchuman_cli", "serve", "preprocess", "--address", "127.0.0.1:0",
          "--segmentation-dir", str(segmenter_dir)],
         cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

@@ -46,7 +46,7 @@ def test_services_are_declared() -> None:
     }
 
 
-CORE_MODULES = ["synchuman.cli", "synchuman.preprocess", "synchuman.pipelines", "synchuman.models"]
+CORE_MODULES = ["synchuman_cli.main", "synchuman.preprocess", "synchuman.pipelines", "synchuman.models"]
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)

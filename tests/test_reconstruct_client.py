@@ -14,8 +14,8 @@ from PIL import Image
 
 from services.common.auth import BearerTokenInterceptor
 from services.common.stage_io import blob_chunks, blob_header
-from synchuman.cli import main
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
+from synchuman_cli.main import main
 
 STATES = reconstruction_pb2
 
@@ -207,7 +207,7 @@ def test_token_from_the_environment_reaches_a_gateway_that_requires_it(
 
 
 def test_no_gateway_and_never_start_says_how_to_start_it(photo, tmp_path, capsys):
-    from services.embedded import free_port
+    from services.launcher import free_port
 
     code = main(
         [
@@ -231,8 +231,8 @@ def test_missing_photo_is_a_user_error(tmp_path, capsys):
 
 
 def test_bake_flags_reach_the_wire_options():
-    from synchuman.cli import build_parser
-    from synchuman.commands.reconstruct import job_options
+    from synchuman_cli.commands.reconstruct import job_options
+    from synchuman_cli.main import build_parser
 
     args = build_parser().parse_args(
         ["reconstruct", "p.jpg", "-o", "p.glb", "--bake-mode", "optimize", "--bake-steps", "300"]

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from stage_doubles import details, stage1_inputs, stage1_requests
 
-from services.embedded import free_port
+from services.launcher import free_port
 from services.supervisor import health_status
 from synchuman.v1 import common_pb2, stage1_pb2_grpc
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.embedded import EmbeddedConfig, child_specs, free_port
+from services.launcher import EmbeddedConfig, child_specs, free_port
 from services.supervisor import ChildSpec, Supervisor, health_status
 
 FAKE = str(Path(__file__).with_name("fake_service.py"))
@@ -112,8 +112,8 @@ def test_stage1_only_options_reach_stage1_only(tmp_path):
 
 
 def test_all_in_one_stage1_flags_become_stage1_options():
-    from synchuman.cli import build_parser
-    from synchuman.commands.serve import stage1_options
+    from synchuman_cli.commands.serve import stage1_options
+    from synchuman_cli.main import build_parser
 
     assert stage1_options(build_parser().parse_args(["serve"])) == []
     args = build_parser().parse_args(["serve", "--compile", "--stage1-cfg-device", "cuda:1"])

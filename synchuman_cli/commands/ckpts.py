@@ -116,7 +116,7 @@ def run_make_random(args: argparse.Namespace) -> int:
     from synchuman.checkpoints.full_size import PARTS, write_random_tree
     from synchuman.checkpoints.loading import parse_dtype
     from synchuman.checkpoints.verify import verify_tree
-    from synchuman.cli import UserError
+    from synchuman_cli.main import UserError
 
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     unknown = sorted(set(parts) - set(PARTS))
@@ -133,7 +133,7 @@ def run_pull(args: argparse.Namespace) -> int:
     """Download then verify; offline is a user error (exit 2) raised within the connect timeout."""
     from synchuman.checkpoints.pull import OfflineError, pull
     from synchuman.checkpoints.verify import verify_tree
-    from synchuman.cli import UserError
+    from synchuman_cli.main import UserError
 
     root = args.root or _root_default()
     try:
@@ -153,7 +153,7 @@ def run_pull(args: argparse.Namespace) -> int:
 def run_ensure(args: argparse.Namespace) -> int:
     """0 when a verified tree (real or tiny) is in place."""
     from synchuman.checkpoints.ensure import EnsureError, ensure
-    from synchuman.cli import UserError
+    from synchuman_cli.main import UserError
 
     try:
         root = args.root or _root_default()

@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from synchuman.cli import UserError
     from synchuman.parity.runner import run_parity
+    from synchuman_cli.main import UserError
 
     if args.threads is not None:
         if args.threads < 1:

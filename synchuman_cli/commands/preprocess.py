@@ -37,9 +37,9 @@ def run(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from synchuman.cli import UserError
     from synchuman.preprocess.errors import PreprocessError, QualityGateError
     from synchuman.preprocess.pipeline import PreprocessOptions, preprocess
+    from synchuman_cli.main import UserError
 
     source = Path(args.input)
     try:

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     """Reconstruct one photo; 0 on success, UserError (exit 2) with the reason otherwise."""
     from pathlib import Path
 
-    from synchuman.cli import UserError
+    from synchuman_cli.main import UserError
 
     photo = Path(args.photo)
     try:

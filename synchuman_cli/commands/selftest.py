@@ -64,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from synchuman.cli import UserError
+    from synchuman_cli.main import UserError
 
     try:
-        from services.embedded import EmbeddedConfig, missing_services, start_embedded
+        from services.launcher import EmbeddedConfig, missing_services, start_embedded
         from services.reconstruct_client import reconstruct_photo
         from synchuman.checkpoints.tiny import write_tiny_tree
         from synchuman.v1 import common_pb2

@@ -1,24 +1,17 @@
 """``synchuman serve [TARGET] [OPTIONS]``: run one service, or (no target) all of them on localhost.
 
-Each target is a module that exposes ``add_arguments(parser)``, ``run(args) -> int``, ``DEFAULT_PORT`` and
-``SERVICE_NAME`` (the gRPC service its health check reports); add a service by adding one line to
-:data:`TARGETS`. The target's own options are parsed by that module, so ``synchuman serve stage1 --help``
-lists them and importing this command stays cheap. Without a target every service runs as its own child
-process under :class:`services.supervisor.Supervisor` (readiness via health checks, restarts, SIGTERM
-forwarded and drained), in the order listed (a front end such as the gateway goes last).
+The targets are the services of :data:`services.launcher.TARGETS`; each target's own options are parsed by
+its module, so ``synchuman serve stage1 --help`` lists them and importing this command stays cheap. Without a
+target every service runs as its own child process under :class:`services.supervisor.Supervisor` (readiness
+via health checks, restarts, SIGTERM forwarded and drained), in the order listed (the gateway goes last).
 """
 
 from __future__ import annotations
 
 import argparse
 
-#: target name -> (module, one-line description). Order = start order of the all-in-one default.
-TARGETS: dict[str, tuple[str, str]] = {
-    "preprocess": ("services.preprocess.main", "PreprocessService: decode, segment, frame, check (CPU)"),
-    "stage1": ("services.stage1.main", "Stage1Service: multiview diffusion and sparse structure (GPU)"),
-    "stage2": ("services.stage2.main", "Stage2Service: structured latent, decoders, GLB export (GPU)"),
-    "gateway": ("gateway.main", "ReconstructionService gateway: jobs, stage retries, HTTP bridge"),
-}
+from services.common.endpoints import DEFAULT_HOST
+from services.launcher import TARGETS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     embedded.add_argument("--device", default="auto", help="device of the GPU stages (default: auto)")
     embedded.add_argument("--dtype", default="auto", help="precision of the GPU stages (default: auto)")
-    embedded.add_argument("--host", default="127.0.0.1", help="interface every service listens on")
+    embedded.add_argument("--host", default=DEFAULT_HOST, help="interface every service listens on")
     embedded.add_argument("--data-dir", metavar="DIR", help="the gateway's job and artifact store")
     embedded.add_argument(
         "--compile",
@@ -76,26 +69,28 @@ def _target_module(name: str):  # noqa: ANN202 - a module object
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen target until SIGINT/SIGTERM, or supervise all targets."""
-    from synchuman.cli import UserError
+    from synchuman_cli.main import UserError
 
     if args.target is None:
         if args.options:
             raise UserError(f"options {' '.join(args.options)} need a TARGET ({', '.join(TARGETS)})")
         return _run_all(args)
+    from services.common.arguments import run_checked
+
     module = _target_module(args.target)
     description = TARGETS[args.target][1]
     parser = argparse.ArgumentParser(prog=f"synchuman serve {args.target}", description=description)
     module.add_arguments(parser)
-    return int(module.run(parser.parse_args(args.options)) or 0)
+    return run_checked(module, parser, parser.parse_args(args.options))
 
 
 def _run_all(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from services.embedded import EmbeddedConfig, child_specs, missing_services
+    from services.launcher import EmbeddedConfig, child_specs, missing_services
     from services.supervisor import Supervisor
-    from synchuman.cli import UserError
+    from synchuman_cli.main import UserError
 
     missing = missing_services()
     if missing:
