@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from services.common.arguments import CommandLineError
 from services.common.endpoints import STAGE1_SERVICE
 from services.common.stage_server import (
     StageSpec,
@@ -75,7 +76,7 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; exit status 3 when the checkpoints cannot be loaded."""
     if args.cuda_graphs == "on" and not args.compile:
-        raise SystemExit("serve stage1: --cuda-graphs on replays the compiled model; add --compile")
+        raise CommandLineError("--cuda-graphs on replays the compiled model; add --compile")
     return serve_forever(
         build_spec(args), args.address, limits_from_args(args, typical_job_s=15.0), args.metrics_port
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from services.common.arguments import non_negative_int_or_auto
 from services.common.endpoints import STAGE2_SERVICE
 from services.common.stage_server import (
     StageSpec,
@@ -21,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gaussian-views",
         default="auto",
+        type=non_negative_int_or_auto,
         metavar="N",
         help="Gaussian renders added to the texture bake (auto: 95 as upstream on CUDA, 0 on CPU, where only "
         "the generated views are baked)",
@@ -37,16 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_spec(args: argparse.Namespace) -> StageSpec:
     """How to build the service from parsed options (models load in ``load_backend``)."""
     from services.stage2.service import Stage2Servicer
-    from synchuman.cli import UserError
     from synchuman.v1 import stage2_pb2_grpc
 
     device, dtype = resolve_device(args.device, args.dtype)
     if args.gaussian_views == "auto":
         render_views = 0 if device == "cpu" else 95
-    elif args.gaussian_views.isdigit():
-        render_views = int(args.gaussian_views)
     else:
-        raise UserError(f"--gaussian-views must be 'auto' or a number >= 0, got {args.gaussian_views!r}")
+        render_views = args.gaussian_views
 
     def load_backend() -> object:
         from synchuman.pipelines.stage2 import Stage2Pipeline
