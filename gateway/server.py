@@ -10,27 +10,21 @@ import logging
 import signal
 import sys
 import threading
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from gateway.artifacts import ArtifactStore
 from gateway.grpc_servicer import ReconstructionServicer
-from gateway.manager import JobManager, ManagerSettings, RetryPolicy
+from gateway.manager import JobManager, ManagerSettings
+from gateway.retry import RetryPolicy
 from gateway.stages import StageClients, StageTargets
 from gateway.store import open_job_store
 from services.common.auth import BearerTokenInterceptor
 from services.common.endpoints import RECONSTRUCTION_SERVICE, default_address
-from services.common.observability import ObservabilityInterceptor
+from services.common.grpc_server import ServiceServer
 from synchuman.v1 import reconstruction_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME = RECONSTRUCTION_SERVICE
 
 
 @dataclass
@@ -77,32 +71,22 @@ class Gateway:
                 config.retention_s,
             ),
         )
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="gateway-rpc"),
-            options=[
-                ("grpc.max_receive_message_length", 4 << 20),
-                ("grpc.max_send_message_length", 4 << 20),
-            ],
-            maximum_concurrent_rpcs=256,
-            interceptors=(
-                ObservabilityInterceptor("gateway"),
-                *((BearerTokenInterceptor(config.auth_token),) if config.auth_token else ()),
+        interceptors = (BearerTokenInterceptor(config.auth_token),) if config.auth_token else ()
+        self.grpc_server = ServiceServer(
+            "gateway",
+            RECONSTRUCTION_SERVICE,
+            config.address,
+            lambda server: reconstruction_pb2_grpc.add_ReconstructionServiceServicer_to_server(
+                ReconstructionServicer(self.manager), server
             ),
+            workers=64,
+            max_concurrent_rpcs=256,
+            interceptors=interceptors,
         )
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reconstruction_pb2_grpc.add_ReconstructionServiceServicer_to_server(
-            ReconstructionServicer(self.manager), self.server
-        )
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
-        self.port = self.server.add_insecure_port(config.address)
-        if self.port == 0:
-            raise OSError(f"gateway: cannot listen on {config.address} (in use or not a local address)")
-        self.address = config.address.rsplit(":", 1)[0] + f":{self.port}"
+        self.port = self.grpc_server.port
+        self.address = self.grpc_server.address
         resumed = self.manager.start()
-        self.server.start()
+        self.grpc_server.start()
         self.http = None
         self.http_port = 0
         if config.http_address:
@@ -112,8 +96,7 @@ class Gateway:
                 self.manager, config.http_address, config.auth_token, config.max_upload_bytes
             )
             self.http_port = self.http.start()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.grpc_server.set_serving(True)
         log.info(
             "serving",
             extra={
@@ -128,10 +111,10 @@ class Gateway:
         """Report NOT_SERVING, stop accepting calls, stop the workers (running jobs resume at the next
         start) and the HTTP bridge.
         """
-        self.health.enter_graceful_shutdown()
+        self.grpc_server.health.enter_graceful_shutdown()
         if self.http is not None:
             self.http.stop()
-        stopped = self.server.stop(grace=grace_s)
+        stopped = self.grpc_server.stop(grace_s)
         self.manager.stop()
         stopped.wait()
 
