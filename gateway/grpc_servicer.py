@@ -7,7 +7,8 @@ from typing import Any
 
 import grpc
 
-from gateway.manager import JobError, JobManager
+from gateway.errors import JobError
+from gateway.manager import JobManager
 from services.common.stage_io import InvalidInput, blob_chunks, receive_blobs, upload_chunks
 from services.common.stage_runtime import abort, bad_request
 from synchuman.v1 import reconstruction_pb2 as R

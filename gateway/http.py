@@ -38,7 +38,8 @@ from google.rpc import error_details_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from gateway.manager import JobError, JobManager
+from gateway.errors import JobError
+from gateway.manager import JobManager
 from services.common.stage_runtime import bad_request
 from synchuman.v1 import common_pb2
 from synchuman.v1 import reconstruction_pb2 as R

@@ -72,7 +72,7 @@ def _with_port(address: str, port: int | None) -> str:
 
 def config_from_args(args: argparse.Namespace):  # noqa: ANN201 - gateway.server.GatewayConfig
     """A :class:`gateway.server.GatewayConfig` from parsed options."""
-    from gateway.manager import RetryPolicy
+    from gateway.retry import RetryPolicy
     from gateway.server import GatewayConfig
 
     http = "" if args.http in ("", "off") else _with_port(args.http, args.http_port)

@@ -26,7 +26,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from PIL import Image
 
-from gateway.manager import RetryPolicy
+from gateway.retry import RetryPolicy
 from gateway.server import Gateway, GatewayConfig
 from services.common.stage_io import blob_chunks, blob_header
 from services.launcher import free_port
