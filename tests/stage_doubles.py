@@ -24,12 +24,12 @@ from services.common.stage_runtime import BackendInfo, StageLimits
 from services.common.stage_server import StageServer, StageSpec
 from services.stage1.service import GeneratedViews, MultiviewSettings, Stage1Servicer
 from services.stage2.service import Stage2Servicer
+from synchuman.pipelines.handoff import Stage2Inputs
 from synchuman.pipelines.stage2_types import (
     OutputReport,
     QualityFinding,
     Severity,
     Stage2Cancelled,
-    Stage2Inputs,
     Stage2Options,
     Stage2Result,
 )

@@ -24,10 +24,11 @@ from services.common.stage_io import (
     voxels_from_proto,
 )
 from services.common.stage_runtime import BackendInfo, OutputRejected, StageRuntime, guard
+from synchuman.options import OptionError
+from synchuman.pipelines.handoff import Stage2Inputs
 from synchuman.pipelines.stage2_types import (
     OutputReport,
     Severity,
-    Stage2Inputs,
     Stage2Options,
     Stage2OutputRejected,
     Stage2Progress,
@@ -108,8 +109,8 @@ def options_from_proto(options: common_pb2.ReconstructionOptions) -> Stage2Optio
     values["outputs"] = tuple(sorted({_EXTRA_BY_FORMAT[f] for f in options.outputs if f in _EXTRA_BY_FORMAT}))
     try:
         return Stage2Options(**values).validate()
-    except ValueError as exc:
-        raise InvalidInput(f"start.{getattr(exc, 'field', 'options')}", str(exc)) from exc
+    except OptionError as exc:
+        raise InvalidInput(f"start.options.{exc.field}", exc.message) from exc
 
 
 def options_to_proto(options: Stage2Options) -> common_pb2.ReconstructionOptions:

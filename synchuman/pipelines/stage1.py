@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +51,12 @@ from synchuman.models.cross_space import SyncHuman_2D3DCrossSpaceDiffusion
 from synchuman.models.dinov2 import DinoV2Encoder
 from synchuman.models.ss_decoder import SparseStructureDecoder
 from synchuman.phases import PhaseTimer
+from synchuman.pipelines.handoff import NUM_VIEWS, Stage1Output
 from synchuman.preprocess.framing import FACE_BOX, MULTIVIEW_SIZE, composite_on_white, face_crop
 from synchuman.samplers.flow_euler import SamplingCancelled, timesteps
 
 log = logging.getLogger(__name__)
 
-NUM_VIEWS = 5
 #: Rows of the 7-view prompt files used (front, right, back, left, face).
 PROMPT_ROWS = (0, 2, 3, 4, 6)
 #: Prompts the fixed embeddings are computed from when the files are absent (PSHuman's 7-view layout; the
@@ -71,17 +70,6 @@ RESCALE_T = 3.0
 _Pair = tuple[torch.Tensor, torch.Tensor]
 #: ``velocity(latents, structure, timestep) -> ((uncond_2d, cond_2d), (uncond_3d, cond_3d))``
 _Velocity = Callable[[torch.Tensor, torch.Tensor, float], tuple[_Pair, _Pair]]
-
-
-@dataclass
-class Stage1Output:
-    """``colors`` / ``normals``: uint8 ``[5, 768, 768, 3]``; ``coords``: int32 ``[N, 3]`` (x, y, z) of the
-    occupied voxels of the ``voxel_resolution^3`` grid; ``timings``: seconds per phase."""
-
-    colors: np.ndarray
-    normals: np.ndarray
-    coords: np.ndarray
-    timings: dict[str, float]
 
 
 def load_model(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -30,14 +29,16 @@ import torch
 
 from synchuman.checkpoints.layout import CheckpointLayout, default_root
 from synchuman.checkpoints.verify import require_verified, weights_label
+from synchuman.options import OptionError
 from synchuman.phases import PhaseTimer
+from synchuman.pipelines.handoff import Stage2InputError, Stage2Inputs
+from synchuman.pipelines.info import PipelineInfo
 from synchuman.pipelines.stage2_models import Stage2Models, load_stage2_models
 from synchuman.pipelines.stage2_types import (
     OutputReport,
     QualityFinding,
     Severity,
     Stage2Cancelled,
-    Stage2Inputs,
     Stage2Options,
     Stage2OutputRejected,
     Stage2Progress,
@@ -68,16 +69,6 @@ class ImageEncoder(Protocol):
     def multiview_features(self, views: Sequence[np.ndarray]) -> torch.Tensor:
         """``V`` uint8 ``[768, 768, 3]`` views -> ``[1, V, 64, 64, 4 D]`` intermediate-layer features."""
         ...
-
-
-@dataclass(frozen=True)
-class PipelineInfo:
-    """What a loaded pipeline runs (reported by the service's GetInfo)."""
-
-    checkpoint_dir: str
-    weights: str
-    device: str
-    dtype: str
 
 
 class Stage2Pipeline:
@@ -130,7 +121,10 @@ class Stage2Pipeline:
     ) -> Stage2Result:
         """Run stage 2 for one person (see the module docstring); :class:`Stage2Cancelled` when stopped."""
         inputs.validate(self.voxel_resolution)
-        options.validate()
+        try:
+            options.validate()
+        except OptionError as exc:
+            raise Stage2InputError(f"options.{exc.field}", exc.message) from exc
         timer = PhaseTimer(self.models.device)
         try:
             with torch.inference_mode():

@@ -5,15 +5,24 @@ Used unchanged by the CLI (``synchuman preprocess``) and the gRPC service.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
 
-from synchuman.preprocess.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodedImage, decode_image
+from synchuman.options import Range, check_ranges
+from synchuman.preprocess.decode import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    MIN_SIDE,
+    DecodedImage,
+    decode_image,
+)
 from synchuman.preprocess.errors import QualityGateError
 from synchuman.preprocess.framing import conditioning_crop, frame_multiview
 from synchuman.preprocess.mask import clean_mask, refine_alpha
@@ -39,6 +48,18 @@ class PreprocessOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
     segmentation_dir: Path | None = None
+
+    #: The allowed ranges (inclusive); the segmenter name is checked when it is loaded.
+    RANGES: ClassVar[tuple[Range, ...]] = (
+        ("max_pixels", MIN_SIDE * MIN_SIDE, math.inf, f"at least {MIN_SIDE}x{MIN_SIDE}"),
+        ("max_bytes", 1, math.inf, "at least 1"),
+    )
+
+    def validate(self) -> PreprocessOptions:
+        """Return ``self`` or raise :class:`~synchuman.options.OptionError` naming the first out-of-range
+        limit."""
+        check_ranges(self, self.RANGES)
+        return self
 
 
 @dataclass
@@ -143,7 +164,7 @@ def preprocess(
     :class:`~synchuman.preprocess.errors.SegmenterError` for a missing model and
     :class:`~synchuman.preprocess.errors.QualityGateError` (with the report) when no usable person is found.
     """
-    options = options or PreprocessOptions()
+    options = (options or PreprocessOptions()).validate()
     if progress:
         progress("decode")
     start = time.perf_counter()
