@@ -16,13 +16,13 @@ import pytest
 from stage_doubles import details, stage1_inputs, stage1_requests
 
 from services.launcher import EmbeddedConfig, start_embedded
-from services.reconstruct_client import TERMINAL, download, reconstruct_photo
 from synchuman.v1 import (
     common_pb2,
     reconstruction_pb2,
     reconstruction_pb2_grpc,
     stage1_pb2_grpc,
 )
+from synchuman_cli.gateway_client import TERMINAL, download, reconstruct_photo
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def gateway_stub(config: EmbeddedConfig) -> reconstruction_pb2_grpc.Reconstructi
 
 
 def submit(config: EmbeddedConfig, photo: bytes, options: common_pb2.JobOptions) -> reconstruction_pb2.Job:
-    from services.reconstruct_client import _upload
+    from synchuman_cli.gateway_client import _upload
 
     return gateway_stub(config).SubmitJob(_upload(photo, options), timeout=60).job
 

@@ -154,7 +154,7 @@ def test_cli_writes_the_glb_extras_and_report(gateway, photo, tmp_path, capsys):
 
 
 def test_progress_events_arrive_in_order(gateway, photo, tmp_path):
-    from services.reconstruct_client import reconstruct_photo
+    from synchuman_cli.gateway_client import reconstruct_photo
 
     _, address = gateway
     outcome = reconstruct_photo(

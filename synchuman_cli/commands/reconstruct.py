@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         data = photo.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read {photo}: {exc.strerror or exc}") from None
-    from services.reconstruct_client import GatewayUnavailable, reconstruct_photo, start_servers_for
+    from synchuman_cli.gateway_client import GatewayUnavailable, reconstruct_photo, start_servers_for
 
     servers = start_servers_for(args) if args.start_servers == "always" else None
     try:

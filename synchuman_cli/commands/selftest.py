@@ -68,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         from services.launcher import EmbeddedConfig, missing_services, start_embedded
-        from services.reconstruct_client import reconstruct_photo
         from synchuman.checkpoints.tiny import write_tiny_tree
         from synchuman.v1 import common_pb2
+        from synchuman_cli.gateway_client import reconstruct_photo
     except ModuleNotFoundError as exc:
         raise UserError(f"selftest FAILED: the installation is incomplete: {exc}") from None
     missing = missing_services()
