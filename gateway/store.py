@@ -1,14 +1,18 @@
-"""Durable job records and their event logs: the :class:`JobStore` interface and its SQLite implementation.
+"""Durable job records and their event logs: the :class:`JobStore` interface and :func:`open_job_store`.
 
 A job is kept as its ``synchuman.v1.Job`` message (serialized) plus the indexed columns queries need (state,
-creation time, idempotency key). Every event a client can watch is appended to the job's event log in the
-same transaction that updates the job, so a restarted gateway serves exactly the sequence it had written.
+creation time, idempotency key, lease). Every event a client can watch is appended to the job's event log in
+the same transaction that updates the job, so any gateway serves exactly the sequence that was written.
+
+Several gateways may share one store (PostgreSQL): a job is worked by the gateway holding its **lease**
+(owner id + expiry). The holder renews its leases with a heartbeat; a gateway that dies stops renewing, its
+leases expire and another gateway acquires the jobs and resumes them from their stored stage outputs.
+Implementations: :mod:`gateway.store_sqlite` (one host, the default) and :mod:`gateway.store_postgres`.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -26,16 +30,40 @@ TERMINAL_STATES = frozenset(
 )
 
 
-class JobStore(Protocol):
-    """Where jobs and their events live. Implementations must be safe to call from several threads."""
+class StoreUnavailable(Exception):
+    """The job store cannot be reached (database down, network, timeout); the call may be retried."""
 
-    def create(self, job: Job, event: Event) -> tuple[Job, bool]:
-        """Insert ``job`` with its first event; when its idempotency key is taken, return that job and
-        False.
+
+class LeaseLost(Exception):
+    """A write fenced by a lease found the job leased to another gateway (or no longer existing)."""
+
+
+@dataclass(frozen=True)
+class LeaseRenewal:
+    """Outcome of a heartbeat: ``held``: ids of the jobs still leased to the caller (the others were lost);
+    ``cancel``: those of them a client asked (on any gateway) to cancel.
+    """
+
+    held: frozenset[str]
+    cancel: frozenset[str]
+
+
+class JobStore(Protocol):
+    """Where jobs and their events live. Implementations must be safe to call from several threads.
+
+    Lease durations are seconds; expiry is judged by the store's clock (PostgreSQL: the server's), so
+    gateways with skewed clocks agree.
+    """
+
+    def create(self, job: Job, event: Event, lease_owner: str = "", lease_s: float = 0.0) -> tuple[Job, bool]:
+        """Insert ``job`` with its first event, leased to ``lease_owner`` for ``lease_s`` when given; when its
+        idempotency key is taken, return that job and False.
         """
 
-    def save(self, job: Job, event: Event | None = None) -> None:
-        """Replace the stored ``job`` and append ``event`` (if any) atomically."""
+    def save(self, job: Job, event: Event | None = None, lease_owner: str = "") -> None:
+        """Replace the stored ``job`` and append ``event`` (if any) atomically. With ``lease_owner``, only
+        while the job is leased to it (else :class:`LeaseLost`, nothing written).
+        """
 
     def get(self, job_id: str) -> Job | None:
         """The job, or None."""
@@ -55,7 +83,7 @@ class JobStore(Protocol):
         """The highest event sequence number of the job (0 when it has none)."""
 
     def unfinished(self) -> list[Job]:
-        """Jobs not in a terminal state, oldest first (to resume after a restart)."""
+        """Jobs not in a terminal state, oldest first."""
 
     def count_by_state(self) -> dict[int, int]:
         """Number of jobs per state."""
@@ -66,172 +94,72 @@ class JobStore(Protocol):
     def finished_before(self, create_ns: int, limit: int) -> list[str]:
         """Ids of finished jobs created before ``create_ns`` (ns since the epoch), oldest first."""
 
+    def acquire(self, owner: str, lease_s: float, limit: int) -> list[Job]:
+        """Lease up to ``limit`` unfinished jobs that nobody holds (never leased, released or expired) to
+        ``owner`` for ``lease_s``, oldest first; jobs another caller is acquiring at the same moment are
+        skipped, never handed out twice.
+        """
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    state INTEGER NOT NULL,
-    create_ns INTEGER NOT NULL,
-    idempotency_key TEXT UNIQUE,
-    job BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (create_ns DESC, id DESC);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, create_ns DESC, id DESC);
-CREATE TABLE IF NOT EXISTS events (
-    job_id TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    event BLOB NOT NULL,
-    PRIMARY KEY (job_id, sequence)
-);
-"""
+    def claim(self, owner: str, job_id: str, lease_s: float) -> Job | None:
+        """Lease one unfinished job to ``owner`` when nobody else holds it (or ``owner`` already does);
+        None otherwise.
+        """
+
+    def renew(self, owner: str, lease_s: float) -> LeaseRenewal:
+        """Heartbeat: extend every unexpired lease of ``owner`` by ``lease_s`` from now."""
+
+    def release(self, owner: str, job_id: str) -> None:
+        """Give up ``owner``'s lease of the job (no-op when it holds none)."""
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Flag an unfinished job for cancellation by whichever gateway holds it; False when the job is
+        missing or finished.
+        """
+
+    def lease_owner(self, job_id: str) -> str:
+        """The gateway holding an unexpired lease of the job ("" when none)."""
+
+    def ping(self) -> None:
+        """Return when the store answers a trivial query; :class:`StoreUnavailable` otherwise."""
+
+    def schema_version(self) -> int:
+        """The schema version of the database."""
+
+    def close(self) -> None:
+        """Release connections."""
 
 
-def _create_ns(job: Job) -> int:
+def create_ns(job: Job) -> int:
+    """The job's creation time in ns since the epoch (the ordering column)."""
     return job.create_time.seconds * 1_000_000_000 + job.create_time.nanos
 
 
-class SqliteJobStore:
-    """:class:`JobStore` in one SQLite file (WAL journal; one connection guarded by a lock)."""
-
-    def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        """Close the database connection."""
-        with self._lock:
-            self._db.close()
-
-    def _insert_event(self, job_id: str, event: Event) -> None:
-        self._db.execute(
-            "INSERT INTO events (job_id, sequence, event) VALUES (?, ?, ?)",
-            (job_id, event.sequence, event.SerializeToString()),
-        )
-
-    def create(self, job: Job, event: Event) -> tuple[Job, bool]:
-        key = job.idempotency_key or None
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
-                    "INSERT INTO jobs (id, state, create_ns, idempotency_key, job) VALUES (?, ?, ?, ?, ?)",
-                    (job.id, job.state, _create_ns(job), key, job.SerializeToString()),
-                )
-                self._insert_event(job.id, event)
-                self._db.execute("COMMIT")
-                return job, True
-            except sqlite3.IntegrityError:
-                self._db.execute("ROLLBACK")
-                if key is None:
-                    raise
-                row = self._db.execute("SELECT job FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
-                return Job.FromString(row[0]), False
-
-    def save(self, job: Job, event: Event | None = None) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "UPDATE jobs SET state = ?, job = ? WHERE id = ?",
-                    (job.state, job.SerializeToString(), job.id),
-                )
-                if event is not None:
-                    self._insert_event(job.id, event)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-
-    def _one(self, sql: str, args: tuple) -> Job | None:
-        with self._lock:
-            row = self._db.execute(sql, args).fetchone()
-        return Job.FromString(row[0]) if row else None
-
-    def get(self, job_id: str) -> Job | None:
-        return self._one("SELECT job FROM jobs WHERE id = ?", (job_id,))
-
-    def find_by_key(self, idempotency_key: str) -> Job | None:
-        return self._one("SELECT job FROM jobs WHERE idempotency_key = ?", (idempotency_key,))
-
-    def list(self, limit: int, state: int = 0, before: tuple[int, str] | None = None) -> list[Job]:
-        where, args = [], []
-        if state:
-            where.append("state = ?")
-            args.append(state)
-        if before is not None:
-            where.append("(create_ns < ? OR (create_ns = ? AND id < ?))")
-            args.extend([before[0], before[0], before[1]])
-        sql = "SELECT job FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY create_ns DESC, id DESC LIMIT ?"
-        with self._lock:
-            rows = self._db.execute(sql, (*args, limit)).fetchall()
-        return [Job.FromString(row[0]) for row in rows]
-
-    def events(self, job_id: str, after_sequence: int = 0) -> list[Event]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT event FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence",
-                (job_id, after_sequence),
-            ).fetchall()
-        return [Event.FromString(row[0]) for row in rows]
-
-    def last_sequence(self, job_id: str) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT MAX(sequence) FROM events WHERE job_id = ?", (job_id,)).fetchone()
-        return int(row[0] or 0)
-
-    def unfinished(self) -> list[Job]:
-        terminal = ",".join(str(s) for s in sorted(TERMINAL_STATES))
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT job FROM jobs WHERE state NOT IN ({terminal}) ORDER BY create_ns, id"
-            ).fetchall()
-        return [Job.FromString(row[0]) for row in rows]
-
-    def count_by_state(self) -> dict[int, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
-        return {int(state): int(count) for state, count in rows}
-
-    def delete(self, job_id: str) -> bool:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                deleted = self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
-                self._db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return deleted > 0
-
-    def finished_before(self, create_ns: int, limit: int) -> list[str]:
-        terminal = ",".join(str(s) for s in sorted(TERMINAL_STATES))
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT id FROM jobs WHERE state IN ({terminal}) AND create_ns < ? "
-                "ORDER BY create_ns, id LIMIT ?",
-                (create_ns, limit),
-            ).fetchall()
-        return [str(row[0]) for row in rows]
+def terminal_list() -> str:
+    """The terminal states as a SQL list literal, e.g. ``3,4,5``."""
+    return ",".join(str(s) for s in sorted(TERMINAL_STATES))
 
 
 def open_job_store(url: str, data_dir: Path) -> JobStore:
-    """The job store named by ``url``: ``""`` (default: ``DATA_DIR/jobs.sqlite3``), ``sqlite:///PATH`` or
-    ``sqlite:///:memory:``. Other schemes are refused with the list of supported ones.
+    """The job store named by ``url``: ``""`` (default: ``DATA_DIR/jobs.sqlite3``), ``sqlite:///PATH``
+    (relative), ``sqlite:////ABS/PATH``, ``sqlite:///:memory:`` or ``postgresql://USER:PASS@HOST:PORT/DB``
+    (also ``postgres://``; libpq parameters such as ``?sslmode=require`` pass through). The schema is created
+    or migrated to the current version here. Other schemes are refused with the list of supported ones.
     """
     if not url:
+        from gateway.store_sqlite import SqliteJobStore
+
         return SqliteJobStore(data_dir / "jobs.sqlite3")
     scheme, sep, rest = url.partition("://")
     if sep and scheme == "sqlite":
+        from gateway.store_sqlite import SqliteJobStore
+
         path = rest[1:] if rest.startswith("/") else rest
         return SqliteJobStore(path or data_dir / "jobs.sqlite3")
+    if sep and scheme in ("postgresql", "postgres"):
+        from gateway.store_postgres import PostgresJobStore
+
+        return PostgresJobStore(url)
     raise ValueError(
-        f"unsupported database URL {url!r}: use sqlite:///PATH (or leave it empty for the default)"
+        f"unsupported job store URL {url!r}: use sqlite:///PATH, postgresql://USER:PASSWORD@HOST:PORT/DB "
+        "(or leave it empty for DATA_DIR/jobs.sqlite3)"
     )

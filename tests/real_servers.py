@@ -1,0 +1,160 @@
+"""Real servers the storage tests start and stop themselves (tests only).
+
+- :func:`postgres_server`: a real PostgreSQL server (Debian's ``postgresql`` package, ``initdb`` and
+  ``postgres`` from ``/usr/lib/postgresql/*/bin``) in a temporary folder on a free port. PostgreSQL refuses
+  to run as root, so under root the cluster belongs to, and the server runs as, the unprivileged ``nobody``.
+- :func:`s3_server`: moto's standalone server (``python -m moto.server``, its own process): an HTTP server
+  that emulates the Amazon S3 REST API in memory. It is not AWS; it speaks the same protocol, so boto3 and our
+  S3 artifact store talk to it exactly as to any S3-compatible service.
+
+Both are context managers yielding a URL and stop the server on exit, also when the test failed.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import _in_ci
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def postgres_bin() -> Path:
+    """Folder with ``initdb`` and ``postgres``; skips the test (fails under CI=true) when not installed."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+    if found:
+        return Path(found[-1]).parent
+    on_path = shutil.which("postgres")
+    if on_path:
+        return Path(on_path).parent
+    message = "PostgreSQL server not installed (apt-get install -y postgresql; scripts/bootstrap.sh does it)"
+    if _in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _run_as() -> tuple[str | None, int | None]:
+    """(user, uid) to run PostgreSQL as: ``nobody`` under root, else the current user (None)."""
+    if os.geteuid() != 0:
+        return None, None
+    entry = pwd.getpwnam("nobody")
+    return entry.pw_name, entry.pw_uid
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout_s: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}: {log.read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    tail = log.read_text()[-2000:]
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout_s} s: {tail}")
+
+
+@contextmanager
+def postgres_server(database: str = "synchuman") -> Iterator[str]:
+    """A fresh PostgreSQL cluster with database ``database``; yields its ``postgresql://`` URL (trust
+    authentication on 127.0.0.1 only). The cluster is deleted afterwards.
+    """
+    bindir = postgres_bin()
+    user, uid = _run_as()
+    root = Path(tempfile.mkdtemp(prefix="synchuman-pg-"))
+    data, log = root / "data", root / "server.log"
+    process = None
+    try:
+        if uid is not None:
+            os.chown(root, uid, -1)
+        subprocess.run(
+            [bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+            user=user,
+            cwd=root,
+            timeout=120,
+        )
+        port = free_port()
+        with open(log, "wb") as handle:
+            process = subprocess.Popen(
+                [
+                    bindir / "postgres", "-D", data, "-p", str(port), "-h", "127.0.0.1", "-k", root,
+                    "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=100",
+                ],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                user=user,
+                cwd=root,
+            )
+        _wait_for_port(port, process, 60, "postgres", log)
+        url = f"postgresql://postgres@127.0.0.1:{port}"
+        _create_database(url + "/postgres", database)
+        yield f"{url}/{database}"
+    finally:
+        if process is not None and process.poll() is None:
+            process.terminate()  # SIGTERM: PostgreSQL's "smart" shutdown; fast one follows on SIGINT
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _create_database(admin_url: str, database: str) -> None:
+    import psycopg
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{database}"')
+                return
+        except psycopg.OperationalError:  # still starting up
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@contextmanager
+def s3_server() -> Iterator[str]:
+    """moto's S3 emulator (``python -m moto.server``) as its own process on a free port; yields its endpoint
+    URL (``http://127.0.0.1:PORT``).
+    """
+    port = free_port()
+    log = Path(tempfile.mkdtemp(prefix="synchuman-moto-")) / "moto.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for_port(port, process, 60, "moto server", log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        shutil.rmtree(log.parent, ignore_errors=True)
