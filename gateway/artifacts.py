@@ -1,20 +1,25 @@
-"""Job files on disk: one folder per job, every file written atomically (temp file in the same folder, fsync,
-rename), so a crash leaves either the whole file or none of it.
+"""Job files: the :class:`ArtifactStore` interface, names and media types, and :func:`open_artifact_store`.
+
+A job's files are addressed by ``(job id, name)``. Every store keeps each file's SHA-256 next to it when it is
+written and checks it when the file is read back (:class:`ArtifactCorrupted` on a mismatch), and writes a
+file atomically: a reader sees the whole file or none of it. Implementations: :mod:`gateway.artifacts_file`
+(a folder, ``file:///PATH``: the default) and :mod:`gateway.artifacts_s3` (``s3://BUCKET/PREFIX`` on any
+S3-compatible service).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
-from services.common.stage_io import blob_header
 from synchuman.v1 import common_pb2
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Bytes per piece when files are streamed (downloads, multipart uploads).
+CHUNK_BYTES = 1 << 20
 
 #: Media type by file extension (the photo "input" keeps the type found at submission).
 MEDIA_TYPES = {
@@ -27,54 +32,76 @@ MEDIA_TYPES = {
 }
 
 
+class ArtifactCorrupted(Exception):
+    """A stored file does not match the SHA-256 recorded when it was written."""
+
+    def __init__(self, job_id: str, name: str) -> None:
+        super().__init__(f"{job_id}/{name}: SHA-256 differs from the one stored when it was written")
+
+
 def media_type(name: str) -> str:
     """The media type of an artifact name (by extension; unknown: ``application/octet-stream``)."""
     return MEDIA_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
 
 
-class ArtifactStore:
-    """Files of jobs under ``root/<job id>/<name>``."""
+def check_job_id(job_id: str) -> str:
+    """``job_id`` if it is a valid job id (letters, digits, ``_``, ``-``); ``ValueError`` otherwise."""
+    if not _JOB_ID.match(job_id):
+        raise ValueError(f"invalid job id {job_id!r}")
+    return job_id
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
 
-    def _path(self, job_id: str, name: str) -> Path:
-        if not _JOB_ID.match(job_id):
-            raise ValueError(f"invalid job id {job_id!r}")
-        if not _NAME.match(name) or ".." in name:
-            raise ValueError(f"invalid artifact name {name!r}: letters, digits, '_', '-' and '.' only")
-        return self.root / job_id / name
+def check_name(name: str) -> str:
+    """``name`` if it is a valid artifact name; ``ValueError`` otherwise."""
+    if not _NAME.match(name) or ".." in name:
+        raise ValueError(f"invalid artifact name {name!r}: letters, digits, '_', '-' and '.' only")
+    return name
+
+
+class ArtifactStore(Protocol):
+    """Where job files live. Implementations must be safe to call from several threads."""
 
     def put(self, job_id: str, name: str, data: bytes, media: str = "") -> common_pb2.BlobHeader:
-        """Store ``data`` as ``name`` of ``job_id`` atomically; return its header (size, SHA-256)."""
-        path = self._path(job_id, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return blob_header(name, media or media_type(name), data)
+        """Store ``data`` as ``name`` of ``job_id`` atomically with its SHA-256 (replacing an older file);
+        return its header (name, media type, size, SHA-256)."""
 
     def has(self, job_id: str, name: str) -> bool:
         """Whether the file exists."""
-        return self._path(job_id, name).is_file()
 
     def get(self, job_id: str, name: str) -> bytes:
-        """The file's bytes; ``FileNotFoundError`` when it does not exist."""
-        return self._path(job_id, name).read_bytes()
+        """The file's bytes, checked against the stored SHA-256; ``FileNotFoundError`` when missing,
+        :class:`ArtifactCorrupted` on a mismatch."""
+
+    def chunks(self, job_id: str, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """The file in pieces of at most ``chunk_bytes`` without holding all of it; the SHA-256 is checked
+        as the last piece is read (:class:`ArtifactCorrupted` then). ``FileNotFoundError`` when missing."""
 
     def remove_job(self, job_id: str) -> int:
         """Delete every file of ``job_id``; returns how many there were."""
-        if not _JOB_ID.match(job_id):
-            raise ValueError(f"invalid job id {job_id!r}")
-        folder = self.root / job_id
-        count = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
-        shutil.rmtree(folder, ignore_errors=True)
-        return count
+
+    def job_ids(self) -> Iterator[str]:
+        """Ids of the jobs that have files (for sweeping files whose job record is gone)."""
+
+
+def open_artifact_store(url: str, data_dir: Path) -> ArtifactStore:
+    """The artifact store named by ``url``: ``""`` (default: ``DATA_DIR/artifacts``), ``file:///ABS/PATH``
+    (or ``file://REL/PATH``) or ``s3://BUCKET[/PREFIX]`` (endpoint, region and credentials from the usual
+    AWS variables and config files, e.g. ``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``).
+    Other schemes are refused with the list of supported ones.
+    """
+    from gateway.artifacts_file import FileArtifactStore
+
+    if not url:
+        return FileArtifactStore(data_dir / "artifacts")
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme == "file" and rest:
+        return FileArtifactStore(Path(rest))
+    if sep and scheme == "s3" and rest.strip("/"):
+        from gateway.artifacts_s3 import S3ArtifactStore
+
+        bucket, _, prefix = rest.partition("/")
+        return S3ArtifactStore(bucket, prefix.strip("/"))
+    raise ValueError(
+        f"unsupported artifact store URL {url!r}: use file:///PATH or s3://BUCKET/PREFIX "
+        "(or leave it empty for DATA_DIR/artifacts)"
+    )

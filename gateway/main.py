@@ -1,8 +1,9 @@
 """``synchuman serve gateway`` / ``python -m gateway``: the ReconstructionService gateway process.
 
 Options may also come from the environment: ``SYNCHUMAN_GATEWAY_AUTH_TOKEN`` (bearer token of the HTTP
-bridge; preferred over ``--auth-token``, which shows up in process listings) and
-``SYNCHUMAN_GATEWAY_DATABASE_URL``.
+bridge; preferred over ``--auth-token``, which shows up in process listings), ``SYNCHUMAN_GATEWAY_JOB_STORE``
+(``--job-store``; holds the database password, so keep it out of the command line; the older
+``SYNCHUMAN_GATEWAY_DATABASE_URL`` is read too) and ``SYNCHUMAN_GATEWAY_ARTIFACT_STORE``.
 """
 
 from __future__ import annotations
@@ -37,10 +38,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument("--data-dir", default="gateway-data", metavar="DIR", help="job and artifact store")
     parser.add_argument(
+        "--job-store",
         "--database-url",
-        default=os.environ.get("SYNCHUMAN_GATEWAY_DATABASE_URL", ""),
+        dest="database_url",
+        default=os.environ.get("SYNCHUMAN_GATEWAY_JOB_STORE")
+        or os.environ.get("SYNCHUMAN_GATEWAY_DATABASE_URL", ""),
         metavar="URL",
-        help="job database (default: sqlite:///DATA_DIR/jobs.sqlite3)",
+        help="job store: sqlite:///PATH (one gateway) or postgresql://USER:PASSWORD@HOST:PORT/DB (several "
+        "gateways share it; default: $SYNCHUMAN_GATEWAY_JOB_STORE, else sqlite:///DATA_DIR/jobs.sqlite3)",
+    )
+    parser.add_argument(
+        "--artifact-store",
+        default=os.environ.get("SYNCHUMAN_GATEWAY_ARTIFACT_STORE", ""),
+        metavar="URL",
+        help="job files: file:///PATH or s3://BUCKET/PREFIX (AWS_ENDPOINT_URL, AWS_REGION and credentials "
+        "from the usual AWS variables/config; default: $SYNCHUMAN_GATEWAY_ARTIFACT_STORE, else "
+        "DATA_DIR/artifacts)",
     )
     parser.add_argument(
         "--auth-token",
@@ -84,6 +97,7 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201 - gateway.server
         stage2_target=args.stage2,
         data_dir=Path(args.data_dir),
         database_url=args.database_url,
+        artifact_store=args.artifact_store,
         auth_token=args.auth_token,
         max_upload_bytes=args.max_upload_bytes,
         max_pending_jobs=args.max_pending_jobs,

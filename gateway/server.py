@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.artifacts import ArtifactStore
+from gateway.artifacts import open_artifact_store
 from gateway.grpc_servicer import ReconstructionServicer
 from gateway.manager import JobManager, ManagerSettings
 from gateway.retry import RetryPolicy
@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GatewayConfig:
-    """Everything the gateway needs. ``http_address`` empty: no HTTP bridge. ``database_url`` empty:
-    ``DATA_DIR/jobs.sqlite3``. ``auth_token``: bearer token required on gRPC (health and reflection
-    excepted) and by the HTTP bridge (empty: open).
+    """Everything the gateway needs. ``http_address`` empty: no HTTP bridge. ``database_url`` (the job store)
+    empty: ``DATA_DIR/jobs.sqlite3``; ``artifact_store`` empty: ``DATA_DIR/artifacts``. ``auth_token``: bearer
+    token required on gRPC (health and reflection excepted) and by the HTTP bridge (empty: open).
     """
 
     address: str = default_address("gateway")
@@ -41,6 +41,7 @@ class GatewayConfig:
     stage2_target: str = default_address("stage2")
     data_dir: Path = Path("gateway-data")
     database_url: str = ""
+    artifact_store: str = ""
     auth_token: str = ""
     max_upload_bytes: int = 32 << 20
     max_pending_jobs: int = 64
@@ -58,7 +59,7 @@ class Gateway:
         data_dir = Path(config.data_dir)
         self.manager = JobManager(
             open_job_store(config.database_url, data_dir),
-            ArtifactStore(data_dir / "artifacts"),
+            open_artifact_store(config.artifact_store, data_dir),
             StageClients(
                 StageTargets(config.preprocess_target, config.stage1_target, config.stage2_target),
                 config.stage_timeout_s,
