@@ -12,6 +12,7 @@ Same operations as the gRPC ReconstructionService, on the same :class:`~gateway.
   ``?after=N``), one per job event, the stream closes after the ``finished`` event.
 * ``GET /v1/jobs/{id}/artifacts/{name}`` - a file with its media type, ``ETag`` = SHA-256.
 * ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``, ``/docs``.
+* ``GET /`` - the web page (:mod:`gateway.web`), its built assets under ``/web/``.
 
 Errors are JSON ``{"error": {"code", "message", "details"}}`` with the gRPC code mapped to an HTTP status
 (see :data:`HTTP_STATUS`); RESOURCE_EXHAUSTED carries ``Retry-After``. When a token is configured every
@@ -40,6 +41,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.errors import JobError
 from gateway.manager import JobManager
+from gateway.web import add_web_page
 from services.common.stage_runtime import bad_request
 from synchuman.v1 import common_pb2
 from synchuman.v1 import reconstruction_pb2 as R
@@ -281,6 +283,7 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
             stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
+    add_web_page(app)
     return app
 
 

@@ -1,0 +1,236 @@
+// The page's behaviour: pick/drop a photo, submit it, follow the job live, show views, warnings, the 3D result
+// and download links. Served by the gateway at "/" with everything it needs (no CDN).
+import "@google/model-viewer";
+import { ApiError, artifact, getJob, setToken, submitJob, token } from "./api.js";
+import { followEvents } from "./events.js";
+
+const $ = (id) => document.getElementById(id);
+const STAGES = { STAGE_PREPROCESS: "preprocess", STAGE_MULTIVIEW: "multiview", STAGE_RECONSTRUCTION: "reconstruction" };
+const STAGE_TITLES = { preprocess: "Preparing the photo", multiview: "Generating views", reconstruction: "Building the 3D model" };
+const DOWNLOAD_TITLES = {
+  "person.glb": "3D model (GLB)",
+  "input_report.json": "Photo quality report (JSON)",
+  "output_report.json": "Model quality report (JSON)",
+};
+const objectUrls = [];
+let chosenFile = null;
+let pendingSubmit = false;
+
+function status(text) {
+  $("status").textContent = text;
+}
+
+function showError(error) {
+  const box = $("error");
+  box.replaceChildren();
+  const title = document.createElement("p");
+  title.textContent = error.message;
+  box.append(title);
+  const lines = error instanceof ApiError ? error.violations : [];
+  if (lines.length) {
+    const list = document.createElement("ul");
+    for (const line of lines) list.append(Object.assign(document.createElement("li"), { textContent: line }));
+    box.append(list);
+  }
+  box.hidden = false;
+}
+
+function askForToken() {
+  $("token-form").hidden = false;
+  $("token").focus();
+}
+
+function objectUrl(blob) {
+  const url = URL.createObjectURL(blob);
+  objectUrls.push(url);
+  return url;
+}
+
+function choose(file) {
+  if (!file) return;
+  chosenFile = file;
+  const preview = $("preview");
+  preview.src = objectUrl(file);
+  preview.hidden = false;
+}
+
+function resetJobView() {
+  for (const url of objectUrls.splice(0)) URL.revokeObjectURL(url);
+  $("job").hidden = false;
+  $("result").hidden = true;
+  $("error").hidden = true;
+  $("warnings").hidden = true;
+  $("warnings").replaceChildren();
+  $("views").replaceChildren();
+  $("downloads").replaceChildren();
+  $("framed-figure").hidden = true;
+  for (const stage of Object.values(STAGES)) Object.assign($(`progress-${stage}`), { max: 1, value: 0 });
+}
+
+function showProgress(progress) {
+  const stage = STAGES[progress.stage];
+  if (!stage) return;
+  const bar = $(`progress-${stage}`);
+  if (progress.total_steps) Object.assign(bar, { max: progress.total_steps, value: progress.step ?? 0 });
+  const steps = progress.total_steps ? ` ${progress.step ?? 0}/${progress.total_steps}` : "";
+  status(`${STAGE_TITLES[stage]}: ${progress.phase ?? ""}${steps}`);
+}
+
+function completeStage(stageName) {
+  const stage = STAGES[stageName];
+  if (stage) Object.assign($(`progress-${stage}`), { max: 1, value: 1 });
+}
+
+function showWarnings(report) {
+  const issues = (report?.issues ?? []).filter((i) => i.severity !== "SEVERITY_INFO");
+  const list = $("warnings");
+  list.replaceChildren(...issues.map((issue) =>
+    Object.assign(document.createElement("li"), { textContent: issue.message, className: issue.code })));
+  list.hidden = issues.length === 0;
+}
+
+async function showImage(jobId, name, into, alt) {
+  const img = into instanceof HTMLImageElement ? into : document.createElement("img");
+  img.src = objectUrl(await artifact(jobId, name));
+  if (alt) img.alt = alt;
+  if (img !== into) into.append(img);
+}
+
+async function afterStage(jobId, stageName) {
+  const job = await getJob(jobId);
+  const names = new Set((job.artifacts ?? []).map((a) => a.blob.name));
+  if (stageName === "STAGE_PREPROCESS") {
+    showWarnings(job.input_report);
+    if (names.has("framed.png")) {
+      await showImage(jobId, "framed.png", $("framed"));
+      $("framed-figure").hidden = false;
+    }
+  } else if (stageName === "STAGE_MULTIVIEW") {
+    const views = [...names].filter((n) => /^(color|normal)_\d+\.png$/.test(n)).sort();
+    for (const name of views) {
+      const [kind, index] = name.replace(".png", "").split("_");
+      await showImage(jobId, name, $("views"), `Generated ${kind} view ${Number(index) + 1}`);
+    }
+  }
+}
+
+function downloadLink(jobId, name, blobUrl) {
+  const link = document.createElement("a");
+  link.href = blobUrl ?? `/v1/jobs/${encodeURIComponent(jobId)}/artifacts/${encodeURIComponent(name)}`;
+  link.download = `${jobId}-${name}`;
+  link.textContent = DOWNLOAD_TITLES[name] ?? name;
+  if (!blobUrl) {
+    // Artifacts may need the token, which a plain link cannot send: fetch, then save the blob.
+    link.addEventListener("click", async (event) => {
+      event.preventDefault();
+      try {
+        const href = objectUrl(await artifact(jobId, name));
+        Object.assign(document.createElement("a"), { href, download: link.download }).click();
+      } catch (error) {
+        showError(error);
+      }
+    });
+  }
+  return Object.assign(document.createElement("li"), {}).appendChild(link).parentElement;
+}
+
+async function showResult(job) {
+  const glbUrl = objectUrl(await artifact(job.id, "person.glb"));
+  const viewer = $("viewer");
+  const loaded = new Promise((resolve, reject) => {
+    viewer.addEventListener("load", resolve, { once: true });
+    viewer.addEventListener("error", (e) => reject(new Error(`the 3D viewer could not show the model: ${e.detail?.type ?? "error"}`)), { once: true });
+  });
+  $("result").hidden = false;
+  viewer.src = glbUrl;
+  const names = (job.artifacts ?? []).map((a) => a.blob.name).filter((n) => n !== "input");
+  const first = ["person.glb", "output_report.json", "input_report.json"].filter((n) => names.includes(n));
+  const rest = names.filter((n) => !first.includes(n)).sort();
+  $("downloads").replaceChildren(...[...first, ...rest].map((n) => downloadLink(job.id, n, n === "person.glb" ? glbUrl : undefined)));
+  await loaded;
+  viewer.dataset.loaded = "true";
+  status("Done: drag the model (or focus it and use the arrow keys) to turn it.");
+}
+
+function jobFailed(job) {
+  const error = job.error ?? {};
+  const failure = new ApiError(0, error.code ?? "FAILED", error.message ?? "the job failed", error.details ?? []);
+  showError(failure);
+  if (job.input_report) showWarnings(job.input_report);
+  status(job.state === "JOB_STATE_CANCELLED" ? "The job was cancelled." : "The job failed.");
+}
+
+async function run(file, optionsJson) {
+  resetJobView();
+  status("Uploading the photo...");
+  const job = await submitJob(file, optionsJson);
+  $("job").dataset.jobId = job.id;
+  status("Queued.");
+  let finished = null;
+  await followEvents(job.id, (event) => {
+    const data = event.data;
+    if (event.event === "progress") showProgress(data.progress);
+    else if (event.event === "stage_completed") {
+      completeStage(data.stage_completed);
+      afterStage(job.id, data.stage_completed).catch(showError);
+    } else if (event.event === "retrying") status(`A stage failed and is retried: ${data.retrying?.message ?? ""}`);
+    else if (event.event === "finished") finished = data.finished;
+  }, { onReconnect: (attempt) => status(`Connection lost; reconnecting (attempt ${attempt})...`) });
+  if (finished?.state === "JOB_STATE_SUCCEEDED") await showResult(finished);
+  else if (finished) jobFailed(finished);
+}
+
+async function onSubmit(event) {
+  event.preventDefault();
+  const file = chosenFile ?? $("photo").files[0];
+  if (!file) {
+    showError(new Error("Choose a photo first."));
+    return;
+  }
+  $("submit").disabled = true;
+  try {
+    await run(file, $("options").value);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) {
+      pendingSubmit = true;
+      status("This server needs an access token.");
+      askForToken();
+    } else {
+      showError(error);
+      status("Something went wrong.");
+    }
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
+function wireDropZone() {
+  const zone = $("drop-zone");
+  for (const type of ["dragenter", "dragover"]) {
+    zone.addEventListener(type, (e) => { e.preventDefault(); zone.classList.add("dragging"); });
+  }
+  for (const type of ["dragleave", "drop"]) zone.addEventListener(type, () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    choose(e.dataTransfer?.files?.[0]);
+  });
+}
+
+function init() {
+  wireDropZone();
+  $("photo").addEventListener("change", () => choose($("photo").files[0]));
+  $("upload-form").addEventListener("submit", onSubmit);
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    setToken($("token").value);
+    $("token-form").hidden = true;
+    if (pendingSubmit) {
+      pendingSubmit = false;
+      $("upload-form").requestSubmit();
+    }
+  });
+  document.body.dataset.ready = "true";
+  if (token()) $("token-form").hidden = true;
+}
+
+init();
