@@ -1,0 +1,39 @@
+"""The gateway serves its web page at ``/`` and the built assets under ``/web/``; unbuilt, it says how."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from gateway.web import add_web_page
+
+
+def test_page_and_assets_are_served_from_the_build(tmp_path) -> None:
+    (tmp_path / "index.html").write_text("<!doctype html><title>page</title>")
+    (tmp_path / "app.js").write_text("console.log('app');")
+    app = FastAPI()
+    add_web_page(app, tmp_path)
+    client = TestClient(app)
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<title>page</title>" in page.text
+    script = client.get("/web/app.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert client.get("/web/missing.js").status_code == 404
+
+
+def test_without_a_build_the_page_answers_503_with_the_command(tmp_path) -> None:
+    app = FastAPI()
+    add_web_page(app, tmp_path / "dist")
+    client = TestClient(app)
+    for path in ("/", "/web/app.js"):
+        response = client.get(path)
+        assert response.status_code == 503
+        assert "npm run build" in response.json()["error"]["message"]
+
+
+def test_the_page_needs_nothing_from_other_hosts() -> None:
+    from gateway.web import DIST_DIR
+
+    source = (DIST_DIR.parent / "src" / "index.html").read_text()
+    assert "http://" not in source and "https://" not in source
