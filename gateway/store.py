@@ -101,15 +101,22 @@ class JobStore(Protocol):
         """
 
     def claim(self, owner: str, job_id: str, lease_s: float) -> Job | None:
-        """Lease one unfinished job to ``owner`` when nobody else holds it (or ``owner`` already does);
-        None otherwise.
+        """Lease one unfinished job to ``owner`` when nobody holds it (never leased, released or expired);
+        None otherwise (also when ``owner`` itself holds it: someone there is working on it).
         """
 
     def renew(self, owner: str, lease_s: float) -> LeaseRenewal:
-        """Heartbeat: extend every unexpired lease of ``owner`` by ``lease_s`` from now."""
+        """Heartbeat: extend the leases of ``owner``'s unfinished jobs by ``lease_s`` from now, expired ones
+        included as long as no other gateway has taken them (taking a job is the only way its owner changes,
+        so a job still recorded as ``owner``'s was not worked on elsewhere).
+        """
 
     def release(self, owner: str, job_id: str) -> None:
         """Give up ``owner``'s lease of the job (no-op when it holds none)."""
+
+    def release_all(self, owner: str) -> int:
+        """Give up every lease of ``owner`` (a gateway starting under the id of its previous, dead self);
+        returns how many there were."""
 
     def request_cancel(self, job_id: str) -> bool:
         """Flag an unfinished job for cancellation by whichever gateway holds it; False when the job is

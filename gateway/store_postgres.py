@@ -255,9 +255,9 @@ class PostgresJobStore:
         found = self._jobs(
             f"UPDATE jobs SET lease_owner = %s, lease_expires = {_LEASE_UNTIL} WHERE id = %s"
             f" AND state NOT IN ({terminal_list()})"
-            " AND (lease_owner IS NULL OR lease_owner = %s OR lease_expires < clock_timestamp())"
+            " AND (lease_owner IS NULL OR lease_expires < clock_timestamp())"
             " RETURNING job",
-            (owner, lease_s, job_id, owner),
+            (owner, lease_s, job_id),
         )
         return found[0] if found else None
 
@@ -265,7 +265,7 @@ class PostgresJobStore:
         with self._conn() as conn:
             rows = conn.execute(
                 f"UPDATE jobs SET lease_expires = {_LEASE_UNTIL}"
-                " WHERE lease_owner = %s AND lease_expires >= clock_timestamp()"
+                f" WHERE lease_owner = %s AND state NOT IN ({terminal_list()})"
                 " RETURNING id, cancel_requested",
                 (lease_s, owner),
             ).fetchall()
@@ -280,6 +280,13 @@ class PostgresJobStore:
                 " WHERE id = %s AND lease_owner = %s",
                 (job_id, owner),
             )
+
+    def release_all(self, owner: str) -> int:
+        with self._conn() as conn:
+            return conn.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_expires = '-infinity' WHERE lease_owner = %s",
+                (owner,),
+            ).rowcount
 
     def request_cancel(self, job_id: str) -> bool:
         with self._conn() as conn:

@@ -271,8 +271,8 @@ class SqliteJobStore:
                 updated = self._db.execute(
                     "UPDATE jobs SET lease_owner = ?, lease_expires_ns = ? WHERE id = ? "
                     f"AND state NOT IN ({terminal_list()}) "
-                    "AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires_ns < ?)",
-                    (owner, _expiry(lease_s), job_id, owner, _now_ns()),
+                    "AND (lease_owner IS NULL OR lease_expires_ns < ?)",
+                    (owner, _expiry(lease_s), job_id, _now_ns()),
                 ).rowcount
                 row = self._db.execute("SELECT job FROM jobs WHERE id = ?", (job_id,)).fetchone()
                 self._db.execute("COMMIT")
@@ -285,14 +285,11 @@ class SqliteJobStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(
-                    "UPDATE jobs SET lease_expires_ns = ? WHERE lease_owner = ? AND lease_expires_ns >= ?",
-                    (_expiry(lease_s), owner, _now_ns()),
-                )
-                rows = self._db.execute(
-                    "SELECT id, cancel_requested FROM jobs WHERE lease_owner = ? AND lease_expires_ns >= ?",
-                    (owner, _now_ns()),
-                ).fetchall()
+                mine = f"lease_owner = ? AND state NOT IN ({terminal_list()})"
+                until = _expiry(lease_s)
+                self._db.execute(f"UPDATE jobs SET lease_expires_ns = ? WHERE {mine}", (until, owner))
+                rows = self._db.execute(f"SELECT id, cancel_requested FROM jobs WHERE {mine}", (owner,))
+                rows = rows.fetchall()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -311,6 +308,12 @@ class SqliteJobStore:
                 )
             ]
         )
+
+    def release_all(self, owner: str) -> int:
+        (released,) = self._write(
+            [("UPDATE jobs SET lease_owner = NULL, lease_expires_ns = 0 WHERE lease_owner = ?", (owner,))]
+        )
+        return released
 
     def request_cancel(self, job_id: str) -> bool:
         (updated,) = self._write(

@@ -107,10 +107,12 @@ def test_leases_hand_each_job_to_one_owner_and_expire(store):
         store.save(job, Event(sequence=3, state=job.state), lease_owner="gw-b")
     assert store.last_sequence("job0") == 2  # the refused write left no event behind
 
-    time.sleep(0.5)  # gw-b's lease of job3 expires: it can no longer renew it, gw-a can take it
-    assert store.renew("gw-b", 0.3).held == frozenset()
+    time.sleep(0.5)  # gw-b's lease of job3 expires; a late heartbeat of gw-b still gets it back...
     assert store.lease_owner("job3") == ""
+    assert store.renew("gw-b", 0.3).held == {"job3"}
+    time.sleep(0.5)  # ...but once gw-a has taken it, gw-b has lost it
     assert [j.id for j in store.acquire("gw-a", 30.0, 10)] == ["job3"]
+    assert store.renew("gw-b", 0.3).held == frozenset()
     renewal = store.renew("gw-a", 30.0)
     assert renewal.held == {"job0", "job1", "job2", "job3"} and renewal.cancel == frozenset()
 
@@ -119,7 +121,8 @@ def test_leases_hand_each_job_to_one_owner_and_expire(store):
     assert store.claim("gw-b", "job2", 30.0) is None  # held by gw-a
     store.release("gw-a", "job2")
     assert store.claim("gw-b", "job2", 30.0).id == "job2"
-    assert store.claim("gw-b", "job2", 30.0) is not None  # an owner may re-claim its own job
+    assert store.claim("gw-b", "job2", 30.0) is None  # held (by the caller itself, here)
+    assert store.release_all("gw-b") == 1 and store.lease_owner("job2") == ""
 
     done = store.get("job0")
     done.state = R.JOB_STATE_SUCCEEDED
