@@ -16,5 +16,7 @@ test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# Python (synchuman/v1) and TypeScript (clients/typescript/src/gen, buf.gen.yaml) code from protos/.
 protos:
 	$(PY) scripts/gen_protos.py
+	node_modules/.bin/buf generate --template buf.gen.yaml
