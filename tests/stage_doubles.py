@@ -20,11 +20,14 @@ from grpc_status import rpc_status
 from PIL import Image
 
 from services.common.stage_io import blob_chunks, blob_header
-from services.common.stage_runtime import BackendInfo, StageLimits
+from services.common.stage_runtime import StageLimits
 from services.common.stage_server import StageServer, StageSpec
-from services.stage1.service import GeneratedViews, MultiviewSettings, Stage1Servicer
+from services.stage1.backend import Stage1Inputs
+from services.stage1.service import Stage1Servicer
 from services.stage2.service import Stage2Servicer
-from synchuman.pipelines.handoff import Stage2Inputs
+from synchuman.options import Stage1Options
+from synchuman.pipelines.handoff import Stage1Output, Stage2Inputs
+from synchuman.pipelines.info import PipelineInfo
 from synchuman.pipelines.stage2_types import (
     OutputReport,
     QualityFinding,
@@ -35,7 +38,7 @@ from synchuman.pipelines.stage2_types import (
 )
 from synchuman.v1 import common_pb2, stage1_pb2, stage1_pb2_grpc, stage2_pb2, stage2_pb2_grpc
 
-INFO = BackendInfo(checkpoint_dir="/nowhere", weights="test double", device="cpu", dtype="float32")
+INFO = PipelineInfo(checkpoint_dir="/nowhere", weights="test double", device="cpu", dtype="float32")
 
 
 class StoppedByRequest(Exception):
@@ -75,23 +78,31 @@ class FakeStage1:
     voxel_resolution = 64
 
     def __init__(self, step_s: float = 0.0, coords: np.ndarray | None = None) -> None:
-        self.info = INFO
         self.step_s = step_s
         scattered = np.array([[3, 2, 1], [1, 2, 3], [1, 0, 0], [63, 63, 63]])
         self.coords = coords if coords is not None else scattered
         self.record = Record()
-        self.seen: list[tuple[np.ndarray, np.ndarray, MultiviewSettings]] = []
+        self.seen: list[tuple[np.ndarray, np.ndarray, Stage1Options]] = []
+        self.closed = False
 
-    def generate(
+    def info(self) -> PipelineInfo:
+        return INFO
+
+    def warm_up(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def run(
         self,
-        framed: np.ndarray,
-        conditioning: np.ndarray,
-        settings: MultiviewSettings,
-        progress: Callable[[int, int], None],
+        inputs: Stage1Inputs,
+        settings: Stage1Options,
+        progress: Callable[[str, int, int], None],
         should_stop: Callable[[], bool],
-    ) -> GeneratedViews:
+    ) -> Stage1Output:
         self.record.enter()
-        self.seen.append((framed, conditioning, settings))
+        self.seen.append((inputs.framed, inputs.conditioning, settings))
         try:
             for step in range(1, settings.steps + 1):
                 if should_stop():
@@ -99,7 +110,7 @@ class FakeStage1:
                 time.sleep(self.step_s)
                 with self.record.lock:
                     self.record.steps += 1
-                progress(step, settings.steps)
+                progress("sampling", step, settings.steps)
         except StoppedByRequest:
             self.record.leave(stopped=True)
             raise
@@ -107,7 +118,7 @@ class FakeStage1:
         rng = np.random.default_rng(settings.seed)
         blocks = rng.integers(0, 256, (10, 24, 24, 3), dtype=np.uint8)  # smooth views, like real renders
         views = tuple(np.kron(b, np.ones((32, 32, 1), np.uint8)) for b in blocks)
-        return GeneratedViews(colors=views[:5], normals=views[5:], coords=self.coords)
+        return Stage1Output(colors=np.stack(views[:5]), normals=np.stack(views[5:]), coords=self.coords)
 
 
 class FakeStage2:
@@ -116,14 +127,23 @@ class FakeStage2:
     voxel_resolution = 64
 
     def __init__(self, step_s: float = 0.0, glb_bytes: int = 2_500_000, faces: int = 1000) -> None:
-        self.info = INFO
         self.step_s = step_s
         self.glb_bytes = glb_bytes
         self.faces = faces
         self.record = Record()
         self.seen: list[tuple[Stage2Inputs, Stage2Options]] = []
+        self.closed = False
 
-    def reconstruct(
+    def info(self) -> PipelineInfo:
+        return INFO
+
+    def warm_up(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def run(
         self,
         inputs: Stage2Inputs,
         options: Stage2Options,
@@ -180,7 +200,6 @@ def start_server(name: str, backend: object, limits: StageLimits, load: bool = T
             make_servicer=Stage1Servicer,
             add_servicer=stage1_pb2_grpc.add_Stage1ServiceServicer_to_server,
             load_backend=lambda: backend,
-            warm_up=lambda b: None,
         )
     else:
         spec = StageSpec(
@@ -189,7 +208,6 @@ def start_server(name: str, backend: object, limits: StageLimits, load: bool = T
             make_servicer=Stage2Servicer,
             add_servicer=stage2_pb2_grpc.add_Stage2ServiceServicer_to_server,
             load_backend=lambda: backend,
-            warm_up=lambda b: None,
         )
     server = StageServer(spec, "127.0.0.1:0", limits)
     if load:

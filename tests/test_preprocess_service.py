@@ -23,8 +23,8 @@ from PIL import Image
 
 from services.common.stage_runtime import StageLimits
 from services.common.stage_server import StageServer
+from services.preprocess import backend as preprocess_backend
 from services.preprocess import main as preprocess_main
-from services.preprocess import service as preprocess_service
 from synchuman.v1 import common_pb2, preprocess_pb2, preprocess_pb2_grpc
 
 SERVICE = "synchuman.v1.PreprocessService"
@@ -210,14 +210,14 @@ def test_capacity_and_deadline(segmenter_dir, monkeypatch) -> None:
     """One slot and no queue: a second call is refused with RetryInfo; a call past its deadline stops."""
     release = threading.Event()
     entered = threading.Event()
-    real = preprocess_service.preprocess
+    real = preprocess_backend.preprocess
 
     def slow(data, options, progress=None):
         entered.set()
         release.wait(30)
         return real(data, options, progress)
 
-    monkeypatch.setattr(preprocess_service, "preprocess", slow)
+    monkeypatch.setattr(preprocess_backend, "preprocess", slow)
     server = start(segmenter_dir, StageLimits(concurrency=1, max_queue=0, typical_job_s=2.0))
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:

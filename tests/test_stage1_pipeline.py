@@ -243,7 +243,7 @@ def test_service_cfg_device_option(layout: CheckpointLayout, monkeypatch: pytest
         layout.root, "cpu", "fp32", compile_model=True, cfg_device="cuda:1"
     )
     assert order == ["check", "cfg cuda:1", "compile {'compile_model': True, 'cuda_graphs': True}"]
-    assert "cuda:1 (CFG-parallel)" in loaded.info.device
+    assert "cuda:1 (CFG-parallel)" in loaded.info().device
 
 
 def test_backend_runs_every_request_on_one_gpu_thread() -> None:
@@ -251,9 +251,9 @@ def test_backend_runs_every_request_on_one_gpu_thread() -> None:
     thread calls; errors from the pipeline reach the caller."""
     import threading
 
-    from services.common.stage_runtime import BackendInfo
-    from services.stage1.backend import Stage1PipelineBackend
-    from services.stage1.service import MultiviewSettings
+    from services.stage1.backend import Stage1Inputs, Stage1PipelineBackend
+    from synchuman.options import Stage1Options
+    from synchuman.pipelines.info import PipelineInfo
 
     class RecordingPipeline:  # test double of Stage1Pipeline.run
         def __init__(self) -> None:
@@ -268,13 +268,18 @@ def test_backend_runs_every_request_on_one_gpu_thread() -> None:
             return type("Out", (), {"colors": views, "normals": views, "coords": np.zeros((1, 3), int)})()
 
     pipeline = RecordingPipeline()
-    backend = Stage1PipelineBackend(pipeline, BackendInfo("ckpts", "random", "cpu", "float32"), 64)
+    backend = Stage1PipelineBackend(pipeline, PipelineInfo("ckpts", "random", "cpu", "float32"), 64)
     backend.warm_up()
     seen: list[tuple[int, int]] = []
     callers = [
         threading.Thread(
-            target=backend.generate,
-            args=(None, None, MultiviewSettings(steps=2), lambda s, n: seen.append((s, n)), lambda: False),
+            target=backend.run,
+            args=(
+                Stage1Inputs(None, None),
+                Stage1Options(steps=2),
+                lambda phase, s, n: seen.append((s, n)),
+                lambda: False,
+            ),
         )
         for _ in range(3)
     ]
@@ -284,4 +289,4 @@ def test_backend_runs_every_request_on_one_gpu_thread() -> None:
     assert len(pipeline.threads) == 4 and len(set(pipeline.threads)) == 1
     assert pipeline.threads[0] != threading.get_ident() and seen == [(2, 2)] * 3
     with pytest.raises(RuntimeError, match="pipeline failed"):
-        backend.generate(None, None, MultiviewSettings(steps=7), lambda s, n: None, lambda: False)
+        backend.run(Stage1Inputs(None, None), Stage1Options(steps=7), lambda phase, s, n: None, lambda: False)

@@ -185,9 +185,10 @@ def test_served_over_grpc(pipeline):
 
     from services.common.stage_io import voxels_to_proto
     from services.common.stage_runtime import StageLimits
+    from services.stage2.backend import Stage2PipelineBackend
     from synchuman.v1 import common_pb2, stage2_pb2_grpc
 
-    server = start_server("stage2", pipeline, StageLimits())
+    server = start_server("stage2", Stage2PipelineBackend(pipeline), StageLimits())
     try:
         inputs = person_inputs()
         blobs = {"conditioning.png": png(inputs.conditioning)}

@@ -329,11 +329,11 @@ def test_stage2_streams_progress_then_the_glb_in_chunks_and_the_report(stage2):
     ],
 )
 def test_stage2_bake_mode_defaults_its_steps(wire, mode, steps):
-    from services.stage2.service import options_from_proto, options_to_proto
+    from services.common.conversions import stage2_options_from_proto, stage2_options_to_proto
 
-    options = options_from_proto(wire)
+    options = stage2_options_from_proto(wire)
     assert (options.bake_mode, options.bake_steps) == (mode, steps)
-    echoed = options_from_proto(options_to_proto(options))  # the effective options round-trip
+    echoed = stage2_options_from_proto(stage2_options_to_proto(options))  # the effective options round-trip
     assert (echoed.bake_mode, echoed.bake_steps) == (mode, steps)
 
 

@@ -1,9 +1,19 @@
-"""Wire helpers of the GPU stage services: upload reassembly, blob streaming, images and voxel structures.
+"""Wire helpers of every SyncHuman service and client: blobs on streams, the ``start`` message, images and
+voxel structures.
 
-Uploads arrive as a ``start`` message announcing blobs (:class:`BlobHeader`) followed by their chunks in
-order; :func:`receive_blobs` reassembles and checks them. Outputs go back as a header followed by chunks of
-at most 1 MiB (:func:`blob_messages`). Every malformed input raises :class:`InvalidInput`, which services
-turn into INVALID_ARGUMENT with a ``BadRequest`` field violation.
+A blob travels as a :class:`BlobHeader` (name, media type, size, SHA-256: :func:`blob_header`) followed by
+its chunks of at most 1 MiB (:func:`blob_chunks`).
+
+* Uploads (client -> service) are a ``start`` message announcing the blobs, then their chunks in order:
+  :func:`upload_messages` builds them; the service reads ``start`` with :func:`read_start` and reassembles
+  and checks the blobs with :func:`receive_blobs` over :func:`upload_chunks`.
+* Outputs (service -> client) are, per blob, a header message then its chunk messages
+  (:func:`send_blobs`); the client reassembles and checks them with :class:`BlobAssembler`.
+* Images: :func:`decode_image` / :func:`decode_images` (PNG -> uint8 arrays of an exact size) and
+  :func:`encode_png` / :func:`encode_pngs`; voxels: :func:`voxels_to_proto` / :func:`voxels_from_proto`.
+
+Every malformed input raises :class:`InvalidInput`, which services turn into INVALID_ARGUMENT with a
+``BadRequest`` field violation; a received blob that does not match its header raises :class:`BlobMismatch`.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -42,6 +52,93 @@ def blob_chunks(name: str, data: bytes, chunk_bytes: int = CHUNK_BYTES) -> Itera
     """``data`` as ordered chunks of at most ``chunk_bytes`` (an empty blob sends no chunk)."""
     for offset in range(0, len(data), chunk_bytes):
         yield common_pb2.BlobChunk(name=name, offset=offset, data=data[offset : offset + chunk_bytes])
+
+
+def send_blobs(
+    message_type: Any, blobs: Iterable[tuple[str, str, bytes]]
+) -> Generator[Any, None, list[common_pb2.BlobHeader]]:
+    """Yield every ``(name, media type, data)`` blob as response messages of ``message_type`` (its header in
+    ``blob``, then its chunks); return the headers, in order."""
+    headers = []
+    for name, media_type, data in blobs:
+        header = blob_header(name, media_type, data)
+        headers.append(header)
+        yield message_type(blob=header)
+        for chunk in blob_chunks(name, data):
+            yield message_type(chunk=chunk)
+    return headers
+
+
+def upload_messages(message_type: Any, start: Any, blobs: dict[str, bytes]) -> Iterator[Any]:
+    """An upload stream of ``message_type``: ``start`` (which announces ``blobs``), then every blob's chunks
+    in order."""
+    yield message_type(start=start)
+    for name, data in blobs.items():
+        for chunk in blob_chunks(name, data):
+            yield message_type(chunk=chunk)
+
+
+def read_start(requests: Iterator[Any], expected: str) -> Any:
+    """The ``start`` payload of an upload stream's first message; :class:`InvalidInput` naming what
+    ``start`` must hold (``expected``) when the stream is empty or begins otherwise."""
+    first = next(requests, None)
+    if first is None or first.WhichOneof("payload") != "start":
+        raise InvalidInput("start", f"the first message must be `start` ({expected})")
+    return first.start
+
+
+def blob_mismatch(header: common_pb2.BlobHeader, data: bytes) -> str:
+    """Why ``data`` is not the blob ``header`` announced (size, then SHA-256), or "" when it is."""
+    if len(data) != header.size_bytes:
+        return f"blob {header.name!r} ended after {len(data)} of {header.size_bytes} announced bytes"
+    if hashlib.sha256(data).hexdigest() != header.sha256.lower():
+        return f"blob {header.name!r} does not match its announced SHA-256"
+    return ""
+
+
+class BlobMismatch(ValueError):
+    """A received blob is out of order, oversized, incomplete or corrupted."""
+
+
+class BlobAssembler:
+    """Reassembles the blobs of a response stream (each a header, then its chunks in order) and checks them
+    against their headers: :meth:`add_header`, :meth:`add_chunk` per message, :meth:`finish` at the end."""
+
+    def __init__(self) -> None:
+        self.headers: dict[str, common_pb2.BlobHeader] = {}
+        self._data: dict[str, bytearray] = {}
+        self._current = ""
+
+    def add_header(self, header: common_pb2.BlobHeader) -> None:
+        """A new blob begins."""
+        self.headers[header.name] = header
+        self._data[header.name] = bytearray()
+        self._current = header.name
+
+    def add_chunk(self, chunk: common_pb2.BlobChunk) -> None:
+        """The next chunk of the current blob; :class:`BlobMismatch` when out of order or over 1 MiB."""
+        buffer = self._data.get(chunk.name)
+        if chunk.name != self._current or buffer is None or chunk.offset != len(buffer):
+            raise BlobMismatch(f"chunk of {chunk.name!r} out of order")
+        if len(chunk.data) > CHUNK_BYTES:
+            raise BlobMismatch(f"chunk of {chunk.name!r} exceeds 1 MiB")
+        buffer.extend(chunk.data)
+
+    def finish(self) -> dict[str, bytes]:
+        """Every blob (name -> bytes); :class:`BlobMismatch` when one differs from its header."""
+        blobs = {}
+        for name, header in self.headers.items():
+            data = bytes(self._data[name])
+            mismatch = blob_mismatch(header, data)
+            if mismatch:
+                raise BlobMismatch(mismatch)
+            blobs[name] = data
+        return blobs
+
+    @property
+    def media_types(self) -> dict[str, str]:
+        """Media type per blob name, as announced."""
+        return {name: header.media_type for name, header in self.headers.items()}
 
 
 def receive_blobs(
@@ -95,12 +192,9 @@ def receive_blobs(
     result: dict[str, bytes] = {}
     for header in headers:
         data = bytes(buffers[header.name])
-        if len(data) != header.size_bytes:
-            raise InvalidInput(
-                field, f"blob {header.name!r} ended after {len(data)} of {header.size_bytes} announced bytes"
-            )
-        if hashlib.sha256(data).hexdigest() != header.sha256.lower():
-            raise InvalidInput(field, f"blob {header.name!r} does not match its announced SHA-256")
+        mismatch = blob_mismatch(header, data)
+        if mismatch:
+            raise InvalidInput(field, mismatch)
         result[header.name] = data
     return result
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from services.common.backend import StageBackend
 from services.common.endpoints import default_address
 from services.common.grpc_server import ServiceServer
 from services.common.observability import start_metrics_server
@@ -32,17 +33,16 @@ class StageSpec:
     """How to build one stage service.
 
     ``service_name``: the full proto name (health and reflection); ``make_servicer(runtime)`` and
-    ``add_servicer(servicer, server)`` register the RPCs; ``load_backend()`` loads and verifies the
-    checkpoints (raising with an actionable message when they are missing or wrong); ``warm_up(backend)``
-    runs one small job so the first real request does not pay for lazy initialisation.
+    ``add_servicer(servicer, server)`` register the RPCs; ``load_backend()`` returns the loaded
+    :class:`~services.common.backend.StageBackend` (raising with an actionable message when its checkpoints
+    are missing or wrong), which is warmed up before SERVING and closed after the drain.
     """
 
     name: str
     service_name: str
     make_servicer: Callable[[StageRuntime], Any]
     add_servicer: Callable[[Any, grpc.Server], None]
-    load_backend: Callable[[], Any]
-    warm_up: Callable[[Any], None]
+    load_backend: Callable[[], StageBackend[Any, Any, Any]]
 
 
 class StageServer:
@@ -70,7 +70,7 @@ class StageServer:
         started = time.monotonic()
         backend = self.spec.load_backend()
         loaded = time.monotonic()
-        self.spec.warm_up(backend)
+        backend.warm_up()
         self.runtime.attach(backend)
         self.grpc_server.set_serving(True)
         log.info(
@@ -80,13 +80,13 @@ class StageServer:
                 "address": self.address,
                 "load_s": round(loaded - started, 3),
                 "warm_up_s": round(time.monotonic() - loaded, 3),
-                "info": str(backend.info),
+                "info": str(backend.info()),
             },
         )
 
     def stop(self) -> None:
-        """Drain (queued work rejected, running work finished or rejected after the grace period), then
-        stop.
+        """Drain (queued work rejected, running work finished or rejected after the grace period), stop,
+        then close the backend (its accelerator memory is freed).
         """
         if self._stopped.is_set():
             return
@@ -95,6 +95,7 @@ class StageServer:
         self.grpc_server.health.enter_graceful_shutdown()
         self.runtime.drain()
         self.grpc_server.stop(2.0).wait()
+        self.runtime.close_backend()
         log.info("stopped", extra={"stage": self.spec.name})
 
 

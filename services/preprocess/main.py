@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_spec(args: argparse.Namespace) -> StageSpec:
     """How to build the service from parsed options (the segmenter loads in ``load_backend``)."""
-    from services.preprocess.service import PreprocessBackend, PreprocessServicer
+    from services.preprocess.backend import PreprocessBackend
+    from services.preprocess.service import PreprocessServicer
     from synchuman.v1 import preprocess_pb2_grpc
 
     defaults = PreprocessOptions(
@@ -44,7 +45,6 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
         make_servicer=PreprocessServicer,
         add_servicer=preprocess_pb2_grpc.add_PreprocessServiceServicer_to_server,
         load_backend=lambda: PreprocessBackend.load(defaults),
-        warm_up=lambda backend: backend.warm_up(),
     )
 
 

@@ -1,24 +1,36 @@
-"""The real stage-1 backend: :mod:`synchuman.pipelines.stage1` loaded from a verified checkpoint tree.
-
-The adapter expects ``Stage1Pipeline.from_checkpoints(layout, device=, dtype=)``, its ``voxel_resolution``,
-and ``run(framed, conditioning, *, seed, steps, guidance_scale, callback, should_stop)`` returning an object
-with ``colors`` / ``normals`` (5 uint8 ``[768, 768, 3]`` each) and ``coords`` (int ``[N, 3]``); this file is
-the one place that binds the service to that interface.
+"""The stage-1 backend: :class:`synchuman.pipelines.stage1.Stage1Pipeline` loaded from a verified checkpoint
+tree, as a :class:`~services.common.backend.StageBackend` of :class:`Stage1Inputs` and
+:class:`~synchuman.options.Stage1Options` to :class:`~synchuman.pipelines.handoff.Stage1Output`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from services.common.stage_runtime import BackendInfo
-from services.stage1.service import GeneratedViews, MultiviewSettings
+from services.common.backend import Progress, StopCheck, verified_checkpoints
+from synchuman.options import Stage1Options
+from synchuman.pipelines.handoff import Stage1Output
+from synchuman.pipelines.info import PipelineInfo
 
 log = logging.getLogger(__name__)
+
+#: Checkpoint sections stage 1 loads (verified before loading).
+CHECKPOINT_SECTIONS = ("dinov2", "stage1")
+
+
+@dataclass(frozen=True)
+class Stage1Inputs:
+    """What stage 1 runs on (preprocess's outputs): ``framed`` RGBA uint8 ``[768, 768, 4]``, the person
+    centred; ``conditioning`` RGB uint8 ``[518, 518, 3]``, the crop premultiplied on black."""
+
+    framed: np.ndarray
+    conditioning: np.ndarray
 
 
 def check_second_device(device: str, cfg_device: str) -> None:
@@ -37,16 +49,16 @@ def check_second_device(device: str, cfg_device: str) -> None:
 
 
 class Stage1PipelineBackend:
-    """Adapts the core stage-1 pipeline to :class:`services.stage1.service.Stage1Backend`.
+    """The stage-1 pipeline behind the Stage1Service.
 
     Every pipeline call (warm-up included) runs on one long-lived thread: torch.compile's CUDA graphs
     (``--compile`` with ``--cfg-device``) are recorded per Python thread, so a thread per request would record
     them again for every request instead of replaying the warm-up's.
     """
 
-    def __init__(self, pipeline: object, info: BackendInfo, voxel_resolution: int) -> None:
+    def __init__(self, pipeline: Any, info: PipelineInfo, voxel_resolution: int) -> None:
         self.pipeline = pipeline
-        self.info = info
+        self._info = info
         self.voxel_resolution = voxel_resolution
         self._gpu_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage1-gpu")
 
@@ -64,14 +76,12 @@ class Stage1PipelineBackend:
         ``compile_model``: ``torch.compile`` the diffusion model (compiled by the warm-up call);
         ``cfg_device``: a second CUDA device for the unconditional CFG half (``ValueError`` if unusable);
         ``cuda_graphs``: replay the compiled forwards as CUDA graphs (``None``: only with ``cfg_device``)."""
-        from synchuman.checkpoints.layout import CheckpointLayout, default_root
-        from synchuman.checkpoints.verify import require_verified, weights_label
+        from synchuman.checkpoints.verify import weights_label
         from synchuman.pipelines.stage1 import Stage1Pipeline
 
         if cfg_device is not None:
             check_second_device(device, cfg_device)
-        layout = CheckpointLayout(root or default_root())
-        require_verified(layout.root, ("dinov2", "stage1"))
+        layout = verified_checkpoints(root, CHECKPOINT_SECTIONS)
         pipeline = Stage1Pipeline.from_checkpoints(layout, device=device, dtype=dtype)
         if cfg_device is not None:
             pipeline.enable_cfg_parallel(cfg_device)
@@ -88,37 +98,39 @@ class Stage1PipelineBackend:
             raise ValueError("CUDA graphs replay the compiled model: --cuda-graphs on needs --compile")
         if compile_model:
             pipeline.accelerate(compile_model=True, cuda_graphs=cuda_graphs)
-        info = BackendInfo(str(layout.root), weights_label(layout.root), device, dtype)
+        info = PipelineInfo(str(layout.root), weights_label(layout.root), device, dtype)
         return cls(pipeline, info, pipeline.voxel_resolution)
 
+    def info(self) -> PipelineInfo:
+        """What is loaded, from where, on which device(s)."""
+        return self._info
+
     def warm_up(self) -> None:
-        """One sampler step on a blank input: kernels and allocator pools exist before the first request."""
+        """Three sampler steps on a blank input: kernels and allocator pools exist before the first
+        request."""
         framed = np.zeros((768, 768, 4), np.uint8)
         framed[192:576, 288:480] = 255
         crop = np.zeros((518, 518, 3), np.uint8)
         # 3 steps: compiled CUDA graphs are warmed up on a function's first call and recorded on a later one
-        self.generate(framed, crop, MultiviewSettings(steps=3), lambda step, total: None, lambda: False)
+        self.run(Stage1Inputs(framed, crop), Stage1Options(steps=3), lambda *event: None, lambda: False)
 
-    def generate(
-        self,
-        framed: np.ndarray,
-        conditioning: np.ndarray,
-        settings: MultiviewSettings,
-        progress: Callable[[int, int], None],
-        should_stop: Callable[[], bool],
-    ) -> GeneratedViews:
-        """Run the pipeline on the GPU thread (see :class:`services.stage1.service.Stage1Backend`)."""
-        run = self.pipeline.run  # type: ignore[attr-defined]
-        out = self._gpu_thread.submit(
-            run,
-            framed,
-            conditioning,
-            seed=settings.seed,
-            steps=settings.steps,
-            guidance_scale=settings.guidance_scale,
-            callback=progress,
+    def run(
+        self, inputs: Stage1Inputs, options: Stage1Options, progress: Progress, should_stop: StopCheck
+    ) -> Stage1Output:
+        """Run the pipeline on the GPU thread; ``progress("sampling", step, steps)`` after every sampler step;
+        stops (raising) once ``should_stop()``."""
+        return self._gpu_thread.submit(
+            self.pipeline.run,
+            inputs.framed,
+            inputs.conditioning,
+            seed=options.seed,
+            steps=options.steps,
+            guidance_scale=options.guidance_scale,
+            callback=lambda step, total: progress("sampling", step, total),
             should_stop=should_stop,
         ).result()
-        return GeneratedViews(
-            colors=tuple(out.colors), normals=tuple(out.normals), coords=np.asarray(out.coords)
-        )
+
+    def close(self) -> None:
+        """Stop the GPU thread and drop the pipeline (the runtime then returns the cached GPU memory)."""
+        self._gpu_thread.shutdown(wait=True)
+        self.pipeline = None

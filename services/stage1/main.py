@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.common.arguments import CommandLineError
 from services.common.endpoints import STAGE1_SERVICE
@@ -14,6 +15,9 @@ from services.common.stage_server import (
     resolve_device,
     serve_forever,
 )
+
+if TYPE_CHECKING:
+    from services.stage1.backend import Stage1PipelineBackend
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +54,7 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
 
     device, dtype = resolve_device(args.device, args.dtype)
 
-    def load_backend() -> object:
+    def load_backend() -> Stage1PipelineBackend:
         from services.stage1.backend import Stage1PipelineBackend
 
         root = Path(args.ckpts) if args.ckpts else None
@@ -69,7 +73,6 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
         make_servicer=Stage1Servicer,
         add_servicer=stage1_pb2_grpc.add_Stage1ServiceServicer_to_server,
         load_backend=load_backend,
-        warm_up=lambda backend: backend.warm_up(),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.common.arguments import non_negative_int_or_auto
 from services.common.endpoints import STAGE2_SERVICE
@@ -14,6 +15,9 @@ from services.common.stage_server import (
     resolve_device,
     serve_forever,
 )
+
+if TYPE_CHECKING:
+    from services.stage2.backend import Stage2PipelineBackend
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,10 +51,10 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
     else:
         render_views = args.gaussian_views
 
-    def load_backend() -> object:
-        from synchuman.pipelines.stage2 import Stage2Pipeline
+    def load_backend() -> Stage2PipelineBackend:
+        from services.stage2.backend import Stage2PipelineBackend
 
-        return Stage2Pipeline.from_checkpoints(
+        return Stage2PipelineBackend.load(
             Path(args.ckpts) if args.ckpts else None,
             device,
             dtype,
@@ -64,7 +68,6 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
         make_servicer=Stage2Servicer,
         add_servicer=stage2_pb2_grpc.add_Stage2ServiceServicer_to_server,
         load_backend=load_backend,
-        warm_up=lambda pipeline: pipeline.warm_up(),
     )
 
 
