@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh machine: Python venv with the project and its dev tools, the npm tools the tests
-# use (buf, gltf-validator), the offline default segmentation model and a Docker Compose v2 binary (compose.yaml
-# validation, optional). Safe to run again; fast when nothing changed.
+# use (buf, gltf-validator), the TypeScript client and the web page built, Debian's chromium (browser test), the
+# offline default segmentation model and a Docker Compose v2 binary (compose.yaml validation, optional). Safe to
+# run again; fast when nothing changed.
 #   SYNCHUMAN_VENV   venv folder (default .venv)
 #   SYNCHUMAN_TORCH  pip requirement for torch when none is installed (default torch==2.13.0: the CPU wheel here;
 #                    on a GPU host install the CUDA build you want into the venv first)
@@ -22,9 +23,28 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$py" -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
-if [ ! -x node_modules/.bin/buf ] || [ ! -e node_modules/gltf-validator ] || [ package.json -nt node_modules ]; then
+if [ ! -x node_modules/.bin/buf ] || [ ! -e node_modules/gltf-validator ] || [ package.json -nt node_modules ] \
+  || [ clients/typescript/package.json -nt node_modules ]; then
   npm install --no-audit --no-fund --silent
   touch node_modules
+fi
+# The TypeScript client (clients/typescript/dist) and the web page's bundle (gateway/web/dist), when their sources
+# changed since the last build.
+newer_than() { [ ! -e "$1" ] || [ -n "$(find "${@:2}" -newer "$1" -print -quit)" ]; }
+if newer_than clients/typescript/dist/index.js clients/typescript/src clients/typescript/tsconfig.json; then
+  npm run build --silent -w clients/typescript
+fi
+if newer_than gateway/web/dist/app.js gateway/web/src gateway/web/build.mjs package-lock.json; then
+  node gateway/web/build.mjs
+fi
+# Headless Chromium for the web page's browser test (Debian's package; needs root and apt).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+      >/dev/null; } || echo "bootstrap: apt-get install chromium failed; the web page test will skip (fail under CI)" >&2
+  else
+    echo "bootstrap: chromium not installed (apt-get install chromium); the web page test will skip (fail under CI)" >&2
+  fi
 fi
 "$py" scripts/fetch_segmenter.py
 "$py" scripts/fetch_compose.py || echo "bootstrap: docker-compose not installed; compose.yaml tests will skip (fail under CI)" >&2
