@@ -9,7 +9,7 @@ import grpc
 
 from gateway.errors import JobError
 from gateway.manager import JobManager
-from services.common.stage_io import InvalidInput, blob_chunks, receive_blobs, upload_chunks
+from services.common.stage_io import InvalidInput, blob_chunks, read_start, receive_blobs, upload_chunks
 from services.common.stage_runtime import abort, bad_request
 from synchuman.v1 import reconstruction_pb2 as R
 from synchuman.v1 import reconstruction_pb2_grpc
@@ -29,10 +29,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
         self, request_iterator: Iterator[Any], context: grpc.ServicerContext
     ) -> R.SubmitJobResponse:
         try:
-            first = next(request_iterator, None)
-            if first is None or first.WhichOneof("payload") != "start":
-                raise InvalidInput("start", "send `start` (options and the photo's header) first")
-            start = first.start
+            start = read_start(request_iterator, "options and the photo's header")
             if start.image.name != "input":
                 raise InvalidInput(
                     "start.image.name", f"name the photo blob 'input', not {start.image.name!r}"

@@ -12,10 +12,9 @@ Targets are gRPC target strings: ``host:port``, ``dns:///host:port`` (every addr
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from services.common.stage_io import CHUNK_BYTES, blob_chunks, blob_header
+from services.common.stage_io import BlobAssembler, BlobMismatch, blob_header, upload_messages
 from synchuman.v1 import (
     common_pb2,
     preprocess_pb2,
@@ -132,45 +131,6 @@ class StageOutput:
     result: Any
 
 
-class _BlobCollector:
-    """Reassembles ``blob`` + ``chunk`` messages of a response stream and checks them on :meth:`finish`."""
-
-    def __init__(self, stage: str) -> None:
-        self.stage = stage
-        self.headers: dict[str, common_pb2.BlobHeader] = {}
-        self.data: dict[str, bytearray] = {}
-        self.current = ""
-
-    def header(self, header: common_pb2.BlobHeader) -> None:
-        self.headers[header.name] = header
-        self.data[header.name] = bytearray()
-        self.current = header.name
-
-    def chunk(self, chunk: common_pb2.BlobChunk) -> None:
-        buffer = self.data.get(chunk.name)
-        if chunk.name != self.current or buffer is None or chunk.offset != len(buffer):
-            raise StageFailure.broken_stream(self.stage, f"chunk of {chunk.name!r} out of order")
-        if len(chunk.data) > CHUNK_BYTES:
-            raise StageFailure.broken_stream(self.stage, f"chunk of {chunk.name!r} exceeds 1 MiB")
-        buffer.extend(chunk.data)
-
-    def finish(self) -> tuple[dict[str, bytes], dict[str, str]]:
-        blobs = {}
-        for name, header in self.headers.items():
-            data = bytes(self.data[name])
-            if len(data) != header.size_bytes or hashlib.sha256(data).hexdigest() != header.sha256.lower():
-                raise StageFailure.broken_stream(self.stage, f"blob {name!r} does not match its header")
-            blobs[name] = data
-        return blobs, {name: h.media_type for name, h in self.headers.items()}
-
-
-def _upload(start: Any, request_type: Any, blobs: dict[str, bytes]) -> Iterator[Any]:
-    yield request_type(start=start)
-    for name, data in blobs.items():
-        for chunk in blob_chunks(name, data):
-            yield request_type(chunk=chunk)
-
-
 @dataclass(frozen=True)
 class StageTargets:
     """gRPC targets of the three stage services."""
@@ -234,7 +194,7 @@ class StageClients:
     def _run(
         self, stage: str, method: Any, requests: Iterable[Any], on_progress: Progress, handle: CallHandle
     ) -> StageOutput:
-        collector = _BlobCollector(stage)
+        assembler = BlobAssembler()
         result = None
         try:
             call = method(iter(requests), timeout=self.call_timeout_s)
@@ -245,19 +205,20 @@ class StageClients:
                     if kind == "progress":
                         on_progress(message.progress)
                     elif kind == "blob":
-                        collector.header(message.blob)
+                        assembler.add_header(message.blob)
                     elif kind == "chunk":
-                        collector.chunk(message.chunk)
+                        assembler.add_chunk(message.chunk)
                     elif kind == "result":
                         result = message.result
             finally:
                 handle.detach()
+            if result is None:
+                raise StageFailure.broken_stream(stage, "the stream ended without a result")
+            return StageOutput(assembler.finish(), assembler.media_types, result)
         except grpc.RpcError as error:
             raise StageFailure.from_rpc_error(stage, error) from error
-        if result is None:
-            raise StageFailure.broken_stream(stage, "the stream ended without a result")
-        blobs, media = collector.finish()
-        return StageOutput(blobs, media, result)
+        except BlobMismatch as mismatch:
+            raise StageFailure.broken_stream(stage, str(mismatch)) from mismatch
 
     def preprocess(
         self,
@@ -271,7 +232,7 @@ class StageClients:
         start = preprocess_pb2.PreprocessStart(
             request_id=job_id, options=options, image=blob_header("input", "application/octet-stream", image)
         )
-        requests = _upload(start, preprocess_pb2.PreprocessRequest, {"input": image})
+        requests = upload_messages(preprocess_pb2.PreprocessRequest, start, {"input": image})
         return self._run("preprocess", self._preprocess.Preprocess, requests, on_progress, handle)
 
     def multiview(
@@ -288,7 +249,7 @@ class StageClients:
         start = stage1_pb2.GenerateViewsStart(
             job_id=job_id, options=options, inputs=[blob_header(n, "image/png", d) for n, d in inputs.items()]
         )
-        requests = _upload(start, stage1_pb2.GenerateViewsRequest, inputs)
+        requests = upload_messages(stage1_pb2.GenerateViewsRequest, start, inputs)
         return self._run("multiview", self._stage1.GenerateViews, requests, on_progress, handle)
 
     def reconstruct(
@@ -309,5 +270,5 @@ class StageClients:
             structure=structure,
             inputs=[blob_header(n, "image/png", d) for n, d in inputs.items()],
         )
-        requests = _upload(start, stage2_pb2.ReconstructRequest, inputs)
+        requests = upload_messages(stage2_pb2.ReconstructRequest, start, inputs)
         return self._run("reconstruction", self._stage2.Reconstruct, requests, on_progress, handle)
