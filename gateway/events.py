@@ -1,6 +1,8 @@
 """A job's events: every change of a job is recorded with one event (``WatchJobResponse``) carrying an
 increasing per-job sequence number, stored in the same transaction as the job, so a watcher resumes without
-gaps (also after a gateway restart). Watchers in this process are woken on every change.
+gaps (also after a gateway restart, or on another gateway of the same store: the numbers are the store's).
+Watchers in this process are woken on every change here; changes written by other gateways are seen by
+polling the store (every second while a watch waits).
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ def now_timestamp() -> timestamp_pb2.Timestamp:
 
 
 class JobEvents:
-    """Records jobs with their events in ``store`` and lets readers wait for the next change."""
+    """Records jobs with their events in ``store`` and lets readers wait for the next change. Writes are
+    fenced by the lease of :attr:`owner` (this gateway's id, set when the gateway starts): a job leased to
+    another gateway is not written (:class:`~gateway.store.LeaseLost`)."""
 
     def __init__(self, store: JobStore) -> None:
         self._store = store
+        self.owner = ""
         self._changed = threading.Condition(threading.Lock())
         self._version = 0
         self._sequence: dict[str, int] = {}
@@ -55,9 +60,13 @@ class JobEvents:
         with self._changed:
             if job.id not in self._sequence:
                 self._sequence[job.id] = self._store.last_sequence(job.id)
-            self._sequence[job.id] += 1
-            record = Event(sequence=self._sequence[job.id], time=now, state=job.state, **event)
-            self._store.save(job, record)
+            record = Event(sequence=self._sequence[job.id] + 1, time=now, state=job.state, **event)
+            try:
+                self._store.save(job, record, lease_owner=self.owner)
+            except BaseException:
+                self._sequence.pop(job.id, None)  # re-read from the store next time
+                raise
+            self._sequence[job.id] = record.sequence
             self._notify()
 
     def finish(self, job: Job, state: int, error: status_pb2.Status | None = None) -> Job:

@@ -1,11 +1,15 @@
-"""The job loop: a queue of job ids and ``workers`` threads, each taking the oldest queued job and walking it
-through :data:`gateway.stage_table.STAGE_TABLE` on the stage services.
+"""The job loop: ``workers`` threads, each taking the oldest unfinished job nobody works on from the job store
+(the queue is the store, shared by every gateway on it) and walking it through
+:data:`gateway.stage_table.STAGE_TABLE` on the stage services.
 
-Every stage's outputs are stored as soon as the stage returns; a stage whose result file is already stored is
-skipped, so a job interrupted by a gateway restart resumes at the first stage without one. A failed stage
-call is sent again as :class:`gateway.retry.RetryPolicy` says, without re-running earlier stages. Stopping a
-job (cancelled, or the gateway shutting down) stops its stage call in flight; a job stopped by a shutdown
-keeps its stored state and is queued again by the next :meth:`JobLoop.start`.
+A job is worked by one gateway at a time: taking it leases it to this gateway (:class:`LeaseSettings`), a
+heartbeat renews the leases every ``lease_s / 3``, and every write of the job is fenced by the lease. A
+gateway that dies stops renewing; once its leases expire another gateway takes the jobs. Every stage's
+outputs are stored as soon as the stage returns and a stage whose result file is already stored is skipped,
+so the next gateway (or this one after a restart) resumes a job at the first stage without one. A failed
+stage call is sent again as :class:`gateway.retry.RetryPolicy` says, without re-running earlier stages.
+Stopping a job (cancelled here or, through the store's cancel flag, on another gateway; the gateway shutting
+down; its lease lost) stops its stage call in flight; a job stopped by a shutdown is released at once.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import grpc
 from google.rpc import code_pb2, status_pb2
@@ -27,7 +31,7 @@ from gateway.metrics import STAGE_RETRIES, STAGE_SECONDS
 from gateway.retry import RetryPolicy
 from gateway.stage_table import STAGE_TABLE, StageStep, stage_name
 from gateway.stages import CallHandle, StageClients, StageFailure, StageOutput
-from gateway.store import TERMINAL_STATES, Job, JobStore
+from gateway.store import TERMINAL_STATES, Job, JobStore, LeaseLost, StoreUnavailable
 from services.common.stage_runtime import error_info, retry_info
 from synchuman.v1 import common_pb2, reconstruction_pb2
 
@@ -36,8 +40,27 @@ log = logging.getLogger(__name__)
 R = reconstruction_pb2
 
 
+#: Why a job's work stops (``CallHandle.stop`` reasons), and how a worker's turn with a job ended.
+CANCELLED, SHUTDOWN, LEASE_LOST, FINISHED = "cancelled", "shutdown", "lease lost", "finished"
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """``lease_s``: how long a job stays leased to this gateway without a heartbeat (seconds; a dead gateway's
+    jobs wait this long before another takes them); ``poll_s``: how often an idle worker looks for jobs
+    submitted on other gateways or left by a dead one (a submission here wakes one at once)."""
+
+    lease_s: float = 30.0
+    poll_s: float = 1.0
+
+    @property
+    def heartbeat_s(self) -> float:
+        """Seconds between two renewals of this gateway's leases."""
+        return self.lease_s / 3
+
+
 class _Stopped(Exception):
-    """The job's work was stopped (``reason``: "cancelled" or "shutdown")."""
+    """The job's work was stopped (``reason``: :data:`CANCELLED`, :data:`SHUTDOWN` or :data:`LEASE_LOST`)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -50,8 +73,8 @@ def _check_stopped(handle: CallHandle) -> None:
 
 
 class JobLoop:
-    """Queue and workers; see the module docstring. ``max_pending_jobs``: queued + running jobs before
-    :meth:`admission` refuses new ones."""
+    """Workers and heartbeat; see the module docstring. ``max_pending_jobs``: unfinished jobs in the store
+    (all gateways) before :meth:`admission` refuses new ones."""
 
     def __init__(
         self,
@@ -62,6 +85,7 @@ class JobLoop:
         retry: RetryPolicy,
         workers: int,
         max_pending_jobs: int,
+        leases: LeaseSettings,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
@@ -70,31 +94,39 @@ class JobLoop:
         self._retry = retry
         self._workers = workers
         self._max_pending = max_pending_jobs
+        self._leases = leases
+        self._owner = ""
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
-        self._queue: deque[str] = deque()
-        self._active: set[str] = set()
         self._reserved = 0
         self._running: dict[str, CallHandle] = {}
+        self._taken_at: dict[str, float] = {}
+        self._claimed: set[str] = set()
         self._stopping = False
+        self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
-    def start(self) -> int:
-        """Queue every unfinished job (oldest first) and start the workers; returns the number resumed."""
-        resumed = self._store.unfinished()
-        with self._lock:
-            for job in resumed:
-                self._active.add(job.id)
-                self._queue.append(job.id)
-        for job in resumed:
-            log.info("job resumed", extra={"job_id": job.id, "stage": stage_name(job.stage)})
+    def start(self, owner: str) -> int:
+        """Start the workers and the heartbeat as gateway ``owner`` (its id in the store: unique among live
+        gateways, the same across restarts of one), after releasing the leases a previous life of ``owner``
+        left; returns the number of unfinished jobs (in any gateway's hands) found."""
+        self._owner = owner
+        released = self._store.release_all(owner)
+        unfinished = self._store.unfinished()
+        for job in unfinished:
+            log.info("job unfinished at start", extra={"job_id": job.id, "stage": stage_name(job.stage)})
+        if released:
+            log.info("leases of the previous run released", extra={"owner": owner, "jobs": released})
         for i in range(self._workers):
             thread = threading.Thread(target=self._work, name=f"gateway-job-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        return len(resumed)
+        heartbeat = threading.Thread(target=self._heartbeat, name="gateway-lease-heartbeat", daemon=True)
+        heartbeat.start()
+        self._threads.append(heartbeat)
+        return len(unfinished)
 
     def stop(self, timeout_s: float) -> None:
         """Stop the workers and their stage calls (waiting up to ``timeout_s``); running jobs keep their
@@ -103,8 +135,9 @@ class JobLoop:
             self._stopping = True
             handles = list(self._running.values())
             self._work_ready.notify_all()
+        self._stopped.set()
         for handle in handles:
-            handle.stop("shutdown")
+            handle.stop(SHUTDOWN)
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -114,8 +147,10 @@ class JobLoop:
     @contextmanager
     def admission(self) -> Iterator[None]:
         """Hold a pending-job place while a new job is stored; RESOURCE_EXHAUSTED when there is none."""
+        counts = self._store.count_by_state()
+        unfinished = sum(n for state, n in counts.items() if state not in TERMINAL_STATES)
         with self._lock:
-            pending = len(self._active) + self._reserved
+            pending = unfinished + self._reserved
             if pending >= self._max_pending:
                 raise JobError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -131,81 +166,147 @@ class JobLoop:
                 self._reserved -= 1
 
     def enqueue(self, job_id: str) -> None:
-        """Queue a stored job behind the others."""
+        """A job was stored: wake an idle worker to take it (or the oldest waiting one)."""
         with self._lock:
-            self._active.add(job_id)
-            self._queue.append(job_id)
             self._work_ready.notify()
 
     def withdraw(self, job_id: str) -> bool:
-        """Take a queued job out of the queue (True; the caller ends it), or stop a running one's work
-        (False; its worker ends it as cancelled)."""
+        """For a cancellation: lease a job nobody works on to this gateway (True; the caller ends it and
+        :meth:`release` s it), or have its work stopped (False): here directly, on another gateway through
+        the store's cancel flag, which that gateway's next heartbeat sees; its worker ends it as cancelled."""
         with self._lock:
-            if job_id in self._queue:
-                self._queue.remove(job_id)
-                self._active.discard(job_id)
-                return True
             handle = self._running.get(job_id)
         if handle is not None:
-            handle.stop("cancelled")
+            handle.stop(CANCELLED)
+            return False
+        with self._lock:
+            self._claimed.add(job_id)
+        if self._store.claim(self._owner, job_id, self._leases.lease_s) is not None:
+            return True
+        with self._lock:
+            self._claimed.discard(job_id)
+        self._store.request_cancel(job_id)
         return False
+
+    def release(self, job_id: str) -> None:
+        """Give up this gateway's lease of a job (after :meth:`withdraw` returned True)."""
+        try:
+            self._release_quietly(job_id)
+        finally:
+            with self._lock:
+                self._claimed.discard(job_id)
 
     # -- work ------------------------------------------------------------------------------------------------
 
-    def _next_job(self) -> tuple[str, CallHandle] | None:
-        """The oldest queued job with the handle that stops its work, or None once stopping."""
-        with self._lock:
-            while not self._queue and not self._stopping:
-                self._work_ready.wait()
-            if self._stopping:
-                return None
-            job_id = self._queue.popleft()
-            handle = self._running[job_id] = CallHandle()
-            return job_id, handle
+    def _next_job(self) -> tuple[Job, CallHandle] | None:
+        """The oldest job nobody works on, leased to this gateway, with the handle that stops its work; None
+        once stopping. Waits for one (woken by :meth:`enqueue`, else every ``poll_s``)."""
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return None
+            try:
+                taken = self._store.acquire(self._owner, self._leases.lease_s, 1)
+            except StoreUnavailable as exc:
+                log.warning("job store unreachable; will look for jobs again", extra={"error": str(exc)})
+                taken = []
+            with self._lock:
+                if taken:
+                    job = taken[0]
+                    handle = self._running[job.id] = CallHandle()
+                    self._taken_at[job.id] = time.monotonic()
+                    if self._stopping:
+                        handle.stop(SHUTDOWN)
+                    return job, handle
+                if not self._stopping:
+                    self._work_ready.wait(self._leases.poll_s)
 
     def _work(self) -> None:
         while (taken := self._next_job()) is not None:
-            job_id, handle = taken
-            finished = True
+            job, handle = taken
+            self._events.forget(job.id)  # its events may have been written by another gateway
+            outcome = LEASE_LOST
             try:
-                finished = self._run(job_id, handle)
+                outcome = self._run(job, handle)
             finally:
                 with self._lock:
-                    self._running.pop(job_id, None)
-                    if finished:
-                        self._active.discard(job_id)
-                if finished:
-                    self._events.forget(job_id)
+                    self._running.pop(job.id, None)
+                    self._taken_at.pop(job.id, None)
+                self._events.forget(job.id)
+                if outcome != LEASE_LOST:
+                    self._release_quietly(job.id)
 
-    def _run(self, job_id: str, handle: CallHandle) -> bool:
-        """Work a job to its end; False when the gateway stopped first (the job resumes at the next start)."""
-        job = self._store.get(job_id)
-        if job is None or job.state in TERMINAL_STATES:
-            return True
+    def _release_quietly(self, job_id: str) -> None:
+        """Release a lease; if the store cannot be reached, the lease simply expires."""
+        try:
+            self._store.release(self._owner, job_id)
+        except StoreUnavailable as exc:
+            log.warning("could not release a lease", extra={"job_id": job_id, "error": str(exc)})
+
+    def _heartbeat(self) -> None:
+        """Renew this gateway's leases every ``heartbeat_s``; stop the work of jobs lost to another gateway
+        and of jobs a client cancelled elsewhere; release leases no worker here uses (left by a release
+        that failed while the store was unreachable)."""
+        while not self._stopped.wait(self._leases.heartbeat_s):
+            started = time.monotonic()
+            try:
+                renewal = self._store.renew(self._owner, self._leases.lease_s)
+            except StoreUnavailable as exc:
+                log.warning("job store unreachable; leases not renewed", extra={"error": str(exc)})
+                continue
+            with self._lock:
+                running = [(i, h) for i, h in self._running.items() if self._taken_at.get(i, 0.0) < started]
+                unused = renewal.held - set(self._running) - self._claimed
+            for job_id in unused:
+                self._release_quietly(job_id)
+            for job_id, handle in running:
+                if job_id in renewal.cancel:
+                    handle.stop(CANCELLED)
+                elif job_id not in renewal.held:
+                    log.warning("lease lost to another gateway; stopping here", extra={"job_id": job_id})
+                    handle.stop(LEASE_LOST)
+
+    def _run(self, job: Job, handle: CallHandle) -> str:
+        """Work a job to its end (returns :data:`FINISHED`), or until it is stopped by a shutdown or an
+        unreachable store (:data:`SHUTDOWN`) or by the loss of its lease (:data:`LEASE_LOST`); either way
+        its stored state lets any gateway resume it."""
+        job_id = job.id
+        if job.state in TERMINAL_STATES:
+            return FINISHED
         try:
             for step in STAGE_TABLE:
                 if self._artifacts.has(job_id, step.result_file):
                     step.adopt_outputs(job, self._artifacts)
                     continue
                 self._run_step(job, step, handle)
+            return self._end(job, R.JOB_STATE_SUCCEEDED)
         except _Stopped as stopped:
-            if stopped.reason == "shutdown":
-                log.info("job interrupted by shutdown", extra={"job_id": job_id})
-                return False
-            self._events.finish(job, R.JOB_STATE_CANCELLED)
-            return True
+            if stopped.reason in (SHUTDOWN, LEASE_LOST):
+                log.info("job work stopped", extra={"job_id": job_id, "reason": stopped.reason})
+                return stopped.reason
+            return self._end(job, R.JOB_STATE_CANCELLED)
+        except LeaseLost:
+            log.warning("lease lost to another gateway; leaving the job to it", extra={"job_id": job_id})
+            return LEASE_LOST
+        except StoreUnavailable as exc:
+            log.warning("store unreachable; job left for later", extra={"job_id": job_id, "error": str(exc)})
+            return SHUTDOWN
         except StageFailure as failure:
-            self._events.finish(job, R.JOB_STATE_FAILED, failure.status)
-            return True
+            return self._end(job, R.JOB_STATE_FAILED, failure.status)
         except Exception as exc:
             log.exception("job failed unexpectedly", extra={"job_id": job_id})
             status = status_pb2.Status(
                 code=code_pb2.INTERNAL, message=f"the gateway failed: {type(exc).__name__}: {exc}"
             )
-            self._events.finish(job, R.JOB_STATE_FAILED, status)
-            return True
-        self._events.finish(job, R.JOB_STATE_SUCCEEDED)
-        return True
+            return self._end(job, R.JOB_STATE_FAILED, status)
+
+    def _end(self, job: Job, state: int, error: status_pb2.Status | None = None) -> str:
+        """Record the job's end; :data:`FINISHED`, or :data:`LEASE_LOST` (left to the new holder)."""
+        try:
+            self._events.finish(job, state, error)
+        except LeaseLost:
+            return LEASE_LOST
+        return FINISHED
 
     def _run_step(self, job: Job, step: StageStep, handle: CallHandle) -> None:
         """Run one stage until it succeeds (outputs stored), fails for good (StageFailure) or is stopped."""

@@ -56,6 +56,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "DATA_DIR/artifacts)",
     )
     parser.add_argument(
+        "--gateway-id",
+        default=os.environ.get("SYNCHUMAN_GATEWAY_ID", ""),
+        help="this gateway's name on the jobs it leases: unique among the gateways of one job store, the "
+        "same across its restarts (default: $SYNCHUMAN_GATEWAY_ID, else HOSTNAME:GRPC_PORT)",
+    )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=30.0,
+        help="a job stays leased this long without a heartbeat; a dead gateway's jobs are taken over after "
+        "it (default 30)",
+    )
+    parser.add_argument(
         "--auth-token",
         default=os.environ.get("SYNCHUMAN_GATEWAY_AUTH_TOKEN", ""),
         help="bearer token that gRPC calls and the HTTP bridge require (default: "
@@ -105,6 +118,8 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201 - gateway.server
         stage_timeout_s=args.stage_timeout,
         retry=RetryPolicy(max_attempts=args.max_attempts),
         retention_s=args.retention_hours * 3600.0,
+        gateway_id=args.gateway_id,
+        lease_s=args.lease_seconds,
     )
 
 

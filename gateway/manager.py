@@ -19,7 +19,7 @@ import grpc
 from gateway.artifacts import ArtifactStore
 from gateway.errors import JobError
 from gateway.events import JobEvents, now_timestamp
-from gateway.job_loop import JobLoop
+from gateway.job_loop import JobLoop, LeaseSettings
 from gateway.metrics import JOB_STATES, JOBS_SUBMITTED
 from gateway.option_validation import validate_options
 from gateway.paging import list_page
@@ -41,7 +41,8 @@ class ManagerSettings:
     """``max_pending_jobs``: queued + running jobs before submissions get RESOURCE_EXHAUSTED; ``workers``:
     jobs worked on at once (each waits in the stage services' own queues); ``max_upload_bytes``: photo limit;
     ``retention_s``: finished jobs (record, events, files, the photo included) are deleted this many seconds
-    after their creation (0: kept until deleted with ``DeleteJob``).
+    after their creation (0: kept until deleted with ``DeleteJob``); ``leases``: how jobs are shared with
+    the other gateways of the store.
     """
 
     max_pending_jobs: int = 64
@@ -49,6 +50,7 @@ class ManagerSettings:
     max_upload_bytes: int = 32 << 20
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     retention_s: float = 7 * 24 * 3600.0
+    leases: LeaseSettings = field(default_factory=LeaseSettings)
 
 
 class JobManager:
@@ -63,7 +65,14 @@ class JobManager:
         self.settings = settings
         self.events = JobEvents(store)
         self.loop = JobLoop(
-            store, artifacts, stages, self.events, settings.retry, settings.workers, settings.max_pending_jobs
+            store,
+            artifacts,
+            stages,
+            self.events,
+            settings.retry,
+            settings.workers,
+            settings.max_pending_jobs,
+            settings.leases,
         )
         self._sweeper = RetentionSweeper(self.delete_expired, settings.retention_s)
         for state, gauge in JOB_STATES.items():
@@ -71,10 +80,11 @@ class JobManager:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
-    def start(self) -> int:
-        """Queue every unfinished job (oldest first), start the workers and the retention sweep; returns the
-        number of jobs resumed."""
-        resumed = self.loop.start()
+    def start(self, owner: str) -> int:
+        """Start the workers (as gateway ``owner``: see :meth:`gateway.job_loop.JobLoop.start`) and the
+        retention sweep; returns the number of unfinished jobs found."""
+        self.events.owner = owner
+        resumed = self.loop.start(owner)
         if self.settings.retention_s > 0:
             self._sweeper.start()
         return resumed
@@ -144,9 +154,14 @@ class JobManager:
         job = self.get(job_id)
         if job.state in TERMINAL_STATES:
             return job
-        if self.loop.withdraw(job_id):  # still queued: nothing but this call changes it
-            self.events.finish(job, R.JOB_STATE_CANCELLED)
-            self.events.forget(job_id)
+        if self.loop.withdraw(job_id):  # nobody worked on it: leased to this call now
+            try:
+                job = self.get(job_id)
+                if job.state not in TERMINAL_STATES:
+                    self.events.finish(job, R.JOB_STATE_CANCELLED)
+            finally:
+                self.events.forget(job_id)
+                self.loop.release(job_id)
             return job
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -15,10 +16,12 @@ from pathlib import Path
 
 from gateway.artifacts import open_artifact_store
 from gateway.grpc_servicer import ReconstructionServicer
+from gateway.job_loop import LeaseSettings
 from gateway.manager import JobManager, ManagerSettings
 from gateway.retry import RetryPolicy
 from gateway.stages import StageClients, StageTargets
 from gateway.store import open_job_store
+from gateway.store_health import StoreHealth
 from services.common.auth import BearerTokenInterceptor
 from services.common.endpoints import RECONSTRUCTION_SERVICE, default_address
 from services.common.grpc_server import ServiceServer
@@ -32,6 +35,8 @@ class GatewayConfig:
     """Everything the gateway needs. ``http_address`` empty: no HTTP bridge. ``database_url`` (the job store)
     empty: ``DATA_DIR/jobs.sqlite3``; ``artifact_store`` empty: ``DATA_DIR/artifacts``. ``auth_token``: bearer
     token required on gRPC (health and reflection excepted) and by the HTTP bridge (empty: open).
+    ``gateway_id``: this gateway's name on its job leases (empty: ``HOSTNAME:GRPC_PORT``; unique among the
+    gateways of one store, the same across restarts); ``lease_s``: job lease length in seconds.
     """
 
     address: str = default_address("gateway")
@@ -49,6 +54,8 @@ class GatewayConfig:
     stage_timeout_s: float = 1800.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     retention_s: float = 7 * 24 * 3600.0
+    gateway_id: str = ""
+    lease_s: float = 30.0
 
 
 class Gateway:
@@ -70,6 +77,7 @@ class Gateway:
                 config.max_upload_bytes,
                 config.retry,
                 config.retention_s,
+                LeaseSettings(lease_s=config.lease_s),
             ),
         )
         interceptors = (BearerTokenInterceptor(config.auth_token),) if config.auth_token else ()
@@ -86,7 +94,9 @@ class Gateway:
         )
         self.port = self.grpc_server.port
         self.address = self.grpc_server.address
-        resumed = self.manager.start()
+        self.gateway_id = config.gateway_id or f"{socket.gethostname()}:{self.port}"
+        resumed = self.manager.start(self.gateway_id)
+        self.store_health = StoreHealth(self.manager.store, self.grpc_server.set_serving)
         self.grpc_server.start()
         self.http = None
         self.http_port = 0
@@ -98,12 +108,14 @@ class Gateway:
             )
             self.http_port = self.http.start()
         self.grpc_server.set_serving(True)
+        self.store_health.start()
         log.info(
             "serving",
             extra={
                 "address": self.address,
                 "http_port": self.http_port,
-                "resumed_jobs": resumed,
+                "gateway_id": self.gateway_id,
+                "unfinished_jobs": resumed,
                 "data_dir": str(data_dir),
             },
         )
@@ -112,6 +124,7 @@ class Gateway:
         """Report NOT_SERVING, stop accepting calls, stop the workers (running jobs resume at the next
         start) and the HTTP bridge.
         """
+        self.store_health.stop()
         self.grpc_server.health.enter_graceful_shutdown()
         if self.http is not None:
             self.http.stop()
