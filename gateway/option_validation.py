@@ -1,43 +1,60 @@
-"""Checks of a job's options before it is accepted, so a bad option fails the submission, not a stage."""
+"""Checks of a job's options before it is accepted, so a bad option fails the submission, not a stage.
+
+The stage options are converted to the core option classes exactly as the stage services convert them
+(:mod:`services.common.conversions`), which runs the classes' own ``validate()``: the allowed ranges are
+defined once, in :class:`~synchuman.options.Stage1Options` and
+:class:`~synchuman.pipelines.stage2_types.Stage2Options`. The preprocess options have nothing the gateway can
+check (the segmenter name is checked when the preprocess service loads it).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from gateway.errors import JobError
+from services.common.conversions import stage1_options_from_proto, stage2_options_from_proto
+from services.common.stage_io import InvalidInput
 from services.common.stage_runtime import bad_request
+from synchuman.options import Range, Stage1Options
+from synchuman.pipelines.stage2_types import Stage2Options
 from synchuman.v1 import common_pb2
 
+#: ``(JobOptions field, conversion (message, field prefix) -> validated core options, the core ranges)``
+_STAGE_OPTIONS: tuple[tuple[str, Callable[[Any, str], object], tuple[Range, ...]], ...] = (
+    ("multiview", stage1_options_from_proto, Stage1Options.RANGES),
+    ("reconstruction", stage2_options_from_proto, Stage2Options.RANGES),
+)
 
-def _check_range(field_name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise JobError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"{field_name} is {value:g}; use a value from {low:g} to {high:g}",
-            bad_request(field_name, f"must be in [{low:g}, {high:g}]"),
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _refusal(error: InvalidInput, message: Any, ranges: tuple[Range, ...]) -> JobError:
+    """INVALID_ARGUMENT naming ``error.field``; for an out-of-range number, its value and allowed range."""
+    name = error.field.rsplit(".", 1)[-1]
+    bounds = next(((low, high) for option, low, high, _ in ranges if option == name), None)
+    if bounds is None:
+        return JobError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{error.field}: {error}", bad_request(error.field, str(error))
         )
+    low, high = _number(bounds[0]), _number(bounds[1])
+    return JobError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{error.field} is {_number(getattr(message, name))}; use a value from {low} to {high}",
+        bad_request(error.field, f"must be in [{low}, {high}]"),
+    )
 
 
 def validate_options(options: common_pb2.JobOptions) -> None:
-    """INVALID_ARGUMENT (naming the field and the allowed range) for an out-of-range option."""
-    mv, rc = options.multiview, options.reconstruction
-    checks = [
-        (mv, "multiview", "steps", 1, 200),
-        (mv, "multiview", "guidance_scale", 1, 20),
-        (rc, "reconstruction", "steps", 1, 200),
-        (rc, "reconstruction", "guidance_scale", 1, 20),
-        (rc, "reconstruction", "texture_size", 256, 4096),
-        (rc, "reconstruction", "simplify_ratio", 0, 0.99),
-        (rc, "reconstruction", "bake_steps", 0, 5000),
-        (rc, "reconstruction", "visibility_views", 8, 4000),
-    ]
-    for message, group, name, low, high in checks:
-        if message.HasField(name):
-            _check_range(f"options.{group}.{name}", getattr(message, name), low, high)
-    if rc.bake_mode not in common_pb2.BakeMode.values():
-        known = ", ".join(common_pb2.BakeMode.keys()[1:])
-        raise JobError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"options.reconstruction.bake_mode {rc.bake_mode} is unknown; use one of {known}",
-            bad_request("options.reconstruction.bake_mode", f"must be one of {known}"),
-        )
+    """INVALID_ARGUMENT naming the field (``options.multiview.steps``) and what is allowed for a bad
+    option."""
+    for group, convert, ranges in _STAGE_OPTIONS:
+        message = getattr(options, group)
+        try:
+            convert(message, f"options.{group}")
+        except InvalidInput as error:
+            raise _refusal(error, message, ranges) from error
