@@ -6,6 +6,7 @@ tensors of later calls share coordinates *and* caches (neighbour maps, layouts) 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,19 @@ class _LevelMap:
     parent: torch.Tensor  # long [N_fine]: coarse row of each fine voxel
 
 
+@dataclass(frozen=True, eq=False)
+class _FineLink:
+    """What a coarse level keeps of the fine level it was pooled from (the fine cache held weakly)."""
+
+    coords: torch.Tensor
+    cache: weakref.ReferenceType[CoordCache]
+    parent: torch.Tensor  # long [N_fine]: coarse row of each fine voxel
+
+    def level(self) -> _LevelMap:
+        """The fine level; its cache is rebuilt empty if nothing holds the original any more."""
+        return _LevelMap(self.coords, self.cache() or CoordCache(), self.parent)
+
+
 def _build_downsample(x: SparseTensor, factor: int) -> tuple[_LevelMap, torch.Tensor]:
     """The coarse level and the float32 number of fine voxels per coarse cell."""
     c = x.coords.long()
@@ -35,8 +49,11 @@ def _build_downsample(x: SparseTensor, factor: int) -> tuple[_LevelMap, torch.Te
     b = unique_keys // (radix**3)
     coarse_coords = torch.stack([b, xx, y, z], dim=1).to(torch.int32)
     coarse_cache = CoordCache()
-    # the coarse level remembers how to go back up
-    coarse_cache.get(("upsample", factor), lambda: _LevelMap(x.coords, x.cache, parent))
+    # The coarse level remembers how to go back up, but refers to the fine cache only weakly: the fine cache
+    # holds the coarse one, so a strong link back would make a reference cycle that keeps every cached map of
+    # the request (neighbour maps of all levels, the decoders' subdivisions) alive until a full garbage
+    # collection.
+    coarse_cache.get(("upsample", factor), lambda: _FineLink(x.coords, weakref.ref(x.cache), parent))
     counts = torch.bincount(parent, minlength=coarse_coords.shape[0]).float()
     return _LevelMap(coarse_coords, coarse_cache, parent), counts
 
@@ -58,10 +75,10 @@ def upsample(x: SparseTensor, factor: int = 2) -> SparseTensor:
     """Inverse of :func:`downsample` on the same coordinates: every fine voxel takes its cell's features,
     in the original fine row order. ``[M, C]`` -> ``[N, C]``."""
 
-    def missing() -> _LevelMap:
+    def missing() -> _FineLink:
         raise ValueError("upsample needs a tensor produced by downsample (no cached fine coordinates)")
 
-    level = x.cache.get(("upsample", factor), missing)
+    level = x.cache.get(("upsample", factor), missing).level()
     return SparseTensor(x.feats[level.parent], level.coords, level.cache)
 
 
