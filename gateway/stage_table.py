@@ -19,14 +19,12 @@ from gateway.events import now_timestamp
 from gateway.stages import CallHandle, Progress, StageClients, StageOutput
 from gateway.store import Job
 from services.common.stage_io import blob_header
+from synchuman.pipelines.handoff import VIEW_FILES
 from synchuman.v1 import common_pb2, reconstruction_pb2
 
 #: ``(clients, job, inputs, on_progress, handle)`` -> the stage's output; ``inputs`` maps the names in
 #: :attr:`StageStep.inputs` to the stored bytes.
 StageCall = Callable[[StageClients, Job, dict[str, bytes], Progress, CallHandle], StageOutput]
-
-#: The ten generated views stage 1 stores (colour and normal images of five views, PNG).
-VIEW_NAMES = tuple(f"{kind}_{i}.png" for kind in ("color", "normal") for i in range(5))
 
 
 def _report_json(result: Any) -> bytes:
@@ -134,13 +132,13 @@ STAGE_TABLE = (
         name="multiview",
         inputs=("framed.png", "conditioning.png"),
         call=_call_stage1,
-        outputs=(*VIEW_NAMES, "voxels.bin"),
+        outputs=(*VIEW_FILES, "voxels.bin"),
         encode_result=_voxels,
     ),
     StageStep(
         stage=common_pb2.STAGE_RECONSTRUCTION,
         name="reconstruction",
-        inputs=("conditioning.png", *VIEW_NAMES, "voxels.bin"),
+        inputs=("conditioning.png", *VIEW_FILES, "voxels.bin"),
         call=_call_stage2,
         outputs=("person.glb", "gaussians.ply", "mesh_obj.zip", "output_report.json"),
         encode_result=_report_json,
