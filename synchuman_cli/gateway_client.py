@@ -15,7 +15,7 @@ import grpc
 from tqdm import tqdm
 
 from services.common.auth import authorized_channel
-from services.common.stage_io import blob_chunks, blob_header
+from services.common.stage_io import BlobAssembler, BlobMismatch, blob_header, upload_messages
 from services.launcher import EmbeddedConfig, start_embedded
 from services.supervisor import Supervisor, health_status
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
@@ -64,30 +64,30 @@ class Outcome:
 
 
 def _upload(photo: bytes, options: common_pb2.JobOptions) -> Iterator[reconstruction_pb2.SubmitJobRequest]:
-    header = blob_header("input", "application/octet-stream", photo)
-    yield reconstruction_pb2.SubmitJobRequest(
-        start=reconstruction_pb2.SubmitJobStart(options=options, image=header)
+    start = reconstruction_pb2.SubmitJobStart(
+        options=options, image=blob_header("input", "application/octet-stream", photo)
     )
-    for chunk in blob_chunks("input", photo):
-        yield reconstruction_pb2.SubmitJobRequest(chunk=chunk)
+    return upload_messages(reconstruction_pb2.SubmitJobRequest, start, {"input": photo})
 
 
 def download(stub: reconstruction_pb2_grpc.ReconstructionServiceStub, job_id: str, name: str) -> bytes:
-    """One artifact of a job, checked against its header's size and SHA-256."""
-    import hashlib
-
-    header = None
-    data = bytearray()
-    for message in stub.GetArtifact(
-        reconstruction_pb2.GetArtifactRequest(job_id=job_id, name=name), timeout=300
-    ):
-        if message.WhichOneof("payload") == "header":
-            header = message.header
-        else:
-            data.extend(message.chunk.data)
-    if header is None or len(data) != header.size_bytes or hashlib.sha256(data).hexdigest() != header.sha256:
-        raise RuntimeError(f"download of {name} was incomplete or corrupted; try again")
-    return bytes(data)
+    """One artifact of a job, checked against its header's size and SHA-256 (RuntimeError when it is not
+    the announced file)."""
+    assembler = BlobAssembler()
+    try:
+        for message in stub.GetArtifact(
+            reconstruction_pb2.GetArtifactRequest(job_id=job_id, name=name), timeout=300
+        ):
+            if message.WhichOneof("payload") == "header":
+                assembler.add_header(message.header)
+            else:
+                assembler.add_chunk(message.chunk)
+        data = assembler.finish().get(name)
+    except BlobMismatch as exc:
+        raise RuntimeError(f"download of {name} was incomplete or corrupted ({exc}); try again") from None
+    if data is None:
+        raise RuntimeError(f"download of {name} was incomplete or corrupted (no header); try again")
+    return data
 
 
 class _Bars:

@@ -34,6 +34,7 @@ class FakeGateway(reconstruction_pb2_grpc.ReconstructionServiceServicer):
         self.photo = b""
         self.options: common_pb2.JobOptions | None = None
         self.files = {"person.glb": box_glb(), "gaussians.ply": b"ply\nfake", "color_0.png": b"png0"}
+        self.corrupt = False  # True: every artifact's bytes differ from its header (one byte flipped)
 
     def _job(self, state: int) -> reconstruction_pb2.Job:
         job = reconstruction_pb2.Job(id="job-1", state=state)
@@ -79,6 +80,8 @@ class FakeGateway(reconstruction_pb2_grpc.ReconstructionServiceServicer):
     def GetArtifact(self, request, context):
         data = self.files[request.name]
         yield reconstruction_pb2.GetArtifactResponse(header=blob_header(request.name, "x", data))
+        if self.corrupt:
+            data = bytes([data[0] ^ 1]) + data[1:]
         for chunk in blob_chunks(request.name, data):
             yield reconstruction_pb2.GetArtifactResponse(chunk=chunk)
 
@@ -223,6 +226,18 @@ def test_no_gateway_and_never_start_says_how_to_start_it(photo, tmp_path, capsys
     )
     assert code == 2
     assert "synchuman serve" in capsys.readouterr().err
+
+
+def test_a_corrupted_download_is_refused(gateway, photo, tmp_path, capsys):
+    fake, address = gateway
+    fake.corrupt = True
+    out = tmp_path / "person.glb"
+    code = main(["reconstruct", str(photo), "-o", str(out), "--gateway", address, "--start-servers", "never",
+                 "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "download of person.glb was incomplete or corrupted" in err and "SHA-256" in err, err
+    assert not out.exists()
 
 
 def test_missing_photo_is_a_user_error(tmp_path, capsys):
