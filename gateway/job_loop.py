@@ -321,7 +321,9 @@ class JobLoop:
             self._events.emit(
                 job,
                 progress=common_pb2.ProgressEvent(
-                    stage=step.stage, phase="start", message=f"attempt {job.attempts[step.name]}"
+                    stage=step.stage,
+                    phase="start",
+                    message=f"attempt {job.attempts[step.name]} on gateway {self._owner}",
                 ),
             )
             started = time.monotonic()

@@ -16,6 +16,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -71,67 +72,95 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout_s: float, what:
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout_s} s: {tail}")
 
 
-@contextmanager
-def postgres_server(database: str = "synchuman") -> Iterator[str]:
-    """A fresh PostgreSQL cluster with database ``database``; yields its ``postgresql://`` URL (trust
-    authentication on 127.0.0.1 only). The cluster is deleted afterwards.
-    """
-    bindir = postgres_bin()
-    user, uid = _run_as()
-    root = Path(tempfile.mkdtemp(prefix="synchuman-pg-"))
-    data, log = root / "data", root / "server.log"
-    process = None
-    try:
+class PostgresServer:
+    """A fresh PostgreSQL cluster in a temporary folder (trust authentication, 127.0.0.1 only, a free port
+    kept across :meth:`stop` / :meth:`start`); :meth:`remove` deletes it."""
+
+    def __init__(self) -> None:
+        self.bindir = postgres_bin()
+        self.user, uid = _run_as()
+        self.root = Path(tempfile.mkdtemp(prefix="synchuman-pg-"))
+        self.data, self.log = self.root / "data", self.root / "server.log"
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
         if uid is not None:
-            os.chown(root, uid, -1)
+            os.chown(self.root, uid, -1)
         subprocess.run(
-            [bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"],
+            [self.bindir / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "--no-sync"],
             check=True,
             capture_output=True,
-            user=user,
-            cwd=root,
+            user=self.user,
+            cwd=self.root,
             timeout=120,
         )
-        port = free_port()
-        with open(log, "wb") as handle:
-            process = subprocess.Popen(
+
+    def url(self, database: str) -> str:
+        """The ``postgresql://`` URL of ``database`` on this server."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        with open(self.log, "ab") as handle:
+            self.process = subprocess.Popen(
                 [
-                    bindir / "postgres", "-D", data, "-p", str(port), "-h", "127.0.0.1", "-k", root,
-                    "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=100",
+                    self.bindir / "postgres", "-D", self.data, "-p", str(self.port), "-h", "127.0.0.1",
+                    "-k", self.root, "-c", "fsync=off", "-c", "full_page_writes=off",
                 ],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
-                user=user,
-                cwd=root,
+                user=self.user,
+                cwd=self.root,
             )
-        _wait_for_port(port, process, 60, "postgres", log)
-        url = f"postgresql://postgres@127.0.0.1:{port}"
-        _create_database(url + "/postgres", database)
-        yield f"{url}/{database}"
-    finally:
-        if process is not None and process.poll() is None:
-            process.terminate()  # SIGTERM: PostgreSQL's "smart" shutdown; fast one follows on SIGINT
+        _wait_for_port(self.port, self.process, 60, "postgres", self.log)
+        _wait_for_database(self.url("postgres"))
+
+    def stop(self) -> None:
+        """Stop the server (SIGINT: PostgreSQL's fast shutdown, which disconnects every client)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
             try:
-                process.wait(10)
+                self.process.wait(15)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-        shutil.rmtree(root, ignore_errors=True)
+                self.process.kill()
+                self.process.wait(10)
+
+    def remove(self) -> None:
+        """Stop the server and delete the cluster."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _create_database(admin_url: str, database: str) -> None:
+@contextmanager
+def postgres_server(database: str = "synchuman") -> Iterator[str]:
+    """A started :class:`PostgresServer` with database ``database``; yields its URL. Removed afterwards."""
+    server = PostgresServer()
+    try:
+        server.start()
+        _create_database(server.url("postgres"), database)
+        yield server.url(database)
+    finally:
+        server.remove()
+
+
+def _wait_for_database(url: str) -> None:
     import psycopg
 
     deadline = time.monotonic() + 30
     while True:
         try:
-            with psycopg.connect(admin_url, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{database}"')
-                return
+            psycopg.connect(url, connect_timeout=5).close()
+            return
         except psycopg.OperationalError:  # still starting up
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def _create_database(admin_url: str, database: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
 
 
 @contextmanager
