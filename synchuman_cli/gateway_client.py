@@ -5,26 +5,20 @@ the job with a progress bar per phase, download the GLB (and extras), report the
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from tqdm import tqdm
 
 from services.common.auth import authorized_channel
 from services.common.stage_io import BlobAssembler, BlobMismatch, blob_header, upload_messages
 from services.launcher import EmbeddedConfig, start_embedded
 from services.supervisor import Supervisor, health_status
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
+from synchuman_cli.reporting import ProgressBars, beside, summary_lines, write_report
 
-STAGE_NAMES = {
-    common_pb2.STAGE_PREPROCESS: "preprocess",
-    common_pb2.STAGE_MULTIVIEW: "multiview",
-    common_pb2.STAGE_RECONSTRUCTION: "reconstruction",
-}
 TERMINAL = {
     reconstruction_pb2.JOB_STATE_SUCCEEDED,
     reconstruction_pb2.JOB_STATE_FAILED,
@@ -48,19 +42,9 @@ class Outcome:
 
     def summary_lines(self) -> list[str]:
         """Human-readable summary: files, output report, warnings."""
-        lines = [
-            f"job {self.job.id}: {reconstruction_pb2.JobState.Name(self.job.state)} in {self.seconds:.1f} s"
-        ]
-        report = self.job.output_report
-        if report.face_count:
-            lines.append(
-                f"mesh: {report.vertex_count} vertices, {report.face_count} faces, "
-                f"texture coverage {report.texture_coverage:.0%}, GLB {report.glb_size_bytes / 1e6:.2f} MB"
-            )
-        for issue in list(self.job.input_report.issues) + list(report.issues):
-            lines.append(f"{common_pb2.Severity.Name(issue.severity)}: {issue.code}: {issue.message}")
-        lines += [f"wrote {path}" for path in self.written]
-        return lines
+        state = reconstruction_pb2.JobState.Name(self.job.state)
+        title = f"job {self.job.id}: {state} in {self.seconds:.1f} s"
+        return summary_lines(title, self.job.input_report, self.job.output_report, self.written)
 
 
 def _upload(photo: bytes, options: common_pb2.JobOptions) -> Iterator[reconstruction_pb2.SubmitJobRequest]:
@@ -90,37 +74,6 @@ def download(stub: reconstruction_pb2_grpc.ReconstructionServiceStub, job_id: st
     return data
 
 
-class _Bars:
-    """One tqdm bar per (stage, phase) of the progress events."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.key: tuple[int, str] | None = None
-        self.bar: tqdm | None = None
-
-    def update(self, event: common_pb2.ProgressEvent) -> None:
-        if not self.enabled:
-            return
-        key = (event.stage, event.phase)
-        if key != self.key:
-            self.close()
-            self.key = key
-            label = f"{STAGE_NAMES.get(event.stage, '?')} {event.phase}".strip()
-            if event.message:
-                label += f" ({event.message})"
-            # A phase without steps shows only its running time, not an empty step counter.
-            stepless = {} if event.total_steps else {"bar_format": "{desc}: {elapsed}"}
-            self.bar = tqdm(total=event.total_steps or None, desc=label, unit="step", leave=True, **stepless)
-        assert self.bar is not None
-        if event.total_steps and event.step > self.bar.n:
-            self.bar.update(event.step - self.bar.n)  # through update() so the rate shown is right
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def reconstruct_photo(
     gateway: str,
     photo: bytes,
@@ -146,7 +99,7 @@ def reconstruct_photo(
         except grpc.RpcError as exc:
             return Outcome(reconstruction_pb2.Job(), error=f"the gateway refused the photo: {exc.details()}")
         outcome = Outcome(job)
-        bars = _Bars(progress)
+        bars = ProgressBars(progress)
         sequence = 0
         deadline = started + timeout_s
         try:
@@ -193,24 +146,15 @@ def reconstruct_photo(
             )
             for name in names:
                 if name in available:
-                    path = output.with_name(f"{output.stem}.{name}")
+                    path = beside(output, name)
                     path.write_bytes(download(stub, job.id, name))
                     outcome.written.append(path)
-        report_path = output.with_name(f"{output.stem}.report.json")
-        report_path.write_text(json.dumps(_report_dict(job), indent=2) + "\n")
-        outcome.written.append(report_path)
+        outcome.written.append(
+            write_report(
+                output, job.input_report, job.output_report, job_id=job.id, attempts=dict(job.attempts)
+            )
+        )
     return outcome
-
-
-def _report_dict(job: reconstruction_pb2.Job) -> dict:
-    from google.protobuf import json_format
-
-    return {
-        "job_id": job.id,
-        "input_report": json_format.MessageToDict(job.input_report),
-        "output_report": json_format.MessageToDict(job.output_report),
-        "attempts": dict(job.attempts),
-    }
 
 
 @dataclass
