@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import grpc
+
+from gateway.errors import JobError
+from services.common.stage_runtime import error_info, retry_info
 from synchuman.v1 import reconstruction_pb2
 
 Job = reconstruction_pb2.Job
@@ -30,8 +34,17 @@ TERMINAL_STATES = frozenset(
 )
 
 
-class StoreUnavailable(Exception):
-    """The job store cannot be reached (database down, network, timeout); the call may be retried."""
+class StoreUnavailable(JobError):
+    """The job store cannot be reached (database down, network, timeout): UNAVAILABLE (HTTP 503) with retry
+    advice for a client whose request needed it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{message}; retry in a few seconds",
+            retry_info(2.0),
+            error_info("JOB_STORE_UNAVAILABLE"),
+        )
 
 
 class LeaseLost(Exception):

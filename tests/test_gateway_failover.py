@@ -1,0 +1,213 @@
+"""Several gateways on one PostgreSQL job store and one S3 artifact store.
+
+Real servers, started here: PostgreSQL (Debian's package) and moto's S3 emulator as its own process (it
+speaks the S3 REST API; tests/real_servers.py). The gateways are real ``python -m gateway`` processes; the
+stage services are the gRPC doubles of tests/gateway_doubles.py (real servers of the three stage APIs with
+canned outputs and a call log across processes): the subject is the gateways' sharing of jobs, which does
+not depend on what the models compute, and the doubles keep the test to seconds on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import grpc
+import pytest
+from conftest import REPO_ROOT
+from gateway_doubles import Behaviour, start_doubles
+from real_servers import PostgresServer, _create_database, free_port, postgres_server, s3_server
+from test_gateway import calls, photo, stub_for, upload, wait_until
+
+from gateway.server import Gateway, GatewayConfig
+from services.supervisor import health_status
+from synchuman.v1 import reconstruction_pb2
+
+R = reconstruction_pb2
+SERVICE = "synchuman.v1.ReconstructionService"
+BUCKET = "synchuman-failover"
+LEASE_S = 3.0
+STAGE_NAMES = {1: "preprocess", 2: "multiview", 3: "reconstruction"}
+
+
+@pytest.fixture
+def shared_stores(tmp_path):
+    """(job store URL, artifact store URL, environment with the S3 endpoint and credentials)."""
+    with postgres_server() as database, s3_server() as endpoint:
+        env = dict(
+            os.environ,
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+            AWS_REGION="us-east-1",
+        )
+        boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+            aws_secret_access_key="test",
+        ).create_bucket(Bucket=BUCKET)
+        yield database, f"s3://{BUCKET}/jobs", env
+
+
+def start_gateway(name: str, port: int, targets: dict[str, str], stores, data: Path) -> subprocess.Popen:
+    database, artifacts, env = stores
+    argv = [
+        sys.executable, "-m", "gateway", "--log-level", "WARNING",
+        "--address", f"127.0.0.1:{port}", "--http", "off", "--data-dir", str(data),
+        "--job-store", database, "--artifact-store", artifacts,
+        "--gateway-id", name, "--lease-seconds", str(LEASE_S), "--workers", "6", "--max-attempts", "60",
+        "--preprocess", targets["preprocess"], "--stage1", targets["stage1"], "--stage2", targets["stage2"],
+    ]  # fmt: skip
+    process = subprocess.Popen(argv, cwd=REPO_ROOT, env=env)
+    wait_until(lambda: health_status(f"127.0.0.1:{port}", SERVICE) == 1, 60, f"gateway {name}")
+    return process
+
+
+class Watcher(threading.Thread):
+    """Watches a job on gateway A; when A dies mid-stream, reconnects to gateway B after the last event it
+    got (``after_sequence``), as a client library would. Keeps every event and where it came from."""
+
+    def __init__(self, job_id: str, first: str, second: str) -> None:
+        super().__init__(daemon=True)
+        self.job_id, self.first, self.second = job_id, first, second
+        self.events: list[tuple[str, R.WatchJobResponse]] = []
+
+    def run(self) -> None:
+        for address in (self.first, self.second):
+            after = self.events[-1][1].sequence if self.events else 0
+            request = R.WatchJobRequest(job_id=self.job_id, after_sequence=after)
+            try:
+                for event in stub_for(address).WatchJob(request, timeout=120):
+                    self.events.append((address, event))
+                return
+            except grpc.RpcError:
+                continue
+
+
+def started_on(events: list[R.WatchJobResponse]) -> list[str]:
+    """'stage@gateway' for every stage attempt, from the start events' messages."""
+    return [
+        f"{STAGE_NAMES[e.progress.stage]}@{e.progress.message.rsplit(' ', 1)[-1]}"
+        for e in events
+        if e.WhichOneof("event") == "progress" and e.progress.phase == "start"
+    ]
+
+
+def test_killed_gateway_jobs_are_finished_by_the_other_without_rerunning_finished_stages(
+    shared_stores, tmp_path
+):
+    began = time.monotonic()
+    log = tmp_path / "calls.log"
+    servers, targets = [], {}
+    for name, behaviour in (
+        ("preprocess", Behaviour(step_s=0.05)),
+        ("stage1", Behaviour(step_s=0.3, steps=10)),
+        ("stage2", Behaviour(step_s=0.3, steps=10)),
+    ):
+        behaviour.log = log
+        server, port, _ = start_doubles("127.0.0.1:0", [name], behaviour)
+        servers.append(server)
+        targets[name] = f"127.0.0.1:{port}"
+    port_a, port_b = free_port(), free_port()
+    a = f"127.0.0.1:{port_a}"
+    b = f"127.0.0.1:{port_b}"
+    gateway_a = start_gateway("gw-a", port_a, targets, shared_stores, tmp_path / "a")
+    gateway_b = start_gateway("gw-b", port_b, targets, shared_stores, tmp_path / "b")
+    gateways = [gateway_a, gateway_b]
+    try:
+        stub_a = stub_for(a)
+        first = [stub_a.SubmitJob(upload(photo(), key=f"order-{i}"), timeout=30).job.id for i in range(3)]
+        wait_until(lambda: all(calls(log, "stage2", j, "started") for j in first), 30, "batch 1 in stage 2")
+        second = [stub_a.SubmitJob(upload(photo(), key=f"order-{i}"), timeout=30).job.id for i in range(3, 6)]
+        wait_until(lambda: all(calls(log, "stage1", j, "started") for j in second), 30, "batch 2 in stage 1")
+        watchers = [Watcher(job_id, a, b) for job_id in first + second]
+        for watcher in watchers:
+            watcher.start()
+        time.sleep(0.5)
+        in_flight = {
+            j: [s for s in ("stage1", "stage2") if calls(log, s, j, "started") > calls(log, s, j, "ok")]
+            for j in first + second
+        }
+        gateway_a.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        gateway_a.wait()
+
+        # A client retrying a submission on the surviving gateway gets the same job (idempotency key).
+        again = stub_for(b).SubmitJob(upload(photo(), key="order-4"), timeout=30)
+        assert again.deduplicated and again.job.id == second[1]
+
+        for watcher in watchers:
+            watcher.join(120)
+        finished_s = time.monotonic() - killed_at
+        report = []
+        for job_id, watcher in zip(first + second, watchers, strict=True):
+            events = [event for _, event in watcher.events]
+            sources = {address for address, _ in watcher.events}
+            # No gap, no duplicate across the reconnection from A to B.
+            assert [e.sequence for e in events] == list(range(1, len(events) + 1)), job_id
+            assert sources == {a, b}, f"{job_id}: watched on {sources}"
+            final = events[-1].finished
+            assert final.state == R.JOB_STATE_SUCCEEDED, final.error.message
+            runs = {s: calls(log, s, job_id, "started") for s in ("preprocess", "stage1", "stage2")}
+            assert runs["preprocess"] == 1, (job_id, runs)
+            for stage in ("stage1", "stage2"):
+                needed_again = stage in in_flight[job_id]
+                assert runs[stage] == 1 + needed_again, (job_id, runs, in_flight[job_id])
+            attempts = started_on(events)
+            assert attempts[-1].endswith("@gw-b") and all(x.endswith(("@gw-a", "@gw-b")) for x in attempts)
+            report.append(f"{job_id} in flight at kill: {in_flight[job_id] or '-'}; runs {runs}; {attempts}")
+
+        # A restarted under its id: both gateways list the same jobs.
+        gateway_a = start_gateway("gw-a", port_a, targets, shared_stores, tmp_path / "a")
+        gateways[0] = gateway_a
+        request = R.ListJobsRequest()
+        listed = [[(j.id, j.state) for j in stub_for(g).ListJobs(request, timeout=10).jobs] for g in (a, b)]
+        assert listed[0] == listed[1]
+        assert sorted(i for i, _ in listed[0]) == sorted(first + second)
+        assert {state for _, state in listed[0]} == {R.JOB_STATE_SUCCEEDED}
+        assert {s for v in in_flight.values() for s in v} == {"stage1", "stage2"}
+        report.append(f"every job finished {finished_s:.1f} s after the SIGKILL (lease {LEASE_S} s)")
+        print("\n".join(["", *report, f"wall time {time.monotonic() - began:.1f} s"]))
+    finally:
+        for gateway in gateways:
+            gateway.kill()
+            gateway.wait()
+        for server in servers:
+            server.stop(grace=None)
+
+
+def test_readiness_follows_the_job_store(tmp_path):
+    """NOT_SERVING while PostgreSQL is down, SERVING again once it is back."""
+    server = PostgresServer()
+    try:
+        server.start()
+        _create_database(server.url("postgres"), "jobs")
+        gateway = Gateway(
+            GatewayConfig(
+                address="127.0.0.1:0", http_address="", data_dir=tmp_path / "data",
+                database_url=server.url("jobs"), preprocess_target="127.0.0.1:1", stage1_target="127.0.0.1:1",
+                stage2_target="127.0.0.1:1",
+            )
+        )  # fmt: skip
+        try:
+            assert health_status(gateway.address, SERVICE) == 1
+            server.stop()
+            started = time.monotonic()
+            wait_until(lambda: health_status(gateway.address, SERVICE) == 2, 30, "NOT_SERVING")
+            down_s = time.monotonic() - started
+            with pytest.raises(grpc.RpcError) as err:
+                stub_for(gateway.address).ListJobs(R.ListJobsRequest(), timeout=30)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+            server.start()
+            wait_until(lambda: health_status(gateway.address, SERVICE) == 1, 30, "SERVING again")
+            assert stub_for(gateway.address).ListJobs(R.ListJobsRequest(), timeout=30).jobs == []
+            print(f"\nNOT_SERVING {down_s:.1f} s after PostgreSQL stopped")
+        finally:
+            gateway.stop(grace_s=0.5)
+    finally:
+        server.remove()
