@@ -4,9 +4,8 @@ Every service has ``services/<stage>/backend.py`` with a class implementing :cla
 servicer only converts the wire format to the backend's core inputs and options and back, and
 :class:`~services.common.stage_server.StageServer` drives the lifecycle: ``load`` (the backend's
 classmethod, verifying checkpoints with :func:`verified_checkpoints`), :meth:`~StageBackend.warm_up` before
-SERVING, :meth:`~StageBackend.run` per request (through
-:meth:`~services.common.stage_runtime.StageRuntime.run_backend`), :meth:`~StageBackend.close` after the
-drain.
+SERVING, :meth:`~StageBackend.run` per request (through :meth:`services.common.servicer.StageCall.run`),
+:meth:`~StageBackend.close` after the drain.
 """
 
 from __future__ import annotations

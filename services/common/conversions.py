@@ -53,6 +53,24 @@ _BAKE_MODES = {
     common_pb2.BAKE_MODE_OPTIMIZE: "opt",
 }
 _STAGE1_FIELDS = ("seed", "steps", "guidance_scale")
+#: Fields of the reports that carry over unchanged (the issues are converted one by one).
+_INPUT_REPORT_FIELDS = (
+    "width",
+    "height",
+    "mask_source",
+    "mask_coverage",
+    "bbox_fraction",
+    "touched_edges",
+    "person_components",
+    "mask_confidence",
+)
+_OUTPUT_REPORT_FIELDS = (
+    "vertex_count",
+    "face_count",
+    "texture_coverage",
+    "non_manifold_edge_fraction",
+    "glb_size_bytes",
+)
 _STAGE2_FIELDS = (
     "seed",
     "steps",
@@ -64,11 +82,14 @@ _STAGE2_FIELDS = (
 )
 
 
+def _values(source: object, names: Iterable[str]) -> dict[str, Any]:
+    """``name -> source.name`` for every name."""
+    return {name: getattr(source, name) for name in names}
+
+
 def _set_fields(message: Any, defaults: object, names: Iterable[str]) -> dict[str, Any]:
     """``name -> value`` of ``message``'s optional fields, the core default where a field is unset."""
-    return {
-        name: getattr(message, name) if message.HasField(name) else getattr(defaults, name) for name in names
-    }
+    return {name: getattr(message if message.HasField(name) else defaults, name) for name in names}
 
 
 def _validated(options: Any, field: str) -> Any:
@@ -103,9 +124,7 @@ def stage1_options_from_proto(
 
 def stage1_options_to_proto(options: Stage1Options) -> common_pb2.MultiviewOptions:
     """The effective stage-1 options as sent back in the result."""
-    return common_pb2.MultiviewOptions(
-        seed=options.seed, steps=options.steps, guidance_scale=options.guidance_scale
-    )
+    return common_pb2.MultiviewOptions(**_values(options, _STAGE1_FIELDS))
 
 
 def stage2_options_from_proto(
@@ -129,14 +148,8 @@ def stage2_options_from_proto(
 def stage2_options_to_proto(options: Stage2Options) -> common_pb2.ReconstructionOptions:
     """The effective stage-2 options as sent back in the result."""
     return common_pb2.ReconstructionOptions(
-        seed=options.seed,
-        steps=options.steps,
-        guidance_scale=options.guidance_scale,
-        texture_size=options.texture_size,
-        simplify_ratio=options.simplify_ratio,
-        bake_steps=options.bake_steps,
+        **_values(options, _STAGE2_FIELDS),
         bake_mode=next(k for k, v in _BAKE_MODES.items() if v == options.bake_mode),
-        visibility_views=options.visibility_views,
         outputs=[common_pb2.OUTPUT_FORMAT_GLB] + [_FORMAT_BY_EXTRA[name] for name in options.outputs],
     )
 
@@ -148,29 +161,14 @@ def quality_issue_to_proto(severity: str, code: str, message: str) -> common_pb2
 
 def input_report_to_proto(report: QualityReport) -> common_pb2.InputQualityReport:
     """The wire form of preprocess's :class:`QualityReport`."""
-    return common_pb2.InputQualityReport(
-        width=report.width,
-        height=report.height,
-        mask_source=report.mask_source,
-        mask_coverage=report.mask_coverage,
-        bbox_fraction=report.bbox_fraction,
-        touched_edges=report.touched_edges,
-        person_components=report.person_components,
-        mask_confidence=report.mask_confidence,
-        issues=[quality_issue_to_proto(i.severity, i.code, i.message) for i in report.issues],
-    )
+    issues = [quality_issue_to_proto(i.severity, i.code, i.message) for i in report.issues]
+    return common_pb2.InputQualityReport(**_values(report, _INPUT_REPORT_FIELDS), issues=issues)
 
 
 def output_report_to_proto(report: OutputReport) -> common_pb2.OutputQualityReport:
     """The wire form of stage 2's :class:`OutputReport`."""
-    return common_pb2.OutputQualityReport(
-        vertex_count=report.vertex_count,
-        face_count=report.face_count,
-        texture_coverage=report.texture_coverage,
-        non_manifold_edge_fraction=report.non_manifold_edge_fraction,
-        glb_size_bytes=report.glb_size_bytes,
-        issues=[quality_issue_to_proto(f.severity.value, f.code, f.message) for f in report.findings],
-    )
+    issues = [quality_issue_to_proto(f.severity.value, f.code, f.message) for f in report.findings]
+    return common_pb2.OutputQualityReport(**_values(report, _OUTPUT_REPORT_FIELDS), issues=issues)
 
 
 def progress_event(

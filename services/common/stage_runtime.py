@@ -27,8 +27,6 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.common.backend import StageBackend
-from services.common.conversions import progress_event
 from services.common.gpu_queue import QueueFull, SlotLimiter, StoppedWhileQueued
 from services.common.worker import (
     ShutdownState,
@@ -43,8 +41,6 @@ from synchuman.v1 import common_pb2
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-InputsT = TypeVar("InputsT")
-OptionsT = TypeVar("OptionsT")
 
 ERROR_DOMAIN = "synchuman.serve"
 
@@ -241,27 +237,6 @@ class StageRuntime:
             )
         except StoppedWhileQueued:
             self._abort_stopped(context, queued.reason() or StopReason.CANCELLED)
-
-    def run_backend(
-        self,
-        context: grpc.ServicerContext,
-        job_id: str,
-        backend: StageBackend[InputsT, OptionsT, R],
-        inputs: InputsT,
-        options: OptionsT,
-        progress_message: Callable[[common_pb2.ProgressEvent], Any],
-        stage: int,
-    ) -> Generator[Any, None, R]:
-        """:meth:`run_job` of ``backend.run(inputs, options, ...)``: yields ``progress_message(event)`` per
-        progress report (an event of ``stage``, a ``synchuman.v1.Stage``); returns the backend's output."""
-
-        def work(report: Callable[[Any], None], should_stop: Callable[[], bool]) -> R:
-            return backend.run(inputs, options, lambda *event: report(event), should_stop)
-
-        def to_message(event: tuple[str, int, int], elapsed_s: float) -> Any:
-            return progress_message(progress_event(stage, *event, elapsed_s=elapsed_s))
-
-        return (yield from self.run_job(context, job_id, work, to_message))
 
     def close_backend(self) -> None:
         """Close the backend (frees its accelerator memory); call once drained."""
