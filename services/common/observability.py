@@ -18,6 +18,7 @@ Works for all four RPC shapes; a streaming response is measured until the stream
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,8 +43,11 @@ IN_FLIGHT = Gauge("synchuman_rpc_in_flight", "RPCs being handled now.", ["server
 QUIET_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
 
-def start_metrics_server(port: int, address: str = "127.0.0.1") -> None:
-    """Serve Prometheus metrics at ``http://address:port/metrics`` (a daemon thread); port 0 = off."""
+def start_metrics_server(port: int, address: str = "") -> None:
+    """Serve Prometheus metrics at ``http://address:port/metrics`` (a daemon thread); port 0 = off.
+    ``address`` empty: ``$SYNCHUMAN_METRICS_HOST``, else 127.0.0.1 (set ``0.0.0.0`` where a Prometheus in
+    another container or pod scrapes it, e.g. Kubernetes)."""
+    address = address or os.environ.get("SYNCHUMAN_METRICS_HOST", "127.0.0.1")
     if port:
         start_http_server(port, addr=address)
         log.info("metrics served", extra={"address": f"{address}:{port}"})
