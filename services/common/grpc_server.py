@@ -22,6 +22,10 @@ from services.common.observability import ObservabilityInterceptor
 
 #: Largest message a service sends or accepts (blobs travel in <= 1 MiB chunks).
 MAX_MESSAGE_BYTES = 4 << 20
+#: A client connection is asked to reconnect (GOAWAY) after this long; calls in flight finish undisturbed. The
+#: reconnection re-resolves ``dns:///`` targets, so the gateway's round robin reaches replicas added since
+#: (autoscaling) within this time.
+MAX_CONNECTION_AGE_MS = 60_000
 
 REFLECTION_V1_SERVICE = "grpc.reflection.v1.ServerReflection"
 _V1ALPHA_PACKAGE = ".grpc.reflection.v1alpha."
@@ -97,6 +101,7 @@ class ServiceServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
             ],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             interceptors=(ObservabilityInterceptor(name), *interceptors),
