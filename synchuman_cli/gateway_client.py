@@ -17,7 +17,7 @@ from services.common.stage_io import BlobAssembler, BlobMismatch, blob_header, u
 from services.launcher import EmbeddedConfig, start_embedded
 from services.supervisor import Supervisor, health_status
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
-from synchuman_cli.reporting import ProgressBars, beside, summary_lines, write_report
+from synchuman_cli.reporting import ProgressBars, beside, extra_file_names, summary_lines, write_report
 
 TERMINAL = {
     reconstruction_pb2.JOB_STATE_SUCCEEDED,
@@ -137,18 +137,10 @@ def reconstruct_photo(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(download(stub, job.id, "person.glb"))
         outcome.written.append(output)
-        available = {a.blob.name for a in job.artifacts}
-        for extra in extras:
-            names = (
-                [n for n in sorted(available) if n.startswith(("color_", "normal_"))]
-                if extra == "multiview"
-                else [extra]
-            )
-            for name in names:
-                if name in available:
-                    path = beside(output, name)
-                    path.write_bytes(download(stub, job.id, name))
-                    outcome.written.append(path)
+        for name in extra_file_names(extras, {a.blob.name for a in job.artifacts}):
+            path = beside(output, name)
+            path.write_bytes(download(stub, job.id, name))
+            outcome.written.append(path)
         outcome.written.append(
             write_report(
                 output, job.input_report, job.output_report, job_id=job.id, attempts=dict(job.attempts)

@@ -78,6 +78,18 @@ def beside(output: Path, name: str) -> Path:
     return output.with_name(f"{output.stem}.{name}")
 
 
+def extra_file_names(extras: list[str] | tuple[str, ...], available: set[str]) -> list[str]:
+    """The files to write for the requested ``extras`` (file names, or ``multiview``: every generated view),
+    in request order, among the ``available`` ones."""
+    names: list[str] = []
+    for extra in extras:
+        if extra == "multiview":
+            names += sorted(n for n in available if n.startswith(("color_", "normal_")))
+        elif extra in available:
+            names.append(extra)
+    return names
+
+
 def write_report(
     output: Path,
     input_report: common_pb2.InputQualityReport,

@@ -3,6 +3,8 @@
 Talks to a running gateway (``--gateway``, default the embedded one on 127.0.0.1:50051) with a progress bar
 per phase. When no gateway answers, ``--start-servers auto`` (the default) starts the embedded servers for the
 duration of the command (``always``: start them even if a gateway runs; ``never``: fail instead).
+``--in-process`` runs the same pipeline in this process instead (no servers; ``--ckpts`` / ``--device``
+choose the weights and the device), with the same options, progress bars, files and report.
 """
 
 from __future__ import annotations
@@ -34,8 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="start the embedded servers when no gateway answers (auto, the default), always, or never",
     )
-    parser.add_argument("--ckpts", metavar="DIR", help="checkpoint root for servers started by this command")
-    parser.add_argument("--device", default="auto", help="device for servers started by this command")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the pipeline in this process (synchuman.SyncHumanPipeline) instead of through the gateway",
+    )
+    parser.add_argument(
+        "--ckpts", metavar="DIR", help="checkpoint root for --in-process or for servers this command starts"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="device for --in-process or for servers this command starts"
+    )
     parser.add_argument("--seed", type=int, help="random seed of both stages (default 43)")
     parser.add_argument("--steps1", type=int, metavar="N", help="multiview sampler steps (default 50)")
     parser.add_argument("--guidance1", type=float, metavar="W", help="multiview guidance scale (default 3.0)")
@@ -121,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         data = photo.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read {photo}: {exc.strerror or exc}") from None
+    if args.in_process:
+        return _run_in_process(args, data)
     from synchuman_cli.gateway_client import GatewayUnavailable, reconstruct_photo, start_servers_for
 
     servers = start_servers_for(args) if args.start_servers == "always" else None
@@ -150,6 +163,36 @@ def run(args: argparse.Namespace) -> int:
             servers.stop()
     if outcome.error:
         raise UserError(outcome.error)
+    for line in outcome.summary_lines():
+        print(line)
+    return 0
+
+
+def _run_in_process(args: argparse.Namespace, photo: bytes) -> int:
+    """``--in-process``: the pipeline in this process; problems the user can fix become UserError."""
+    from pathlib import Path
+
+    from services.common.stage_io import InvalidInput
+    from synchuman.checkpoints.loading import CheckpointError
+    from synchuman.pipelines.stage2_types import Stage2OutputRejected
+    from synchuman.preprocess.errors import PreprocessError
+    from synchuman_cli.in_process import reconstruct_in_process
+    from synchuman_cli.main import UserError
+
+    try:
+        outcome = reconstruct_in_process(
+            photo,
+            job_options(args),
+            Path(args.output),
+            extras=[OUTPUT_CHOICES[name] for name in dict.fromkeys(args.extra)],
+            ckpts=Path(args.ckpts) if args.ckpts else None,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except InvalidInput as exc:
+        raise UserError(f"{exc.field}: {exc}") from None
+    except (CheckpointError, PreprocessError, Stage2OutputRejected) as exc:
+        raise UserError(str(exc)) from None
     for line in outcome.summary_lines():
         print(line)
     return 0
