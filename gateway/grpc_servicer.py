@@ -11,8 +11,7 @@ from gateway.errors import JobError
 from gateway.manager import JobManager
 from services.common.stage_io import InvalidInput, blob_chunks, read_start, receive_blobs, upload_chunks
 from services.common.stage_runtime import abort, bad_request
-from synchuman.v1 import reconstruction_pb2 as R
-from synchuman.v1 import reconstruction_pb2_grpc
+from synchuman.v1 import reconstruction_pb2, reconstruction_pb2_grpc
 
 
 def _fail(context: grpc.ServicerContext, error: JobError) -> None:
@@ -27,7 +26,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
 
     def SubmitJob(
         self, request_iterator: Iterator[Any], context: grpc.ServicerContext
-    ) -> R.SubmitJobResponse:
+    ) -> reconstruction_pb2.SubmitJobResponse:
         try:
             start = read_start(request_iterator, "options and the photo's header")
             if start.image.name != "input":
@@ -43,51 +42,59 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), bad_request(exc.field, str(exc)))
         except JobError as error:
             _fail(context, error)
-        return R.SubmitJobResponse(job=job, deduplicated=deduplicated)
+        return reconstruction_pb2.SubmitJobResponse(job=job, deduplicated=deduplicated)
 
     def WatchJob(
-        self, request: R.WatchJobRequest, context: grpc.ServicerContext
-    ) -> Iterator[R.WatchJobResponse]:
+        self, request: reconstruction_pb2.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[reconstruction_pb2.WatchJobResponse]:
         try:
             yield from self.manager.watch(request.job_id, request.after_sequence, context.is_active)
         except JobError as error:
             _fail(context, error)
 
-    def GetJob(self, request: R.GetJobRequest, context: grpc.ServicerContext) -> R.GetJobResponse:
+    def GetJob(
+        self, request: reconstruction_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> reconstruction_pb2.GetJobResponse:
         try:
-            return R.GetJobResponse(job=self.manager.get(request.job_id))
+            return reconstruction_pb2.GetJobResponse(job=self.manager.get(request.job_id))
         except JobError as error:
             _fail(context, error)
         raise AssertionError("unreachable")
 
-    def ListJobs(self, request: R.ListJobsRequest, context: grpc.ServicerContext) -> R.ListJobsResponse:
+    def ListJobs(
+        self, request: reconstruction_pb2.ListJobsRequest, context: grpc.ServicerContext
+    ) -> reconstruction_pb2.ListJobsResponse:
         try:
             jobs, token = self.manager.list(request.page_size, request.page_token, request.state)
         except JobError as error:
             _fail(context, error)
-        return R.ListJobsResponse(jobs=jobs, next_page_token=token)
+        return reconstruction_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
-    def CancelJob(self, request: R.CancelJobRequest, context: grpc.ServicerContext) -> R.CancelJobResponse:
+    def CancelJob(
+        self, request: reconstruction_pb2.CancelJobRequest, context: grpc.ServicerContext
+    ) -> reconstruction_pb2.CancelJobResponse:
         try:
-            return R.CancelJobResponse(job=self.manager.cancel(request.job_id))
+            return reconstruction_pb2.CancelJobResponse(job=self.manager.cancel(request.job_id))
         except JobError as error:
             _fail(context, error)
         raise AssertionError("unreachable")
 
-    def DeleteJob(self, request: R.DeleteJobRequest, context: grpc.ServicerContext) -> R.DeleteJobResponse:
+    def DeleteJob(
+        self, request: reconstruction_pb2.DeleteJobRequest, context: grpc.ServicerContext
+    ) -> reconstruction_pb2.DeleteJobResponse:
         try:
-            return R.DeleteJobResponse(deleted_artifacts=self.manager.delete(request.job_id))
+            return reconstruction_pb2.DeleteJobResponse(deleted_artifacts=self.manager.delete(request.job_id))
         except JobError as error:
             _fail(context, error)
         raise AssertionError("unreachable")
 
     def GetArtifact(
-        self, request: R.GetArtifactRequest, context: grpc.ServicerContext
-    ) -> Iterator[R.GetArtifactResponse]:
+        self, request: reconstruction_pb2.GetArtifactRequest, context: grpc.ServicerContext
+    ) -> Iterator[reconstruction_pb2.GetArtifactResponse]:
         try:
             header, data = self.manager.artifact(request.job_id, request.name)
         except JobError as error:
             _fail(context, error)
-        yield R.GetArtifactResponse(header=header)
+        yield reconstruction_pb2.GetArtifactResponse(header=header)
         for chunk in blob_chunks(header.name, data):
-            yield R.GetArtifactResponse(chunk=chunk)
+            yield reconstruction_pb2.GetArtifactResponse(chunk=chunk)
