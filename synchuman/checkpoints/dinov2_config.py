@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Name under which the DINOv2 model class registers (``@register_model``).
+#: Config name of the DINOv2 model class (:data:`synchuman.models.registry.MODEL_MODULES`).
 DINOV2_CLASS = "DinoVisionTransformer"
 
 

@@ -5,13 +5,12 @@ Conventions:
   ``{"name": "<Class>", "args": {...}}`` or diffusers style ``{"_class_name": "<Class>", ...kwargs}``
   (keys starting with ``_`` are dropped).
 - Loading is strict: every missing, unexpected or mis-shaped key is reported in ONE :class:`CheckpointError`.
-- Model classes register under their config name with :func:`register_model` so :func:`from_pretrained` can
-  build them from the folder alone; a class can also be passed explicitly.
+- The weights file is the first of :data:`~synchuman.checkpoints.layout.WEIGHT_CANDIDATES` that exists
+  (``model.safetensors``, diffusers' ``diffusion_pytorch_model.safetensors``, ...); it must be safetensors.
+- Model classes are listed under their config name in :data:`synchuman.models.registry.MODEL_MODULES`, so
+  :func:`from_pretrained` can build them from the folder alone; a class can also be passed explicitly.
 
 Usage::
-
-    @register_model("SLatFlowModel")
-    class SLatFlowModel(nn.Module): ...
 
     model = from_pretrained("ckpts/SecondStage/ckpts/slat_flow", dtype=torch.float16, device="cuda")
 """
@@ -27,10 +26,11 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from synchuman.checkpoints.layout import WEIGHT_CANDIDATES, weights_file
+from synchuman.models.registry import MODEL_MODULES, model_class
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 DTYPES = {
     "fp32": torch.float32,
@@ -56,22 +56,14 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16") from None
 
 
-def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make config name ``name`` buildable by :func:`from_pretrained`."""
-
-    def decorate(cls: type[nn.Module]) -> type[nn.Module]:
-        _MODELS[name] = cls
-        return cls
-
-    return decorate
-
-
 def registered_model(name: str) -> Callable[..., nn.Module]:
-    """The class registered under ``name``; ``CheckpointError`` listing the known names otherwise."""
-    if name not in _MODELS:
-        known = ", ".join(sorted(_MODELS)) or "none (import the model modules first)"
+    """The class of config name ``name`` (:data:`~synchuman.models.registry.MODEL_MODULES`);
+    ``CheckpointError`` listing the known names otherwise."""
+    cls = model_class(name)
+    if cls is None:
+        known = ", ".join(sorted(MODEL_MODULES))
         raise CheckpointError(f"no model class registered for config name {name!r}; known: {known}")
-    return _MODELS[name]
+    return cls
 
 
 def read_config(folder: str | Path) -> tuple[str, dict[str, Any]]:
@@ -163,12 +155,20 @@ def from_pretrained(
     name, args = read_config(folder)
     factory = cls or registered_model(name)
     args.update(overrides or {})
+    path = weights_file(folder)
+    if path is None:
+        raise CheckpointError(
+            f"weights file {folder / WEIGHTS_NAME} does not exist "
+            f"(nor any of {', '.join(WEIGHT_CANDIDATES[1:])})"
+        )
+    if not path.name.endswith(".safetensors"):
+        raise CheckpointError(f"{path}: only a single safetensors weights file can be loaded")
     with torch.device("meta"):
         try:
             model = factory(**args)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{folder / CONFIG_NAME}: cannot build {name}: {exc}") from exc
-    state_dict = read_safetensors(folder / WEIGHTS_NAME)
+    state_dict = read_safetensors(path)
     load_state_dict_strict(model, state_dict, what=f"{name} ({folder})")
     left_on_meta = [k for k, t in model.state_dict(keep_vars=True).items() if t.is_meta]
     left_on_meta += [k for k, t in model.named_buffers() if t.is_meta]

@@ -2,8 +2,8 @@
 
 Files: safetensors headers are read with ``safe_open`` slices (no tensor data is read); torch pickles
 (``.pth``/``.bin``/``.pt``) are opened with ``torch.load(mmap=True, weights_only=True)`` so tensors stay
-memory-mapped. Models: built on the meta device from ``config.json`` through the model registry of
-:mod:`synchuman.checkpoints.loading`, falling back to the diffusers / transformers class of the same name for
+memory-mapped. Models: built on the meta device from ``config.json`` through the model registry
+(:mod:`synchuman.models.registry`), falling back to the diffusers / transformers class of the same name for
 the stock stage-1 components (VAE, CLIP image encoder, CLIP text encoder).
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import pkgutil
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +63,6 @@ def _sharded_shapes(index: Path) -> Shapes:
     return shapes
 
 
-def register_all_models() -> None:
-    """Import every module of :mod:`synchuman.models` so their ``@register_model`` decorators run."""
-    import synchuman.models as models
-
-    for info in pkgutil.iter_modules(models.__path__):
-        importlib.import_module(f"{models.__name__}.{info.name}")
-
-
 def _library_class(name: str) -> Any:
     """The diffusers or transformers class called ``name`` (``None`` if neither library has one)."""
     for library in ("diffusers", "transformers"):
@@ -98,7 +89,6 @@ def build_meta_model(folder: Path, device: str | torch.device = "meta") -> tuple
         raise CheckpointError(f"{path} does not exist") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
-    register_all_models()
     if isinstance(raw, dict) and "architectures" in raw and "_class_name" not in raw:
         name = str(raw["architectures"][0])
         cls = _library_class(name)

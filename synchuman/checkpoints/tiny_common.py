@@ -17,7 +17,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from synchuman.checkpoints.loading import CONFIG_NAME, WEIGHTS_NAME, read_config, registered_model
-from synchuman.checkpoints.shapes import register_all_models
 
 
 @torch.no_grad()
@@ -67,7 +66,6 @@ def write_model_folder(
         the randomised model (fp32, CPU).
     """
     write_json(folder / CONFIG_NAME, config)
-    register_all_models()
     name, args = read_config(folder)
     model = randomize_(registered_model(name)(**args), seed)
     tensors = state_dict_for_saving(model)

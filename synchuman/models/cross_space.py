@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
-from synchuman.checkpoints.loading import register_model
 from synchuman.models.cross_space_sync import DualCrossAttentionMV, DualCrossAttentionSS
 from synchuman.models.mv_unet import DownBlock, MidBlock, UpBlock
 from synchuman.nn.embeddings import AbsolutePositionEmbedder, TimestepEmbedder
@@ -119,7 +118,6 @@ def _check_config(config: dict[str, Any]) -> None:
         raise ValueError(f"unsupported config values {bad}; this implementation supports {wanted}")
 
 
-@register_model("SyncHuman_2D3DCrossSpaceDiffusion")
 class SyncHuman_2D3DCrossSpaceDiffusion(nn.Module):  # noqa: N801 - the upstream class (config) name
     """2D multiview UNet + 3D sparse-structure flow (constructor keywords = the upstream diffusers config).
 

@@ -29,7 +29,6 @@ from synchuman.checkpoints.loading import (
     load_state_dict_strict,
     parse_dtype,
     read_config,
-    register_model,
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -96,7 +95,6 @@ class _PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-@register_model("DinoVisionTransformer")
 class DinoVisionTransformer(nn.Module):
     """ViT with register tokens; constructor keywords as the hub's ``_make_dinov2_model`` (MLP FFN only)."""
 

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synchuman.checkpoints.loading import register_model
 from synchuman.models.flexicubes import Mesh, mesh_from_features
 from synchuman.models.gaussians import FIELDS, GaussianConstants, Gaussians, RawGaussians, offset_perturbation
 from synchuman.nn.embeddings import AbsolutePositionEmbedder
@@ -162,7 +161,6 @@ class _SLatDecoderTrunk(nn.Module):
         return x.replace(h)
 
 
-@register_model("SLatGaussianDecoder")
 class SLatGaussianDecoder(_SLatDecoderTrunk):
     """Decodes a structured latent into ``num_gaussians`` 3D Gaussians per voxel (one object per item).
 
@@ -258,7 +256,6 @@ class SparseSubdivideBlock3d(nn.Module):
         return h.replace(h.feats + skip.feats)
 
 
-@register_model("SLatMeshDecoder")
 class SLatMeshDecoder(_SLatDecoderTrunk):
     """Decodes a structured latent into a FlexiCubes mesh at 4x the latent resolution (one per item).
 

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synchuman.checkpoints.loading import register_model
 from synchuman.nn.embeddings import AbsolutePositionEmbedder, TimestepEmbedder
 from synchuman.nn.norms import LayerNorm32
 from synchuman.nn.transformer import ModulatedTransformerCrossBlock
@@ -68,7 +67,6 @@ class SparseResBlock3d(nn.Module):
         return h.replace(h.feats + self.skip_connection(x.feats))
 
 
-@register_model("SLatFlowModel")
 class SLatFlowModel(nn.Module):
     """Sparse flow transformer predicting the velocity of a structured latent.
 

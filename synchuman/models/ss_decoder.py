@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synchuman.checkpoints.loading import register_model
-
 
 class ChannelLayerNorm32(nn.LayerNorm):
     """LayerNorm over dim 1 of ``[B, C, *spatial]`` in fp32, cast back to the input dtype."""
@@ -76,7 +74,6 @@ class UpsampleBlock3d(nn.Module):
         return pixel_shuffle_3d(self.conv(x), 2)
 
 
-@register_model("SparseStructureDecoder")
 class SparseStructureDecoder(nn.Module):
     """Latent ``[B, latent_channels, r, r, r]`` -> logits ``[B, out_channels, R, R, R]``, ``R = r 2^(S-1)``.
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,21 +38,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synchuman.checkpoints.layout import CheckpointLayout, weights_file
-from synchuman.checkpoints.loading import (
-    CheckpointError,
-    load_state_dict_strict,
-    parse_dtype,
-    read_config,
-    read_safetensors,
-)
+from synchuman.checkpoints.layout import CheckpointLayout
+from synchuman.checkpoints.loading import CheckpointError, from_pretrained, parse_dtype
 from synchuman.models.cross_space import SyncHuman_2D3DCrossSpaceDiffusion
 from synchuman.models.dinov2 import DinoV2Encoder
 from synchuman.models.ss_decoder import SparseStructureDecoder
 from synchuman.phases import PhaseTimer
 from synchuman.pipelines.handoff import NUM_VIEWS, Stage1Output
 from synchuman.preprocess.framing import FACE_BOX, MULTIVIEW_SIZE, composite_on_white, face_crop
-from synchuman.samplers.flow_euler import SamplingCancelled, timesteps
+from synchuman.samplers.flow_euler_cfg import FlowEulerCfgSampler
 
 log = logging.getLogger(__name__)
 
@@ -70,25 +63,6 @@ RESCALE_T = 3.0
 _Pair = tuple[torch.Tensor, torch.Tensor]
 #: ``velocity(latents, structure, timestep) -> ((uncond_2d, cond_2d), (uncond_3d, cond_3d))``
 _Velocity = Callable[[torch.Tensor, torch.Tensor, float], tuple[_Pair, _Pair]]
-
-
-def load_model(
-    folder: Path, cls: type[nn.Module], device: str | torch.device, dtype: torch.dtype
-) -> nn.Module:
-    """Build ``cls`` from ``folder/config.json`` on the meta device, load its safetensors weights strictly."""
-    name, args = read_config(folder)
-    path = weights_file(folder)
-    if path is None or not path.name.endswith(".safetensors"):
-        raise CheckpointError(
-            f"{folder}: no safetensors weights file (looked for model / diffusion_pytorch_model)"
-        )
-    with torch.device("meta"):
-        try:
-            model = cls(**args)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{folder}/config.json: cannot build {name}: {exc}") from exc
-    load_state_dict_strict(model, read_safetensors(path, dtype=dtype), what=f"{name} ({folder})")
-    return model.to(device=device, dtype=dtype).eval()
 
 
 def load_prompt_embeds(layout: CheckpointLayout) -> torch.Tensor:
@@ -168,6 +142,7 @@ class Stage1Pipeline:
         #: ``[20, 77, D]``: ``[normal, normal, colour, colour]`` (uncond uses the same embeddings).
         self.prompt_embeds_cfg = torch.cat([normal, normal, color, color])
         self.vae_slice = vae_slice
+        self.sampler = FlowEulerCfgSampler(rescale_t=RESCALE_T)
         #: replica of ``diffusion`` computing the unconditional CFG half, and its device (``None``: off)
         self.cfg_diffusion: nn.Module | None = None
         self.cfg_device: torch.device | None = None
@@ -201,8 +176,12 @@ class Stage1Pipeline:
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
         torch_dtype = parse_dtype(dtype)
-        diffusion = load_model(layout.diffusion_2d3d, SyncHuman_2D3DCrossSpaceDiffusion, device, torch_dtype)
-        ss_decoder = load_model(layout.ss_decoder, SparseStructureDecoder, device, torch_dtype)
+        diffusion = from_pretrained(
+            layout.diffusion_2d3d, SyncHuman_2D3DCrossSpaceDiffusion, dtype=torch_dtype, device=device
+        )
+        ss_decoder = from_pretrained(
+            layout.ss_decoder, SparseStructureDecoder, dtype=torch_dtype, device=device
+        )
         vae = AutoencoderKL.from_pretrained(str(layout.vae), torch_dtype=torch_dtype, local_files_only=True)
         encoder = CLIPVisionModelWithProjection.from_pretrained(
             str(layout.image_encoder), torch_dtype=torch_dtype, local_files_only=True
@@ -284,7 +263,7 @@ class Stage1Pipeline:
         callback: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Euler flow sampling with CFG of both branches.
+        """Euler flow sampling with CFG of both branches (:class:`FlowEulerCfgSampler`).
 
         Args:
             latents: fp32 ``[10, 4, h, w]`` (normal x 5, colour x 5); structure: fp32 ``[1, 8, G, G, G]``.
@@ -292,17 +271,10 @@ class Stage1Pipeline:
         Returns:
             the final ``(latents, structure)`` (fp32).
         """
-        t_seq = timesteps(steps, RESCALE_T)
         velocity = self._cfg_halves(class_labels, image_latents, cond)
-        for i in range(steps):
-            if should_stop is not None and should_stop():
-                raise SamplingCancelled(f"stage-1 sampling cancelled before step {i + 1} of {steps}")
-            t, t_prev = float(t_seq[i]), float(t_seq[i + 1])
-            (uncond, cond_v), (u3, c3) = velocity(latents, structure, 1000 * t)
-            latents = latents - (t - t_prev) * (uncond + guidance_scale * (cond_v - uncond))
-            structure = structure - (t - t_prev) * (u3 + guidance_scale * (c3 - u3))
-            if callback is not None:
-                callback(i + 1, steps)
+        latents, structure = self.sampler.sample(
+            velocity, (latents, structure), steps, guidance_scale, callback, should_stop
+        )
         return latents, structure
 
     def _cfg_halves(
