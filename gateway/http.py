@@ -32,8 +32,10 @@ from typing import Any
 
 import grpc
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -41,6 +43,8 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.errors import JobError
 from gateway.manager import JobManager
+from gateway.openapi_doc import error_responses, upload_doc
+from gateway.request_fields import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_SEQUENCE
 from gateway.web import add_web_page
 from services.common.stage_runtime import bad_request
 from synchuman.v1 import common_pb2
@@ -63,26 +67,18 @@ HTTP_STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 UPLOAD_TYPES = ("image/", "application/octet-stream")
-_UPLOAD_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        "options": {"type": "string", "description": "JobOptions as JSON"},
-                        "idempotency_key": {"type": "string", "maxLength": 128},
-                    },
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
+#: ``state`` query values: the JobState names, lower case, upper case or with the JOB_STATE_ prefix.
+_STATE_PATTERN = "^(|{})$".format(
+    "|".join(
+        form
+        for name in R.JobState.keys()
+        if name != "JOB_STATE_UNSPECIFIED"
+        for form in (name, name.removeprefix("JOB_STATE_"), name.removeprefix("JOB_STATE_").lower())
+    )
+)
+_JOB_ID = Path(pattern=f"^[A-Za-z0-9_-]{{1,{MAX_ID_CHARS}}}$", description="a job id from SubmitJob")
+#: Every method a route could be asked for; the others of a path answer 405 with the path's real Allow.
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
 def _to_dict(message: Any) -> dict:
@@ -135,6 +131,46 @@ def _parse_options(text: str | None) -> common_pb2.JobOptions:
     return options
 
 
+def _validation_error(error: RequestValidationError) -> JobError:
+    """FastAPI's parameter validation as the bridge's 400 INVALID_ARGUMENT, one field violation each."""
+    violations = [
+        error_details_pb2.BadRequest.FieldViolation(
+            field=".".join(str(part) for part in item.get("loc", ())[1:]) or "request",
+            description=str(item.get("msg", "invalid")),
+        )
+        for item in error.errors()
+    ]
+    message = "; ".join(f"{v.field}: {v.description}" for v in violations) or "invalid request"
+    return JobError(
+        grpc.StatusCode.INVALID_ARGUMENT, message, error_details_pb2.BadRequest(field_violations=violations)
+    )
+
+
+def _add_allow_routes(app: FastAPI) -> None:
+    """``OPTIONS`` on every ``/v1`` path answers 204 with ``Allow`` listing all its methods, and the
+    methods a path does not have answer 405 with the same ``Allow`` (Starlette would name only the methods
+    of the first route that matched the path)."""
+    methods: dict[str, set[str]] = {}
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path.startswith("/v1"):
+            methods.setdefault(route.path, set()).update(route.methods)
+    for path, allowed in methods.items():
+        allow = ", ".join(sorted(allowed | {"OPTIONS"}))
+
+        async def answer(request: Request, allow: str = allow) -> Response:
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"Allow": allow})
+            error = JobError(
+                grpc.StatusCode.UNIMPLEMENTED, f"{request.method} is not allowed here; use one of {allow}"
+            )
+            response = _error_response(error)
+            response.status_code = 405
+            response.headers["Allow"] = allow
+            return response
+
+        app.add_api_route(path, answer, methods=sorted(_HTTP_METHODS - allowed), include_in_schema=False)
+
+
 def _parse_state(text: str) -> int:
     if not text:
         return 0
@@ -173,6 +209,10 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
     async def job_error(_: Request, error: JobError) -> JSONResponse:
         return _error_response(error)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameter(_: Request, error: RequestValidationError) -> JSONResponse:
+        return _error_response(_validation_error(error))
+
     def authorize(request: Request) -> None:
         if not auth_token:
             return
@@ -194,7 +234,14 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/jobs", tags=["jobs"], dependencies=auth, status_code=201, openapi_extra=_UPLOAD_DOC)
+    @app.post(
+        "/v1/jobs",
+        tags=["jobs"],
+        dependencies=auth,
+        status_code=201,
+        openapi_extra=upload_doc(),
+        responses=error_responses(413, 429),
+    )
     async def submit(request: Request) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
         body = await _read_limited(request, max_upload_bytes)
@@ -223,28 +270,38 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
             headers={"Location": f"/v1/jobs/{job.id}"},
         )
 
-    @app.get("/v1/jobs", tags=["jobs"], dependencies=auth)
-    def list_jobs(page_size: int = 0, page_token: str = "", state: str = "") -> dict:
-        if page_size < 0:
-            raise _invalid("page_size", "page_size must be 1 to 1000")
+    @app.get("/v1/jobs", tags=["jobs"], dependencies=auth, responses=error_responses())
+    def list_jobs(
+        page_size: int = Query(0, ge=0, le=1000, description="0: the default page size (50)"),
+        page_token: str = Query("", max_length=512, description="next_page_token of the previous page"),
+        state: str = Query("", pattern=_STATE_PATTERN, description="only jobs in this state, e.g. queued"),
+    ) -> dict:
         jobs, token = manager.list(page_size, page_token, _parse_state(state))
         return {"jobs": [_to_dict(j) for j in jobs], "next_page_token": token}
 
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"], dependencies=auth)
-    def get_job(job_id: str) -> dict:
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], dependencies=auth, responses=error_responses(404))
+    def get_job(job_id: str = _JOB_ID) -> dict:
         return {"job": _to_dict(manager.get(job_id))}
 
-    @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"], dependencies=auth)
-    def cancel_job(job_id: str) -> dict:
+    @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"], dependencies=auth, responses=error_responses(404))
+    def cancel_job(job_id: str = _JOB_ID) -> dict:
         return {"job": _to_dict(manager.cancel(job_id))}
 
-    @app.delete("/v1/jobs/{job_id}", tags=["jobs"], dependencies=auth)
-    def delete_job(job_id: str) -> dict:
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"], dependencies=auth, responses=error_responses(404, 409))
+    def delete_job(job_id: str = _JOB_ID) -> dict:
         """Delete a finished job, its events and files (409 while it is queued or running)."""
         return {"deleted_artifacts": manager.delete(job_id)}
 
-    @app.get("/v1/jobs/{job_id}/artifacts/{name}", tags=["jobs"], dependencies=auth, response_class=Response)
-    def artifact(job_id: str, name: str) -> Response:
+    @app.get(
+        "/v1/jobs/{job_id}/artifacts/{name}",
+        tags=["jobs"],
+        dependencies=auth,
+        response_class=Response,
+        responses=error_responses(404),
+    )
+    def artifact(
+        job_id: str = _JOB_ID, name: str = Path(min_length=1, max_length=MAX_NAME_CHARS)
+    ) -> Response:
         header, data = manager.artifact(job_id, name)
         return Response(
             data,
@@ -255,11 +312,23 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
             },
         )
 
-    @app.get("/v1/jobs/{job_id}/events", tags=["jobs"], dependencies=auth, response_class=StreamingResponse)
-    async def events(job_id: str, request: Request, after: int = 0) -> StreamingResponse:
+    @app.get(
+        "/v1/jobs/{job_id}/events",
+        tags=["jobs"],
+        dependencies=auth,
+        response_class=StreamingResponse,
+        responses=error_responses(404),
+    )
+    async def events(
+        request: Request,
+        job_id: str = _JOB_ID,
+        after: int = Query(0, ge=0, le=MAX_SEQUENCE, description="events after this sequence"),
+        last_event_id: str | None = Header(
+            None, pattern="^[0-9]{1,18}$", description="resume after this event id (overrides after)"
+        ),
+    ) -> StreamingResponse:
+        start = int(last_event_id) if last_event_id is not None else after
         await run_in_threadpool(manager.get, job_id)  # NOT_FOUND before the stream starts
-        last = request.headers.get("last-event-id", "")
-        start = int(last) if last.isdigit() else after
 
         async def stream() -> AsyncIterator[str]:
             sequence = start
@@ -283,6 +352,7 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
             stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
+    _add_allow_routes(app)
     add_web_page(app)
     return app
 

@@ -23,11 +23,12 @@ from gateway.job_loop import JobLoop, LeaseSettings
 from gateway.metrics import JOB_STATES, JOBS_SUBMITTED
 from gateway.option_validation import validate_options
 from gateway.paging import list_page
+from gateway.request_fields import check_artifact_name, check_job_id, check_sequence
 from gateway.retention import RetentionSweeper, delete_expired
 from gateway.retry import RetryPolicy
 from gateway.stages import StageClients
 from gateway.store import TERMINAL_STATES, Event, Job, JobStore
-from gateway.upload_checks import check_idempotency_key, photo_media_type
+from gateway.upload_checks import check_idempotency_key, checked_photo_media_type
 from services.common.stage_runtime import error_info
 from synchuman.v1 import common_pb2, reconstruction_pb2
 
@@ -108,7 +109,7 @@ class JobManager:
             if existing is not None:
                 return existing, True
         validate_options(options)
-        media = photo_media_type(image, self.settings.max_upload_bytes)
+        media = checked_photo_media_type(image, self.settings.max_upload_bytes)
         with self.loop.admission():
             return self._create(image, media, options, idempotency_key)
 
@@ -136,8 +137,8 @@ class JobManager:
         return job, False
 
     def get(self, job_id: str) -> Job:
-        """The job, or NOT_FOUND."""
-        job = self.store.get(job_id)
+        """The job, or NOT_FOUND (INVALID_ARGUMENT for a malformed id)."""
+        job = self.store.get(check_job_id(job_id))
         if job is None:
             raise JobError(
                 grpc.StatusCode.NOT_FOUND, f"no job with id {job_id!r}", error_info("JOB_NOT_FOUND")
@@ -196,6 +197,7 @@ class JobManager:
     def artifact(self, job_id: str, name: str) -> tuple[common_pb2.BlobHeader, bytes]:
         """A stored file of a job listed in ``Job.artifacts`` (header, bytes), or NOT_FOUND."""
         job = self.get(job_id)
+        check_artifact_name(name)
         for artifact in job.artifacts:
             if artifact.blob.name == name:
                 try:
@@ -211,10 +213,11 @@ class JobManager:
 
     def next_events(self, job_id: str, after_sequence: int, timeout_s: float) -> list[Event]:
         """Events after ``after_sequence``, waiting up to ``timeout_s`` for one when there are none yet."""
-        return self.events.next_events(job_id, after_sequence, timeout_s)
+        return self.events.next_events(job_id, check_sequence(after_sequence), timeout_s)
 
     def watch(self, job_id: str, after_sequence: int, is_active: Callable[[], bool]) -> Iterator[Event]:
         """Events after ``after_sequence`` until the job's ``finished`` event (or until ``is_active()``
-        is False); NOT_FOUND for an unknown id."""
+        is False); NOT_FOUND for an unknown id, INVALID_ARGUMENT for a cursor out of range."""
+        check_sequence(after_sequence)
         job = self.get(job_id)
         yield from self.events.watch(job, after_sequence, is_active, lambda: self.get(job_id))

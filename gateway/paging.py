@@ -7,6 +7,7 @@ import base64
 import grpc
 
 from gateway.errors import JobError
+from gateway.request_fields import MAX_SEQUENCE, check_state
 from gateway.store import Job, JobStore
 from services.common.stage_runtime import bad_request
 
@@ -24,6 +25,8 @@ def parse_page_token(token: str) -> tuple[int, str]:
     """``(create_time_ns, job_id)`` of a :func:`page_token`, or INVALID_ARGUMENT."""
     try:
         ns, job_id = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
+        if not ns.isascii() or not 0 <= int(ns) <= MAX_SEQUENCE:  # the store's signed 64-bit range
+            raise ValueError("time out of range")
         return int(ns), job_id
     except Exception as exc:
         raise JobError(
@@ -42,6 +45,7 @@ def list_page(store: JobStore, page_size: int, token: str, state: int) -> tuple[
             f"page_size is {page_size}; use 1 to {MAX_PAGE_SIZE}",
             bad_request("page_size", f"must be in [1, {MAX_PAGE_SIZE}]"),
         )
+    check_state(state)
     size = page_size or DEFAULT_PAGE_SIZE
     before = parse_page_token(token) if token else None
     jobs = store.list(size + 1, state, before)

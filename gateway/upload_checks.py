@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import io
-
 import grpc
 
 from gateway.errors import JobError
+from services.common.conversions import preprocess_error_details
 from services.common.stage_runtime import bad_request
+from synchuman.preprocess.decode import decode_image
+from synchuman.preprocess.errors import InvalidImageError
 
 #: Pillow format -> media type stored with the photo.
 IMAGE_TYPES = {
@@ -17,7 +18,9 @@ IMAGE_TYPES = {
     "BMP": "image/bmp",
     "TIFF": "image/tiff",
     "GIF": "image/gif",
-    "MPO": "image/jpeg",
+    "AVIF": "image/avif",
+    "PPM": "image/x-portable-anymap",
+    "TGA": "image/x-tga",
 }
 MAX_KEY_CHARS = 128
 
@@ -32,27 +35,19 @@ def check_idempotency_key(key: str) -> None:
         )
 
 
-def photo_media_type(image: bytes, max_bytes: int) -> str:
-    """The photo's media type; INVALID_ARGUMENT when it is empty, over ``max_bytes`` or not an image."""
-    if not image:
-        raise JobError(
-            grpc.StatusCode.INVALID_ARGUMENT, "the photo is empty", bad_request("image", "no bytes sent")
-        )
-    if len(image) > max_bytes:
-        raise JobError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"the photo is {len(image)} bytes; the limit is {max_bytes}",
-            bad_request("image", "too large"),
-        )
-    from PIL import Image, UnidentifiedImageError
+def checked_photo_media_type(image: bytes, max_bytes: int) -> str:
+    """The media type of a photo the preprocess stage will accept; INVALID_ARGUMENT otherwise.
 
+    The photo is decoded in full by the preprocess stage's own decoder
+    (:func:`synchuman.preprocess.decode.decode_image`: format allow-list, byte and pixel limits, truncation,
+    animation, minimum size), so an empty, oversized, undecodable, truncated, animated or too large
+    (decompression bomb) photo fails ``SubmitJob`` itself, with the stage's message and ``google.rpc``
+    details (BadRequest on ``image`` + ErrorInfo reason such as ``TRUNCATED_IMAGE``), before the job is
+    stored.
+    """
     try:
-        with Image.open(io.BytesIO(image)) as opened:
-            kind = opened.format or ""
-    except (UnidentifiedImageError, OSError) as exc:
-        raise JobError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "the upload is not a readable image; send a JPEG, PNG or WebP photo",
-            bad_request("image", str(exc)),
-        ) from exc
-    return IMAGE_TYPES.get(kind, "application/octet-stream")
+        decoded = decode_image(image, max_bytes=max_bytes)
+    except InvalidImageError as error:
+        details = preprocess_error_details(error)
+        raise JobError(grpc.StatusCode.INVALID_ARGUMENT, str(error), *details) from None
+    return IMAGE_TYPES.get(decoded.format, "application/octet-stream")

@@ -39,7 +39,7 @@ DOUBLES = str(Path(__file__).with_name("gateway_doubles.py"))
 
 def photo() -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.full((16, 12, 4), 128, dtype=np.uint8)).save(buffer, format="PNG")
+    Image.fromarray(np.full((16, 16, 4), 128, dtype=np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

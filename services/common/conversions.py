@@ -7,6 +7,7 @@ Each conversion exists once here; the stage services, the gateway and the client
   (unset fields take the core defaults; the core's ``validate()`` checks the ranges, and a bad value raises
   :class:`~services.common.stage_io.InvalidInput` naming the request field);
 * reports: :func:`quality_issue_to_proto`, :func:`input_report_to_proto`, :func:`output_report_to_proto`;
+* a refused photo: :func:`preprocess_error_details` (the preprocess stage and the gateway's upload check);
 * progress: :func:`progress_event`;
 * stage 1's output: :func:`stage1_output_to_blobs` (PNG views) and :func:`stage1_output_from_wire`.
 """
@@ -17,15 +18,20 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+from google.protobuf.descriptor import FieldDescriptor
+
 from services.common.stage_io import (
     InvalidInput,
     decode_images,
     encode_pngs,
     voxels_from_proto,
 )
+from services.common.stage_runtime import bad_request, error_info
 from synchuman.options import OptionError, Stage1Options
 from synchuman.pipelines.handoff import VIEW_FILES, VIEW_SIZE, Stage1Output
 from synchuman.pipelines.stage2_types import OutputReport, Stage2Options
+from synchuman.preprocess.errors import PreprocessError, QualityGateError
 from synchuman.preprocess.pipeline import PreprocessOptions
 from synchuman.preprocess.quality import QualityReport
 from synchuman.v1 import common_pb2
@@ -87,9 +93,19 @@ def _values(source: object, names: Iterable[str]) -> dict[str, Any]:
     return {name: getattr(source, name) for name in names}
 
 
+def _wire_value(message: Any, name: str) -> Any:
+    """``message.name``; a ``float`` field as the shortest decimal of its float32 value (the number the client
+    wrote, e.g. 0.99, not its float32 neighbour 0.9900000095, which a range ending at 0.99 would refuse)."""
+    value = getattr(message, name)
+    if message.DESCRIPTOR.fields_by_name[name].type == FieldDescriptor.TYPE_FLOAT:
+        return float(str(np.float32(value)))
+    return value
+
+
 def _set_fields(message: Any, defaults: object, names: Iterable[str]) -> dict[str, Any]:
     """``name -> value`` of ``message``'s optional fields, the core default where a field is unset."""
-    return {name: getattr(message if message.HasField(name) else defaults, name) for name in names}
+    chosen = {name: message.HasField(name) for name in names}
+    return {name: _wire_value(message, name) if chosen[name] else getattr(defaults, name) for name in names}
 
 
 def _validated(options: Any, field: str) -> Any:
@@ -163,6 +179,15 @@ def input_report_to_proto(report: QualityReport) -> common_pb2.InputQualityRepor
     """The wire form of preprocess's :class:`QualityReport`."""
     issues = [quality_issue_to_proto(i.severity, i.code, i.message) for i in report.issues]
     return common_pb2.InputQualityReport(**_values(report, _INPUT_REPORT_FIELDS), issues=issues)
+
+
+def preprocess_error_details(error: PreprocessError) -> list[Any]:
+    """The ``google.rpc`` details of a refused photo: BadRequest on ``error.field``, ErrorInfo with the stable
+    ``error.code`` (e.g. TRUNCATED_IMAGE) and, for the quality gate, the InputQualityReport."""
+    details: list[Any] = [bad_request(error.field, str(error)), error_info(error.code)]
+    if isinstance(error, QualityGateError):
+        details.append(input_report_to_proto(error.report))
+    return details
 
 
 def output_report_to_proto(report: OutputReport) -> common_pb2.OutputQualityReport:

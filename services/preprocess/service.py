@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import grpc
 
-from services.common.conversions import input_report_to_proto, preprocess_options_from_proto
+from services.common.conversions import (
+    input_report_to_proto,
+    preprocess_error_details,
+    preprocess_options_from_proto,
+)
 from services.common.servicer import StageCall, StageServicer, UploadRpc, upload_rpc
 from services.common.stage_io import InvalidInput, encode_pngs, receive_blobs
-from services.common.stage_runtime import abort, bad_request, error_info
+from services.common.stage_runtime import abort
 from services.preprocess.backend import PreprocessBackend
-from synchuman.preprocess.errors import PreprocessError, QualityGateError
+from synchuman.preprocess.errors import PreprocessError
 from synchuman.v1 import common_pb2, preprocess_pb2, preprocess_pb2_grpc
 
 INPUT = "input"
@@ -41,9 +44,7 @@ def preprocess_photo(call: StageCall) -> Iterator[preprocess_pb2.PreprocessRespo
     try:
         result = yield from call.run(blobs[INPUT], options)
     except PreprocessError as exc:
-        details: list[Any] = [bad_request(exc.field, str(exc)), error_info(exc.code)]
-        if isinstance(exc, QualityGateError):
-            details.append(input_report_to_proto(exc.report))
+        details = preprocess_error_details(exc)
         abort(call.context, grpc.StatusCode.INVALID_ARGUMENT, f"preprocess: {exc}", *details)
     report = input_report_to_proto(result.report)
     yield preprocess_pb2.PreprocessResponse(report=report)

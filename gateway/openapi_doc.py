@@ -1,0 +1,132 @@
+"""OpenAPI pieces of the HTTP bridge that FastAPI cannot infer: the error body, the error responses of each
+route, and the upload request with its ``options`` field typed as the ``JobOptions`` JSON object.
+
+The option ranges come from the core option classes (:class:`~synchuman.options.Stage1Options`,
+:class:`~synchuman.pipelines.stage2_types.Stage2Options`), the enums from the protos, so a request valid
+under this schema is one the gateway accepts (apart from the photo bytes, which a schema cannot describe).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synchuman.options import Range, Stage1Options
+from synchuman.pipelines.stage2_types import Stage2Options
+from synchuman.v1 import common_pb2
+
+#: What each error status of the bridge means (the body is always :data:`ERROR_SCHEMA`).
+ERROR_MEANINGS = {
+    400: "Invalid request (INVALID_ARGUMENT): the message and details name the field and what to send",
+    401: "Missing or wrong bearer token (UNAUTHENTICATED)",
+    404: "No such job or file (NOT_FOUND)",
+    409: "The job is not in a state that allows this (FAILED_PRECONDITION), e.g. deleting a running job",
+    413: "The upload is larger than the server's limit",
+    429: "Too many pending jobs (RESOURCE_EXHAUSTED); retry after the Retry-After header's seconds",
+    503: "The gateway or a stage is unavailable (UNAVAILABLE)",
+}
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "details"],
+            "properties": {
+                "code": {"type": "string", "description": "gRPC status code name, e.g. INVALID_ARGUMENT"},
+                "message": {"type": "string"},
+                "details": {
+                    "type": "array",
+                    "description": "google.rpc details (BadRequest, ErrorInfo, RetryInfo ...) as JSON, "
+                    "each with its message type in @type",
+                    "items": {"type": "object", "properties": {"@type": {"type": "string"}}},
+                },
+            },
+        }
+    },
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses=`` for ``statuses`` (plus 400 and 401, which every ``/v1`` route can answer)."""
+    return {
+        status: {
+            "description": ERROR_MEANINGS[status],
+            "content": {"application/json": {"schema": ERROR_SCHEMA}},
+        }
+        for status in sorted({400, 401, *statuses})
+    }
+
+
+def _ranged(ranges: tuple[Range, ...], kinds: dict[str, str]) -> dict[str, Any]:
+    """JSON-schema properties of ranged options (``kinds``: option -> ``integer`` or ``number``)."""
+    properties: dict[str, Any] = {}
+    for name, low, high, allowed in ranges:
+        kind = kinds[name]
+        properties[name] = {"type": kind, "minimum": low, "maximum": high, "description": allowed}
+    return properties
+
+
+def _enum_names(enum: Any) -> list[str]:
+    return [name for name in enum.keys() if not name.endswith("_UNSPECIFIED")]
+
+
+def job_options_schema() -> dict[str, Any]:
+    """The ``JobOptions`` message as JSON (proto field names), with the accepted ranges and enum names."""
+    multiview = _ranged(
+        Stage1Options.RANGES, {"seed": "integer", "steps": "integer", "guidance_scale": "number"}
+    )
+    kinds = {name: "integer" for name, *_ in Stage2Options.RANGES}
+    kinds.update(guidance_scale="number", simplify_ratio="number")
+    reconstruction = _ranged(Stage2Options.RANGES, kinds)
+    reconstruction["outputs"] = {
+        "type": "array",
+        "items": {"type": "string", "enum": _enum_names(common_pb2.OutputFormat)},
+        "description": "extra outputs besides the GLB",
+    }
+    reconstruction["bake_mode"] = {"type": "string", "enum": _enum_names(common_pb2.BakeMode)}
+    preprocess = {
+        "segmenter": {
+            "type": "string",
+            "maxLength": 128,
+            "description": "segmentation model name, e.g. u2netp",
+        },
+        "ignore_alpha": {"type": "boolean"},
+        "alpha_matting": {"type": "boolean"},
+    }
+    groups = {"preprocess": preprocess, "multiview": multiview, "reconstruction": reconstruction}
+    return {
+        "type": "object",
+        "description": "synchuman.v1.JobOptions as JSON; unset fields take the server defaults",
+        "additionalProperties": False,
+        "properties": {
+            group: {"type": "object", "additionalProperties": False, "properties": properties}
+            for group, properties in groups.items()
+        },
+    }
+
+
+def upload_doc() -> dict[str, Any]:
+    """``openapi_extra`` of ``POST /v1/jobs``: a multipart form (``image``, ``options``, ``idempotency_key``)
+    or the raw photo as the body."""
+    photo = {"type": "string", "format": "binary", "description": "the photo: JPEG, PNG, WebP ..."}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image"],
+                        "properties": {
+                            "image": photo,
+                            "options": job_options_schema(),
+                            "idempotency_key": {"type": "string", "maxLength": 128, "pattern": "^[ -~]*$"},
+                        },
+                    },
+                    "encoding": {"options": {"contentType": "application/json"}},
+                },
+                "image/*": {"schema": photo},
+                "application/octet-stream": {"schema": photo},
+            },
+        }
+    }
