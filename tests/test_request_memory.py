@@ -9,21 +9,28 @@ until a full collection happened (issue 16). These tests run with the collector 
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import grpc
 import pytest
 import torch
+from stage_doubles import FakeStage2, channel, stage2_requests, start_server
 from test_stage2_pipeline import SMALL, WIDTH, FakeDinoV2, person_inputs
+from test_stage_services import STRUCTURE, stage2_inputs
 
+from services.common.stage_runtime import StageLimits
 from synchuman.checkpoints.layout import CheckpointLayout
 from synchuman.checkpoints.tiny_stage2 import write_tiny_stage2
+from synchuman.pipelines.handoff import Stage2InputError
 from synchuman.pipelines.stage2 import PipelineInfo, Stage2Pipeline
 from synchuman.pipelines.stage2_models import load_stage2_models
 from synchuman.pipelines.stage2_types import Stage2Cancelled
 from synchuman.sparse import SparseTensor
 from synchuman.sparse.spatial import downsample, subdivide, upsample
+from synchuman.v1 import common_pb2, stage2_pb2_grpc
 
 
 @contextmanager
@@ -99,4 +106,50 @@ def test_a_cancelled_stage2_request_leaves_no_tensors_in_reference_cycles(pipeli
     calls = iter(range(100))
     with cyclic_garbage() as garbage:
         run_requests(pipeline, 1, lambda: next(calls) >= 2)  # stopped before the third sampler step
+    assert tensors_in(garbage) == []
+
+
+class TensorHoldingStage2(FakeStage2):
+    """The fake stage-2 backend, holding a tensor in its frame and in its progress callback; ``fail`` makes
+    the call raise an input error after the first step (INVALID_ARGUMENT; an unexpected error would do, but
+    its logged traceback stays in pytest's log capture)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tensors: list[weakref.ref] = []
+        self.fail = False
+
+    def run(self, inputs, options, progress, should_stop):  # type: ignore[no-untyped-def]
+        work = torch.zeros(1000)
+        self.tensors.append(weakref.ref(work))
+
+        def report(phase: str, step: int, total: int) -> None:
+            work.add_(1)
+            progress(phase, step, total)
+
+        if self.fail:
+            report("sampling", 1, options.steps)
+            raise Stage2InputError("coords", "the test backend refuses these voxels")
+        return super().run(inputs, options, report, should_stop)
+
+
+def test_finished_and_failed_service_calls_leave_no_tensors_in_reference_cycles() -> None:
+    backend = TensorHoldingStage2()
+    server = start_server("stage2", backend, StageLimits(concurrency=1, max_queue=1, grace_s=0.5))
+    stub = stage2_pb2_grpc.Stage2ServiceStub(channel(server))
+    options = common_pb2.ReconstructionOptions(steps=2)
+    try:
+        with cyclic_garbage() as garbage:
+            for fail in (False, True, False):
+                backend.fail = fail
+                try:
+                    list(stub.Reconstruct(stage2_requests(stage2_inputs(), STRUCTURE, options), timeout=30))
+                except grpc.RpcError as error:
+                    assert fail and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            deadline = time.monotonic() + 5.0  # the server's handler ends just after the client's call
+            while any(ref() is not None for ref in backend.tensors) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert [ref() for ref in backend.tensors] == [None, None, None]
+    finally:
+        server.stop()
     assert tensors_in(garbage) == []

@@ -162,6 +162,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                 raise
             finally:
                 self._end(method, context, started, error)
+                error = None  # the traceback holds this frame: a local naming it would make a cycle
 
         return handle
 
@@ -179,5 +180,6 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                 raise
             finally:
                 self._end(method, context, started, error)
+                error = None  # the traceback holds this frame: a local naming it would make a cycle
 
         return handle

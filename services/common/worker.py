@@ -150,10 +150,18 @@ def stream_work(
             thread.join()
             free_accelerator_memory()
     thread.join()
-    if item.error is not None:
+    outcome, item = item, None
+    if outcome.error is None:
+        return outcome.value  # type: ignore[return-value]
+    error, outcome = outcome.error, None
+    try:
         reason = stopping or stop.reason()
         if reason is not None:
             free_accelerator_memory()
-            raise WorkStopped(reason) from item.error
-        raise item.error
-    return item.value  # type: ignore[return-value]
+            raise WorkStopped(reason) from error
+        raise error
+    finally:
+        # The raised exception's traceback holds this frame: a local naming the exception would make a
+        # reference cycle that keeps the failed work's frames (and their GPU tensors) alive until a full
+        # garbage collection.
+        error = None
