@@ -44,6 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway.errors import JobError
 from gateway.manager import JobManager
 from gateway.openapi_doc import error_responses, upload_doc
+from gateway.readiness import NOT_SERVING
 from gateway.request_fields import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_SEQUENCE
 from gateway.web import add_web_page
 from services.common.stage_runtime import bad_request
@@ -229,6 +230,14 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict:
         return {"status": "SERVING"}
+
+    @app.get("/readyz", tags=["ops"])
+    def readyz() -> JSONResponse:
+        """200 when every stage service is SERVING (or has no health service), else 503 naming them."""
+        stages = manager.readiness.states()
+        ready = NOT_SERVING not in stages.values()
+        body = {"status": "READY" if ready else "NOT_READY", "stages": stages}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics() -> Response:

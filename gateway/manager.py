@@ -23,6 +23,7 @@ from gateway.job_loop import JobLoop, LeaseSettings
 from gateway.metrics import JOB_STATES, JOBS_SUBMITTED
 from gateway.option_validation import validate_options
 from gateway.paging import list_page
+from gateway.readiness import StageReadiness
 from gateway.request_fields import check_artifact_name, check_job_id, check_sequence
 from gateway.retention import RetentionSweeper, delete_expired
 from gateway.retry import RetryPolicy
@@ -63,6 +64,7 @@ class JobManager:
         self.store = store
         self.artifacts = artifacts
         self.stages = stages
+        self.readiness = StageReadiness(stages)
         self.settings = settings
         self.events = JobEvents(store)
         self.loop = JobLoop(
@@ -110,6 +112,7 @@ class JobManager:
                 return existing, True
         validate_options(options)
         media = checked_photo_media_type(image, self.settings.max_upload_bytes)
+        self.readiness.require_ready()
         with self.loop.admission():
             return self._create(image, media, options, idempotency_key)
 
