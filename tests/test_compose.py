@@ -1,7 +1,15 @@
-"""compose.yaml validated by a real Docker Compose v2 (``docker-compose config``, no engine needed).
+"""The compose deployment: compose.yaml (+ compose.cpu.yaml, compose.stage1-cfg-parallel.yaml) and
+docker/Dockerfile.
 
-The binary is put in ``.cache/tools`` by ``scripts/fetch_compose.py`` (bootstrap runs it; this test runs it
-too when it is missing). Without it the tests skip, except under ``CI=true`` where they fail.
+Static checks (every run): the files validated by a real Docker Compose v2 (``docker-compose config``, no
+engine needed; ``scripts/fetch_compose.py`` puts the binary in ``.cache/tools``; without it these tests skip,
+except under ``CI=true`` where they fail) and every container command parsed by the project's own CLI.
+
+End to end (``make compose-test``, which sets ``SYNCHUMAN_COMPOSE_E2E=1``): a real Docker engine (started and
+stopped here when none runs), the CPU images built from a clean clone, the stack started with tiny random
+checkpoints and driven through its published ports: jobs over HTTP and gRPC, a killed stage, a restarted
+gateway, a scaled stage, a stage with a missing checkpoint file, ``down``. Times per step and image sizes go
+to ``.cache/compose-test/report.json``.
 """
 
 from __future__ import annotations
@@ -10,7 +18,9 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +28,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "compose.yaml"
 CFG_PARALLEL_FILE = REPO_ROOT / "compose.stage1-cfg-parallel.yaml"
+CPU_FILE = REPO_ROOT / "compose.cpu.yaml"
+DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 STAGES = ("preprocess", "stage1", "stage2")  # scalable services behind the gateway
 LONG_RUNNING = (*STAGES, "gateway")
 HEALTH_SERVICE = {
@@ -69,14 +81,55 @@ def listen_port(service: dict) -> str:
     return option(service["command"], "--address").rsplit(":", 1)[1]
 
 
+def dockerfile_stages() -> dict[str, list[str]]:
+    """docker/Dockerfile's build stages: name -> its instruction lines (continuations joined)."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if line.startswith("FROM "):
+            current = stages.setdefault(line.split(" AS ")[1].strip(), [line])
+        elif line and not line.startswith("#"):
+            current.append(line)
+    return stages
+
+
+def instruction(stage: str, keyword: str) -> str:
+    """The (last) ``keyword`` instruction of a Dockerfile stage, without the keyword."""
+    lines = [line for line in dockerfile_stages()[stage] if line.startswith(keyword + " ")]
+    assert lines, (stage, keyword)
+    return lines[-1].removeprefix(keyword + " ")
+
+
 def test_services_and_images(config: dict) -> None:
+    """One Dockerfile, one target per service; the GPU stages on the CUDA base, the others on Python slim."""
     assert set(config["services"]) == {"ckpts", *LONG_RUNNING}
+    stages = dockerfile_stages()
     for name in LONG_RUNNING:
-        dockerfile = REPO_ROOT / config["services"][name]["build"]["dockerfile"]
-        text = dockerfile.read_text()
-        base = next(line for line in text.splitlines() if line.startswith("ARG") and "_IMAGE=" in line)
-        assert ("nvidia/cuda" in base) == (name in ("stage1", "stage2")), (name, base)
-        assert "services.common.healthcheck" in text and "CMD [" in text
+        build = config["services"][name]["build"]
+        assert build["dockerfile"] == "docker/Dockerfile"
+        assert build["target"] == ("stage2-gpu" if name == "stage2" else name)
+        base = build["args"]["BASE_IMAGE"]
+        assert base.startswith("nvidia/cuda:" if name in ("stage1", "stage2") else "python:3.12-slim"), name
+        assert stages[name][0] == "FROM app AS " + name
+        assert "services.common.healthcheck" in instruction(name, "HEALTHCHECK")
+    assert stages["app"][0] == "FROM deps AS app" and stages["stage2-gpu"][0] == "FROM stage2 AS stage2-gpu"
+
+
+def test_one_shared_dependency_layer() -> None:
+    """torch and the third-party packages are installed in ``deps`` only, from pyproject.toml before any
+    source file is copied; the project itself (every package pyproject lists) in ``app``; non-root user."""
+    stages = dockerfile_stages()
+    deps = " ".join(stages["deps"])
+    assert "pip install \"$TORCH_SPEC\"" in deps and "requirements.py /tmp/deps/pyproject.toml all" in deps
+    assert [line for line in stages["deps"] if line.startswith("COPY")] == [
+        "COPY pyproject.toml docker/requirements.py /tmp/deps/"
+    ]
+    assert "pip install --no-deps --no-build-isolation /tmp/src" in " ".join(stages["app"])
+    assert instruction("app", "USER") == "synchuman"
+    for name in LONG_RUNNING:
+        assert not [line for line in stages[name] if line.startswith(("RUN", "COPY", "USER"))], name
+    assert instruction("app", "ENTRYPOINT") == '["python", "/usr/local/lib/synchuman/json_logs.py"]'
 
 
 def test_each_gpu_stage_is_pinned_to_its_own_gpu(config: dict, compose_bin: Path) -> None:
@@ -100,8 +153,8 @@ def test_stages_can_scale_behind_round_robin_gateway(config: dict) -> None:
         assert "container_name" not in service and "ports" not in service, name
         assert option(gateway, f"--{name}") == f"dns:///{name}:{listen_port(service)}"
         assert option(service["command"], "--address").startswith("0.0.0.0:")
-    published = {p["target"] for p in config["services"]["gateway"]["ports"]}
-    assert published == {50051, 8080}
+    published = {(p["host_ip"], p["published"], p["target"]) for p in config["services"]["gateway"]["ports"]}
+    assert published == {("127.0.0.1", "50051", 50051), ("127.0.0.1", "8080", 8080)}
 
 
 def test_health_checks_restart_and_read_only_checkpoints(config: dict) -> None:
@@ -121,6 +174,17 @@ def test_health_checks_restart_and_read_only_checkpoints(config: dict) -> None:
     assert not job["volumes"][0].get("read_only", False)
 
 
+def test_services_have_no_route_out(config: dict) -> None:
+    """Nothing is downloaded at run time: the services sit on an internal network; only the gateway (its
+    published ports) and the one-shot ckpts job (pulling weights) reach further."""
+    assert config["networks"]["backend"]["internal"] is True
+    for name in STAGES:
+        assert set(config["services"][name]["networks"]) == {"backend"}, name
+    assert set(config["services"]["gateway"]["networks"]) == {"backend", "frontend"}
+    assert set(config["services"]["ckpts"]["networks"]) == {"frontend"}
+    assert "HF_HUB_OFFLINE=1" in instruction("app", "ENV")
+
+
 def test_the_validator_rejects_a_broken_file(compose_bin: Path, tmp_path: Path) -> None:
     broken = tmp_path / "compose.yaml"
     broken.write_text(COMPOSE_FILE.read_text().replace("shm_size:", "shm_sise:"))
@@ -129,14 +193,12 @@ def test_the_validator_rejects_a_broken_file(compose_bin: Path, tmp_path: Path) 
 
 
 def _cli_argv(argv: list[str]) -> list[str]:
-    assert argv[:3] == ["python", "-m", "synchuman_cli"], argv
-    return argv[3:]
+    assert argv[0] == "synchuman", argv  # the console script of pyproject.toml
+    return argv[1:]
 
 
-def _dockerfile_cmd(service: dict) -> list[str]:
-    text = (REPO_ROOT / service["build"]["dockerfile"]).read_text()
-    line = next(line for line in text.splitlines() if line.startswith("CMD "))
-    return json.loads(line.removeprefix("CMD "))
+def _dockerfile_cmd(name: str) -> list[str]:
+    return json.loads(instruction(name, "CMD"))
 
 
 @pytest.mark.parametrize("name", [*LONG_RUNNING, "ckpts"])
@@ -144,17 +206,17 @@ def test_commands_parse_with_the_real_cli(config: dict, name: str) -> None:
     """Every container command (compose and Dockerfile CMD) is accepted by the project's own parsers."""
     import argparse
 
-    from synchuman_cli.commands import serve
+    from services.launcher import TARGETS
     from synchuman_cli.main import build_parser
 
     service = config["services"][name]
-    commands = [service["command"]] + ([_dockerfile_cmd(service)] if name in LONG_RUNNING else [])
+    commands = [service["command"]] + ([_dockerfile_cmd(name)] if name in LONG_RUNNING else [])
     for command in commands:
         args = build_parser().parse_args(_cli_argv(command))
         if args.command != "serve":
             assert args.func is not None
             continue
-        module = importlib.import_module(serve.TARGETS[args.target][0])
+        module = importlib.import_module(TARGETS[args.target][0])
         parser = argparse.ArgumentParser(prog=f"synchuman serve {args.target}")
         module.add_arguments(parser)
         options = parser.parse_args(args.options)
@@ -193,30 +255,77 @@ def test_stage1_cfg_parallel_override(compose_bin: Path) -> None:
     assert mounts["/var/cache/synchuman"]["type"] == "volume"  # torch.compile's caches across restarts
 
 
-def test_stage1_image_can_run_torch_compile() -> None:
+def test_stage1_image_can_run_torch_compile(config: dict) -> None:
     """`--compile` runs Triton, which builds its launcher modules with a C compiler and the Python headers at
     run time; its caches go to a directory the service user owns (the compose override mounts a volume)."""
-    text = (REPO_ROOT / "docker/stage1.Dockerfile").read_text()
-    lines = [line.strip() for line in text.splitlines()]
-    apt = next(line for line in lines if "apt-get install" in line)
-    assert {"gcc", "libc6-dev", "python3-dev"} <= set(apt.split())
-    env = next(line for line in lines if line.startswith("ENV TORCHINDUCTOR_CACHE_DIR="))
+    args = config["services"]["stage1"]["build"]["args"]
+    assert {"gcc", "libc6-dev", "python3-dev"} <= set(args["SYSTEM_PACKAGES"].split())
+    app = dockerfile_stages()["app"]
+    env = next(line for line in app if line.startswith("ENV TORCHINDUCTOR_CACHE_DIR="))
     cache = env.split("=", 1)[1]
     assert cache.startswith("/var/cache/synchuman/")
-    uid = next(line for line in lines if line.startswith("RUN useradd")).split("--uid ")[1].split()[0]
-    assert f"chown -R {uid} /var/cache/synchuman" in text
-    assert lines.index(env) < lines.index("USER synchuman")
+    assert any("install -d -o synchuman" in line and cache in line for line in app)
+    assert app.index(env) < app.index("USER synchuman")
 
 
 def test_stage2_image_builds_gsplat_kernels_before_switching_user() -> None:
-    """gsplat's CUDA extension is compiled while the image is built, into a directory the runtime user owns
-    (the user has no home directory, so a JIT build at the first request could not write its cache)."""
-    lines = [line.strip() for line in (REPO_ROOT / "docker/stage2.Dockerfile").read_text().splitlines()]
+    """gsplat's CUDA extension is compiled while the GPU image is built, into a directory the runtime user
+    owns, so no JIT build (and no writable cache) is needed at the first request."""
+    lines = dockerfile_stages()["stage2-gpu"]
     env = next(line for line in lines if line.startswith("ENV TORCH_EXTENSIONS_DIR="))
     directory = env.split("=", 1)[1].split()[0]
     build = next(i for i, line in enumerate(lines) if "from gsplat.cuda._backend import _C" in line)
-    user = lines.index("USER synchuman")
-    uid = next(line for line in lines if line.startswith("RUN useradd")).split("--uid ")[1].split()[0]
-    assert build < user and lines.index(env) < build
+    assert lines.index(env) < build < lines.index("USER synchuman")
     assert "assert _C is not None" in lines[build]  # no CUDA toolkit -> gsplat leaves _C None: fail the build
-    assert f"chown -R {uid} {directory}" in " ".join(lines[build : build + 2])
+    assert f"chown -R 10001 {directory}" in lines[build]
+
+
+def test_cpu_override_runs_everything_on_the_cpu(compose_bin: Path) -> None:
+    """compose.cpu.yaml: no GPU reservation anywhere, `--device cpu`, CPU build arguments, stage images
+    tagged -cpu (never replacing the CUDA ones)."""
+    result = run_config(compose_bin, COMPOSE_FILE, CPU_FILE)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    for name, service in services.items():
+        assert "deploy" not in service, name
+        assert service["build"]["args"]["BASE_IMAGE"] == "python:3.12-slim", name
+        assert service["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu", name
+    for name in ("stage1", "stage2"):
+        assert option(services[name]["command"], "--device") == "cpu"
+        assert services[name]["image"] == f"synchuman/{name}:latest-cpu"
+        assert services[name]["build"]["target"] == name
+    assert services["ckpts"]["image"] == "synchuman/stage1:latest-cpu"
+
+
+def test_env_example_lists_every_variable() -> None:
+    """.env.example names every ${VARIABLE} the compose files read."""
+    used = set()
+    for path in (COMPOSE_FILE, CPU_FILE, CFG_PARALLEL_FILE):
+        used |= set(re.findall(r"\$\{(\w+)", path.read_text()))
+    listed = set(re.findall(r"^#?\s*(\w+)=", (REPO_ROOT / ".env.example").read_text(), re.MULTILINE))
+    assert used - listed == set()
+
+
+def test_json_log_wrapper_keeps_json_and_wraps_the_rest() -> None:
+    """docker/json_logs.py (the images' entry point): JSON lines pass, other lines become JSON objects, the
+    command's exit status is kept."""
+    script = "import sys; print('{\"msg\": \"as is\"}'); print('plain'); sys.stderr.write('a\\rb\\n'); sys.exit(3)"
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "docker" / "json_logs.py"), sys.executable, "-c",
+                           script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and done.stderr == ""
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert records[0] == {"msg": "as is"}
+    wrapped = {(r["logger"], r["msg"]) for r in records[1:]}
+    assert wrapped == {("stdout", "plain"), ("stderr", "a"), ("stderr", "b")}
+
+
+def test_dependency_list_expands_the_projects_own_extras() -> None:
+    spec = importlib.util.spec_from_file_location("requirements", REPO_ROOT / "docker" / "requirements.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    project = {"project": {"name": "p", "dependencies": ["torch>=2"], "optional-dependencies": {
+        "rpc": ["grpcio"], "a": ["p[rpc]", "x"], "all": ["p[a,rpc]", "torch>=2"]}}}
+    assert module.requirements(project, ["all"]) == ["torch>=2", "grpcio", "x"]
+    with pytest.raises(SystemExit, match="no extra 'gpu'"):
+        module.requirements(project, ["gpu"])
