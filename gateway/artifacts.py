@@ -9,8 +9,9 @@ S3-compatible service).
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -33,10 +34,21 @@ MEDIA_TYPES = {
 
 
 class ArtifactCorrupted(Exception):
-    """A stored file does not match the SHA-256 recorded when it was written."""
+    """A stored file does not match the SHA-256 recorded when it was written (or has none recorded)."""
 
-    def __init__(self, job_id: str, name: str) -> None:
-        super().__init__(f"{job_id}/{name}: SHA-256 differs from the one stored when it was written")
+    def __init__(self, job_id: str, name: str, reason: str = "") -> None:
+        super().__init__(f"{job_id}/{name}: {reason or 'SHA-256 differs from the one stored when written'}")
+
+
+def checked(pieces: Iterable[bytes], expected: str, job_id: str, name: str) -> Iterator[bytes]:
+    """``pieces`` of a stored file, passed on as they come; after the last one their SHA-256 must equal
+    ``expected`` (hex; empty: not checked), else :class:`ArtifactCorrupted`."""
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+        yield piece
+    if expected and digest.hexdigest() != expected:
+        raise ArtifactCorrupted(job_id, name)
 
 
 def media_type(name: str) -> str:
@@ -78,9 +90,6 @@ class ArtifactStore(Protocol):
 
     def remove_job(self, job_id: str) -> int:
         """Delete every file of ``job_id``; returns how many there were."""
-
-    def job_ids(self) -> Iterator[str]:
-        """Ids of the jobs that have files (for sweeping files whose job record is gone)."""
 
 
 def open_artifact_store(url: str, data_dir: Path) -> ArtifactStore:

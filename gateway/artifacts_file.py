@@ -15,8 +15,9 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from gateway.artifacts import CHUNK_BYTES, ArtifactCorrupted, check_job_id, check_name, media_type
+from gateway.artifacts import CHUNK_BYTES, ArtifactCorrupted, check_job_id, check_name, checked, media_type
 from services.common.stage_io import blob_header
 from synchuman.v1 import common_pb2
 
@@ -32,6 +33,11 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _pieces(handle: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
+    with handle:
+        yield from iter(lambda: handle.read(chunk_bytes), b"")
 
 
 class FileArtifactStore:
@@ -76,17 +82,7 @@ class FileArtifactStore:
     def chunks(self, job_id: str, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
         path = self._path(job_id, name)
         handle = path.open("rb")  # FileNotFoundError here, before the first piece
-        return self._read_checked(handle, self._expected(path), (job_id, name), chunk_bytes)
-
-    @staticmethod
-    def _read_checked(handle, expected: str, what: tuple[str, str], chunk_bytes: int) -> Iterator[bytes]:  # noqa: ANN001
-        digest = hashlib.sha256()
-        with handle:
-            while piece := handle.read(chunk_bytes):
-                digest.update(piece)
-                yield piece
-        if expected and digest.hexdigest() != expected:
-            raise ArtifactCorrupted(*what)
+        return checked(_pieces(handle, chunk_bytes), self._expected(path), job_id, name)
 
     def remove_job(self, job_id: str) -> int:
         folder = self.root / check_job_id(job_id)
@@ -95,8 +91,3 @@ class FileArtifactStore:
             count = sum(1 for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         shutil.rmtree(folder, ignore_errors=True)
         return count
-
-    def job_ids(self) -> Iterator[str]:
-        for entry in sorted(self.root.iterdir()):
-            if entry.is_dir():
-                yield entry.name

@@ -20,8 +20,9 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.response import StreamingBody
 
-from gateway.artifacts import CHUNK_BYTES, ArtifactCorrupted, check_job_id, check_name, media_type
+from gateway.artifacts import CHUNK_BYTES, ArtifactCorrupted, check_job_id, check_name, checked, media_type
 from services.common.stage_io import blob_header
 from synchuman.v1 import common_pb2
 
@@ -30,6 +31,11 @@ _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 def _is_missing(error: ClientError) -> bool:
     return str(error.response.get("Error", {}).get("Code", "")) in _MISSING
+
+
+def _pieces(body: StreamingBody, chunk_bytes: int) -> Iterator[bytes]:
+    with body:
+        yield from body.iter_chunks(chunk_bytes)
 
 
 class S3ArtifactStore:
@@ -79,7 +85,7 @@ class S3ArtifactStore:
                 return False
             raise
 
-    def _open(self, job_id: str, name: str) -> tuple[object, str]:
+    def _open(self, job_id: str, name: str) -> tuple[StreamingBody, str]:
         """(streaming body, stored SHA-256) of the object; ``FileNotFoundError`` when missing."""
         key = self._key(job_id, name)
         try:
@@ -88,7 +94,11 @@ class S3ArtifactStore:
             if _is_missing(exc):
                 raise FileNotFoundError(f"s3://{self.bucket}/{key}") from exc
             raise
-        return answer["Body"], answer.get("Metadata", {}).get("sha256", "")
+        expected = answer.get("Metadata", {}).get("sha256", "")
+        if not expected:
+            answer["Body"].close()
+            raise ArtifactCorrupted(job_id, name, "no SHA-256 stored with the object (not the gateway's)")
+        return answer["Body"], expected
 
     def get(self, job_id: str, name: str) -> bytes:
         body, expected = self._open(job_id, name)
@@ -100,27 +110,12 @@ class S3ArtifactStore:
 
     def chunks(self, job_id: str, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
         body, expected = self._open(job_id, name)
-        return self._read_checked(body, expected, (job_id, name), chunk_bytes)
-
-    @staticmethod
-    def _read_checked(body, expected: str, what: tuple[str, str], chunk_bytes: int) -> Iterator[bytes]:  # noqa: ANN001
-        digest = hashlib.sha256()
-        with body:
-            for piece in body.iter_chunks(chunk_bytes):
-                digest.update(piece)
-                yield piece
-        if digest.hexdigest() != expected:
-            raise ArtifactCorrupted(*what)
-
-    def _list(self, prefix: str, delimiter: str = "") -> Iterator[dict]:
-        pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix, **({"Delimiter": delimiter} if delimiter else {})
-        )
-        yield from pages
+        return checked(_pieces(body, chunk_bytes), expected, job_id, name)
 
     def remove_job(self, job_id: str) -> int:
         removed = 0
-        for page in self._list(self._key(job_id)):
+        listing = self._client.get_paginator("list_objects_v2")
+        for page in listing.paginate(Bucket=self.bucket, Prefix=self._key(job_id)):
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if keys:
                 delete = {"Objects": keys, "Quiet": True}
@@ -130,9 +125,3 @@ class S3ArtifactStore:
                     raise OSError(f"S3 refused to delete {first.get('Key')}: {first.get('Message')}")
                 removed += len(keys)
         return removed
-
-    def job_ids(self) -> Iterator[str]:
-        root = f"{self.prefix}/" if self.prefix else ""
-        for page in self._list(root, delimiter="/"):
-            for common in page.get("CommonPrefixes", []):
-                yield common["Prefix"][len(root) :].rstrip("/")

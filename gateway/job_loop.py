@@ -185,7 +185,9 @@ class JobLoop:
             return True
         with self._lock:
             self._claimed.discard(job_id)
-        self._store.request_cancel(job_id)
+        if self._store.request_cancel(job_id):
+            log.info("cancel requested from the gateway holding the job",
+                     extra={"job_id": job_id, "holder": self._store.lease_owner(job_id)})
         return False
 
     def release(self, job_id: str) -> None:
