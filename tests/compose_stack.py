@@ -33,7 +33,7 @@ SMALL_OPTIONS = {
 
 
 def wait_until(condition: Callable[[], object], timeout_s: float, what: str, poll_s: float = 1.0) -> object:
-    """Poll ``condition`` until it returns something true; AssertionError naming ``what`` after the timeout."""
+    """Poll ``condition`` until it returns something true; AssertionError naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = condition()

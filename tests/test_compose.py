@@ -309,7 +309,9 @@ def test_env_example_lists_every_variable() -> None:
 def test_json_log_wrapper_keeps_json_and_wraps_the_rest() -> None:
     """docker/json_logs.py (the images' entry point): JSON lines pass, other lines become JSON objects, the
     command's exit status is kept."""
-    script = "import sys; print('{\"msg\": \"as is\"}'); print('plain'); sys.stderr.write('a\\rb\\n'); sys.exit(3)"
+    script = (
+        "import sys; print('{\"msg\": \"as is\"}'); print('plain'); sys.stderr.write('a\\rb\\n'); sys.exit(3)"
+    )
     done = subprocess.run([sys.executable, str(REPO_ROOT / "docker" / "json_logs.py"), sys.executable, "-c",
                            script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and done.stderr == ""
@@ -329,3 +331,259 @@ def test_dependency_list_expands_the_projects_own_extras() -> None:
     assert module.requirements(project, ["all"]) == ["torch>=2", "grpcio", "x"]
     with pytest.raises(SystemExit, match="no extra 'gpu'"):
         module.requirements(project, ["gpu"])
+
+
+# -- end to end: `make compose-test` ------------------------------------------------------------------------
+
+def e2e(test):  # noqa: ANN001, ANN201 - a test function
+    """Only under ``make compose-test``; long timeout (the first test pays for building the images)."""
+    skip = pytest.mark.skipif(
+        os.environ.get("SYNCHUMAN_COMPOSE_E2E") != "1",
+        reason="builds images and runs containers (minutes): `make compose-test` runs it",
+    )
+    return pytest.mark.timeout(2400)(skip(test))
+
+
+REPORT = REPO_ROOT / ".cache" / "compose-test" / "report.json"
+IMAGES = ["synchuman/preprocess:latest", "synchuman/stage1:latest-cpu", "synchuman/stage2:latest-cpu",
+          "synchuman/gateway:latest"]
+
+
+def _tiny_checkpoints(root: Path) -> Path:
+    """Tiny random checkpoints (+ the segmenter) readable by the containers' user (uid 10001)."""
+    from synchuman_cli.main import main as cli
+
+    assert cli(["ckpts", "make-tiny", str(root)]) == 0
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    """The CPU stack built from a clean clone of this repository and started with tiny checkpoints."""
+    import tempfile
+
+    from compose_stack import Stack, docker_env, image_sizes
+    from real_servers import free_port
+
+    engine = docker_env.ensure_dockerd()
+    work = Path(tempfile.mkdtemp(prefix="synchuman-compose-"))
+    work.chmod(0o755)
+    report: dict = {"timings_s": {}}
+    stack = None
+    try:
+        clone = work / "clone"
+        subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO_ROOT), str(clone)], check=True,
+                       timeout=300)
+        ckpts = _tiny_checkpoints(work / "ckpts")
+        http_port, grpc_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCHUMAN_", "COMPOSE_"))}
+        env.update(SYNCHUMAN_CKPTS_DIR=str(ckpts), SYNCHUMAN_HTTP_PORT=str(http_port),
+                   SYNCHUMAN_GRPC_PORT=str(grpc_port))
+        stack = Stack(clone, "synchuman-e2e", env, http_port, grpc_port, report["timings_s"])
+        with docker_env.build_inputs() as build_env:
+            report["build_inputs"] = build_env
+            stack.timed("build (compose build, from a clean clone)",
+                        lambda: docker_env.build_cpu_images(clone, {**env, **build_env}))
+        report["image_sizes"] = image_sizes(IMAGES)
+        stack.timed("up -d --wait (all healthy)", lambda: stack.compose("up", "-d", "--wait", timeout_s=900))
+        yield stack
+    finally:
+        if stack is not None:
+            stack.timed("down -v", lambda: stack.compose("down", "-v", "--remove-orphans", check=False))
+        engine.stop()
+        REPORT.parent.mkdir(parents=True, exist_ok=True)
+        REPORT.write_text(json.dumps(report, indent=2))
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@e2e
+def test_every_container_is_healthy_by_its_own_healthcheck(stack) -> None:
+    for name in LONG_RUNNING:
+        (container,) = stack.containers(name)
+        assert stack.health(container) == "healthy", name
+        user = stack.inspect(container)["Config"]["User"]
+        assert user == "synchuman", (name, user)
+        mounts = {m["Destination"]: m for m in stack.inspect(container)["Mounts"]}
+        if name != "gateway":
+            assert mounts["/ckpts"]["RW"] is False, name
+    assert all(docker_image_present(image) for image in IMAGES)
+
+
+def docker_image_present(image: str) -> bool:
+    done = subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=60)
+    return done.returncode == 0
+
+
+@e2e
+def test_logs_are_json_lines_and_metrics_and_readiness_answer(stack) -> None:
+    lines = stack.compose("logs", "--no-color", "--no-log-prefix").splitlines()
+    assert len(lines) > 20
+    not_json = [line for line in lines if line.strip() and not line.startswith("{")]
+    assert not_json == [], not_json[:5]
+    for line in lines:
+        if line.strip():
+            assert isinstance(json.loads(line), dict), line
+    metrics = stack.get("/metrics")
+    assert metrics.status_code == 200 and "synchuman_" in metrics.text
+    ready = stack.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert set(ready.json()["stages"].values()) == {"SERVING"}
+
+
+def validate_glb(path: Path) -> None:
+    """The Khronos glTF validator (npm gltf-validator, run as tests/test_postprocess.py does): no error."""
+    from conftest import require_tool
+
+    require_tool(REPO_ROOT / "node_modules" / "gltf-validator", "npm package gltf-validator")
+    script = (
+        "const v=require('gltf-validator');const fs=require('fs');"
+        "v.validateBytes(new Uint8Array(fs.readFileSync(process.argv[1])))"
+        ".then(r=>{console.log(JSON.stringify(r.issues));}).catch(e=>{console.error(e);process.exit(1);});"
+    )
+    done = subprocess.run(["node", "-e", script, str(path)], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120, check=True)
+    issues = json.loads(done.stdout)
+    assert issues["numErrors"] == 0, issues["messages"]
+
+
+def photo() -> Path:
+    from conftest import SHARED_DIR, require_dir
+
+    return require_dir(SHARED_DIR / "images", "sample images") / "person_000.png"
+
+
+@e2e
+def test_http_job_follows_progress_and_returns_a_valid_glb(stack, tmp_path: Path) -> None:
+    def run() -> None:
+        job_id = stack.submit_ok(photo())
+        events = stack.follow_events(job_id)
+        assert events[-1]["finished"]["state"] == "JOB_STATE_SUCCEEDED", events[-1]
+        assert sum(1 for event in events if "progress" in event) >= 3
+        glb = stack.get(f"/v1/jobs/{job_id}/artifacts/model.glb")
+        assert glb.status_code == 200 and glb.content[:4] == b"glTF"
+        (tmp_path / "http.glb").write_bytes(glb.content)
+
+    stack.timed("HTTP job (submit, follow events, download)", run)
+    validate_glb(tmp_path / "http.glb")
+
+
+@e2e
+def test_grpc_job_through_the_published_port(stack, tmp_path: Path) -> None:
+    """`synchuman reconstruct` (the gRPC client) against the published gRPC port: submit, watch, download."""
+    out = tmp_path / "grpc.glb"
+    argv = [sys.executable, "-m", "synchuman_cli", "reconstruct", str(photo()), "-o", str(out),
+            "--gateway", f"127.0.0.1:{stack.grpc_port}", "--start-servers", "never", "--steps1", "2",
+            "--steps2", "4", "--texture-size", "256", "--bake-steps", "5", "--visibility-views", "8",
+            "--simplify", "0.95"]
+    done = stack.timed("gRPC job (synchuman reconstruct)", lambda: subprocess.run(
+        argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900))
+    assert done.returncode == 0, done.stderr[-3000:]
+    validate_glb(out)
+
+
+def _wait_stage_started(stack, container: str, job_id: str, timeout_s: float = 600) -> None:
+    from compose_stack import wait_until
+
+    wait_until(lambda: job_id in stack.stage_jobs_started(container), timeout_s, f"{job_id} in {container}")
+
+
+@e2e
+def test_killed_stage2_is_restarted_and_the_job_finishes_without_stage1_again(stack) -> None:
+    (stage1,) = stack.containers("stage1")
+    (stage2,) = stack.containers("stage2")
+    restarts = stack.inspect(stage2)["RestartCount"]
+
+    def run() -> dict:
+        job_id = stack.submit_ok(photo())
+        _wait_stage_started(stack, stage2, job_id)
+        subprocess.run(["docker", "kill", stage2], check=True, capture_output=True, timeout=60)
+        return stack.wait_job(job_id)
+
+    job = stack.timed("stage-2 kill mid-job, job finished", run)
+    assert job["state"] == "JOB_STATE_SUCCEEDED", job
+    assert job["attempts"]["multiview"] == 1 and job["attempts"]["reconstruction"] >= 2, job["attempts"]
+    assert stack.stage_jobs_started(stage1).count(job["id"]) == 1
+    assert stack.inspect(stage2)["RestartCount"] == restarts + 1  # compose's restart policy, same container
+
+
+@e2e
+def test_gateway_restarted_mid_job_keeps_the_job(stack) -> None:
+    from compose_stack import wait_until
+
+    (stage1,) = stack.containers("stage1")
+
+    def run() -> dict:
+        job_id = stack.submit_ok(photo())
+        _wait_stage_started(stack, stage1, job_id)
+        stack.compose("restart", "gateway")
+        wait_until(lambda: stack.job_or_none(job_id), 180, "the restarted gateway")
+        return stack.wait_job(job_id)
+
+    job = stack.timed("gateway restart mid-job, job finished", run)
+    assert job["state"] == "JOB_STATE_SUCCEEDED", job
+    (gateway,) = stack.containers("gateway")
+    resumed = [r for r in stack.log_records(gateway) if r.get("msg") == "job resumed"]
+    assert job["id"] in {r.get("job_id") for r in resumed}
+    assert stack.get(f"/v1/jobs/{job['id']}/artifacts/model.glb").status_code == 200
+
+
+@e2e
+def test_stage_with_a_missing_checkpoint_stays_unhealthy_and_the_gateway_is_not_ready(stack) -> None:
+    import shutil
+
+    from compose_stack import wait_until
+
+    good = Path(stack.env["SYNCHUMAN_CKPTS_DIR"])
+    broken = good.parent / "ckpts-broken"
+    shutil.copytree(good, broken)
+    missing = sorted((broken / "SecondStage").rglob("*.safetensors"))[0]
+    missing.unlink()
+
+    def run() -> None:
+        stack.compose("up", "-d", "--no-deps", "stage2", SYNCHUMAN_CKPTS_DIR=str(broken))
+        (stage2,) = wait_until(lambda: stack.containers("stage2"), 60, "the new stage-2 container")
+        reason = str(missing.relative_to(broken))
+        wait_until(lambda: any(reason in line for line in stack.logs(stage2)), 300, "the reason in the log")
+        ready = wait_until(lambda: (r := stack.get("/readyz")).status_code == 503 and r, 60, "readyz 503")
+        assert ready.json()["stages"]["stage2"] == "NOT_SERVING"
+        refused = stack.submit(photo())
+        assert refused.status_code == 503 and "stage2" in refused.text, refused.text
+        assert stack.health(stage2) != "healthy"
+        records = [r for r in stack.log_records(stage2) if r.get("level") == "error"]
+        assert any(reason in json.dumps(r) for r in records), records[-3:]
+
+    stack.timed("missing checkpoint: stage unhealthy, gateway not ready", run)
+    stack.timed("stage 2 back with good checkpoints",
+                lambda: stack.compose("up", "-d", "--no-deps", "--wait", "stage2", timeout_s=600))
+    assert stack.get("/readyz").status_code == 200
+
+
+@e2e
+def test_two_stage1_replicas_share_the_jobs(stack) -> None:
+    def run() -> list[str]:
+        stack.compose("up", "-d", "--wait", "--scale", "stage1=2", timeout_s=600)
+        replicas = stack.containers("stage1")
+        assert len(replicas) == 2
+        jobs = [stack.submit_ok(photo()) for _ in range(4)]
+        for job_id in jobs:
+            assert stack.wait_job(job_id)["state"] == "JOB_STATE_SUCCEEDED"
+        return replicas
+
+    replicas = stack.timed("scale stage1=2, 4 jobs", run)
+    served = {replica: stack.stage_jobs_started(replica) for replica in replicas}
+    assert all(served.values()), served  # every replica started at least one job
+
+
+@e2e
+def test_down_leaves_no_container(stack) -> None:
+    stack.timed("down -v (test)", lambda: stack.compose("down", "-v", "--remove-orphans"))
+    project = f"label=com.docker.compose.project={stack.project}"
+    for listing in (["ps", "-a"], ["volume", "ls"], ["network", "ls"]):
+        argv = ["docker", *listing, "-q", "--filter", project]
+        listed = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and listed.stdout.split() == [], (listing, listed.stdout)
+    assert all(docker_image_present(image) for image in IMAGES)  # the images stay for `compose up`
