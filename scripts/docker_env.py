@@ -145,8 +145,13 @@ def container_reaches(base: str, url: str) -> bool:
 
 def bridge_gateway() -> str:
     """The host's address on Docker's default bridge (what build containers reach the host on)."""
-    template = "{{(index .IPAM.Config 0).Gateway}}"
-    return run(["docker", "network", "inspect", "bridge", "--format", template], 30).stdout.strip()
+    template = '{{range .IPAM.Config}}{{.Gateway}}{{end}} {{index .Options "com.docker.network.bridge.name"}}'
+    found = run(["docker", "network", "inspect", "bridge", "--format", template], 30).stdout.strip()
+    gateway, _, interface = found.rpartition(" ")
+    if gateway.strip():
+        return gateway.strip()
+    address = run(["ip", "-4", "-o", "addr", "show", interface], 30).stdout.split()  # "... inet A.B.C.D/16"
+    return address[address.index("inet") + 1].split("/")[0]
 
 
 @contextlib.contextmanager

@@ -564,10 +564,17 @@ def test_stage_with_a_missing_checkpoint_stays_unhealthy_and_the_gateway_is_not_
 
 @e2e
 def test_two_stage1_replicas_share_the_jobs(stack) -> None:
+    import time
+
+    from services.common.grpc_server import MAX_CONNECTION_AGE_MS
+
     def run() -> list[str]:
         stack.compose("up", "-d", "--wait", "--scale", "stage1=2", timeout_s=600)
         replicas = stack.containers("stage1")
         assert len(replicas) == 2
+        # The gateway re-resolves dns:///stage1 when the stage's server ends its connection (max age): then
+        # Docker's DNS answers with both replicas and round robin spreads the calls.
+        time.sleep(MAX_CONNECTION_AGE_MS / 1000 + 10)
         jobs = [stack.submit_ok(photo()) for _ in range(4)]
         for job_id in jobs:
             assert stack.wait_job(job_id)["state"] == "JOB_STATE_SUCCEEDED"
