@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import grpc
 import pytest
+from conftest import REPO_ROOT, require_tool
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -86,3 +90,23 @@ def test_health_follows_set_serving(server: ServiceServer) -> None:
         server.set_serving(True)
         assert status("") == status(STAGE1_SERVICE) == health_pb2.HealthCheckResponse.SERVING
 
+
+
+@pytest.mark.parametrize("protocol", ["grpc-v1", "grpc-v1alpha"])
+def test_buf_curl_lists_the_methods_with_either_reflection_protocol(
+    server: ServiceServer, protocol: str, tmp_path
+) -> None:
+    buf = require_tool(REPO_ROOT / "node_modules" / ".bin" / "buf", "buf (npm @bufbuild/buf)")
+    listed = subprocess.run(
+        [
+            str(buf), "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--reflect-protocol", protocol,
+            "--list-methods", f"http://{server.address}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert f"{STAGE1_SERVICE}/GenerateViews" in listed.stdout
+    assert "grpc.health.v1.Health/Check" in listed.stdout
