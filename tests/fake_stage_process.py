@@ -27,6 +27,5 @@ if __name__ == "__main__":
         make_servicer=Stage1Servicer,
         add_servicer=stage1_pb2_grpc.add_Stage1ServiceServicer_to_server,
         load_backend=lambda: FakeStage1(step_s, voxel_blob(9.0) if "--blob" in sys.argv else None),
-        warm_up=lambda backend: None,
     )
     sys.exit(serve_forever(spec, address, StageLimits(concurrency=1, max_queue=2, grace_s=grace_s)))
