@@ -44,14 +44,14 @@ def _call_preprocess(
 def _call_stage1(
     clients: StageClients, job: Job, inputs: dict[str, bytes], on_progress: Progress, handle: CallHandle
 ) -> StageOutput:
-    return clients.multiview(job.id, inputs, job.options.multiview, on_progress, handle)
+    return clients.stage1(job.id, inputs, job.options.multiview, on_progress, handle)
 
 
 def _call_stage2(
     clients: StageClients, job: Job, inputs: dict[str, bytes], on_progress: Progress, handle: CallHandle
 ) -> StageOutput:
     structure = common_pb2.VoxelStructure.FromString(inputs.pop("voxels.bin"))
-    return clients.reconstruct(job.id, structure, inputs, job.options.reconstruction, on_progress, handle)
+    return clients.stage2(job.id, structure, inputs, job.options.reconstruction, on_progress, handle)
 
 
 @dataclass(frozen=True)

@@ -235,7 +235,7 @@ class StageClients:
         requests = upload_messages(preprocess_pb2.PreprocessRequest, start, {"input": image})
         return self._run("preprocess", self._preprocess.Preprocess, requests, on_progress, handle)
 
-    def multiview(
+    def stage1(
         self,
         job_id: str,
         inputs: dict[str, bytes],
@@ -252,7 +252,7 @@ class StageClients:
         requests = upload_messages(stage1_pb2.GenerateViewsRequest, start, inputs)
         return self._run("multiview", self._stage1.GenerateViews, requests, on_progress, handle)
 
-    def reconstruct(
+    def stage2(
         self,
         job_id: str,
         structure: common_pb2.VoxelStructure,
