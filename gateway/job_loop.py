@@ -102,6 +102,7 @@ class JobLoop:
         self._running: dict[str, CallHandle] = {}
         self._taken_at: dict[str, float] = {}
         self._claimed: set[str] = set()
+        self._cancel_on_take: set[str] = set()
         self._stopping = False
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -174,20 +175,20 @@ class JobLoop:
         """For a cancellation: lease a job nobody works on to this gateway (True; the caller ends it and
         :meth:`release` s it), or have its work stopped (False): here directly, on another gateway through
         the store's cancel flag, which that gateway's next heartbeat sees; its worker ends it as cancelled."""
-        with self._lock:
+        with self._lock:  # a worker here registers a job it took under this lock: see _next_job
             handle = self._running.get(job_id)
+            if handle is None:
+                if self._store.claim(self._owner, job_id, self._leases.lease_s) is not None:
+                    self._claimed.add(job_id)
+                    return True
+                if self._store.lease_owner(job_id) == self._owner:  # a worker here is registering it
+                    self._cancel_on_take.add(job_id)
+                    return False
         if handle is not None:
             handle.stop(CANCELLED)
             return False
-        with self._lock:
-            self._claimed.add(job_id)
-        if self._store.claim(self._owner, job_id, self._leases.lease_s) is not None:
-            return True
-        with self._lock:
-            self._claimed.discard(job_id)
         if self._store.request_cancel(job_id):
-            log.info("cancel requested from the gateway holding the job",
-                     extra={"job_id": job_id, "holder": self._store.lease_owner(job_id)})
+            log.info("cancel requested from the gateway holding the job", extra={"job_id": job_id})
         return False
 
     def release(self, job_id: str) -> None:
@@ -219,6 +220,9 @@ class JobLoop:
                     self._taken_at[job.id] = time.monotonic()
                     if self._stopping:
                         handle.stop(SHUTDOWN)
+                    elif job.id in self._cancel_on_take:
+                        handle.stop(CANCELLED)
+                    self._cancel_on_take.discard(job.id)
                     return job, handle
                 if not self._stopping:
                     self._work_ready.wait(self._leases.poll_s)
