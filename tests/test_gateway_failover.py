@@ -211,3 +211,35 @@ def test_readiness_follows_the_job_store(tmp_path):
             gateway.stop(grace_s=0.5)
     finally:
         server.remove()
+
+
+def test_cancel_and_watch_on_one_gateway_of_a_job_another_runs(tmp_path):
+    """Two in-process gateways on one PostgreSQL: a job run by A is watched live and cancelled through B."""
+    from test_gateway import Stack
+
+    with postgres_server() as database:
+        behaviours = {"stage1": Behaviour(step_s=0.2, steps=200)}
+        first = Stack(tmp_path / "a", behaviours=behaviours, database_url=database, lease_s=LEASE_S)
+        second = None
+        try:
+            job = first.stub.SubmitJob(upload(photo()), timeout=30).job
+            wait_until(lambda: calls(first.log, "stage1", job.id, "started") == 1, 30, "stage 1 on A")
+            second = Stack(tmp_path / "b", database_url=database, lease_s=LEASE_S)
+            assert first.gateway.manager.store.lease_owner(job.id) == first.gateway.gateway_id
+            watched = []
+            for event in second.stub.WatchJob(R.WatchJobRequest(job_id=job.id), timeout=30):
+                watched.append(event)
+                if event.WhichOneof("event") == "progress" and event.progress.step >= 2:
+                    break
+            assert [e.sequence for e in watched] == list(range(1, len(watched) + 1))
+            started = time.monotonic()
+            cancelled = second.stub.CancelJob(R.CancelJobRequest(job_id=job.id), timeout=60).job
+            assert cancelled.state == R.JOB_STATE_CANCELLED
+            assert time.monotonic() - started < LEASE_S + 5  # A's heartbeat (every lease/3) stops it
+            stopped = lambda: calls(first.log, "stage1", job.id, "cancelled") == 1  # noqa: E731
+            wait_until(stopped, 30, "A's stage call stopped")
+            assert calls(second.log, "stage1", job.id, "started") == 0  # B never ran it
+        finally:
+            for stack in (first, second):
+                if stack is not None:
+                    stack.close()
