@@ -83,7 +83,8 @@ class Stage2Inputs:
     """What stage 2 needs for one person (build it with :func:`stage2_inputs_from`).
 
     Attributes:
-        coords: int ``[N, 3]`` (x, y, z) occupied voxels of the ``64^3`` grid (z up), N >= 1.
+        coords: int ``[N, 3]`` (x, y, z) occupied voxels of the ``64^3`` grid (z up), N >= 1, in
+            :func:`sorted_voxels` order (stage 2's noise is drawn per voxel in this order).
         colors / normals: uint8 ``[5, 768, 768, 3]`` each, as in :class:`Stage1Output`.
         conditioning: uint8 ``[518, 518, 3]`` RGB crop, the person premultiplied on black (preprocess).
     """
@@ -119,11 +120,18 @@ class Stage2Inputs:
         return self
 
 
+def sorted_voxels(coords: np.ndarray) -> np.ndarray:
+    """``coords`` ``[N, 3]`` in lexicographic (x, y, z) order: the order of the wire's voxel structure, so
+    stage 2 draws the same noise per voxel in-process and behind the services."""
+    coords = np.asarray(coords)
+    return coords[np.lexsort((coords[:, 2], coords[:, 1], coords[:, 0]))]
+
+
 def stage2_inputs_from(stage1: Stage1Output, conditioning: np.ndarray) -> Stage2Inputs:
     """Stage 2's inputs from stage 1's output and preprocess's uint8 ``[518, 518, 3]`` conditioning crop (the
-    same crop stage 1 was conditioned on)."""
+    same crop stage 1 was conditioned on); the voxels in :func:`sorted_voxels` order."""
     return Stage2Inputs(
-        coords=np.asarray(stage1.coords),
+        coords=sorted_voxels(stage1.coords),
         colors=np.asarray(stage1.colors),
         normals=np.asarray(stage1.normals),
         conditioning=conditioning,

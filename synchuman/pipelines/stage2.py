@@ -118,8 +118,11 @@ class Stage2Pipeline:
         options: Stage2Options,
         progress: Stage2Progress,
         should_stop: Callable[[], bool],
+        keep_geometry: bool = False,
     ) -> Stage2Result:
-        """Run stage 2 for one person (see the module docstring); :class:`Stage2Cancelled` when stopped."""
+        """Run stage 2 for one person (see the module docstring); :class:`Stage2Cancelled` when stopped.
+
+        ``keep_geometry``: also return the decoded mesh and Gaussians (else they are freed here)."""
         inputs.validate(self.voxel_resolution)
         try:
             options.validate()
@@ -172,6 +175,8 @@ class Stage2Pipeline:
             report=output_report(post, len(glb)),
             phase_seconds=timer.seconds,
             phase_peak_gib=timer.peak_gib,
+            mesh=mesh if keep_geometry else None,
+            gaussians=gaussians if keep_geometry else None,
         )
 
     def _sample(

@@ -8,7 +8,7 @@ import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from synchuman.options import (
     GUIDANCE_RANGE,
@@ -19,6 +19,10 @@ from synchuman.options import (
     check_ranges,
 )
 from synchuman.postprocess.defaults import BAKE_STEPS
+
+if TYPE_CHECKING:
+    from synchuman.models.flexicubes import Mesh
+    from synchuman.models.gaussians import Gaussians
 
 #: Extra output file names (besides "person.glb") that :class:`Stage2Options.outputs` may request.
 EXTRA_OUTPUTS = ("gaussians.ply", "mesh_obj.zip")
@@ -118,10 +122,16 @@ class OutputReport:
 @dataclass
 class Stage2Result:
     """The GLB, requested extra files (name -> bytes), the output report, wall seconds per phase and (on a
-    GPU) each phase's peak allocated GPU memory in GiB."""
+    GPU) each phase's peak allocated GPU memory in GiB.
+
+    ``mesh`` / ``gaussians``: the decoded geometry before post-processing (on the pipeline's device), kept
+    only when asked for (``Stage2Pipeline.reconstruct(..., keep_geometry=True)``), else ``None``.
+    """
 
     glb: bytes
     extra_files: dict[str, bytes]
     report: OutputReport
     phase_seconds: dict[str, float] = field(default_factory=dict)
     phase_peak_gib: dict[str, float] = field(default_factory=dict)
+    mesh: Mesh | None = None
+    gaussians: Gaussians | None = None

@@ -124,40 +124,47 @@ def decode_image(
             "CORRUPT_IMAGE", f"the image header is corrupt ({exc}); re-export the photo"
         ) from None
     with image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise _too_many_pixels((width, height), max_pixels)
-        if min(width, height) < MIN_SIDE:
+        return decode_pil(image, max_pixels)
+
+
+def decode_pil(image: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """An opened Pillow image (from :func:`decode_image` or a caller's ``Image.open``) -> upright 8-bit
+    :class:`DecodedImage`, with :func:`decode_image`'s checks on size, frames and damaged data (raising
+    :class:`InvalidImageError`)."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise _too_many_pixels((width, height), max_pixels)
+    if min(width, height) < MIN_SIDE:
+        raise InvalidImageError(
+            "IMAGE_TOO_SMALL", f"the image is only {width}x{height} pixels; send a photo of at least "
+            f"{MIN_SIDE}x{MIN_SIDE} (ideally 512 pixels or more on the short side)"
+        )
+    if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":
+        raise InvalidImageError(
+            "ANIMATED_IMAGE",
+            f"the {image.format} file is animated ({image.n_frames} frames); send a single still photo "
+            "(export one frame as PNG or JPEG)",
+        )
+    source_format = "JPEG" if image.format == "MPO" else image.format or "unknown"
+    source_mode = image.mode
+    try:
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+        rgb, alpha = _to_rgb_alpha(upright)
+    except Image.DecompressionBombError:
+        raise _too_many_pixels((width, height), max_pixels) from None
+    except Exception as exc:  # noqa: BLE001 - hostile data makes Pillow raise many types
+        if "truncated" in str(exc) or isinstance(exc, (EOFError, struct.error)):
             raise InvalidImageError(
-                "IMAGE_TOO_SMALL", f"the image is only {width}x{height} pixels; send a photo of at least "
-                f"{MIN_SIDE}x{MIN_SIDE} (ideally 512 pixels or more on the short side)"
-            )
-        if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":
-            raise InvalidImageError(
-                "ANIMATED_IMAGE",
-                f"the {image.format} file is animated ({image.n_frames} frames); send a single still photo "
-                "(export one frame as PNG or JPEG)",
-            )
-        source_format = "JPEG" if image.format == "MPO" else image.format or "unknown"
-        source_mode = image.mode
-        try:
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-            rgb, alpha = _to_rgb_alpha(upright)
-        except Image.DecompressionBombError:
-            raise _too_many_pixels((width, height), max_pixels) from None
-        except Exception as exc:  # noqa: BLE001 - hostile data makes Pillow raise many types
-            if "truncated" in str(exc) or isinstance(exc, (EOFError, struct.error)):
-                raise InvalidImageError(
-                    "TRUNCATED_IMAGE",
-                    f"the {source_format} file is truncated ({exc}); the upload or copy was probably cut "
-                    "short: send the complete original file",
-                ) from None
-            raise InvalidImageError(
-                "CORRUPT_IMAGE",
-                f"the {source_format} file is damaged ({type(exc).__name__}: {exc}); re-export the photo or "
-                "send the original file",
+                "TRUNCATED_IMAGE",
+                f"the {source_format} file is truncated ({exc}); the upload or copy was probably cut "
+                "short: send the complete original file",
             ) from None
+        raise InvalidImageError(
+            "CORRUPT_IMAGE",
+            f"the {source_format} file is damaged ({type(exc).__name__}: {exc}); re-export the photo or "
+            "send the original file",
+        ) from None
     return DecodedImage(rgb=rgb, alpha=alpha, format=source_format, mode=source_mode)
 
 

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from synchuman.options import Range, check_ranges
 from synchuman.preprocess.decode import (
@@ -22,6 +23,7 @@ from synchuman.preprocess.decode import (
     MIN_SIDE,
     DecodedImage,
     decode_image,
+    decode_pil,
 )
 from synchuman.preprocess.errors import QualityGateError
 from synchuman.preprocess.framing import conditioning_crop, frame_multiview
@@ -155,9 +157,11 @@ def preprocess_decoded(
 
 
 def preprocess(
-    data: bytes, options: PreprocessOptions | None = None, progress: Callable[[str], None] | None = None
+    photo: bytes | Image.Image,
+    options: PreprocessOptions | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> PreprocessResult:
-    """Run the whole stage on the bytes of an uploaded photo.
+    """Run the whole stage on the bytes of an uploaded photo (or a photo opened with Pillow).
 
     ``progress`` is called with the phase name ("decode", "segment", "frame") as each phase starts.
     Raises :class:`~synchuman.preprocess.errors.InvalidImageError` for bad bytes,
@@ -168,7 +172,10 @@ def preprocess(
     if progress:
         progress("decode")
     start = time.perf_counter()
-    image = decode_image(data, max_pixels=options.max_pixels, max_bytes=options.max_bytes)
+    if isinstance(photo, Image.Image):
+        image = decode_pil(photo, max_pixels=options.max_pixels)
+    else:
+        image = decode_image(photo, max_pixels=options.max_pixels, max_bytes=options.max_bytes)
     decode_seconds = time.perf_counter() - start
     result = preprocess_decoded(image, options, progress)
     result.timings = {"decode": decode_seconds, **result.timings}
