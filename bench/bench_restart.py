@@ -1,0 +1,215 @@
+"""Restart bench: how long a real ``synchuman serve stage1|stage2`` process takes to reach SERVING, first with
+an empty compile cache and then on restarts that find it, and whether its first request after a restart
+runs at full speed (nothing recompiled).
+
+Per ``--config "NAME=ARGS"`` the service is started ``1 + --restarts`` times in a row (each start: process
+launch -> gRPC health SERVING, then ``--requests`` requests, then SIGTERM and wait for the exit). Every
+config gets its own empty ``TORCHINDUCTOR_CACHE_DIR`` under ``--cache-root`` (the directory compose mounts
+as a volume), kept across its restarts. ``env:KEY=VALUE`` words in ARGS set environment variables of that
+service instead of arguments (e.g. ``env:TORCH_CACHING_PRECOMPILE=1``). With ``--cold-together`` the first
+(cold) starts of all configs run at once to save time (their start-up seconds then overlap and are marked);
+the restarts always run one at a time.
+
+The table gives, per start: seconds to SERVING, the service's own load / warm-up split (its ``serving`` log
+line), what its log said about the compile cache, and the request wall times.
+
+Device command (``.whl`` carried, checkpoints drawn on the GPU first)::
+
+    python3 -m synchuman_cli ckpts make-random /tmp/ckpts --parts dinov2,stage1 && \\
+    python3 bench/bench_restart.py --stage 1 --ckpts /tmp/ckpts --restarts 2 \\
+        --config "compiled=--device cuda:0 --compile" --config "eager=--device cuda:0"
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_stage_service import free_port, last_record, request, serving, stage1_inputs, stage2_inputs
+
+#: What the stage-1 service logs about its compile cache at start-up (services/stage1/compile_cache.py).
+CACHE_MESSAGES = ("compile cache present", "compile cache empty", "compile cache: traced graphs saved")
+
+
+@dataclass
+class Start:
+    """One start of one service."""
+
+    ready_s: float | None = None
+    load_s: float | None = None
+    warm_up_s: float | None = None
+    cache: list[str] = field(default_factory=list)
+    requests: list[float] = field(default_factory=list)
+    overlapped: bool = False
+    error: str = ""
+
+
+@dataclass
+class Config:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    cache_dir: Path
+    starts: list[Start] = field(default_factory=list)
+
+
+def parse_config(spec: str, cache_root: Path, index: int) -> Config:
+    name, _, extra = spec.partition("=")
+    args, env = [], {}
+    for word in shlex.split(extra):
+        if word.startswith("env:"):
+            key, _, value = word[4:].partition("=")
+            env[key] = value
+        else:
+            args.append(word)
+    return Config(name, args, env, cache_root / f"config{index}")
+
+
+class Running:
+    """A started service process and its log."""
+
+    def __init__(self, stage: int, ckpts: Path, config: Config, log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(config.cache_dir), **config.env)
+        command = [
+            sys.executable, "-m", "synchuman_cli", "--log-level", "INFO", "serve", f"stage{stage}",
+            "--address", f"127.0.0.1:{self.port}", "--ckpts", str(ckpts), *config.args,
+        ]  # fmt: skip
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=log_path.open("w"), env=env
+        )
+
+    def poll_ready(self) -> float | None:
+        """Seconds since launch once SERVING (None while not yet); raises when the process died."""
+        if self.process.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"exited with {self.process.returncode}: {tail}")
+        return time.perf_counter() - self.started if serving(self.port) else None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def finish_start(start: Start, svc: Running, stage: int, inputs: Any, steps: int, requests: int) -> None:
+    """Record the start-up log lines, run the requests, stop the service."""
+    try:
+        serving_record = last_record(svc.log_path, "serving")
+        start.load_s = serving_record.get("load_s")
+        start.warm_up_s = serving_record.get("warm_up_s")
+        text = svc.log_path.read_text(errors="replace")
+        start.cache = [m for m in CACHE_MESSAGES if m in text]
+        for i in range(requests):
+            start.requests.append(request(stage, svc.port, inputs, steps, f"restart-{i + 1}")["wall_s"])
+    finally:
+        svc.stop()
+
+
+def wait_ready(services: list[tuple[Start, Running]], timeout_s: float) -> None:
+    deadline = time.perf_counter() + timeout_s
+    pending = list(services)
+    while pending:
+        for item in list(pending):
+            start, svc = item
+            try:
+                ready = svc.poll_ready()
+            except RuntimeError as exc:
+                start.error = str(exc)[-300:]
+                pending.remove(item)
+                continue
+            if ready is not None:
+                start.ready_s = ready
+                pending.remove(item)
+                print(f"SERVING after {ready:.1f} s ({svc.log_path.name})", flush=True)
+        if pending and time.perf_counter() > deadline:
+            for start, svc in pending:
+                start.error = f"not SERVING within {timeout_s:.0f} s"
+                svc.stop()
+            return
+        time.sleep(0.5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--ckpts", required=True, type=Path)
+    parser.add_argument("--config", action="append", required=True, help='"NAME=ARGS" (repeatable)')
+    parser.add_argument("--restarts", type=int, default=2, help="starts after the first (default 2)")
+    parser.add_argument("--requests", type=int, default=1, help="requests after each start (default 1)")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the stage's)")
+    parser.add_argument("--cache-root", type=Path, default=None, help="parent of the per-config caches")
+    parser.add_argument("--cold-together", action="store_true", help="first starts of all configs at once")
+    parser.add_argument("--ready-timeout", type=float, default=400.0)
+    parser.add_argument("--log-dir", type=Path, default=None)
+    args = parser.parse_args()
+    steps = args.steps or (50 if args.stage == 1 else 25)
+    cache_root = args.cache_root or Path(tempfile.mkdtemp(prefix="compile-cache-"))
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="restart-bench-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    configs = [parse_config(spec, cache_root, i) for i, spec in enumerate(args.config)]
+    inputs = stage1_inputs() if args.stage == 1 else stage2_inputs(20000)
+
+    def launch(config: Config, number: int) -> tuple[Start, Running]:
+        start = Start()
+        config.starts.append(start)
+        index = configs.index(config)
+        return start, Running(args.stage, args.ckpts, config, log_dir / f"config{index}-start{number}.log")
+
+    rounds = range(1 + args.restarts)
+    if args.cold_together and len(configs) > 1:
+        first = [launch(c, 0) for c in configs]
+        for start, _ in first:
+            start.overlapped = True
+        wait_ready(first, args.ready_timeout)
+        for start, svc in first:
+            if not start.error:
+                finish_start(start, svc, args.stage, inputs, steps, args.requests)
+        rounds = range(1, 1 + args.restarts)
+    for number in rounds:
+        for config in configs:
+            if any(s.error for s in config.starts):
+                continue
+            start, svc = launch(config, number)
+            wait_ready([(start, svc)], args.ready_timeout)
+            if not start.error:
+                finish_start(start, svc, args.stage, inputs, steps, args.requests)
+
+    print(
+        f"\n| config (`serve stage{args.stage}` args, env) | start | to SERVING (s) | load / warm-up (s) "
+        f"| compile-cache log | request wall ({steps} steps, s) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for config in configs:
+        label = " ".join(config.args) + "".join(f" {k}={v}" for k, v in config.env.items())
+        for number, start in enumerate(config.starts):
+            kind = "first (empty cache)" if number == 0 else f"restart {number}"
+            if start.overlapped:
+                kind += ", overlapped"
+            ready = f"{start.ready_s:.1f}" if start.ready_s is not None else f"FAILED: {start.error}"
+            split = f"{start.load_s} / {start.warm_up_s}"
+            walls = ", ".join(f"{w:.2f}" for w in start.requests)
+            print(
+                f"| {config.name} (`{label}`) | {kind} | {ready} | {split} | {'; '.join(start.cache)} "
+                f"| {walls} |"
+            )
+    print(f"\nlogs: {log_dir}; caches: {cache_root}")
+    return 0 if all(not s.error for c in configs for s in c.starts) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
