@@ -107,7 +107,7 @@ def test_killed_gateway_jobs_are_finished_by_the_other_without_rerunning_finishe
     for name, behaviour in (
         ("preprocess", Behaviour(step_s=0.05)),
         ("stage1", Behaviour(step_s=0.3, steps=10)),
-        ("stage2", Behaviour(step_s=0.3, steps=10)),
+        ("stage2", Behaviour(step_s=0.3, steps=20)),  # long enough that batch 1 is still in it at the kill
     ):
         behaviour.log = log
         server, port, _ = start_doubles("127.0.0.1:0", [name], behaviour)
