@@ -103,7 +103,13 @@ export async function startDeployment({ token = "", readyTimeoutMs = 300_000 } =
     }
   };
   const onExit = () => kill("SIGKILL");
+  const onSignal = (signal) => {
+    kill("SIGKILL");
+    process.exit(signal === "SIGINT" ? 130 : 143);
+  };
   process.on("exit", onExit);
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
   const deployment = {
     folder,
     token,
@@ -120,6 +126,8 @@ export async function startDeployment({ token = "", readyTimeoutMs = 300_000 } =
       }
       kill("SIGKILL");
       process.off("exit", onExit);
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
       if (!keepFolder) rmSync(folder, { recursive: true, force: true });
     },
   };

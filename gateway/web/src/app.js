@@ -14,7 +14,7 @@ const DOWNLOAD_TITLES = {
 };
 const objectUrls = [];
 let chosenFile = null;
-let pendingSubmit = false;
+let pendingRetry = null;
 
 function status(text) {
   $("status").textContent = text;
@@ -135,6 +135,7 @@ function downloadLink(jobId, name, blobUrl) {
 }
 
 async function showResult(job) {
+  status("Loading the 3D model...");
   const glbUrl = objectUrl(await artifact(job.id, "person.glb"));
   const viewer = $("viewer");
   const loaded = new Promise((resolve, reject) => {
@@ -143,6 +144,7 @@ async function showResult(job) {
   });
   $("result").hidden = false;
   viewer.src = glbUrl;
+  $("result").scrollIntoView({ behavior: "smooth", block: "start" });
   const names = (job.artifacts ?? []).map((a) => a.blob.name).filter((n) => n !== "input");
   const first = ["person.glb", "output_report.json", "input_report.json"].filter((n) => names.includes(n));
   const rest = names.filter((n) => !first.includes(n)).sort();
@@ -164,15 +166,21 @@ async function run(file, optionsJson) {
   resetJobView();
   status("Uploading the photo...");
   const job = await submitJob(file, optionsJson);
-  $("job").dataset.jobId = job.id;
+  history.replaceState(null, "", `#job=${encodeURIComponent(job.id)}`); // a reload shows this job again
   status("Queued.");
+  await follow(job.id);
+}
+
+/** Show a job's progress from its first event to the end, then its result or its error. */
+async function follow(jobId) {
+  $("job").dataset.jobId = jobId;
   let finished = null;
-  await followEvents(job.id, (event) => {
+  await followEvents(jobId, (event) => {
     const data = event.data;
     if (event.event === "progress") showProgress(data.progress);
     else if (event.event === "stage_completed") {
       completeStage(data.stage_completed);
-      afterStage(job.id, data.stage_completed).catch(showError);
+      afterStage(jobId, data.stage_completed).catch(showError);
     } else if (event.event === "retrying") status(`A stage failed and is retried: ${data.retrying?.message ?? ""}`);
     else if (event.event === "finished") finished = data.finished;
   }, { onReconnect: (attempt) => status(`Connection lost; reconnecting (attempt ${attempt})...`) });
@@ -180,28 +188,46 @@ async function run(file, optionsJson) {
   else if (finished) jobFailed(finished);
 }
 
-async function onSubmit(event) {
-  event.preventDefault();
-  const file = chosenFile ?? $("photo").files[0];
-  if (!file) {
-    showError(new Error("Choose a photo first."));
-    return;
-  }
+/** Run `work`; a 401 asks for the token and remembers `retry` for when it is given. */
+async function guarded(work, retry) {
   $("submit").disabled = true;
   try {
-    await run(file, $("options").value);
+    await work();
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) {
-      pendingSubmit = true;
+      pendingRetry = retry;
       status("This server needs an access token.");
       askForToken();
     } else {
+      $("job").hidden = false;
       showError(error);
       status("Something went wrong.");
     }
   } finally {
     $("submit").disabled = false;
   }
+}
+
+async function onSubmit(event) {
+  event.preventDefault();
+  const file = chosenFile ?? $("photo").files[0];
+  if (!file) {
+    $("job").hidden = false;
+    showError(new Error("Choose a photo first."));
+    return;
+  }
+  await guarded(() => run(file, $("options").value), () => $("upload-form").requestSubmit());
+}
+
+/** `#job=<id>` in the address: show that job (after a reload, or from a shared link in the same tab). */
+function jobFromAddress() {
+  const id = new URLSearchParams(location.hash.slice(1)).get("job");
+  if (!id) return;
+  const show = () => guarded(async () => {
+    resetJobView();
+    await follow(id);
+  }, show);
+  show();
 }
 
 function wireDropZone() {
@@ -224,13 +250,14 @@ function init() {
     event.preventDefault();
     setToken($("token").value);
     $("token-form").hidden = true;
-    if (pendingSubmit) {
-      pendingSubmit = false;
-      $("upload-form").requestSubmit();
-    }
+    const retry = pendingRetry;
+    pendingRetry = null;
+    retry?.();
   });
   document.body.dataset.ready = "true";
   if (token()) $("token-form").hidden = true;
+  jobFromAddress();
+  window.addEventListener("hashchange", jobFromAddress);
 }
 
 init();
