@@ -172,7 +172,8 @@ class SyncHumanPipeline:
 
         Args:
             photo: the photo's file bytes (JPEG, PNG, WebP, ...) or a Pillow image (EXIF orientation applied).
-            generator: its ``initial_seed()`` seeds both stages (see the module docstring).
+            generator: its ``initial_seed()`` seeds both stages, over the options' seeds (see the module
+                docstring).
             callback: called with a :class:`Progress` as each phase starts and after every sampler step.
             stage1_options / stage2_options: sampler and post-processing options (defaults: the services').
             should_stop: checked between steps and phases; true stops with ``SamplingCancelled`` (stage 1)
