@@ -13,10 +13,11 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
-from gateway.artifacts import ArtifactStore
+from gateway.artifacts import ArtifactCorrupted, ArtifactStore
 from gateway.errors import JobError
 from gateway.events import JobEvents, now_timestamp
 from gateway.job_loop import JobLoop, LeaseSettings
@@ -198,15 +199,33 @@ class JobManager:
         return delete_expired(self.store, self.delete, self.settings.retention_s, now, batch)
 
     def artifact(self, job_id: str, name: str) -> tuple[common_pb2.BlobHeader, bytes]:
-        """A stored file of a job listed in ``Job.artifacts`` (header, bytes), or NOT_FOUND."""
+        """A stored file of a job listed in ``Job.artifacts`` (header, bytes), or NOT_FOUND; DATA_LOSS when
+        the stored bytes fail their checksum."""
+        return self._stored(job_id, name, self.artifacts.get)
+
+    def artifact_pieces(self, job_id: str, name: str) -> tuple[common_pb2.BlobHeader, Iterator[bytes]]:
+        """Like :meth:`artifact`, the bytes as pieces read from the store while they are consumed (a large
+        GLB is never held whole); a checksum mismatch raises ``ArtifactCorrupted`` after the last piece."""
+        return self._stored(job_id, name, self.artifacts.chunks)
+
+    def _stored(
+        self, job_id: str, name: str, read: Callable[[str, str], Any]
+    ) -> tuple[common_pb2.BlobHeader, Any]:
+        """The listed file's header and ``read(job_id, name)``; NOT_FOUND / DATA_LOSS as :meth:`artifact`."""
         job = self.get(job_id)
         check_artifact_name(name)
         for artifact in job.artifacts:
             if artifact.blob.name == name:
                 try:
-                    return artifact.blob, self.artifacts.get(job_id, name)
+                    return artifact.blob, read(job_id, name)
                 except FileNotFoundError:
                     break
+                except ArtifactCorrupted as exc:
+                    raise JobError(
+                        grpc.StatusCode.DATA_LOSS,
+                        f"{exc}: the stored file is damaged; run the job again",
+                        error_info("ARTIFACT_CORRUPTED"),
+                    ) from exc
         names = ", ".join(a.blob.name for a in job.artifacts)
         raise JobError(
             grpc.StatusCode.NOT_FOUND,

@@ -10,6 +10,7 @@ import os
 import time
 
 import boto3
+import grpc
 import pytest
 from real_servers import s3_server
 
@@ -125,6 +126,10 @@ def test_gateway_on_s3_serves_deletes_and_expires_job_files(s3_endpoint, tmp_pat
         assert f"gateway/{ids[0]}/person.glb" in stored and f"gateway/{ids[0]}/input" in stored
         meta = client.head_object(Bucket=BUCKET, Key=f"gateway/{ids[0]}/person.glb")["Metadata"]
         assert meta["sha256"] == header.sha256 == hashlib.sha256(glb).hexdigest()
+        corrupt(stack.gateway.manager.artifacts, ids[0], "person.glb", glb[:-1] + b"!")
+        with pytest.raises(grpc.RpcError) as damaged:
+            download(stack.stub, ids[0], "person.glb")
+        assert damaged.value.code() == grpc.StatusCode.DATA_LOSS and "person.glb" in damaged.value.details()
         deleted = stack.stub.DeleteJob(R.DeleteJobRequest(job_id=ids[0]), timeout=30).deleted_artifacts
         assert deleted == len(stored) and objects(ids[0]) == []
         assert objects(ids[1])
