@@ -154,11 +154,19 @@ def bridge_gateway() -> str:
     return address[address.index("inet") + 1].split("/")[0]
 
 
+#: The wheel server's port when free: its URL is a build argument; a stable one keeps the deps layer cached.
+WHEEL_PORT = 47321
+
+
 @contextlib.contextmanager
 def serve_folder(folder: Path, host: str) -> Iterator[str]:
-    """Serve ``folder`` over plain HTTP on ``host`` (a free port) while the block runs; yields the URL."""
+    """Serve ``folder`` over plain HTTP on ``host`` (:data:`WHEEL_PORT`, else any free port) while the block
+    runs; yields the URL."""
     handler = functools.partial(QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer((host, 0), handler)
+    try:
+        server = http.server.ThreadingHTTPServer((host, WHEEL_PORT), handler)
+    except OSError:  # in use
+        server = http.server.ThreadingHTTPServer((host, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

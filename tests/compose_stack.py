@@ -27,7 +27,7 @@ TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 SMALL_OPTIONS = {
     "multiview": {"steps": 2},
     "reconstruction": {
-        "steps": 4, "texture_size": 256, "bake_steps": 5, "visibility_views": 8, "simplify_ratio": 0.95,
+        "steps": 2, "texture_size": 256, "bake_steps": 5, "visibility_views": 8, "simplify_ratio": 0.95,
     },
 }
 

@@ -463,7 +463,7 @@ def test_http_job_follows_progress_and_returns_a_valid_glb(stack, tmp_path: Path
         events = stack.follow_events(job_id)
         assert events[-1]["finished"]["state"] == "JOB_STATE_SUCCEEDED", events[-1]
         assert sum(1 for event in events if "progress" in event) >= 3
-        glb = stack.get(f"/v1/jobs/{job_id}/artifacts/model.glb")
+        glb = stack.get(f"/v1/jobs/{job_id}/artifacts/person.glb")
         assert glb.status_code == 200 and glb.content[:4] == b"glTF"
         (tmp_path / "http.glb").write_bytes(glb.content)
 
@@ -477,7 +477,7 @@ def test_grpc_job_through_the_published_port(stack, tmp_path: Path) -> None:
     out = tmp_path / "grpc.glb"
     argv = [sys.executable, "-m", "synchuman_cli", "reconstruct", str(photo()), "-o", str(out),
             "--gateway", f"127.0.0.1:{stack.grpc_port}", "--start-servers", "never", "--steps1", "2",
-            "--steps2", "4", "--texture-size", "256", "--bake-steps", "5", "--visibility-views", "8",
+            "--steps2", "2", "--texture-size", "256", "--bake-steps", "5", "--visibility-views", "8",
             "--simplify", "0.95"]
     done = stack.timed("gRPC job (synchuman reconstruct)", lambda: subprocess.run(
         argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900))
@@ -528,7 +528,7 @@ def test_gateway_restarted_mid_job_keeps_the_job(stack) -> None:
     (gateway,) = stack.containers("gateway")
     resumed = [r for r in stack.log_records(gateway) if r.get("msg") == "job resumed"]
     assert job["id"] in {r.get("job_id") for r in resumed}
-    assert stack.get(f"/v1/jobs/{job['id']}/artifacts/model.glb").status_code == 200
+    assert stack.get(f"/v1/jobs/{job['id']}/artifacts/person.glb").status_code == 200
 
 
 @e2e
