@@ -136,7 +136,7 @@ def postgres_server(database: str = "synchuman") -> Iterator[str]:
     server = PostgresServer()
     try:
         server.start()
-        _create_database(server.url("postgres"), database)
+        create_database(server.url("postgres"), database)
         yield server.url(database)
     finally:
         server.remove()
@@ -156,7 +156,8 @@ def _wait_for_database(url: str) -> None:
             time.sleep(0.2)
 
 
-def _create_database(admin_url: str, database: str) -> None:
+def create_database(admin_url: str, database: str) -> None:
+    """``CREATE DATABASE database`` through ``admin_url`` (a database URL of the same server)."""
     import psycopg
 
     with psycopg.connect(admin_url, autocommit=True) as conn:

@@ -22,7 +22,7 @@ import grpc
 import pytest
 from conftest import REPO_ROOT
 from gateway_doubles import Behaviour, start_doubles
-from real_servers import PostgresServer, _create_database, free_port, postgres_server, s3_server
+from real_servers import PostgresServer, create_database, free_port, postgres_server, s3_server
 from test_gateway import calls, photo, stub_for, upload, wait_until
 
 from gateway.server import Gateway, GatewayConfig
@@ -186,7 +186,7 @@ def test_readiness_follows_the_job_store(tmp_path):
     server = PostgresServer()
     try:
         server.start()
-        _create_database(server.url("postgres"), "jobs")
+        create_database(server.url("postgres"), "jobs")
         gateway = Gateway(
             GatewayConfig(
                 address="127.0.0.1:0", http_address="", data_dir=tmp_path / "data",
