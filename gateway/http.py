@@ -40,10 +40,12 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.errors import JobError
 from gateway.manager import JobManager
 from gateway.openapi_doc import error_responses, upload_doc
+from gateway.paging import PAGE_TOKEN
 from gateway.readiness import NOT_SERVING
 from gateway.request_fields import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_SEQUENCE
 from gateway.web import add_web_page
@@ -249,7 +251,10 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
         dependencies=auth,
         status_code=201,
         openapi_extra=upload_doc(),
-        responses=error_responses(413, 429),
+        responses={
+            200: {"description": "Deduplicated: the job submitted earlier with this idempotency key"},
+            **error_responses(413, 429),
+        },
     )
     async def submit(request: Request) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
@@ -257,7 +262,10 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
         key = request.headers.get("idempotency-key", "")
         if content_type.startswith("multipart/form-data"):
             request._body = body  # the form parser reads the already received (size-checked) body
-            form = await request.form()
+            try:
+                form = await request.form()
+            except StarletteHTTPException as exc:  # the form parser's 400 for a malformed body
+                raise _invalid("body", f"the multipart/form-data body is malformed ({exc.detail})") from None
             image = form.get("image")
             if image is None or isinstance(image, str):
                 raise _invalid("image", "send the photo as the file field 'image'")
@@ -282,7 +290,9 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
     @app.get("/v1/jobs", tags=["jobs"], dependencies=auth, responses=error_responses())
     def list_jobs(
         page_size: int = Query(0, ge=0, le=1000, description="0: the default page size (50)"),
-        page_token: str = Query("", max_length=512, description="next_page_token of the previous page"),
+        page_token: str = Query(
+            "", pattern=f"^({PAGE_TOKEN.pattern})?$", description="next_page_token of the previous page"
+        ),
         state: str = Query("", pattern=_STATE_PATTERN, description="only jobs in this state, e.g. queued"),
     ) -> dict:
         jobs, token = manager.list(page_size, page_token, _parse_state(state))
@@ -332,11 +342,11 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
         request: Request,
         job_id: str = _JOB_ID,
         after: int = Query(0, ge=0, le=MAX_SEQUENCE, description="events after this sequence"),
-        last_event_id: str | None = Header(
-            None, pattern="^[0-9]{1,18}$", description="resume after this event id (overrides after)"
+        last_event_id: str = Header(
+            "", pattern="^([0-9]{1,18})?$", description="resume after this event id (overrides after)"
         ),
     ) -> StreamingResponse:
-        start = int(last_event_id) if last_event_id is not None else after
+        start = int(last_event_id) if last_event_id else after
         await run_in_threadpool(manager.get, job_id)  # NOT_FOUND before the stream starts
 
         async def stream() -> AsyncIterator[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.upload_checks import KEY_PATTERN, MAX_KEY_CHARS
 from synchuman.options import Range, Stage1Options
 from synchuman.pipelines.stage2_types import Stage2Options
 from synchuman.v1 import common_pb2
@@ -105,6 +106,11 @@ def job_options_schema() -> dict[str, Any]:
     }
 
 
+#: Media types of a raw photo body (the gateway reads any ``image/*`` and identifies the format from the
+#: bytes).
+RAW_UPLOAD_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
+
+
 def upload_doc() -> dict[str, Any]:
     """``openapi_extra`` of ``POST /v1/jobs``: a multipart form (``image``, ``options``, ``idempotency_key``)
     or the raw photo as the body."""
@@ -120,13 +126,19 @@ def upload_doc() -> dict[str, Any]:
                         "properties": {
                             "image": photo,
                             "options": job_options_schema(),
-                            "idempotency_key": {"type": "string", "maxLength": 128, "pattern": "^[ -~]*$"},
+                            "idempotency_key": {
+                                "type": "string",
+                                "maxLength": MAX_KEY_CHARS,
+                                "pattern": f"^{KEY_PATTERN.pattern}$",
+                            },
                         },
                     },
-                    "encoding": {"options": {"contentType": "application/json"}},
+                    "encoding": {
+                        "image": {"contentType": ", ".join(RAW_UPLOAD_TYPES[:-1])},
+                        "options": {"contentType": "application/json"},
+                    },
                 },
-                "image/*": {"schema": photo},
-                "application/octet-stream": {"schema": photo},
+                **{media_type: {"schema": photo} for media_type in RAW_UPLOAD_TYPES},
             },
         }
     }

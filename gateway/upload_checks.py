@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 from gateway.errors import JobError
@@ -23,15 +25,18 @@ IMAGE_TYPES = {
     "TGA": "image/x-tga",
 }
 MAX_KEY_CHARS = 128
+#: The characters of an idempotency key (also the OpenAPI pattern of the form field).
+KEY_PATTERN = re.compile("[ -~]*")
 
 
 def check_idempotency_key(key: str) -> None:
-    """INVALID_ARGUMENT for a key longer than :data:`MAX_KEY_CHARS` or with unprintable characters."""
-    if len(key) > MAX_KEY_CHARS or not key.isprintable():
+    """INVALID_ARGUMENT for a key longer than :data:`MAX_KEY_CHARS` or with characters other than printable
+    ASCII (space to ``~``: what an HTTP header carries, and what :data:`KEY_PATTERN` declares)."""
+    if len(key) > MAX_KEY_CHARS or not KEY_PATTERN.fullmatch(key):
         raise JobError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"the idempotency key must be at most {MAX_KEY_CHARS} printable characters",
-            bad_request("idempotency_key", "too long or not printable"),
+            f"the idempotency key must be at most {MAX_KEY_CHARS} printable ASCII characters",
+            bad_request("idempotency_key", "too long or not printable ASCII"),
         )
 
 
