@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -66,13 +68,13 @@ def test_dense_and_packed_block_agree() -> None:
 
 
 def test_backend_is_a_runtime_setting() -> None:
-    assert get_attention_backend() == "sdpa"
+    assert get_attention_backend() == "auto"
     with pytest.raises(ValueError, match="unknown attention backend"):
         set_attention_backend("magic")
     with attention_backend("sdpa"):
         q = torch.randn(1, 3, 1, 4)
         assert attention(q, q, q).shape == (1, 3, 1, 4)
-    assert get_attention_backend() == "sdpa"
+    assert get_attention_backend() == "auto"
 
 
 def test_bad_shapes_raise() -> None:
@@ -80,3 +82,90 @@ def test_bad_shapes_raise() -> None:
         attention(torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4))
     with pytest.raises(ValueError, match="non-empty"):
         VarlenLayout.from_seqlens([3, 0])
+
+
+class FakeFlashAttention3:
+    """Stand-in for FlashAttention-3's ``flash_attn_interface`` (same call signatures, SDPA inside), recording
+    which entry point ran."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def flash_attn_func(self, q, k, v):  # type: ignore[no-untyped-def]
+        self.calls.append("dense")
+        return _reference_batched(q, k, v)
+
+
+def _reference_batched(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.stack([_reference(a, b, c) for a, b, c in zip(q, k, v, strict=True)])
+
+
+@pytest.fixture
+def fake_fa3(monkeypatch):
+    """FlashAttention-3 'installed', built for head dim 64 without variable lengths (as
+    bench/build_flash_attn3.sh builds it), on a Hopper GPU (CPU tensors stand in for fp16 CUDA ones: the
+    dtype/device check and the capability query are patched)."""
+    from synchuman.nn import attention as module
+
+    fake = FakeFlashAttention3()
+    monkeypatch.setitem(module._modules, "flash_attn3", fake)
+    monkeypatch.setattr(
+        module, "FLASH_ATTENTION3", module.FlashAttention3Build(frozenset({64}), varlen=False)
+    )
+    monkeypatch.setattr(module, "_half_precision_cuda", lambda tensors: True)
+    monkeypatch.setattr(module, "_hopper", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+    return fake
+
+
+def test_auto_uses_flash_attention3_for_the_head_dims_it_was_built_for(fake_fa3) -> None:
+    q, k, v = (torch.randn(2, 5, 3, 64) for _ in range(3))
+    torch.testing.assert_close(attention(q, k, v), _reference_batched(q, k, v), atol=1e-5, rtol=1e-5)
+    assert fake_fa3.calls == ["dense"]
+    small = torch.randn(1, 4, 2, 32)  # head dim 32 is not in the build: SDPA
+    attention(small, small, small)
+    layout = VarlenLayout.from_seqlens([3, 2])  # varlen not in the build: padded SDPA
+    packed = torch.randn(5, 2, 64)
+    layout.self_attention(packed, packed, packed)
+    assert fake_fa3.calls == ["dense"]
+    with attention_backend("sdpa"):  # an explicit SDPA choice wins
+        attention(q, k, v)
+    assert fake_fa3.calls == ["dense"]
+
+
+def test_the_backend_choice_compiles_without_graph_breaks(fake_fa3) -> None:
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: attention(q, k, v) * 2, backend="eager", fullgraph=True)
+    q, k, v = (torch.randn(2, 5, 3, 64) for _ in range(3))
+    torch.testing.assert_close(compiled(q, k, v), 2 * _reference_batched(q, k, v), atol=1e-5, rtol=1e-5)
+    assert fake_fa3.calls == ["dense"]
+    torch._dynamo.reset()
+
+
+def test_without_flash_attention3_auto_is_sdpa_and_asking_for_it_names_the_package(monkeypatch) -> None:
+    from synchuman.nn import attention as module
+
+    monkeypatch.delitem(module._modules, "flash_attn3", raising=False)
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", None)  # not importable
+    monkeypatch.setattr(module.importlib.util, "find_spec", lambda name: None)
+    assert module._probe_flash_attention3() is None
+    q = torch.randn(1, 4, 2, 64)
+    torch.testing.assert_close(attention(q, q, q), _reference_batched(q, q, q), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ImportError, match="flash_attn_3"):
+        set_attention_backend("flash_attn3")
+    assert get_attention_backend() == "auto"
+
+
+def test_the_probe_reads_the_head_dims_of_the_installed_build(monkeypatch) -> None:
+    import types
+
+    from synchuman.nn import attention as module
+
+    flags = {f"FLASHATTENTION_DISABLE_HDIM{d}": d not in (64, 128) for d in (64, 96, 128, 192, 256)}
+    monkeypatch.setitem(module._modules, "flash_attn3", FakeFlashAttention3())
+    monkeypatch.setitem(
+        sys.modules, "flash_attn_config", types.SimpleNamespace(CONFIG={"build_flags": flags})
+    )
+    monkeypatch.setattr(module.importlib.util, "find_spec", lambda name: object())
+    build = module._probe_flash_attention3()
+    assert build == module.FlashAttention3Build(frozenset({64, 128}), varlen=True)

@@ -9,9 +9,13 @@ Tensor conventions:
 - windowed: packed tokens plus a :class:`WindowPartition` (a permutation to window order + a layout).
 
 The backend is a runtime setting (:func:`set_attention_backend` or the :func:`attention_backend` context
-manager). ``"sdpa"`` (``torch.nn.functional.scaled_dot_product_attention``) is the default and always works;
-``"flash_attn"`` and ``"xformers"`` are imported lazily the first time they are used and only apply to
-fp16/bf16 CUDA tensors (anything else silently uses SDPA, which computes the same function).
+manager). ``"sdpa"`` (``torch.nn.functional.scaled_dot_product_attention``) always works. The default,
+``"auto"``, uses FlashAttention-3 (the optional ``flash_attn_3`` package built from the ``hopper/`` folder of
+Dao-AILab/flash-attention; ``bench/build_flash_attn3.sh`` builds only the head dims the models use) for
+fp16/bf16 CUDA tensors on a Hopper GPU whose head dim the installed build has, and SDPA for everything else.
+``"flash_attn3"``, ``"flash_attn"`` and ``"xformers"`` ask for one package: they are imported lazily the first
+time they are used and only apply to fp16/bf16 CUDA tensors (anything else silently uses SDPA, which
+computes the same function).
 
 Layouts and partitions are built once per token set (one host sync each) and are meant to be reused across
 all blocks and all sampler steps, so the hot path has no host synchronisation.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -28,13 +33,20 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("sdpa", "flash_attn", "xformers")
-_backend = "sdpa"
+BACKENDS = ("auto", "sdpa", "flash_attn3", "flash_attn", "xformers")
+#: backend -> (module to import, package to name when it is missing)
+_PACKAGES = {
+    "flash_attn3": ("flash_attn_interface", "flash_attn_3 (FlashAttention-3, built from source)"),
+    "flash_attn": ("flash_attn", "flash_attn"),
+    "xformers": ("xformers.ops", "xformers"),
+}
+_backend = "auto"
 _modules: dict[str, ModuleType] = {}
 
 
 def set_attention_backend(name: str) -> None:
-    """Select the attention backend for subsequent calls: ``"sdpa"`` | ``"flash_attn"`` | ``"xformers"``.
+    """Select the attention backend for subsequent calls: ``"auto"`` | ``"sdpa"`` | ``"flash_attn3"`` |
+    ``"flash_attn"`` | ``"xformers"``.
 
     Raises ``ValueError`` for an unknown name and ``ImportError`` (with the package to install) when the
     optional package of the chosen backend is not importable.
@@ -42,7 +54,7 @@ def set_attention_backend(name: str) -> None:
     global _backend
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name != "sdpa":
+    if name in _PACKAGES:
         _import_backend(name)
     _backend = name
 
@@ -65,23 +77,74 @@ def attention_backend(name: str) -> Iterator[None]:
 
 def _import_backend(name: str) -> ModuleType:
     if name not in _modules:
-        module_name = {"flash_attn": "flash_attn", "xformers": "xformers.ops"}[name]
+        module_name, package = _PACKAGES[name]
         try:
             _modules[name] = importlib.import_module(module_name)
         except ImportError as exc:
             raise ImportError(
-                f"attention backend {name!r} needs the optional package {module_name.split('.')[0]!r}; "
-                "install it or use the default 'sdpa' backend"
+                f"attention backend {name!r} needs the optional package {package}; "
+                "install it or use the default 'auto' / 'sdpa' backend"
             ) from exc
     return _modules[name]
 
 
-def _fast_backend(*tensors: torch.Tensor) -> str:
-    """The configured backend if it can serve these tensors, else ``"sdpa"``."""
-    if _backend == "sdpa":
+@dataclass(frozen=True)
+class FlashAttention3Build:
+    """What the installed FlashAttention-3 build can run (its build flags)."""
+
+    head_dims: frozenset[int]
+    varlen: bool
+
+
+def _probe_flash_attention3() -> FlashAttention3Build | None:
+    """The installed FlashAttention-3 build, or ``None`` when the package is not importable."""
+    if importlib.util.find_spec("flash_attn_interface") is None:
+        return None
+    try:
+        _import_backend("flash_attn3")
+        flags = importlib.import_module("flash_attn_config").CONFIG["build_flags"]
+    except (ImportError, AttributeError, KeyError):
+        return None
+    dims = frozenset(d for d in (64, 96, 128, 192, 256) if not flags.get(f"FLASHATTENTION_DISABLE_HDIM{d}"))
+    return FlashAttention3Build(dims, varlen=not flags.get("FLASHATTENTION_DISABLE_VARLEN"))
+
+
+#: Probed once at import, so that code compiled with torch.compile reads a constant here (an import inside
+#: the traced attention call would break the graph).
+FLASH_ATTENTION3 = _probe_flash_attention3()
+_hopper: dict[int, bool] = {}
+
+
+@torch.compiler.assume_constant_result
+def _is_hopper(index: int) -> bool:
+    """CUDA device ``index`` is a Hopper GPU (compute capability 9.x); a constant for torch.compile."""
+    if index not in _hopper:
+        _hopper[index] = torch.cuda.get_device_capability(index)[0] == 9
+    return _hopper[index]
+
+
+def _flash_attention3_serves(q: torch.Tensor, varlen: bool) -> bool:
+    """FlashAttention-3 is installed, was built for this head dim (and variable lengths when asked) and
+    ``q`` lives on a Hopper GPU."""
+    build = FLASH_ATTENTION3
+    if build is None or q.shape[-1] not in build.head_dims or (varlen and not build.varlen):
+        return False
+    return _is_hopper(q.device.index or 0)
+
+
+def _half_precision_cuda(tensors: Sequence[torch.Tensor]) -> bool:
+    """All tensors are fp16/bf16 on a CUDA device (what the fast kernels take)."""
+    return all(t.is_cuda and t.dtype in (torch.float16, torch.bfloat16) for t in tensors)
+
+
+def _fast_backend(*tensors: torch.Tensor, varlen: bool = False) -> str:
+    """The configured backend if it can serve these tensors (``varlen``: packed sequences), else
+    ``"sdpa"``."""
+    if _backend == "sdpa" or not _half_precision_cuda(tensors):
         return "sdpa"
-    ok = all(t.is_cuda and t.dtype in (torch.float16, torch.bfloat16) for t in tensors)
-    return _backend if ok else "sdpa"
+    if _backend in ("auto", "flash_attn3"):
+        return "flash_attn3" if _flash_attention3_serves(tensors[0], varlen) else "sdpa"
+    return _backend
 
 
 def _check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: bool) -> None:
@@ -111,6 +174,8 @@ def attention(
     """
     _check_heads(q, k, v, packed=False)
     backend = _fast_backend(q, k, v) if key_mask is None else "sdpa"
+    if backend == "flash_attn3":
+        return _import_backend("flash_attn3").flash_attn_func(q, k, v)
     if backend == "flash_attn":
         return _import_backend("flash_attn").flash_attn_func(q, k, v)
     if backend == "xformers":
@@ -190,9 +255,9 @@ class VarlenLayout:
     def self_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Attention within each sequence. ``q``, ``k``, ``v``: ``[N, H, D]`` -> ``[N, H, D]``."""
         _check_heads(q, k, v, packed=True)
-        backend = _fast_backend(q, k, v)
-        if backend == "flash_attn":
-            return _import_backend("flash_attn").flash_attn_varlen_func(
+        backend = _fast_backend(q, k, v, varlen=True)
+        if backend in ("flash_attn3", "flash_attn"):
+            return _import_backend(backend).flash_attn_varlen_func(
                 q, k, v, self.cu_seqlens, self.cu_seqlens, self.max_seqlen, self.max_seqlen
             )
         if backend == "xformers":
