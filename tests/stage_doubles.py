@@ -125,6 +125,7 @@ class FakeStage2:
     """Sampler steps (``step_s`` each) then three post-processing phases; returns a fixed-size fake GLB."""
 
     voxel_resolution = 64
+    defaults = Stage2Options()
 
     def __init__(self, step_s: float = 0.0, glb_bytes: int = 2_500_000, faces: int = 1000) -> None:
         self.step_s = step_s
@@ -161,7 +162,7 @@ class FakeStage2:
                 with self.record.lock:
                     self.record.steps += 1
                 progress("sampling", step, options.steps)
-            for phase in ("decode", "postprocess", "export"):
+            for phase in ("decode", "bake", "export"):
                 if should_stop():
                     raise Stage2Cancelled()
                 progress(phase, 0, 0)

@@ -193,15 +193,19 @@ def small_glb() -> tuple[bytes, pipeline.PostprocessReport]:
     verts_np, faces_np = body_mesh(40)
     verts, faces = torch.from_numpy(verts_np), torch.from_numpy(faces_np)
     views = generated_views(verts, faces, 96)
-    phases: list[str] = []
+    events: list[tuple[str, int, int]] = []
     glb, report = pipeline.to_glb(
         Mesh(verts, faces),
         surface_gaussians(verts, faces, 600, 0.012),
         views,
         SMALL,
-        progress=lambda name, frac: phases.append(name),
+        progress=lambda name, step, total: events.append((name, step, total)),
     )
-    assert phases[0] == "decimate" and phases[-1] == "done"
+    started = [name for name, step, _ in events if step == 0]
+    assert started == list(pipeline._Phases.names)
+    for phase in ("visibility", "cut_fill", "gaussian_render", "bake"):  # phases with steps end on their last
+        steps = [(step, total) for name, step, total in events if name == phase and step]
+        assert steps and steps[-1][0] == steps[-1][1] > 0, (phase, steps)
     return glb, report
 
 

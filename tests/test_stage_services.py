@@ -292,7 +292,7 @@ def test_stage2_streams_progress_then_the_glb_in_chunks_and_the_report(stage2):
     ]
     assert progress == [("sampling", i) for i in range(1, 5)] + [
         ("decode", 0),
-        ("postprocess", 0),
+        ("bake", 0),
         ("export", 0),
     ]
     blobs = collect_blobs(responses)

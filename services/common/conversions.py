@@ -144,11 +144,13 @@ def stage1_options_to_proto(options: Stage1Options) -> common_pb2.MultiviewOptio
 
 
 def stage2_options_from_proto(
-    options: common_pb2.ReconstructionOptions, field: str = OPTIONS_FIELD
+    options: common_pb2.ReconstructionOptions,
+    field: str = OPTIONS_FIELD,
+    defaults: Stage2Options = Stage2Options(),
 ) -> Stage2Options:
-    """Stage-2 options with defaults for unset fields (``bake_steps``: the bake mode's); :class:`InvalidInput`
-    at ``field.<option>`` for an unknown bake mode or output format or an out-of-range value."""
-    defaults = Stage2Options()
+    """Stage-2 options with ``defaults`` for unset fields (the pipeline's for its device; ``bake_steps``: the
+    bake mode's); :class:`InvalidInput` at ``field.<option>`` for an unknown bake mode or output format or
+    an out-of-range value."""
     values = _set_fields(options, defaults, _STAGE2_FIELDS)
     if options.bake_mode not in _BAKE_MODES:
         known = ", ".join(common_pb2.BakeMode.Name(mode) for mode in _BAKE_MODES if mode)

@@ -1,10 +1,10 @@
 """Run a blocking pipeline call in a worker thread and stream its progress back to the gRPC handler.
 
-The handler thread stays responsive while the pipeline runs: it relays progress events from a queue, and it
-notices a cancelled call, a passed deadline or a server shutdown within ``poll_s``. The pipeline is asked to
-stop through its ``should_stop`` callback (checked between sampler steps); the handler then waits for the
-worker to really finish, so the GPU is idle and its cached memory is released before the next request takes
-the slot.
+The handler thread stays responsive while the pipeline runs: it relays progress events from a queue (and
+repeats the last one as a heartbeat when the work reported nothing for a while), and it notices a cancelled
+call, a passed deadline or a server shutdown within ``poll_s``. The pipeline is asked to stop through its
+``should_stop`` callback (checked between steps); the handler then waits for the worker to really finish, so
+the GPU is idle and its cached memory is released before the next request takes the slot.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ import logging
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
 import grpc
+
+from synchuman.progress_phases import HEARTBEAT_S
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +114,13 @@ def stream_work(
     stop: StopSignal,
     name: str = "stage-work",
     poll_s: float = 0.2,
+    heartbeat_s: float = HEARTBEAT_S,
 ) -> Generator[Any, None, R]:
     """Run ``work(report, should_stop)`` in a worker thread; yield what it reports; return its result.
+
+    While the work runs, the last report is yielded again whenever ``heartbeat_s`` passed without one (a
+    heartbeat: the phase is still running; phases without steps, such as one long native call, send nothing
+    themselves).
 
     Use as ``result = yield from stream_work(...)`` inside a streaming handler. Raises :class:`WorkStopped`
     (after the worker has finished and memory was freed) when the request was cancelled, passed its deadline
@@ -130,6 +138,8 @@ def stream_work(
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     stopping: StopReason | None = None
+    last_item: Any = _WAKE
+    last_sent = time.monotonic()
     try:
         while True:
             try:
@@ -142,7 +152,10 @@ def stream_work(
                 stopping = stop.reason()
                 if stopping is not None:
                     log.info("stopping work", extra={"work": name, "reason": stopping.value})
+            if item is _WAKE and time.monotonic() - last_sent >= heartbeat_s:
+                item = last_item
             if item is not _WAKE and stopping is None:
+                last_item, last_sent = item, time.monotonic()
                 yield item
     finally:
         if thread.is_alive():  # the consumer closed the stream early: stop the work and wait for it

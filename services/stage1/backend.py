@@ -125,7 +125,8 @@ class Stage1PipelineBackend:
         self, inputs: Stage1Inputs, options: Stage1Options, progress: Progress, should_stop: StopCheck
     ) -> Stage1Output:
         """Run the pipeline on the GPU thread; ``progress("sampling", step, steps)`` after every sampler step;
-        stops (raising) once ``should_stop()``."""
+        stops (raising) once ``should_stop()``. ``("sampling", 0, steps)`` first, as the request starts."""
+        progress("sampling", 0, options.steps)
         return self._gpu_thread.submit(
             self.pipeline.run,
             inputs.framed,

@@ -26,6 +26,8 @@ class Stage2PipelineBackend:
         self.pipeline = pipeline
         self.voxel_resolution: int = pipeline.voxel_resolution
         self._info: PipelineInfo = pipeline.info
+        #: Options for unset request fields on this device (small on a CPU, upstream's on a GPU).
+        self.defaults: Stage2Options = pipeline.defaults
 
     @classmethod
     def load(

@@ -41,7 +41,7 @@ _MEDIA_TYPES = {
 def reconstruct(call: StageCall) -> Iterator[stage2_pb2.ReconstructResponse]:
     """Reconstruct: progress per sampler step and phase, the GLB (+ requested extras), then the result with
     the output report; FAILED_PRECONDITION when the output is unusable."""
-    options = stage2_options_from_proto(call.start.options)
+    options = stage2_options_from_proto(call.start.options, defaults=call.backend.defaults)
     blobs = receive_blobs(call.start.inputs, call.chunks(), (CONDITIONING, *VIEW_FILES), MAX_INPUT_BYTES)
     stage1_output = stage1_output_from_wire(blobs, call.start.structure, call.backend.voxel_resolution)
     conditioning = decode_image(CONDITIONING, blobs[CONDITIONING], (518, 518), 3)

@@ -12,8 +12,10 @@ Steps (upstream ``SyncHumanTwoStagePipeline``, run without files):
 5. post-process to GLB (decimate, remove hidden faces, UV atlas, bake the texture from the views and Gaussian
    renders, export y-up) and measure the result.
 
-``progress(phase, step, total)`` is called per sampler step and once per later phase; ``should_stop()`` is
-checked between steps and phases (raising :class:`Stage2Cancelled`).
+``progress(phase, step, total)`` is called as every phase starts (``step`` and ``total`` 0) and after its
+steps: sampler steps, visibility view batches, min-cut passes, Gaussian render batches and bake steps (phase
+names: :data:`synchuman.progress_phases.STAGE2_PHASES`). ``should_stop()`` is checked between steps and
+phases (raising :class:`Stage2Cancelled`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from synchuman.pipelines.handoff import Stage2InputError, Stage2Inputs
 from synchuman.pipelines.info import PipelineInfo
 from synchuman.pipelines.stage2_models import Stage2Models, load_stage2_models
 from synchuman.pipelines.stage2_types import (
+    VISIBILITY_RESOLUTION,
     OutputReport,
     QualityFinding,
     Severity,
@@ -43,6 +46,7 @@ from synchuman.pipelines.stage2_types import (
     Stage2OutputRejected,
     Stage2Progress,
     Stage2Result,
+    device_defaults,
 )
 from synchuman.postprocess.checks import PostprocessError
 from synchuman.postprocess.pipeline import (
@@ -83,13 +87,19 @@ class Stage2Pipeline:
         render_resolution: int = 1024,
     ) -> None:
         """``render_views`` / ``render_resolution``: Gaussian renders added to the texture bake (upstream 95
-        at 1024^2; 0 bakes from the generated views only, e.g. on CPU-only machines)."""
+        at 1024^2; 0 bakes from the generated views only, e.g. on CPU-only machines). The visibility views
+        are rendered at :data:`~synchuman.pipelines.stage2_types.VISIBILITY_RESOLUTION` of the device, and
+        :attr:`defaults` are the options for the device
+        (:func:`~synchuman.pipelines.stage2_types.device_defaults`)."""
         self.models = models
         self.dinov2 = dinov2
         self.info = info
         self.render_views = render_views
         self.render_resolution = render_resolution
         self.voxel_resolution = models.resolution
+        device_type = models.device.type
+        self.visibility_resolution = VISIBILITY_RESOLUTION.get(device_type, VISIBILITY_RESOLUTION["cuda"])
+        self.defaults = device_defaults(device_type)
 
     @classmethod
     def from_checkpoints(
@@ -131,6 +141,7 @@ class Stage2Pipeline:
         timer = PhaseTimer(self.models.device)
         try:
             with torch.inference_mode():
+                progress("condition", 0, 0)
                 with timer("condition"):
                     cond = self.dinov2.condition(inputs.conditioning)
                 with timer("sampling"):
@@ -153,6 +164,7 @@ class Stage2Pipeline:
                 PostprocessOptions(
                     simplify=options.simplify_ratio,
                     visibility_views=options.visibility_views,
+                    visibility_resolution=self.visibility_resolution,
                     texture_size=options.texture_size,
                     bake_mode=options.bake_mode,
                     bake_steps=options.bake_steps,
@@ -161,7 +173,7 @@ class Stage2Pipeline:
                     extras=tuple(_POSTPROCESS_EXTRAS[name] for name in options.outputs),
                     seed=options.seed,
                 ),
-                progress=lambda phase, fraction: _progress_phase(phase, progress, should_stop),
+                progress=lambda phase, step, total: _progress_step(phase, step, total, progress, should_stop),
             )
         except SamplingCancelled as exc:
             raise Stage2Cancelled(str(exc)) from exc
@@ -230,11 +242,12 @@ _CHECK_CODES = {
 }
 
 
-def _progress_phase(phase: str, progress: Stage2Progress, should_stop: Callable[[], bool]) -> None:
-    """Report a post-processing phase (``done`` is not one) and stop between phases when asked."""
+def _progress_step(
+    phase: str, step: int, total: int, progress: Stage2Progress, should_stop: Callable[[], bool]
+) -> None:
+    """Report a post-processing phase or step, then stop there when asked."""
+    progress(phase, step, total)
     _check(should_stop)
-    if phase != "done":
-        progress(phase, 0, 0)
 
 
 def _rejection_code(message: str) -> str:

@@ -85,6 +85,19 @@ class Stage2Options:
         return self
 
 
+#: Defaults of a stage-2 pipeline on a CPU: upstream's 1000 visibility views and 1024^2 texture take hours
+#: there (the visibility views alone outlast a 30-minute stage deadline); 64 views and a 512^2 texture finish
+#: a job in minutes. A request's own values still apply.
+CPU_DEFAULTS = Stage2Options(visibility_views=64, texture_size=512)
+#: Visibility render size in pixels by device type (upstream 1024^2; the CPU rasteriser renders 256^2).
+VISIBILITY_RESOLUTION = {"cuda": 1024, "cpu": 256}
+
+
+def device_defaults(device_type: str) -> Stage2Options:
+    """The options a request's unset fields take on a ``device_type`` ("cuda", "cpu", ...) pipeline."""
+    return CPU_DEFAULTS if device_type == "cpu" else Stage2Options()
+
+
 class Severity(enum.Enum):
     """How serious a quality finding is."""
 

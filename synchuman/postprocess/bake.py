@@ -16,6 +16,7 @@ Texels outside every UV chart are filled by push-pull from the charts (upstream:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -211,12 +212,14 @@ def bake_texture(
     late_fraction: float = 0.07,
     seed: int = 0,
     raster_backend: str = "torch",
+    on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, BakeStats]:
     """Bake a texture ``[T, T, 3]`` float32 in [0, 1] (device of ``vertices``) and its :class:`BakeStats`.
 
     Args:
         vertices ``[V, 3]``, faces ``[F, 3]``, uvs ``[V, 2]`` of the parametrised mesh (same device).
         views: observations; ``late_views`` index into it (ignored when they have no samples).
+        on_step: ``on_step(step, steps)`` after every optimisation step.
     """
     if mode not in BAKE_STEPS:
         raise ValueError(f"bake_texture: mode must be 'opt' or 'fast', got {mode!r}")
@@ -256,6 +259,8 @@ def bake_texture(
         loss.backward()
         optimizer.step()
         optimizer.param_groups[0]["lr"] = _cosine(step, steps, lr[0], lr[1])
+        if on_step is not None:
+            on_step(step + 1, steps)
     texture = tex.detach()[0].permute(1, 2, 0).clamp(0, 1)
     texture = push_pull(texture, covered)
     return texture, BakeStats(view_l1(texture, samples), coverage, mode, steps)

@@ -11,6 +11,8 @@ the same code path on CPU).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from synchuman.models.gaussians import Gaussians
@@ -37,6 +39,7 @@ def render_gaussians(
     near: float = 0.01,
     far: float = 100.0,
     views_per_batch: int = 16,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Render ``B`` perspective views, ``views_per_batch`` at a time (gsplat's per-batch buffers grow with
     views x Gaussians: 95 views of 600k Gaussians at once need several GB; each view's image is the same
@@ -48,6 +51,7 @@ def render_gaussians(
         extrinsics: ``[B, 4, 4]`` world-to-camera (OpenCV); intrinsics ``[B, 3, 3]`` normalised.
         resolution: square image size in pixels.
         backend: ``"gsplat"``, ``"torch"`` or ``"auto"`` (gsplat on CUDA when installed).
+        on_step: ``on_step(views done, B)`` after every batch.
     Returns:
         ``(rgb [B, H, W, 3] float32 in [0, 1], alpha [B, H, W] float32, backend used)``.
     """
@@ -66,6 +70,8 @@ def render_gaussians(
         )
         rgbs.append(rgb)
         alphas.append(alpha)
+        if on_step is not None:
+            on_step(min(start + views_per_batch, len(extrinsics)), len(extrinsics))
     return torch.cat(rgbs), torch.cat(alphas), backend
 
 

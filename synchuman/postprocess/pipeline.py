@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -29,7 +31,16 @@ MIRRORED_VIEWS = (2, 3)  # upstream flips these generated images left-right befo
 # face view: pixel region x 256-512, y 0-256 of the 768 front view, as a fraction of the image
 FACE_CROP = (256 / 768, 512 / 768, 0.0, 256 / 768)
 
-ProgressFn = Callable[[str, float], None]
+#: ``progress(phase, step, total)``: ``(phase, 0, 0)`` as a phase starts, then ``step`` of ``total`` done for
+#: the phases with steps (visibility view batches, cut passes, Gaussian render batches, bake steps), at most
+#: every :data:`STEP_REPORT_S` seconds plus the last step. It may raise to stop the work between steps.
+T = TypeVar("T")
+
+ProgressFn = Callable[[str, int, int], None]
+#: ``on_step(done, total)`` as the post-processing functions call it.
+StepFn = Callable[[int, int], None]
+#: Shortest interval between two step reports of one phase (the last step is always reported).
+STEP_REPORT_S = 0.25
 
 
 @dataclass
@@ -96,20 +107,30 @@ class PostprocessReport:
 
 class _Phases:
     """Runs the phases through a :class:`~synchuman.phases.PhaseTimer` (time and peak GPU memory into the
-    report) and reports progress."""
+    report) and reports their start and steps."""
 
     names = ("decimate", "visibility", "cut_fill", "uv_atlas", "gaussian_render", "bake", "export")
 
     def __init__(self, report: PostprocessReport, device: torch.device, progress: ProgressFn | None) -> None:
-        self.progress = progress
+        self.progress = progress or (lambda phase, step, total: None)
         self.timer = PhaseTimer(device)
         self.timer.seconds, self.timer.peak_gib = report.phases, report.phase_peak_gib
 
-    def run(self, name: str, fn: Callable[[], object]) -> object:
-        if self.progress:
-            self.progress(name, self.names.index(name) / len(self.names))
+    def run(self, name: str, fn: Callable[[StepFn], T]) -> T:
+        """``fn(on_step)`` timed as phase ``name``; ``on_step(done, total)`` reports (throttled) steps."""
+        assert name in self.names, name
+        self.progress(name, 0, 0)
+        last = time.monotonic()
+
+        def on_step(done: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if done >= total or now - last >= STEP_REPORT_S:
+                last = now
+                self.progress(name, done, total)
+
         with self.timer(name):
-            return fn()
+            return fn(on_step)
 
 
 def generated_bake_views(views: GeneratedViews, device: torch.device) -> list[bake_mod.BakeView]:
@@ -145,9 +166,10 @@ def generated_bake_views(views: GeneratedViews, device: torch.device) -> list[ba
 
 
 def gaussian_bake_views(
-    gaussians: Gaussians, options: PostprocessOptions
+    gaussians: Gaussians, options: PostprocessOptions, on_step: StepFn | None = None
 ) -> tuple[list[bake_mod.BakeView], str, torch.Tensor]:
-    """Render the Hammersley views of the Gaussians (radius 2, fov 40 degrees); mask = any channel > 0."""
+    """Render the Hammersley views of the Gaussians (radius 2, fov 40 degrees); mask = any channel > 0.
+    ``on_step(views done, views)`` after every batch of renders."""
     yaw, pitch = camera.sphere_hammersley(options.gaussian_views)
     device = gaussians.xyz.device
     extrinsics = camera.orbit_extrinsics(yaw, pitch, 2.0).to(device)
@@ -159,6 +181,7 @@ def gaussian_bake_views(
         options.gaussian_resolution,
         options.gaussian_kernel,
         options.gaussian_backend,
+        on_step=on_step,
     )
     masks = (rgb >= 1 / 255).any(dim=-1)
     views = [
@@ -178,6 +201,7 @@ def to_glb(
 
     Steps (upstream order): decimate -> per-face visibility -> interior cut + small-hole fill -> UV atlas ->
     Gaussian renders -> texture bake -> z-up to y-up -> GLB. The mesh is z-up in the ``[-0.5, 0.5]`` box.
+    ``progress``: see :data:`ProgressFn` (an exception it raises stops the work at the next step).
 
     Returns:
         ``(glb bytes, report)``. Raises :class:`~synchuman.postprocess.checks.PostprocessError` when an
@@ -199,7 +223,7 @@ def to_glb(
 
     verts_np, faces_np = timer.run(
         "decimate",
-        lambda: decimate(
+        lambda on_step: decimate(
             mesh.vertices.detach().cpu().numpy(), mesh.faces.detach().cpu().numpy(), options.simplify
         ),
     )
@@ -208,25 +232,29 @@ def to_glb(
     if options.fill_holes:
         vis = timer.run(
             "visibility",
-            lambda: face_visibility(
+            lambda on_step: face_visibility(
                 torch.from_numpy(verts_np).to(device),
                 torch.from_numpy(faces_np).to(device),
                 options.visibility_views,
                 options.visibility_resolution,
                 max_candidates=options.raster_candidates,
                 backend=raster,
+                on_step=on_step,
             ),
         )
         nbe = options.max_hole_edges or int(250 * math.sqrt(1 - options.simplify))
         verts_np, faces_np, cut = timer.run(
-            "cut_fill", lambda: remove_invisible_faces(verts_np, faces_np, vis, options.max_hole_size, nbe)
+            "cut_fill",
+            lambda on_step: remove_invisible_faces(
+                verts_np, faces_np, vis, options.max_hole_size, nbe, on_step=on_step
+            ),
         )
         report.counts["removed_by_cut"] = cut.removed_by_cut
         report.counts["cut_passes"] = cut.passes
         report.backends["visibility"] = f"{raster} rasteriser ({device.type})"
         report.backends["cut_fill"] = "python-igraph mincut + pymeshfix"
     atlas = timer.run(
-        "uv_atlas", lambda: parametrize(verts_np, faces_np, options.texture_size, options.atlas_fast)
+        "uv_atlas", lambda on_step: parametrize(verts_np, faces_np, options.texture_size, options.atlas_fast)
     )
     report.atlas_utilization = atlas.utilization
     report.counts["charts"] = atlas.charts
@@ -238,12 +266,12 @@ def to_glb(
     renders = None
     if gaussians is not None and options.gaussian_views > 0:
         g_views, backend, renders = timer.run(
-            "gaussian_render", lambda: gaussian_bake_views(gaussians, options)
+            "gaussian_render", lambda on_step: gaussian_bake_views(gaussians, options, on_step)
         )
         bake_views += g_views
         report.backends["gaussian_render"] = backend
 
-    def _bake() -> tuple[np.ndarray, bake_mod.BakeStats]:
+    def _bake(on_step: StepFn) -> tuple[np.ndarray, bake_mod.BakeStats]:
         v = torch.from_numpy(atlas.vertices).to(device)
         f = torch.from_numpy(atlas.faces).to(device)
         uv = torch.from_numpy(atlas.uvs).to(device)
@@ -258,6 +286,7 @@ def to_glb(
             options.bake_lambda_tv,
             seed=options.seed,
             raster_backend=raster,
+            on_step=on_step,
         )
         return bake_mod.to_uint8(tex), stats
 
@@ -265,7 +294,7 @@ def to_glb(
     report.bake = stats
     report.backends["bake"] = f"torch grid_sample ({options.bake_mode}, {device.type}; {raster} rasteriser)"
 
-    def _export() -> bytes:
+    def _export(on_step: StepFn) -> bytes:
         report.checks += checks_mod.check_output(atlas.faces, stats.coverage, options.limits)
         glb = export.glb_bytes(atlas.vertices, atlas.faces, atlas.uvs, texture, metallic=options.metallic)
         _extras(report, options, atlas, texture, gaussians, views, renders)
@@ -274,8 +303,6 @@ def to_glb(
     glb = timer.run("export", _export)
     report.counts.update(faces_out=len(atlas.faces), vertices_out=len(atlas.vertices), glb_bytes=len(glb))
     report.warnings += [c.message for c in report.checks if not c.ok]
-    if progress:
-        progress("done", 1.0)
     return glb, report
 
 

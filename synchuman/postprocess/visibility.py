@@ -13,6 +13,7 @@ unlike upstream, visibility is computed once and reused by every pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,11 +63,13 @@ def face_visibility(
     views_per_batch: int | None = None,
     max_candidates: int = 1 << 24,
     backend: str = "torch",
+    on_step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Share of views ``[F]`` float32 (0..1) in which each face covers at least one pixel centre.
 
     Runs on ``vertices.device``; ``views_per_batch`` defaults to 64M pixels per batch on CUDA (512 MiB depth
     buffer), 4M on CPU. ``backend``: the rasteriser (:func:`~synchuman.geometry.raster.rasterize`).
+    ``on_step(views done, num_views)`` after every batch.
     """
     device = vertices.device
     extrinsics, intrinsics = visibility_cameras(num_views)
@@ -94,6 +97,8 @@ def face_visibility(
         seen = torch.zeros(num + 1, dtype=torch.bool, device=device)
         seen[flat.reshape(-1)] = True
         counts += seen[:num].reshape(stop - start, -1).sum(dim=0, dtype=torch.int32)
+        if on_step is not None:
+            on_step(stop, num_views)
     return counts.float() / num_views
 
 
@@ -269,6 +274,7 @@ def remove_invisible_faces(
     max_hole_size: float = 0.04,
     max_hole_edges: int = 136,
     passes: tuple[CutParams, ...] = UPSTREAM_PASSES,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, InteriorReport]:
     """Cut away invisible interior pieces and fill small holes (upstream pass logic).
 
@@ -276,6 +282,7 @@ def remove_invisible_faces(
         vertices: ``[V, 3]`` float; faces ``[F, 3]`` int; visibility ``[F]`` from :func:`face_visibility`.
         max_hole_size: largest area (world units^2) of a new boundary loop a removal may open.
         max_hole_edges: pymeshfix limit (upstream ``int(250 * sqrt(1 - simplify))``, 136 for 0.7).
+        on_step: ``on_step(done, 2 * len(passes))`` after every min-cut and every hole filling.
     Returns:
         ``(vertices, faces, report)``; the input is returned unchanged if no face is an inside seed.
     """
@@ -285,8 +292,10 @@ def remove_invisible_faces(
     result = (np.asarray(vertices, dtype=np.float32), np.asarray(faces, dtype=np.int64))
     report = InteriorReport(0, 0, len(faces))
     graph = FaceGraph.build(verts_t, faces_t)
+    step = on_step or (lambda done, total: None)
     for index, params in enumerate(passes):
         remove = cut_interior(verts_t, faces_t, vis, params, max_hole_size, graph)
+        step(2 * index + 1, 2 * len(passes))
         if remove is None:  # nothing to cut: this pass returns the input, the next pass is still tried
             result = (np.asarray(vertices, dtype=np.float32), np.asarray(faces, dtype=np.int64))
             report = InteriorReport(0, index + 1, len(faces))
@@ -298,6 +307,7 @@ def remove_invisible_faces(
             continue
         kept_faces, kept_verts = mesh_graph.remove_unreferenced_vertices(faces_t[~remove], verts_t)
         out_v, out_f = fill_small_holes(kept_verts.numpy(), kept_faces.numpy(), max_hole_edges)
+        step(2 * index + 2, 2 * len(passes))
         result = (out_v, out_f)
         report = InteriorReport(cut_count, index + 1, len(out_f))
         if len(faces) - len(out_f) > limit:
