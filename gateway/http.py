@@ -12,7 +12,7 @@ Same operations as the gRPC ReconstructionService, on the same :class:`~gateway.
   ``?after=N``), one per job event, the stream closes after the ``finished`` event.
 * ``GET /v1/jobs/{id}/artifacts/{name}`` - a file with its media type, ``ETag`` = SHA-256.
 * ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``, ``/docs``.
-* ``GET /`` - the web page (:mod:`gateway.web`), its built assets under ``/web/``.
+* ``GET /`` - the web page, ``GET /docs`` - Swagger UI, both from local files (:mod:`gateway.web`).
 
 Errors are JSON ``{"error": {"code", "message", "details"}}`` with the gRPC code mapped to an HTTP status
 (see :data:`HTTP_STATUS`); RESOURCE_EXHAUSTED carries ``Retry-After``. When a token is configured every
@@ -204,6 +204,8 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
     app = FastAPI(
         title="SyncHuman Serve",
         version="1",
+        docs_url=None,  # /docs is served from local files by gateway.web (no CDN)
+        redoc_url=None,
         description="One photo of a person to a textured 3D human (GLB). HTTP/JSON bridge of the gRPC "
         "synchuman.v1.ReconstructionService.",
     )

@@ -37,3 +37,25 @@ def test_the_page_needs_nothing_from_other_hosts() -> None:
 
     source = (DIST_DIR.parent / "src" / "index.html").read_text()
     assert "http://" not in source and "https://" not in source
+
+
+def test_docs_use_the_local_swagger_ui(tmp_path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "swagger-ui-bundle.js").write_text("/* bundle */")
+    app = FastAPI(docs_url=None, redoc_url=None)
+    add_web_page(app, tmp_path)
+    page = TestClient(app).get("/docs")
+    assert page.status_code == 200
+    assert "/web/docs/swagger-ui-bundle.js" in page.text and "/web/docs/swagger-ui.css" in page.text
+    assert "cdn." not in page.text
+
+
+def test_the_gateway_app_serves_no_cdn_docs() -> None:
+    from gateway.http import build_app
+
+    app = build_app(manager=None)  # type: ignore[arg-type]  # routes are only declared, not called
+    client = TestClient(app)
+    assert client.get("/redoc").status_code == 404
+    docs = client.get("/docs")
+    assert docs.status_code in (200, 503)  # 503: the page is not built here
+    assert "cdn.jsdelivr" not in docs.text

@@ -1,11 +1,14 @@
 // Builds the web page into gateway/web/dist/ (git-ignored): app.js bundled with @google/model-viewer (and
-// three.js) from node_modules by esbuild, plus index.html and style.css. Run by `npm run build` (make setup).
+// three.js) from node_modules by esbuild, plus index.html and style.css, and Swagger UI's files for /docs.
+// Run by `npm run build` (make setup).
 import { copyFileSync, mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 
 const here = dirname(fileURLToPath(import.meta.url));
+const require = createRequire(import.meta.url);
 const out = join(here, "dist");
 mkdirSync(out, { recursive: true });
 await build({
@@ -19,4 +22,10 @@ await build({
   logLevel: "warning",
 });
 for (const name of ["index.html", "style.css"]) copyFileSync(join(here, "src", name), join(out, name));
+// Swagger UI for the gateway's /docs, from npm's swagger-ui-dist (Apache-2.0, licence copied along).
+const swagger = dirname(require.resolve("swagger-ui-dist/package.json"));
+mkdirSync(join(out, "docs"), { recursive: true });
+for (const name of ["swagger-ui-bundle.js", "swagger-ui.css", "LICENSE", "NOTICE"]) {
+  copyFileSync(join(swagger, name), join(out, "docs", name));
+}
 console.log(`web page built in ${out}`);
