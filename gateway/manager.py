@@ -29,7 +29,7 @@ from gateway.request_fields import check_artifact_name, check_job_id, check_sequ
 from gateway.retention import RetentionSweeper, delete_expired
 from gateway.retry import RetryPolicy
 from gateway.stages import StageClients
-from gateway.store import TERMINAL_STATES, Event, Job, JobStore
+from gateway.store import TERMINAL_STATES, Event, Job, JobStore, StoreUnavailable
 from gateway.upload_checks import check_idempotency_key, checked_photo_media_type
 from services.common.stage_runtime import error_info
 from synchuman.v1 import common_pb2, reconstruction_pb2
@@ -80,7 +80,15 @@ class JobManager:
         )
         self._sweeper = RetentionSweeper(self.delete_expired, settings.retention_s)
         for state, gauge in JOB_STATES.items():
-            gauge.set_function(lambda state=state: self.store.count_by_state().get(state, 0))
+            gauge.set_function(lambda state=state: self._count(state))
+
+    def _count(self, state: int) -> float:
+        """Stored jobs in ``state`` for the metrics; NaN while the job store is unreachable (the scrape
+        still answers, with the gateway's other metrics)."""
+        try:
+            return self.store.count_by_state().get(state, 0)
+        except StoreUnavailable:
+            return float("nan")
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 

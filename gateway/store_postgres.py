@@ -15,6 +15,7 @@ migrate once):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -51,6 +52,9 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 #: Key of the advisory lock held while migrating (any constant unique to this application).
 _MIGRATION_LOCK = 0x5359_4E43_4855_4D31
+
+#: Seconds during which calls fail at once after the database was found unreachable.
+FAIL_FAST_S = 2.0
 
 _LEASE_UNTIL = "clock_timestamp() + make_interval(secs => %s)"
 
@@ -93,6 +97,8 @@ class PostgresJobStore:
 
     def __init__(self, url: str, max_connections: int = 16, connect_timeout_s: float = 5.0) -> None:
         self._timeout_s = connect_timeout_s
+        self._down_until = 0.0
+        self._down_reason = ""
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -113,21 +119,34 @@ class PostgresJobStore:
             migrate(conn)
 
     @contextmanager
-    def _conn(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection; connection-level failures become :class:`StoreUnavailable`."""
+    def _conn(self, probe: bool = False) -> Iterator[psycopg.Connection]:
+        """A pooled connection; connection-level failures become :class:`StoreUnavailable`. After one, calls
+        fail at once for :data:`FAIL_FAST_S` instead of each waiting the connect timeout (``probe``: try
+        anyway, as the readiness check does)."""
+        if not probe and time.monotonic() < self._down_until:
+            raise StoreUnavailable(self._down_reason)
         try:
             with self._pool.connection(timeout=self._timeout_s) as conn:
                 yield conn
         except PoolTimeout as exc:
-            raise StoreUnavailable(f"no job database connection within {self._timeout_s:g} s") from exc
+            raise self._went_down(f"no job database connection within {self._timeout_s:g} s") from exc
         except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"job database unreachable: {exc}".strip()) from exc
+            message = f"job database unreachable: {exc}".strip()
+            if exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P")):  # no connection / server down
+                raise self._went_down(message) from exc
+            raise StoreUnavailable(message) from exc
+        self._down_until = 0.0
+
+    def _went_down(self, message: str) -> StoreUnavailable:
+        self._down_until = time.monotonic() + FAIL_FAST_S
+        self._down_reason = message
+        return StoreUnavailable(message)
 
     def close(self) -> None:
         self._pool.close()
 
     def ping(self) -> None:
-        with self._conn() as conn:
+        with self._conn(probe=True) as conn:
             conn.execute("SELECT 1").fetchone()
 
     def schema_version(self) -> int:

@@ -203,6 +203,10 @@ def test_readiness_follows_the_job_store(tmp_path):
             with pytest.raises(grpc.RpcError) as err:
                 stub_for(gateway.address).ListJobs(R.ListJobsRequest(), timeout=30)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+            assert "job database" in err.value.details()
+            from prometheus_client import generate_latest
+
+            assert b"synchuman_gateway_jobs{" in generate_latest()  # metrics still answer (job counts NaN)
             server.start()
             wait_until(lambda: health_status(gateway.address, SERVICE) == 1, 30, "SERVING again")
             assert stub_for(gateway.address).ListJobs(R.ListJobsRequest(), timeout=30).jobs == []
