@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from synchuman.pipelines.handoff import sorted_voxels
 from synchuman.v1 import common_pb2
 
 CHUNK_BYTES = 1 << 20
@@ -261,14 +262,14 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def voxels_to_proto(coords: np.ndarray, resolution: int) -> common_pb2.VoxelStructure:
-    """Integer coords ``[N, 3]`` (x, y, z) to a :class:`VoxelStructure`, sorted lexicographically."""
+    """Integer coords ``[N, 3]`` (x, y, z) to a :class:`VoxelStructure`, in
+    :func:`~synchuman.pipelines.handoff.sorted_voxels` (lexicographic) order."""
     coords = np.asarray(coords)
     if coords.ndim != 2 or coords.shape[1] != 3:
         raise ValueError(f"voxel coords must be [N, 3], got {coords.shape}")
     if coords.size and (coords.min() < 0 or coords.max() >= resolution):
         raise ValueError(f"voxel coords must lie in [0, {resolution}), got [{coords.min()}, {coords.max()}]")
-    order = np.lexsort((coords[:, 2], coords[:, 1], coords[:, 0]))
-    data = coords[order].astype("<u2").tobytes()
+    data = sorted_voxels(coords).astype("<u2").tobytes()
     return common_pb2.VoxelStructure(resolution=resolution, count=len(coords), coords_xyz_u16le=data)
 
 
