@@ -55,3 +55,28 @@ def segmenter_dir() -> Path:
     folder = Path(os.environ.get("SYNCHUMAN_SEGMENTATION_DIR", REPO_ROOT / "ckpts" / "segmentation"))
     require_tool(folder / "u2netp.onnx", "default segmenter u2netp.onnx")
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random checkpoint tree (``synchuman ckpts make-tiny``), written once per test session."""
+    from synchuman.checkpoints.tiny import write_tiny_tree
+
+    root = tmp_path_factory.mktemp("tiny") / "ckpts"
+    write_tiny_tree(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_photo(images_dir: Path) -> bytes:
+    """The first sample photo of a person as PNG bytes, at most 512 px on a side (a quicker upload and
+    preprocessing; framing rescales to 768 anyway)."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(sorted(images_dir.glob("person_*.png"))[0])
+    image.thumbnail((512, 512))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -131,21 +131,20 @@ def test_the_rule_lets_core_imports_pass(source: str) -> None:
     assert violations(source, OUTSIDE_THE_CORE) == [], source
 
 
-def test_the_core_imports_no_service_gateway_or_cli() -> None:
-    found = {
+def _offenders(banned: tuple[str, ...], include_generated: bool) -> dict[str, list[str]]:
+    """Core module (relative path) -> its imports of ``banned``, for every module that has some."""
+    return {
         str(path.relative_to(CORE.parent)): bad
-        for path in _core_modules(include_generated=True)
-        if (bad := violations(path.read_text(), OUTSIDE_THE_CORE, str(path)))
+        for path in _core_modules(include_generated)
+        if (bad := violations(path.read_text(), banned, str(path)))
     }
-    assert found == {}
+
+
+def test_the_core_imports_no_service_gateway_or_cli() -> None:
+    assert _offenders(OUTSIDE_THE_CORE, include_generated=True) == {}
 
 
 def test_only_the_generated_stubs_import_grpc() -> None:
-    found = {
-        str(path.relative_to(CORE.parent)): bad
-        for path in _core_modules(include_generated=False)
-        if (bad := violations(path.read_text(), WIRE_ONLY, str(path)))
-    }
-    assert found == {}
+    assert _offenders(WIRE_ONLY, include_generated=False) == {}
     stubs = "\n".join(path.read_text() for path in GENERATED.glob("*_grpc.py"))
     assert violations(stubs, ("grpc",)), "the stubs import grpc: the rule would see it"

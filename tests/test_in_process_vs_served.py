@@ -6,7 +6,6 @@ each side (the float sums then add up in the same order).
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -50,31 +49,11 @@ def sorted_rows(coords: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> Path:
-    from synchuman.checkpoints.tiny import write_tiny_tree
-
-    root = tmp_path_factory.mktemp("in-process-vs-served") / "ckpts"
-    write_tiny_tree(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def photo(images_dir: Path) -> bytes:
-    from PIL import Image
-
-    image = Image.open(sorted(images_dir.glob("person_*.png"))[0])
-    image.thumbnail((512, 512))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def served(ckpts: Path, photo: bytes, tmp_path_factory) -> tuple[np.ndarray, int]:
+def served(tiny_ckpts: Path, small_photo: bytes, tmp_path_factory) -> tuple[np.ndarray, int]:
     """(voxels, mesh vertex count) of one job through the four services."""
     work = tmp_path_factory.mktemp("served")
     config = EmbeddedConfig.with_free_ports(
-        ckpts=ckpts,
+        ckpts=tiny_ckpts,
         device="cpu",
         dtype="float32",
         data_dir=work / "jobs",
@@ -84,7 +63,7 @@ def served(ckpts: Path, photo: bytes, tmp_path_factory) -> tuple[np.ndarray, int
     supervisor = start_embedded(config, ready_timeout_s=300)
     try:
         outcome = reconstruct_photo(
-            config.address("gateway"), photo, served_options(), work / "person.glb", progress=False,
+            config.address("gateway"), small_photo, served_options(), work / "person.glb", progress=False,
             timeout_s=600,
         )
         assert outcome.error == ""
@@ -100,10 +79,10 @@ def served(ckpts: Path, photo: bytes, tmp_path_factory) -> tuple[np.ndarray, int
 
 
 @pytest.fixture(scope="module")
-def pipeline(ckpts: Path):
+def pipeline(tiny_ckpts: Path):
     from synchuman import SyncHumanPipeline
 
-    return SyncHumanPipeline.from_pretrained(ckpts, device="cpu", dtype="float32")
+    return SyncHumanPipeline.from_pretrained(tiny_ckpts, device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +93,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_in_process_equals_served_for_the_same_seed(pipeline, photo, served, one_thread) -> None:
+def test_in_process_equals_served_for_the_same_seed(pipeline, small_photo, served, one_thread) -> None:
     served_voxels, served_vertices = served
     result = pipeline(
-        photo,
+        small_photo,
         generator=torch.Generator().manual_seed(SEED),
         stage1_options=STAGE1,
         stage2_options=STAGE2,
@@ -127,12 +106,12 @@ def test_in_process_equals_served_for_the_same_seed(pipeline, photo, served, one
     assert result.stage2.report.vertex_count == served_vertices
 
 
-def test_the_voxels_depend_on_the_seed(pipeline, photo, served, one_thread) -> None:
+def test_the_voxels_depend_on_the_seed(pipeline, small_photo, served, one_thread) -> None:
     """The comparison above can fail: another seed gives other voxels."""
     from synchuman.preprocess.pipeline import preprocess
 
     served_voxels, _ = served
-    framed = preprocess(photo, pipeline.preprocess_options)
+    framed = preprocess(small_photo, pipeline.preprocess_options)
     other = pipeline.stage1.run(
         framed.framed, framed.conditioning, seed=SEED + 1, steps=STAGE1.steps,
         guidance_scale=STAGE1.guidance_scale,

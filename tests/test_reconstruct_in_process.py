@@ -14,23 +14,10 @@ from synchuman_cli.main import main
 SMALL = "--steps1 2 --steps2 2 --texture-size 256 --bake-steps 5 --visibility-views 8 --simplify 0.95".split()
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> Path:
-    from synchuman.checkpoints.tiny import write_tiny_tree
-
-    root = tmp_path_factory.mktemp("in-process") / "ckpts"
-    write_tiny_tree(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def photo(images_dir: Path, tmp_path_factory) -> Path:
-    from PIL import Image
-
-    image = Image.open(sorted(images_dir.glob("person_*.png"))[0])
-    image.thumbnail((512, 512))
-    path = tmp_path_factory.mktemp("photo") / "person.png"
-    image.save(path)
+@pytest.fixture
+def photo(small_photo: bytes, tmp_path: Path) -> Path:
+    path = tmp_path / "person.png"
+    path.write_bytes(small_photo)
     return path
 
 
@@ -53,11 +40,11 @@ def test_missing_checkpoints_are_a_user_error(photo, tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_writes_the_glb_views_and_report_like_the_served_path(ckpts, photo, tmp_path, capsys) -> None:
+def test_writes_the_glb_views_and_report_like_the_served_path(tiny_ckpts, photo, tmp_path, capsys) -> None:
     import trimesh
 
     output = tmp_path / "out" / "person.glb"
-    assert reconstruct(photo, output, "--ckpts", str(ckpts), "--extra", "views", *SMALL) == 0
+    assert reconstruct(photo, output, "--ckpts", str(tiny_ckpts), "--extra", "views", *SMALL) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("in-process reconstruction: SUCCEEDED in ")
     assert f"wrote {output}" in printed
