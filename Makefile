@@ -1,5 +1,5 @@
 # The two entry points of the README. Both install whatever is missing first (scripts/bootstrap.sh).
-.PHONY: serve test setup protos lint
+.PHONY: serve test setup protos lint compose-test
 
 PY := .venv/bin/python
 
@@ -16,7 +16,13 @@ test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# End to end through Docker (CI, after the unit tests): builds the CPU images from a clean clone, runs the compose
+# stack with tiny checkpoints (tests/test_compose.py), leaves the images; times and sizes in the report.
+compose-test: setup
+	SYNCHUMAN_COMPOSE_E2E=1 $(PY) -m pytest -q -p no:cacheprovider -rs tests/test_compose.py; \
+	status=$$?; cat .cache/compose-test/report.json 2>/dev/null; exit $$status
+
 # Python (synchuman/v1) and TypeScript (clients/typescript/src/gen, buf.gen.yaml) code from protos/.
 protos:
 	$(PY) scripts/gen_protos.py
-	node_modules/.bin/buf generate --template buf.gen.yaml
+	npm run --silent generate -w clients/typescript

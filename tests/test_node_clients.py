@@ -1,8 +1,9 @@
 """Non-Python clients of the contract, run by ``make test``: the TypeScript client package and the web page.
 
-The node suites (``clients/typescript/test/``, ``tests/node/web_page.test.mjs``) start their own deployment
-(four ``synchuman serve`` processes on free ports, tiny random checkpoints) and stop it even on failure; here
-they are built and run, and their TAP output is shown when they fail.
+The node suites (``clients/typescript/test/``, ``tests/node/web_page.test.mjs``) run against one deployment
+that ``tests/node/run_suites.mjs`` starts (four ``synchuman serve`` processes on free ports, tiny random
+checkpoints) and stops even on failure; here they are built and run, and their TAP output is shown when they
+fail. Each suite also runs alone (``node --test FILE``), starting its own deployment.
 """
 
 from __future__ import annotations
@@ -42,20 +43,25 @@ def _tree_differences(left: Path, right: Path) -> list[str]:
     return differences
 
 
+def _npm() -> str:
+    """npm, with the client workspace installed (``npm install`` / ``make setup``)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        require_tool(Path("/usr/bin/npm"), "npm")
+    require_tool(NODE_MODULES / "@synchuman" / "client", "the client workspace (npm install)")
+    return npm or "npm"
+
+
 def test_generated_typescript_is_up_to_date(tmp_path) -> None:
-    buf = require_tool(NODE_MODULES / ".bin" / "buf", "buf (npm @bufbuild/buf)")
-    require_tool(NODE_MODULES / ".bin" / "protoc-gen-es", "protoc-gen-es (npm @bufbuild/protoc-gen-es)")
-    result = _run([str(buf), "generate", "--template", "buf.gen.yaml", "--output", str(tmp_path)], 120)
-    assert result.returncode == 0, result.stderr
+    generate = [_npm(), "run", "--silent", "generate", "-w", "clients/typescript", "--", "--output"]
+    result = _run([*generate, str(tmp_path)], 120)
+    assert result.returncode == 0, result.stdout + result.stderr
     stale = _tree_differences(tmp_path / GENERATED, REPO_ROOT / GENERATED)
     assert stale == [], f"{GENERATED} is stale ({stale}); run `make protos`"
 
 
 def test_client_package_contents() -> None:
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm not installed")
-    require_tool(NODE_MODULES / ".bin" / "tsc", "typescript (npm install)")
+    npm = _npm()
     assert _run([npm, "run", "build", "-w", "clients/typescript"], 300).returncode == 0
     result = _run([npm, "pack", "--dry-run", "--json", "-w", "clients/typescript"], 120)
     assert result.returncode == 0, result.stderr
@@ -68,19 +74,18 @@ def test_client_package_contents() -> None:
 
 
 @pytest.mark.slow
-def test_typescript_client_against_a_live_gateway() -> None:
-    require_tool(NODE_MODULES / ".bin" / "tsc", "typescript (npm install)")
-    npm = shutil.which("npm") or "npm"
-    assert _run([npm, "run", "build", "-w", "clients/typescript"], 300).returncode == 0
-    result = _run([_node(), "--test", "--test-concurrency=1", "clients/typescript/test/"], 1200)
-    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
-
-
-@pytest.mark.slow
-def test_web_page_in_headless_chromium() -> None:
-    require_tool(CHROMIUM, "chromium (apt-get install chromium; scripts/bootstrap.sh installs it)")
+def test_typescript_client_and_web_page_against_a_live_gateway() -> None:
+    """Both node suites on one deployment (``tests/node/run_suites.mjs``); the page's suite needs Chromium."""
+    npm = _npm()
     require_tool(NODE_MODULES / "puppeteer-core", "puppeteer-core (npm install)")
+    assert _run([npm, "run", "build", "-w", "clients/typescript"], 300).returncode == 0
     built = _run([_node(), "gateway/web/build.mjs"], 120)
     assert built.returncode == 0, built.stderr
-    result = _run([_node(), "--test", "--test-concurrency=1", "tests/node/web_page.test.mjs"], 1200)
+    suites = ["clients/typescript/test/"]
+    if CHROMIUM.exists():
+        suites.append("tests/node/web_page.test.mjs")
+    result = _run([_node(), "tests/node/run_suites.mjs", *suites], 1500)
+    summary = "\n".join(line for line in result.stdout.splitlines() if line.startswith("# "))
+    print(summary)
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
+    require_tool(CHROMIUM, "chromium (apt-get install chromium; scripts/bootstrap.sh installs it)")

@@ -3,8 +3,11 @@
  * services started through the console script (`.venv/bin/synchuman serve <target>`) on free ports, CPU only.
  *
  *   const deployment = await startDeployment({ token: "secret" });
- *   ... deployment.grpcAddress, deployment.httpUrl ...
+ *   ... deployment.grpcAddress, deployment.httpUrl, deployment.token ...
  *   await deployment.stop();   // also registered for process exit
+ *
+ * With $SYNCHUMAN_TEST_DEPLOYMENT set (JSON of grpcAddress, httpUrl, token; run_suites.mjs sets it) the running
+ * deployment described there is used instead, so several suites share one start-up.
  */
 import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, openSync } from "node:fs";
@@ -61,6 +64,10 @@ function serving(address, service) {
  * `token`: the gateway's bearer token ("" = none). Logs go to `<folder>/<service>.log`.
  */
 export async function startDeployment({ token = "", readyTimeoutMs = 300_000 } = {}) {
+  if (process.env.SYNCHUMAN_TEST_DEPLOYMENT) {
+    // Started once for several suites by run_suites.mjs: use it, leave stopping to its owner.
+    return { ...JSON.parse(process.env.SYNCHUMAN_TEST_DEPLOYMENT), async stop() {} };
+  }
   const folder = mkdtempSync(join(tmpdir(), "synchuman-node-"));
   const ckpts = join(folder, "ckpts");
   const tiny = spawnSync(

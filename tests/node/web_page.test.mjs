@@ -16,7 +16,7 @@ import {
 
 const CHROMIUM = process.env.SYNCHUMAN_CHROMIUM ?? "/usr/bin/chromium";
 const ARTIFACTS = join(REPO_ROOT, "tests", "artifacts");
-const TOKEN = "web-test-token";
+const TOKEN = "node-test-token"; // a shared deployment (run_suites.mjs) brings its own: use deployment.token
 const VIEWER_BACKGROUND = [0xdf, 0xe6, 0xee]; // model-viewer's background-color in style.css
 const CHROMIUM_FLAGS = [
   "--no-sandbox",
@@ -121,7 +121,7 @@ describe("the web page in headless Chromium", { timeout: 900_000 }, () => {
     assert.ok(empty < 0.001, `the empty viewer already differs from its background (${empty})`);
     await submitPhoto(page, PHOTO);
     await page.waitForSelector("#token-form:not([hidden])", { visible: true, timeout: 30_000 });
-    await page.type("#token", TOKEN);
+    await page.type("#token", deployment.token);
     await page.keyboard.press("Enter"); // keyboard only: the token form submits, the upload resumes
     await page.waitForSelector("#progress-multiview", { visible: true, timeout: 30_000 });
     await waitOrExplain(page, "#viewer[data-loaded=true]", 600_000, "web_viewer_timeout.png");

@@ -13,7 +13,7 @@ import {
 } from "../dist/index.js";
 import { PHOTO, SMALL_OPTIONS, TRUNCATED_PHOTO, startDeployment } from "../../../tests/node/deployment.mjs";
 
-const TOKEN = "node-test-token";
+const TOKEN = "node-test-token"; // a shared deployment (run_suites.mjs) brings its own: use deployment.token
 let deployment;
 let client;
 let finished; // { job, events } of the first job, reused by later tests
@@ -38,7 +38,7 @@ async function collect(iterable) {
 describe("SyncHumanClient against a live gateway", { timeout: 900_000 }, () => {
   before(async () => {
     deployment = await startDeployment({ token: TOKEN });
-    client = new SyncHumanClient({ address: deployment.grpcAddress, token: TOKEN, timeoutMs: 60_000 });
+    client = new SyncHumanClient({ address: deployment.grpcAddress, token: deployment.token, timeoutMs: 60_000 });
   });
   after(async () => {
     await deployment?.stop();
@@ -84,7 +84,7 @@ describe("SyncHumanClient against a live gateway", { timeout: 900_000 }, () => {
     };
     const flaky = new SyncHumanClient({
       address: deployment.grpcAddress,
-      token: TOKEN,
+      token: deployment.token,
       interceptors: [dropAfterTwo],
     });
     const events = await collect(flaky.watch(finished.job.id, { reconnectDelayMs: 10 }));
