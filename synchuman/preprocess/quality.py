@@ -20,6 +20,15 @@ MIN_PERSON_PIXELS = 32
 SMALL_PERSON_PIXELS = 384
 #: A component counts as a person when its area is at least this fraction of the largest one.
 PERSON_COMPONENT_FRACTION = 0.2
+#: Side-by-side figures in one mask region (people touching): the mask's coverage of each column of the
+#: person's box (fraction of the box height, smoothed over FIGURE_SMOOTH of the box width) is split into runs
+#: at FIGURE_RUN_LEVEL of the tallest column (runs closer than FIGURE_MERGE_GAP of the box height are one
+#: run); a run whose tallest column reaches FIGURE_PEAK of the tallest column is a standing figure (head to
+#: feet). Legs, arms and sleeves cover less of the height and do not count.
+FIGURE_SMOOTH = 0.03
+FIGURE_RUN_LEVEL = 0.6
+FIGURE_MERGE_GAP = 0.04
+FIGURE_PEAK = 0.8
 #: Fraction of an image edge the mask must cover to count as touching it (PERSON_CUT_OFF warning).
 EDGE_TOUCH_FRACTION = 0.01
 #: Mean decisiveness |2p - 1| inside the person's box below which the mask is unreliable.
@@ -83,6 +92,26 @@ def _touched_edges(binary: np.ndarray) -> list[str]:
     return [name for name, line in edges.items() if line.mean() >= EDGE_TOUCH_FRACTION]
 
 
+def side_by_side_figures(box: np.ndarray) -> int:
+    """How many upright figures stand side by side in ``box`` (bool [h, w], the mask cropped to the person's
+    bounding box); see :data:`FIGURE_PEAK`. Two people touching make one mask region but two figures."""
+    height, width = box.shape
+    window = max(1, round(FIGURE_SMOOTH * width))
+    coverage = np.convolve(box.mean(axis=0), np.ones(window) / window, mode="same")
+    tallest = float(coverage.max())
+    if tallest <= 0.0:
+        return 0
+    inside = np.concatenate([[False], coverage >= FIGURE_RUN_LEVEL * tallest, [False]])
+    edges = np.flatnonzero(np.diff(inside.astype(np.int8)))
+    runs: list[list[int]] = []
+    for start, end in zip(edges[0::2], edges[1::2], strict=True):
+        if runs and start - runs[-1][1] < FIGURE_MERGE_GAP * height:
+            runs[-1][1] = int(end)
+        else:
+            runs.append([int(start), int(end)])
+    return sum(1 for start, end in runs if coverage[start:end].max() >= FIGURE_PEAK * tallest)
+
+
 def assess(prob: np.ndarray, input_size: tuple[int, int], mask_source: str) -> QualityReport:
     """Measure a person mask and decide whether it is usable.
 
@@ -105,9 +134,10 @@ def assess(prob: np.ndarray, input_size: tuple[int, int], mask_source: str) -> Q
         ))
         return report
     keep = areas >= PERSON_COMPONENT_FRACTION * areas.max()
-    report.person_components = int(keep.sum())
     rows = np.flatnonzero(binary.any(axis=1))
     cols = np.flatnonzero(binary.any(axis=0))
+    box = binary[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    report.person_components = max(int(keep.sum()), side_by_side_figures(box))
     box_w, box_h = cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1
     report.bbox_fraction = float(box_w * box_h / binary.size)
     report.touched_edges = _touched_edges(binary)
@@ -146,8 +176,8 @@ def assess(prob: np.ndarray, input_size: tuple[int, int], mask_source: str) -> Q
     if report.person_components > 1:
         report.issues.append(QualityIssue(
             "warning", "MULTIPLE_PEOPLE",
-            f"found {report.person_components} separate person-sized regions; all of them are reconstructed "
-            "as one shape. Crop the photo to a single person",
+            f"found {report.person_components} people (separate person-sized regions, or figures standing "
+            "side by side); all of them are reconstructed as one shape. Crop the photo to a single person",
         ))
     if report.mask_confidence < MIN_CONFIDENCE:
         report.issues.append(QualityIssue(
