@@ -3,14 +3,17 @@
 Every name a service or the gateway sends is listed here, per stage, in the order the phases run; the
 protos' ``ProgressEvent`` comment and the README list the same names (a test compares them). Phases with
 steps report ``step`` of ``total_steps``; every phase, with steps or not, sends an event at least every
-:data:`HEARTBEAT_S` seconds while it runs (the last event repeated when nothing new happened), so a client
-that hears nothing for several heartbeats can call the job stalled.
+:data:`HEARTBEAT_S` seconds while it runs (the last event repeated with the message
+:data:`HEARTBEAT_MESSAGE` when nothing new happened), so a client that hears nothing for several heartbeats
+can call the job stalled.
 """
 
 from __future__ import annotations
 
 #: Longest gap in seconds between two progress events of a running stage call.
 HEARTBEAT_S = 4.0
+#: ``ProgressEvent.message`` of a heartbeat (the last event repeated with a new ``elapsed_seconds``).
+HEARTBEAT_MESSAGE = "heartbeat"
 
 #: Sent by the gateway when it hands the job to a stage (the message names the attempt).
 GATEWAY_PHASES = ("start",)

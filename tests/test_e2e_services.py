@@ -128,7 +128,7 @@ def test_photo_in_glb_out_with_ordered_progress(deployment, photo, tmp_path):
     assert stages == sorted(stages), "stages must follow preprocess -> multiview -> reconstruction"
     assert common_pb2.STAGE_MULTIVIEW in stages and common_pb2.STAGE_RECONSTRUCTION in stages
     sampling = [p.step for p in progress if p.stage == common_pb2.STAGE_MULTIVIEW and p.phase == "sampling"]
-    assert sampling == [1, 2]
+    assert sampling == [0, 1, 2]  # step 0 of 2 as stage 1 starts
     recon = [p.step for p in progress if p.stage == common_pb2.STAGE_RECONSTRUCTION and p.phase == "sampling"]
     assert recon == [1, 2]
     assert outcome.job.output_report.face_count > 0

@@ -83,10 +83,11 @@ def test_reconstruct_makes_a_loadable_glb_with_ordered_progress_and_extras(pipel
     assert faces == result.report.face_count > 0
     assert result.report.glb_size_bytes == len(result.glb)
     assert 0.0 < result.report.texture_coverage <= 1.0
-    assert events[:3] == [("sampling", 1, 3), ("sampling", 2, 3), ("sampling", 3, 3)]
-    phases = [e[0] for e in events[3:]]
+    assert events[:4] == [("condition", 0, 0), ("sampling", 1, 3), ("sampling", 2, 3), ("sampling", 3, 3)]
+    phases = [e[0] for e in events[4:] if e[1] == 0]  # phase starts; steps follow some of them
     assert phases[:2] == ["multiview_features", "decode"]
     assert phases[2:] == ["decimate", "visibility", "cut_fill", "uv_atlas", "bake", "export"]
+    assert [e for e in events if e[0] == "bake" and e[1]][-1] == ("bake", 5, 5)
     assert sorted(result.extra_files) == ["gaussians.ply", "mesh_obj.zip"]
     assert result.extra_files["gaussians.ply"].startswith(b"ply\n")
     names = zipfile.ZipFile(io.BytesIO(result.extra_files["mesh_obj.zip"])).namelist()
@@ -99,9 +100,9 @@ def test_should_stop_between_sampler_steps_raises_cancelled(pipeline):
     events: list = []
     with pytest.raises(Stage2Cancelled):
         pipeline.reconstruct(
-            person_inputs(), Stage2Options(steps=50), lambda *e: events.append(e), lambda: len(events) >= 2
+            person_inputs(), Stage2Options(steps=50), lambda *e: events.append(e), lambda: len(events) >= 3
         )
-    assert [e[1] for e in events] == [1, 2]
+    assert events == [("condition", 0, 0), ("sampling", 1, 50), ("sampling", 2, 50)]
 
 
 def test_should_stop_during_postprocessing_raises_cancelled(pipeline):

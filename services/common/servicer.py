@@ -24,6 +24,8 @@ import grpc
 from services.common.conversions import progress_event
 from services.common.stage_io import read_start, send_blobs, upload_chunks
 from services.common.stage_runtime import StageRuntime, guard
+from services.common.worker import Heartbeat
+from synchuman.progress_phases import HEARTBEAT_MESSAGE
 from synchuman.v1 import common_pb2
 
 
@@ -77,9 +79,12 @@ class StageCall:
         def work(report: Callable[[Any], None], should_stop: Callable[[], bool]) -> Any:
             return self.backend.run(inputs, options, lambda *event: report(event), should_stop)
 
-        def to_message(event: tuple[str, int, int], elapsed_s: float) -> Any:
+        def to_message(event: tuple[str, int, int] | Heartbeat, elapsed_s: float) -> Any:
+            message = ""
+            if isinstance(event, Heartbeat):  # the last event again, the phase still running
+                event, message = event.last, HEARTBEAT_MESSAGE
             return self.rpc.response_type(
-                progress=progress_event(self.rpc.stage, *event, elapsed_s=elapsed_s)
+                progress=progress_event(self.rpc.stage, *event, elapsed_s=elapsed_s, message=message)
             )
 
         return (yield from self.runtime.run_job(self.context, self.job_id, work, to_message))

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Generator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
 
@@ -109,6 +109,13 @@ class _Outcome(Generic[R]):
 _WAKE = object()
 
 
+class Heartbeat(NamedTuple):
+    """Yielded by :func:`stream_work` when the work reported nothing for a while: ``last`` is its last
+    report (the phase still running)."""
+
+    last: Any
+
+
 def stream_work(
     work: Callable[[ProgressSink, StopCheck], R],
     stop: StopSignal,
@@ -118,8 +125,8 @@ def stream_work(
 ) -> Generator[Any, None, R]:
     """Run ``work(report, should_stop)`` in a worker thread; yield what it reports; return its result.
 
-    While the work runs, the last report is yielded again whenever ``heartbeat_s`` passed without one (a
-    heartbeat: the phase is still running; phases without steps, such as one long native call, send nothing
+    While the work runs, ``Heartbeat(last report)`` is yielded whenever ``heartbeat_s`` passed without a
+    report (the phase is still running; phases without steps, such as one long native call, send nothing
     themselves).
 
     Use as ``result = yield from stream_work(...)`` inside a streaming handler. Raises :class:`WorkStopped`
@@ -152,10 +159,12 @@ def stream_work(
                 stopping = stop.reason()
                 if stopping is not None:
                     log.info("stopping work", extra={"work": name, "reason": stopping.value})
-            if item is _WAKE and time.monotonic() - last_sent >= heartbeat_s:
-                item = last_item
+            if item is _WAKE and last_item is not _WAKE and time.monotonic() - last_sent >= heartbeat_s:
+                item = Heartbeat(last_item)
             if item is not _WAKE and stopping is None:
-                last_item, last_sent = item, time.monotonic()
+                last_sent = time.monotonic()
+                if not isinstance(item, Heartbeat):
+                    last_item = item
                 yield item
     finally:
         if thread.is_alive():  # the consumer closed the stream early: stop the work and wait for it
