@@ -6,7 +6,12 @@ heads of 64 channels; batch 20 = CFG x 2 domains x 5 views; 3D branch 16^3 token
 the model passes (``[B, L, H, D]`` memory transposed to ``[B, H, L, D]``, a strided view) and on contiguous
 ``[B, H, L, D]``. Prints ms per call, TFLOP/s, and the per-step total of each backend (calls x time).
 
-Device command: ``python3 bench/bench_attention.py`` (no extra packages). CPU check: ``--device cpu --tiny``.
+When FlashAttention-3 is installed (``bench/build_flash_attn3.sh``), a ``fa3`` column times its
+``flash_attn_func`` on the model's ``[B, L, H, D]`` tensors as they are (what ``synchuman.nn.attention``
+calls).
+
+Device command: ``python3 bench/bench_attention.py [--dtype fp16]`` (no extra packages). CPU check: ``--device
+cpu --tiny``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,15 @@ SHAPES = [
 ]
 
 
+def flash_attention3() -> Callable[..., torch.Tensor] | None:
+    """FlashAttention-3's ``flash_attn_func`` when installed (None otherwise)."""
+    try:
+        from flash_attn_interface import flash_attn_func
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
 def median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Median milliseconds of ``repeats`` calls timed with device events (after 2 warm-ups)."""
     for _ in range(2):
@@ -68,11 +82,16 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="1/16 of the tokens (CPU check)")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"), help="on CUDA (CPU: fp32)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    half = torch.bfloat16 if args.dtype == "bf16" else torch.float16
+    dtype = half if device.type == "cuda" else torch.float32
     backends = BACKENDS if device.type == "cuda" else {"math": SDPBackend.MATH}
     totals = {f"{b} {lay}": 0.0 for b in backends for lay in ("strided", "contiguous")}
+    fa3 = flash_attention3() if device.type == "cuda" else None
+    if fa3 is not None:
+        totals["fa3 [B,L,H,D]"] = 0.0
     header = f"{'shape':26s} {'B':>4s} {'Lq':>6s} {'Lk':>6s} {'H':>3s} {'calls':>5s} | " + " | ".join(
         f"{k:>22s}" for k in totals
     )
@@ -108,6 +127,12 @@ def main() -> int:
                     continue
                 totals[key] += calls * ms
                 cells.append(f"{ms:8.3f}ms {flops / ms / 1e9:4.0f}TF {err:.0e}".rjust(22))
+        if fa3 is not None:
+            out = fa3(q, k, v).transpose(1, 2)
+            err = float((out.float() - reference).norm() / reference.norm())
+            ms = median_ms(lambda qkv=(q, k, v): fa3(*qkv), device, args.repeats)
+            totals["fa3 [B,L,H,D]"] += calls * ms
+            cells.append(f"{ms:8.3f}ms {flops / ms / 1e9:4.0f}TF {err:.0e}".rjust(22))
         print(
             f"{name:26s} {batch:4d} {lq:6d} {lk:6d} {heads:3d} {calls:5d} | " + " | ".join(cells), flush=True
         )

@@ -40,6 +40,7 @@ from synchuman.checkpoints.tiny_common import randomize_  # noqa: E402
 from synchuman.models.cross_space import SyncHuman_2D3DCrossSpaceDiffusion  # noqa: E402
 from synchuman.models.dinov2 import DinoV2Encoder, DinoVisionTransformer  # noqa: E402
 from synchuman.models.ss_decoder import SparseStructureDecoder  # noqa: E402
+from synchuman.nn.attention import set_attention_backend  # noqa: E402
 from synchuman.pipelines.stage1 import NUM_VIEWS, Stage1Pipeline  # noqa: E402
 
 GIB = 2**30
@@ -314,7 +315,9 @@ def main() -> int:
         default="eager,compile",
         help="comma list of eager | channels_last | compile | compile_cl | compile_graphs | eager_cfg2 | "
         "compile_cfg2 | compile_graphs_cfg2 (_cfg2: the unconditional CFG half on --cfg-device; _graphs: "
-        "CUDA graphs; channels_last / _cl: the UNet's convolutions in channels-last format from then on)",
+        "CUDA graphs; channels_last / _cl: the UNet's convolutions in channels-last format from then on; "
+        "a trailing _sdpa: attention through SDPA instead of the default backend, FlashAttention-3 when "
+        "installed)",
     )
     parser.add_argument("--cfg-device", default=None, help="second device of the _cfg2 variants, e.g. cuda:1")
     parser.add_argument(
@@ -418,6 +421,8 @@ def main() -> int:
                 for module in base.modules():
                     if isinstance(module, torch.nn.Conv2d):
                         module.to(memory_format=torch.channels_last)
+            # "_sdpa": attention through SDPA even where the default ("auto") would take FlashAttention-3
+            set_attention_backend("sdpa" if variant.endswith("_sdpa") else "auto")
             pipeline.accelerate(compile_model="compile" in variant, cuda_graphs="graphs" in variant)
             compiled_before = compiled_before or "compile" in variant
             try:
