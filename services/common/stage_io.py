@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from synchuman.pipelines.handoff import sorted_voxels
 from synchuman.v1 import common_pb2
@@ -215,18 +215,20 @@ def decode_image(name: str, data: bytes, size: tuple[int, int], channels: int) -
     H).
     """
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.size != size:
+        with Image.open(io.BytesIO(data), formats=("PNG",)) as image:
+            if image.size != size:  # checked on the header, before anything is decompressed
                 raise InvalidInput(
                     name, f"{name} is {image.size[0]}x{image.size[1]}; send {size[0]}x{size[1]}"
                 )
+            image.load()
             mode = "RGBA" if channels == 4 else "RGB"
             if channels == 4 and image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
                 raise InvalidInput(name, f"{name} has no alpha channel; send the RGBA image from preprocess")
             return np.asarray(image.convert(mode), dtype=np.uint8).copy()
     except InvalidInput:
         raise
+    except UnidentifiedImageError:  # its message names the buffer object: say what it means instead
+        raise InvalidInput(name, f"{name} is not a PNG image") from None
     except Exception as exc:  # PIL raises many types for broken files
         raise InvalidInput(name, f"{name} is not a readable PNG image ({exc})") from exc
 

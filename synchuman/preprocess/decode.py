@@ -139,10 +139,11 @@ def decode_pil(image: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Deco
             "IMAGE_TOO_SMALL", f"the image is only {width}x{height} pixels; send a photo of at least "
             f"{MIN_SIDE}x{MIN_SIDE} (ideally 512 pixels or more on the short side)"
         )
-    if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":
+    frames = _frame_count(image)
+    if frames > 1 and image.format != "MPO":
         raise InvalidImageError(
             "ANIMATED_IMAGE",
-            f"the {image.format} file is animated ({image.n_frames} frames); send a single still photo "
+            f"the {image.format} file is animated ({frames} frames); send a single still photo "
             "(export one frame as PNG or JPEG)",
         )
     source_format = "JPEG" if image.format == "MPO" else image.format or "unknown"
@@ -166,6 +167,19 @@ def decode_pil(image: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Deco
             "send the original file",
         ) from None
     return DecodedImage(rgb=rgb, alpha=alpha, format=source_format, mode=source_mode)
+
+
+def _frame_count(image: Image.Image) -> int:
+    """Frames (pages) in the file; counting them parses the rest of it (GIF frames, TIFF pages), so damage
+    found there is CORRUPT_IMAGE."""
+    try:
+        return int(getattr(image, "n_frames", 1))
+    except Exception as exc:  # noqa: BLE001 - hostile data makes Pillow raise many types
+        raise InvalidImageError(
+            "CORRUPT_IMAGE",
+            f"the {image.format} file is damaged ({type(exc).__name__}: {exc}); re-export the photo or send "
+            "the original file",
+        ) from None
 
 
 def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> InvalidImageError:
