@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from synchuman.checkpoints.layout import CheckpointLayout, default_root
-from synchuman.checkpoints.verify import require_verified, weights_label
+from synchuman.checkpoints.verify import weights_label
 from synchuman.options import OptionError
 from synchuman.phases import PhaseTimer
 from synchuman.pipelines.handoff import Stage2InputError, Stage2Inputs
@@ -110,9 +110,10 @@ class Stage2Pipeline:
         render_views: int = 95,
         render_resolution: int = 1024,
     ) -> Stage2Pipeline:
-        """Verify and load ``root`` (default: the checkpoint root) onto ``device`` in ``dtype``."""
+        """Load ``root`` (default: the checkpoint root) onto ``device`` in ``dtype``. Like
+        :meth:`Stage1Pipeline.from_checkpoints`, it does not verify the tree: callers run
+        :func:`~synchuman.checkpoints.verify.require_verified` first, which lists every problem at once."""
         layout = CheckpointLayout(root or default_root())
-        require_verified(layout.root, ("dinov2", "stage2"))
         models = load_stage2_models(layout, device=device, dtype=dtype)
         from synchuman.models.dinov2 import DinoV2Encoder
 

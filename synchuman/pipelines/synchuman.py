@@ -150,7 +150,7 @@ class SyncHumanPipeline:
         layout = CheckpointLayout(Path(root) if root is not None else default_root())
         options = PreprocessOptions(segmenter=segmenter, segmentation_dir=layout.segmentation)
         load_segmenter(options.segmenter, options.segmentation_dir)  # fail now, not on the first photo
-        require_verified(layout.root, ("dinov2", "stage1"))
+        require_verified(layout.root, ("dinov2", "stage1", "stage2"))
         stage1 = Stage1Pipeline.from_checkpoints(layout, device=device, dtype=dtype)
         if render_views is None:
             render_views = 0 if torch.device(device).type == "cpu" else 95
