@@ -150,10 +150,11 @@ export class SyncHumanClient {
    */
   async *watch(jobId: string, options: WatchOptions = {}): AsyncGenerator<WatchJobResponse> {
     let after = options.afterSequence ?? 0n;
-    let failures = 0;
+    let failures = 0; // drops in a row, without an event in between
     const maxReconnects = options.maxReconnects ?? 5;
     const delayMs = options.reconnectDelayMs ?? 500;
     for (;;) {
+      let failure = new SyncHumanError(Code.Unavailable, `the event stream of job ${jobId} closed before its end`);
       try {
         const stream = this.raw.watchJob(
           { jobId, afterSequence: after },
@@ -166,13 +167,11 @@ export class SyncHumanClient {
           if (event.event.case === "finished") return;
         }
       } catch (error) {
-        const failure = SyncHumanError.fromCall(error);
-        if (!RESUMABLE.has(failure.code) || options.signal?.aborted || failures >= maxReconnects) throw failure;
+        failure = SyncHumanError.fromCall(error);
+        if (!RESUMABLE.has(failure.code) || options.signal?.aborted) throw failure;
       }
       failures += 1;
-      if (failures > maxReconnects) {
-        throw new SyncHumanError(Code.Unavailable, `the event stream of job ${jobId} kept closing early`);
-      }
+      if (failures > maxReconnects) throw failure;
       await sleep(delayMs * 2 ** (failures - 1), undefined, { signal: options.signal });
     }
   }

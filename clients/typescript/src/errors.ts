@@ -75,8 +75,12 @@ function sortDetails(messages: Message[]): ErrorDetails {
 
 /** A failed call or a failed job: gRPC `code` (and its name), the server's message and the decoded details. */
 export class SyncHumanError extends Error {
+  /** gRPC status code (Connect's `Code` enum has the same numbers). */
   readonly code: Code;
+  /** Name of the code, e.g. "InvalidArgument". */
   readonly codeName: string;
+  /** The server's message as sent (`message` adds the code name in front). */
+  readonly serverMessage: string;
   readonly details: ErrorDetails;
 
   constructor(code: Code, message: string, details: ErrorDetails = {}, options?: { cause?: unknown }) {
@@ -84,12 +88,8 @@ export class SyncHumanError extends Error {
     this.name = "SyncHumanError";
     this.code = code;
     this.codeName = Code[code] ?? String(code);
+    this.serverMessage = message;
     this.details = details;
-  }
-
-  /** The server's message without the code prefix. */
-  get serverMessage(): string {
-    return this.message.slice(this.codeName.length + 2);
   }
 
   /** Seconds the server asks to wait before retrying (RetryInfo), or undefined. */
