@@ -115,12 +115,12 @@ class JobManager:
     ) -> tuple[Job, bool]:
         """Store and queue a job; returns ``(job, deduplicated)``. See ``ReconstructionService.SubmitJob``."""
         check_idempotency_key(idempotency_key)
+        validate_options(options)  # before the key's job is looked up: a bad request is refused, not replayed
+        media = checked_photo_media_type(image, self.settings.max_upload_bytes)
         if idempotency_key:
             existing = self.store.find_by_key(idempotency_key)
             if existing is not None:
                 return existing, True
-        validate_options(options)
-        media = checked_photo_media_type(image, self.settings.max_upload_bytes)
         self.readiness.require_ready()
         with self.loop.admission():
             return self._create(image, media, options, idempotency_key)

@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 from PIL import Image
 from test_gateway import Stack, photo, upload
 
+from synchuman.v1 import common_pb2
 from synchuman.v1 import reconstruction_pb2 as R
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
@@ -235,3 +236,16 @@ def test_float_options_at_the_range_edge_are_accepted(http):
         "/v1/jobs", files={"image": ("p.png", photo(), "image/png")}, data={"options": json.dumps(options)}
     )
     assert reply.status_code == 201, reply.text
+
+
+def test_a_reused_idempotency_key_does_not_replay_a_bad_request(stack):
+    first = stack.stub.SubmitJob(upload(photo(), key="order-1"), timeout=30)
+    options = common_pb2.JobOptions()
+    options.multiview.steps = 0
+    assert_invalid(
+        lambda: stack.stub.SubmitJob(upload(photo(), key="order-1", options=options), timeout=30),
+        "options.multiview.steps",
+    )
+    assert_invalid(lambda: stack.stub.SubmitJob(upload(b"not a photo", key="order-1"), timeout=30), "image")
+    again = stack.stub.SubmitJob(upload(photo(), key="order-1"), timeout=30)
+    assert again.deduplicated and again.job.id == first.job.id
