@@ -11,7 +11,8 @@ Same operations as the gRPC ReconstructionService, on the same :class:`~gateway.
 * ``GET /v1/jobs/{id}/events`` - server-sent events (``id`` = sequence; resume with ``Last-Event-ID`` or
   ``?after=N``), one per job event, the stream closes after the ``finished`` event.
 * ``GET /v1/jobs/{id}/artifacts/{name}`` - a file with its media type, ``ETag`` = SHA-256.
-* ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``, ``/docs``.
+* ``GET /healthz`` = ``GET /readyz`` (200 ready / 503 naming the stage or job store that is missing: see
+  :mod:`gateway.readiness`), ``GET /livez``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``, ``/docs``.
 * ``GET /`` - the web page, ``GET /docs`` - Swagger UI, both from local files (:mod:`gateway.web`).
 
 Errors are JSON ``{"error": {"code", "message", "details"}}`` with the gRPC code mapped to an HTTP status
@@ -46,7 +47,6 @@ from gateway.errors import JobError
 from gateway.manager import JobManager
 from gateway.openapi_doc import error_responses, upload_doc
 from gateway.paging import PAGE_TOKEN
-from gateway.readiness import NOT_SERVING
 from gateway.request_fields import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_SEQUENCE
 from gateway.web import add_web_page
 from services.common.stage_runtime import bad_request
@@ -231,17 +231,24 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
 
     auth = [Depends(authorize)]
 
-    @app.get("/healthz", tags=["ops"])
-    def healthz() -> dict:
-        return {"status": "SERVING"}
+    not_ready = {503: {"description": "Not ready: a stage is not SERVING or the job store is unreachable"}}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], responses=not_ready)
+    def healthz() -> JSONResponse:
+        """Same as ``/readyz``."""
+        return readyz()
+
+    @app.get("/readyz", tags=["ops"], responses=not_ready)
     def readyz() -> JSONResponse:
-        """200 when every stage service is SERVING (or has no health service), else 503 naming them."""
-        stages = manager.readiness.states()
-        ready = NOT_SERVING not in stages.values()
-        body = {"status": "READY" if ready else "NOT_READY", "stages": stages}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        """200 when every stage service is SERVING (or has no health service) and the job store answers, else
+        503 naming what is missing; the same answer as the gateway's gRPC health (``gateway.readiness``)."""
+        readiness = manager.readiness.report()
+        return JSONResponse(readiness.as_json(), status_code=200 if readiness.ready else 503)
+
+    @app.get("/livez", tags=["ops"])
+    def livez() -> dict:
+        """200 while the process answers (liveness: not ready is no reason to restart it)."""
+        return {"status": "ALIVE"}
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics() -> Response:

@@ -24,7 +24,7 @@ from gateway.job_loop import JobLoop, LeaseSettings
 from gateway.metrics import JOB_STATES, JOBS_SUBMITTED
 from gateway.option_validation import validate_options
 from gateway.paging import list_page
-from gateway.readiness import StageReadiness
+from gateway.readiness import ReadinessMonitor, StageReadiness
 from gateway.request_fields import check_artifact_name, check_job_id, check_sequence
 from gateway.retention import RetentionSweeper, delete_expired
 from gateway.retry import RetryPolicy
@@ -65,7 +65,7 @@ class JobManager:
         self.store = store
         self.artifacts = artifacts
         self.stages = stages
-        self.readiness = StageReadiness(stages)
+        self.readiness = ReadinessMonitor(StageReadiness(stages), store)
         self.settings = settings
         self.events = JobEvents(store)
         self.loop = JobLoop(
@@ -121,7 +121,7 @@ class JobManager:
             existing = self.store.find_by_key(idempotency_key)
             if existing is not None:
                 return existing, True
-        self.readiness.require_ready()
+        self.readiness.stages.require_ready()
         with self.loop.admission():
             return self._create(image, media, options, idempotency_key)
 

@@ -1,23 +1,33 @@
-"""Whether the gateway can run jobs now: the gRPC health of the three stage services it calls.
+"""Whether the gateway can run jobs now: the gRPC health of the three stage services it calls and the
+reachability of its job store: one answer for ``GET /healthz``, ``GET /readyz`` and the gateway's gRPC health.
 
 A stage that is down, still loading, or unable to load its checkpoints (it then never turns SERVING and its
-log says why) makes the gateway *not ready*: ``GET /readyz`` answers 503 naming it, and new jobs are refused
-with UNAVAILABLE and a RetryInfo instead of being queued for a stage that cannot run them. Jobs already
-accepted keep waiting for the stage (the job loop's retries). Health is asked at most once per ``max_age_s``
-and stage, so submissions do not multiply health calls.
+log says why) makes the gateway *not ready*, and so does a job store that cannot be reached: ``/healthz`` and
+``/readyz`` answer 503 naming what is missing, the gateway's grpc.health.v1 says NOT_SERVING (a load
+balancer or Kubernetes sends new calls to other gateways), and new jobs are refused with UNAVAILABLE and a
+RetryInfo instead of being queued for a stage that cannot run them. Jobs already accepted keep waiting for
+the stage (the job loop's retries). ``GET /livez`` only says the process answers. Health is asked at most
+once per ``max_age_s`` and stage, so submissions and probes do not multiply health calls; a thread
+(:meth:`ReadinessMonitor.start`) re-checks every ``interval_s`` and reports each change to the gRPC health.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 
 from gateway.errors import JobError
 from gateway.stages import StageClients
+from gateway.store import JobStore, StoreUnavailable
 from services.common.stage_runtime import error_info, retry_info
 from synchuman.v1 import common_pb2
+
+log = logging.getLogger(__name__)
 
 #: Stage service name -> its ``synchuman.v1.Stage`` value, in job order.
 STAGES: dict[str, int] = {
@@ -26,6 +36,7 @@ STAGES: dict[str, int] = {
     "stage2": common_pb2.STAGE_RECONSTRUCTION,
 }
 SERVING, NOT_SERVING, UNKNOWN = "SERVING", "NOT_SERVING", "UNKNOWN"
+REACHABLE, UNREACHABLE = "REACHABLE", "UNREACHABLE"
 
 
 class StageReadiness:
@@ -66,3 +77,101 @@ class StageReadiness:
                 retry_info(15.0),
                 error_info("STAGES_NOT_READY", stages=",".join(down)),
             )
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """One look at what the gateway needs: ``stages`` (name -> SERVING | NOT_SERVING | UNKNOWN) and
+    ``job_store`` (REACHABLE | UNREACHABLE, with ``store_error``)."""
+
+    stages: dict[str, str]
+    job_store: str
+    store_error: str = ""
+
+    @property
+    def ready(self) -> bool:
+        """Every stage serving (or without a health service) and the job store reachable."""
+        return self.job_store == REACHABLE and NOT_SERVING not in self.stages.values()
+
+    def as_json(self) -> dict:
+        """The body of ``/healthz`` and ``/readyz``."""
+        body: dict = {
+            "status": "READY" if self.ready else "NOT_READY",
+            "stages": self.stages,
+            "job_store": self.job_store,
+        }
+        if self.store_error:
+            body["job_store_error"] = self.store_error
+        return body
+
+
+class ReadinessMonitor:
+    """The gateway's readiness (stage health + job store ping), at most ``max_age_s`` old; from
+    :meth:`start` to :meth:`stop` a thread re-checks every ``interval_s`` seconds and calls
+    ``on_change(ready)`` at start and whenever readiness changes."""
+
+    def __init__(
+        self, stages: StageReadiness, store: JobStore, interval_s: float = 2.0, max_age_s: float = 2.0
+    ) -> None:
+        self.stages = stages
+        self._store = store
+        self._interval_s = interval_s
+        self._max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._last: Readiness | None = None
+        self._checked_at = -float("inf")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def report(self) -> Readiness:
+        """The current readiness (checked now when the last check is older than ``max_age_s``)."""
+        with self._lock:
+            if self._last is None or time.monotonic() - self._checked_at >= self._max_age_s:
+                self._last = Readiness(self.stages.states(), *self._ping_store())
+                self._checked_at = time.monotonic()
+            return self._last
+
+    def _ping_store(self) -> tuple[str, str]:
+        try:
+            self._store.ping()
+        except (StoreUnavailable, OSError) as exc:
+            return UNREACHABLE, str(exc)
+        return REACHABLE, ""
+
+    def start(self, on_change: Callable[[bool], None]) -> None:
+        """Check now, report it with ``on_change``, then keep checking in a thread."""
+        ready = self._log_change(None, self.report())
+        on_change(ready)
+        self._thread = threading.Thread(
+            target=self._run, args=(on_change, ready), name="gateway-readiness", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop checking; no ``on_change`` call after this returns (unless a check outlives ``timeout_s``)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self, on_change: Callable[[bool], None], ready: bool) -> None:
+        while not self._stop.wait(self._interval_s):
+            now = self._log_change(ready, self.report())
+            if now != ready and not self._stop.is_set():
+                ready = now
+                on_change(ready)
+
+    @staticmethod
+    def _log_change(before: bool | None, readiness: Readiness) -> bool:
+        if readiness.ready != before:
+            if readiness.ready:
+                log.info("ready: SERVING", extra={"stages": readiness.stages})
+            else:
+                log.warning(
+                    "not ready: NOT_SERVING",
+                    extra={
+                        "stages": readiness.stages,
+                        "job_store": readiness.job_store,
+                        "error": readiness.store_error,
+                    },
+                )
+        return readiness.ready

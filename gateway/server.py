@@ -21,7 +21,6 @@ from gateway.manager import JobManager, ManagerSettings
 from gateway.retry import RetryPolicy
 from gateway.stages import StageClients, StageTargets
 from gateway.store import open_job_store
-from gateway.store_health import StoreHealth
 from services.common.auth import BearerTokenInterceptor
 from services.common.endpoints import RECONSTRUCTION_SERVICE, default_address
 from services.common.grpc_server import ServiceServer
@@ -96,7 +95,6 @@ class Gateway:
         self.address = self.grpc_server.address
         self.gateway_id = config.gateway_id or f"{socket.gethostname()}:{self.port}"
         resumed = self.manager.start(self.gateway_id)
-        self.store_health = StoreHealth(self.manager.store, self.grpc_server.set_serving)
         self.grpc_server.start()
         self.http = None
         self.http_port = 0
@@ -107,8 +105,7 @@ class Gateway:
                 self.manager, config.http_address, config.auth_token, config.max_upload_bytes
             )
             self.http_port = self.http.start()
-        self.grpc_server.set_serving(True)
-        self.store_health.start()
+        self.manager.readiness.start(self.grpc_server.set_serving)
         log.info(
             "serving",
             extra={
@@ -124,7 +121,7 @@ class Gateway:
         """Report NOT_SERVING, stop accepting calls, stop the workers (running jobs resume at the next
         start) and the HTTP bridge.
         """
-        self.store_health.stop()
+        self.manager.readiness.stop()
         self.grpc_server.health.enter_graceful_shutdown()
         if self.http is not None:
             self.http.stop()

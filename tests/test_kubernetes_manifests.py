@@ -131,6 +131,8 @@ def test_gateway_replicas_secrets_readiness_and_disruption_budgets(built):
     assert env["SYNCHUMAN_GATEWAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "auth-token"
     assert env["SYNCHUMAN_GATEWAY_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert main["readinessProbe"]["grpc"]["service"] == "synchuman.v1.ReconstructionService"
+    # not ready while stage 1 loads (minutes): start-up and liveness only ask whether the process answers
+    assert main["startupProbe"]["httpGet"]["path"] == main["livenessProbe"]["httpGet"]["path"] == "/livez"
     config_name = next(e["configMapRef"]["name"] for e in main["envFrom"] if "configMapRef" in e)
     store = objects[("ConfigMap", config_name)]["data"]["SYNCHUMAN_GATEWAY_ARTIFACT_STORE"]
     assert store.startswith("s3://" if overlay == "many-gpu-nodes" else "file:///")
