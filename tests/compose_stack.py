@@ -140,9 +140,14 @@ class Stack:
         with httpx.stream("GET", url, timeout=httpx.Timeout(60, read=timeout_s)) as stream:
             return [json.loads(line[5:]) for line in stream.iter_lines() if line.startswith("data:")]
 
-    def stage_jobs_started(self, container: str) -> list[str]:
-        """Job ids a stage container started (its ``job started`` log records)."""
-        return [r.get("job_id", "") for r in self.log_records(container) if r.get("msg") == "job started"]
+    def stage_jobs_started(self, container: str, event: str = "job started") -> list[str]:
+        """Job ids in a stage container's ``job started`` (or ``event``) log records."""
+        return [r.get("job_id", "") for r in self.log_records(container) if r.get("msg") == event]
+
+    def cancel(self, job_id: str) -> dict:
+        reply = httpx.post(f"{self.base_url}/v1/jobs/{job_id}/cancel", timeout=60)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["job"]
 
 
 def image_sizes(images: list[str]) -> dict[str, str]:

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -500,14 +501,17 @@ def test_killed_stage2_is_restarted_and_the_job_finishes_without_stage1_again(st
     def run() -> dict:
         job_id = stack.submit_ok(photo())
         _wait_stage_started(stack, stage2, job_id)
-        subprocess.run(["docker", "kill", stage2], check=True, capture_output=True, timeout=60)
+        # SIGKILL of the container's init from the host: the container dies as in a crash (OOM kill) and its
+        # restart policy brings it back. (`docker kill` would count as a manual stop, which Docker's restart
+        # policies deliberately never undo.)
+        os.kill(stack.inspect(stage2)["State"]["Pid"], signal.SIGKILL)
         return stack.wait_job(job_id)
 
     job = stack.timed("stage-2 kill mid-job, job finished", run)
     assert job["state"] == "JOB_STATE_SUCCEEDED", job
     assert job["attempts"]["multiview"] == 1 and job["attempts"]["reconstruction"] >= 2, job["attempts"]
     assert stack.stage_jobs_started(stage1).count(job["id"]) == 1
-    assert stack.inspect(stage2)["RestartCount"] == restarts + 1  # compose's restart policy, same container
+    assert stack.inspect(stage2)["RestartCount"] == restarts + 1  # the restart policy, same container
 
 
 @e2e
@@ -529,6 +533,39 @@ def test_gateway_restarted_mid_job_keeps_the_job(stack) -> None:
     resumed = [r for r in stack.log_records(gateway) if r.get("msg") == "job resumed"]
     assert job["id"] in {r.get("job_id") for r in resumed}
     assert stack.get(f"/v1/jobs/{job['id']}/artifacts/person.glb").status_code == 200
+
+
+@e2e
+def test_two_stage1_replicas_share_the_jobs(stack) -> None:
+    """Two stage-1 replicas each run one of two jobs (their own logs say so); the jobs are cancelled once
+    stage 1 is done, stage 2 has nothing to show here."""
+    import time
+
+    from compose_stack import wait_until
+
+    from services.common.grpc_server import MAX_CONNECTION_AGE_MS
+
+    def run() -> dict[str, list[str]]:
+        stack.compose("up", "-d", "--wait", "--scale", "stage1=2", timeout_s=600)
+        replicas = stack.containers("stage1")
+        assert len(replicas) == 2
+        # The gateway re-resolves dns:///stage1 when the stage's server ends its connection (max age): then
+        # Docker's DNS answers with both replicas and round robin spreads the calls.
+        time.sleep(MAX_CONNECTION_AGE_MS / 1000 + 10)
+        jobs = [stack.submit_ok(photo()) for _ in range(2)]
+
+        def finished_by_replica() -> dict[str, list[str]]:
+            done = {r: [j for j in stack.stage_jobs_started(r, "job finished") if j in jobs]
+                    for r in replicas}
+            return done if sum(len(ids) for ids in done.values()) == len(jobs) else {}
+
+        served = wait_until(finished_by_replica, 600, "stage 1 of both jobs")
+        for job_id in jobs:
+            stack.cancel(job_id)
+        return served  # type: ignore[return-value]
+
+    served = stack.timed("scale stage1=2, stage 1 of 2 jobs", run)
+    assert all(served.values()), served  # each replica ran one job
 
 
 @e2e
@@ -557,32 +594,6 @@ def test_stage_with_a_missing_checkpoint_stays_unhealthy_and_the_gateway_is_not_
         assert any(reason in json.dumps(r) for r in records), records[-3:]
 
     stack.timed("missing checkpoint: stage unhealthy, gateway not ready", run)
-    stack.timed("stage 2 back with good checkpoints",
-                lambda: stack.compose("up", "-d", "--no-deps", "--wait", "stage2", timeout_s=600))
-    assert stack.get("/readyz").status_code == 200
-
-
-@e2e
-def test_two_stage1_replicas_share_the_jobs(stack) -> None:
-    import time
-
-    from services.common.grpc_server import MAX_CONNECTION_AGE_MS
-
-    def run() -> list[str]:
-        stack.compose("up", "-d", "--wait", "--scale", "stage1=2", timeout_s=600)
-        replicas = stack.containers("stage1")
-        assert len(replicas) == 2
-        # The gateway re-resolves dns:///stage1 when the stage's server ends its connection (max age): then
-        # Docker's DNS answers with both replicas and round robin spreads the calls.
-        time.sleep(MAX_CONNECTION_AGE_MS / 1000 + 10)
-        jobs = [stack.submit_ok(photo()) for _ in range(4)]
-        for job_id in jobs:
-            assert stack.wait_job(job_id)["state"] == "JOB_STATE_SUCCEEDED"
-        return replicas
-
-    replicas = stack.timed("scale stage1=2, 4 jobs", run)
-    served = {replica: stack.stage_jobs_started(replica) for replica in replicas}
-    assert all(served.values()), served  # every replica started at least one job
 
 
 @e2e
