@@ -55,6 +55,8 @@ def shared_stores(tmp_path):
 
 
 def start_gateway(name: str, port: int, targets: dict[str, str], stores, data: Path) -> subprocess.Popen:
+    """``python -m gateway`` as ``name`` on ``port``; ``stores``: (job store URL, artifact store URL,
+    environment). Returns once it is SERVING."""
     database, artifacts, env = stores
     argv = [
         sys.executable, "-m", "gateway", "--log-level", "WARNING",
@@ -68,13 +70,45 @@ def start_gateway(name: str, port: int, targets: dict[str, str], stores, data: P
     return process
 
 
+class GatewayPair:
+    """Gateway processes ``gw-a`` (:attr:`a`) and ``gw-b`` (:attr:`b`) on the same stores (see
+    :func:`start_gateway`), both calling the stage services at ``targets``; :meth:`close` kills both."""
+
+    def __init__(self, targets: dict[str, str], stores, tmp: Path) -> None:
+        self.targets, self.stores, self.tmp = targets, stores, tmp
+        self.ports = {"gw-a": free_port(), "gw-b": free_port()}
+        self.a, self.b = (f"127.0.0.1:{port}" for port in self.ports.values())
+        self.processes: dict[str, subprocess.Popen] = {}
+        try:
+            for name in self.ports:
+                self.start(name)
+        except BaseException:
+            self.close()
+            raise
+
+    def start(self, name: str) -> None:
+        """(Re)start gateway ``name`` under its id, port and data folder."""
+        port, data = self.ports[name], self.tmp / name
+        self.processes[name] = start_gateway(name, port, self.targets, self.stores, data)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL gateway ``name`` (no drain, no lease release) and reap it."""
+        self.processes[name].send_signal(signal.SIGKILL)
+        self.processes[name].wait()
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            process.kill()
+            process.wait()
+
+
 class Watcher(threading.Thread):
     """Watches a job on gateway A; when A dies mid-stream, reconnects to gateway B after the last event it
     got (``after_sequence``), as a client library would. Keeps every event and where it came from."""
 
-    def __init__(self, job_id: str, first: str, second: str) -> None:
+    def __init__(self, job_id: str, first: str, second: str, timeout_s: float = 120.0) -> None:
         super().__init__(daemon=True)
-        self.job_id, self.first, self.second = job_id, first, second
+        self.job_id, self.first, self.second, self.timeout_s = job_id, first, second, timeout_s
         self.events: list[tuple[str, R.WatchJobResponse]] = []
 
     def run(self) -> None:
@@ -82,11 +116,16 @@ class Watcher(threading.Thread):
             after = self.events[-1][1].sequence if self.events else 0
             request = R.WatchJobRequest(job_id=self.job_id, after_sequence=after)
             try:
-                for event in stub_for(address).WatchJob(request, timeout=120):
+                for event in stub_for(address).WatchJob(request, timeout=self.timeout_s):
                     self.events.append((address, event))
                 return
             except grpc.RpcError:
                 continue
+
+    @property
+    def job_events(self) -> list[R.WatchJobResponse]:
+        """The events received so far, from either gateway."""
+        return [event for _, event in list(self.events)]
 
 
 def started_on(events: list[R.WatchJobResponse]) -> list[str]:
@@ -96,6 +135,34 @@ def started_on(events: list[R.WatchJobResponse]) -> list[str]:
         for e in events
         if e.WhichOneof("event") == "progress" and e.progress.phase == "start"
     ]
+
+
+def check_finished_by_b(pair: GatewayPair, watchers: list[Watcher]) -> None:
+    """Every watched job succeeded; its watch went from A to B without gap or duplicate; its last stage
+    attempt ran on B."""
+    for watcher in watchers:
+        watcher.join(watcher.timeout_s)
+    for watcher in watchers:
+        events, job_id = watcher.job_events, watcher.job_id
+        sources = {address for address, _ in watcher.events}
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1)), job_id
+        assert sources == {pair.a, pair.b}, f"{job_id}: watched on {sources}"
+        final = events[-1].finished
+        assert final.state == R.JOB_STATE_SUCCEEDED, (job_id, final.error.message)
+        attempts = started_on(events)
+        assert attempts[-1].endswith("@gw-b") and all(x.endswith(("@gw-a", "@gw-b")) for x in attempts)
+
+
+def check_listed_alike(pair: GatewayPair, job_ids: list[str]) -> None:
+    """With A restarted under its id, ListJobs on A and on B shows the same jobs, all succeeded."""
+    pair.start("gw-a")
+    listed = [
+        [(j.id, j.state) for j in stub_for(g).ListJobs(R.ListJobsRequest(), timeout=10).jobs]
+        for g in (pair.a, pair.b)
+    ]
+    assert listed[0] == listed[1]
+    assert sorted(i for i, _ in listed[0]) == sorted(job_ids)
+    assert {state for _, state in listed[0]} == {R.JOB_STATE_SUCCEEDED}
 
 
 def test_killed_gateway_jobs_are_finished_by_the_other_without_rerunning_finished_stages(
@@ -113,19 +180,15 @@ def test_killed_gateway_jobs_are_finished_by_the_other_without_rerunning_finishe
         server, port, _ = start_doubles("127.0.0.1:0", [name], behaviour)
         servers.append(server)
         targets[name] = f"127.0.0.1:{port}"
-    port_a, port_b = free_port(), free_port()
-    a = f"127.0.0.1:{port_a}"
-    b = f"127.0.0.1:{port_b}"
-    gateway_a = start_gateway("gw-a", port_a, targets, shared_stores, tmp_path / "a")
-    gateway_b = start_gateway("gw-b", port_b, targets, shared_stores, tmp_path / "b")
-    gateways = [gateway_a, gateway_b]
+    pair = None
     try:
-        stub_a = stub_for(a)
+        pair = GatewayPair(targets, shared_stores, tmp_path)
+        stub_a = stub_for(pair.a)
         first = [stub_a.SubmitJob(upload(photo(), key=f"order-{i}"), timeout=30).job.id for i in range(3)]
         wait_until(lambda: all(calls(log, "stage2", j, "started") for j in first), 30, "batch 1 in stage 2")
         second = [stub_a.SubmitJob(upload(photo(), key=f"order-{i}"), timeout=30).job.id for i in range(3, 6)]
         wait_until(lambda: all(calls(log, "stage1", j, "started") for j in second), 30, "batch 2 in stage 1")
-        watchers = [Watcher(job_id, a, b) for job_id in first + second]
+        watchers = [Watcher(job_id, pair.a, pair.b) for job_id in first + second]
         for watcher in watchers:
             watcher.start()
         time.sleep(0.5)
@@ -133,65 +196,49 @@ def test_killed_gateway_jobs_are_finished_by_the_other_without_rerunning_finishe
             j: [s for s in ("stage1", "stage2") if calls(log, s, j, "started") > calls(log, s, j, "ok")]
             for j in first + second
         }
-        gateway_a.send_signal(signal.SIGKILL)
+        pair.kill("gw-a")
         killed_at = time.monotonic()
-        gateway_a.wait()
 
         # A client retrying a submission on the surviving gateway gets the same job (idempotency key).
-        again = stub_for(b).SubmitJob(upload(photo(), key="order-4"), timeout=30)
+        again = stub_for(pair.b).SubmitJob(upload(photo(), key="order-4"), timeout=30)
         assert again.deduplicated and again.job.id == second[1]
 
-        for watcher in watchers:
-            watcher.join(120)
+        check_finished_by_b(pair, watchers)
         finished_s = time.monotonic() - killed_at
         report = []
-        for job_id, watcher in zip(first + second, watchers, strict=True):
-            events = [event for _, event in watcher.events]
-            sources = {address for address, _ in watcher.events}
-            # No gap, no duplicate across the reconnection from A to B.
-            assert [e.sequence for e in events] == list(range(1, len(events) + 1)), job_id
-            assert sources == {a, b}, f"{job_id}: watched on {sources}"
-            final = events[-1].finished
-            assert final.state == R.JOB_STATE_SUCCEEDED, final.error.message
+        for watcher in watchers:
+            job_id = watcher.job_id
             runs = {s: calls(log, s, job_id, "started") for s in ("preprocess", "stage1", "stage2")}
             assert runs["preprocess"] == 1, (job_id, runs)
             for stage in ("stage1", "stage2"):
                 needed_again = stage in in_flight[job_id]
                 assert runs[stage] == 1 + needed_again, (job_id, runs, in_flight[job_id])
-            attempts = started_on(events)
-            assert attempts[-1].endswith("@gw-b") and all(x.endswith(("@gw-a", "@gw-b")) for x in attempts)
+            attempts = started_on(watcher.job_events)
             report.append(f"{job_id} in flight at kill: {in_flight[job_id] or '-'}; runs {runs}; {attempts}")
-
-        # A restarted under its id: both gateways list the same jobs.
-        gateway_a = start_gateway("gw-a", port_a, targets, shared_stores, tmp_path / "a")
-        gateways[0] = gateway_a
-        request = R.ListJobsRequest()
-        listed = [[(j.id, j.state) for j in stub_for(g).ListJobs(request, timeout=10).jobs] for g in (a, b)]
-        assert listed[0] == listed[1]
-        assert sorted(i for i, _ in listed[0]) == sorted(first + second)
-        assert {state for _, state in listed[0]} == {R.JOB_STATE_SUCCEEDED}
+        check_listed_alike(pair, first + second)
         assert {s for v in in_flight.values() for s in v} == {"stage1", "stage2"}
         report.append(f"every job finished {finished_s:.1f} s after the SIGKILL (lease {LEASE_S} s)")
         print("\n".join(["", *report, f"wall time {time.monotonic() - began:.1f} s"]))
     finally:
-        for gateway in gateways:
-            gateway.kill()
-            gateway.wait()
+        if pair is not None:
+            pair.close()
         for server in servers:
             server.stop(grace=None)
 
 
 def test_readiness_follows_the_job_store(tmp_path):
-    """NOT_SERVING while PostgreSQL is down, SERVING again once it is back."""
+    """NOT_SERVING while PostgreSQL is down, SERVING again once it is back (the stages serving throughout)."""
     server = PostgresServer()
+    stages, stage_port, _ = start_doubles("127.0.0.1:0", ["preprocess", "stage1", "stage2"], Behaviour())
+    target = f"127.0.0.1:{stage_port}"
     try:
         server.start()
         create_database(server.url("postgres"), "jobs")
         gateway = Gateway(
             GatewayConfig(
                 address="127.0.0.1:0", http_address="", data_dir=tmp_path / "data",
-                database_url=server.url("jobs"), preprocess_target="127.0.0.1:1", stage1_target="127.0.0.1:1",
-                stage2_target="127.0.0.1:1",
+                database_url=server.url("jobs"), preprocess_target=target, stage1_target=target,
+                stage2_target=target,
             )
         )  # fmt: skip
         try:
@@ -215,6 +262,7 @@ def test_readiness_follows_the_job_store(tmp_path):
             gateway.stop(grace_s=0.5)
     finally:
         server.remove()
+        stages.stop(grace=None)
 
 
 def test_cancel_and_watch_on_one_gateway_of_a_job_another_runs(tmp_path):
