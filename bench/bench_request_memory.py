@@ -85,8 +85,10 @@ def measured(device: torch.device, run: Callable[[], object]) -> tuple[float, fl
 
 
 def report(label: str, rows: list[tuple[float, float, float]]) -> None:
-    """One table row for a series of requests."""
+    """One table row for a series of requests (and the series of start values on stderr)."""
     starts = [r[0] for r in rows]
+    series = " ".join(f"{v:.3f}" for v in starts)
+    print(f"{label}: GiB at start, request by request: {series}", file=sys.stderr)
     drift = max(abs(s - starts[0]) for s in starts)
     print(
         f"| {label} | {len(rows)} | {starts[0]:.3f} | {min(starts):.3f} / {max(starts):.3f} | {drift:.3f} "
@@ -150,7 +152,8 @@ def stage2(args: argparse.Namespace, device: torch.device) -> None:
             layouts["stage-1 output (random stage-1 weights)"] = np.load(args.stage1_coords)
         print("\n| occupancy | voxels | flow tokens (32^3 level) | 25 guided steps, s (median of 3) |")
         print("|---|---|---|---|")
-        cond = pipeline.dinov2.condition(inputs.conditioning)
+        with torch.inference_mode():
+            cond = pipeline.dinov2.condition(inputs.conditioning)
         for name, coords in layouts.items():
             times = []
             for _ in range(3):
@@ -212,8 +215,7 @@ def main() -> int:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (no memory counters)"
     print(f"device: {name}, torch {torch.__version__}", flush=True)
-    with torch.inference_mode():
-        (stage1 if args.stage == 1 else stage2)(args, device)
+    (stage1 if args.stage == 1 else stage2)(args, device)  # the pipelines set inference mode themselves
     return 0
 
 

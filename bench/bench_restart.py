@@ -107,7 +107,7 @@ class Running:
 
 
 def finish_start(start: Start, svc: Running, stage: int, inputs: Any, steps: int, requests: int) -> None:
-    """Record the start-up log lines, run the requests, stop the service."""
+    """Record the start-up log lines, run the requests, stop the service; print what was measured."""
     try:
         serving_record = last_record(svc.log_path, "serving")
         start.load_s = serving_record.get("load_s")
@@ -118,6 +118,7 @@ def finish_start(start: Start, svc: Running, stage: int, inputs: Any, steps: int
             start.requests.append(request(stage, svc.port, inputs, steps, f"restart-{i + 1}")["wall_s"])
     finally:
         svc.stop()
+        print(f"{svc.log_path.name}: {start}", flush=True)
 
 
 def wait_ready(services: list[tuple[Start, Running]], timeout_s: float) -> None:

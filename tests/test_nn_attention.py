@@ -118,14 +118,19 @@ def fake_fa3(monkeypatch):
     return fake
 
 
-def test_auto_uses_flash_attention3_for_the_head_dims_it_was_built_for(fake_fa3) -> None:
+def test_auto_uses_flash_attention3_for_the_head_dims_it_was_built_for(fake_fa3, monkeypatch) -> None:
+    from synchuman.nn import attention as module
+
+    monkeypatch.setattr(module, "FLASH_ATTENTION3_MIN_SCORES", 2 * 3 * 5 * 5)
     q, k, v = (torch.randn(2, 5, 3, 64) for _ in range(3))
     torch.testing.assert_close(attention(q, k, v), _reference_batched(q, k, v), atol=1e-5, rtol=1e-5)
     assert fake_fa3.calls == ["dense"]
     small = torch.randn(1, 4, 2, 32)  # head dim 32 is not in the build: SDPA
     attention(small, small, small)
-    layout = VarlenLayout.from_seqlens([3, 2])  # varlen not in the build: padded SDPA
-    packed = torch.randn(5, 2, 64)
+    few = torch.randn(1, 5, 3, 64)  # fewer scores than the threshold: SDPA (the faster kernel there)
+    attention(few, few, few)
+    layout = VarlenLayout.from_seqlens([30, 20])  # varlen not in the build: padded SDPA
+    packed = torch.randn(50, 2, 64)
     layout.self_attention(packed, packed, packed)
     assert fake_fa3.calls == ["dense"]
     with attention_backend("sdpa"):  # an explicit SDPA choice wins
@@ -133,7 +138,10 @@ def test_auto_uses_flash_attention3_for_the_head_dims_it_was_built_for(fake_fa3)
     assert fake_fa3.calls == ["dense"]
 
 
-def test_the_backend_choice_compiles_without_graph_breaks(fake_fa3) -> None:
+def test_the_backend_choice_compiles_without_graph_breaks(fake_fa3, monkeypatch) -> None:
+    from synchuman.nn import attention as module
+
+    monkeypatch.setattr(module, "FLASH_ATTENTION3_MIN_SCORES", 1)
     torch._dynamo.reset()
     compiled = torch.compile(lambda q, k, v: attention(q, k, v) * 2, backend="eager", fullgraph=True)
     q, k, v = (torch.randn(2, 5, 3, 64) for _ in range(3))

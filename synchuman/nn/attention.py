@@ -11,8 +11,9 @@ Tensor conventions:
 The backend is a runtime setting (:func:`set_attention_backend` or the :func:`attention_backend` context
 manager). ``"sdpa"`` (``torch.nn.functional.scaled_dot_product_attention``) always works. The default,
 ``"auto"``, uses FlashAttention-3 (the optional ``flash_attn_3`` package built from the ``hopper/`` folder of
-Dao-AILab/flash-attention; ``bench/build_flash_attn3.sh`` builds only the head dims the models use) for
-fp16/bf16 CUDA tensors on a Hopper GPU whose head dim the installed build has, and SDPA for everything else.
+Dao-AILab/flash-attention; ``bench/build_flash_attn3.sh`` builds only the head dims the models use) for large
+fp16/bf16 calls on a Hopper GPU whose head dim the installed build has (:data:`FLASH_ATTENTION3_MIN_SCORES`),
+and SDPA for everything else.
 ``"flash_attn3"``, ``"flash_attn"`` and ``"xformers"`` ask for one package: they are imported lazily the first
 time they are used and only apply to fp16/bf16 CUDA tensors (anything else silently uses SDPA, which
 computes the same function).
@@ -123,11 +124,20 @@ def _is_hopper(index: int) -> bool:
     return _hopper[index]
 
 
-def _flash_attention3_serves(q: torch.Tensor, varlen: bool) -> bool:
-    """FlashAttention-3 is installed, was built for this head dim (and variable lengths when asked) and
-    ``q`` lives on a Hopper GPU."""
+#: Below this many score entries per call (batch x heads x query tokens x key tokens) cuDNN's fused SDPA
+#: kernel beats FlashAttention-3 at head dim 64 on an H200 (bench/RESULTS.md, bench_attention.py: FA3 wins
+#: 12 % at 10 x 5 x 18432^2 and 7 % at 10 x 10 x 4608^2, loses 17-26 % at 2 x 16 x 4096^2 and smaller).
+FLASH_ATTENTION3_MIN_SCORES = 10**9
+
+
+def _flash_attention3_serves(q: torch.Tensor, k: torch.Tensor, varlen: bool) -> bool:
+    """FlashAttention-3 is installed, was built for this head dim (and variable lengths when asked), the
+    call is large enough for it to be the faster kernel and ``q`` lives on a Hopper GPU."""
     build = FLASH_ATTENTION3
     if build is None or q.shape[-1] not in build.head_dims or (varlen and not build.varlen):
+        return False
+    scores = q.shape[-2] * q.shape[-3] * k.shape[-3] * (1 if varlen else q.shape[0])
+    if scores < FLASH_ATTENTION3_MIN_SCORES:
         return False
     return _is_hopper(q.device.index or 0)
 
@@ -143,7 +153,7 @@ def _fast_backend(*tensors: torch.Tensor, varlen: bool = False) -> str:
     if _backend == "sdpa" or not _half_precision_cuda(tensors):
         return "sdpa"
     if _backend in ("auto", "flash_attn3"):
-        return "flash_attn3" if _flash_attention3_serves(tensors[0], varlen) else "sdpa"
+        return "flash_attn3" if _flash_attention3_serves(tensors[0], tensors[1], varlen) else "sdpa"
     return _backend
 
 
