@@ -20,7 +20,7 @@ import { fileURLToPath } from "node:url";
 export const REPO_ROOT = resolve(fileURLToPath(import.meta.url), "../../..");
 const VENV = process.env.SYNCHUMAN_VENV ?? join(REPO_ROOT, ".venv");
 const SYNCHUMAN = join(VENV, "bin", "synchuman");
-const PYTHON = join(VENV, "bin", "python");
+export const PYTHON = join(VENV, "bin", "python");
 const BUF = join(REPO_ROOT, "node_modules", ".bin", "buf");
 const HEALTH_NAMES = {
   preprocess: "synchuman.v1.PreprocessService",

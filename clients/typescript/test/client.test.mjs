@@ -1,6 +1,7 @@
 // The TypeScript client against a real gateway and stage services (tiny random checkpoints, CPU):
 // node --test clients/typescript/test/   (after `npm run build -w clients/typescript`)
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { after, before, describe, test } from "node:test";
 import { ConnectError } from "@connectrpc/connect";
@@ -11,7 +12,22 @@ import {
   SyncHumanClient,
   SyncHumanError,
 } from "../dist/index.js";
-import { PHOTO, SMALL_OPTIONS, TRUNCATED_PHOTO, startDeployment } from "../../../tests/node/deployment.mjs";
+import {
+  PHOTO,
+  PYTHON,
+  SMALL_OPTIONS,
+  TRUNCATED_PHOTO,
+  startDeployment,
+} from "../../../tests/node/deployment.mjs";
+
+// A plain light-grey 320x240 PNG on stdout: no person in it.
+const BLANK_PNG = `
+import io, sys
+from PIL import Image
+buffer = io.BytesIO()
+Image.new("RGB", (320, 240), (200, 200, 200)).save(buffer, format="PNG")
+sys.stdout.buffer.write(buffer.getvalue())
+`;
 
 const TOKEN = "node-test-token"; // a shared deployment (run_suites.mjs) brings its own: use deployment.token
 let deployment;
@@ -120,6 +136,26 @@ describe("SyncHumanClient against a live gateway", { timeout: 900_000 }, () => {
     const violations = error.details.badRequest?.fieldViolations ?? [];
     assert.ok(violations.length > 0 || error.details.inputQuality, "a BadRequest or quality-report detail");
     for (const violation of violations) assert.ok(violation.field && violation.description);
+  });
+
+  test("a photo without a person is INVALID_ARGUMENT with the input quality report", async () => {
+    const blank = spawnSync(PYTHON, ["-c", BLANK_PNG], { timeout: 60_000 });
+    assert.equal(blank.status, 0, String(blank.stderr));
+    let error;
+    try {
+      const job = await client.submit(blank.stdout, { options: SMALL_OPTIONS });
+      const ended = await client.wait(job.id);
+      assert.equal(ended.state, JobState.FAILED);
+      error = SyncHumanError.fromStatus(ended.error);
+    } catch (thrown) {
+      error = thrown;
+    }
+    assert.ok(error instanceof SyncHumanError, String(error));
+    assert.equal(error.code, Code.InvalidArgument, error.message);
+    const report = error.details.inputQuality;
+    assert.ok(report, `an InputQualityReport detail (got ${Object.keys(error.details)})`);
+    assert.equal(report.width, 320);
+    assert.ok(report.issues.some((issue) => issue.code === "EMPTY_MASK"), JSON.stringify(report.issues));
   });
 
   test("a running job: delete is refused, a short deadline expires, cancel stops it, then delete works", async () => {
