@@ -2,12 +2,15 @@
 // stage services on tiny random checkpoints. Screenshots go to tests/artifacts/ (git-ignored).
 //   node --test tests/node/web_page.test.mjs      ($SYNCHUMAN_CHROMIUM overrides /usr/bin/chromium)
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import puppeteer from "puppeteer-core";
 import {
   PHOTO,
+  PYTHON,
   REPO_ROOT,
   SMALL_OPTIONS_JSON,
   TRUNCATED_PHOTO,
@@ -29,6 +32,18 @@ const CHROMIUM_FLAGS = [
   "--use-angle=swiftshader",
   "--enable-unsafe-swiftshader",
 ];
+
+// The photo flattened onto white (no alpha: the segmenter runs) and cut below the chest (the person touches the
+// bottom edge): the quality gate warns PERSON_CUT_OFF.
+const CUT_OFF_PHOTO = `
+import sys
+from PIL import Image
+photo = Image.open(sys.argv[1]).convert("RGBA")
+flat = Image.new("RGB", photo.size, "white")
+flat.paste(photo, mask=photo.getchannel("A"))
+box = photo.getchannel("A").getbbox() or (0, 0, *photo.size)
+flat.crop((0, 0, photo.width, box[1] + (box[3] - box[1]) // 2)).save(sys.argv[2], quality=92)
+`;
 
 let deployment;
 let browser;
@@ -150,6 +165,28 @@ describe("the web page in headless Chromium", { timeout: 900_000 }, () => {
     assert.match(message, /truncat/i);
     assert.equal(await page.$eval("#token-form", (form) => form.hidden), true, "token kept in sessionStorage");
     await screenshot(page, "web_truncated_error.png", { fullPage: true });
+  });
+
+  test("a photo with the person cut off shows the quality warning; Cancel stops the job", async () => {
+    assert.ok(page, "needs the first test's tab");
+    const cutOff = join(mkdtempSync(join(tmpdir(), "synchuman-web-")), "cut_off.jpg");
+    const made = spawnSync(PYTHON, ["-c", CUT_OFF_PHOTO, PHOTO, cutOff], { encoding: "utf8", timeout: 60_000 });
+    assert.equal(made.status, 0, made.stderr);
+    await page.goto(deployment.httpUrl + "/", { waitUntil: "load" });
+    await page.waitForSelector("body[data-ready=true]", { timeout: 30_000 });
+    await page.$("#photo").then((input) => input.uploadFile(cutOff));
+    const slow = { ...SMALL_OPTIONS_JSON, multiview: { steps: 200 } };
+    await page.$eval("#options", (el, json) => { el.value = json; }, JSON.stringify(slow));
+    await page.click("#submit");
+    await waitOrExplain(page, "#warnings:not([hidden])", 300_000, "web_warning_timeout.png");
+    const warnings = await page.$$eval("#warnings li", (items) => items.map((li) => li.className));
+    assert.ok(warnings.includes("PERSON_CUT_OFF"), `warnings: ${warnings}`);
+    await screenshot(page, "web_quality_warning.png", { fullPage: true });
+    await page.click("#cancel");
+    await page.waitForFunction(() => /cancelled/i.test(document.getElementById("status").textContent), {
+      timeout: 120_000,
+    });
+    assert.equal(await page.$eval("#cancel", (button) => button.hidden), true);
     await page.close();
   });
 

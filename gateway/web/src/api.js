@@ -64,6 +64,10 @@ export async function getJob(id) {
   return (await (await request(`/v1/jobs/${encodeURIComponent(id)}`)).json()).job;
 }
 
+export async function cancelJob(id) {
+  return (await (await request(`/v1/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" })).json()).job;
+}
+
 /** A job's file as a Blob (artifacts need the token, so plain links cannot fetch them). */
 export async function artifact(id, name) {
   return (await request(`/v1/jobs/${encodeURIComponent(id)}/artifacts/${encodeURIComponent(name)}`)).blob();

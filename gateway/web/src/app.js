@@ -1,7 +1,7 @@
 // The page's behaviour: pick/drop a photo, submit it, follow the job live, show views, warnings, the 3D result
 // and download links. Served by the gateway at "/" with everything it needs (no CDN).
 import "@google/model-viewer";
-import { ApiError, artifact, getJob, setToken, submitJob, token } from "./api.js";
+import { ApiError, artifact, cancelJob, getJob, setToken, submitJob, token } from "./api.js";
 import { followEvents } from "./events.js";
 
 const $ = (id) => document.getElementById(id);
@@ -155,11 +155,14 @@ async function showResult(job) {
 }
 
 function jobFailed(job) {
-  const error = job.error ?? {};
-  const failure = new ApiError(0, error.code ?? "FAILED", error.message ?? "the job failed", error.details ?? []);
-  showError(failure);
   if (job.input_report) showWarnings(job.input_report);
-  status(job.state === "JOB_STATE_CANCELLED" ? "The job was cancelled." : "The job failed.");
+  if (job.state === "JOB_STATE_CANCELLED") {
+    status("The job was cancelled.");
+    return;
+  }
+  const error = job.error ?? {};
+  showError(new ApiError(0, error.code ?? "FAILED", error.message ?? "the job failed", error.details ?? []));
+  status("The job failed.");
 }
 
 async function run(file, optionsJson) {
@@ -174,6 +177,7 @@ async function run(file, optionsJson) {
 /** Show a job's progress from its first event to the end, then its result or its error. */
 async function follow(jobId) {
   $("job").dataset.jobId = jobId;
+  $("cancel").hidden = false;
   let finished = null;
   await followEvents(jobId, (event) => {
     const data = event.data;
@@ -183,7 +187,8 @@ async function follow(jobId) {
       afterStage(jobId, data.stage_completed).catch(showError);
     } else if (event.event === "retrying") status(`A stage failed and is retried: ${data.retrying?.message ?? ""}`);
     else if (event.event === "finished") finished = data.finished;
-  }, { onReconnect: (attempt) => status(`Connection lost; reconnecting (attempt ${attempt})...`) });
+  }, { onReconnect: (attempt) => status(`Connection lost; reconnecting (attempt ${attempt})...`) })
+    .finally(() => { $("cancel").hidden = true; });
   if (finished?.state === "JOB_STATE_SUCCEEDED") await showResult(finished);
   else if (finished) jobFailed(finished);
 }
@@ -246,6 +251,17 @@ function init() {
   wireDropZone();
   $("photo").addEventListener("change", () => choose($("photo").files[0]));
   $("upload-form").addEventListener("submit", onSubmit);
+  $("cancel").addEventListener("click", async () => {
+    $("cancel").disabled = true;
+    try {
+      await cancelJob($("job").dataset.jobId);
+      status("Cancelling...");
+    } catch (error) {
+      showError(error);
+    } finally {
+      $("cancel").disabled = false;
+    }
+  });
   $("token-form").addEventListener("submit", (event) => {
     event.preventDefault();
     setToken($("token").value);
