@@ -50,6 +50,7 @@ from gateway.paging import PAGE_TOKEN
 from gateway.request_fields import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_SEQUENCE
 from gateway.web import add_web_page
 from services.common.stage_runtime import bad_request
+from services.common.tls import ServerTls
 from synchuman.v1 import common_pb2
 from synchuman.v1 import reconstruction_pb2 as R
 
@@ -386,9 +387,17 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
 
 
 class HttpBridge:
-    """The bridge served by uvicorn from a background thread."""
+    """The bridge served by uvicorn from a background thread (HTTPS with ``tls``, the gateway's cert)."""
 
-    def __init__(self, manager: JobManager, address: str, auth_token: str, max_upload_bytes: int) -> None:
+    def __init__(
+        self,
+        manager: JobManager,
+        address: str,
+        auth_token: str,
+        max_upload_bytes: int,
+        tls: ServerTls | None = None,
+    ) -> None:
+        self.tls = tls
         host, _, port = address.rpartition(":")
         self.host = host.strip("[]") or "127.0.0.1"
         self.requested_port = int(port)
@@ -403,7 +412,8 @@ class HttpBridge:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.requested_port))
         port = int(sock.getsockname()[1])
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        files = {"ssl_certfile": str(self.tls.cert), "ssl_keyfile": str(self.tls.key)} if self.tls else {}
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off", **files)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name="gateway-http", daemon=True

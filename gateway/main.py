@@ -3,7 +3,9 @@
 Options may also come from the environment: ``SYNCHUMAN_GATEWAY_AUTH_TOKEN`` (bearer token of the HTTP
 bridge; preferred over ``--auth-token``, which shows up in process listings), ``SYNCHUMAN_GATEWAY_JOB_STORE``
 (``--job-store``; holds the database password, so keep it out of the command line; the older
-``SYNCHUMAN_GATEWAY_DATABASE_URL`` is read too) and ``SYNCHUMAN_GATEWAY_ARTIFACT_STORE``.
+``SYNCHUMAN_GATEWAY_DATABASE_URL`` is read too), ``SYNCHUMAN_GATEWAY_ARTIFACT_STORE``,
+``SYNCHUMAN_STAGE_TOKEN`` (``--stage-token``) and the TLS files (``SYNCHUMAN_GATEWAY_TLS_CERT`` /
+``_KEY``: gRPC over TLS; ``SYNCHUMAN_GATEWAY_STAGE_TLS_CA`` / ``_CERT`` / ``_KEY``: (m)TLS to the stages).
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ import os
 from pathlib import Path
 
 from services.common.endpoints import default_address
+from services.common.tls import (
+    add_client_tls_arguments,
+    add_server_tls_arguments,
+    client_tls_from_args,
+    server_tls_from_args,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bearer token that gRPC calls and the HTTP bridge require (default: "
         "$SYNCHUMAN_GATEWAY_AUTH_TOKEN; empty: none)",
     )
+    add_server_tls_arguments(parser, "SYNCHUMAN_GATEWAY", client_ca=False, what="gRPC and the HTTP bridge")
+    parser.add_argument(
+        "--stage-token",
+        default=os.environ.get("SYNCHUMAN_STAGE_TOKEN", ""),
+        help="bearer token sent to the stage services (their --auth-token; default: $SYNCHUMAN_STAGE_TOKEN)",
+    )
+    add_client_tls_arguments(parser, "stage-tls", "SYNCHUMAN_GATEWAY_STAGE_TLS", "the stage services")
     parser.add_argument("--max-upload-bytes", type=int, default=32 << 20, help="largest photo accepted")
     parser.add_argument(
         "--max-pending-jobs", type=int, default=64, help="queued + running jobs before RESOURCE_EXHAUSTED"
@@ -120,6 +135,9 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201 - gateway.server
         retention_s=args.retention_hours * 3600.0,
         gateway_id=args.gateway_id,
         lease_s=args.lease_seconds,
+        tls=server_tls_from_args(args),
+        stage_token=args.stage_token,
+        stage_tls=client_tls_from_args(args, "stage-tls"),
     )
 
 

@@ -21,9 +21,9 @@ from gateway.manager import JobManager, ManagerSettings
 from gateway.retry import RetryPolicy
 from gateway.stages import StageClients, StageTargets
 from gateway.store import open_job_store
-from services.common.auth import BearerTokenInterceptor
 from services.common.endpoints import RECONSTRUCTION_SERVICE, default_address
 from services.common.grpc_server import ServiceServer
+from services.common.tls import ClientTls, ServerTls
 from synchuman.v1 import reconstruction_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,9 @@ class GatewayConfig:
     empty: ``DATA_DIR/jobs.sqlite3``; ``artifact_store`` empty: ``DATA_DIR/artifacts``. ``auth_token``: bearer
     token required on gRPC (health and reflection excepted) and by the HTTP bridge (empty: open).
     ``gateway_id``: this gateway's name on its job leases (empty: ``HOSTNAME:GRPC_PORT``; unique among the
-    gateways of one store, the same across restarts); ``lease_s``: job lease length in seconds.
+    gateways of one store, the same across restarts); ``lease_s``: job lease length in seconds. ``tls``:
+    serve gRPC and the HTTP bridge over TLS (None: plaintext); ``stage_token`` / ``stage_tls``: the bearer
+    token and TLS (with the gateway's client certificate for mTLS) of the calls to the stage services.
     """
 
     address: str = default_address("gateway")
@@ -55,6 +57,9 @@ class GatewayConfig:
     retention_s: float = 7 * 24 * 3600.0
     gateway_id: str = ""
     lease_s: float = 30.0
+    tls: ServerTls | None = None
+    stage_token: str = ""
+    stage_tls: ClientTls | None = None
 
 
 class Gateway:
@@ -69,6 +74,8 @@ class Gateway:
             StageClients(
                 StageTargets(config.preprocess_target, config.stage1_target, config.stage2_target),
                 config.stage_timeout_s,
+                config.stage_token,
+                config.stage_tls,
             ),
             ManagerSettings(
                 config.max_pending_jobs,
@@ -79,7 +86,6 @@ class Gateway:
                 LeaseSettings(lease_s=config.lease_s),
             ),
         )
-        interceptors = (BearerTokenInterceptor(config.auth_token),) if config.auth_token else ()
         self.grpc_server = ServiceServer(
             "gateway",
             RECONSTRUCTION_SERVICE,
@@ -89,7 +95,8 @@ class Gateway:
             ),
             workers=64,
             max_concurrent_rpcs=256,
-            interceptors=interceptors,
+            auth_token=config.auth_token,
+            tls=config.tls,
         )
         self.port = self.grpc_server.port
         self.address = self.grpc_server.address
@@ -102,7 +109,7 @@ class Gateway:
             from gateway.http import HttpBridge
 
             self.http = HttpBridge(
-                self.manager, config.http_address, config.auth_token, config.max_upload_bytes
+                self.manager, config.http_address, config.auth_token, config.max_upload_bytes, config.tls
             )
             self.http_port = self.http.start()
         self.manager.readiness.start(self.grpc_server.set_serving)

@@ -23,7 +23,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from services.common.auth import authorized_channel
 from services.common.stage_io import BlobAssembler, BlobMismatch, blob_header, upload_messages
+from services.common.tls import ClientTls, open_channel
 from synchuman.v1 import (
     common_pb2,
     preprocess_pb2,
@@ -142,19 +144,27 @@ class StageTargets:
 
 class StageClients:
     """One channel per stage service; ``call_timeout_s`` bounds every stage call (DEADLINE_EXCEEDED is
-    retried like any other transient failure).
+    retried like any other transient failure). ``token``: the stage services' bearer token (sent on every
+    call; empty: none); ``tls``: TLS to the stages, with the gateway's client certificate for mTLS (None:
+    plaintext).
     """
 
-    def __init__(self, targets: StageTargets, call_timeout_s: float = 1800.0) -> None:
+    def __init__(
+        self,
+        targets: StageTargets,
+        call_timeout_s: float = 1800.0,
+        token: str = "",
+        tls: ClientTls | None = None,
+    ) -> None:
         self.targets = targets
         self.call_timeout_s = call_timeout_s
-        self._channels = [
-            grpc.insecure_channel(t, options=CHANNEL_OPTIONS)
-            for t in (targets.preprocess, targets.stage1, targets.stage2)
-        ]
-        self._preprocess = preprocess_pb2_grpc.PreprocessServiceStub(self._channels[0])
-        self._stage1 = stage1_pb2_grpc.Stage1ServiceStub(self._channels[1])
-        self._stage2 = stage2_pb2_grpc.Stage2ServiceStub(self._channels[2])
+        addresses = (targets.preprocess, targets.stage1, targets.stage2)
+        self._channels = [open_channel(target, tls, CHANNEL_OPTIONS) for target in addresses]
+        stubs = [authorized_channel(channel, token) for channel in self._channels]
+        self._health = [health_pb2_grpc.HealthStub(channel) for channel in stubs]
+        self._preprocess = preprocess_pb2_grpc.PreprocessServiceStub(stubs[0])
+        self._stage1 = stage1_pb2_grpc.Stage1ServiceStub(stubs[1])
+        self._stage2 = stage2_pb2_grpc.Stage2ServiceStub(stubs[2])
 
     def close(self) -> None:
         """Close the channels (calls in flight are cancelled)."""
@@ -165,7 +175,7 @@ class StageClients:
         """The stage's overall gRPC health: True = SERVING, False = down or not serving, None = unknown (the
         service has no health endpoint). ``stage``: a ``synchuman.v1.Stage`` value."""
         order = (common_pb2.STAGE_PREPROCESS, common_pb2.STAGE_MULTIVIEW, common_pb2.STAGE_RECONSTRUCTION)
-        stub = health_pb2_grpc.HealthStub(self._channels[order.index(stage)])
+        stub = self._health[order.index(stage)]
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
         except grpc.RpcError as error:

@@ -10,6 +10,7 @@ parser); the supervisor is imported where processes are started.
 
 from __future__ import annotations
 
+import secrets
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.common.endpoints import DEFAULT_HOST, DEFAULT_PORTS, HEALTH_SERVICES
+from services.common.tls import ClientTls
 
 if TYPE_CHECKING:
     from services.supervisor import ChildSpec, Supervisor
@@ -39,6 +41,22 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of an all-in-one deployment: ``cert`` / ``key`` are every service's server certificate (its
+    names must include the host the services listen on) and the gateway's client certificate to the stages
+    (so it needs both the serverAuth and clientAuth uses); ``ca`` signed it: clients of the gateway trust it,
+    and the stages accept only client certificates it signed (mutual TLS)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def server_args(self) -> tuple[str, ...]:
+        """Options of a service serving with this certificate."""
+        return ("--tls-cert", str(self.cert), "--tls-key", str(self.key))
+
+
 @dataclass
 class EmbeddedConfig:
     """Where each service listens and what it loads.
@@ -46,7 +64,9 @@ class EmbeddedConfig:
     ``ports``: per service name (see :data:`~services.common.endpoints.DEFAULT_PORTS`); ``ckpts``: checkpoint
     root (None: default); ``data_dir``: the gateway's job and artifact store; ``stage_args``: extra options
     for both GPU stages (e.g. ``["--max-queue", "8"]``); ``stage1_args``: extra options for stage 1 only
-    (e.g. ``["--compile"]``); ``env``: extra environment for every child.
+    (e.g. ``["--compile"]``); ``env``: extra environment for every child; ``tls``: serve every service over
+    TLS, mutual TLS between the gateway and the stages (None: plaintext). The stages always require a
+    bearer token only their gateway knows (``stage_token``, new and random per config).
     """
 
     host: str = DEFAULT_HOST
@@ -59,6 +79,8 @@ class EmbeddedConfig:
     stage_args: list[str] = field(default_factory=list)
     stage1_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    tls: TlsFiles | None = None
+    stage_token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
 
     @classmethod
     def with_free_ports(cls, **kwargs: object) -> EmbeddedConfig:
@@ -74,7 +96,15 @@ class EmbeddedConfig:
     @property
     def http_url(self) -> str:
         """Base URL of the gateway's HTTP bridge."""
-        return f"http://{self.host}:{self.ports['http']}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.ports['http']}"
+
+    def gateway_tls(self) -> ClientTls | None:
+        """How a client connects to the gateway (None: plaintext)."""
+        return ClientTls(self.tls.ca) if self.tls else None
+
+    def stage_tls(self) -> ClientTls | None:
+        """How the gateway (and a health check) connects to a stage: mTLS with the shared certificate."""
+        return ClientTls(self.tls.ca, self.tls.cert, self.tls.key) if self.tls else None
 
 
 def _cli(config: EmbeddedConfig, *args: str) -> tuple[str, ...]:
@@ -88,18 +118,23 @@ def child_specs(config: EmbeddedConfig) -> list[ChildSpec]:
     ckpts = ("--ckpts", str(config.ckpts)) if config.ckpts else ()
     device = ("--device", config.device, "--dtype", config.dtype)
     segmentation = ("--segmentation-dir", str(config.ckpts / "segmentation")) if config.ckpts else ()
-    preprocess = _cli(config, "preprocess", "--address", config.address("preprocess"), *segmentation)
-    specs = [
-        ChildSpec(
-            "preprocess", preprocess, config.address("preprocess"), HEALTH_SERVICES["preprocess"], config.env
+    env = {**config.env, "SYNCHUMAN_STAGE_TOKEN": config.stage_token}  # stages require it, gateway sends it
+    stage_tls = (*config.tls.server_args(), "--tls-client-ca", str(config.tls.ca)) if config.tls else ()
+    specs = []
+    for stage in ("preprocess", "stage1", "stage2"):
+        if stage == "preprocess":
+            own: tuple[str, ...] = segmentation
+        else:
+            own = (*ckpts, *device, *config.stage_args, *(config.stage1_args if stage == "stage1" else ()))
+        argv = _cli(config, stage, "--address", config.address(stage), *stage_tls, *own)
+        specs.append(
+            ChildSpec(stage, argv, config.address(stage), HEALTH_SERVICES[stage], env, config.stage_tls())
         )
-    ]
-    for stage in ("stage1", "stage2"):
-        own = config.stage1_args if stage == "stage1" else []
-        argv = _cli(
-            config, stage, "--address", config.address(stage), *ckpts, *device, *config.stage_args, *own
-        )
-        specs.append(ChildSpec(stage, argv, config.address(stage), HEALTH_SERVICES[stage], config.env))
+    gateway_tls: tuple[str, ...] = ()
+    if config.tls:
+        files = config.tls
+        gateway_tls = (*files.server_args(), "--stage-tls-ca", str(files.ca))
+        gateway_tls += ("--stage-tls-cert", str(files.cert), "--stage-tls-key", str(files.key))
     gateway = _cli(
         config,
         "gateway",
@@ -114,10 +149,10 @@ def child_specs(config: EmbeddedConfig) -> list[ChildSpec]:
         "--stage2",
         config.address("stage2"),
         *(("--data-dir", str(config.data_dir)) if config.data_dir else ()),
+        *gateway_tls,
     )
-    specs.append(
-        ChildSpec("gateway", gateway, config.address("gateway"), HEALTH_SERVICES["gateway"], config.env)
-    )
+    address, health = config.address("gateway"), HEALTH_SERVICES["gateway"]
+    specs.append(ChildSpec("gateway", gateway, address, health, env, config.gateway_tls()))
     return specs
 
 

@@ -22,18 +22,22 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.tls import ClientTls, open_channel
+
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """One service process: ``argv`` to run, the gRPC ``address`` it listens on, the health service name."""
+    """One service process: ``argv`` to run, the gRPC ``address`` it listens on, the health service name;
+    ``tls``: how its health check connects when it serves TLS (None: plaintext)."""
 
     name: str
     argv: tuple[str, ...]
     address: str
     health_service: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    tls: ClientTls | None = None
 
 
 @dataclass
@@ -45,11 +49,13 @@ class _Child:
     ready: bool = False
 
 
-def health_status(address: str, service: str = "", timeout_s: float = 1.0) -> int | None:
+def health_status(
+    address: str, service: str = "", timeout_s: float = 1.0, tls: ClientTls | None = None
+) -> int | None:
     """The health status of ``service`` at ``address`` (``HealthCheckResponse`` enum), None when
-    unreachable.
+    unreachable (or the TLS handshake fails). ``tls``: connect with TLS (None: plaintext).
     """
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, tls) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
@@ -121,7 +127,8 @@ class Supervisor:
                 continue
             code = process.poll()
             if code is None:
-                if not child.ready and health_status(child.spec.address, child.spec.health_service) == 1:
+                spec = child.spec
+                if not child.ready and health_status(spec.address, spec.health_service, tls=spec.tls) == 1:
                     child.ready = True
                     self._say(f"{child.spec.name}: ready on {child.spec.address}")
                 continue

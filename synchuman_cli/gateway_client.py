@@ -14,6 +14,7 @@ import grpc
 
 from services.common.auth import authorized_channel
 from services.common.stage_io import BlobAssembler, BlobMismatch, blob_header, upload_messages
+from services.common.tls import ClientTls, open_channel
 from services.launcher import EmbeddedConfig, start_embedded
 from services.supervisor import Supervisor, health_status
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
@@ -83,16 +84,18 @@ def reconstruct_photo(
     timeout_s: float = 3600.0,
     progress: bool = True,
     token: str = "",
+    tls: ClientTls | None = None,
 ) -> Outcome:
     """Submit ``photo``, follow the job to its end, write the GLB to ``output`` and extras beside it.
 
     Raises :class:`GatewayUnavailable` when nothing answers at ``gateway``. ``token``: the gateway's bearer
-    token, when it requires one.
+    token, when it requires one; ``tls``: connect over TLS (None: plaintext).
     """
-    if health_status(gateway, timeout_s=2.0) is None:
-        raise GatewayUnavailable(f"no gateway answers at {gateway}")
+    if health_status(gateway, timeout_s=2.0, tls=tls) is None:
+        tried = "over TLS: check --tls-ca, --tls-server-name" if tls else "plaintext; TLS gateway: --tls-ca"
+        raise GatewayUnavailable(f"no gateway answers at {gateway} ({tried})")
     started = time.monotonic()
-    with grpc.insecure_channel(gateway) as channel:
+    with open_channel(gateway, tls) as channel:
         stub = reconstruction_pb2_grpc.ReconstructionServiceStub(authorized_channel(channel, token))
         try:
             job = stub.SubmitJob(_upload(photo, options), timeout=120).job

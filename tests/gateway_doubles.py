@@ -209,9 +209,16 @@ ADDERS = {
 }
 
 
-def start_doubles(address: str, services: list[str], behaviour: Behaviour) -> tuple[grpc.Server, int, dict]:
-    """Serve the named doubles (with health) at ``address``; returns (server, port, name -> double)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+def start_doubles(
+    address: str,
+    services: list[str],
+    behaviour: Behaviour,
+    interceptors: tuple = (),
+    credentials: grpc.ServerCredentials | None = None,
+) -> tuple[grpc.Server, int, dict]:
+    """Serve the named doubles (with health) at ``address``; returns (server, port, name -> double).
+    ``interceptors`` / ``credentials``: e.g. a bearer-token check and (m)TLS, as the real stages have."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=interceptors)
     doubles = {}
     for name in services:
         doubles[name] = DOUBLES[name](behaviour)
@@ -219,7 +226,10 @@ def start_doubles(address: str, services: list[str], behaviour: Behaviour) -> tu
     servicer = health.HealthServicer()
     servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     server.start()
     return server, port, doubles
 

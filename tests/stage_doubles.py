@@ -21,7 +21,7 @@ from PIL import Image
 
 from services.common.stage_io import blob_chunks, blob_header
 from services.common.stage_runtime import StageLimits
-from services.common.stage_server import StageServer, StageSpec
+from services.common.stage_server import StageAccess, StageServer, StageSpec
 from services.stage1.backend import Stage1Inputs
 from services.stage1.service import Stage1Servicer
 from services.stage2.service import Stage2Servicer
@@ -192,8 +192,11 @@ def voxel_blob(radius: float = 6.0) -> np.ndarray:
     return grid[np.linalg.norm((grid - 31.5) * [1.0, 1.0, 0.5], axis=1) < radius]
 
 
-def start_server(name: str, backend: object, limits: StageLimits, load: bool = True) -> StageServer:
-    """A stage server with ``backend`` on a free localhost port (loaded unless ``load`` is false)."""
+def start_server(
+    name: str, backend: object, limits: StageLimits, load: bool = True, access: StageAccess = StageAccess()
+) -> StageServer:
+    """A stage server with ``backend`` on a free localhost port (loaded unless ``load`` is false);
+    ``access``: its token and TLS."""
     if name == "stage1":
         spec = StageSpec(
             name="stage1",
@@ -210,7 +213,7 @@ def start_server(name: str, backend: object, limits: StageLimits, load: bool = T
             add_servicer=stage2_pb2_grpc.add_Stage2ServiceServicer_to_server,
             load_backend=lambda: backend,
         )
-    server = StageServer(spec, "127.0.0.1:0", limits)
+    server = StageServer(spec, "127.0.0.1:0", limits, access)
     if load:
         server.load()
     return server

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from stage_doubles import details, stage1_inputs, stage1_requests
 
+from services.common.auth import authorized_channel
 from services.launcher import EmbeddedConfig, start_embedded
 from synchuman.v1 import (
     common_pb2,
@@ -105,6 +106,12 @@ def is_progress(stage: int):
     return lambda e: e.WhichOneof("event") == "progress" and e.progress.stage == stage
 
 
+def stage1_stub(config: EmbeddedConfig) -> stage1_pb2_grpc.Stage1ServiceStub:
+    """Stage 1 of the deployment called directly, with the deployment's stage token."""
+    channel = grpc.insecure_channel(config.address("stage1"))
+    return stage1_pb2_grpc.Stage1ServiceStub(authorized_channel(channel, config.stage_token))
+
+
 def test_photo_in_glb_out_with_ordered_progress(deployment, photo, tmp_path):
     import trimesh
 
@@ -144,7 +151,7 @@ def test_cancel_mid_stage1_stops_the_work(deployment, photo):
     assert wait_for_end(config, cancelled.id).state == reconstruction_pb2.JOB_STATE_CANCELLED
     # Stage 1 runs one request at a time: a new request only completes if the cancelled work stopped and freed
     # the slot, long before its 200 steps could have finished.
-    stub = stage1_pb2_grpc.Stage1ServiceStub(grpc.insecure_channel(config.address("stage1")))
+    stub = stage1_stub(config)
     started = time.monotonic()
     responses = list(
         stub.GenerateViews(stage1_requests(stage1_inputs(), common_pb2.MultiviewOptions(steps=1)), timeout=60)
@@ -170,7 +177,7 @@ def test_stage2_crash_mid_job_is_redone_without_rerunning_stage1(deployment, pho
 
 def test_queue_overflow_on_the_real_stage1_gives_resource_exhausted(deployment):
     config, _ = deployment
-    stub = stage1_pb2_grpc.Stage1ServiceStub(grpc.insecure_channel(config.address("stage1")))
+    stub = stage1_stub(config)
     long = common_pb2.MultiviewOptions(steps=200)
     running = stub.GenerateViews(stage1_requests(stage1_inputs(), long), timeout=120)
     next(iter(running))  # the first progress event: it holds the GPU slot

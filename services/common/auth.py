@@ -39,13 +39,21 @@ def _unauthenticated(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMe
     )
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` on every call except health and reflection."""
+#: Where a client of the gateway gets its token (the refusal's hint).
+GATEWAY_TOKEN_HINT = "this gateway's token (synchuman reconstruct --token, or $SYNCHUMAN_GATEWAY_AUTH_TOKEN)"
+#: Where a client of a stage service gets its token (the gateway: --stage-token).
+STAGE_TOKEN_HINT = "the stage services' shared token ($SYNCHUMAN_STAGE_TOKEN; the gateway's --stage-token)"
 
-    def __init__(self, token: str) -> None:
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` on every call except health and reflection; a refusal
+    tells the caller to send ``hint``."""
+
+    def __init__(self, token: str, hint: str = GATEWAY_TOKEN_HINT) -> None:
         if not token:
             raise ValueError("BearerTokenInterceptor needs a non-empty token")
         self._expected = f"Bearer {token}".encode()
+        self._hint = hint
 
     def intercept_service(
         self,
@@ -62,8 +70,7 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         reason = "wrong token" if sent else "no token"
         return _unauthenticated(
             handler,
-            f"{reason}: send the metadata 'authorization: Bearer <token>' with this gateway's token "
-            "(synchuman reconstruct --token, or $SYNCHUMAN_GATEWAY_AUTH_TOKEN)",
+            f"{reason}: send the metadata 'authorization: Bearer <token>' with {self._hint}",
         )
 
 

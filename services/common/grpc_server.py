@@ -2,8 +2,10 @@
 
 :class:`ServiceServer` binds a ``grpc.Server`` with the service's servicer, grpc.health.v1, server
 reflection under both ``grpc.reflection.v1`` and ``grpc.reflection.v1alpha`` (clients such as grpcurl and
-``buf curl`` try v1 first; grpcio-reflection 1.x registers only v1alpha), the observability interceptor
-and 4 MiB message limits. It is bound to its port when constructed and answers after :meth:`start`.
+``buf curl`` try v1 first; grpcio-reflection 1.x registers only v1alpha), the observability interceptor,
+4 MiB message limits, and optionally a bearer token (:mod:`services.common.auth`: health and reflection stay
+open) and TLS or mutual TLS (:mod:`services.common.tls`). It is bound to its port when constructed and
+answers after :meth:`start`.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from concurrent import futures
-from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from services.common.auth import GATEWAY_TOKEN_HINT, BearerTokenInterceptor
 from services.common.observability import ObservabilityInterceptor
+from services.common.tls import ServerTls
 
 #: Largest message a service sends or accepts (blobs travel in <= 1 MiB chunks).
 MAX_MESSAGE_BYTES = 4 << 20
@@ -81,7 +84,9 @@ class ServiceServer:
 
     ``name``: label of logs, metrics and RPC threads; ``service_name``: the service's full proto name (health
     and reflection); ``add_servicer(server)`` registers its RPCs; ``workers``: RPC handler threads;
-    ``interceptors`` run after the observability interceptor. Health starts NOT_SERVING.
+    ``auth_token``: bearer token every call but health and reflection must send (empty: none; a refusal
+    names ``token_hint``); ``tls``: serve over TLS (mTLS when it names a client CA; None: plaintext).
+    Health starts NOT_SERVING.
     """
 
     def __init__(
@@ -92,7 +97,9 @@ class ServiceServer:
         add_servicer: Callable[[grpc.Server], None],
         workers: int,
         max_concurrent_rpcs: int,
-        interceptors: Iterable[Any] = (),
+        auth_token: str = "",
+        tls: ServerTls | None = None,
+        token_hint: str = GATEWAY_TOKEN_HINT,
     ) -> None:
         self.name = name
         self.service_name = service_name
@@ -104,14 +111,20 @@ class ServiceServer:
                 ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
             ],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
-            interceptors=(ObservabilityInterceptor(name), *interceptors),
+            interceptors=(
+                ObservabilityInterceptor(name),
+                *((BearerTokenInterceptor(auth_token, token_hint),) if auth_token else ()),
+            ),
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         add_servicer(self.server)
         enable_reflection(self.server, (service_name,))
         self.set_serving(False)
-        self.port = self.server.add_insecure_port(address)
+        if tls is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, tls.credentials())
         if self.port == 0:
             raise OSError(f"{name}: cannot listen on {address} (in use or not a local address)")
         self.address = address.rsplit(":", 1)[0] + f":{self.port}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -19,11 +20,13 @@ from typing import Any
 
 import grpc
 
+from services.common.auth import STAGE_TOKEN_HINT
 from services.common.backend import StageBackend
 from services.common.endpoints import default_address
 from services.common.grpc_server import ServiceServer
 from services.common.observability import start_metrics_server
 from services.common.stage_runtime import StageLimits, StageRuntime
+from services.common.tls import ServerTls, add_server_tls_arguments, server_tls_from_args
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +48,21 @@ class StageSpec:
     load_backend: Callable[[], StageBackend[Any, Any, Any]]
 
 
+@dataclass(frozen=True)
+class StageAccess:
+    """Who may call a stage: ``token``: the bearer token every call but health and reflection must send
+    (empty: anyone); ``tls``: TLS, or mutual TLS with client certificates (None: plaintext)."""
+
+    token: str = ""
+    tls: ServerTls | None = None
+
+
 class StageServer:
     """A started stage server (``port`` is the bound port); :meth:`load` then :meth:`wait` / :meth:`stop`."""
 
-    def __init__(self, spec: StageSpec, address: str, limits: StageLimits) -> None:
+    def __init__(
+        self, spec: StageSpec, address: str, limits: StageLimits, access: StageAccess = StageAccess()
+    ) -> None:
         self.spec = spec
         self.runtime = StageRuntime(spec.name, limits)
         workers = limits.concurrency + limits.max_queue + 8  # running + queued handlers + health/info calls
@@ -59,6 +73,9 @@ class StageServer:
             lambda server: spec.add_servicer(spec.make_servicer(self.runtime), server),
             workers=workers,
             max_concurrent_rpcs=workers,
+            auth_token=access.token,
+            tls=access.tls,
+            token_hint=STAGE_TOKEN_HINT,
         )
         self.port = self.grpc_server.port
         self.address = self.grpc_server.address
@@ -124,6 +141,12 @@ def add_server_arguments(
         "--metrics-port", type=int, default=0, metavar="PORT",
         help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (default 0: off)",
     )
+    parser.add_argument(
+        "--auth-token", default=os.environ.get("SYNCHUMAN_STAGE_TOKEN", ""), metavar="TOKEN",
+        help="bearer token every call except health and reflection must send: the gateway's --stage-token "
+        "(default: $SYNCHUMAN_STAGE_TOKEN, preferred: a flag shows in process listings; empty: none)",
+    )
+    add_server_tls_arguments(parser, "SYNCHUMAN_STAGE", client_ca=True)
 
 
 def add_stage_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -153,6 +176,11 @@ def limits_from_args(args: argparse.Namespace, typical_job_s: float) -> StageLim
     )
 
 
+def access_from_args(args: argparse.Namespace) -> StageAccess:
+    """:class:`StageAccess` from :func:`add_server_arguments` options."""
+    return StageAccess(args.auth_token, server_tls_from_args(args))
+
+
 def resolve_device(device: str, dtype: str) -> tuple[str, str]:
     """``auto`` resolved: the CUDA device when one is present (else CPU); float16 on CUDA, float32 on CPU."""
     import torch
@@ -164,15 +192,21 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
     return device, dtype
 
 
-def serve_forever(spec: StageSpec, address: str, limits: StageLimits, metrics_port: int = 0) -> int:
+def serve_forever(
+    spec: StageSpec,
+    address: str,
+    limits: StageLimits,
+    metrics_port: int = 0,
+    access: StageAccess = StageAccess(),
+) -> int:
     """Run a stage service until SIGINT/SIGTERM; return the process exit status (3: checkpoints unusable).
 
-    ``metrics_port``: serve Prometheus metrics there (0: off).
+    ``metrics_port``: serve Prometheus metrics there (0: off); ``access``: token and TLS.
     """
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    server = StageServer(spec, address, limits)
+    server = StageServer(spec, address, limits, access)
     start_metrics_server(metrics_port)
     print(f"{spec.name}: listening on {server.address} (loading checkpoints)", file=sys.stderr, flush=True)
     failure: list[BaseException] = []

@@ -7,7 +7,13 @@ import os
 from pathlib import Path
 
 from services.common.endpoints import PREPROCESS_SERVICE
-from services.common.stage_server import StageSpec, add_server_arguments, limits_from_args, serve_forever
+from services.common.stage_server import (
+    StageSpec,
+    access_from_args,
+    add_server_arguments,
+    limits_from_args,
+    serve_forever,
+)
 from synchuman.preprocess.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from synchuman.preprocess.pipeline import PreprocessOptions
 
@@ -51,4 +57,4 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; exit status 3 when the default segmenter cannot be loaded."""
     limits = limits_from_args(args, typical_job_s=1.0)
-    return serve_forever(build_spec(args), args.address, limits, args.metrics_port)
+    return serve_forever(build_spec(args), args.address, limits, args.metrics_port, access_from_args(args))

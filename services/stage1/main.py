@@ -10,6 +10,7 @@ from services.common.arguments import CommandLineError
 from services.common.endpoints import STAGE1_SERVICE
 from services.common.stage_server import (
     StageSpec,
+    access_from_args,
     add_stage_arguments,
     limits_from_args,
     resolve_device,
@@ -81,5 +82,9 @@ def run(args: argparse.Namespace) -> int:
     if args.cuda_graphs == "on" and not args.compile:
         raise CommandLineError("--cuda-graphs on replays the compiled model; add --compile")
     return serve_forever(
-        build_spec(args), args.address, limits_from_args(args, typical_job_s=15.0), args.metrics_port
+        build_spec(args),
+        args.address,
+        limits_from_args(args, typical_job_s=15.0),
+        args.metrics_port,
+        access_from_args(args),
     )

@@ -10,6 +10,7 @@ from services.common.arguments import non_negative_int_or_auto
 from services.common.endpoints import STAGE2_SERVICE
 from services.common.stage_server import (
     StageSpec,
+    access_from_args,
     add_stage_arguments,
     limits_from_args,
     resolve_device,
@@ -74,5 +75,9 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; exit status 3 when the checkpoints cannot be loaded."""
     return serve_forever(
-        build_spec(args), args.address, limits_from_args(args, typical_job_s=20.0), args.metrics_port
+        build_spec(args),
+        args.address,
+        limits_from_args(args, typical_job_s=20.0),
+        args.metrics_port,
+        access_from_args(args),
     )

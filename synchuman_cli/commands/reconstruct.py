@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from services.common.arguments import CommandLineError
+from services.common.tls import add_client_tls_arguments, client_tls_from_args
+
 OUTPUT_CHOICES = {"ply": "gaussians.ply", "obj": "mesh_obj.zip", "views": "multiview"}
 
 
@@ -30,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=os.environ.get("SYNCHUMAN_GATEWAY_AUTH_TOKEN", ""),
         help="the gateway's bearer token, when it requires one (default: $SYNCHUMAN_GATEWAY_AUTH_TOKEN)",
     )
+    add_client_tls_arguments(parser, "tls", "SYNCHUMAN_GATEWAY_TLS", "the gateway", client_cert=False)
     parser.add_argument(
         "--start-servers",
         choices=("auto", "always", "never"),
@@ -136,6 +140,11 @@ def run(args: argparse.Namespace) -> int:
         return _run_in_process(args, data)
     from synchuman_cli.gateway_client import GatewayUnavailable, reconstruct_photo, start_servers_for
 
+    try:
+        gateway_tls = client_tls_from_args(args, "tls")  # servers this command starts serve plaintext
+    except CommandLineError as exc:
+        raise UserError(str(exc)) from None
+
     servers = start_servers_for(args) if args.start_servers == "always" else None
     try:
         while True:
@@ -149,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
                     timeout_s=args.timeout,
                     progress=not args.quiet,
                     token=args.token,
+                    tls=None if servers else gateway_tls,
                 )
                 break
             except GatewayUnavailable as exc:

@@ -50,6 +50,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DEVICE",
         help="a second GPU for stage 1's CFG-parallel sampling, e.g. cuda:1 (`serve stage1 --cfg-device`)",
     )
+    embedded.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="serve every service over TLS with this certificate (it must name --host and allow both server "
+        "and client use: the gateway presents it to the stages); needs --tls-key and --tls-ca",
+    )
+    embedded.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    embedded.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        help="CA that signed --tls-cert: the stages accept only clients it signed (mutual TLS), and clients "
+        "of the gateway trust it (synchuman reconstruct --tls-ca)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -88,7 +101,7 @@ def _run_all(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from services.launcher import EmbeddedConfig, child_specs, missing_services
+    from services.launcher import EmbeddedConfig, TlsFiles, child_specs, missing_services
     from services.supervisor import Supervisor
     from synchuman_cli.main import UserError
 
@@ -96,7 +109,12 @@ def _run_all(args: argparse.Namespace) -> int:
     if missing:
         raise UserError(f"cannot start every service: not installed: {', '.join(missing)}")
 
+    tls_files = (args.tls_cert, args.tls_key, args.tls_ca)
+    if any(tls_files) and not all(tls_files):
+        raise UserError("TLS needs all of --tls-cert, --tls-key and --tls-ca")
+    tls = TlsFiles(Path(args.tls_ca), Path(args.tls_cert), Path(args.tls_key)) if all(tls_files) else None
     config = EmbeddedConfig(
+        tls=tls,
         host=args.host,
         ckpts=Path(args.ckpts) if args.ckpts else None,
         device=args.device,
