@@ -31,6 +31,7 @@ from test_gateway import Stack, photo
 from gateway.errors import JobError
 from gateway.upload_checks import checked_photo_media_type
 from services.common.conversions import stage1_options_from_proto, stage2_options_from_proto
+from services.common.servicer import MAX_ID_CHARS, checked_id
 from services.common.stage_io import (
     BlobAssembler,
     BlobMismatch,
@@ -388,6 +389,7 @@ def test_stage1_requests(stage_servers, start, honest, tail):
     if honest:
         try:
             stage1_options_from_proto(start.options)
+            checked_id(start, "job_id")
         except InvalidInput:
             assert code == grpc.StatusCode.INVALID_ARGUMENT, start
 
@@ -410,6 +412,7 @@ def test_stage2_requests(stage_servers, start, honest, tail):
     if honest:
         try:
             stage2_options_from_proto(start.options)
+            checked_id(start, "job_id")
         except InvalidInput:
             assert code == grpc.StatusCode.INVALID_ARGUMENT, start
 
@@ -447,3 +450,5 @@ def test_preprocess_requests(preprocess_server, start, image, tail):
 
     code = code_of(lambda: list(stub.Preprocess(requests(), timeout=30)))
     assert_no_fault(code, start)
+    if len(start.request_id) > MAX_ID_CHARS or not start.request_id.isprintable():
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, start.request_id

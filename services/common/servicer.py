@@ -22,11 +22,14 @@ from typing import Any
 import grpc
 
 from services.common.conversions import progress_event
-from services.common.stage_io import read_start, send_blobs, upload_chunks
+from services.common.stage_io import InvalidInput, read_start, send_blobs, upload_chunks
 from services.common.stage_runtime import StageRuntime, guard
 from services.common.worker import Heartbeat
 from synchuman.progress_phases import HEARTBEAT_MESSAGE
 from synchuman.v1 import common_pb2
+
+#: The longest job or request id a stage accepts in ``start``.
+MAX_ID_CHARS = 128
 
 
 class StageServicer:
@@ -94,8 +97,20 @@ class StageCall:
         return (yield from send_blobs(self.rpc.response_type, blobs))
 
 
+def checked_id(start: Any, id_field: str) -> str:
+    """``start``'s job or request id; :class:`InvalidInput` when over :data:`MAX_ID_CHARS` characters or not
+    printable (it names the work in logs, metrics and errors)."""
+    value = str(getattr(start, id_field))
+    if len(value) > MAX_ID_CHARS or not value.isprintable():
+        raise InvalidInput(
+            f"start.{id_field}", f"{id_field} must be at most {MAX_ID_CHARS} printable characters"
+        )
+    return value
+
+
 def _serve(rpc: UploadRpc, runtime: StageRuntime, requests: Iterator[Any], context: Any) -> Iterator[Any]:
     start = read_start(requests, rpc.start_holds)
+    checked_id(start, rpc.id_field)
     yield from rpc.handler(StageCall(rpc, runtime, context, start, requests, runtime.backend(context)))
 
 
