@@ -267,8 +267,9 @@ export type InputQualityReport = Message<"synchuman.v1.InputQualityReport"> & {
   touchedEdges: string[];
 
   /**
-   * Number of separate person-sized mask components (more than 1 usually
-   * means several people).
+   * People found: separate person-sized mask components, or figures standing
+   * side by side in one component (people touching); more than 1 gives the
+   * MULTIPLE_PEOPLE warning.
    *
    * @generated from field: uint32 person_components = 7;
    */

@@ -294,6 +294,7 @@ export type WatchJobRequest = Message<"synchuman.v1.WatchJobRequest"> & {
 
   /**
    * Only events with a larger sequence number are sent (0: from the start).
+   * 0 to 2^63-1 (INVALID_ARGUMENT above).
    *
    * @generated from field: uint64 after_sequence = 2;
    */
@@ -440,14 +441,16 @@ export type ListJobsRequest = Message<"synchuman.v1.ListJobsRequest"> & {
   pageSize: number;
 
   /**
-   * `next_page_token` of the previous page; empty for the first page.
+   * `next_page_token` of the previous page; empty for the first page
+   * (INVALID_ARGUMENT for a token this server did not issue).
    *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
 
   /**
-   * Only jobs in this state (unset: all).
+   * Only jobs in this state (unset: all; INVALID_ARGUMENT for a number
+   * that is not a JobState).
    *
    * @generated from field: synchuman.v1.JobState state = 3;
    */
