@@ -364,14 +364,18 @@ def _tiny_checkpoints(root: Path) -> Path:
 def stack(tmp_path_factory: pytest.TempPathFactory):
     """The CPU stack built from a clean clone of this repository and started with tiny checkpoints."""
     import tempfile
+    import time
 
     from compose_stack import Stack, docker_env, image_sizes
     from real_servers import free_port
 
+    report: dict = {"timings_s": {}}
+    started = time.monotonic()
     engine = docker_env.ensure_dockerd()
+    engine_step = "Docker engine (started here)" if engine.process else "Docker engine (was running)"
+    report["timings_s"][engine_step] = round(time.monotonic() - started, 1)
     work = Path(tempfile.mkdtemp(prefix="synchuman-compose-"))
     work.chmod(0o755)
-    report: dict = {"timings_s": {}}
     stack = None
     try:
         clone = work / "clone"
@@ -383,7 +387,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         env.update(SYNCHUMAN_CKPTS_DIR=str(ckpts), SYNCHUMAN_HTTP_PORT=str(http_port),
                    SYNCHUMAN_GRPC_PORT=str(grpc_port))
         stack = Stack(clone, "synchuman-e2e", env, http_port, grpc_port, report["timings_s"])
+        started = time.monotonic()
         with docker_env.build_inputs() as build_env:
+            report["timings_s"]["base image + torch source"] = round(time.monotonic() - started, 1)
             report["build_inputs"] = build_env
             stack.timed("build (compose build, from a clean clone)",
                         lambda: docker_env.build_cpu_images(clone, {**env, **build_env}))
