@@ -201,7 +201,7 @@ def small_glb() -> tuple[bytes, pipeline.PostprocessReport]:
         SMALL,
         progress=lambda name, step, total: events.append((name, step, total)),
     )
-    started = [name for name, step, _ in events if step == 0]
+    started = [name for name, step, total in events if step == total == 0]
     assert started == list(pipeline._Phases.names)
     for phase in ("visibility", "cut_fill", "gaussian_render", "bake"):  # phases with steps end on their last
         steps = [(step, total) for name, step, total in events if name == phase and step]

@@ -84,7 +84,7 @@ def test_reconstruct_makes_a_loadable_glb_with_ordered_progress_and_extras(pipel
     assert result.report.glb_size_bytes == len(result.glb)
     assert 0.0 < result.report.texture_coverage <= 1.0
     assert events[:4] == [("condition", 0, 0), ("sampling", 1, 3), ("sampling", 2, 3), ("sampling", 3, 3)]
-    phases = [e[0] for e in events[4:] if e[1] == 0]  # phase starts; steps follow some of them
+    phases = [e[0] for e in events[4:] if e[1] == e[2] == 0]  # phase starts; steps follow some of them
     assert phases[:2] == ["multiview_features", "decode"]
     assert phases[2:] == ["decimate", "visibility", "cut_fill", "uv_atlas", "bake", "export"]
     assert [e for e in events if e[0] == "bake" and e[1]][-1] == ("bake", 5, 5)

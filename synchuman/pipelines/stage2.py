@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -149,12 +150,12 @@ class Stage2Pipeline:
                     slat = self._sample(inputs.coords, cond, options, progress, should_stop)
                 _check(should_stop)
                 progress("multiview_features", 0, 0)
-                with timer("multiview_features"):
+                with timer("multiview_features"), self._stop_inside_networks(should_stop):
                     mv_color = self.dinov2.multiview_features(inputs.colors[:DECODER_VIEWS])
                     mv_normal = self.dinov2.multiview_features(inputs.normals[:DECODER_VIEWS])
                 _check(should_stop)
                 progress("decode", 0, 0)
-                with timer("decode"):
+                with timer("decode"), self._stop_inside_networks(should_stop):
                     gaussians, mesh = self.models.decode(slat, mv_color, mv_normal)
                 del mv_color, mv_normal, cond
             _check(should_stop)
@@ -191,6 +192,31 @@ class Stage2Pipeline:
             mesh=mesh if keep_geometry else None,
             gaussians=gaussians if keep_geometry else None,
         )
+
+    @contextmanager
+    def _stop_inside_networks(self, should_stop: Callable[[], bool]) -> Iterator[None]:
+        """On a CPU, check ``should_stop`` before every layer of DINOv2 and the decoders (one pass of either
+        takes seconds there, so a check between passes would not stop within 2 s). Not on GPUs, where these
+        passes are short and hooks would get in the way of compiled graphs."""
+        if self.models.device.type != "cpu":
+            yield
+            return
+        networks = [self.models.decoder_gs, self.models.decoder_mesh, getattr(self.dinov2, "model", None)]
+
+        def hook(module: torch.nn.Module, args: object) -> None:
+            _check(should_stop)
+
+        handles = [
+            layer.register_forward_pre_hook(hook)
+            for network in networks
+            if isinstance(network, torch.nn.Module)
+            for layer in network.modules()
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _sample(
         self,

@@ -81,9 +81,11 @@ def gather_samples(
     views: list[BakeView],
     max_candidates: int = 1 << 24,
     backend: str = "torch",
+    after_batch: Callable[[], None] | None = None,
 ) -> Samples:
-    """Rasterise every view (batched per image size) and keep masked pixels with their UV and colour.
-    ``backend``: the rasteriser (:func:`~synchuman.geometry.raster.rasterize`)."""
+    """Rasterise every view (batched per image size: 16M pixels a batch on CUDA, 0.5M, about one view, on a
+    CPU) and keep masked pixels with their UV and colour. ``backend``: the rasteriser
+    (:func:`~synchuman.geometry.raster.rasterize`); ``after_batch()`` runs after every batch."""
     device = vertices.device
     uv_list, color_list, counts = [], [], []
     by_size: dict[tuple[int, int], list[int]] = {}
@@ -91,7 +93,7 @@ def gather_samples(
         by_size.setdefault(tuple(view.image.shape[:2]), []).append(i)
     per_view: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for (height, width), ids in by_size.items():
-        batch = max(1, (1 << 24) // (height * width))
+        batch = max(1, (1 << (24 if device.type == "cuda" else 19)) // (height * width))
         for start in range(0, len(ids), batch):
             chunk = ids[start : start + batch]
             extr = torch.stack([views[i].extrinsics for i in chunk]).to(device).float()
@@ -105,6 +107,8 @@ def gather_samples(
             for j, i in enumerate(chunk):
                 hit = out.mask[j] & views[i].mask.to(device)
                 per_view[i] = (uv_img[j][hit], views[i].image.to(device).float()[hit])
+            if after_batch is not None:
+                after_batch()
     for i in range(len(views)):
         uv_list.append(per_view[i][0])
         color_list.append(per_view[i][1])
@@ -219,19 +223,25 @@ def bake_texture(
     Args:
         vertices ``[V, 3]``, faces ``[F, 3]``, uvs ``[V, 2]`` of the parametrised mesh (same device).
         views: observations; ``late_views`` index into it (ignored when they have no samples).
-        on_step: ``on_step(step, steps)`` after every optimisation step.
+        on_step: ``on_step(step, steps)`` after every optimisation step, and ``on_step(0, steps)`` after
+            every batch of rasterised views and the texture initialisation (before the first step).
     """
     if mode not in BAKE_STEPS:
         raise ValueError(f"bake_texture: mode must be 'opt' or 'fast', got {mode!r}")
-    samples = gather_samples(vertices, faces, uvs, views, backend=raster_backend)
+    step = on_step or (lambda done, total: None)
+    samples = gather_samples(
+        vertices, faces, uvs, views, backend=raster_backend, after_batch=lambda: step(0, steps)
+    )
     if samples.uv.shape[0] == 0:
         raise ValueError("bake_texture: no view sees the mesh inside its mask; check cameras and masks")
     covered = uv_coverage(uvs, faces, texture_size)
     total, weight = splat(samples, texture_size)
     reached = weight > 0
     coverage = float((reached & covered).sum()) / max(1, int(covered.sum()))
+    step(0, steps)
     if mode == "fast":
         init = push_pull(total / weight.clamp(min=1e-12)[..., None], reached)
+        step(0, steps)
     else:
         init = torch.zeros(texture_size, texture_size, 3, device=vertices.device)
     tex = torch.nn.Parameter(init.permute(2, 0, 1)[None].contiguous())
@@ -243,10 +253,10 @@ def bake_texture(
     else:
         counts = torch.tensor(np.diff(samples.offsets), device=grid.device, dtype=torch.float32)
         per_sample = torch.repeat_interleave(1.0 / (counts.clamp(min=1) * len(nonempty)), counts.long())
-    for step in range(steps):
+    for index in range(steps):
         optimizer.zero_grad(set_to_none=True)
         if mode == "opt":
-            a, b = samples.offsets[order[step]], samples.offsets[order[step] + 1]
+            a, b = samples.offsets[order[index]], samples.offsets[order[index] + 1]
             pred = F.grid_sample(
                 tex, grid[:, :, a:b], mode="bilinear", padding_mode="border", align_corners=False
             )
@@ -258,9 +268,8 @@ def bake_texture(
             loss = loss + lambda_tv * total_variation(tex)
         loss.backward()
         optimizer.step()
-        optimizer.param_groups[0]["lr"] = _cosine(step, steps, lr[0], lr[1])
-        if on_step is not None:
-            on_step(step + 1, steps)
+        optimizer.param_groups[0]["lr"] = _cosine(index, steps, lr[0], lr[1])
+        step(index + 1, steps)
     texture = tex.detach()[0].permute(1, 2, 0).clamp(0, 1)
     texture = push_pull(texture, covered)
     return texture, BakeStats(view_l1(texture, samples), coverage, mode, steps)
