@@ -202,3 +202,35 @@ def test_launcher_gives_every_service_tls_mtls_and_the_stage_token(tmp_path) -> 
     assert specs["gateway"].tls == ClientTls(files.ca) and config.http_url.startswith("https://")
     plain = {spec.name: spec for spec in child_specs(EmbeddedConfig())}
     assert all(spec.tls is None and "--tls-cert" not in spec.argv for spec in plain.values())
+
+
+def test_the_certificate_script_makes_what_compose_and_kubernetes_expect(tmp_path) -> None:
+    """scripts/make_tls_certs.sh (README "Operating it"): the stages' certificate serves mTLS under each stage
+    name and works as their probes' client certificate; the gateway's serves 127.0.0.1 and is accepted by the
+    stages as a client certificate."""
+    import shutil
+    import subprocess
+
+    from conftest import REPO_ROOT, require_tool
+
+    require_tool(Path(shutil.which("openssl") or "/usr/bin/openssl"), "openssl")
+    made = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "make_tls_certs.sh"), str(tmp_path), "api.example.org"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    ca, cert, key = tmp_path / "ca.crt", tmp_path / "stages.crt", tmp_path / "stages.key"
+    stage = start_server("stage1", FakeStage1(), LIMITS, access=StageAccess(TOKEN, ServerTls(cert, key, ca)))
+    gateway_tls = ServerTls(tmp_path / "gateway.crt", tmp_path / "gateway.key")
+    gateway = start_server("stage1", FakeStage1(), LIMITS, access=StageAccess(tls=gateway_tls))
+    try:
+        as_gateway = (tmp_path / "gateway.crt", tmp_path / "gateway.key")
+        for name in ("preprocess", "stage1", "stage2"):
+            assert health_status(stage.address, tls=ClientTls(ca, *as_gateway, name)) == SERVING, name
+        assert health_status(stage.address, tls=ClientTls(ca, cert, key, "stage1")) == SERVING  # the probe
+        assert health_status(stage.address, tls=ClientTls(ca, *as_gateway, "api.example.org")) is None
+        assert health_status(gateway.address, tls=ClientTls(ca)) == SERVING
+        assert health_status(gateway.address, tls=ClientTls(ca, server_name="api.example.org")) == SERVING
+    finally:
+        stage.stop()
+        gateway.stop()
