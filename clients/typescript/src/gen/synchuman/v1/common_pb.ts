@@ -121,6 +121,12 @@ export const BlobChunkSchema: GenMessage<BlobChunk> = /*@__PURE__*/
 /**
  * Progress of long-running work, streamed while it happens.
  *
+ * A running stage sends an event at least every 5 seconds: when a phase
+ * reports nothing new for 4 s, its last event is sent again with `message`
+ * "heartbeat" and a newer `elapsed_seconds`. No event for 30 s therefore
+ * means the work stalled (or the connection broke). No event is sent while a
+ * request waits for a slot in a stage's own queue.
+ *
  * @generated from message synchuman.v1.ProgressEvent
  */
 export type ProgressEvent = Message<"synchuman.v1.ProgressEvent"> & {
@@ -132,18 +138,27 @@ export type ProgressEvent = Message<"synchuman.v1.ProgressEvent"> & {
   stage: Stage;
 
   /**
-   * Finer phase inside the stage, e.g. "decode", "segment", "encode",
-   * "sampling", "decode_views", "decode_mesh", "postprocess", "bake",
-   * "export".
+   * Phase inside the stage: one of this closed list, in the order they run.
+   * Sent by the gateway for any stage: "start" (the job was handed to the
+   * stage; `message` names the attempt).
+   * STAGE_PREPROCESS: "decode", "segment", "frame".
+   * STAGE_MULTIVIEW: "sampling".
+   * STAGE_RECONSTRUCTION: "condition", "sampling", "multiview_features",
+   * "decode", "decimate", "visibility", "cut_fill", "uv_atlas",
+   * "gaussian_render", "bake", "export".
+   * An event with `step` and `total_steps` 0 marks the phase's start.
    *
    * @generated from field: string phase = 2;
    */
   phase: string;
 
   /**
-   * 1-based index of the finished step within the phase, and the number of
-   * steps of the phase (for example sampler step 17 of 50). Both are 0 when a
-   * phase has no steps.
+   * Index of the finished step within the phase, and the number of steps of
+   * the phase: sampler steps ("sampling"; 0 of N as stage 1 starts), views
+   * rendered ("visibility", "gaussian_render"), min-cut and hole-filling
+   * passes ("cut_fill"), optimisation steps ("bake"; step 0 of N while it
+   * prepares). Steps are reported at most 4 times a second (the last step
+   * always). Both are 0 when a phase has no steps.
    *
    * @generated from field: uint32 step = 3;
    */
@@ -164,7 +179,7 @@ export type ProgressEvent = Message<"synchuman.v1.ProgressEvent"> & {
   elapsedSeconds: number;
 
   /**
-   * Optional human-readable detail.
+   * Optional human-readable detail; "heartbeat" on a repeated event.
    *
    * @generated from field: string message = 6;
    */
