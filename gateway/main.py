@@ -11,9 +11,11 @@ bridge; preferred over ``--auth-token``, which shows up in process listings), ``
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from pathlib import Path
 
+from services.common.arguments import CommandLineError
 from services.common.endpoints import default_address
 from services.common.tls import (
     add_client_tls_arguments,
@@ -82,6 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bearer token that gRPC calls and the HTTP bridge require (default: "
         "$SYNCHUMAN_GATEWAY_AUTH_TOKEN; empty: none)",
     )
+    parser.add_argument(
+        "--published-on",
+        default=os.environ.get("SYNCHUMAN_GATEWAY_PUBLISHED_ON", ""),
+        metavar="HOST",
+        help="the host interface clients reach the gateway's ports on (compose sets it from $SYNCHUMAN_BIND, "
+        "synchuman serve from --host); any but a loopback one needs --auth-token (default: "
+        "$SYNCHUMAN_GATEWAY_PUBLISHED_ON; empty: no check)",
+    )
     add_server_tls_arguments(parser, "SYNCHUMAN_GATEWAY", client_ca=False, what="gRPC and the HTTP bridge")
     parser.add_argument(
         "--stage-token",
@@ -111,10 +121,27 @@ def _with_port(address: str, port: int | None) -> str:
     return address if port is None else f"{address.rsplit(':', 1)[0]}:{port}"
 
 
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def config_from_args(args: argparse.Namespace):  # noqa: ANN201 - gateway.server.GatewayConfig
-    """A :class:`gateway.server.GatewayConfig` from parsed options."""
+    """A :class:`gateway.server.GatewayConfig` from parsed options; CommandLineError when the gateway would be
+    published beyond this host (``--published-on``) without a token."""
     from gateway.retry import RetryPolicy
     from gateway.server import GatewayConfig
+
+    if args.published_on and not _is_loopback(args.published_on) and not args.auth_token:
+        raise CommandLineError(
+            f"the gateway is published on {args.published_on} without a token (open to anyone there): "
+            "set SYNCHUMAN_GATEWAY_AUTH_TOKEN (or --auth-token), or publish on 127.0.0.1 (SYNCHUMAN_BIND)"
+        )
 
     http = "" if args.http in ("", "off") else _with_port(args.http, args.http_port)
     return GatewayConfig(

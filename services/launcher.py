@@ -149,6 +149,8 @@ def child_specs(config: EmbeddedConfig) -> list[ChildSpec]:
         "--stage2",
         config.address("stage2"),
         *(("--data-dir", str(config.data_dir)) if config.data_dir else ()),
+        "--published-on",  # a --host beyond loopback needs $SYNCHUMAN_GATEWAY_AUTH_TOKEN
+        config.host,
         *gateway_tls,
     )
     address, health = config.address("gateway"), HEALTH_SERVICES["gateway"]

@@ -78,3 +78,27 @@ def test_tls_override_gives_the_gateway_tls_and_the_stages_mtls(
             env.setenv("SYNCHUMAN_HEALTHCHECK_TLS_CA", str(tmp_path / "missing.crt"))
             with pytest.raises(SystemExit):  # proof that the probe reads them
                 healthcheck_main(probe[4:])
+
+
+def test_gateway_refuses_to_be_published_beyond_loopback_without_a_token(
+    compose: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compose: SYNCHUMAN_BIND=0.0.0.0 publishes the gateway on every interface; it then starts only with a
+    token (its real option parsing, in the environment compose gives it); `synchuman serve --host` too."""
+    from gateway.main import config_from_args
+    from services.common.arguments import CommandLineError
+
+    def gateway_config(**env: str):  # noqa: ANN202
+        config = json.loads(run_config(compose, COMPOSE_FILE, **env).stdout)
+        with monkeypatch.context() as patched:
+            return config_from_args(_parsed(config["services"]["gateway"], patched, Path("/tls")))
+
+    assert gateway_config().auth_token == ""  # default: published on 127.0.0.1 only
+    with pytest.raises(CommandLineError, match="published on 0.0.0.0 without a token"):
+        gateway_config(SYNCHUMAN_BIND="0.0.0.0")
+    published = gateway_config(SYNCHUMAN_BIND="0.0.0.0", SYNCHUMAN_GATEWAY_AUTH_TOKEN="s3cret")
+    assert published.auth_token == "s3cret"
+    from services.launcher import EmbeddedConfig, child_specs
+
+    (embedded,) = [s for s in child_specs(EmbeddedConfig(host="0.0.0.0")) if s.name == "gateway"]
+    assert embedded.argv[embedded.argv.index("--published-on") + 1] == "0.0.0.0"
