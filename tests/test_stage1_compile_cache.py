@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import logging
 
-import pytest
-
-from services.stage1.compile_cache import cache_state, log_cache_state, save_after_warm_up
+from services.stage1.compile_cache import cache_state, log_cache_state
 
 
 def test_an_empty_cache_directory_is_cold_and_the_log_says_the_start_compiles(tmp_path, monkeypatch, caplog):
@@ -31,15 +29,3 @@ def test_a_cache_directory_with_entries_is_warm(tmp_path, monkeypatch, caplog):
         log_cache_state(state)
     assert [r.levelno for r in caplog.records] == [logging.INFO]
     assert "reuses" in caplog.records[0].getMessage()
-
-
-def test_saving_after_the_warm_up_only_with_precompile(monkeypatch):
-    torch = pytest.importorskip("torch")
-    saved: list[bool] = []
-    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: saved.append(True))
-    monkeypatch.setattr(torch._dynamo.config, "caching_precompile", False)
-    save_after_warm_up()
-    assert saved == []
-    monkeypatch.setattr(torch._dynamo.config, "caching_precompile", True)
-    save_after_warm_up()
-    assert saved == [True]

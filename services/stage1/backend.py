@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from services.common.backend import Progress, StopCheck, verified_checkpoints
-from services.stage1.compile_cache import cache_state, log_cache_state, save_after_warm_up
+from services.stage1.compile_cache import cache_state, log_cache_state
 from synchuman.options import Stage1Options
 from synchuman.pipelines.handoff import Stage1Output
 from synchuman.pipelines.info import PipelineInfo
@@ -57,13 +57,10 @@ class Stage1PipelineBackend:
     them again for every request instead of replaying the warm-up's.
     """
 
-    def __init__(
-        self, pipeline: Any, info: PipelineInfo, voxel_resolution: int, compiled: bool = False
-    ) -> None:
+    def __init__(self, pipeline: Any, info: PipelineInfo, voxel_resolution: int) -> None:
         self.pipeline = pipeline
         self._info = info
         self.voxel_resolution = voxel_resolution
-        self.compiled = compiled  # the warm-up compiles (or loads from the compile cache)
         self._gpu_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage1-gpu")
 
     @classmethod
@@ -104,7 +101,7 @@ class Stage1PipelineBackend:
             log_cache_state(cache_state())
             pipeline.accelerate(compile_model=True, cuda_graphs=cuda_graphs)
         info = PipelineInfo(str(layout.root), weights_label(layout.root), device, dtype)
-        return cls(pipeline, info, pipeline.voxel_resolution, compiled=compile_model)
+        return cls(pipeline, info, pipeline.voxel_resolution)
 
     def info(self) -> PipelineInfo:
         """What is loaded, from where, on which device(s)."""
@@ -118,8 +115,6 @@ class Stage1PipelineBackend:
         crop = np.zeros((518, 518, 3), np.uint8)
         # 3 steps: compiled CUDA graphs are warmed up on a function's first call and recorded on a later one
         self.run(Stage1Inputs(framed, crop), Stage1Options(steps=3), lambda *event: None, lambda: False)
-        if self.compiled:
-            save_after_warm_up()
 
     def run(
         self, inputs: Stage1Inputs, options: Stage1Options, progress: Progress, should_stop: StopCheck
