@@ -28,6 +28,7 @@ from gateway.readiness import ReadinessMonitor, StageReadiness
 from gateway.request_fields import check_artifact_name, check_job_id, check_sequence
 from gateway.retention import RetentionSweeper, delete_expired
 from gateway.retry import RetryPolicy
+from gateway.stage_deadlines import StageDeadlines
 from gateway.stages import StageClients
 from gateway.store import TERMINAL_STATES, Event, Job, JobStore, StoreUnavailable
 from gateway.upload_checks import check_idempotency_key, checked_photo_media_type
@@ -65,6 +66,8 @@ class JobManager:
         self.store = store
         self.artifacts = artifacts
         self.stages = stages
+        self.deadlines = StageDeadlines(stages.device, stages.call_timeout_s)
+        stages.deadline_s = self.deadlines.deadline_s
         self.readiness = ReadinessMonitor(StageReadiness(stages), store)
         self.settings = settings
         self.events = JobEvents(store)
@@ -122,6 +125,7 @@ class JobManager:
             if existing is not None:
                 return existing, True
         self.readiness.stages.require_ready()
+        self.deadlines.check_fits(options)  # options that cannot finish on the stages' devices: refused now
         with self.loop.admission():
             return self._create(image, media, options, idempotency_key)
 

@@ -158,6 +158,9 @@ class StageClients:
     ) -> None:
         self.targets = targets
         self.call_timeout_s = call_timeout_s
+        #: ``(stage, job options) -> seconds``: the deadline of one stage call (by default ``call_timeout_s``;
+        #: the manager installs :meth:`gateway.stage_deadlines.StageDeadlines.deadline_s`).
+        self.deadline_s: Callable[[int, common_pb2.JobOptions], float] = lambda stage, options: call_timeout_s
         addresses = (targets.preprocess, targets.stage1, targets.stage2)
         self._channels = [open_channel(target, tls, CHANNEL_OPTIONS) for target in addresses]
         stubs = [authorized_channel(channel, token) for channel in self._channels]
@@ -201,13 +204,33 @@ class StageClients:
                 return False
         return False
 
+    def device(self, stage: int, timeout_s: float = 2.0) -> str | None:
+        """The device a GPU stage reports in ``GetInfo`` (``"cuda:0"``, ``"cpu"``), ``"cpu"`` for
+        preprocess, None when the stage cannot be asked now."""
+        if stage == common_pb2.STAGE_PREPROCESS:
+            return "cpu"
+        if stage == common_pb2.STAGE_MULTIVIEW:
+            get_info, request = self._stage1.GetInfo, stage1_pb2.Stage1ServiceGetInfoRequest()
+        else:
+            get_info, request = self._stage2.GetInfo, stage2_pb2.Stage2ServiceGetInfoRequest()
+        try:
+            return str(get_info(request, timeout=timeout_s).info.device)
+        except grpc.RpcError:
+            return None
+
     def _run(
-        self, stage: str, method: Any, requests: Iterable[Any], on_progress: Progress, handle: CallHandle
+        self,
+        stage: str,
+        method: Any,
+        requests: Iterable[Any],
+        on_progress: Progress,
+        handle: CallHandle,
+        timeout_s: float,
     ) -> StageOutput:
         assembler = BlobAssembler()
         result = None
         try:
-            call = method(iter(requests), timeout=self.call_timeout_s)
+            call = method(iter(requests), timeout=timeout_s)
             handle.attach(call)
             try:
                 for message in call:
@@ -243,7 +266,8 @@ class StageClients:
             request_id=job_id, options=options, image=blob_header("input", "application/octet-stream", image)
         )
         requests = upload_messages(preprocess_pb2.PreprocessRequest, start, {"input": image})
-        return self._run("preprocess", self._preprocess.Preprocess, requests, on_progress, handle)
+        timeout_s = self.deadline_s(common_pb2.STAGE_PREPROCESS, common_pb2.JobOptions(preprocess=options))
+        return self._run("preprocess", self._preprocess.Preprocess, requests, on_progress, handle, timeout_s)
 
     def stage1(
         self,
@@ -260,7 +284,8 @@ class StageClients:
             job_id=job_id, options=options, inputs=[blob_header(n, "image/png", d) for n, d in inputs.items()]
         )
         requests = upload_messages(stage1_pb2.GenerateViewsRequest, start, inputs)
-        return self._run("multiview", self._stage1.GenerateViews, requests, on_progress, handle)
+        timeout_s = self.deadline_s(common_pb2.STAGE_MULTIVIEW, common_pb2.JobOptions(multiview=options))
+        return self._run("multiview", self._stage1.GenerateViews, requests, on_progress, handle, timeout_s)
 
     def stage2(
         self,
@@ -281,4 +306,7 @@ class StageClients:
             inputs=[blob_header(n, "image/png", d) for n, d in inputs.items()],
         )
         requests = upload_messages(stage2_pb2.ReconstructRequest, start, inputs)
-        return self._run("reconstruction", self._stage2.Reconstruct, requests, on_progress, handle)
+        timeout_s = self.deadline_s(
+            common_pb2.STAGE_RECONSTRUCTION, common_pb2.JobOptions(reconstruction=options)
+        )
+        return self._run("reconstruction", self._stage2.Reconstruct, requests, on_progress, handle, timeout_s)
