@@ -29,6 +29,7 @@ from gateway.errors import JobError
 from gateway.events import JobEvents
 from gateway.metrics import STAGE_RETRIES, STAGE_SECONDS
 from gateway.retry import RetryPolicy
+from gateway.stage_capacity import StageCapacity
 from gateway.stage_table import STAGE_TABLE, StageStep, stage_name
 from gateway.stages import CallHandle, StageClients, StageFailure, StageOutput
 from gateway.store import TERMINAL_STATES, Job, JobStore, LeaseLost, StoreUnavailable
@@ -90,6 +91,7 @@ class JobLoop:
         self._store = store
         self._artifacts = artifacts
         self._stages = stages
+        self._capacity = StageCapacity(stages.capacity)
         self._events = events
         self._retry = retry
         self._workers = workers
@@ -354,7 +356,9 @@ class JobLoop:
             job.progress.CopyFrom(event)
             self._events.emit(job, progress=event)
 
-        return step.call(self._stages, job, step.load_inputs(job.id, self._artifacts), progress, handle)
+        with self._capacity.slot(step.stage, handle.stopped):  # wait here while the stage is full
+            _check_stopped(handle)
+            return step.call(self._stages, job, step.load_inputs(job.id, self._artifacts), progress, handle)
 
     def _before_retry(
         self, job: Job, step: StageStep, failure: StageFailure, attempt: int, handle: CallHandle

@@ -204,19 +204,33 @@ class StageClients:
                 return False
         return False
 
-    def device(self, stage: int, timeout_s: float = 2.0) -> str | None:
-        """The device a GPU stage reports in ``GetInfo`` (``"cuda:0"``, ``"cpu"``), ``"cpu"`` for
-        preprocess, None when the stage cannot be asked now."""
-        if stage == common_pb2.STAGE_PREPROCESS:
-            return "cpu"
+    def info(self, stage: int, timeout_s: float = 2.0) -> common_pb2.ModelInfo | None:
+        """What a GPU stage reports in ``GetInfo`` (device, concurrency, queue); None for preprocess (it has
+        no ``GetInfo``) and when the stage cannot be asked now."""
         if stage == common_pb2.STAGE_MULTIVIEW:
             get_info, request = self._stage1.GetInfo, stage1_pb2.Stage1ServiceGetInfoRequest()
-        else:
+        elif stage == common_pb2.STAGE_RECONSTRUCTION:
             get_info, request = self._stage2.GetInfo, stage2_pb2.Stage2ServiceGetInfoRequest()
+        else:
+            return None
         try:
-            return str(get_info(request, timeout=timeout_s).info.device)
+            return get_info(request, timeout=timeout_s).info
         except grpc.RpcError:
             return None
+
+    def device(self, stage: int, timeout_s: float = 2.0) -> str | None:
+        """The device a GPU stage reports (``"cuda:0"``, ``"cpu"``), ``"cpu"`` for preprocess, None when
+        the stage cannot be asked now."""
+        if stage == common_pb2.STAGE_PREPROCESS:
+            return "cpu"
+        info = self.info(stage, timeout_s)
+        return None if info is None else str(info.device)
+
+    def capacity(self, stage: int, timeout_s: float = 2.0) -> int | None:
+        """Requests a GPU stage takes before it refuses (running + queued, from ``GetInfo``); None for
+        preprocess and a stage that cannot be asked (not limited)."""
+        info = self.info(stage, timeout_s)
+        return None if info is None or info.concurrency == 0 else int(info.concurrency + info.max_queue)
 
     def _run(
         self,

@@ -70,7 +70,9 @@ def glb() -> bytes:
 @dataclass
 class Behaviour:
     """``fail``: the first N calls of this process fail with UNAVAILABLE; ``step_s``: seconds per progress
-    step; ``steps``: progress steps per call; ``die_at_step``: exit the process at that step (0: never).
+    step; ``steps``: progress steps per call; ``die_at_step``: exit the process at that step (0: never);
+    ``capacity``: calls taken at once (running + queued, as a real stage's concurrency + max_queue, which
+    ``GetInfo`` reports); one more is refused with RESOURCE_EXHAUSTED (0: no limit and no ``GetInfo``).
     """
 
     fail: int = 0
@@ -78,6 +80,7 @@ class Behaviour:
     steps: int = 3
     die_at_step: int = 0
     log: Path | None = None
+    capacity: int = 0
 
 
 class _Double:
@@ -85,6 +88,8 @@ class _Double:
         self.service = service
         self.behaviour = behaviour
         self.calls = 0
+        self.in_flight = 0
+        self.refused = 0
         self.lock = threading.Lock()
 
     def record(self, job_id: str, outcome: str) -> None:
@@ -97,6 +102,15 @@ class _Double:
         with self.lock:
             self.calls += 1
             failing = self.calls <= self.behaviour.fail
+            full = 0 < self.behaviour.capacity <= self.in_flight
+            self.refused += full and not failing
+            if not failing and not full:
+                self.in_flight += 1
+        if full and not failing:
+            self.record(job_id, "refused")
+            abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.service} double full", retry_info(0.1))
+        if not failing:
+            context.add_callback(self._left)
         if failing:
             self.record(job_id, "unavailable")
             abort(
@@ -109,6 +123,19 @@ class _Double:
         done = threading.Event()
         context.add_callback(lambda: None if done.is_set() else self.record(job_id, "cancelled"))
         return done
+
+    def _left(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def GetInfo(self, request, context):
+        """The capacity as a real stage reports it (concurrency 1, the rest queue); UNIMPLEMENTED without."""
+        if not self.behaviour.capacity:
+            abort(context, grpc.StatusCode.UNIMPLEMENTED, "no GetInfo")
+        info = common_pb2.ModelInfo(device="cpu", concurrency=1, max_queue=self.behaviour.capacity - 1)
+        if self.service == "stage1":
+            return stage1_pb2.Stage1ServiceGetInfoResponse(info=info)
+        return stage2_pb2.Stage2ServiceGetInfoResponse(info=info)
 
     def steps(self, context: grpc.ServicerContext, stage: int, phase: str, job_id: str):
         for step in range(1, self.behaviour.steps + 1):

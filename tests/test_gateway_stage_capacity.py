@@ -1,0 +1,36 @@
+"""A burst of jobs larger than the stages' capacity waits in the gateway instead of being refused by the
+stages (issue 17, finding 8): the gateway dispatches a stage call only when the stage has room (its
+``GetInfo``: concurrency + queue), so no job needs a RESOURCE_EXHAUSTED retry."""
+
+from __future__ import annotations
+
+from concurrent import futures
+
+from gateway_doubles import Behaviour
+from test_gateway import Stack, photo, upload, wait_until
+
+from synchuman.v1 import reconstruction_pb2
+
+R = reconstruction_pb2
+JOBS = 12
+
+
+def test_a_burst_beyond_stage_capacity_succeeds_without_stage_refusals(tmp_path):
+    busy = {name: Behaviour(step_s=0.05, steps=3, capacity=2) for name in ("stage1", "stage2")}
+    stack = Stack(tmp_path, behaviours=busy, workers=8, max_pending_jobs=64)
+    try:
+        with futures.ThreadPoolExecutor(JOBS) as pool:
+            submitted = list(
+                pool.map(lambda i: stack.stub.SubmitJob(upload(photo()), timeout=30).job, range(JOBS))
+            )
+
+        def jobs() -> list[R.Job]:
+            return [stack.stub.GetJob(R.GetJobRequest(job_id=j.id), timeout=10).job for j in submitted]
+
+        wait_until(
+            lambda: all(j.state == R.JOB_STATE_SUCCEEDED for j in jobs()), timeout=120, what="every job done"
+        )
+        assert stack.doubles["stage1"].refused == stack.doubles["stage2"].refused == 0
+        assert all(dict(j.attempts) == {"preprocess": 1, "multiview": 1, "reconstruction": 1} for j in jobs())
+    finally:
+        stack.close()
