@@ -34,6 +34,7 @@ from gateway.stage_table import STAGE_TABLE, StageStep, stage_name
 from gateway.stages import CallHandle, StageClients, StageFailure, StageOutput
 from gateway.store import TERMINAL_STATES, Job, JobStore, LeaseLost, StoreUnavailable
 from services.common.stage_runtime import error_info, retry_info
+from services.common.worker import release_heap
 from synchuman.v1 import common_pb2, reconstruction_pb2
 
 log = logging.getLogger(__name__)
@@ -310,6 +311,7 @@ class JobLoop:
 
     def _end(self, job: Job, state: int, error: status_pb2.Status | None = None) -> str:
         """Record the job's end; :data:`FINISHED`, or :data:`LEASE_LOST` (left to the new holder)."""
+        release_heap()  # the job's stage outputs passed through memory: give the freed pages back
         try:
             self._events.finish(job, state, error)
         except LeaseLost:

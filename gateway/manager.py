@@ -33,6 +33,7 @@ from gateway.stages import StageClients
 from gateway.store import TERMINAL_STATES, Event, Job, JobStore, StoreUnavailable
 from gateway.upload_checks import check_idempotency_key, checked_photo_media_type
 from services.common.stage_runtime import error_info
+from services.common.worker import release_heap
 from synchuman.v1 import common_pb2, reconstruction_pb2
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class JobManager:
         check_idempotency_key(idempotency_key)
         validate_options(options)  # before the key's job is looked up: a bad request is refused, not replayed
         media = checked_photo_media_type(image, self.settings.max_upload_bytes)
+        release_heap()  # the photo was decoded in full: give the decoder's freed buffers back
         if idempotency_key:
             existing = self.store.find_by_key(idempotency_key)
             if existing is not None:

@@ -62,7 +62,8 @@ class StageStep:
     ``inputs``: stored files the call needs, in upload order; ``call``: the stage-service call;
     ``outputs``: files the stage stores, its result file last; ``encode_result``: the result file's bytes
     from the stage's result message; ``report_field``: the ``Job`` field that gets ``result.report`` (the
-    result file then is that report as JSON), "" for none.
+    result file then is that report as JSON), "" for none; ``options_field``: the ``JobOptions`` field of
+    ``Job.effective_options`` that gets ``result.effective_options``, "" for none.
     """
 
     stage: int
@@ -72,6 +73,7 @@ class StageStep:
     outputs: tuple[str, ...]
     encode_result: Callable[[Any], bytes]
     report_field: str = ""
+    options_field: str = ""
 
     @property
     def result_file(self) -> str:
@@ -88,6 +90,8 @@ class StageStep:
         files[self.result_file] = self.encode_result(output.result)
         if self.report_field:
             getattr(job, self.report_field).CopyFrom(output.result.report)
+        if self.options_field:
+            getattr(job.effective_options, self.options_field).CopyFrom(output.result.effective_options)
         now = now_timestamp()
         for name in sorted(files, key=lambda n: n == self.result_file):
             header = artifacts.put(job.id, name, files[name], output.media.get(name, ""))
@@ -134,6 +138,7 @@ STAGE_TABLE = (
         call=_call_stage1,
         outputs=(*VIEW_FILES, "voxels.bin"),
         encode_result=_voxels,
+        options_field="multiview",
     ),
     StageStep(
         stage=common_pb2.STAGE_RECONSTRUCTION,
@@ -143,6 +148,7 @@ STAGE_TABLE = (
         outputs=("person.glb", "gaussians.ply", "mesh_obj.zip", "output_report.json"),
         encode_result=_report_json,
         report_field="output_report",
+        options_field="reconstruction",
     ),
 )
 

@@ -118,7 +118,8 @@ def child_specs(config: EmbeddedConfig) -> list[ChildSpec]:
     ckpts = ("--ckpts", str(config.ckpts)) if config.ckpts else ()
     device = ("--device", config.device, "--dtype", config.dtype)
     segmentation = ("--segmentation-dir", str(config.ckpts / "segmentation")) if config.ckpts else ()
-    env = {**config.env, "SYNCHUMAN_STAGE_TOKEN": config.stage_token}  # stages require it, gateway sends it
+    # two malloc arenas: with one per thread, freed request buffers stay spread over many arenas (RSS grows)
+    env = {"MALLOC_ARENA_MAX": "2", **config.env, "SYNCHUMAN_STAGE_TOKEN": config.stage_token}
     stage_tls = (*config.tls.server_args(), "--tls-client-ca", str(config.tls.ca)) if config.tls else ()
     specs = []
     for stage in ("preprocess", "stage1", "stage2"):

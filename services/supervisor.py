@@ -203,6 +203,12 @@ class Supervisor:
         for child in running:
             self._say(f"{child.spec.name}: stopped (status {child.process.returncode})")  # type: ignore[union-attr]
 
+    def pid(self, name: str) -> int | None:
+        """The process id of child ``name`` now (None while it is not running, e.g. between restarts)."""
+        child = next(c for c in self._children if c.spec.name == name)
+        process = child.process
+        return process.pid if process is not None and process.poll() is None else None
+
     def kill_child(self, name: str) -> int:
         """SIGKILL one child (a crash, for tests); it is restarted by :meth:`poll`. Returns the killed pid."""
         child = next(c for c in self._children if c.spec.name == name)

@@ -72,3 +72,27 @@ def test_every_phase_name_the_code_sends_is_listed():
     assert sent, "no phase names found: the patterns no longer match the code"
     assert sent <= set(ALL_PHASES), sorted(sent - set(ALL_PHASES))
     assert {"start", "decode", "segment", "frame", "sampling", "condition", "visibility", "bake"} <= sent
+
+
+def test_a_phase_that_reports_nothing_is_covered_by_heartbeats():
+    """stream_work repeats the last report as a Heartbeat while the work is silent."""
+    import time
+
+    from test_stage_worker import Context
+
+    from services.common.worker import Heartbeat, StopSignal, stream_work
+
+    def work(report, should_stop):
+        report(("uv_atlas", 0, 0))
+        time.sleep(1.0)  # one long native call
+        return "done"
+
+    items = []
+    gen = stream_work(work, StopSignal(Context()), heartbeat_s=0.3)
+    try:
+        while True:
+            items.append(next(gen))
+    except StopIteration as finished:
+        assert finished.value == "done"
+    assert items[0] == ("uv_atlas", 0, 0)
+    assert len(items) >= 3 and all(item == Heartbeat(("uv_atlas", 0, 0)) for item in items[1:])

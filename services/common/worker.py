@@ -9,6 +9,7 @@ the GPU is idle and its cached memory is released before the next request takes 
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import gc
 import logging
@@ -88,6 +89,25 @@ class StopSignal:
     def on_rpc_end(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the RPC terminates (cancel, deadline or completion)."""
         self._context.add_callback(callback)
+
+
+def release_heap() -> None:
+    """Return the C heap's free pages to the system (glibc ``malloc_trim``; a no-op elsewhere). A request
+    allocates and frees hundreds of MB of image and mesh buffers across threads; without a trim the freed
+    memory stays mapped in the allocator's arenas and the process's RSS climbs from request to request."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _glibc()
 
 
 def free_accelerator_memory() -> None:
@@ -172,6 +192,7 @@ def stream_work(
             thread.join()
             free_accelerator_memory()
     thread.join()
+    release_heap()
     outcome, item = item, None
     if outcome.error is None:
         return outcome.value  # type: ignore[return-value]

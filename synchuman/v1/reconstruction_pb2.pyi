@@ -38,7 +38,7 @@ class Artifact(_message.Message):
     def __init__(self, blob: _Optional[_Union[_common_pb2.BlobHeader, _Mapping]] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "stage", "progress", "options", "idempotency_key", "create_time", "update_time", "end_time", "artifacts", "input_report", "output_report", "error", "attempts")
+    __slots__ = ("id", "state", "stage", "progress", "options", "idempotency_key", "create_time", "update_time", "end_time", "artifacts", "input_report", "output_report", "error", "attempts", "effective_options")
     class AttemptsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class Job(_message.Message):
     OUTPUT_REPORT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: JobState
     stage: _common_pb2.Stage
@@ -74,7 +75,8 @@ class Job(_message.Message):
     output_report: _common_pb2.OutputQualityReport
     error: _status_pb2.Status
     attempts: _containers.ScalarMap[str, int]
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., progress: _Optional[_Union[_common_pb2.ProgressEvent, _Mapping]] = ..., options: _Optional[_Union[_common_pb2.JobOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., input_report: _Optional[_Union[_common_pb2.InputQualityReport, _Mapping]] = ..., output_report: _Optional[_Union[_common_pb2.OutputQualityReport, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., attempts: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    effective_options: _common_pb2.JobOptions
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., progress: _Optional[_Union[_common_pb2.ProgressEvent, _Mapping]] = ..., options: _Optional[_Union[_common_pb2.JobOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., input_report: _Optional[_Union[_common_pb2.InputQualityReport, _Mapping]] = ..., output_report: _Optional[_Union[_common_pb2.OutputQualityReport, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., attempts: _Optional[_Mapping[str, int]] = ..., effective_options: _Optional[_Union[_common_pb2.JobOptions, _Mapping]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("start", "chunk")
