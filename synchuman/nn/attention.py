@@ -116,12 +116,17 @@ FLASH_ATTENTION3 = _probe_flash_attention3()
 _hopper: dict[int, bool] = {}
 
 
-@torch.compiler.assume_constant_result
 def _is_hopper(index: int) -> bool:
-    """CUDA device ``index`` is a Hopper GPU (compute capability 9.x); a constant for torch.compile."""
+    """CUDA device ``index`` is a Hopper GPU (compute capability 9.x)."""
     if index not in _hopper:
         _hopper[index] = torch.cuda.get_device_capability(index)[0] == 9
     return _hopper[index]
+
+
+if FLASH_ATTENTION3 is not None:
+    # A constant for torch.compile. Only where FlashAttention-3 is installed: the decorator imports
+    # torch._dynamo, seconds of start-up that an eager service without FlashAttention-3 need not pay.
+    _is_hopper = torch.compiler.assume_constant_result(_is_hopper)
 
 
 #: Below this many score entries per call (batch x heads x query tokens x key tokens) cuDNN's fused SDPA
