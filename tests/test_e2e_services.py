@@ -17,6 +17,7 @@ from stage_doubles import details, stage1_inputs, stage1_requests
 
 from services.common.auth import authorized_channel
 from services.launcher import EmbeddedConfig, start_embedded
+from synchuman.progress_phases import ALL_PHASES, HEARTBEAT_MESSAGE
 from synchuman.v1 import (
     common_pb2,
     reconstruction_pb2,
@@ -131,6 +132,8 @@ def test_photo_in_glb_out_with_ordered_progress(deployment, photo, tmp_path):
     sequences = [e.sequence for e in outcome.events]
     assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
     progress = [e.progress for e in outcome.events if e.WhichOneof("event") == "progress"]
+    assert all(p.phase in ALL_PHASES for p in progress)
+    progress = [p for p in progress if p.message != HEARTBEAT_MESSAGE]  # repeats while a phase runs
     stages = [p.stage for p in progress]
     assert stages == sorted(stages), "stages must follow preprocess -> multiview -> reconstruction"
     assert common_pb2.STAGE_MULTIVIEW in stages and common_pb2.STAGE_RECONSTRUCTION in stages
@@ -139,6 +142,9 @@ def test_photo_in_glb_out_with_ordered_progress(deployment, photo, tmp_path):
     recon = [p.step for p in progress if p.stage == common_pb2.STAGE_RECONSTRUCTION and p.phase == "sampling"]
     assert recon == [1, 2]
     assert outcome.job.output_report.face_count > 0
+    effective = outcome.job.effective_options  # what the stages ran: the request's values and their defaults
+    assert effective.multiview.steps == 2 and effective.reconstruction.visibility_views == 8
+    assert effective.reconstruction.guidance_scale == pytest.approx(5.0)
 
 
 def test_cancel_mid_stage1_stops_the_work(deployment, photo):
