@@ -130,8 +130,8 @@ if FLASH_ATTENTION3 is not None:
 
 
 #: Below this many score entries per call (batch x heads x query tokens x key tokens) cuDNN's fused SDPA
-#: kernel beats FlashAttention-3 at head dim 64 on an H200 (bench/RESULTS.md, bench_attention.py: FA3 wins
-#: 12 % at 10 x 5 x 18432^2 and 7 % at 10 x 10 x 4608^2, loses 17-26 % at 2 x 16 x 4096^2 and smaller).
+#: kernel beats FlashAttention-3 at head dim 64 on an H200 (bench/RESULTS.md, bench_attention.py fp16: FA3
+#: is 12 % faster at 10 x 5 x 18432^2 and 9 % at 10 x 10 x 4608^2, 16-130 % slower on the smaller calls).
 FLASH_ATTENTION3_MIN_SCORES = 10**9
 
 
