@@ -3,8 +3,9 @@
 The stage options are converted to the core option classes exactly as the stage services convert them
 (:mod:`services.common.conversions`), which runs the classes' own ``validate()``: the allowed ranges are
 defined once, in :class:`~synchuman.options.Stage1Options` and
-:class:`~synchuman.pipelines.stage2_types.Stage2Options`. The preprocess options have nothing the gateway can
-check (the segmenter name is checked when the preprocess service loads it).
+:class:`~synchuman.pipelines.stage2_types.Stage2Options`; the preprocess options' segmenter name must be well
+formed (:class:`~synchuman.preprocess.pipeline.PreprocessOptions`; whether the preprocess service has that
+model is known only there).
 """
 
 from __future__ import annotations
@@ -15,15 +16,23 @@ from typing import Any
 import grpc
 
 from gateway.errors import JobError
-from services.common.conversions import stage1_options_from_proto, stage2_options_from_proto
+from services.common.conversions import (
+    preprocess_options_from_proto,
+    stage1_options_from_proto,
+    stage2_options_from_proto,
+)
 from services.common.stage_io import InvalidInput
 from services.common.stage_runtime import bad_request
 from synchuman.options import Range, Stage1Options
 from synchuman.pipelines.stage2_types import Stage2Options
+from synchuman.preprocess.pipeline import PreprocessOptions
 from synchuman.v1 import common_pb2
 
+#: The preprocess options a request's choices are laid over (only their validity matters here).
+DEFAULTS = PreprocessOptions()
 #: ``(JobOptions field, conversion (message, field prefix) -> validated core options, the core ranges)``
 _STAGE_OPTIONS: tuple[tuple[str, Callable[[Any, str], object], tuple[Range, ...]], ...] = (
+    ("preprocess", lambda message, field: preprocess_options_from_proto(message, DEFAULTS, field), ()),
     ("multiview", stage1_options_from_proto, Stage1Options.RANGES),
     ("reconstruction", stage2_options_from_proto, Stage2Options.RANGES),
 )

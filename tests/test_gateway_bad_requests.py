@@ -249,3 +249,15 @@ def test_a_reused_idempotency_key_does_not_replay_a_bad_request(stack):
     assert_invalid(lambda: stack.stub.SubmitJob(upload(b"not a photo", key="order-1"), timeout=30), "image")
     again = stack.stub.SubmitJob(upload(photo(), key="order-1"), timeout=30)
     assert again.deduplicated and again.job.id == first.job.id
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "u2netp\n", "x" * 65, "rembg:", "-leading-dash"])
+def test_a_malformed_segmenter_name_fails_submit(stack, name):
+    options = common_pb2.JobOptions()
+    options.preprocess.segmenter = name
+    error = assert_invalid(
+        lambda: stack.stub.SubmitJob(upload(photo(), options=options), timeout=30),
+        "options.preprocess.segmenter",
+    )
+    assert "u2netp" in error.details()
+    assert stack.stub.ListJobs(R.ListJobsRequest(), timeout=10).jobs == []

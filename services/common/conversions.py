@@ -117,17 +117,18 @@ def _validated(options: Any, field: str) -> Any:
 
 
 def preprocess_options_from_proto(
-    options: common_pb2.PreprocessOptions, defaults: PreprocessOptions
+    options: common_pb2.PreprocessOptions, defaults: PreprocessOptions, field: str = OPTIONS_FIELD
 ) -> PreprocessOptions:
     """One request's preprocess options: its choices over the server's ``defaults`` (segmenter folder and
-    input limits stay the server's)."""
+    input limits stay the server's); :class:`InvalidInput` at ``field.<option>`` for a malformed segmenter
+    name."""
     chosen = dataclasses.replace(
         defaults,
         segmenter=options.segmenter or defaults.segmenter,
         ignore_alpha=options.ignore_alpha,
         alpha_matting=options.alpha_matting,
     )
-    return _validated(chosen, OPTIONS_FIELD)
+    return _validated(chosen, field)
 
 
 def stage1_options_from_proto(

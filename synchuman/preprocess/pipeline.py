@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from synchuman.options import Range, check_ranges
+from synchuman.options import OptionError, Range, check_ranges
 from synchuman.preprocess.decode import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -25,11 +25,11 @@ from synchuman.preprocess.decode import (
     decode_image,
     decode_pil,
 )
-from synchuman.preprocess.errors import QualityGateError
+from synchuman.preprocess.errors import QualityGateError, SegmenterError
 from synchuman.preprocess.framing import conditioning_crop, frame_multiview
 from synchuman.preprocess.mask import clean_mask, refine_alpha
 from synchuman.preprocess.quality import QualityIssue, QualityReport, assess
-from synchuman.preprocess.segment import DEFAULT_SEGMENTER, load_segmenter
+from synchuman.preprocess.segment import DEFAULT_SEGMENTER, load_segmenter, segmenter_stem
 
 #: Longer side of the copy used for segmentation and the quality measurements, in pixels.
 ANALYSIS_SIDE = 1024
@@ -51,7 +51,8 @@ class PreprocessOptions:
     max_bytes: int = DEFAULT_MAX_BYTES
     segmentation_dir: Path | None = None
 
-    #: The allowed ranges (inclusive); the segmenter name is checked when it is loaded.
+    #: The allowed ranges (inclusive); the segmenter name's form is checked here, its model file when it is
+    #: loaded.
     RANGES: ClassVar[tuple[Range, ...]] = (
         ("max_pixels", MIN_SIDE * MIN_SIDE, math.inf, f"at least {MIN_SIDE}x{MIN_SIDE}"),
         ("max_bytes", 1, math.inf, "at least 1"),
@@ -59,8 +60,13 @@ class PreprocessOptions:
 
     def validate(self) -> PreprocessOptions:
         """Return ``self`` or raise :class:`~synchuman.options.OptionError` naming the first out-of-range
-        limit."""
+        limit or a malformed segmenter name."""
         check_ranges(self, self.RANGES)
+        if self.segmenter:
+            try:
+                segmenter_stem(self.segmenter)
+            except SegmenterError as error:
+                raise OptionError("segmenter", str(error)) from None
         return self
 
 

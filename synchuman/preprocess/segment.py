@@ -195,6 +195,19 @@ _CACHE: dict[tuple[str, str, float], Segmenter | RembgSegmenter] = {}
 _LOCK = threading.Lock()
 
 
+def segmenter_stem(name: str) -> str:
+    """The model file stem of a segmenter name (``u2netp``, ``rembg:isnet-general-use``); SegmenterError
+    SEGMENTER_NAME_INVALID for anything else (a path, an empty or over-long name)."""
+    stem = name.removeprefix("rembg:")
+    if not _NAME.fullmatch(stem):
+        raise SegmenterError(
+            "SEGMENTER_NAME_INVALID",
+            f"invalid segmenter name {name[:80]!r}: use a model name such as {DEFAULT_SEGMENTER!r} (up to 64 "
+            "letters, digits, '_', '.' and '-', optionally after 'rembg:')",
+        )
+    return stem
+
+
 def load_segmenter(name: str = "", folder: Path | None = None) -> Segmenter | RembgSegmenter:
     """Load (once, then cached) the segmenter ``name`` (default :data:`DEFAULT_SEGMENTER`) from ``folder``.
 
@@ -204,9 +217,7 @@ def load_segmenter(name: str = "", folder: Path | None = None) -> Segmenter | Re
     folder = folder or segmentation_dir()
     name = name or DEFAULT_SEGMENTER
     via_rembg = name.startswith("rembg:")
-    stem = name.removeprefix("rembg:")
-    if not _NAME.match(stem):
-        raise SegmenterError("SEGMENTER_NAME_INVALID", f"invalid segmenter name {name!r}")
+    stem = segmenter_stem(name)
     path = folder / f"{stem}.onnx"
     if not path.is_file():
         present = ", ".join(available_segmenters(folder)) or "none"
