@@ -1,0 +1,289 @@
+"""Soak the embedded system: N jobs with random cancels and deletes and one stage restart.
+
+Starts the four services (``services/launcher.py``, tiny random checkpoints, CPU) and keeps ``--in-flight``
+jobs submitted over gRPC, with small options; a random ``--cancel-fraction`` of them is cancelled a few
+seconds after submission and a random ``--delete-fraction`` of the finished ones deleted (``DeleteJob``). When
+half of the jobs have ended, stage 2 is killed (SIGKILL); the supervisor restarts it and the gateway retries.
+Every service's resident memory (``VmRSS``) is sampled as jobs end.
+
+Checks, each failing the run (exit status 1):
+
+* no job lost: every submitted job reaches SUCCEEDED or CANCELLED (a FAILED job is listed with its error);
+* nothing left behind: no file of a deleted job remains under the gateway's data folder;
+* flat memory (with at least ``--warm-up`` + 10 jobs): each service process's RSS at the end is within
+  ``--max-rss-growth`` of its RSS after the warm-up jobs (a restarted stage 2 is measured from its own
+  warm-up).
+
+Usage::
+
+    .venv/bin/python bench/soak.py --jobs 200 --out bench/soak.json
+
+Prints a summary (also written as JSON with ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.launcher import EmbeddedConfig, start_embedded  # noqa: E402
+from services.supervisor import Supervisor  # noqa: E402
+from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc  # noqa: E402
+
+R = reconstruction_pb2
+SERVICES = ("preprocess", "stage1", "stage2", "gateway")
+TERMINAL = (R.JOB_STATE_SUCCEEDED, R.JOB_STATE_FAILED, R.JOB_STATE_CANCELLED)
+
+
+def small_options() -> common_pb2.JobOptions:
+    """Few steps and a small bake: a job takes seconds of CPU on the tiny checkpoints."""
+    options = common_pb2.JobOptions()
+    options.multiview.steps = 1
+    options.reconstruction.steps = 1
+    options.reconstruction.texture_size = 256
+    options.reconstruction.bake_steps = 5
+    options.reconstruction.visibility_views = 8
+    options.reconstruction.simplify_ratio = 0.95
+    return options
+
+
+def person_photo() -> bytes:
+    """A 384x512 RGBA photo whose alpha is a standing figure (the mask comes from the alpha channel)."""
+    height, width = 512, 384
+    y, x = np.mgrid[:height, :width]
+    body = ((x - width / 2) / 70) ** 2 + ((y - 300) / 190) ** 2 < 1
+    head = ((x - width / 2) / 45) ** 2 + ((y - 95) / 55) ** 2 < 1
+    rgba = np.zeros((height, width, 4), np.uint8)
+    rgba[..., :3] = np.stack([x % 256, y % 256, (x + y) % 256], -1)
+    rgba[..., 3] = np.where(body | head, 255, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def rss_mib(pid: int | None) -> float | None:
+    """Resident memory of ``pid`` in MiB (None when it is not running)."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class MemorySeries:
+    """RSS samples of one process of a service: (jobs ended so far, MiB)."""
+
+    service: str
+    pid: int
+    samples: list[tuple[int, float]] = field(default_factory=list)
+
+    def growth(self, warm_up: int) -> tuple[float, float, float] | None:
+        """(RSS after ``warm_up`` jobs of this process, RSS at the end, relative growth); None when the
+        process saw fewer than ``warm_up`` + 10 jobs."""
+        first = self.samples[0][0]
+        warm = [mib for ended, mib in self.samples if ended - first >= warm_up]
+        if len(self.samples) < 2 or self.samples[-1][0] - first < warm_up + 10 or not warm:
+            return None
+        return warm[0], self.samples[-1][1], self.samples[-1][1] / warm[0] - 1
+
+
+@dataclass
+class SoakResult:
+    """What the soak saw (see the module docstring)."""
+
+    jobs: int
+    seconds: float = 0.0
+    states: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)
+    deleted: int = 0
+    left_behind: list[str] = field(default_factory=list)
+    restarted: str = ""
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+class Soak:
+    """One soak run against a started embedded system."""
+
+    def __init__(self, config: EmbeddedConfig, supervisor: Supervisor, args: argparse.Namespace) -> None:
+        self.config = config
+        self.supervisor = supervisor
+        self.args = args
+        self.random = random.Random(args.seed)
+        self.stub = reconstruction_pb2_grpc.ReconstructionServiceStub(
+            grpc.insecure_channel(config.address("gateway"))
+        )
+        self.photo = person_photo()
+        self.result = SoakResult(jobs=args.jobs)
+        self.series: list[MemorySeries] = []
+        self.ended = 0
+
+    def submit(self) -> str:
+        def upload():
+            from services.common.stage_io import blob_chunks, blob_header
+
+            header = blob_header("input", "image/png", self.photo)
+            yield R.SubmitJobRequest(start=R.SubmitJobStart(options=small_options(), image=header))
+            for chunk in blob_chunks("input", self.photo):
+                yield R.SubmitJobRequest(chunk=chunk)
+
+        while True:
+            try:
+                return self.stub.SubmitJob(upload(), timeout=60).job.id
+            except grpc.RpcError as error:  # UNAVAILABLE while a stage restarts: the client retries
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                    raise
+                time.sleep(1.0)
+
+    def cancel_later(self, job_id: str) -> None:
+        delay = self.random.uniform(0.5, 8.0)
+
+        def cancel() -> None:
+            time.sleep(delay)
+            try:
+                self.stub.CancelJob(R.CancelJobRequest(job_id=job_id), timeout=30)
+            except grpc.RpcError as error:  # deleted meanwhile: nothing to cancel
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+
+        threading.Thread(target=cancel, daemon=True).start()
+
+    def sample_memory(self) -> None:
+        for service in SERVICES:
+            pid = self.supervisor.pid(service)
+            mib = rss_mib(pid)
+            if pid is None or mib is None:
+                continue
+            series = next((s for s in self.series if s.pid == pid), None)
+            if series is None:
+                series = MemorySeries(service, pid)
+                self.series.append(series)
+            series.samples.append((self.ended, mib))
+
+    def finish(self, job: R.Job) -> None:
+        self.ended += 1
+        state = R.JobState.Name(job.state)
+        self.result.states[state] = self.result.states.get(state, 0) + 1
+        if job.state == R.JOB_STATE_FAILED:
+            self.result.failed[job.id] = job.error.message
+        if self.random.random() < self.args.delete_fraction:
+            self.stub.DeleteJob(R.DeleteJobRequest(job_id=job.id), timeout=30)
+            self.result.deleted += 1
+            data = Path(self.config.data_dir or ".")
+            self.result.left_behind += [str(p) for p in data.rglob(f"*{job.id}*")]
+        if self.ended == self.args.jobs // 2 and not self.result.restarted:
+            pid = self.supervisor.kill_child("stage2")
+            self.result.restarted = f"stage2 (pid {pid}) killed after {self.ended} jobs"
+        self.sample_memory()
+
+    def run(self) -> SoakResult:
+        started = time.monotonic()
+        running: dict[str, float] = {}
+        submitted = 0
+        deadline = started + self.args.max_minutes * 60
+        self.sample_memory()
+        while (submitted < self.args.jobs or running) and time.monotonic() < deadline:
+            while submitted < self.args.jobs and len(running) < self.args.in_flight:
+                job_id = self.submit()
+                submitted += 1
+                running[job_id] = time.monotonic()
+                if self.random.random() < self.args.cancel_fraction:
+                    self.cancel_later(job_id)
+            time.sleep(0.5)
+            for job_id in list(running):
+                job = self.stub.GetJob(R.GetJobRequest(job_id=job_id), timeout=30).job
+                if job.state in TERMINAL:
+                    del running[job_id]
+                    self.finish(job)
+        self.result.lost = sorted(running) + [f"never submitted: {self.args.jobs - submitted}"] * (
+            submitted < self.args.jobs
+        )
+        self.result.seconds = round(time.monotonic() - started, 1)
+        self.judge()
+        return self.result
+
+    def judge(self) -> None:
+        result = self.result
+        if result.lost:
+            result.problems.append(f"{len(result.lost)} jobs did not end: {result.lost[:5]}")
+        if result.failed:
+            result.problems.append(f"{len(result.failed)} jobs failed: {list(result.failed.values())[:3]}")
+        if result.left_behind:
+            result.problems.append(f"files of deleted jobs left: {result.left_behind[:5]}")
+        for series in self.series:
+            growth = series.growth(self.args.warm_up)
+            if growth is None:
+                continue
+            warm, end, relative = growth
+            key = f"{series.service} (pid {series.pid})"
+            result.memory[key] = {"warm_mib": round(warm, 1), "end_mib": round(end, 1), "growth": relative}
+            if relative > self.args.max_rss_growth:
+                result.problems.append(f"{key}: RSS {warm:.0f} -> {end:.0f} MiB (+{relative:.0%})")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=200, help="jobs to run (default 200)")
+    parser.add_argument("--in-flight", type=int, default=3, help="jobs submitted at a time (default 3)")
+    parser.add_argument("--cancel-fraction", type=float, default=0.1)
+    parser.add_argument("--delete-fraction", type=float, default=0.2)
+    parser.add_argument("--warm-up", type=int, default=10, help="jobs before the RSS baseline")
+    parser.add_argument("--max-rss-growth", type=float, default=0.10, help="allowed RSS growth (0.10)")
+    parser.add_argument("--max-minutes", type=float, default=240.0, help="give up after (default 240)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work-dir", type=Path, help="checkpoints and job data (default: temporary)")
+    parser.add_argument("--out", type=Path, help="write the result as JSON here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> SoakResult:
+    """Run the soak; returns the result (``problems`` empty when every check passed)."""
+    args = parse_args(argv)
+    from synchuman.checkpoints.tiny import write_tiny_tree
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="synchuman-soak-"))
+    if not (work / "ckpts").exists():
+        write_tiny_tree(work / "ckpts")
+    config = EmbeddedConfig.with_free_ports(
+        ckpts=work / "ckpts",
+        device="cpu",
+        dtype="float32",
+        data_dir=work / "jobs",
+        log_level="WARNING",
+        stage_args=["--grace", "2"],
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    supervisor = start_embedded(config, ready_timeout_s=600)
+    try:
+        result = Soak(config, supervisor, args).run()
+    finally:
+        supervisor.stop()
+    text = json.dumps(asdict(result), indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main().problems else 0)
