@@ -17,10 +17,10 @@ def test_a_small_soak_loses_no_job_and_leaves_nothing_behind(tmp_path):
     import soak
 
     result = soak.main(
-        ["--jobs", "4", "--in-flight", "2", "--cancel-fraction", "0.25", "--delete-fraction", "0.5"]
+        ["--jobs", "4", "--in-flight", "2", "--cancel-fraction", "0.25", "--delete-fraction", "1.0"]
         + ["--seed", "1", "--max-minutes", "15", "--work-dir", str(tmp_path)]
     )
     assert result.problems == []
     assert sum(result.states.values()) == 4 and not result.lost
-    assert result.deleted > 0 and result.left_behind == []
+    assert result.deleted == 4 and result.left_behind == []
     assert result.restarted.startswith("stage2")
