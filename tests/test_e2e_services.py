@@ -14,9 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 from stage_doubles import details, stage1_inputs, stage1_requests
+from tls_certs import CertificateAuthority
 
 from services.common.auth import authorized_channel
-from services.launcher import EmbeddedConfig, start_embedded
+from services.common.tls import open_channel
+from services.launcher import EmbeddedConfig, TlsFiles, start_embedded
 from synchuman.progress_phases import ALL_PHASES, HEARTBEAT_MESSAGE
 from synchuman.v1 import (
     common_pb2,
@@ -47,7 +49,10 @@ def deployment(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("e2e")
     write_tiny_tree(root / "ckpts")
+    authority = CertificateAuthority(root / "pki")  # every call over TLS, mTLS between gateway and stages
+    certificate = authority.issue("services")
     config = EmbeddedConfig.with_free_ports(
+        tls=TlsFiles(authority.pem.cert, certificate.cert, certificate.key),
         ckpts=root / "ckpts",
         device="cpu",
         dtype="float32",
@@ -73,7 +78,8 @@ def photo(images_dir: Path) -> bytes:
 
 
 def gateway_stub(config: EmbeddedConfig) -> reconstruction_pb2_grpc.ReconstructionServiceStub:
-    return reconstruction_pb2_grpc.ReconstructionServiceStub(grpc.insecure_channel(config.address("gateway")))
+    channel = open_channel(config.address("gateway"), config.gateway_tls())
+    return reconstruction_pb2_grpc.ReconstructionServiceStub(channel)
 
 
 def submit(config: EmbeddedConfig, photo: bytes, options: common_pb2.JobOptions) -> reconstruction_pb2.Job:
@@ -108,8 +114,8 @@ def is_progress(stage: int):
 
 
 def stage1_stub(config: EmbeddedConfig) -> stage1_pb2_grpc.Stage1ServiceStub:
-    """Stage 1 of the deployment called directly, with the deployment's stage token."""
-    channel = grpc.insecure_channel(config.address("stage1"))
+    """Stage 1 of the deployment called directly, with the deployment's stage token and client certificate."""
+    channel = open_channel(config.address("stage1"), config.stage_tls())
     return stage1_pb2_grpc.Stage1ServiceStub(authorized_channel(channel, config.stage_token))
 
 
@@ -124,6 +130,7 @@ def test_photo_in_glb_out_with_ordered_progress(deployment, photo, tmp_path):
         tmp_path / "person.glb",
         progress=False,
         timeout_s=300,
+        tls=config.gateway_tls(),
     )
     assert outcome.error == ""
     assert outcome.job.state == reconstruction_pb2.JOB_STATE_SUCCEEDED
