@@ -125,7 +125,9 @@ export const BlobChunkSchema: GenMessage<BlobChunk> = /*@__PURE__*/
  * reports nothing new for 4 s, its last event is sent again with `message`
  * "heartbeat" and a newer `elapsed_seconds`. No event for 30 s therefore
  * means the work stalled (or the connection broke). No event is sent while a
- * request waits for a slot in a stage's own queue.
+ * job waits for a stage with room (after its "start" event; the gateway
+ * dispatches a stage call only when the stage's running + queued calls, from
+ * its `GetInfo`, leave room) or in a stage's own queue.
  *
  * @generated from message synchuman.v1.ProgressEvent
  */
