@@ -13,6 +13,7 @@ from typing import Any
 from gateway.upload_checks import KEY_PATTERN, MAX_KEY_CHARS
 from synchuman.options import Range, Stage1Options
 from synchuman.pipelines.stage2_types import Stage2Options
+from synchuman.preprocess.segment import SEGMENTER_NAME
 from synchuman.v1 import common_pb2
 
 #: What each error status of the bridge means (the body is always :data:`ERROR_SCHEMA`).
@@ -88,7 +89,7 @@ def job_options_schema() -> dict[str, Any]:
     preprocess = {
         "segmenter": {
             "type": "string",
-            "maxLength": 128,
+            "pattern": f"^((rembg:)?{SEGMENTER_NAME.pattern})?$",
             "description": "segmentation model name, e.g. u2netp",
         },
         "ignore_alpha": {"type": "boolean"},

@@ -30,7 +30,11 @@ from test_gateway import Stack, photo
 
 from gateway.errors import JobError
 from gateway.upload_checks import checked_photo_media_type
-from services.common.conversions import stage1_options_from_proto, stage2_options_from_proto
+from services.common.conversions import (
+    preprocess_options_from_proto,
+    stage1_options_from_proto,
+    stage2_options_from_proto,
+)
 from services.common.servicer import MAX_ID_CHARS, checked_id
 from services.common.stage_io import (
     BlobAssembler,
@@ -47,6 +51,7 @@ from services.common.stage_server import StageServer
 from services.preprocess import main as preprocess_main
 from synchuman.preprocess.decode import decode_image
 from synchuman.preprocess.errors import InvalidImageError
+from synchuman.preprocess.pipeline import PreprocessOptions
 from synchuman.v1 import (
     common_pb2,
     preprocess_pb2,
@@ -322,6 +327,7 @@ def test_gateway_submit_job(gateway, start, honest, tail):
     assert_no_fault(code, start)
     if honest:
         try:
+            preprocess_options_from_proto(start.options.preprocess, PreprocessOptions())
             stage1_options_from_proto(start.options.multiview)
             stage2_options_from_proto(start.options.reconstruction)
         except InvalidInput:

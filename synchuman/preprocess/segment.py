@@ -29,7 +29,8 @@ _HALF = ((0.5, 0.5, 0.5), (1.0, 1.0, 1.0))
 #: A model output whose maximum stays below this found nothing: it is not min-max stretched (which would turn
 #: noise into a mask), so an image without a person yields an empty mask.
 NOTHING_SALIENT = 0.5
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: A segmenter model name (the file stem in the segmentation folder).
+SEGMENTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def segmenter_stem(name: str) -> str:
     """The model file stem of a segmenter name (``u2netp``, ``rembg:isnet-general-use``); SegmenterError
     SEGMENTER_NAME_INVALID for anything else (a path, an empty or over-long name)."""
     stem = name.removeprefix("rembg:")
-    if not _NAME.fullmatch(stem):
+    if not SEGMENTER_NAME.fullmatch(stem):
         raise SegmenterError(
             "SEGMENTER_NAME_INVALID",
             f"invalid segmenter name {name[:80]!r}: use a model name such as {DEFAULT_SEGMENTER!r} (up to 64 "
