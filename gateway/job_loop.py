@@ -106,6 +106,7 @@ class JobLoop:
         self._taken_at: dict[str, float] = {}
         self._claimed: set[str] = set()
         self._cancel_on_take: set[str] = set()
+        self._unused: frozenset[str] = frozenset()  # held leases no worker here used at the last heartbeat
         self._stopping = False
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -266,7 +267,10 @@ class JobLoop:
             with self._lock:
                 running = [(i, h) for i, h in self._running.items() if self._taken_at.get(i, 0.0) < started]
                 unused = renewal.held - set(self._running) - self._claimed
-            for job_id in unused:
+            # A lease a worker acquired but has not registered yet looks unused for a moment: release only
+            # those unused at two heartbeats in a row.
+            stale, self._unused = unused & self._unused, unused
+            for job_id in stale:
                 self._release_quietly(job_id)
             for job_id, handle in running:
                 if job_id in renewal.cancel:

@@ -53,10 +53,11 @@ def stage_services(ckpts: Path, logs: Path) -> Iterator[tuple[dict[str, str], di
     """The three stage services as ``synchuman serve`` processes (the launcher's command lines), each
     logging JSON lines at INFO to ``logs/<name>.log``; yields (name -> address, the environment a gateway
     needs to call them: the launcher's stage token) once all are SERVING; stops them on exit (also on
-    failure). Queues hold all :data:`JOBS`, so no call is refused for a full queue."""
+    failure). Queues hold every job's call twice (A's, not yet dropped after the kill, and B's), so no call is
+    refused for a full queue."""
     config = EmbeddedConfig.with_free_ports(
         ckpts=ckpts, device="cpu", dtype="float32", log_level="INFO",
-        stage_args=["--max-queue", str(JOBS), "--grace", "1"], env={"OMP_NUM_THREADS": "1"},
+        stage_args=["--max-queue", str(2 * JOBS), "--grace", "1"], env={"OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     *specs, gateway = child_specs(config)
     processes: list[subprocess.Popen] = []
@@ -118,6 +119,7 @@ def check_stage_runs(job: R.Job, events: list[R.WatchJobResponse], runs: Counter
     report line: gateway and service runs per stage."""
     completed = [e.stage_completed for e in events if e.WhichOneof("event") == "stage_completed"]
     assert completed == list(STAGE_NAMES), (job.id, completed)
+    assert "person.glb" in {a.blob.name for a in job.artifacts}, job.id
     on = started_on(events)
     parts = []
     for stage, name in STAGE_NAMES.items():
