@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 BACKENDS = {
@@ -108,17 +108,19 @@ def main() -> int:
             "strided": (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)),
             "contiguous": tuple(t.transpose(1, 2).contiguous() for t in (q, k, v)),
         }
-        reference = F.scaled_dot_product_attention(*(t.float() for t in layouts["contiguous"]))
+        reference = functional.scaled_dot_product_attention(*(t.float() for t in layouts["contiguous"]))
         cells = []
         for backend, kind in backends.items():
             for layout, qkv in layouts.items():
                 key = f"{backend} {layout}"
                 try:
                     with sdpa_kernel([kind]):
-                        out = F.scaled_dot_product_attention(*qkv)
+                        out = functional.scaled_dot_product_attention(*qkv)
                         err = float((out.float() - reference).norm() / reference.norm())
                         ms = median_ms(
-                            lambda qkv=qkv: F.scaled_dot_product_attention(*qkv), device, args.repeats
+                            lambda qkv=qkv: functional.scaled_dot_product_attention(*qkv),
+                            device,
+                            args.repeats,
                         )
                 except RuntimeError as exc:
                     cells.append(f"{'refused':>22s}")

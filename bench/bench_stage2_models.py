@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -181,7 +181,7 @@ def bench_sampler(args, sizes: dict, coords: torch.Tensor, dtype, device, rows: 
     weights_gib = sum(p.numel() * p.element_size() for p in flow.parameters()) / 2**30
     gen = torch.Generator(device="cpu").manual_seed(1)
     noise = torch.randn(coords.shape[0], 8, generator=gen).to(device)
-    cond = F.layer_norm(
+    cond = functional.layer_norm(
         torch.randn(1, sizes["cond_tokens"], sizes["cond_channels"], generator=gen), [sizes["cond_channels"]]
     )
     cond = cond.to(device)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch.nn import functional
 
 from synchuman.models.dinov2 import DinoV2Encoder, DinoVisionTransformer
 
@@ -45,7 +45,7 @@ def test_matches_upstream(fixture, size):
         prenorm = out["x_prenorm"]
         checks = {
             "x_prenorm": prenorm,
-            "cond_layernorm": F.layer_norm(prenorm, prenorm.shape[-1:]),
+            "cond_layernorm": functional.layer_norm(prenorm, prenorm.shape[-1:]),
             "x_norm_clstoken": out["x_norm_clstoken"],
             "x_norm_patchtokens": out["x_norm_patchtokens"],
             "pos_embed_interp": model.interpolate_pos_encoding(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from synchuman.sparse import SparseGroupNorm32, SparseTensor, SubMConv3d, downsample, subdivide, upsample
 
@@ -28,7 +28,7 @@ def test_submanifold_conv_matches_dense_conv() -> None:
     c = x.coords.long()
     dense[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]] = x.feats
     weight = conv.weight.permute(0, 4, 1, 2, 3)  # [out, in, kx, ky, kz]
-    ref = F.conv3d(dense, weight, conv.bias, padding=1)[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]]
+    ref = functional.conv3d(dense, weight, conv.bias, padding=1)[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]]
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -67,5 +67,5 @@ def test_group_norm_is_per_item() -> None:
     torch.nn.init.normal_(norm.weight)
     out = norm(x).feats
     for b, rows in enumerate(x.feats.split(list(x.layout.seqlens))):
-        ref = F.group_norm(rows.T[None], 2, norm.weight, norm.bias)[0].T
+        ref = functional.group_norm(rows.T[None], 2, norm.weight, norm.bias)[0].T
         torch.testing.assert_close(out[b * 40 : (b + 1) * 40], ref, atol=1e-5, rtol=1e-5)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from synchuman.checkpoints.layout import CheckpointLayout
 from synchuman.checkpoints.loading import CheckpointError
@@ -68,7 +68,8 @@ def test_handoff_shapes_and_contents(pipeline: Stage1Pipeline, inputs, result) -
     assert not np.array_equal(out.colors[1], body)
     # normal view 0 carries the face normal (view 4) resized into the face box
     face = torch.from_numpy(out.normals[4]).permute(2, 0, 1)[None].float()
-    small = F.interpolate(face, size=(256, 256), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+    small = functional.interpolate(face, size=(256, 256), mode="bilinear", align_corners=False)
+    small = small[0].permute(1, 2, 0)
     diff = np.abs(out.normals[0, :256, 256:512].astype(int) - small.numpy().round().astype(int))
     assert diff.max() <= 1
 

@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
+from torch.nn import functional
 
 from synchuman.models.cross_space_sync import DualCrossAttentionMV, DualCrossAttentionSS
 from synchuman.models.mv_unet import DownBlock, MidBlock, UpBlock
@@ -350,7 +350,7 @@ class SyncHuman_2D3DCrossSpaceDiffusion(nn.Module):  # noqa: N801 - the upstream
             x = block(x, skips, emb, prompt)
         h = self._run_3d(h, t3, cond, second, len(self.blocks))
 
-        h = self.out_layer(F.layer_norm(h, h.shape[-1:]))
+        h = self.out_layer(functional.layer_norm(h, h.shape[-1:]))
         v3d = h.transpose(1, 2).reshape(b, -1, grid, grid, grid)
-        v2d = self.conv_out(F.silu(self.conv_norm_out(x)))
+        v2d = self.conv_out(functional.silu(self.conv_norm_out(x)))
         return v2d, v3d

@@ -23,9 +23,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention import FeedForward
 from torch import nn
+from torch.nn import functional
 
 from synchuman.models.mv_unet import Attention
 
@@ -49,8 +49,8 @@ class _ConvDown(nn.Module):
         self.conv = nn.Sequential(nn.GroupNorm(32, channels), conv(channels, channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, size: int) -> torch.Tensor:  # noqa: D102
-        h = F.gelu(self.conv(x))
-        pool = F.adaptive_avg_pool2d if self.dims == 2 else F.adaptive_avg_pool3d
+        h = functional.gelu(self.conv(x))
+        pool = functional.adaptive_avg_pool2d if self.dims == 2 else functional.adaptive_avg_pool3d
         return pool(h, size)
 
 
@@ -119,9 +119,9 @@ class DualCrossAttentionMV(nn.Module):
         out: nn.Linear,
     ) -> torch.Tensor:
         """Body-view tokens ``m`` ``[B, 4, h, h, C]`` and per-pixel rays ``k``/``v`` -> output layer out."""
-        q = attn.split(attn.to_q(F.layer_norm(m, m.shape[-1:], eps=1e-6)))
+        q = attn.split(attn.to_q(functional.layer_norm(m, m.shape[-1:], eps=1e-6)))
         m = m + attn.out(_few_key_attention(q, k, v))
-        m = m + ffn(F.layer_norm(m, m.shape[-1:], eps=1e-6))
+        m = m + ffn(functional.layer_norm(m, m.shape[-1:], eps=1e-6))
         return out(m)
 
     def forward(self, mv: torch.Tensor, structure: torch.Tensor, grid: int) -> torch.Tensor:

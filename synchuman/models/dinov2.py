@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
 from synchuman.checkpoints.loading import (
     CheckpointError,
@@ -48,7 +48,7 @@ class _Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = functional.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
@@ -59,7 +59,7 @@ class _Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(functional.gelu(self.fc1(x)))
 
 
 class _LayerScale(nn.Module):
@@ -152,11 +152,13 @@ class DinoVisionTransformer(nn.Module):
         grid = pos[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2)
         if self.interpolate_offset:
             scale = ((h + self.interpolate_offset) / m, (w + self.interpolate_offset) / m)
-            grid = F.interpolate(
+            grid = functional.interpolate(
                 grid, scale_factor=scale, mode="bicubic", antialias=self.interpolate_antialias
             )
         else:
-            grid = F.interpolate(grid, size=(h, w), mode="bicubic", antialias=self.interpolate_antialias)
+            grid = functional.interpolate(
+                grid, size=(h, w), mode="bicubic", antialias=self.interpolate_antialias
+            )
         patches = grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)
         return torch.cat([pos[:, :1], patches], dim=1).to(self.pos_embed.dtype)
 
@@ -249,7 +251,7 @@ class DinoV2Encoder:
         batch = torch.from_numpy(np.stack([np.asarray(i, dtype=np.uint8) for i in images])).to(self.device)
         x = batch.permute(0, 3, 1, 2).float() / 255.0
         if size is not None and x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            x = functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         return ((x - self._mean) / self._std).to(self.dtype)
 
     @torch.inference_mode()
@@ -258,7 +260,7 @@ class DinoV2Encoder:
         if crop.shape != (518, 518, 3):
             raise ValueError(f"the conditioning crop must be [518, 518, 3], got {list(crop.shape)}")
         tokens = self.model.forward_features(self._normalised([crop]))["x_prenorm"]
-        return F.layer_norm(tokens.float(), tokens.shape[-1:]).to(self.dtype)
+        return functional.layer_norm(tokens.float(), tokens.shape[-1:]).to(self.dtype)
 
     @torch.inference_mode()
     def multiview_features(self, views: Sequence[np.ndarray]) -> torch.Tensor:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 CORNERS = tuple((c & 1, c >> 1 & 1, c >> 2 & 1) for c in range(8))
 EDGES = ((0, 1), (1, 5), (4, 5), (0, 4), (2, 3), (3, 7), (6, 7), (2, 6), (2, 0), (3, 1), (7, 5), (6, 4))
@@ -48,7 +48,7 @@ class Mesh:
     def face_normals(self) -> torch.Tensor:
         """Unit normals ``[F, 3]`` of ``(v1 - v0) x (v2 - v0)``."""
         v = self.vertices[self.faces]
-        return F.normalize(torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1), dim=-1)
+        return functional.normalize(torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1), dim=-1)
 
     @property
     def success(self) -> bool:

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 # order and size per Gaussian of the raw fields in the decoder output
 FIELDS = (("_xyz", 3), ("_features_dc", 3), ("_scaling", 3), ("_rotation", 4), ("_opacity", 1))
@@ -107,13 +107,13 @@ class RawGaussians:
         ``sigmoid(o + logit(bias))``."""
         c = self.constants
         raw_scale = self._scaling + c.scale_bias
-        act = torch.exp(raw_scale) if c.scaling_activation == "exp" else F.softplus(raw_scale)
+        act = torch.exp(raw_scale) if c.scaling_activation == "exp" else functional.softplus(raw_scale)
         scales = torch.sqrt(act.square() + c.min_kernel_size**2)
         rots_bias = self._rotation.new_tensor([1.0, 0.0, 0.0, 0.0])
         return Gaussians(
             xyz=self._xyz - 0.5,
             scales=scales,
-            quats=F.normalize(self._rotation + rots_bias, dim=-1),
+            quats=functional.normalize(self._rotation + rots_bias, dim=-1),
             opacities=torch.sigmoid(self._opacity + c.opacity_logit_bias),
             features_dc=self._features_dc.reshape(-1, 3),
         )

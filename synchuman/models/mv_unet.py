@@ -17,10 +17,10 @@ ResNet blocks, down/upsamplers and the GEGLU feed-forward are diffusers' own cla
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention import FeedForward
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from torch import nn
+from torch.nn import functional
 
 from synchuman.nn.attention import attention
 
@@ -57,7 +57,7 @@ class Attention(nn.Module):
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Self-attention projections of ``x`` ``[..., C]`` -> 3 x ``[..., heads, dim_head]`` (one matmul)."""
         weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
-        q, k, v = F.linear(x, weight).chunk(3, dim=-1)
+        q, k, v = functional.linear(x, weight).chunk(3, dim=-1)
         return self.split(q), self.split(k), self.split(v)
 
     def kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +83,7 @@ def fuse_face(out: torch.Tensor, num_views: int, height: int) -> torch.Tensor:
     grid = out.reshape(n // num_views, num_views, height, height, c)
     small = height // 3
     face = grid[:, -1].permute(0, 3, 1, 2)
-    face = F.interpolate(face.float(), size=(small, small), mode="bilinear", align_corners=False)
+    face = functional.interpolate(face.float(), size=(small, small), mode="bilinear", align_corners=False)
     face = face.to(out.dtype).permute(0, 2, 3, 1)
     region = grid[:, 0, :small, small : height - small]
     fused = grid.clone()

@@ -13,8 +13,8 @@ Models compute in the dtype of their parameters; outputs are fp32.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
 from synchuman.models.flexicubes import Mesh, mesh_from_features
 from synchuman.models.gaussians import FIELDS, GaussianConstants, Gaussians, RawGaussians, offset_perturbation
@@ -190,7 +190,7 @@ class SLatGaussianDecoder(_SLatDecoderTrunk):
     ) -> SparseTensor:
         """Raw per-voxel Gaussian fields, fp32 ``[N, 14 * num_gaussians]``."""
         h = self.trunk(x, mv_color, mv_normal).feats.float()
-        h = F.layer_norm(h, h.shape[-1:]).to(self.out_layer.weight.dtype)
+        h = functional.layer_norm(h, h.shape[-1:]).to(self.out_layer.weight.dtype)
         return x.replace(self.out_layer(h).float())
 
     def to_gaussians(self, features: SparseTensor) -> list[RawGaussians]:
@@ -248,7 +248,7 @@ class SparseSubdivideBlock3d(nn.Module):
     def forward(self, x: SparseTensor) -> SparseTensor:
         """``[N, channels]`` -> ``[8N, out_channels]`` at twice the resolution."""
         h = self.act_layers[0](x)
-        h = subdivide(h.replace(F.silu(h.feats)))
+        h = subdivide(h.replace(functional.silu(h.feats)))
         x = subdivide(x)
         h = self.out_layers[1](self.out_layers[0](h))
         h = self.out_layers[3](h.replace(self.out_layers[2](h.feats)))

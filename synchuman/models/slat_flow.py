@@ -13,8 +13,8 @@ fp32 internally and the output has the input's dtype.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
 from synchuman.nn.embeddings import AbsolutePositionEmbedder, TimestepEmbedder
 from synchuman.nn.norms import LayerNorm32
@@ -61,9 +61,9 @@ class SparseResBlock3d(nn.Module):
             x = downsample(x, 2)
         elif self.upsample:
             x = upsample(x, 2)
-        h = self.conv1(x.replace(F.silu(self.norm1(x.feats))))
+        h = self.conv1(x.replace(functional.silu(self.norm1(x.feats))))
         h = self.norm2(h.feats) * (1 + x.per_item(scale)) + x.per_item(shift)
-        h = self.conv2(x.replace(F.silu(h)))
+        h = self.conv2(x.replace(functional.silu(h)))
         return h.replace(h.feats + self.skip_connection(x.feats))
 
 
@@ -170,5 +170,5 @@ class SLatFlowModel(nn.Module):
         h = h.replace(feats)
         for block, skip in zip(self.out_blocks, reversed(skips), strict=True):
             h = block(h.replace(torch.cat([h.feats, skip], dim=1)) if self.use_skip_connection else h, t_emb)
-        out = F.layer_norm(h.feats.float(), h.feats.shape[-1:]).to(dtype)
+        out = functional.layer_norm(h.feats.float(), h.feats.shape[-1:]).to(dtype)
         return x.replace(self.out_layer(out).to(x.dtype))

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
 
 class ChannelLayerNorm32(nn.LayerNorm):
@@ -26,7 +26,7 @@ class ChannelLayerNorm32(nn.LayerNorm):
         h = x.movedim(1, -1).float()
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()
-        h = F.layer_norm(h, self.normalized_shape, weight, bias, self.eps)
+        h = functional.layer_norm(h, self.normalized_shape, weight, bias, self.eps)
         return h.to(x.dtype).movedim(-1, 1)
 
 
@@ -55,8 +55,8 @@ class ResBlock3d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(functional.silu(self.norm1(x)))
+        h = self.conv2(functional.silu(self.norm2(h)))
         return h + self.skip_connection(x)
 
 

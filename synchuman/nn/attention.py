@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 BACKENDS = ("auto", "sdpa", "flash_attn3", "flash_attn", "xformers")
 #: backend -> (module to import, package to name when it is missing)
@@ -195,7 +195,7 @@ def attention(
         return _import_backend("flash_attn").flash_attn_func(q, k, v)
     if backend == "xformers":
         return _import_backend("xformers").memory_efficient_attention(q, k, v)
-    out = F.scaled_dot_product_attention(
+    out = functional.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=key_mask
     )
     return out.transpose(1, 2)

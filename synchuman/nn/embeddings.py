@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
 
 def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
@@ -22,7 +22,7 @@ def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 1000
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
+    return functional.pad(emb, (0, dim % 2))
 
 
 class TimestepEmbedder(nn.Module):
@@ -66,4 +66,4 @@ class AbsolutePositionEmbedder(nn.Module):
         freqs = 1.0 / (10000.0 ** (i / self.freq_dim))
         args = positions.float()[:, :, None] * freqs  # [N, A, F]
         emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1).reshape(positions.shape[0], -1)
-        return F.pad(emb, (0, self.channels - emb.shape[1]))
+        return functional.pad(emb, (0, self.channels - emb.shape[1]))

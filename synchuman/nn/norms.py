@@ -7,8 +7,8 @@ Parameter names follow upstream TRELLIS: ``LayerNorm32`` has ``weight``/``bias``
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
 
 def _fp32(p: torch.Tensor | None) -> torch.Tensor | None:
@@ -19,7 +19,9 @@ class LayerNorm32(nn.LayerNorm):
     """LayerNorm over the last dim, computed in fp32 and cast back to the input dtype. ``[..., C]``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        out = F.layer_norm(x.float(), self.normalized_shape, _fp32(self.weight), _fp32(self.bias), self.eps)
+        out = functional.layer_norm(
+            x.float(), self.normalized_shape, _fp32(self.weight), _fp32(self.bias), self.eps
+        )
         return out.to(x.dtype)
 
 
@@ -27,7 +29,9 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in fp32 and cast back. Input ``[B, C, *]``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        out = F.group_norm(x.float(), self.num_groups, _fp32(self.weight), _fp32(self.bias), self.eps)
+        out = functional.group_norm(
+            x.float(), self.num_groups, _fp32(self.weight), _fp32(self.bias), self.eps
+        )
         return out.to(x.dtype)
 
 
@@ -45,4 +49,4 @@ class MultiHeadRMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(heads, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return (F.normalize(x.float(), dim=-1) * self.gamma.float() * self.scale).to(x.dtype)
+        return (functional.normalize(x.float(), dim=-1) * self.gamma.float() * self.scale).to(x.dtype)

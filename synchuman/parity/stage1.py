@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
 from synchuman.checkpoints.loading import from_pretrained, load_state_dict_strict, read_safetensors
 from synchuman.parity.registry import Check, Fixture, compare, register_fixture_kind
@@ -99,7 +99,7 @@ def run_dinov2(fixture: Fixture) -> list[Check]:
         tokens = torch.zeros(1, 1 + grid, model.embed_dim, device=fixture.device)
         ours = {
             f"out.x_prenorm_{size}": prenorm,
-            f"out.cond_layernorm_{size}": F.layer_norm(prenorm, prenorm.shape[-1:]),
+            f"out.cond_layernorm_{size}": functional.layer_norm(prenorm, prenorm.shape[-1:]),
             f"out.x_norm_clstoken_{size}": out["x_norm_clstoken"],
             f"out.x_norm_patchtokens_{size}": out["x_norm_patchtokens"],
             f"out.pos_embed_interp_{size}": model.interpolate_pos_encoding(tokens, x.shape[-2], x.shape[-1]),

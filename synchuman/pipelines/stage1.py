@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
 from synchuman.checkpoints.layout import CheckpointLayout
 from synchuman.checkpoints.loading import CheckpointError, from_pretrained, parse_dtype
@@ -399,7 +399,9 @@ class Stage1Pipeline:
             normals, colors = images[:NUM_VIEWS], images[NUM_VIEWS:].clone()
             colors[0] = views[0].to(colors.device)
             x0, y0, x1, y1 = FACE_BOX
-            face = F.interpolate(normals[-1:], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
+            face = functional.interpolate(
+                normals[-1:], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False
+            )
             normals[0, :, y0:y1, x0:x1] = face[0]
             logits = self.ss_decoder(structure)
             coords = torch.argwhere(logits[0, 0] > 0).to(torch.int32).cpu().numpy()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from synchuman.geometry.raster import interpolate, rasterize
 from synchuman.postprocess.defaults import BAKE_STEPS
@@ -157,15 +157,17 @@ def push_pull(texture: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """
     size = texture.shape[0]
     padded = 1 << max(0, math.ceil(math.log2(size)))
-    value = F.pad(texture.permute(2, 0, 1)[None] * known[None, None], (0, padded - size, 0, padded - size))
-    weight = F.pad(known[None, None].float(), (0, padded - size, 0, padded - size))
+    value = functional.pad(
+        texture.permute(2, 0, 1)[None] * known[None, None], (0, padded - size, 0, padded - size)
+    )
+    weight = functional.pad(known[None, None].float(), (0, padded - size, 0, padded - size))
     levels = [(value, weight)]
     while levels[-1][0].shape[-1] > 1:
         v, w = levels[-1]
-        levels.append((F.avg_pool2d(v, 2), F.avg_pool2d(w, 2)))
+        levels.append((functional.avg_pool2d(v, 2), functional.avg_pool2d(w, 2)))
     filled = levels[-1][0] / levels[-1][1].clamp(min=1e-12)
     for v, w in reversed(levels[:-1]):
-        up = F.interpolate(filled, scale_factor=2, mode="nearest")
+        up = functional.interpolate(filled, scale_factor=2, mode="nearest")
         mean = v / w.clamp(min=1e-12)
         filled = torch.where(w > 0, mean, up)
     out = filled[0, :, :size, :size].permute(1, 2, 0)
@@ -176,7 +178,8 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """Bilinear lookup of ``texture [T, T, 3]`` (or ``[1, 3, T, T]``) at ``uv [P, 2]``; returns ``[P, 3]``."""
     tex = texture if texture.ndim == 4 else texture.permute(2, 0, 1)[None]
     grid = torch.stack([uv[:, 0] * 2 - 1, 1 - uv[:, 1] * 2], dim=-1)[None, None]
-    return F.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0].T
+    sampled = functional.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return sampled[0, :, 0].T
 
 
 def total_variation(tex: torch.Tensor) -> torch.Tensor:
@@ -257,12 +260,14 @@ def bake_texture(
         optimizer.zero_grad(set_to_none=True)
         if mode == "opt":
             a, b = samples.offsets[order[index]], samples.offsets[order[index] + 1]
-            pred = F.grid_sample(
+            pred = functional.grid_sample(
                 tex, grid[:, :, a:b], mode="bilinear", padding_mode="border", align_corners=False
             )
             loss = (pred[0, :, 0].T - samples.color[a:b]).abs().mean()
         else:
-            pred = F.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            pred = functional.grid_sample(
+                tex, grid, mode="bilinear", padding_mode="border", align_corners=False
+            )
             loss = ((pred[0, :, 0].T - samples.color).abs().mean(dim=1) * per_sample).sum()
         if lambda_tv > 0:
             loss = loss + lambda_tv * total_variation(tex)
