@@ -44,9 +44,12 @@ from services.launcher import EmbeddedConfig, start_embedded  # noqa: E402
 from services.supervisor import Supervisor  # noqa: E402
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc  # noqa: E402
 
-R = reconstruction_pb2
 SERVICES = ("preprocess", "stage1", "stage2", "gateway")
-TERMINAL = (R.JOB_STATE_SUCCEEDED, R.JOB_STATE_FAILED, R.JOB_STATE_CANCELLED)
+TERMINAL = (
+    reconstruction_pb2.JOB_STATE_SUCCEEDED,
+    reconstruction_pb2.JOB_STATE_FAILED,
+    reconstruction_pb2.JOB_STATE_CANCELLED,
+)
 
 
 def small_options() -> common_pb2.JobOptions:
@@ -143,9 +146,11 @@ class Soak:
             from services.common.stage_io import blob_chunks, blob_header
 
             header = blob_header("input", "image/png", self.photo)
-            yield R.SubmitJobRequest(start=R.SubmitJobStart(options=small_options(), image=header))
+            yield reconstruction_pb2.SubmitJobRequest(
+                start=reconstruction_pb2.SubmitJobStart(options=small_options(), image=header)
+            )
             for chunk in blob_chunks("input", self.photo):
-                yield R.SubmitJobRequest(chunk=chunk)
+                yield reconstruction_pb2.SubmitJobRequest(chunk=chunk)
 
         while True:
             try:
@@ -161,7 +166,7 @@ class Soak:
         def cancel() -> None:
             time.sleep(delay)
             try:
-                self.stub.CancelJob(R.CancelJobRequest(job_id=job_id), timeout=30)
+                self.stub.CancelJob(reconstruction_pb2.CancelJobRequest(job_id=job_id), timeout=30)
             except grpc.RpcError as error:  # deleted meanwhile: nothing to cancel
                 if error.code() != grpc.StatusCode.NOT_FOUND:
                     raise
@@ -180,14 +185,14 @@ class Soak:
                 self.series.append(series)
             series.samples.append((self.ended, mib))
 
-    def finish(self, job: R.Job) -> None:
+    def finish(self, job: reconstruction_pb2.Job) -> None:
         self.ended += 1
-        state = R.JobState.Name(job.state)
+        state = reconstruction_pb2.JobState.Name(job.state)
         self.result.states[state] = self.result.states.get(state, 0) + 1
-        if job.state == R.JOB_STATE_FAILED:
+        if job.state == reconstruction_pb2.JOB_STATE_FAILED:
             self.result.failed[job.id] = job.error.message
         if self.random.random() < self.args.delete_fraction:
-            self.stub.DeleteJob(R.DeleteJobRequest(job_id=job.id), timeout=30)
+            self.stub.DeleteJob(reconstruction_pb2.DeleteJobRequest(job_id=job.id), timeout=30)
             self.result.deleted += 1
             data = Path(self.config.data_dir or ".")
             self.result.left_behind += [str(p) for p in data.rglob(f"*{job.id}*")]
@@ -211,7 +216,7 @@ class Soak:
                     self.cancel_later(job_id)
             time.sleep(0.5)
             for job_id in list(running):
-                job = self.stub.GetJob(R.GetJobRequest(job_id=job_id), timeout=30).job
+                job = self.stub.GetJob(reconstruction_pb2.GetJobRequest(job_id=job_id), timeout=30).job
                 if job.state in TERMINAL:
                     del running[job_id]
                     self.finish(job)

@@ -48,11 +48,11 @@ from gateway.manager import JobManager
 from gateway.openapi_doc import error_responses, upload_doc
 from gateway.paging import PAGE_TOKEN
 from gateway.request_fields import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_SEQUENCE
+from gateway.store import TERMINAL_STATES
 from gateway.web import add_web_page
 from services.common.stage_runtime import bad_request
 from services.common.tls import ServerTls
-from synchuman.v1 import common_pb2
-from synchuman.v1 import reconstruction_pb2 as R
+from synchuman.v1 import common_pb2, reconstruction_pb2
 
 #: gRPC status -> HTTP status of the bridge.
 HTTP_STATUS = {
@@ -75,7 +75,7 @@ UPLOAD_TYPES = ("image/", "application/octet-stream")
 _STATE_PATTERN = "^(|{})$".format(
     "|".join(
         form
-        for name in R.JobState.keys()
+        for name in reconstruction_pb2.JobState.keys()
         if name != "JOB_STATE_UNSPECIFIED"
         for form in (name, name.removeprefix("JOB_STATE_"), name.removeprefix("JOB_STATE_").lower())
     )
@@ -179,11 +179,11 @@ def _parse_state(text: str) -> int:
     if not text:
         return 0
     name = text.upper() if text.upper().startswith("JOB_STATE_") else f"JOB_STATE_{text.upper()}"
-    if name not in R.JobState.keys():
+    if name not in reconstruction_pb2.JobState.keys():
         raise _invalid(
             "state", f"unknown state {text!r}; use queued, running, succeeded, failed or cancelled"
         )
-    return R.JobState.Value(name)
+    return reconstruction_pb2.JobState.Value(name)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -366,7 +366,7 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
                 if not batch:
                     yield ": keep-alive\n\n"
                     job = await run_in_threadpool(manager.get, job_id)
-                    if job.state in (R.JOB_STATE_SUCCEEDED, R.JOB_STATE_FAILED, R.JOB_STATE_CANCELLED):
+                    if job.state in TERMINAL_STATES:
                         return
                     continue
                 for event in batch:

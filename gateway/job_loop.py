@@ -39,8 +39,6 @@ from synchuman.v1 import common_pb2, reconstruction_pb2
 
 log = logging.getLogger(__name__)
 
-R = reconstruction_pb2
-
 
 #: Why a job's work stops (``CallHandle.stop`` reasons), and how a worker's turn with a job ended.
 CANCELLED, SHUTDOWN, LEASE_LOST, FINISHED = "cancelled", "shutdown", "lease lost", "finished"
@@ -292,12 +290,12 @@ class JobLoop:
                     step.adopt_outputs(job, self._artifacts)
                     continue
                 self._run_step(job, step, handle)
-            return self._end(job, R.JOB_STATE_SUCCEEDED)
+            return self._end(job, reconstruction_pb2.JOB_STATE_SUCCEEDED)
         except _Stopped as stopped:
             if stopped.reason in (SHUTDOWN, LEASE_LOST):
                 log.info("job work stopped", extra={"job_id": job_id, "reason": stopped.reason})
                 return stopped.reason
-            return self._end(job, R.JOB_STATE_CANCELLED)
+            return self._end(job, reconstruction_pb2.JOB_STATE_CANCELLED)
         except LeaseLost:
             log.warning("lease lost to another gateway; leaving the job to it", extra={"job_id": job_id})
             return LEASE_LOST
@@ -305,13 +303,13 @@ class JobLoop:
             log.warning("store unreachable; job left for later", extra={"job_id": job_id, "error": str(exc)})
             return SHUTDOWN
         except StageFailure as failure:
-            return self._end(job, R.JOB_STATE_FAILED, failure.status)
+            return self._end(job, reconstruction_pb2.JOB_STATE_FAILED, failure.status)
         except Exception as exc:
             log.exception("job failed unexpectedly", extra={"job_id": job_id})
             status = status_pb2.Status(
                 code=code_pb2.INTERNAL, message=f"the gateway failed: {type(exc).__name__}: {exc}"
             )
-            return self._end(job, R.JOB_STATE_FAILED, status)
+            return self._end(job, reconstruction_pb2.JOB_STATE_FAILED, status)
 
     def _end(self, job: Job, state: int, error: status_pb2.Status | None = None) -> str:
         """Record the job's end; :data:`FINISHED`, or :data:`LEASE_LOST` (left to the new holder)."""
@@ -329,7 +327,7 @@ class JobLoop:
             _check_stopped(handle)
             attempt += 1
             job.attempts[step.name] = job.attempts.get(step.name, 0) + 1
-            job.state = R.JOB_STATE_RUNNING
+            job.state = reconstruction_pb2.JOB_STATE_RUNNING
             job.stage = step.stage
             job.progress.CopyFrom(common_pb2.ProgressEvent(stage=step.stage, phase="start"))
             self._events.emit(

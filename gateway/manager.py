@@ -38,8 +38,6 @@ from synchuman.v1 import common_pb2, reconstruction_pb2
 
 log = logging.getLogger(__name__)
 
-R = reconstruction_pb2
-
 
 @dataclass(frozen=True)
 class ManagerSettings:
@@ -137,14 +135,16 @@ class JobManager:
         header = self.artifacts.put(job_id, "input", image, media)
         job = Job(
             id=job_id,
-            state=R.JOB_STATE_QUEUED,
+            state=reconstruction_pb2.JOB_STATE_QUEUED,
             options=options,
             idempotency_key=key,
             create_time=now,
             update_time=now,
-            artifacts=[R.Artifact(blob=header, create_time=now)],
+            artifacts=[reconstruction_pb2.Artifact(blob=header, create_time=now)],
         )
-        stored, created = self.store.create(job, Event(sequence=1, time=now, state=R.JOB_STATE_QUEUED))
+        stored, created = self.store.create(
+            job, Event(sequence=1, time=now, state=reconstruction_pb2.JOB_STATE_QUEUED)
+        )
         if not created:
             self.artifacts.remove_job(job_id)
             return stored, True
@@ -177,7 +177,7 @@ class JobManager:
             try:
                 job = self.get(job_id)
                 if job.state not in TERMINAL_STATES:
-                    self.events.finish(job, R.JOB_STATE_CANCELLED)
+                    self.events.finish(job, reconstruction_pb2.JOB_STATE_CANCELLED)
             finally:
                 self.events.forget(job_id)
                 self.loop.release(job_id)
@@ -197,7 +197,8 @@ class JobManager:
         if job.state not in TERMINAL_STATES:
             raise JobError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"job {job_id} is {R.JobState.Name(job.state)}; cancel it first (CancelJob), then delete it",
+                f"job {job_id} is {reconstruction_pb2.JobState.Name(job.state)}; "
+                "cancel it first (CancelJob), then delete it",
                 error_info("JOB_NOT_FINISHED"),
             )
         self.store.delete(job_id)

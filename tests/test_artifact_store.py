@@ -108,7 +108,7 @@ def test_gateway_on_s3_serves_deletes_and_expires_job_files(s3_endpoint, tmp_pat
     sweep remove the job's objects."""
     from test_gateway import Stack, download, photo, upload, watch_all
 
-    from synchuman.v1 import reconstruction_pb2 as R
+    from synchuman.v1.reconstruction_pb2 import JOB_STATE_SUCCEEDED, DeleteJobRequest
 
     client = boto3.client("s3")
 
@@ -120,7 +120,7 @@ def test_gateway_on_s3_serves_deletes_and_expires_job_files(s3_endpoint, tmp_pat
     try:
         ids = [stack.stub.SubmitJob(upload(photo()), timeout=30).job.id for _ in range(2)]
         for job_id in ids:
-            assert watch_all(stack.stub, job_id)[-1].finished.state == R.JOB_STATE_SUCCEEDED
+            assert watch_all(stack.stub, job_id)[-1].finished.state == JOB_STATE_SUCCEEDED
         header, glb = download(stack.stub, ids[0], "person.glb")
         stored = objects(ids[0])
         assert f"gateway/{ids[0]}/person.glb" in stored and f"gateway/{ids[0]}/input" in stored
@@ -130,7 +130,7 @@ def test_gateway_on_s3_serves_deletes_and_expires_job_files(s3_endpoint, tmp_pat
         with pytest.raises(grpc.RpcError) as damaged:
             download(stack.stub, ids[0], "person.glb")
         assert damaged.value.code() == grpc.StatusCode.DATA_LOSS and "person.glb" in damaged.value.details()
-        deleted = stack.stub.DeleteJob(R.DeleteJobRequest(job_id=ids[0]), timeout=30).deleted_artifacts
+        deleted = stack.stub.DeleteJob(DeleteJobRequest(job_id=ids[0]), timeout=30).deleted_artifacts
         assert deleted == len(stored) and objects(ids[0]) == []
         assert objects(ids[1])
         assert stack.gateway.manager.delete_expired(now_s=time.time() + 7200) == 1

@@ -32,7 +32,6 @@ from services.common.stage_io import blob_chunks, blob_header
 from services.launcher import free_port
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
 
-R = reconstruction_pb2
 FAST_RETRY = RetryPolicy(max_attempts=60, initial_backoff_s=0.05, multiplier=2.0, max_backoff_s=0.3)
 DOUBLES = str(Path(__file__).with_name("gateway_doubles.py"))
 
@@ -44,20 +43,20 @@ def photo() -> bytes:
 
 
 def upload(data: bytes, key: str = "", options: common_pb2.JobOptions | None = None):
-    start = R.SubmitJobStart(
+    start = reconstruction_pb2.SubmitJobStart(
         options=options, idempotency_key=key, image=blob_header("input", "image/png", data)
     )
-    yield R.SubmitJobRequest(start=start)
+    yield reconstruction_pb2.SubmitJobRequest(start=start)
     for chunk in blob_chunks("input", data, chunk_bytes=100):
-        yield R.SubmitJobRequest(chunk=chunk)
+        yield reconstruction_pb2.SubmitJobRequest(chunk=chunk)
 
 
 def stub_for(address: str) -> reconstruction_pb2_grpc.ReconstructionServiceStub:
     return reconstruction_pb2_grpc.ReconstructionServiceStub(grpc.insecure_channel(address))
 
 
-def watch_all(stub, job_id: str, timeout: float = 60.0) -> list[R.WatchJobResponse]:
-    return list(stub.WatchJob(R.WatchJobRequest(job_id=job_id), timeout=timeout))
+def watch_all(stub, job_id: str, timeout: float = 60.0) -> list[reconstruction_pb2.WatchJobResponse]:
+    return list(stub.WatchJob(reconstruction_pb2.WatchJobRequest(job_id=job_id), timeout=timeout))
 
 
 def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
@@ -69,7 +68,9 @@ def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> Non
 
 def download(stub, job_id: str, name: str) -> tuple[common_pb2.BlobHeader, bytes]:
     header, data = None, bytearray()
-    for message in stub.GetArtifact(R.GetArtifactRequest(job_id=job_id, name=name), timeout=30):
+    for message in stub.GetArtifact(
+        reconstruction_pb2.GetArtifactRequest(job_id=job_id, name=name), timeout=30
+    ):
         if message.WhichOneof("payload") == "header":
             header = message.header
         else:
@@ -138,11 +139,11 @@ def test_job_flows_through_the_stages_with_ordered_events(stack_factory):
     options = common_pb2.JobOptions()
     options.reconstruction.outputs.append(common_pb2.OUTPUT_FORMAT_GAUSSIAN_PLY)
     job = stack.stub.SubmitJob(upload(photo(), options=options), timeout=30).job
-    assert job.state == R.JOB_STATE_QUEUED and job.id
+    assert job.state == reconstruction_pb2.JOB_STATE_QUEUED and job.id
     events = watch_all(stack.stub, job.id)
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     kinds = [e.WhichOneof("event") for e in events]
-    assert kinds[-1] == "finished" and events[-1].finished.state == R.JOB_STATE_SUCCEEDED
+    assert kinds[-1] == "finished" and events[-1].finished.state == reconstruction_pb2.JOB_STATE_SUCCEEDED
     completed = [e.stage_completed for e in events if e.WhichOneof("event") == "stage_completed"]
     assert completed == [
         common_pb2.STAGE_PREPROCESS,
@@ -159,7 +160,7 @@ def test_job_flows_through_the_stages_with_ordered_events(stack_factory):
         and e.progress.stage == common_pb2.STAGE_MULTIVIEW
     ]
     assert steps == [1, 2, 3]
-    done = stack.stub.GetJob(R.GetJobRequest(job_id=job.id), timeout=10).job
+    done = stack.stub.GetJob(reconstruction_pb2.GetJobRequest(job_id=job.id), timeout=10).job
     assert dict(done.attempts) == {"preprocess": 1, "multiview": 1, "reconstruction": 1}
     names = {a.blob.name for a in done.artifacts}
     assert {
@@ -180,9 +181,13 @@ def test_job_flows_through_the_stages_with_ordered_events(stack_factory):
     assert header.media_type == "model/gltf-binary" and glb[:4] == b"glTF"
     assert download(stack.stub, job.id, "color_1.png")[1] == png((20, 0, 235))
     # a watcher that resumes after an event gets exactly the rest
-    rest = list(stack.stub.WatchJob(R.WatchJobRequest(job_id=job.id, after_sequence=3), timeout=10))
+    rest = list(
+        stack.stub.WatchJob(reconstruction_pb2.WatchJobRequest(job_id=job.id, after_sequence=3), timeout=10)
+    )
     assert [e.sequence for e in rest] == [e.sequence for e in events[3:]]
-    listed = stack.stub.ListJobs(R.ListJobsRequest(state=R.JOB_STATE_SUCCEEDED), timeout=10).jobs
+    listed = stack.stub.ListJobs(
+        reconstruction_pb2.ListJobsRequest(state=reconstruction_pb2.JOB_STATE_SUCCEEDED), timeout=10
+    ).jobs
     assert [j.id for j in listed] == [job.id]
     with pytest.raises(grpc.RpcError) as err:
         download(stack.stub, job.id, "mesh_obj.zip")
@@ -193,7 +198,7 @@ def test_unavailable_stage_is_retried_without_rerunning_earlier_stages(stack_fac
     stack = stack_factory(behaviours={"stage1": Behaviour(fail=2)})
     job = stack.stub.SubmitJob(upload(photo()), timeout=30).job
     events = watch_all(stack.stub, job.id)
-    assert events[-1].finished.state == R.JOB_STATE_SUCCEEDED
+    assert events[-1].finished.state == reconstruction_pb2.JOB_STATE_SUCCEEDED
     retrying = [e.retrying for e in events if e.WhichOneof("event") == "retrying"]
     assert [r.code for r in retrying] == [grpc.StatusCode.UNAVAILABLE.value[0]] * 2
     assert "temporarily down" in retrying[0].message
@@ -226,7 +231,7 @@ def test_idempotency_key_returns_the_same_job(stack_factory):
     first = stack.stub.SubmitJob(upload(photo(), key="order-17"), timeout=30)
     second = stack.stub.SubmitJob(upload(photo(), key="order-17"), timeout=30)
     assert not first.deduplicated and second.deduplicated and second.job.id == first.job.id
-    assert len(stack.stub.ListJobs(R.ListJobsRequest(), timeout=10).jobs) == 1
+    assert len(stack.stub.ListJobs(reconstruction_pb2.ListJobsRequest(), timeout=10).jobs) == 1
 
 
 def test_queue_overflow_gives_resource_exhausted(stack_factory):
@@ -239,14 +244,14 @@ def test_queue_overflow_gives_resource_exhausted(stack_factory):
     info = error_details_pb2.RetryInfo()
     assert any(d.Unpack(info) for d in status.details if d.Is(info.DESCRIPTOR))
     for job in jobs:
-        stack.stub.CancelJob(R.CancelJobRequest(job_id=job.id), timeout=30)
+        stack.stub.CancelJob(reconstruction_pb2.CancelJobRequest(job_id=job.id), timeout=30)
     stack.stub.SubmitJob(upload(photo()), timeout=30)  # slots are free again
 
 
 def test_cancel_stops_the_running_stage_call(stack_factory):
     stack = stack_factory(behaviours={"stage1": Behaviour(step_s=0.2, steps=200)})
     job = stack.stub.SubmitJob(upload(photo()), timeout=30).job
-    for event in stack.stub.WatchJob(R.WatchJobRequest(job_id=job.id), timeout=30):
+    for event in stack.stub.WatchJob(reconstruction_pb2.WatchJobRequest(job_id=job.id), timeout=30):
         if (
             event.WhichOneof("event") == "progress"
             and event.progress.stage == common_pb2.STAGE_MULTIVIEW
@@ -254,17 +259,18 @@ def test_cancel_stops_the_running_stage_call(stack_factory):
         ):
             break
     started = time.monotonic()
-    cancelled = stack.stub.CancelJob(R.CancelJobRequest(job_id=job.id), timeout=30).job
-    assert cancelled.state == R.JOB_STATE_CANCELLED
+    cancelled = stack.stub.CancelJob(reconstruction_pb2.CancelJobRequest(job_id=job.id), timeout=30).job
+    assert cancelled.state == reconstruction_pb2.JOB_STATE_CANCELLED
     assert time.monotonic() - started < 10
     wait_until(lambda: calls(stack.log, "stage1", job.id, "cancelled") == 1, what="stage 1 to see the cancel")
-    assert watch_all(stack.stub, job.id)[-1].finished.state == R.JOB_STATE_CANCELLED
+    assert watch_all(stack.stub, job.id)[-1].finished.state == reconstruction_pb2.JOB_STATE_CANCELLED
     # cancelling again is a no-op; an unknown job is NOT_FOUND
     assert (
-        stack.stub.CancelJob(R.CancelJobRequest(job_id=job.id), timeout=30).job.state == R.JOB_STATE_CANCELLED
+        stack.stub.CancelJob(reconstruction_pb2.CancelJobRequest(job_id=job.id), timeout=30).job.state
+        == reconstruction_pb2.JOB_STATE_CANCELLED
     )
     with pytest.raises(grpc.RpcError) as err:
-        stack.stub.GetJob(R.GetJobRequest(job_id="nope"), timeout=10)
+        stack.stub.GetJob(reconstruction_pb2.GetJobRequest(job_id="nope"), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -277,7 +283,7 @@ def test_second_stage1_replica_takes_work(tmp_path, stack_factory):
         stack = stack_factory(stage1_target=target)
         jobs = [stack.stub.SubmitJob(upload(photo()), timeout=30).job for _ in range(4)]
         for job in jobs:
-            assert watch_all(stack.stub, job.id)[-1].finished.state == R.JOB_STATE_SUCCEEDED
+            assert watch_all(stack.stub, job.id)[-1].finished.state == reconstruction_pb2.JOB_STATE_SUCCEEDED
         assert first_doubles["stage1"].calls >= 1 and doubles["stage1"].calls >= 1
         assert first_doubles["stage1"].calls + doubles["stage1"].calls == 4
         first.stop(grace=None)
@@ -308,7 +314,7 @@ def test_stage2_process_killed_mid_job_completes_without_rerunning_stage1(stack_
         stage2.wait()
         stage2 = _spawn_doubles(address, "stage2", log, "--steps", "2")
         done = watch_all(stack.stub, job.id)[-1].finished
-        assert done.state == R.JOB_STATE_SUCCEEDED, done.error.message
+        assert done.state == reconstruction_pb2.JOB_STATE_SUCCEEDED, done.error.message
         assert done.attempts["multiview"] == 1 and done.attempts["reconstruction"] >= 2
         assert calls(stack.log, "stage1", job.id, "ok") == 1
         assert calls(log, "stage2", job.id, "ok") == 1
@@ -334,7 +340,7 @@ def test_restarted_stage_gets_its_retry_when_healthy_not_after_the_back_off(stac
         stage2 = _spawn_doubles(address, "stage2", log, "--steps", "2")
         back = time.monotonic()
         done = watch_all(stack.stub, job.id)[-1].finished
-        assert done.state == R.JOB_STATE_SUCCEEDED, done.error.message
+        assert done.state == reconstruction_pb2.JOB_STATE_SUCCEEDED, done.error.message
         assert time.monotonic() - back < 8.0  # the plain back-off would wait until ~20 s
         assert done.attempts["reconstruction"] == 3 and done.attempts["multiview"] == 1
     finally:
@@ -393,7 +399,7 @@ def test_gateway_process_restart_resumes_the_job(tmp_path):
         events = watch_all(stub, job.id)
         assert [e.sequence for e in events] == list(range(1, len(events) + 1))
         done = events[-1].finished
-        assert done.state == R.JOB_STATE_SUCCEEDED, done.error.message
+        assert done.state == reconstruction_pb2.JOB_STATE_SUCCEEDED, done.error.message
         assert calls(log, "preprocess", job.id, "started") == 1
         assert calls(log, "stage1", job.id, "started") == 1
         assert calls(log, "stage2", job.id, "started") == 2
@@ -510,15 +516,15 @@ def test_grpc_requires_the_token_except_health_and_reflection(stack_factory):
     with grpc.insecure_channel(stack.gateway.address) as channel:
         anonymous = reconstruction_pb2_grpc.ReconstructionServiceStub(channel)
         with pytest.raises(grpc.RpcError) as refused:
-            anonymous.ListJobs(R.ListJobsRequest(), timeout=10)
+            anonymous.ListJobs(reconstruction_pb2.ListJobsRequest(), timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "no token" in refused.value.details() and "Bearer" in refused.value.details()
         with pytest.raises(grpc.RpcError) as streamed:  # a streaming call is refused the same way
-            list(anonymous.WatchJob(R.WatchJobRequest(job_id="x"), timeout=10))
+            list(anonymous.WatchJob(reconstruction_pb2.WatchJobRequest(job_id="x"), timeout=10))
         assert streamed.value.code() == grpc.StatusCode.UNAUTHENTICATED
         wrong = reconstruction_pb2_grpc.ReconstructionServiceStub(authorized_channel(channel, "nope"))
         with pytest.raises(grpc.RpcError) as denied:
-            wrong.ListJobs(R.ListJobsRequest(), timeout=10)
+            wrong.ListJobs(reconstruction_pb2.ListJobsRequest(), timeout=10)
         assert (
             denied.value.code() == grpc.StatusCode.UNAUTHENTICATED and "wrong token" in denied.value.details()
         )
@@ -528,7 +534,7 @@ def test_grpc_requires_the_token_except_health_and_reflection(stack_factory):
         assert "synchuman.v1.ReconstructionService" in services
         allowed = reconstruction_pb2_grpc.ReconstructionServiceStub(authorized_channel(channel, "s3cret"))
         job = allowed.SubmitJob(upload(photo()), timeout=30).job
-        assert allowed.GetJob(R.GetJobRequest(job_id=job.id), timeout=10).job.id == job.id
+        assert allowed.GetJob(reconstruction_pb2.GetJobRequest(job_id=job.id), timeout=10).job.id == job.id
 
 
 def test_delete_removes_a_finished_job_and_refuses_a_running_one(stack_factory):
@@ -536,18 +542,18 @@ def test_delete_removes_a_finished_job_and_refuses_a_running_one(stack_factory):
     artifacts = stack.config.data_dir / "artifacts"
     running = stack.stub.SubmitJob(upload(photo()), timeout=30).job
     with pytest.raises(grpc.RpcError) as busy:
-        stack.stub.DeleteJob(R.DeleteJobRequest(job_id=running.id), timeout=10)
+        stack.stub.DeleteJob(reconstruction_pb2.DeleteJobRequest(job_id=running.id), timeout=10)
     assert (
         busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "cancel it first" in busy.value.details()
     )
-    stack.stub.CancelJob(R.CancelJobRequest(job_id=running.id), timeout=30)
+    stack.stub.CancelJob(reconstruction_pb2.CancelJobRequest(job_id=running.id), timeout=30)
     assert (artifacts / running.id / "input").is_file()
-    deleted = stack.stub.DeleteJob(R.DeleteJobRequest(job_id=running.id), timeout=10)
+    deleted = stack.stub.DeleteJob(reconstruction_pb2.DeleteJobRequest(job_id=running.id), timeout=10)
     assert deleted.deleted_artifacts >= 1 and not (artifacts / running.id).exists()
     for call in (
-        lambda: stack.stub.GetJob(R.GetJobRequest(job_id=running.id), timeout=10),
-        lambda: stack.stub.DeleteJob(R.DeleteJobRequest(job_id=running.id), timeout=10),
-        lambda: list(stack.stub.WatchJob(R.WatchJobRequest(job_id=running.id), timeout=10)),
+        lambda: stack.stub.GetJob(reconstruction_pb2.GetJobRequest(job_id=running.id), timeout=10),
+        lambda: stack.stub.DeleteJob(reconstruction_pb2.DeleteJobRequest(job_id=running.id), timeout=10),
+        lambda: list(stack.stub.WatchJob(reconstruction_pb2.WatchJobRequest(job_id=running.id), timeout=10)),
     ):
         with pytest.raises(grpc.RpcError) as gone:
             call()
@@ -566,14 +572,14 @@ def test_delete_removes_a_finished_job_and_refuses_a_running_one(stack_factory):
 def test_retention_deletes_only_expired_finished_jobs(stack_factory):
     stack = stack_factory(retention_s=3600.0, behaviours={"stage1": Behaviour(step_s=0.3, steps=30)})
     done = stack.stub.SubmitJob(upload(photo(), key="done"), timeout=30).job
-    stack.stub.CancelJob(R.CancelJobRequest(job_id=done.id), timeout=30)
+    stack.stub.CancelJob(reconstruction_pb2.CancelJobRequest(job_id=done.id), timeout=30)
     busy = stack.stub.SubmitJob(upload(photo(), key="busy"), timeout=30).job
     manager = stack.gateway.manager
     assert manager.delete_expired(now_s=time.time()) == 0  # nothing is an hour old yet
     assert manager.delete_expired(now_s=time.time() + 3601) == 1  # the finished one; the running one stays
-    assert stack.stub.GetJob(R.GetJobRequest(job_id=busy.id), timeout=10).job.id == busy.id
+    assert stack.stub.GetJob(reconstruction_pb2.GetJobRequest(job_id=busy.id), timeout=10).job.id == busy.id
     with pytest.raises(grpc.RpcError) as gone:
-        stack.stub.GetJob(R.GetJobRequest(job_id=done.id), timeout=10)
+        stack.stub.GetJob(reconstruction_pb2.GetJobRequest(job_id=done.id), timeout=10)
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
     assert not (stack.config.data_dir / "artifacts" / done.id).exists()
 

@@ -19,7 +19,14 @@ from PIL import Image
 from test_gateway import Stack, photo, upload
 
 from synchuman.v1 import common_pb2
-from synchuman.v1 import reconstruction_pb2 as R
+from synchuman.v1.reconstruction_pb2 import (
+    CancelJobRequest,
+    DeleteJobRequest,
+    GetArtifactRequest,
+    GetJobRequest,
+    ListJobsRequest,
+    WatchJobRequest,
+)
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 
@@ -114,42 +121,42 @@ def test_watch_cursor_out_of_the_store_range_is_invalid_argument(stack):
     for cursor in (2**63, 2**64 - 1):
         error = assert_invalid(
             lambda cursor=cursor: list(
-                stack.stub.WatchJob(R.WatchJobRequest(job_id=job.id, after_sequence=cursor), timeout=10)
+                stack.stub.WatchJob(WatchJobRequest(job_id=job.id, after_sequence=cursor), timeout=10)
             ),
             "after_sequence",
         )
         assert str(2**63 - 1) in error.details()
     largest = list(
-        stack.stub.WatchJob(R.WatchJobRequest(job_id=job.id, after_sequence=2**63 - 1), timeout=30)
+        stack.stub.WatchJob(WatchJobRequest(job_id=job.id, after_sequence=2**63 - 1), timeout=30)
     )
     assert largest == []  # in range: nothing after it, the stream ends with the job
 
 
 def test_unknown_state_bad_ids_names_and_page_tokens_are_invalid_argument(stack):
-    assert_invalid(lambda: stack.stub.ListJobs(R.ListJobsRequest(state=77), timeout=10), "state")
+    assert_invalid(lambda: stack.stub.ListJobs(ListJobsRequest(state=77), timeout=10), "state")
     for job_id in ("", "x" * 65, "a/b", "ü", "id\n"):
         assert_invalid(
-            lambda job_id=job_id: stack.stub.GetJob(R.GetJobRequest(job_id=job_id), timeout=10), "job_id"
+            lambda job_id=job_id: stack.stub.GetJob(GetJobRequest(job_id=job_id), timeout=10), "job_id"
         )
         assert_invalid(
-            lambda job_id=job_id: stack.stub.CancelJob(R.CancelJobRequest(job_id=job_id), timeout=10),
+            lambda job_id=job_id: stack.stub.CancelJob(CancelJobRequest(job_id=job_id), timeout=10),
             "job_id",
         )
         assert_invalid(
-            lambda job_id=job_id: stack.stub.DeleteJob(R.DeleteJobRequest(job_id=job_id), timeout=10),
+            lambda job_id=job_id: stack.stub.DeleteJob(DeleteJobRequest(job_id=job_id), timeout=10),
             "job_id",
         )
     job = stack.stub.SubmitJob(upload(photo()), timeout=30).job
     for name in ("", "n" * 129):
-        request = R.GetArtifactRequest(job_id=job.id, name=name)
+        request = GetArtifactRequest(job_id=job.id, name=name)
         assert_invalid(lambda request=request: list(stack.stub.GetArtifact(request, timeout=10)), "name")
     token = f"{2**64:x}.{job.id}"
-    assert_invalid(lambda: stack.stub.ListJobs(R.ListJobsRequest(page_token=token), timeout=10), "page_token")
+    assert_invalid(lambda: stack.stub.ListJobs(ListJobsRequest(page_token=token), timeout=10), "page_token")
     assert_invalid(
-        lambda: stack.stub.ListJobs(R.ListJobsRequest(page_size=2**32 - 1), timeout=10), "page_size"
+        lambda: stack.stub.ListJobs(ListJobsRequest(page_size=2**32 - 1), timeout=10), "page_size"
     )
     with pytest.raises(grpc.RpcError) as missing:
-        stack.stub.GetJob(R.GetJobRequest(job_id="unknown-id"), timeout=10)
+        stack.stub.GetJob(GetJobRequest(job_id="unknown-id"), timeout=10)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -169,7 +176,7 @@ def test_bad_photo_fails_submit_with_the_preprocess_details_and_stores_nothing(s
     assert {"@type": "google.rpc.ErrorInfo"}.items() <= next(
         d for d in body["details"] if d["@type"] == "google.rpc.ErrorInfo"
     ).items()
-    assert stack.stub.ListJobs(R.ListJobsRequest(), timeout=10).jobs == []
+    assert stack.stub.ListJobs(ListJobsRequest(), timeout=10).jobs == []
 
 
 def test_oversized_photo_fails_submit(stack, http):
@@ -260,4 +267,4 @@ def test_a_malformed_segmenter_name_fails_submit(stack, name):
         "options.preprocess.segmenter",
     )
     assert "u2netp" in error.details()
-    assert stack.stub.ListJobs(R.ListJobsRequest(), timeout=10).jobs == []
+    assert stack.stub.ListJobs(ListJobsRequest(), timeout=10).jobs == []

@@ -29,7 +29,6 @@ from gateway.server import Gateway, GatewayConfig
 from services.supervisor import health_status
 from synchuman.v1 import reconstruction_pb2
 
-R = reconstruction_pb2
 SERVICE = "synchuman.v1.ReconstructionService"
 BUCKET = "synchuman-failover"
 LEASE_S = 3.0
@@ -109,12 +108,12 @@ class Watcher(threading.Thread):
     def __init__(self, job_id: str, first: str, second: str, timeout_s: float = 120.0) -> None:
         super().__init__(daemon=True)
         self.job_id, self.first, self.second, self.timeout_s = job_id, first, second, timeout_s
-        self.events: list[tuple[str, R.WatchJobResponse]] = []
+        self.events: list[tuple[str, reconstruction_pb2.WatchJobResponse]] = []
 
     def run(self) -> None:
         for address in (self.first, self.second):
             after = self.events[-1][1].sequence if self.events else 0
-            request = R.WatchJobRequest(job_id=self.job_id, after_sequence=after)
+            request = reconstruction_pb2.WatchJobRequest(job_id=self.job_id, after_sequence=after)
             try:
                 for event in stub_for(address).WatchJob(request, timeout=self.timeout_s):
                     self.events.append((address, event))
@@ -123,12 +122,12 @@ class Watcher(threading.Thread):
                 continue
 
     @property
-    def job_events(self) -> list[R.WatchJobResponse]:
+    def job_events(self) -> list[reconstruction_pb2.WatchJobResponse]:
         """The events received so far, from either gateway."""
         return [event for _, event in list(self.events)]
 
 
-def started_on(events: list[R.WatchJobResponse]) -> list[str]:
+def started_on(events: list[reconstruction_pb2.WatchJobResponse]) -> list[str]:
     """'stage@gateway' for every stage attempt, from the start events' messages."""
     return [
         f"{STAGE_NAMES[e.progress.stage]}@{e.progress.message.rsplit(' ', 1)[-1]}"
@@ -148,7 +147,7 @@ def check_finished_by_b(pair: GatewayPair, watchers: list[Watcher]) -> None:
         assert [e.sequence for e in events] == list(range(1, len(events) + 1)), job_id
         assert sources == {pair.a, pair.b}, f"{job_id}: watched on {sources}"
         final = events[-1].finished
-        assert final.state == R.JOB_STATE_SUCCEEDED, (job_id, final.error.message)
+        assert final.state == reconstruction_pb2.JOB_STATE_SUCCEEDED, (job_id, final.error.message)
         attempts = started_on(events)
         assert attempts[-1].endswith("@gw-b") and all(x.endswith(("@gw-a", "@gw-b")) for x in attempts)
 
@@ -157,12 +156,12 @@ def check_listed_alike(pair: GatewayPair, job_ids: list[str]) -> None:
     """With A restarted under its id, ListJobs on A and on B shows the same jobs, all succeeded."""
     pair.start("gw-a")
     listed = [
-        [(j.id, j.state) for j in stub_for(g).ListJobs(R.ListJobsRequest(), timeout=10).jobs]
+        [(j.id, j.state) for j in stub_for(g).ListJobs(reconstruction_pb2.ListJobsRequest(), timeout=10).jobs]
         for g in (pair.a, pair.b)
     ]
     assert listed[0] == listed[1]
     assert sorted(i for i, _ in listed[0]) == sorted(job_ids)
-    assert {state for _, state in listed[0]} == {R.JOB_STATE_SUCCEEDED}
+    assert {state for _, state in listed[0]} == {reconstruction_pb2.JOB_STATE_SUCCEEDED}
 
 
 def test_killed_gateway_jobs_are_finished_by_the_other_without_rerunning_finished_stages(
@@ -248,7 +247,7 @@ def test_readiness_follows_the_job_store(tmp_path):
             wait_until(lambda: health_status(gateway.address, SERVICE) == 2, 30, "NOT_SERVING")
             down_s = time.monotonic() - started
             with pytest.raises(grpc.RpcError) as err:
-                stub_for(gateway.address).ListJobs(R.ListJobsRequest(), timeout=30)
+                stub_for(gateway.address).ListJobs(reconstruction_pb2.ListJobsRequest(), timeout=30)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
             assert "job database" in err.value.details()
             from prometheus_client import generate_latest
@@ -256,7 +255,8 @@ def test_readiness_follows_the_job_store(tmp_path):
             assert b"synchuman_gateway_jobs{" in generate_latest()  # metrics still answer (job counts NaN)
             server.start()
             wait_until(lambda: health_status(gateway.address, SERVICE) == 1, 30, "SERVING again")
-            assert stub_for(gateway.address).ListJobs(R.ListJobsRequest(), timeout=30).jobs == []
+            listed = stub_for(gateway.address).ListJobs(reconstruction_pb2.ListJobsRequest(), timeout=30)
+            assert listed.jobs == []
             print(f"\nNOT_SERVING {down_s:.1f} s after PostgreSQL stopped")
         finally:
             gateway.stop(grace_s=0.5)
@@ -279,14 +279,15 @@ def test_cancel_and_watch_on_one_gateway_of_a_job_another_runs(tmp_path):
             second = Stack(tmp_path / "b", database_url=database, lease_s=LEASE_S)
             assert first.gateway.manager.store.lease_owner(job.id) == first.gateway.gateway_id
             watched = []
-            for event in second.stub.WatchJob(R.WatchJobRequest(job_id=job.id), timeout=30):
+            for event in second.stub.WatchJob(reconstruction_pb2.WatchJobRequest(job_id=job.id), timeout=30):
                 watched.append(event)
                 if event.WhichOneof("event") == "progress" and event.progress.step >= 2:
                     break
             assert [e.sequence for e in watched] == list(range(1, len(watched) + 1))
             started = time.monotonic()
-            cancelled = second.stub.CancelJob(R.CancelJobRequest(job_id=job.id), timeout=60).job
-            assert cancelled.state == R.JOB_STATE_CANCELLED
+            cancel = reconstruction_pb2.CancelJobRequest(job_id=job.id)
+            cancelled = second.stub.CancelJob(cancel, timeout=60).job
+            assert cancelled.state == reconstruction_pb2.JOB_STATE_CANCELLED
             assert time.monotonic() - started < LEASE_S + 5  # A's heartbeat (every lease/3) stops it
             stopped = lambda: calls(first.log, "stage1", job.id, "cancelled") == 1  # noqa: E731
             wait_until(stopped, 30, "A's stage call stopped")

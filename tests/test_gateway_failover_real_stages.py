@@ -41,7 +41,6 @@ from synchuman_cli.gateway_client import _upload
 
 pytestmark = pytest.mark.slow
 
-R = reconstruction_pb2
 JOBS = 6
 OPTIONS = small_options(steps1=1, steps2=1)  # stage 2's time is mostly its fixed feature and decode passes
 #: Job.attempts key -> the name the stage service logs under.
@@ -100,7 +99,7 @@ def runs_logged(logs: Path) -> Counter[tuple[str, str]]:
     return runs
 
 
-def working_stage(events: list[R.WatchJobResponse]) -> int | None:
+def working_stage(events: list[reconstruction_pb2.WatchJobResponse]) -> int | None:
     """The stage whose service is working on the job (a progress event of it other than the gateway's
     ``start``, and no ``stage_completed`` since), None when none is."""
     stage = None
@@ -113,7 +112,12 @@ def working_stage(events: list[R.WatchJobResponse]) -> int | None:
     return stage
 
 
-def check_stage_runs(job: R.Job, events: list[R.WatchJobResponse], runs: Counter, at_kill: int | None) -> str:
+def check_stage_runs(
+    job: reconstruction_pb2.Job,
+    events: list[reconstruction_pb2.WatchJobResponse],
+    runs: Counter,
+    at_kill: int | None,
+) -> str:
     """Each stage completed once, was called by the gateways at most twice (A, then B) and ran at most as
     often as it was called; the stage A's call was working in at the kill ran twice. Returns the job's
     report line: gateway and service runs per stage."""
@@ -172,7 +176,9 @@ def test_killed_gateway_jobs_are_finished_by_the_other_on_the_real_stage_service
             runs = runs_logged(logs)
             report = [
                 check_stage_runs(
-                    stub_for(pair.b).GetJob(R.GetJobRequest(job_id=w.job_id), timeout=10).job,
+                    stub_for(pair.b)
+                    .GetJob(reconstruction_pb2.GetJobRequest(job_id=w.job_id), timeout=10)
+                    .job,
                     w.job_events,
                     runs,
                     at_kill[w.job_id],

@@ -11,7 +11,6 @@ from test_gateway import Stack, photo, upload, wait_until
 
 from synchuman.v1 import reconstruction_pb2
 
-R = reconstruction_pb2
 JOBS = 12
 
 
@@ -24,11 +23,16 @@ def test_a_burst_beyond_stage_capacity_succeeds_without_stage_refusals(tmp_path)
                 pool.map(lambda i: stack.stub.SubmitJob(upload(photo()), timeout=30).job, range(JOBS))
             )
 
-        def jobs() -> list[R.Job]:
-            return [stack.stub.GetJob(R.GetJobRequest(job_id=j.id), timeout=10).job for j in submitted]
+        def jobs() -> list[reconstruction_pb2.Job]:
+            return [
+                stack.stub.GetJob(reconstruction_pb2.GetJobRequest(job_id=j.id), timeout=10).job
+                for j in submitted
+            ]
 
         wait_until(
-            lambda: all(j.state == R.JOB_STATE_SUCCEEDED for j in jobs()), timeout=120, what="every job done"
+            lambda: all(j.state == reconstruction_pb2.JOB_STATE_SUCCEEDED for j in jobs()),
+            timeout=120,
+            what="every job done",
         )
         assert stack.doubles["stage1"].refused == stack.doubles["stage2"].refused == 0
         assert all(dict(j.attempts) == {"preprocess": 1, "multiview": 1, "reconstruction": 1} for j in jobs())

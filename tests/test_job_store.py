@@ -17,7 +17,6 @@ from gateway import store_postgres, store_sqlite
 from gateway.store import Event, Job, LeaseLost, StoreUnavailable, open_job_store
 from synchuman.v1 import reconstruction_pb2
 
-R = reconstruction_pb2
 _names = itertools.count()
 
 
@@ -49,14 +48,16 @@ def store(store_url, tmp_path):
     opened.close()
 
 
-def make_job(job_id: str, created_s: int, key: str = "", state: int = R.JOB_STATE_QUEUED) -> Job:
+def make_job(
+    job_id: str, created_s: int, key: str = "", state: int = reconstruction_pb2.JOB_STATE_QUEUED
+) -> Job:
     job = Job(id=job_id, state=state, idempotency_key=key)
     job.create_time.FromNanoseconds(created_s * 1_000_000_000)
     return job
 
 
 def first_event() -> Event:
-    return Event(sequence=1, state=R.JOB_STATE_QUEUED)
+    return Event(sequence=1, state=reconstruction_pb2.JOB_STATE_QUEUED)
 
 
 def test_records_events_paging_and_deletion(store):
@@ -67,7 +68,7 @@ def test_records_events_paging_and_deletion(store):
     assert store.find_by_key("k3").id == "job3" and store.find_by_key("nope") is None
 
     job = store.get("job1")
-    job.state = R.JOB_STATE_SUCCEEDED
+    job.state = reconstruction_pb2.JOB_STATE_SUCCEEDED
     store.save(job, Event(sequence=2, state=job.state))
     assert [e.sequence for e in store.events("job1")] == [1, 2]
     assert [e.sequence for e in store.events("job1", after_sequence=1)] == [2]
@@ -80,8 +81,11 @@ def test_records_events_paging_and_deletion(store):
     assert [j.id for j in first] == ["job4", "job3"]
     older = store.list(10, before=(103 * 1_000_000_000, "job3"))
     assert [j.id for j in older] == ["job2", "job1", "job0"]
-    assert [j.id for j in store.list(10, state=R.JOB_STATE_SUCCEEDED)] == ["job1"]
-    assert store.count_by_state() == {R.JOB_STATE_QUEUED: 4, R.JOB_STATE_SUCCEEDED: 1}
+    assert [j.id for j in store.list(10, state=reconstruction_pb2.JOB_STATE_SUCCEEDED)] == ["job1"]
+    assert store.count_by_state() == {
+        reconstruction_pb2.JOB_STATE_QUEUED: 4,
+        reconstruction_pb2.JOB_STATE_SUCCEEDED: 1,
+    }
     assert [j.id for j in store.unfinished()] == ["job0", "job2", "job3", "job4"]
     assert store.finished_before(102 * 1_000_000_000, 10) == ["job1"]
     assert store.delete("job1") and not store.delete("job1")
@@ -101,7 +105,7 @@ def test_leases_hand_each_job_to_one_owner_and_expire(store):
     assert store.lease_owner("job0") == "gw-a" and store.lease_owner("job3") == "gw-b"
 
     job = store.get("job0")
-    job.state = R.JOB_STATE_RUNNING
+    job.state = reconstruction_pb2.JOB_STATE_RUNNING
     store.save(job, Event(sequence=2, state=job.state), lease_owner="gw-a")
     with pytest.raises(LeaseLost):
         store.save(job, Event(sequence=3, state=job.state), lease_owner="gw-b")
@@ -125,7 +129,7 @@ def test_leases_hand_each_job_to_one_owner_and_expire(store):
     assert store.release_all("gw-b") == 1 and store.lease_owner("job2") == ""
 
     done = store.get("job0")
-    done.state = R.JOB_STATE_SUCCEEDED
+    done.state = reconstruction_pb2.JOB_STATE_SUCCEEDED
     store.save(done, lease_owner="gw-a")
     assert not store.request_cancel("job0")  # finished: nothing to cancel
     store.release("gw-a", "job0")
@@ -169,7 +173,8 @@ def test_concurrent_acquirers_never_share_a_job(store_url, tmp_path):
 
 def _v1_job_rows(insert) -> None:
     """Two jobs and an event written in the version-1 layout (before leases existed)."""
-    for job in (make_job("old-done", 100, key="k", state=R.JOB_STATE_SUCCEEDED), make_job("old-queued", 101)):
+    done = make_job("old-done", 100, key="k", state=reconstruction_pb2.JOB_STATE_SUCCEEDED)
+    for job in (done, make_job("old-queued", 101)):
         insert(
             "INSERT INTO jobs (id, state, create_ns, idempotency_key, job) VALUES ({p}, {p}, {p}, {p}, {p})",
             (job.id, job.state, job.create_time.ToNanoseconds(), job.idempotency_key or None,
