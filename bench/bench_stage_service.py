@@ -7,7 +7,7 @@ turn (one at a time, so the services never compete for a GPU) and prints, per co
 - start-up seconds (process start -> SERVING: loading, warm-up, compilation, gsplat's build if not pre-built);
 - per request: client wall time (upload -> last response message), the service's own time, and the
   pipeline's phase seconds and per-phase peak GPU memory from the service's log (stage 1: ``stage 1 done``,
-  with the CFG replica's peak; stage 2: ``reconstruction phases``).
+  with the CFG replica's peak; stage 2: ``stage 2 phases``).
 
 Stage 1 gets a framed person-sized image and a conditioning crop; stage 2 gets ten 768^2 views, the crop and
 a human-shaped voxel set (the shell of a capsule stick figure, ``--voxels`` cells of the 64^3 grid).
@@ -102,7 +102,7 @@ def serving(port: int) -> bool:
 
 
 #: The log line each stage's service writes per finished request.
-DONE_MESSAGE = {1: "stage 1 done", 2: "reconstruction phases"}
+DONE_MESSAGE = {1: "stage 1 done", 2: "stage 2 phases"}
 
 
 def last_record(log_path: Path, message: str) -> dict[str, Any]:

@@ -50,18 +50,18 @@ def reconstruct(call: StageCall) -> Iterator[stage2_pb2.ReconstructResponse]:
     try:
         result = yield from call.run(inputs, options)
     except Stage2OutputRejected as exc:
-        raise OutputRejected(exc.code, f"the reconstruction is unusable: {exc}") from exc
+        raise OutputRejected(exc.code, f"the stage-2 result is unusable: {exc}") from exc
     phases = {name: round(seconds, 3) for name, seconds in result.phase_seconds.items()}
     peaks = {name: round(gib, 2) for name, gib in result.phase_peak_gib.items()}
     log.info(
-        "reconstruction phases",  # bench/bench_stage_service.py waits for this message
+        "stage 2 phases",  # bench/bench_stage_service.py waits for this message
         extra={"job_id": call.job_id, "phases": phases, "peak_gpu_gib": peaks},
     )
     errors = result.report.errors
     if errors:
         raise OutputRejected(
             errors[0].code,
-            "the reconstruction is unusable: "
+            "the stage-2 result is unusable: "
             + "; ".join(f"{e.code}: {e.message}" for e in errors)
             + f" (vertices {result.report.vertex_count}, faces {result.report.face_count})",
         )
