@@ -14,6 +14,7 @@ to ``.cache/compose-test/report.json``.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import importlib.util
 import json
@@ -269,6 +270,23 @@ def test_stage1_image_can_run_torch_compile(config: dict) -> None:
     assert app.index(env) < app.index("USER synchuman")
 
 
+def test_images_need_the_web_page_built_on_the_host() -> None:
+    """The gateway serves gateway/web/dist (bundled by `make setup`; node is not in the base images): the
+    build context keeps it, and the app stage fails with the command to run before installing without it."""
+    ignored = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()]
+    patterns = [line for line in ignored if line and not line.startswith("#")]
+    for path in ("gateway/web/dist/index.html", "gateway/web/dist/docs/swagger-ui-bundle.js"):
+        dropped = [p for p in patterns if fnmatch.fnmatch(path, p) or path.startswith(p.rstrip("/") + "/")]
+        assert not dropped, (path, dropped)
+    lines = dockerfile_stages()["app"]
+    check = next(i for i, line in enumerate(lines) if "test -f /tmp/src/gateway/web/dist/index.html" in line)
+    assert "/tmp/src/gateway/web/dist/docs/swagger-ui-bundle.js" in lines[check]
+    assert "make setup" in lines[check] and "exit 1" in lines[check]
+    install = next(i for i, line in enumerate(lines) if "pip install" in line)
+    assert lines.index("COPY . /tmp/src") < check < install
+    assert "setup" in (REPO_ROOT / "Makefile").read_text().split("compose-test:", 1)[1].splitlines()[0]
+
+
 def test_stage2_image_builds_gsplat_kernels_before_switching_user() -> None:
     """gsplat's CUDA extension is compiled while the GPU image is built, into a directory the runtime user
     owns, so no JIT build (and no writable cache) is needed at the first request."""
@@ -439,6 +457,9 @@ def test_logs_are_json_lines_and_metrics_and_readiness_answer(stack) -> None:
     ready = stack.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert set(ready.json()["stages"].values()) == {"SERVING"}
+    page = stack.get("/")  # the web page bundled into the image (docker/Dockerfile's app stage)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text[:200]
+    assert stack.get("/docs").status_code == 200
 
 
 def validate_glb(path: Path) -> None:
