@@ -62,17 +62,13 @@ from google.protobuf import text_format
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.common.endpoints import HEALTH_SERVICES  # noqa: E402
+from services.common.endpoints import HEALTH_SERVICES, STAGE_SERVICES  # noqa: E402
 from services.common.stage_io import blob_chunks, blob_header  # noqa: E402
 from services.launcher import EmbeddedConfig, child_specs  # noqa: E402
 from services.supervisor import Supervisor, health_status  # noqa: E402
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc  # noqa: E402
 
-STAGES = {
-    common_pb2.STAGE_PREPROCESS: "preprocess",
-    common_pb2.STAGE_MULTIVIEW: "stage1",
-    common_pb2.STAGE_RECONSTRUCTION: "stage2",
-}
+STAGES = {stage: name for name, stage in STAGE_SERVICES.items()}
 TERMINAL = {
     reconstruction_pb2.JOB_STATE_SUCCEEDED,
     reconstruction_pb2.JOB_STATE_FAILED,

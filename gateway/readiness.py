@@ -24,17 +24,11 @@ import grpc
 from gateway.errors import JobError
 from gateway.stages import StageClients
 from gateway.store import JobStore, StoreUnavailable
+from services.common.endpoints import STAGE_SERVICES
 from services.common.stage_runtime import error_info, retry_info
-from synchuman.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
-#: Stage service name -> its ``synchuman.v1.Stage`` value, in job order.
-STAGES: dict[str, int] = {
-    "preprocess": common_pb2.STAGE_PREPROCESS,
-    "stage1": common_pb2.STAGE_MULTIVIEW,
-    "stage2": common_pb2.STAGE_RECONSTRUCTION,
-}
 SERVING, NOT_SERVING, UNKNOWN = "SERVING", "NOT_SERVING", "UNKNOWN"
 REACHABLE, UNREACHABLE = "REACHABLE", "UNREACHABLE"
 
@@ -54,7 +48,7 @@ class StageReadiness:
         """Stage name -> ``SERVING`` | ``NOT_SERVING`` | ``UNKNOWN``, at most ``max_age_s`` old."""
         with self._lock:
             if time.monotonic() - self._checked_at >= self._max_age_s:
-                self._states = {name: self._ask(stage) for name, stage in STAGES.items()}
+                self._states = {name: self._ask(stage) for name, stage in STAGE_SERVICES.items()}
                 self._checked_at = time.monotonic()
             return dict(self._states)
 

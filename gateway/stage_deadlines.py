@@ -56,13 +56,6 @@ COSTS: dict[tuple[int, str], DeviceCosts] = {
     (common_pb2.STAGE_RECONSTRUCTION, "cpu"): DeviceCosts(300.0, 10.0, view_s=16.0, bake_step_s=4.0),
 }
 
-#: The wire name of each stage's options inside ``JobOptions``, and the stage's name in calls and messages.
-_OPTIONS_FIELD = {
-    common_pb2.STAGE_PREPROCESS: "preprocess",
-    common_pb2.STAGE_MULTIVIEW: "multiview",
-    common_pb2.STAGE_RECONSTRUCTION: "reconstruction",
-}
-
 
 def device_type(device: str) -> str:
     """``"cuda:1"`` -> ``"cuda"``; anything but CUDA is priced as a CPU."""
@@ -70,8 +63,32 @@ def device_type(device: str) -> str:
     return "cuda" if kind == "cuda" else "cpu"
 
 
-def _stage2_options(options: common_pb2.ReconstructionOptions, kind: str) -> Stage2Options:
-    return stage2_options_from_proto(options, defaults=device_defaults(kind))
+def _multiview_costs(options: common_pb2.JobOptions, kind: str, costs: DeviceCosts) -> dict[str, float]:
+    stage1: Stage1Options = stage1_options_from_proto(options.multiview)
+    return {"options.multiview.steps": stage1.steps * costs.sampler_step_s}
+
+
+def _stage2_costs(options: common_pb2.JobOptions, kind: str, costs: DeviceCosts) -> dict[str, float]:
+    stage2: Stage2Options = stage2_options_from_proto(options.reconstruction, defaults=device_defaults(kind))
+    area = (VISIBILITY_RESOLUTION.get(kind, 1024) / 1024) ** 2
+    bake_s = (stage2.bake_steps or 0) * costs.bake_step_s * (stage2.texture_size / 1024) ** 2
+    return {
+        "options.reconstruction.steps": stage2.steps * costs.sampler_step_s,
+        "options.reconstruction.visibility_views": stage2.visibility_views * costs.view_s * area,
+        "options.reconstruction.bake_steps": bake_s,
+    }
+
+
+#: ``(JobOptions, device type, costs) -> seconds per costly option`` (named by its field path).
+OptionCosts = Callable[[common_pb2.JobOptions, str, DeviceCosts], dict[str, float]]
+
+#: Stage -> the ``JobOptions`` field of its options (also its name in messages) and the seconds its costly
+#: options add; a stage's fixed cost is in :data:`COSTS`.
+STAGE_OPTION_COSTS: dict[int, tuple[str, OptionCosts]] = {
+    common_pb2.STAGE_PREPROCESS: ("preprocess", lambda options, kind, costs: {}),
+    common_pb2.STAGE_MULTIVIEW: ("multiview", _multiview_costs),
+    common_pb2.STAGE_RECONSTRUCTION: ("reconstruction", _stage2_costs),
+}
 
 
 def estimate_s(stage: int, options: common_pb2.JobOptions, device: str) -> tuple[float, str]:
@@ -79,17 +96,8 @@ def estimate_s(stage: int, options: common_pb2.JobOptions, device: str) -> tuple
     that device) on ``device``, and the option that costs most (``""`` when the fixed part dominates)."""
     kind = device_type(device)
     costs = COSTS[(stage, kind)]
-    parts: dict[str, float] = {"": costs.fixed_s}
-    if stage == common_pb2.STAGE_MULTIVIEW:
-        stage1: Stage1Options = stage1_options_from_proto(options.multiview)
-        parts["options.multiview.steps"] = stage1.steps * costs.sampler_step_s
-    elif stage == common_pb2.STAGE_RECONSTRUCTION:
-        stage2 = _stage2_options(options.reconstruction, kind)
-        area = (VISIBILITY_RESOLUTION.get(kind, 1024) / 1024) ** 2
-        parts["options.reconstruction.steps"] = stage2.steps * costs.sampler_step_s
-        parts["options.reconstruction.visibility_views"] = stage2.visibility_views * costs.view_s * area
-        bake_s = (stage2.bake_steps or 0) * costs.bake_step_s * (stage2.texture_size / 1024) ** 2
-        parts["options.reconstruction.bake_steps"] = bake_s
+    _, option_costs = STAGE_OPTION_COSTS[stage]
+    parts: dict[str, float] = {"": costs.fixed_s, **option_costs(options, kind, costs)}
     return sum(parts.values()), max(parts, key=lambda name: parts[name])
 
 
@@ -130,7 +138,7 @@ class StageDeadlines:
 
     def check_fits(self, options: common_pb2.JobOptions) -> None:
         """FAILED_PRECONDITION naming the costliest option when a stage's estimate exceeds the ceiling."""
-        for stage, group in _OPTIONS_FIELD.items():
+        for stage, (group, _) in STAGE_OPTION_COSTS.items():
             device = self.device(stage)
             if device is None:
                 continue
@@ -143,4 +151,3 @@ class StageDeadlines:
                     f"{field} (unset options use the device's defaults)"
                 )
                 raise JobError(grpc.StatusCode.FAILED_PRECONDITION, message, bad_request(field, message))
-

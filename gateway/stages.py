@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from services.common.auth import authorized_channel
+from services.common.endpoints import STAGE_SERVICES
 from services.common.stage_io import BlobAssembler, BlobMismatch, blob_header, upload_messages
 from services.common.tls import ClientTls, open_channel
 from synchuman.v1 import (
@@ -164,10 +165,16 @@ class StageClients:
         addresses = (targets.preprocess, targets.stage1, targets.stage2)
         self._channels = [open_channel(target, tls, CHANNEL_OPTIONS) for target in addresses]
         stubs = [authorized_channel(channel, token) for channel in self._channels]
-        self._health = [health_pb2_grpc.HealthStub(channel) for channel in stubs]
+        stages = STAGE_SERVICES.values()
+        self._health = {stage: health_pb2_grpc.HealthStub(c) for stage, c in zip(stages, stubs, strict=True)}
         self._preprocess = preprocess_pb2_grpc.PreprocessServiceStub(stubs[0])
         self._stage1 = stage1_pb2_grpc.Stage1ServiceStub(stubs[1])
         self._stage2 = stage2_pb2_grpc.Stage2ServiceStub(stubs[2])
+        #: GPU stage -> its ``GetInfo`` method and request (preprocess has none and runs on the CPU).
+        self._get_info: dict[int, tuple[Any, Any]] = {
+            common_pb2.STAGE_MULTIVIEW: (self._stage1.GetInfo, stage1_pb2.Stage1ServiceGetInfoRequest()),
+            common_pb2.STAGE_RECONSTRUCTION: (self._stage2.GetInfo, stage2_pb2.Stage2ServiceGetInfoRequest()),
+        }
 
     def close(self) -> None:
         """Close the channels (calls in flight are cancelled)."""
@@ -177,8 +184,7 @@ class StageClients:
     def serving(self, stage: int, timeout_s: float = 1.0) -> bool | None:
         """The stage's overall gRPC health: True = SERVING, False = down or not serving, None = unknown (the
         service has no health endpoint). ``stage``: a ``synchuman.v1.Stage`` value."""
-        order = (common_pb2.STAGE_PREPROCESS, common_pb2.STAGE_MULTIVIEW, common_pb2.STAGE_RECONSTRUCTION)
-        stub = self._health[order.index(stage)]
+        stub = self._health[stage]
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
         except grpc.RpcError as error:
@@ -207,12 +213,9 @@ class StageClients:
     def info(self, stage: int, timeout_s: float = 2.0) -> common_pb2.ModelInfo | None:
         """What a GPU stage reports in ``GetInfo`` (device, concurrency, queue); None for preprocess (it has
         no ``GetInfo``) and when the stage cannot be asked now."""
-        if stage == common_pb2.STAGE_MULTIVIEW:
-            get_info, request = self._stage1.GetInfo, stage1_pb2.Stage1ServiceGetInfoRequest()
-        elif stage == common_pb2.STAGE_RECONSTRUCTION:
-            get_info, request = self._stage2.GetInfo, stage2_pb2.Stage2ServiceGetInfoRequest()
-        else:
+        if stage not in self._get_info:
             return None
+        get_info, request = self._get_info[stage]
         try:
             return get_info(request, timeout=timeout_s).info
         except grpc.RpcError:
@@ -221,7 +224,7 @@ class StageClients:
     def device(self, stage: int, timeout_s: float = 2.0) -> str | None:
         """The device a GPU stage reports (``"cuda:0"``, ``"cpu"``), ``"cpu"`` for preprocess, None when
         the stage cannot be asked now."""
-        if stage == common_pb2.STAGE_PREPROCESS:
+        if stage not in self._get_info:
             return "cpu"
         info = self.info(stage, timeout_s)
         return None if info is None else str(info.device)

@@ -20,16 +20,10 @@ from services.common.conversions import (
     stage1_output_to_blobs,
     stage2_options_from_proto,
 )
+from services.common.endpoints import STAGE_SERVICES
 from services.common.stage_server import resolve_device
 from synchuman.v1 import common_pb2
 from synchuman_cli.reporting import ProgressBars, beside, extra_file_names, summary_lines, write_report
-
-#: The pipeline's stage names -> the wire's stages (for the progress bars' labels).
-STAGES = {
-    "preprocess": common_pb2.STAGE_PREPROCESS,
-    "stage1": common_pb2.STAGE_MULTIVIEW,
-    "stage2": common_pb2.STAGE_RECONSTRUCTION,
-}
 
 
 @dataclass
@@ -76,7 +70,7 @@ def reconstruct_in_process(
     try:
         result = pipeline(
             photo,
-            callback=lambda p: bars.update(progress_event(STAGES[p.stage], p.phase, p.step, p.total)),
+            callback=lambda p: bars.update(progress_event(STAGE_SERVICES[p.stage], p.phase, p.step, p.total)),
             stage1_options=stage1_options,
             stage2_options=stage2_options,
         )

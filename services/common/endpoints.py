@@ -7,6 +7,8 @@ Names are the service names of the all-in-one deployment: ``preprocess``, ``stag
 
 from __future__ import annotations
 
+from synchuman.v1 import common_pb2
+
 #: Interface a service binds to unless told otherwise (loopback: nothing is exposed by default).
 DEFAULT_HOST = "127.0.0.1"
 
@@ -31,6 +33,13 @@ HEALTH_SERVICES: dict[str, str] = {
     "stage1": STAGE1_SERVICE,
     "stage2": STAGE2_SERVICE,
     "gateway": RECONSTRUCTION_SERVICE,
+}
+
+#: Stage service name -> the ``synchuman.v1.Stage`` value of the job step it runs, in job order.
+STAGE_SERVICES: dict[str, int] = {
+    "preprocess": common_pb2.STAGE_PREPROCESS,
+    "stage1": common_pb2.STAGE_MULTIVIEW,
+    "stage2": common_pb2.STAGE_RECONSTRUCTION,
 }
 
 
