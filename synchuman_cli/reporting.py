@@ -11,13 +11,11 @@ from pathlib import Path
 from google.protobuf import json_format
 from tqdm import tqdm
 
+from services.common.endpoints import STAGE_SERVICES
 from synchuman.v1 import common_pb2
 
-STAGE_NAMES = {
-    common_pb2.STAGE_PREPROCESS: "preprocess",
-    common_pb2.STAGE_MULTIVIEW: "multiview",
-    common_pb2.STAGE_RECONSTRUCTION: "reconstruction",
-}
+#: ``synchuman.v1.Stage`` value -> the label of its progress bars (the stage service's name).
+STAGE_NAMES = {stage: name for name, stage in STAGE_SERVICES.items()}
 
 
 class ProgressBars:

@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class Stage2ServiceStub:
-    """3D reconstruction and export.
+    """Stage 2: the 3D shape, Gaussians, baked texture and export of one person.
+    On the wire this step is called "reconstruction" (`Reconstruct`,
+    `ReconstructionOptions`, `STAGE_RECONSTRUCTION`); elsewhere in the project
+    "reconstruction" means the whole photo -> GLB job.
     """
 
     def __init__(self, channel):
@@ -48,7 +51,10 @@ class Stage2ServiceStub:
 
 
 class Stage2ServiceServicer:
-    """3D reconstruction and export.
+    """Stage 2: the 3D shape, Gaussians, baked texture and export of one person.
+    On the wire this step is called "reconstruction" (`Reconstruct`,
+    `ReconstructionOptions`, `STAGE_RECONSTRUCTION`); elsewhere in the project
+    "reconstruction" means the whole photo -> GLB job.
     """
 
     def Reconstruct(self, request_iterator, context):
@@ -102,7 +108,10 @@ def add_Stage2ServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Stage2Service:
-    """3D reconstruction and export.
+    """Stage 2: the 3D shape, Gaussians, baked texture and export of one person.
+    On the wire this step is called "reconstruction" (`Reconstruct`,
+    `ReconstructionOptions`, `STAGE_RECONSTRUCTION`); elsewhere in the project
+    "reconstruction" means the whole photo -> GLB job.
     """
 
     @staticmethod

@@ -446,7 +446,8 @@ export const MultiviewOptionsSchema: GenMessage<MultiviewOptions> = /*@__PURE__*
   messageDesc(file_synchuman_v1_common, 7);
 
 /**
- * Options of the reconstruction stage.
+ * Options of stage 2 (`STAGE_RECONSTRUCTION`: on the wire "reconstruction"
+ * names the stage-2 step).
  *
  * @generated from message synchuman.v1.ReconstructionOptions
  */
@@ -545,7 +546,8 @@ export type JobOptions = Message<"synchuman.v1.JobOptions"> & {
   multiview?: MultiviewOptions | undefined;
 
   /**
-   * Reconstruction options.
+   * Stage-2 options (the field name "reconstruction" is the wire's name of
+   * the stage-2 step).
    *
    * @generated from field: synchuman.v1.ReconstructionOptions reconstruction = 3;
    */
@@ -682,8 +684,11 @@ export enum Stage {
   MULTIVIEW = 2,
 
   /**
-   * Structured latent, Gaussian and mesh decoding, post-processing, texture
-   * baking and export (GPU).
+   * Stage 2: structured latent, Gaussian and mesh decoding, post-processing,
+   * texture baking and export (GPU). On the wire "reconstruction" names this
+   * step (this value, `JobOptions.reconstruction`, the `Job.attempts` key,
+   * `Stage2Service.Reconstruct`); everywhere else "reconstruction" means the
+   * whole photo -> GLB job.
    *
    * @generated from enum value: STAGE_RECONSTRUCTION = 3;
    */

@@ -1,6 +1,6 @@
 // ReconstructionService is the public API of SyncHuman Serve, served by the
 // gateway. A client submits a photo and options and gets a job; the gateway
-// runs preprocess -> multiview -> reconstruction on the stage services,
+// runs preprocess -> stage 1 (multiview) -> stage 2 on the stage services,
 // stores each stage's output as soon as it exists, retries a failed stage,
 // and keeps jobs and their files across restarts. The same operations are
 // available over HTTP/JSON (see the gateway's OpenAPI document).
@@ -154,7 +154,7 @@ export type Job = Message<"synchuman.v1.Job"> & {
   inputReport?: InputQualityReport | undefined;
 
   /**
-   * Output quality report, once reconstruction has run.
+   * Output quality report, once stage 2 has run.
    *
    * @generated from field: synchuman.v1.OutputQualityReport output_report = 12;
    */
@@ -169,7 +169,8 @@ export type Job = Message<"synchuman.v1.Job"> & {
 
   /**
    * Attempts made per stage so far (retries after a stage service failed),
-   * keyed by stage name ("preprocess", "multiview", "reconstruction").
+   * keyed by stage name ("preprocess", "multiview", "reconstruction"; the
+   * wire's names of preprocess, stage 1 and stage 2).
    *
    * @generated from field: map<string, uint32> attempts = 14;
    */
@@ -178,8 +179,8 @@ export type Job = Message<"synchuman.v1.Job"> & {
   /**
    * The options the stages actually used: every field set, unset ones with
    * the stage's default on its device (stage 2 on a CPU defaults to fewer
-   * visibility views and a smaller texture). Filled in as each of the
-   * multiview and reconstruction stages finishes.
+   * visibility views and a smaller texture). Filled in as each of stage 1
+   * (multiview) and stage 2 (reconstruction) finishes.
    *
    * @generated from field: synchuman.v1.JobOptions effective_options = 15;
    */

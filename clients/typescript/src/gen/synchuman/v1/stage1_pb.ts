@@ -151,7 +151,7 @@ export const GenerateViewsResponseSchema: GenMessage<GenerateViewsResponse> = /*
  */
 export type GenerateViewsResult = Message<"synchuman.v1.GenerateViewsResult"> & {
   /**
-   * Occupied voxels of the person (the input of the reconstruction stage).
+   * Occupied voxels of the person (the input of stage 2).
    *
    * @generated from field: synchuman.v1.VoxelStructure structure = 1;
    */

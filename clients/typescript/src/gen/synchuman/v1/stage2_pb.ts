@@ -237,7 +237,10 @@ export const Stage2ServiceGetInfoResponseSchema: GenMessage<Stage2ServiceGetInfo
   messageDesc(file_synchuman_v1_stage2, 5);
 
 /**
- * 3D reconstruction and export.
+ * Stage 2: the 3D shape, Gaussians, baked texture and export of one person.
+ * On the wire this step is called "reconstruction" (`Reconstruct`,
+ * `ReconstructionOptions`, `STAGE_RECONSTRUCTION`); elsewhere in the project
+ * "reconstruction" means the whole photo -> GLB job.
  *
  * @generated from service synchuman.v1.Stage2Service
  */
