@@ -10,9 +10,9 @@ import grpc
 from gateway.artifacts import ArtifactCorrupted
 from gateway.errors import JobError
 from gateway.manager import JobManager
-from services.common.stage_io import InvalidInput, read_start, receive_blobs, upload_chunks
+from services.common.stage_io import InvalidInput, piece_chunks, read_start, receive_blobs, upload_chunks
 from services.common.stage_runtime import abort, bad_request
-from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
+from synchuman.v1 import reconstruction_pb2, reconstruction_pb2_grpc
 
 
 def _fail(context: grpc.ServicerContext, error: JobError) -> None:
@@ -97,11 +97,9 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
         except JobError as error:
             _fail(context, error)
         yield reconstruction_pb2.GetArtifactResponse(header=header)
-        offset = 0
         try:
-            for piece in pieces:  # read from the artifact store as sent: the file is never held whole
-                chunk = common_pb2.BlobChunk(name=header.name, offset=offset, data=piece)
+            # read from the artifact store as sent: the file is never held whole
+            for chunk in piece_chunks(header.name, pieces):
                 yield reconstruction_pb2.GetArtifactResponse(chunk=chunk)
-                offset += len(piece)
         except ArtifactCorrupted as exc:
             abort(context, grpc.StatusCode.DATA_LOSS, f"{exc}: the stored file is damaged; run the job again")

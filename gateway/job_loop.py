@@ -33,6 +33,7 @@ from gateway.stage_capacity import StageCapacity
 from gateway.stage_table import STAGE_TABLE, StageStep, stage_name
 from gateway.stages import CallHandle, StageClients, StageFailure, StageOutput
 from gateway.store import TERMINAL_STATES, Job, JobStore, LeaseLost, StoreUnavailable
+from services.common.conversions import progress_event
 from services.common.stage_runtime import error_info, retry_info
 from services.common.worker import release_heap
 from synchuman.v1 import common_pb2, reconstruction_pb2
@@ -329,15 +330,9 @@ class JobLoop:
             job.attempts[step.name] = job.attempts.get(step.name, 0) + 1
             job.state = reconstruction_pb2.JOB_STATE_RUNNING
             job.stage = step.stage
-            job.progress.CopyFrom(common_pb2.ProgressEvent(stage=step.stage, phase="start"))
-            self._events.emit(
-                job,
-                progress=common_pb2.ProgressEvent(
-                    stage=step.stage,
-                    phase="start",
-                    message=f"attempt {job.attempts[step.name]} on gateway {self._owner}",
-                ),
-            )
+            job.progress.CopyFrom(progress_event(step.stage, "start"))
+            message = f"attempt {job.attempts[step.name]} on gateway {self._owner}"
+            self._events.emit(job, progress=progress_event(step.stage, "start", message=message))
             started = time.monotonic()
             try:
                 output = self._call(job, step, handle)

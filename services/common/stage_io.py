@@ -2,7 +2,7 @@
 voxel structures.
 
 A blob travels as a :class:`BlobHeader` (name, media type, size, SHA-256: :func:`blob_header`) followed by
-its chunks of at most 1 MiB (:func:`blob_chunks`).
+its chunks of at most 1 MiB (:func:`blob_chunks`; :func:`piece_chunks` for a blob read piece by piece).
 
 * Uploads (client -> service) are a ``start`` message announcing the blobs, then their chunks in order:
   :func:`upload_messages` builds them; the service reads ``start`` with :func:`read_start` and reassembles
@@ -51,8 +51,17 @@ def blob_header(name: str, media_type: str, data: bytes) -> common_pb2.BlobHeade
 
 def blob_chunks(name: str, data: bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterator[common_pb2.BlobChunk]:
     """``data`` as ordered chunks of at most ``chunk_bytes`` (an empty blob sends no chunk)."""
-    for offset in range(0, len(data), chunk_bytes):
-        yield common_pb2.BlobChunk(name=name, offset=offset, data=data[offset : offset + chunk_bytes])
+    pieces = (data[offset : offset + chunk_bytes] for offset in range(0, len(data), chunk_bytes))
+    return piece_chunks(name, pieces)
+
+
+def piece_chunks(name: str, pieces: Iterable[bytes]) -> Iterator[common_pb2.BlobChunk]:
+    """Consecutive ``pieces`` of blob ``name`` (e.g. read from storage as sent, never held whole) as chunks
+    with their offsets."""
+    offset = 0
+    for piece in pieces:
+        yield common_pb2.BlobChunk(name=name, offset=offset, data=piece)
+        offset += len(piece)
 
 
 def send_blobs(
