@@ -6,7 +6,9 @@ log says why) makes the gateway *not ready*, and so does a job store that cannot
 ``/readyz`` answer 503 naming what is missing, the gateway's grpc.health.v1 says NOT_SERVING (a load
 balancer or Kubernetes sends new calls to other gateways), and new jobs are refused with UNAVAILABLE and a
 RetryInfo instead of being queued for a stage that cannot run them. Jobs already accepted keep waiting for
-the stage (the job loop's retries). ``GET /livez`` only says the process answers. Health is asked at most
+the stage (the job loop's retries). A stage scaled to several replicas (its target resolves to several
+addresses) is SERVING while at least one replica is; the others are named under ``replicas_not_serving``
+(:mod:`gateway.replicas`). ``GET /livez`` only says the process answers. Health is asked at most
 once per ``max_age_s`` and stage, so submissions and probes do not multiply health calls; a thread
 (:meth:`ReadinessMonitor.start`) re-checks every ``interval_s`` and reports each change to the gRPC health.
 """
@@ -17,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -43,18 +45,31 @@ class StageReadiness:
         self._lock = threading.Lock()
         self._checked_at = -float("inf")
         self._states: dict[str, str] = {}
+        self._down_replicas: dict[str, list[str]] = {}
 
     def states(self) -> dict[str, str]:
         """Stage name -> ``SERVING`` | ``NOT_SERVING`` | ``UNKNOWN``, at most ``max_age_s`` old."""
+        return self.check()[0]
+
+    def check(self) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """:meth:`states`, and stage name -> the addresses of its replicas that are down or not serving (only
+        stages with such replicas), from the same look."""
         with self._lock:
             if time.monotonic() - self._checked_at >= self._max_age_s:
-                self._states = {name: self._ask(stage) for name, stage in STAGE_SERVICES.items()}
+                asked = {name: self._ask(stage) for name, stage in STAGE_SERVICES.items()}
+                self._states = {name: state for name, (state, _) in asked.items()}
+                self._down_replicas = {name: down for name, (_, down) in asked.items() if down}
                 self._checked_at = time.monotonic()
-            return dict(self._states)
+            return dict(self._states), {name: list(down) for name, down in self._down_replicas.items()}
 
-    def _ask(self, stage: int) -> str:
-        serving = self._stages.serving(stage, timeout_s=self._timeout_s)
-        return UNKNOWN if serving is None else SERVING if serving else NOT_SERVING
+    def _ask(self, stage: int) -> tuple[str, list[str]]:
+        """The stage's state (SERVING when any replica serves; UNKNOWN when none does and some replica has
+        no health service) and its replicas that are down or not serving."""
+        replicas = self._stages.replicas_serving(stage, timeout_s=self._timeout_s)
+        down = [address for address, serving in replicas.items() if serving is False]
+        if True in replicas.values():
+            return SERVING, down
+        return (UNKNOWN if None in replicas.values() else NOT_SERVING), down
 
     def not_ready(self) -> list[str]:
         """The stages that are down or not serving (empty: ready)."""
@@ -75,12 +90,15 @@ class StageReadiness:
 
 @dataclass(frozen=True)
 class Readiness:
-    """One look at what the gateway needs: ``stages`` (name -> SERVING | NOT_SERVING | UNKNOWN) and
-    ``job_store`` (REACHABLE | UNREACHABLE, with ``store_error``)."""
+    """One look at what the gateway needs: ``stages`` (name -> SERVING | NOT_SERVING | UNKNOWN),
+    ``job_store`` (REACHABLE | UNREACHABLE, with ``store_error``) and ``down_replicas`` (stage name -> the
+    addresses of its replicas that are down or not serving, when it has several; a stage with one serving
+    replica is still SERVING)."""
 
     stages: dict[str, str]
     job_store: str
     store_error: str = ""
+    down_replicas: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -96,6 +114,8 @@ class Readiness:
         }
         if self.store_error:
             body["job_store_error"] = self.store_error
+        if self.down_replicas:
+            body["replicas_not_serving"] = self.down_replicas
         return body
 
 
@@ -121,7 +141,8 @@ class ReadinessMonitor:
         """The current readiness (checked now when the last check is older than ``max_age_s``)."""
         with self._lock:
             if self._last is None or time.monotonic() - self._checked_at >= self._max_age_s:
-                self._last = Readiness(self.stages.states(), *self._ping_store())
+                states, down_replicas = self.stages.check()
+                self._last = Readiness(states, *self._ping_store(), down_replicas=down_replicas)
                 self._checked_at = time.monotonic()
             return self._last
 

@@ -7,7 +7,8 @@ the stage's result message. A failure becomes :class:`StageFailure` carrying the
 in flight (job cancelled, gateway shutting down).
 
 Targets are gRPC target strings: ``host:port``, ``dns:///host:port`` (every address the name resolves to) or
-``ipv4:127.0.0.1:5001,127.0.0.1:5002``; calls are spread over all addresses round robin.
+``ipv4:127.0.0.1:5001,127.0.0.1:5002``; calls are spread over all addresses round robin, and readiness asks
+each address's health (:mod:`gateway.replicas`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from gateway.replicas import ReplicaHealth
 from services.common.auth import authorized_channel
 from services.common.endpoints import STAGE_SERVICES
 from services.common.stage_io import BlobAssembler, BlobMismatch, blob_header, upload_messages
@@ -167,6 +169,10 @@ class StageClients:
         stubs = [authorized_channel(channel, token) for channel in self._channels]
         stages = STAGE_SERVICES.values()
         self._health = {stage: health_pb2_grpc.HealthStub(c) for stage, c in zip(stages, stubs, strict=True)}
+        self._replicas = {
+            stage: ReplicaHealth(target, token, tls, CHANNEL_OPTIONS)
+            for stage, target in zip(stages, addresses, strict=True)
+        }
         self._preprocess = preprocess_pb2_grpc.PreprocessServiceStub(stubs[0])
         self._stage1 = stage1_pb2_grpc.Stage1ServiceStub(stubs[1])
         self._stage2 = stage2_pb2_grpc.Stage2ServiceStub(stubs[2])
@@ -180,6 +186,8 @@ class StageClients:
         """Close the channels (calls in flight are cancelled)."""
         for channel in self._channels:
             channel.close()
+        for replicas in self._replicas.values():
+            replicas.close()
 
     def serving(self, stage: int, timeout_s: float = 1.0) -> bool | None:
         """The stage's overall gRPC health: True = SERVING, False = down or not serving, None = unknown (the
@@ -190,6 +198,14 @@ class StageClients:
         except grpc.RpcError as error:
             return None if error.code() == grpc.StatusCode.UNIMPLEMENTED else False  # type: ignore[attr-defined]
         return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def replicas_serving(self, stage: int, timeout_s: float = 1.0) -> dict[str, bool | None]:
+        """The health of each replica of a stage (:meth:`serving`'s values), by address, when its target
+        resolves to several (``dns:///stage1:50053`` scaled to two); else one entry, the target, answered
+        through the stage channel as :meth:`serving` does."""
+        replicas = self._replicas[stage]
+        by_address = replicas.check(timeout_s)
+        return {replicas.target: self.serving(stage, timeout_s)} if by_address is None else by_address
 
     def wait_until_back(
         self, stage: int, timeout_s: float, stop: threading.Event, poll_s: float = 0.25
