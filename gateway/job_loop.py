@@ -330,9 +330,9 @@ class JobLoop:
             job.attempts[step.name] = job.attempts.get(step.name, 0) + 1
             job.state = reconstruction_pb2.JOB_STATE_RUNNING
             job.stage = step.stage
-            job.progress.CopyFrom(progress_event(step.stage, "start"))
+            job.progress.CopyFrom(progress_event(step.stage, phase="start"))
             message = f"attempt {job.attempts[step.name]} on gateway {self._owner}"
-            self._events.emit(job, progress=progress_event(step.stage, "start", message=message))
+            self._events.emit(job, progress=progress_event(step.stage, phase="start", message=message))
             started = time.monotonic()
             try:
                 output = self._call(job, step, handle)
