@@ -79,13 +79,13 @@ def job_options_schema() -> dict[str, Any]:
     )
     kinds = {name: "integer" for name, *_ in Stage2Options.RANGES}
     kinds.update(guidance_scale="number", simplify_ratio="number")
-    reconstruction = _ranged(Stage2Options.RANGES, kinds)
-    reconstruction["outputs"] = {
+    stage2 = _ranged(Stage2Options.RANGES, kinds)
+    stage2["outputs"] = {
         "type": "array",
         "items": {"type": "string", "enum": _enum_names(common_pb2.OutputFormat)},
         "description": "extra outputs besides the GLB",
     }
-    reconstruction["bake_mode"] = {"type": "string", "enum": _enum_names(common_pb2.BakeMode)}
+    stage2["bake_mode"] = {"type": "string", "enum": _enum_names(common_pb2.BakeMode)}
     preprocess = {
         "segmenter": {
             "type": "string",
@@ -95,7 +95,8 @@ def job_options_schema() -> dict[str, Any]:
         "ignore_alpha": {"type": "boolean"},
         "alpha_matting": {"type": "boolean"},
     }
-    groups = {"preprocess": preprocess, "multiview": multiview, "reconstruction": reconstruction}
+    # "reconstruction": the wire name of the stage-2 options
+    groups = {"preprocess": preprocess, "multiview": multiview, "reconstruction": stage2}
     return {
         "type": "object",
         "description": "synchuman.v1.JobOptions as JSON; unset fields take the server defaults",
