@@ -13,6 +13,7 @@ import argparse
 import os
 
 from services.common.arguments import CommandLineError
+from services.common.endpoints import default_address
 from services.common.tls import add_client_tls_arguments, client_tls_from_args
 
 OUTPUT_CHOICES = {"ply": "gaussians.ply", "obj": "mesh_obj.zip", "views": "multiview"}
@@ -27,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("photo", metavar="PHOTO", help="photo of one person (JPEG, PNG, WebP, ...)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.glb", help="where to write the GLB")
-    parser.add_argument("--gateway", default="127.0.0.1:50051", help="gateway gRPC address (host:port)")
+    parser.add_argument(
+        "--gateway", default=default_address("gateway"), help="gateway gRPC address (host:port)"
+    )
     parser.add_argument(
         "--token",
         default=os.environ.get("SYNCHUMAN_GATEWAY_AUTH_TOKEN", ""),
