@@ -237,10 +237,13 @@ class Soak:
             result.problems.append(f"files of deleted jobs left: {result.left_behind[:5]}")
         for series in self.series:
             growth = series.growth(self.args.warm_up)
-            if growth is None:
+            key = f"{series.service} (pid {series.pid})"
+            if growth is None:  # too few jobs in this process to judge: its first and last sample only
+                jobs = series.samples[-1][0] - series.samples[0][0]
+                first, last = series.samples[0][1], series.samples[-1][1]
+                result.memory[key] = {"first_mib": round(first, 1), "end_mib": round(last, 1), "jobs": jobs}
                 continue
             warm, end, relative = growth
-            key = f"{series.service} (pid {series.pid})"
             result.memory[key] = {"warm_mib": round(warm, 1), "end_mib": round(end, 1), "growth": relative}
             if relative > self.args.max_rss_growth:
                 result.problems.append(f"{key}: RSS {warm:.0f} -> {end:.0f} MiB (+{relative:.0%})")
