@@ -50,6 +50,7 @@ from gateway.paging import PAGE_TOKEN
 from gateway.request_fields import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_SEQUENCE
 from gateway.store import TERMINAL_STATES
 from gateway.web import add_web_page
+from services.common.endpoints import DEFAULT_HOST
 from services.common.stage_runtime import bad_request
 from services.common.tls import ServerTls
 from synchuman.v1 import common_pb2, reconstruction_pb2
@@ -399,7 +400,7 @@ class HttpBridge:
     ) -> None:
         self.tls = tls
         host, _, port = address.rpartition(":")
-        self.host = host.strip("[]") or "127.0.0.1"
+        self.host = host.strip("[]") or DEFAULT_HOST
         self.requested_port = int(port)
         self.app = build_app(manager, auth_token, max_upload_bytes)
         self._server: uvicorn.Server | None = None

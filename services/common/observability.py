@@ -26,6 +26,8 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from services.common.endpoints import DEFAULT_HOST
+
 log = logging.getLogger(__name__)
 
 REQUESTS = Counter(
@@ -47,7 +49,7 @@ def start_metrics_server(port: int, address: str = "") -> None:
     """Serve Prometheus metrics at ``http://address:port/metrics`` (a daemon thread); port 0 = off.
     ``address`` empty: ``$SYNCHUMAN_METRICS_HOST``, else 127.0.0.1 (set ``0.0.0.0`` where a Prometheus in
     another container or pod scrapes it, e.g. Kubernetes)."""
-    address = address or os.environ.get("SYNCHUMAN_METRICS_HOST", "127.0.0.1")
+    address = address or os.environ.get("SYNCHUMAN_METRICS_HOST", DEFAULT_HOST)
     if port:
         start_http_server(port, addr=address)
         log.info("metrics served", extra={"address": f"{address}:{port}"})
