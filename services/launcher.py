@@ -121,12 +121,14 @@ def child_specs(config: EmbeddedConfig) -> list[ChildSpec]:
     # two malloc arenas: with one per thread, freed request buffers stay spread over many arenas (RSS grows)
     env = {"MALLOC_ARENA_MAX": "2", **config.env, "SYNCHUMAN_STAGE_TOKEN": config.stage_token}
     stage_tls = (*config.tls.server_args(), "--tls-client-ca", str(config.tls.ca)) if config.tls else ()
+    gpu_stage = (*ckpts, *device, *config.stage_args)
+    own_args: dict[str, tuple[str, ...]] = {
+        "preprocess": segmentation,
+        "stage1": (*gpu_stage, *config.stage1_args),
+        "stage2": gpu_stage,
+    }
     specs = []
-    for stage in ("preprocess", "stage1", "stage2"):
-        if stage == "preprocess":
-            own: tuple[str, ...] = segmentation
-        else:
-            own = (*ckpts, *device, *config.stage_args, *(config.stage1_args if stage == "stage1" else ()))
+    for stage, own in own_args.items():
         argv = _cli(config, stage, "--address", config.address(stage), *stage_tls, *own)
         specs.append(
             ChildSpec(stage, argv, config.address(stage), HEALTH_SERVICES[stage], env, config.stage_tls())
