@@ -129,7 +129,7 @@ def stage2(args: argparse.Namespace, device: torch.device) -> None:
     def models_only() -> None:
         stop = StopAfterModels()
         try:
-            pipeline.reconstruct(inputs, options, stop.progress, stop)
+            pipeline.run(inputs, options, stop.progress, stop)
         except Stage2Cancelled:
             return
         raise RuntimeError("the request was not stopped before post-processing")
@@ -139,7 +139,7 @@ def stage2(args: argparse.Namespace, device: torch.device) -> None:
         report("GPU models, stopped before post-processing", rows)
     if args.full_requests:
         full = [
-            measured(device, lambda: pipeline.reconstruct(inputs, options, lambda *e: None, lambda: False))
+            measured(device, lambda: pipeline.run(inputs, options, lambda *e: None, lambda: False))
             for _ in range(args.full_requests)
         ]
         report(f"complete (simplify {args.simplify}, {args.visibility_views} visibility views)", full)

@@ -90,7 +90,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Stage2Pipeline:
 def run_requests(pipeline: Stage2Pipeline, count: int, should_stop: Callable[[], bool]) -> None:
     for _ in range(count):
         try:
-            pipeline.reconstruct(person_inputs(), SMALL, lambda *e: None, should_stop)
+            pipeline.run(person_inputs(), SMALL, lambda *e: None, should_stop)
         except Stage2Cancelled:
             pass
 

@@ -77,7 +77,7 @@ def test_reconstruct_makes_a_loadable_glb_with_ordered_progress_and_extras(pipel
 
     events: list[tuple[str, int, int]] = []
     options = Stage2Options(**{**SMALL.__dict__, "outputs": ("gaussians.ply", "mesh_obj.zip")})
-    result = pipeline.reconstruct(person_inputs(), options, lambda *e: events.append(e), lambda: False)
+    result = pipeline.run(person_inputs(), options, lambda *e: events.append(e), lambda: False)
     scene = trimesh.load(io.BytesIO(result.glb), file_type="glb", force="scene")
     faces = sum(len(g.faces) for g in scene.geometry.values())
     assert faces == result.report.face_count > 0
@@ -99,7 +99,7 @@ def test_reconstruct_makes_a_loadable_glb_with_ordered_progress_and_extras(pipel
 def test_should_stop_between_sampler_steps_raises_cancelled(pipeline):
     events: list = []
     with pytest.raises(Stage2Cancelled):
-        pipeline.reconstruct(
+        pipeline.run(
             person_inputs(), Stage2Options(steps=50), lambda *e: events.append(e), lambda: len(events) >= 3
         )
     assert events == [("condition", 0, 0), ("sampling", 1, 50), ("sampling", 2, 50)]
@@ -108,7 +108,7 @@ def test_should_stop_between_sampler_steps_raises_cancelled(pipeline):
 def test_should_stop_during_postprocessing_raises_cancelled(pipeline):
     events: list = []
     with pytest.raises(Stage2Cancelled):
-        pipeline.reconstruct(
+        pipeline.run(
             person_inputs(),
             SMALL,
             lambda *e: events.append(e),
@@ -128,13 +128,13 @@ def test_should_stop_during_postprocessing_raises_cancelled(pipeline):
 )
 def test_bad_inputs_name_the_field(pipeline, change, field):
     with pytest.raises(Stage2InputError) as err:
-        pipeline.reconstruct(change(person_inputs()), SMALL, lambda *e: None, lambda: False)
+        pipeline.run(change(person_inputs()), SMALL, lambda *e: None, lambda: False)
     assert err.value.field == field
 
 
 def test_out_of_range_options_name_the_option(pipeline):
     with pytest.raises(Stage2InputError) as err:
-        pipeline.reconstruct(person_inputs(), Stage2Options(texture_size=64), lambda *e: None, lambda: False)
+        pipeline.run(person_inputs(), Stage2Options(texture_size=64), lambda *e: None, lambda: False)
     assert err.value.field == "options.texture_size"
 
 
@@ -175,7 +175,7 @@ def test_a_speck_of_voxels_is_rejected_as_a_useless_output(pipeline):
     tiny = person_inputs()
     tiny = Stage2Inputs(np.array([[31, 31, 31]]), tiny.colors, tiny.normals, tiny.conditioning)
     with pytest.raises(Stage2OutputRejected) as err:
-        pipeline.reconstruct(tiny, SMALL, lambda *e: None, lambda: False)
+        pipeline.run(tiny, SMALL, lambda *e: None, lambda: False)
     assert err.value.code in ("TINY_MESH", "EMPTY_MESH")
 
 

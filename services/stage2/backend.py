@@ -66,7 +66,7 @@ class Stage2PipelineBackend:
     ) -> Stage2Result:
         """Reconstruct one person: ``progress(phase, step, total)`` per sampler step and once per later phase;
         stops (raising) once ``should_stop()``."""
-        return self.pipeline.reconstruct(inputs, options, progress, should_stop)
+        return self.pipeline.run(inputs, options, progress, should_stop)
 
     def close(self) -> None:
         """Drop the pipeline (the runtime then returns the cached GPU memory)."""

@@ -7,7 +7,7 @@ The data walk of one person::
         conditioning  uint8 [518, 518, 3]   RGB crop, premultiplied on black -> stage 1 and stage 2
     Stage1Output (this module)             <- Stage1Pipeline.run, or decoded from the stage-1 service's PNGs
     Stage2Inputs (this module)             <- stage2_inputs_from(stage1_output, conditioning)
-                                           -> Stage2Pipeline.reconstruct -> GLB
+                                           -> Stage2Pipeline.run -> GLB
 
 No torch and no gRPC here: services and the gateway import these types freely.
 """

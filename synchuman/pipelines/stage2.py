@@ -77,7 +77,7 @@ class ImageEncoder(Protocol):
 
 
 class Stage2Pipeline:
-    """Loaded stage-2 models plus DINOv2; :meth:`reconstruct` runs one person."""
+    """Loaded stage-2 models plus DINOv2; :meth:`run` runs one person."""
 
     def __init__(
         self,
@@ -124,7 +124,7 @@ class Stage2Pipeline:
 
     # -- one request ---------------------------------------------------------------------------------------
 
-    def reconstruct(
+    def run(
         self,
         inputs: Stage2Inputs,
         options: Stage2Options,

@@ -138,7 +138,7 @@ class Stage2Result:
     GPU) each phase's peak allocated GPU memory in GiB.
 
     ``mesh`` / ``gaussians``: the decoded geometry before post-processing (on the pipeline's device), kept
-    only when asked for (``Stage2Pipeline.reconstruct(..., keep_geometry=True)``), else ``None``.
+    only when asked for (``Stage2Pipeline.run(..., keep_geometry=True)``), else ``None``.
     """
 
     glb: bytes

@@ -203,7 +203,7 @@ class SyncHumanPipeline:
             callback=lambda step, total: report(Progress("stage1", "sampling", step, total)),
             should_stop=stop,
         )
-        stage2 = self.stage2.reconstruct(
+        stage2 = self.stage2.run(
             stage2_inputs_from(stage1, preprocessed.conditioning),
             rc_options,
             lambda phase, step, total: report(Progress("stage2", phase, step, total)),
