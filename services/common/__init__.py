@@ -3,7 +3,8 @@
 Modules and their main entry points:
 
 * :mod:`services.common.endpoints` - default ports, host and addresses, and the gRPC service names
-  (:data:`DEFAULT_PORTS`, :data:`HEALTH_SERVICES`, :func:`default_address`), defined once.
+  (:data:`DEFAULT_PORTS`, :data:`HEALTH_SERVICES`, :data:`STAGE_SERVICES`, :func:`default_address`), defined
+  once.
 * :mod:`services.common.grpc_server` - :class:`ServiceServer`, the one gRPC server builder (servicer,
   grpc.health.v1, server reflection under ``grpc.reflection.v1`` and ``v1alpha``, the observability
   interceptor, message limits) used by the stage servers and the gateway.
