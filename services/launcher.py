@@ -64,7 +64,8 @@ class EmbeddedConfig:
     ``ports``: per service name (see :data:`~services.common.endpoints.DEFAULT_PORTS`); ``ckpts``: checkpoint
     root (None: default); ``data_dir``: the gateway's job and artifact store; ``stage_args``: extra options
     for both GPU stages (e.g. ``["--max-queue", "8"]``); ``stage1_args``: extra options for stage 1 only
-    (e.g. ``["--compile"]``); ``env``: extra environment for every child; ``tls``: serve every service over
+    (e.g. ``["--compile"]``); ``gateway_args``: extra options for the gateway (e.g. ``["--stage-timeout",
+    "7200"]``); ``env``: extra environment for every child; ``tls``: serve every service over
     TLS, mutual TLS between the gateway and the stages (None: plaintext). The stages always require a
     bearer token only their gateway knows (``stage_token``, new and random per config).
     """
@@ -78,6 +79,7 @@ class EmbeddedConfig:
     log_level: str = "INFO"
     stage_args: list[str] = field(default_factory=list)
     stage1_args: list[str] = field(default_factory=list)
+    gateway_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     tls: TlsFiles | None = None
     stage_token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
@@ -155,6 +157,7 @@ def child_specs(config: EmbeddedConfig) -> list[ChildSpec]:
         "--published-on",  # a --host beyond loopback needs $SYNCHUMAN_GATEWAY_AUTH_TOKEN
         config.host,
         *gateway_tls,
+        *config.gateway_args,
     )
     address, health = config.address("gateway"), HEALTH_SERVICES["gateway"]
     specs.append(ChildSpec("gateway", gateway, address, health, env, config.gateway_tls()))

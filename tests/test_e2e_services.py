@@ -59,6 +59,9 @@ def deployment(tmp_path_factory):
         data_dir=root / "jobs",
         log_level="WARNING",
         stage_args=["--max-queue", "1", "--grace", "2"],  # stage 2 on CPU bakes without Gaussian renders
+        # the gateway's CPU cost model prices real weights (200 stage-1 steps: over an hour); these tiny ones
+        # run them in about a minute, so the long-job tests raise the deadline ceiling (not refused)
+        gateway_args=["--stage-timeout", "14400"],
         env={"OMP_NUM_THREADS": "1"},
     )
     supervisor = start_embedded(config, ready_timeout_s=300)

@@ -288,6 +288,7 @@ def test_backend_runs_every_request_on_one_gpu_thread() -> None:
         caller.start()
         caller.join()
     assert len(pipeline.threads) == 4 and len(set(pipeline.threads)) == 1
-    assert pipeline.threads[0] != threading.get_ident() and seen == [(2, 2)] * 3
+    # each request reports sampling 0/N as it starts, then its steps
+    assert pipeline.threads[0] != threading.get_ident() and seen == [(0, 2), (2, 2)] * 3
     with pytest.raises(RuntimeError, match="pipeline failed"):
         backend.run(Stage1Inputs(None, None), Stage1Options(steps=7), lambda phase, s, n: None, lambda: False)
