@@ -107,3 +107,36 @@ def test_out_of_range_options_name_the_option(pipe: SyncHumanPipeline, photo: Im
     with pytest.raises(OptionError) as err:
         pipe(photo, stage2_options=Stage2Options(texture_size=64))
     assert err.value.field == "texture_size"
+
+
+def test_unset_stage2_options_take_the_devices_defaults(segmenter_dir: Path, photo: Image.Image) -> None:
+    """Without stage-2 options the pipeline uses its stage-2 pipeline's device defaults (the small CPU ones on
+    a CPU, as the stage-2 service does), not upstream's 1000 views at 1024^2."""
+    from synchuman.pipelines.handoff import Stage1Output
+    from synchuman.pipelines.stage2_types import CPU_DEFAULTS
+    from synchuman.preprocess.pipeline import PreprocessOptions
+
+    class Stage1Double:  # returns blank views at once
+        def run(self, framed, conditioning, **kwargs):
+            views = np.full((5, 768, 768, 3), 255, np.uint8)
+            return Stage1Output(views, views, np.zeros((1, 3), np.int64))
+
+    class Stage2Double:  # records the options it was given, then stops the call
+        defaults = CPU_DEFAULTS
+        received: list[Stage2Options] = []
+
+        def run(self, inputs, options, progress, should_stop, keep_geometry=False):
+            self.received.append(options)
+            raise RuntimeError("recorded")
+
+    stage2 = Stage2Double()
+    options = PreprocessOptions(segmentation_dir=segmenter_dir)
+    pipe = SyncHumanPipeline(Stage1Double(), stage2, options)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="recorded"):
+        pipe(photo, stage1_options=STAGE1)
+    with pytest.raises(RuntimeError, match="recorded"):
+        pipe(photo, stage1_options=STAGE1, stage2_options=STAGE2)
+    unset, given = ((o.visibility_views, o.texture_size) for o in stage2.received)
+    assert unset == (CPU_DEFAULTS.visibility_views, CPU_DEFAULTS.texture_size)
+    assert given == (STAGE2.visibility_views, STAGE2.texture_size)
+    assert CPU_DEFAULTS.visibility_views < Stage2Options().visibility_views

@@ -175,7 +175,8 @@ class SyncHumanPipeline:
             generator: its ``initial_seed()`` seeds both stages, over the options' seeds (see the module
                 docstring).
             callback: called with a :class:`Progress` as each phase starts and after every sampler step.
-            stage1_options / stage2_options: sampler and post-processing options (defaults: the services').
+            stage1_options / stage2_options: sampler and post-processing options (defaults: the services';
+                stage 2's are those of its device: the small CPU ones on a CPU, as the stage-2 service).
             should_stop: checked between steps and phases; true stops with ``SamplingCancelled`` (stage 1)
                 or ``Stage2Cancelled`` (stage 2).
         Raises:
@@ -186,7 +187,7 @@ class SyncHumanPipeline:
         report = callback or (lambda progress: None)
         stop = should_stop or (lambda: False)
         mv_options = (stage1_options or Stage1Options()).validate()
-        rc_options = (stage2_options or Stage2Options()).validate()
+        rc_options = (stage2_options or self.stage2.defaults).validate()
         if generator is not None:
             seed = generator.initial_seed()
             mv_options = dataclasses.replace(mv_options, seed=seed).validate()
