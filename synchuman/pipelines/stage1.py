@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,9 @@ from synchuman.models.ss_decoder import SparseStructureDecoder
 from synchuman.phases import PhaseTimer
 from synchuman.pipelines.handoff import NUM_VIEWS, Stage1Output
 from synchuman.preprocess.framing import FACE_BOX, MULTIVIEW_SIZE, composite_on_white, face_crop
+from synchuman.samplers.flow_euler import SamplingCancelled
 from synchuman.samplers.flow_euler_cfg import FlowEulerCfgSampler
+from synchuman.stopping import check_before_every_layer
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +347,20 @@ class Stage1Pipeline:
             out.append((image.float() / 2 + 0.5).clamp(0, 1))
         return torch.cat(out)
 
+    def _stop_inside_networks(self, should_stop: Callable[[], bool] | None) -> AbstractContextManager[None]:
+        """On a CPU, check ``should_stop`` before every layer of every stage-1 network (one pass of the CLIP
+        encoder, the VAE, a diffusion step or the structure decoder can take seconds there)."""
+        if should_stop is None:
+            return nullcontext()
+        dinov2 = getattr(self.dinov2, "model", None)
+        networks = (self.image_encoder, self.vae, dinov2, self.diffusion, self.cfg_diffusion, self.ss_decoder)
+
+        def check() -> None:
+            if should_stop():
+                raise SamplingCancelled("stage 1 stopped on request")
+
+        return check_before_every_layer(networks, self.device, check)
+
     @torch.inference_mode()
     def run(
         self,
@@ -359,7 +376,8 @@ class Stage1Pipeline:
         """Framed RGBA uint8 ``[768, 768, 4]`` + conditioning crop uint8 ``[518, 518, 3]`` -> views + voxels.
 
         ``callback(step, steps)`` runs after every sampler step; ``should_stop()`` is checked before each step
-        and raises :class:`~synchuman.samplers.flow_euler.SamplingCancelled`.
+        (and on a CPU before every layer of every network, in every phase) and raises
+        :class:`~synchuman.samplers.flow_euler.SamplingCancelled`.
         """
         if framed.shape != (MULTIVIEW_SIZE, MULTIVIEW_SIZE, 4) or framed.dtype != np.uint8:
             raise ValueError(
@@ -371,7 +389,7 @@ class Stage1Pipeline:
         replica_on_gpu = self.cfg_device is not None and self.cfg_device.type == "cuda"
         if replica_on_gpu:
             torch.cuda.reset_peak_memory_stats(self.cfg_device)
-        with timer("encode"):
+        with self._stop_inside_networks(should_stop), timer("encode"):
             generator = torch.Generator().manual_seed(seed)
             views = self._views(framed)
             class_labels, image_latents = self._image_conditions(views, generator)
@@ -382,7 +400,7 @@ class Stage1Pipeline:
             structure = torch.randn(
                 (1, self.diffusion.trellis_in_channels, grid, grid, grid), generator=generator
             )
-        with timer("sample"):
+        with self._stop_inside_networks(should_stop), timer("sample"):
             latents, structure = self.sample(
                 latents.to(self.device),
                 structure.to(self.device),
@@ -394,7 +412,7 @@ class Stage1Pipeline:
                 callback,
                 should_stop,
             )
-        with timer("decode"):
+        with self._stop_inside_networks(should_stop), timer("decode"):
             images = self.decode_views(latents)
             normals, colors = images[:NUM_VIEWS], images[NUM_VIEWS:].clone()
             colors[0] = views[0].to(colors.device)
