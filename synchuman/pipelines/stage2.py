@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
@@ -59,6 +59,7 @@ from synchuman.postprocess.pipeline import (
 )
 from synchuman.samplers.flow_euler import SamplingCancelled
 from synchuman.sparse import SparseTensor
+from synchuman.stopping import check_before_every_layer
 
 #: Views of each kind that condition the decoders (front, right, back, left).
 DECODER_VIEWS = 4
@@ -193,30 +194,11 @@ class Stage2Pipeline:
             gaussians=gaussians if keep_geometry else None,
         )
 
-    @contextmanager
-    def _stop_inside_networks(self, should_stop: Callable[[], bool]) -> Iterator[None]:
+    def _stop_inside_networks(self, should_stop: Callable[[], bool]) -> AbstractContextManager[None]:
         """On a CPU, check ``should_stop`` before every layer of DINOv2 and the decoders (one pass of either
-        takes seconds there, so a check between passes would not stop within 2 s). Not on GPUs, where these
-        passes are short and hooks would get in the way of compiled graphs."""
-        if self.models.device.type != "cpu":
-            yield
-            return
-        networks = [self.models.decoder_gs, self.models.decoder_mesh, getattr(self.dinov2, "model", None)]
-
-        def hook(module: torch.nn.Module, args: object) -> None:
-            _check(should_stop)
-
-        handles = [
-            layer.register_forward_pre_hook(hook)
-            for network in networks
-            if isinstance(network, torch.nn.Module)
-            for layer in network.modules()
-        ]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+        takes seconds there, so a check between passes would not stop within 2 s)."""
+        networks = (self.models.decoder_gs, self.models.decoder_mesh, getattr(self.dinov2, "model", None))
+        return check_before_every_layer(networks, self.models.device, lambda: _check(should_stop))
 
     def _sample(
         self,
