@@ -47,9 +47,10 @@ class JobEvents:
         self._changed.notify_all()
 
     def created(self, job_id: str) -> None:
-        """A job was stored with its first event (sequence 1); wakes watchers."""
+        """A job was stored with its first event (sequence 1); wakes watchers. A worker may already have taken
+        the job from the store and recorded later events: their number is kept."""
         with self._changed:
-            self._sequence[job_id] = 1
+            self._sequence.setdefault(job_id, 1)
             self._notify()
 
     def emit(self, job: Job, **event: Any) -> None:

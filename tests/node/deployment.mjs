@@ -88,6 +88,9 @@ export async function startDeployment({ token = "", readyTimeoutMs = 300_000 } =
       "--address", address("gateway"), "--http", address("http"), "--data-dir", join(folder, "jobs"),
       "--preprocess", address("preprocess"), "--stage1", address("stage1"), "--stage2", address("stage2"),
       "--auth-token", token,
+      // the gateway's CPU cost model prices real weights (200 stage-1 steps: over an hour); these tiny ones run
+      // them in about a minute, so the long-running-job tests raise the deadline ceiling instead of being refused
+      "--stage-timeout", "14400",
     ],
   };
   const env = { ...process.env, OMP_NUM_THREADS: "1", SYNCHUMAN_GATEWAY_AUTH_TOKEN: "" };
