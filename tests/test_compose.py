@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -399,6 +400,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         clone = work / "clone"
         subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO_ROOT), str(clone)], check=True,
                        timeout=300)
+        # the web page is bundled on the host by `make setup` (git-ignored; the images have no node), as in a
+        # user's checkout after `make setup`
+        shutil.copytree(REPO_ROOT / "gateway" / "web" / "dist", clone / "gateway" / "web" / "dist")
         ckpts = _tiny_checkpoints(work / "ckpts")
         http_port, grpc_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCHUMAN_", "COMPOSE_"))}
@@ -420,7 +424,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         engine.stop()
         REPORT.parent.mkdir(parents=True, exist_ok=True)
         REPORT.write_text(json.dumps(report, indent=2))
-        import shutil
 
         shutil.rmtree(work, ignore_errors=True)
 
@@ -599,7 +602,6 @@ def test_two_stage1_replicas_share_the_jobs(stack) -> None:
 
 @e2e
 def test_stage_with_a_missing_checkpoint_stays_unhealthy_and_the_gateway_is_not_ready(stack) -> None:
-    import shutil
 
     from compose_stack import wait_until
 
