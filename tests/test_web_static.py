@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path, PurePosixPath
+
+import pytest
+import tomllib
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -59,3 +63,23 @@ def test_the_gateway_app_serves_no_cdn_docs() -> None:
     docs = client.get("/docs")
     assert docs.status_code in (200, 503)  # 503: the page is not built here
     assert "cdn.jsdelivr" not in docs.text
+
+
+def test_every_built_file_is_package_data() -> None:
+    """An installed gateway (a wheel, the Docker images) carries every file of the built page: each file
+    under gateway/web/dist matches a package-data pattern of pyproject.toml (``dist/*`` misses dist/docs)."""
+    root = Path(__file__).resolve().parents[1]
+    dist = root / "gateway" / "web" / "dist"
+    if not (dist / "index.html").exists():
+        pytest.skip("the web page is not built (make setup)")
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "gateway.web"
+    ]
+    files = [path.relative_to(dist.parent).as_posix() for path in dist.rglob("*") if path.is_file()]
+
+    def installed(name: str) -> bool:  # setuptools globs: '*' stays inside one folder
+        path = PurePosixPath(name)
+        return any(len(path.parts) == len(PurePosixPath(p).parts) and path.match(p) for p in patterns)
+
+    missed = [name for name in files if not installed(name)]
+    assert files and not missed, f"not installed with the gateway: {missed}"
