@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from stage_doubles import stage1_inputs, stage1_requests
-from test_stage2_cancel_cpu import cpu_share
+from test_stage2_cancel_cpu import cpu_share, read_progress_until
 
 from services.launcher import free_port
 from services.supervisor import health_status
@@ -65,13 +65,7 @@ def call(stub, steps: int):
 
 def run_until(responses, step: int) -> bool:
     """Read progress until the event of sampler step ``step``; False when the call ended first."""
-    try:
-        for response in responses:
-            if response.WhichOneof("payload") == "progress" and response.progress.step == step:
-                return True
-    except grpc.RpcError:
-        pass
-    return False
+    return read_progress_until(responses, lambda progress: progress.step == step)
 
 
 @pytest.mark.parametrize("phase", PHASES)

@@ -96,15 +96,20 @@ def call(stub, **options):
     return stub.Reconstruct(stage2_requests(blobs, structure, request), timeout=600)
 
 
-def run_until(responses, phase: str) -> bool:
-    """Read progress until ``phase`` starts; False when the call ended first."""
+def read_progress_until(responses, reached) -> bool:
+    """Read a stage call's responses until ``reached(progress)`` is true; False when the call ended first."""
     try:
         for response in responses:
-            if response.WhichOneof("payload") == "progress" and response.progress.phase == phase:
+            if response.WhichOneof("payload") == "progress" and reached(response.progress):
                 return True
     except grpc.RpcError:
         pass
     return False
+
+
+def run_until(responses, phase: str) -> bool:
+    """Read progress until ``phase`` starts; False when the call ended first."""
+    return read_progress_until(responses, lambda progress: progress.phase == phase)
 
 
 @pytest.mark.parametrize("phase", CPU_PHASES)
