@@ -6,7 +6,7 @@ heads of 64 channels; batch 20 = CFG x 2 domains x 5 views; 3D branch 16^3 token
 the model passes (``[B, L, H, D]`` memory transposed to ``[B, H, L, D]``, a strided view) and on contiguous
 ``[B, H, L, D]``. Prints ms per call, TFLOP/s, and the per-step total of each backend (calls x time).
 
-When FlashAttention-3 is installed (``bench/build_flash_attn3.sh``), a ``fa3`` column times its
+When FlashAttention-3 is installed (built by the operator), a ``fa3`` column times its
 ``flash_attn_func`` on the model's ``[B, L, H, D]`` tensors as they are (what ``synchuman.nn.attention``
 calls).
 

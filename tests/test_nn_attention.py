@@ -103,7 +103,7 @@ def _reference_batched(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 @pytest.fixture
 def fake_fa3(monkeypatch):
     """FlashAttention-3 'installed', built for head dim 64 without variable lengths (as
-    bench/build_flash_attn3.sh builds it), on a Hopper GPU (CPU tensors stand in for fp16 CUDA ones: the
+    the benchmark build), on a Hopper GPU (CPU tensors stand in for fp16 CUDA ones: the
     dtype/device check and the capability query are patched)."""
     from synchuman.nn import attention as module
 

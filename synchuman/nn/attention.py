@@ -11,7 +11,7 @@ Tensor conventions:
 The backend is a runtime setting (:func:`set_attention_backend` or the :func:`attention_backend` context
 manager). ``"sdpa"`` (``torch.nn.functional.scaled_dot_product_attention``) always works. The default,
 ``"auto"``, uses FlashAttention-3 (the optional ``flash_attn_3`` package built from the ``hopper/`` folder of
-Dao-AILab/flash-attention; ``bench/build_flash_attn3.sh`` builds only the head dims the models use) for large
+Dao-AILab/flash-attention, built by the operator; head dims the build lacks fall back) for large
 fp16/bf16 calls on a Hopper GPU whose head dim the installed build has (:data:`FLASH_ATTENTION3_MIN_SCORES`),
 and SDPA for everything else.
 ``"flash_attn3"``, ``"flash_attn"`` and ``"xformers"`` ask for one package: they are imported lazily the first
