@@ -72,11 +72,13 @@ class Stage1PipelineBackend:
         compile_model: bool = False,
         cfg_device: str | None = None,
         cuda_graphs: bool | None = None,
+        fp8: bool = False,
     ) -> Stage1PipelineBackend:
         """Verify (every problem listed at once) and load the stage-1 checkpoints under ``root``;
         ``compile_model``: ``torch.compile`` the diffusion model (compiled by the warm-up call);
         ``cfg_device``: a second CUDA device for the unconditional CFG half (``ValueError`` if unusable);
-        ``cuda_graphs``: replay the compiled forwards as CUDA graphs (``None``: only with ``cfg_device``)."""
+        ``cuda_graphs``: replay the compiled forwards as CUDA graphs (``None``: only with ``cfg_device``);
+        ``fp8``: the diffusion model's large Linear layers in FP8 (``Stage1Pipeline.use_fp8``)."""
         from synchuman.checkpoints.verify import weights_label
         from synchuman.pipelines.stage1 import Stage1Pipeline
 
@@ -97,6 +99,8 @@ class Stage1PipelineBackend:
             cuda_graphs = cfg_device is not None
         if cuda_graphs and not compile_model:
             raise ValueError("CUDA graphs replay the compiled model: --cuda-graphs on needs --compile")
+        if fp8:
+            pipeline.use_fp8()
         if compile_model:
             log_cache_state(cache_state())
             pipeline.accelerate(compile_model=True, cuda_graphs=cuda_graphs)

@@ -44,6 +44,13 @@ from synchuman.checkpoints.loading import CheckpointError, from_pretrained, pars
 from synchuman.models.cross_space import SyncHuman_2D3DCrossSpaceDiffusion
 from synchuman.models.dinov2 import DinoV2Encoder
 from synchuman.models.ss_decoder import SparseStructureDecoder
+from synchuman.nn.fp8_linear import (
+    DEFAULT_MIN_WEIGHT_ELEMENTS,
+    FP8Unavailable,
+    Granularity,
+    convert_linears_to_fp8,
+    require_fp8,
+)
 from synchuman.phases import PhaseTimer
 from synchuman.pipelines.handoff import NUM_VIEWS, Stage1Output
 from synchuman.preprocess.framing import FACE_BOX, MULTIVIEW_SIZE, composite_on_white, face_crop
@@ -226,6 +233,27 @@ class Stage1Pipeline:
         device = torch.device(device)
         replica = copy.deepcopy(self.diffusion).to(device)
         self.cfg_diffusion, self.cfg_device = replica, device
+
+    def use_fp8(
+        self, min_weight_elements: int = DEFAULT_MIN_WEIGHT_ELEMENTS, granularity: Granularity = "row"
+    ) -> int:
+        """Opt-in: run the diffusion model's (and its CFG replica's) large Linear layers as FP8 (e4m3) matrix
+        products (:mod:`synchuman.nn.fp8_linear`; weights quantised now, activations per call). Faster on GPUs
+        with FP8 tensor cores, and not the same function: outputs differ from the fp16 model (bench/RESULTS.md
+        reports by how much). Call after :meth:`enable_cfg_parallel` and before :meth:`accelerate`.
+        :class:`~synchuman.nn.fp8_linear.FP8Unavailable` on a device without FP8 (CPU, GPU before sm_89).
+        Returns the number of layers converted per model."""
+        if hasattr(self.diffusion, "_orig_mod") or not isinstance(self.diffusion, nn.Module):
+            raise RuntimeError("use_fp8 must come before accelerate() (the model is compiled)")
+        models = [(self.diffusion, self.device), (self.cfg_diffusion, self.cfg_device)]
+        present = [(model, device) for model, device in models if model is not None and device is not None]
+        for _, device in present:
+            require_fp8(device)
+        if self.dtype not in (torch.float16, torch.bfloat16):
+            raise FP8Unavailable(f"FP8 layers replace half-precision ones; the model is {self.dtype}")
+        counts = [convert_linears_to_fp8(model, min_weight_elements, granularity) for model, _ in present]
+        log.info("FP8 linear layers", extra={"converted": counts[0], "granularity": granularity})
+        return counts[0]
 
     # -- conditioning ---------------------------------------------------------------------------------------
     def _views(self, framed: np.ndarray) -> torch.Tensor:
