@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 import socket
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,7 +68,10 @@ class EmbeddedConfig:
     (e.g. ``["--compile"]``); ``gateway_args``: extra options for the gateway (e.g. ``["--stage-timeout",
     "7200"]``); ``env``: extra environment for every child; ``tls``: serve every service over
     TLS, mutual TLS between the gateway and the stages (None: plaintext). The stages always require a
-    bearer token only their gateway knows (``stage_token``, new and random per config).
+    bearer token only their gateway knows (``stage_token``, new and random per config). ``share_gpu``: both
+    stages run on the one ``device``, so stage 2 pauses its GPU phases while stage 1 works
+    (:mod:`services.common.gpu_share`, through :attr:`gpu_share_dir`); set it False when the children are
+    pinned to different GPUs (e.g. ``CUDA_VISIBLE_DEVICES`` per child).
     """
 
     host: str = DEFAULT_HOST
@@ -83,6 +87,7 @@ class EmbeddedConfig:
     env: dict[str, str] = field(default_factory=dict)
     tls: TlsFiles | None = None
     stage_token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    share_gpu: bool = True
 
     @classmethod
     def with_free_ports(cls, **kwargs: object) -> EmbeddedConfig:
@@ -90,6 +95,14 @@ class EmbeddedConfig:
         config = cls(**kwargs)  # type: ignore[arg-type]
         config.ports = {name: free_port(config.host) for name in DEFAULT_PORTS}
         return config
+
+    @property
+    def gpu_share_dir(self) -> Path | None:
+        """The folder of the stages' GPU turn (one per deployment: named after stage 1's port); None when the
+        GPU is not shared or the stages run on the CPU."""
+        if not self.share_gpu or self.device == "cpu":
+            return None
+        return Path(tempfile.gettempdir()) / f"synchuman-gpu-share-{self.ports['stage1']}"
 
     def address(self, name: str) -> str:
         """host:port of service ``name``."""
@@ -123,7 +136,8 @@ def child_specs(config: EmbeddedConfig) -> list[ChildSpec]:
     # two malloc arenas: with one per thread, freed request buffers stay spread over many arenas (RSS grows)
     env = {"MALLOC_ARENA_MAX": "2", **config.env, "SYNCHUMAN_STAGE_TOKEN": config.stage_token}
     stage_tls = (*config.tls.server_args(), "--tls-client-ca", str(config.tls.ca)) if config.tls else ()
-    gpu_stage = (*ckpts, *device, *config.stage_args)
+    share = ("--gpu-share-dir", str(config.gpu_share_dir)) if config.gpu_share_dir else ()
+    gpu_stage = (*ckpts, *device, *share, *config.stage_args)
     own_args: dict[str, tuple[str, ...]] = {
         "preprocess": segmentation,
         "stage1": (*gpu_stage, *config.stage1_args),

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.common.arguments import non_negative_int_or_auto
+from services.common.arguments import CommandLineError, non_negative_int_or_auto
 from services.common.endpoints import STAGE2_SERVICE
+from services.common.gpu_share import add_gpu_share_arguments, gpu_turn_from_args
 from services.common.stage_server import (
     StageSpec,
     access_from_args,
@@ -39,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PX",
         help="size of those renders (default 1024)",
     )
+    add_gpu_share_arguments(parser, priority=False)
 
 
 def build_spec(args: argparse.Namespace) -> StageSpec:
@@ -51,6 +53,7 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
         render_views = 0 if device == "cpu" else 95
     else:
         render_views = args.gaussian_views
+    gpu_turn = gpu_turn_from_args(args, device)
 
     def load_backend() -> Stage2PipelineBackend:
         from services.stage2.backend import Stage2PipelineBackend
@@ -61,6 +64,8 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
             dtype,
             render_views=render_views,
             render_resolution=args.gaussian_resolution,
+            gpu_turn=gpu_turn,
+            max_wait_s=args.gpu_share_max_wait,
         )
 
     return StageSpec(
@@ -74,6 +79,8 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; exit status 3 when the checkpoints cannot be loaded."""
+    if args.gpu_share_max_wait < 0:
+        raise CommandLineError(f"--gpu-share-max-wait must be >= 0 seconds, got {args.gpu_share_max_wait}")
     return serve_forever(
         build_spec(args),
         args.address,

@@ -1,0 +1,198 @@
+"""Both GPU stages on one GPU: stage 1 goes first (the "GPU turn", shared by the two service processes).
+
+On one GPU, stage 2's kernels slow a concurrent stage-1 request by about a fifth (bench/RESULTS.md, "Two
+stages on one GPU"); CUDA stream priorities act only inside one process. The turn is a lock file
+``<dir>/stage1-busy.lock`` in a folder both processes see (``--gpu-share-dir`` or
+``$SYNCHUMAN_GPU_SHARE_DIR``, e.g. a tmpfs shared by the two containers):
+
+- stage 1 holds a shared ``flock`` on it while it runs a request (:meth:`GpuTurn.hold`; shared, so several
+  stage-1 requests or replicas may hold it at once). The kernel drops the lock when the holder dies, so a
+  crashed stage 1 never blocks stage 2.
+- stage 2, at each of its check points (the ``should_stop`` callback its pipeline calls between sampler
+  steps, visibility batches, renders and bake steps), waits while the lock is held
+  (:class:`YieldingStopCheck`): it probes with a non-blocking exclusive lock, released at once. The wait ends
+  as soon as the request must stop (cancel, deadline, shutdown) and is bounded per request (``max_wait_s``),
+  so a stream of stage-1 requests cannot starve stage 2.
+
+Seconds yielded go to the Prometheus counter ``synchuman_gpu_share_yield_seconds_total``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter
+
+from services.common.arguments import CommandLineError
+
+log = logging.getLogger(__name__)
+
+#: Environment default of ``--gpu-share-dir``.
+ENV_DIR = "SYNCHUMAN_GPU_SHARE_DIR"
+#: The lock file stage 1 holds while it works.
+LOCK_NAME = "stage1-busy.lock"
+#: Default bound of the seconds one stage-2 request may yield in total.
+DEFAULT_MAX_WAIT_S = 60.0
+#: How often a waiting stage 2 looks at the lock and at its stop check (seconds).
+POLL_S = 0.02
+
+YIELD_SECONDS = Counter(
+    "synchuman_gpu_share_yield_seconds_total",
+    "Seconds the lower-priority stage paused at its check points while stage 1 worked on the shared GPU.",
+    ["stage"],
+)
+WAIT_BOUND_REACHED = Counter(
+    "synchuman_gpu_share_wait_bound_reached_total",
+    "Requests of the lower-priority stage that used up their --gpu-share-max-wait and then ran regardless.",
+    ["stage"],
+)
+
+
+class GpuTurn:
+    """The lock file in ``directory`` (created, with the folder, at first use)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCK_NAME
+
+    def open_lock_file(self) -> int:
+        """A new descriptor of the lock file (read-only: a lock needs no write access), created if missing."""
+        try:
+            return os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # the folder does not exist yet
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Mark the priority stage busy for the ``with`` block (a shared lock; released on exit or death)."""
+        fd = self.open_lock_file()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only for a stage-2 probe, which releases at once
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor drops the lock
+
+    def busy(self) -> bool:
+        """Does any process hold the turn now?"""
+        fd = self.open_lock_file()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def wait_while_busy(self, should_stop: Callable[[], bool], max_wait_s: float) -> float:
+        """Wait while the turn is held, at most ``max_wait_s`` seconds, returning early once ``should_stop()``
+        is true; returns the seconds waited (0.0 when it was free)."""
+        started = time.monotonic()
+        while self.busy() and not should_stop():
+            waited = time.monotonic() - started
+            if waited >= max_wait_s:
+                return waited
+            time.sleep(min(POLL_S, max_wait_s - waited))
+        return time.monotonic() - started
+
+
+class YieldingStopCheck:
+    """The ``should_stop`` of one lower-priority request: before answering, waits while stage 1 holds the
+    turn, unless :attr:`host_only` (the current phase runs on the CPU and may go on) or the request's wait
+    bound is used up. ``yielded_s``: seconds waited so far."""
+
+    def __init__(
+        self, turn: GpuTurn, should_stop: Callable[[], bool], max_wait_s: float, stage: str = "stage2"
+    ) -> None:
+        self.turn = turn
+        self.should_stop = should_stop
+        self.max_wait_s = max_wait_s
+        self.stage = stage
+        self.host_only = False
+        self.yielded_s = 0.0
+
+    def __call__(self) -> bool:
+        if self.should_stop():
+            return True
+        left = self.max_wait_s - self.yielded_s
+        if self.host_only or left <= 0:
+            return False
+        waited = self.turn.wait_while_busy(self.should_stop, left)
+        if waited > 0:
+            self.yielded_s += waited
+            YIELD_SECONDS.labels(self.stage).inc(waited)
+            if self.yielded_s >= self.max_wait_s:
+                WAIT_BOUND_REACHED.labels(self.stage).inc()
+                log.warning(
+                    "GPU-share wait bound reached; running on while stage 1 works",
+                    extra={"stage": self.stage, "yielded_s": round(self.yielded_s, 3)},
+                )
+        return self.should_stop()
+
+
+class TurnHoldingBackend:
+    """A stage backend whose :meth:`run` holds the GPU turn (stage 1's, in the shared-GPU deployment); every
+    other attribute is the wrapped backend's."""
+
+    def __init__(self, backend: Any, turn: GpuTurn) -> None:
+        self.backend = backend
+        self.turn = turn
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        with self.turn.hold():
+            return self.backend.run(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+
+def add_gpu_share_arguments(parser: argparse.ArgumentParser, priority: bool) -> None:
+    """``--gpu-share-dir`` (both stages); ``--gpu-share-max-wait`` for the stage that yields
+    (``priority=False``)."""
+    role = (
+        "this stage marks itself busy there while it runs a request, and stage 2 waits for it"
+        if priority
+        else "this stage pauses its GPU phases while stage 1 runs a request"
+    )
+    parser.add_argument(
+        "--gpu-share-dir",
+        default=os.environ.get(ENV_DIR, ""),
+        metavar="DIR",
+        help=f"folder shared with the other GPU stage when both run on one GPU: {role} (only on a CUDA "
+        f"device; default ${ENV_DIR}; empty: off)",
+    )
+    if not priority:
+        parser.add_argument(
+            "--gpu-share-max-wait",
+            type=float,
+            default=DEFAULT_MAX_WAIT_S,
+            metavar="SECONDS",
+            help="longest total pause of one request for stage 1 (then it runs regardless; default "
+            f"{DEFAULT_MAX_WAIT_S:.0f})",
+        )
+
+
+def gpu_turn_from_args(args: argparse.Namespace, device: str) -> GpuTurn | None:
+    """The turn named by ``--gpu-share-dir`` when the stage runs on a CUDA ``device`` (None otherwise);
+    :class:`~services.common.arguments.CommandLineError` when its lock file cannot be created."""
+    if not args.gpu_share_dir:
+        return None
+    if not device.startswith("cuda"):
+        log.info("--gpu-share-dir ignored: the stage runs on %s", device)
+        return None
+    turn = GpuTurn(Path(args.gpu_share_dir))
+    try:
+        os.close(turn.open_lock_file())
+    except OSError as exc:
+        raise CommandLineError(
+            f"--gpu-share-dir {args.gpu_share_dir}: cannot create {LOCK_NAME} there ({exc.strerror}); give a "
+            "folder this service may write, shared with the other GPU stage"
+        ) from exc
+    return turn
