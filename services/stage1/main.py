@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from services.common.arguments import CommandLineError
 from services.common.endpoints import STAGE1_SERVICE
+from services.common.gpu_share import TurnHoldingBackend, add_gpu_share_arguments, gpu_turn_from_args
 from services.common.stage_server import (
     StageSpec,
     access_from_args,
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --compile, replay each denoising forward as one CUDA graph (takes the host's kernel "
         "launches out of the loop; keeps a static memory pool). auto (default): on with --cfg-device",
     )
+    add_gpu_share_arguments(parser, priority=True)
     parser.add_argument(
         "--fp8",
         action="store_true",
@@ -61,12 +63,13 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
     from synchuman.v1 import stage1_pb2_grpc
 
     device, dtype = resolve_device(args.device, args.dtype)
+    gpu_turn = gpu_turn_from_args(args, device)  # one GPU with stage 2: it waits while a request runs here
 
-    def load_backend() -> Stage1PipelineBackend:
+    def load_backend() -> Stage1PipelineBackend | TurnHoldingBackend:
         from services.stage1.backend import Stage1PipelineBackend
 
         root = Path(args.ckpts) if args.ckpts else None
-        return Stage1PipelineBackend.load(
+        backend = Stage1PipelineBackend.load(
             root,
             device,
             dtype,
@@ -75,6 +78,7 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
             cuda_graphs={"auto": None, "on": True, "off": False}[args.cuda_graphs],
             fp8=args.fp8,
         )
+        return TurnHoldingBackend(backend, gpu_turn) if gpu_turn else backend
 
     return StageSpec(
         name="stage1",
