@@ -88,7 +88,7 @@ def _save(results: dict) -> None:
         Path(out_dir, "bench_postprocess.json").write_text(json.dumps(results, indent=1))
 
 
-def _build_gsplat(status: dict) -> None:
+def build_gsplat(status: dict) -> None:
     """Import gsplat's CUDA backend (JIT-builds it the first time) and record how long it took."""
     start = time.perf_counter()
     try:
@@ -98,6 +98,55 @@ def _build_gsplat(status: dict) -> None:
     except Exception as exc:  # noqa: BLE001 - reported, the bench then runs without Gaussian views
         status["error"] = repr(exc)[:500]
     status["seconds"] = round(time.perf_counter() - start, 1)
+
+
+def realistic_inputs(device: torch.device, resolution: int, gaussians: int, view_size: int) -> tuple:
+    """A person-like decoded output: ``(vertices [V, 3] float32, faces [F, 3] int64)`` of the capsule body
+    marched at ``resolution``^3 (340: ~240k faces), the :class:`Mesh` of them on ``device``, ``gaussians``
+    surface Gaussians and the five generated views (``view_size``^2) painted with a known pattern."""
+    verts_np, faces_np = body_mesh(resolution, device=str(device))
+    verts, faces = torch.from_numpy(verts_np).to(device), torch.from_numpy(faces_np).to(device)
+    splats = surface_gaussians(verts, faces, gaussians, 0.004)
+    return verts_np, faces_np, Mesh(verts, faces), splats, generated_views(verts, faces, view_size)
+
+
+def warm_up(mesh: Mesh, gaussians, views, gaussian_renders: bool) -> tuple[pipeline.PostprocessOptions, dict]:
+    """One small ``to_glb`` (CUDA context, kernels, gsplat); retried without Gaussian renders when they fail.
+
+    Returns the small options used (``gaussian_views`` 0 when the renders failed) and ``{"warmup_s": s}``
+    plus ``"warmup_error"`` when the first try failed."""
+    warm = pipeline.PostprocessOptions(
+        visibility_views=8,
+        visibility_resolution=256,
+        texture_size=256,
+        bake_steps=5,
+        gaussian_views=2 if gaussian_renders else 0,
+        gaussian_resolution=256,
+    )
+    result: dict = {}
+    t = time.perf_counter()
+    try:
+        pipeline.to_glb(mesh, gaussians, views, warm)
+    except Exception as exc:  # noqa: BLE001 - recorded; retried without Gaussian views
+        result["warmup_error"] = repr(exc)[:500]
+        print(result["warmup_error"], flush=True)
+        warm = dataclasses.replace(warm, gaussian_views=0)
+        pipeline.to_glb(mesh, gaussians, views, warm)
+    result["warmup_s"] = round(time.perf_counter() - t, 2)
+    return warm, result
+
+
+def small_defaults(warm: pipeline.PostprocessOptions) -> pipeline.PostprocessOptions:
+    """The defaults scaled down for a script check on a CPU (``--small``)."""
+    return dataclasses.replace(
+        warm,
+        visibility_views=32,
+        visibility_resolution=128,
+        bake_steps=100,
+        gaussian_views=8,
+        gaussian_resolution=96,
+        texture_size=128,
+    )
 
 
 def main() -> int:
@@ -117,58 +166,34 @@ def main() -> int:
     results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
     bench_start = time.perf_counter()
     gsplat_status: dict = {}
-    builder = threading.Thread(target=_build_gsplat, args=(gsplat_status,))
+    builder = threading.Thread(target=build_gsplat, args=(gsplat_status,))
     if device.type == "cuda":
         builder.start()  # overlaps the JIT build with building the inputs
 
     t = time.perf_counter()
-    verts_np, faces_np = body_mesh(res, device=str(device))
-    verts, faces = torch.from_numpy(verts_np).to(device), torch.from_numpy(faces_np).to(device)
-    gaussians = surface_gaussians(verts, faces, 2000 if args.small else args.gaussians, 0.004)
-    views = generated_views(verts, faces, 96 if args.small else 768)
+    n_gaussians = 2000 if args.small else args.gaussians
+    verts_np, faces_np, mesh, gaussians, views = realistic_inputs(
+        device, res, n_gaussians, 96 if args.small else 768
+    )
     results["inputs"] = {
         "faces": len(faces_np),
         "gaussians": len(gaussians),
         "build_s": time.perf_counter() - t,
     }
     print(json.dumps(results), flush=True)
-    mesh = Mesh(verts, faces)
     if device.type == "cuda":
         builder.join()
         results["gsplat_build"] = gsplat_status
         print(json.dumps(gsplat_status), flush=True)
     no_gsplat = device.type == "cuda" and not gsplat_status.get("ok")
-    warm = pipeline.PostprocessOptions(
-        visibility_views=8,
-        visibility_resolution=256,
-        texture_size=256,
-        bake_steps=5,
-        gaussian_views=0 if no_gsplat else 2,
-        gaussian_resolution=256,
-    )
-    t = time.perf_counter()
-    try:
-        pipeline.to_glb(mesh, gaussians, views, warm)
-    except Exception as exc:  # noqa: BLE001 - recorded; retried without Gaussian views
-        results["warmup_error"] = repr(exc)[:500]
-        print(results["warmup_error"], flush=True)
-        no_gsplat = True
-        warm = dataclasses.replace(warm, gaussian_views=0)
-        pipeline.to_glb(mesh, gaussians, views, warm)
-    results["warmup_s"] = round(time.perf_counter() - t, 2)
+    warm, warm_result = warm_up(mesh, gaussians, views, gaussian_renders=not no_gsplat)
+    no_gsplat = no_gsplat or "warmup_error" in warm_result
+    results.update(warm_result)
     print(json.dumps({"warmup_s": results["warmup_s"]}), flush=True)
     _save(results)
 
     if args.small:
-        default = dataclasses.replace(
-            warm,
-            visibility_views=32,
-            visibility_resolution=128,
-            bake_steps=100,
-            gaussian_views=8,
-            gaussian_resolution=96,
-            texture_size=128,
-        )
+        default = small_defaults(warm)
     else:
         default = pipeline.PostprocessOptions(gaussian_views=0 if no_gsplat else 95)
     _save(results)
