@@ -3,7 +3,9 @@
 Measures (one table, also written as markdown to ``--out``):
 - the bf16 matrix-product rate of the GPU (8192^3), the reference for the loop's efficiency;
 - the 50-step sampling loop with CFG (2D UNet batch 20 + 3D branch batch 2) per variant (eager;
-  ``channels_last`` UNet; ``torch.compile``), ms/step, seconds, peak GPU memory;
+  ``channels_last`` UNet; ``torch.compile``; Inductor max-autotune; the opt-in FP8 linear layers), ms/step,
+  seconds, peak GPU memory, compile seconds; the decoded views of every variant against the first one's
+  (same noise: max and mean absolute difference, 0-1 scale) and the occupied voxels that differ;
 - FLOPs of one step (``torch.utils.flop_counter``), the attention share of them, the fraction of the measured
   matmul rate the loop achieves, and the share of GPU time in copy / cast kernels (profiler, 2 steps);
 - VAE encode (2 distinct views) / sliced decode (10 views), DINOv2 518 conditioning, CLIP image embeddings;
@@ -15,12 +17,18 @@ Device command (carry ``.whl`` for diffusers)::
     .whl/diffusers-*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; PYTHONUNBUFFERED=1 \
     python3 bench/bench_stage1.py --dtype bf16 --out $OUT/stage1.md
 
+Issue 16 item 5 (fp16 compiled vs max-autotune vs FP8; see ``.devrun``'s script of that item)::
+
+    python3 bench/bench_stage1.py --dtype fp16 --variants compile,compile_fp8,compile_autotune \
+      --no-extras --kernels 12 --out $OUT/stage1.md
+
 CPU smoke run (tiny configs): ``.venv/bin/python bench/bench_stage1.py --tiny --device cpu --steps 2``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -41,9 +49,13 @@ from synchuman.models.cross_space import SyncHuman_2D3DCrossSpaceDiffusion  # no
 from synchuman.models.dinov2 import DinoV2Encoder, DinoVisionTransformer  # noqa: E402
 from synchuman.models.ss_decoder import SparseStructureDecoder  # noqa: E402
 from synchuman.nn.attention import set_attention_backend  # noqa: E402
+from synchuman.nn.fp8_linear import DEFAULT_MIN_WEIGHT_ELEMENTS, FP8Linear, fp8_support_problem  # noqa: E402
 from synchuman.pipelines.stage1 import NUM_VIEWS, Stage1Pipeline  # noqa: E402
 
 GIB = 2**30
+#: ``torch.compile`` mode of the ``_autotune`` variants: Inductor benchmarks GEMM / convolution templates and
+#: kernel configs at compile time (no CUDA graphs, so it is comparable with the default mode).
+AUTOTUNE_MODE = "max-autotune-no-cudagraphs"
 
 
 def _sync(device: torch.device) -> None:
@@ -161,6 +173,29 @@ def copy_share(pipeline: Stage1Pipeline, args: tuple, device: torch.device) -> f
     total = sum(device_time(e) for e in events)
     copies = sum(device_time(e) for e in events if e.key in ("aten::copy_",))
     return copies / total if total else float("nan")
+
+
+def fp8_granularities(device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Which :class:`FP8Linear` scalings run here (one eager call each on a [256, 1024] x [1024, 1024]
+    product; e.g. row-wise scales with fp16 output need cuBLAS >= 12.9 on Hopper)."""
+    if fp8_support_problem(device) is not None:
+        return []
+    working = []
+    for granularity in ("row", "tensor"):
+        layer = FP8Linear.from_linear(torch.nn.Linear(1024, 1024, device=device, dtype=dtype), granularity)
+        try:
+            with torch.inference_mode():
+                layer(torch.randn(256, 1024, device=device, dtype=dtype))
+            working.append(granularity)
+        except RuntimeError as exc:
+            print(f"FP8 {granularity}-wise scaling does not run here: {exc}", flush=True)
+    return working
+
+
+def view_difference(images: torch.Tensor, reference: torch.Tensor) -> str:
+    """``max / mean`` absolute difference of decoded views ``[V, 3, H, W]`` in [0, 1]."""
+    diff = (images.float() - reference.float()).abs()
+    return f"{float(diff.max()):.4f} / {float(diff.mean()):.5f}"
 
 
 KERNEL_CLASSES = (  # first match wins: inductor's fused kernels name the ops they fuse ("convolution")
@@ -317,7 +352,9 @@ def main() -> int:
         "compile_cfg2 | compile_graphs_cfg2 (_cfg2: the unconditional CFG half on --cfg-device; _graphs: "
         "CUDA graphs; channels_last / _cl: the UNet's convolutions in channels-last format from then on; "
         "a trailing _sdpa: attention through SDPA instead of the default backend, FlashAttention-3 when "
-        "installed)",
+        "installed); compile_autotune: Inductor mode max-autotune-no-cudagraphs; compile_fp8 / eager_fp8 "
+        "(one GPU): a copy of the model with FP8 linear layers (row-wise scales where they run, else "
+        "tensor-wise), compile_fp8t: tensor-wise scales",
     )
     parser.add_argument("--cfg-device", default=None, help="second device of the _cfg2 variants, e.g. cuda:1")
     parser.add_argument(
@@ -331,6 +368,18 @@ def main() -> int:
     parser.add_argument(
         "--breakdown", action="store_true", help="print eager GPU time per module group of one forward"
     )
+    parser.add_argument(
+        "--fp8-min-elements",
+        type=int,
+        default=DEFAULT_MIN_WEIGHT_ELEMENTS,
+        help="FP8 variants: convert Linear layers with at least this many weight entries",
+    )
+    parser.add_argument(
+        "--no-extras",
+        dest="extras",
+        action="store_false",
+        help="only the loop variants: skip FLOPs, copy share, VAE decode slices and the whole run",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
@@ -338,10 +387,19 @@ def main() -> int:
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     rows: list[tuple[str, str]] = []
+    notes: list[str] = []  # kernel tables, written below the table
+
+    def write_out() -> None:  # after every row: a run stopped by a timeout still leaves its rows
+        if args.out is not None:
+            lines = ["| measurement | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+            if notes:
+                lines += ["", "```", *notes, "```"]
+            args.out.write_text("\n".join(lines) + "\n")
 
     def row(name: str, value: str) -> None:
         rows.append((name, value))
         print(f"{name:58s} {value}", flush=True)
+        write_out()
 
     if device.type == "cuda":
         row("device", torch.cuda.get_device_name(device))
@@ -401,12 +459,33 @@ def main() -> int:
 
         best: tuple[str, float, Any, Any, Any] | None = None
         base, replica, first_latents = pipeline.diffusion, None, None
+        first_views: torch.Tensor | None = None
+        first_voxels: torch.Tensor | None = None
         compiled_before = False
-        for variant in [v for v in args.variants.split(",") if v]:
+        variants = [v for v in args.variants.split(",") if v]
+        wants_fp8 = any("fp8" in v for v in variants)
+        granularities = fp8_granularities(device, dtype) if wants_fp8 else []
+        if wants_fp8:
+            problem = fp8_support_problem(device)
+            row("FP8 scalings that run here", ", ".join(granularities) or f"none ({problem})")
+        torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+        for variant in variants:
             if time.perf_counter() - started > args.budget:
                 row(f"loop [{variant}]", "skipped (time budget)")
                 continue
+            print(f"-- variant {variant} from {time.perf_counter() - started:.0f} s", flush=True)
             pipeline.diffusion, pipeline.cfg_diffusion, pipeline.cfg_device = base, None, None
+            if "fp8" in variant:
+                if "cfg2" in variant:
+                    raise SystemExit(f"variant {variant}: the FP8 variants are one-GPU only")
+                wanted = "tensor" if variant.endswith("fp8t") else "row"
+                granularity = wanted if wanted in granularities else next(iter(granularities), None)
+                if granularity is None:
+                    row(f"loop [{variant}]", "skipped: no FP8 scaling runs on this device")
+                    continue
+                pipeline.diffusion = copy.deepcopy(base)  # the fp16 model stays for the other variants
+                converted = pipeline.use_fp8(args.fp8_min_elements, granularity)
+                row(f"[{variant}] FP8 linear layers ({granularity}-wise scales)", str(converted))
             if "cfg2" in variant:
                 if args.cfg_device is None:
                     raise SystemExit(f"variant {variant} needs --cfg-device")
@@ -423,24 +502,38 @@ def main() -> int:
                         module.to(memory_format=torch.channels_last)
             # "_sdpa": attention through SDPA even where the default ("auto") would take FlashAttention-3
             set_attention_backend("sdpa" if variant.endswith("_sdpa") else "auto")
-            pipeline.accelerate(compile_model="compile" in variant, cuda_graphs="graphs" in variant)
+            if "autotune" in variant:
+                pipeline.diffusion = torch.compile(pipeline.diffusion, mode=AUTOTUNE_MODE)
+            else:
+                pipeline.accelerate(compile_model="compile" in variant, cuda_graphs="graphs" in variant)
             compiled_before = compiled_before or "compile" in variant
             try:
                 t_warm, _ = timed(lambda: loop(2), device)
                 reset_peak(device)
-                t_loop, (lat, _) = timed(lambda: loop(args.steps), device)
+                t_loop, (lat, struct) = timed(lambda: loop(args.steps), device)
             except Exception as exc:  # a backend refusing a shape: report and go on
                 row(f"loop [{variant}]", f"failed: {type(exc).__name__}: {str(exc)[:120]}")
                 continue
+            views = pipeline.decode_views(lat)
+            voxels = pipeline.ss_decoder(struct)[0, 0] > 0
             finite = bool(torch.isfinite(lat).all())
             peaks = f"{peak_gib(device):.2f}"
             if pipeline.cfg_device is not None:
                 peaks += f" + {peak_gib(pipeline.cfg_device):.2f} ({pipeline.cfg_device})"
             if first_latents is None:
-                first_latents, agreement = lat, ""
+                first_latents, first_views, first_voxels, agreement = lat, views, voxels, ""
             else:
                 rel = float((lat - first_latents).norm() / first_latents.norm())
                 agreement = f"  (final latents vs the first variant: rel. diff {rel:.1e})"
+                row(
+                    f"[{variant}] decoded views vs [{variants[0]}]: max / mean abs diff (0-1 scale)",
+                    view_difference(views, first_views),
+                )
+                differing = int((voxels != first_voxels).sum())
+                row(
+                    f"[{variant}] occupied voxels vs [{variants[0]}]: differing / total",
+                    f"{differing} / {int(first_voxels.sum())}",
+                )
             row(
                 f"loop [{variant}] {args.steps} steps (s) / ms per step / peak GiB",
                 f"{t_loop:.2f} / {1e3 * t_loop / args.steps:.1f} / {peaks}"
@@ -450,13 +543,18 @@ def main() -> int:
             if "compile" in variant:
                 row(f"[{variant}] warm-up (2 steps incl. compilation) (s)", f"{t_warm:.1f}")
             if args.kernels and device.type == "cuda":
-                print("\n".join(kernel_table(loop, 2, device, args.kernels)), flush=True)
+                table = [f"[{variant}]", *kernel_table(loop, 2, device, args.kernels)]
+                print("\n".join(table), flush=True)
+                notes.extend(table)
+                write_out()
             if best is None or t_loop < best[1]:
                 best = (variant, t_loop, pipeline.diffusion, pipeline.cfg_diffusion, pipeline.cfg_device)
         pipeline.diffusion, pipeline.cfg_diffusion, pipeline.cfg_device = base, None, None
-        flops, attn_flops = step_flops(pipeline, step_args)
         if best is None:
             raise SystemExit("no loop variant ran")
+        if not args.extras:
+            return 0
+        flops, attn_flops = step_flops(pipeline, step_args)
         best_name, t_best = best[0], best[1]
         row("FLOPs of one step (TFLOP) / attention share", f"{flops / 1e12:.1f} / {attn_flops / flops:.0%}")
         gpus = 2 if "cfg2" in best_name else 1
@@ -485,9 +583,6 @@ def main() -> int:
         f"whole Stage1Pipeline.run [{best_name}], {args.steps} steps (s) / peak GiB",
         f"{t_run:.2f} / {peak_gib(device):.2f}  ({phases}; {len(out.coords)} voxels)",
     )
-    if args.out is not None:
-        lines = ["| measurement | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-        args.out.write_text("\n".join(lines) + "\n")
     return 0
 
 
