@@ -32,6 +32,7 @@ import copy
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,7 @@ from synchuman.nn.fp8_linear import (
     require_fp8,
 )
 from synchuman.phases import PhaseTimer
+from synchuman.pipelines.compiled_model import AotCompiledModel, files_identity
 from synchuman.pipelines.handoff import NUM_VIEWS, Stage1Output
 from synchuman.preprocess.framing import FACE_BOX, MULTIVIEW_SIZE, composite_on_white, face_crop
 from synchuman.samplers.flow_euler import SamplingCancelled
@@ -152,6 +154,8 @@ class Stage1Pipeline:
         #: ``[20, 77, D]``: ``[normal, normal, colour, colour]`` (uncond uses the same embeddings).
         self.prompt_embeds_cfg = torch.cat([normal, normal, color, color])
         self.vae_slice = vae_slice
+        #: the diffusion model's files (names, sizes, times) when loaded by :meth:`from_checkpoints`
+        self.weights_identity: str | None = None
         self.sampler = FlowEulerCfgSampler(rescale_t=RESCALE_T)
         #: replica of ``diffusion`` computing the unconditional CFG half, and its device (``None``: off)
         self.cfg_diffusion: nn.Module | None = None
@@ -198,7 +202,7 @@ class Stage1Pipeline:
         )
         processor = CLIPImageProcessor.from_pretrained(str(layout.feature_extractor_config.parent))
         dinov2 = DinoV2Encoder.from_checkpoints(layout, device, torch_dtype)
-        return cls(
+        pipeline = cls(
             diffusion,
             vae.to(device).eval(),
             encoder.to(device).eval(),
@@ -207,20 +211,40 @@ class Stage1Pipeline:
             dinov2,
             load_prompt_embeds(layout),
         )
+        pipeline.weights_identity = files_identity(layout.diffusion_2d3d)
+        return pipeline
 
-    def accelerate(self, compile_model: bool = True, cuda_graphs: bool = False) -> None:
-        """``torch.compile`` the diffusion model (and its CFG replica): same function, ~30 % faster loop on a
-        GPU; the first call compiles (minutes). SDPA already picks cuDNN's fused attention on Hopper.
+    def accelerate(
+        self, compile_model: bool = True, cuda_graphs: bool = False, package_dir: Path | None = None
+    ) -> str:
+        """Compile the diffusion model (and its CFG replica): same function, ~30 % faster loop on a GPU; the
+        first call compiles (minutes). SDPA already picks cuDNN's fused attention on Hopper.
+
+        ``package_dir``: compile ahead of time (:class:`~synchuman.pipelines.compiled_model.AotCompiledModel`:
+        torch.export + AOTInductor) into a package in this directory, or load the package a previous process
+        saved there, so that a restart traces and compiles nothing. Only for one device without CUDA graphs;
+        otherwise (and without ``package_dir``) ``torch.compile``.
 
         ``cuda_graphs``: compile in ``"reduce-overhead"`` mode, replaying each forward as one CUDA graph. This
         takes the host's kernel launches out of the loop, which matters with :meth:`enable_cfg_parallel`:
         one host thread launches both devices' forwards, and without graphs the launches, not the GPUs, set
-        the pace (bench/RESULTS.md)."""
-        if compile_model:
-            mode = "reduce-overhead" if cuda_graphs else "default"
-            self.diffusion = torch.compile(self.diffusion, mode=mode)
-            if self.cfg_diffusion is not None:
-                self.cfg_diffusion = torch.compile(self.cfg_diffusion, mode=mode)
+        the pace (bench/RESULTS.md).
+
+        Returns how the model runs: ``"eager"``, ``"aot"`` or ``"torch.compile"``."""
+        if not compile_model:
+            return "eager"
+        if package_dir is not None and not cuda_graphs and self.cfg_diffusion is None:
+            if self.weights_identity is None:
+                raise ValueError("an ahead-of-time package needs the weights' identity (from_checkpoints)")
+            self.diffusion = AotCompiledModel(  # type: ignore[assignment]
+                self.diffusion, package_dir, "stage1-diffusion", self.weights_identity
+            )
+            return "aot"
+        mode = "reduce-overhead" if cuda_graphs else "default"
+        self.diffusion = torch.compile(self.diffusion, mode=mode)
+        if self.cfg_diffusion is not None:
+            self.cfg_diffusion = torch.compile(self.cfg_diffusion, mode=mode)
+        return "torch.compile"
 
     def enable_cfg_parallel(self, device: str | torch.device) -> None:
         """Run the unconditional half of classifier-free guidance on a replica of the diffusion model on
@@ -228,7 +252,7 @@ class Stage1Pipeline:
         device, concurrently) instead of one batch-20 forward; per step the latents go over (fp32 ``[10, 4, h,
         w]`` + ``[1, 8, G, G, G]``) and the unconditional velocities come back: ~2.3 MB at full size. Same
         function as the joint batch up to floating-point summation order."""
-        if hasattr(self.diffusion, "_orig_mod"):
+        if hasattr(self.diffusion, "_orig_mod") or not isinstance(self.diffusion, nn.Module):
             raise RuntimeError("enable_cfg_parallel must come before accelerate() (the model is compiled)")
         device = torch.device(device)
         replica = copy.deepcopy(self.diffusion).to(device)

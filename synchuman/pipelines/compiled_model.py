@@ -1,0 +1,259 @@
+"""Ahead-of-time compiled forwards: a model exported with ``torch.export`` and compiled by AOTInductor into a
+``.pt2`` package that later processes load without tracing or compiling anything.
+
+:class:`AotCompiledModel` wraps a model: its first call looks for a package made for exactly this situation
+in a directory (named by a digest of :func:`package_key`: torch version, device type and capability, the
+arguments' shapes and dtypes, the model's class, config and weights files, the attention backend and whether
+FlashAttention-3 is installed) and loads it, or exports and compiles the model on these arguments (minutes on
+a GPU) and saves the package there. A package that does not load, or whose stored key differs from the
+expected one, is reported in the log and rebuilt; where exporting or compiling fails, the error is logged and
+the model runs through ``torch.compile`` instead. Later calls run the package; a call with other shapes than
+the package was made for runs the eager model (with a warning), never a mismatched package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+PACKAGE_SUFFIX = ".pt2"
+KEY_SUFFIX = ".key.json"
+FAILED_SUFFIX = ".failed.txt"
+
+
+def files_identity(folder: Path) -> str:
+    """``name:size:mtime_ns`` of every file directly in ``folder`` (sorted), plus a content hash of its small
+    files (configs): changes whenever a weights file is replaced, without reading gigabytes."""
+    parts = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        stat = path.stat()
+        part = f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
+        if stat.st_size < 1 << 20:
+            part += ":" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        parts.append(part)
+    return ";".join(parts)
+
+
+def _tensor_signature(value: Any) -> str:
+    """``dtype[shape]@device`` of a tensor; ``repr`` of anything else (baked into the export)."""
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype}{list(value.shape)}@{value.device.type}"
+    return repr(value)
+
+
+def call_signature(args: tuple[Any, ...]) -> list[str]:
+    """What a package is specialised to: every positional argument's dtype, shape and device type."""
+    return [_tensor_signature(a) for a in args]
+
+
+def _device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda sm_{major}{minor} {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return device.type
+
+
+def _attention_description() -> str:
+    from synchuman.nn import attention
+
+    fa3 = attention.FLASH_ATTENTION3
+    return f"backend={attention.get_attention_backend()} flash_attn3={fa3!r}"
+
+
+def structure_digest(model: nn.Module) -> str:
+    """A digest of ``model``'s module classes and every parameter's and buffer's name, dtype and shape:
+    changes when layers are swapped (e.g. for FP8 ones) even if the checkpoint is the same."""
+    parts = [f"{name}:{type(module).__qualname__}" for name, module in model.named_modules()]
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    parts += [f"{name}:{tensor.dtype}{list(tensor.shape)}" for name, tensor in tensors]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def package_key(model: nn.Module, args: tuple[Any, ...], weights_identity: str) -> dict[str, Any]:
+    """Everything a compiled package depends on; a package is only loaded where its key is equal."""
+    param = next(model.parameters())
+    config = getattr(model, "config", None)
+    return {
+        "torch": torch.__version__,
+        "device": _device_description(param.device),
+        "model": f"{type(model).__module__}.{type(model).__qualname__}",
+        "config": json.dumps(dict(config), sort_keys=True, default=str) if config is not None else None,
+        "weights_dtype": str(param.dtype),
+        "structure": structure_digest(model),
+        "weights": weights_identity,
+        "arguments": call_signature(args),
+        "attention": _attention_description(),
+    }
+
+
+def key_digest(key: Mapping[str, Any]) -> str:
+    """A short stable name for ``key`` (16 hex digits)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_atomically(path: Path, write: Any) -> None:
+    """``write(temporary_path)`` then rename onto ``path``: readers never see half a file."""
+    # the suffix stays last: AOTInductor insists on a name ending in .pt2
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.partial.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def build_package(model: nn.Module, args: tuple[Any, ...], path: Path) -> None:
+    """Export ``model(*args)`` and compile it with AOTInductor into the package ``path`` (atomically)."""
+    from torch._inductor import aoti_compile_and_package
+
+    with torch.inference_mode(False), torch.no_grad():
+        # arguments made under inference_mode are inference tensors, which tracing cannot use
+        example = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+        exported = torch.export.export(model, example)
+
+        def write(temporary: Path) -> None:
+            aoti_compile_and_package(exported, package_path=str(temporary))
+
+        _write_atomically(path, write)
+
+
+def load_package(path: Path, device: torch.device) -> Any:
+    """The callable compiled model of the package ``path``, on ``device``."""
+    from torch._inductor import aoti_load_package
+
+    index = device.index if device.type == "cuda" and device.index is not None else -1
+    return aoti_load_package(str(path), device_index=index)
+
+
+class AotCompiledModel:
+    """``model``'s forward through an AOTInductor package in ``directory`` (see the module docstring).
+
+    Attributes other than calling are the eager model's (``sample_size``, ``config``, ...). ``source`` says
+    how this process runs it: ``"loaded"`` or ``"built"`` (a package), ``"torch.compile"`` (exporting or
+    compiling failed: the error is logged and kept in a ``.failed.txt`` file next to where the package would
+    be, so that later starts of the same setup go to ``torch.compile`` at once), or ``None`` before the
+    first call.
+    """
+
+    def __init__(self, model: nn.Module, directory: Path, name: str, weights_identity: str) -> None:
+        self.model, self.directory, self.name = model, Path(directory), name
+        self.weights_identity = weights_identity
+        self.source: str | None = None
+        self.package_path: Path | None = None
+        self._failed_path = self.directory / f"{name}{FAILED_SUFFIX}"
+        self._runner: Any = None
+        self._signature: list[str] | None = None
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute == "model":  # not set yet (during unpickling/copying): no recursion
+            raise AttributeError(attribute)
+        return getattr(self.model, attribute)
+
+    def __call__(self, *args: Any) -> Any:
+        if self._runner is None:
+            self._signature = call_signature(args)
+            self._runner = self._load_or_build(args)
+            if self.source in ("loaded", "built"):
+                try:
+                    return self._runner(*args)
+                except Exception as error:  # e.g. an operator the package cannot call on this machine
+                    return self._fall_back(error, "running it")(*args)
+        elif call_signature(args) != self._signature:
+            log.warning(
+                "compiled model called with other arguments than its package was made for: running eager",
+                extra={"package": str(self.package_path), "arguments": call_signature(args)},
+            )
+            return self.model(*args)
+        return self._runner(*args)
+
+    def _paths(self, key: Mapping[str, Any]) -> tuple[Path, Path, Path]:
+        """The package, its key file and the failure note for ``key``."""
+        stem = self.directory / f"{self.name}-{key_digest(key)}"
+        return Path(f"{stem}{PACKAGE_SUFFIX}"), Path(f"{stem}{KEY_SUFFIX}"), Path(f"{stem}{FAILED_SUFFIX}")
+
+    def _fall_back(self, error: BaseException, during: str) -> Any:
+        """Note ``error`` (log + failure file) and run ``torch.compile`` from now on."""
+        note = self._failed_path
+        text = f"{during}: {type(error).__name__}: {error}"
+        log.error(
+            "ahead-of-time compiled model unusable; using torch.compile instead (delete the note to retry)",
+            extra={"package": str(self.package_path), "note": str(note), "error": text[:2000]},
+        )
+        with contextlib.suppress(OSError):
+            note.write_text(text + "\n")
+        self.source = "torch.compile"
+        self._runner = torch.compile(self.model)
+        return self._runner
+
+    def _load_or_build(self, args: tuple[Any, ...]) -> Any:
+        key = package_key(self.model, args, self.weights_identity)
+        path, key_path, failed_path = self._paths(key)
+        self.package_path, self._failed_path = path, failed_path
+        device = next(self.model.parameters()).device
+        fields = {"package": str(path)}
+        if failed_path.is_file():
+            log.warning(
+                "ahead-of-time compiling failed before for this setup: using torch.compile",
+                extra={**fields, "note": str(failed_path)},
+            )
+            self.source = "torch.compile"
+            return torch.compile(self.model)
+        if path.is_file():
+            problem = self._package_problem(key, key_path)
+            if problem is None:
+                started = time.perf_counter()
+                try:
+                    runner = load_package(path, device)
+                except Exception as error:  # a truncated or foreign file: rebuild it
+                    problem = f"could not be loaded ({type(error).__name__}: {error})"
+                else:
+                    self.source = "loaded"
+                    seconds = round(time.perf_counter() - started, 2)
+                    log.info("compiled model package loaded", extra={**fields, "seconds": seconds})
+                    return runner
+            log.warning(f"compiled model package unusable: {problem}; rebuilding it", extra=fields)
+        else:
+            log.warning(
+                "no compiled model package for this model, device and software: exporting and compiling it "
+                "ahead of time (minutes on a GPU); later starts load it",
+                extra=fields,
+            )
+        started = time.perf_counter()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            build_package(self.model, args, path)
+            _write_atomically(key_path, lambda p: p.write_text(json.dumps(key, indent=1, sort_keys=True)))
+            runner = load_package(path, device)
+        except Exception as error:  # export or AOTInductor cannot handle something in this model/setup
+            return self._fall_back(error, "exporting and compiling it")
+        seconds, size = round(time.perf_counter() - started, 1), path.stat().st_size
+        log.info("compiled model package built", extra={**fields, "seconds": seconds, "bytes": size})
+        self.source = "built"
+        return runner
+
+    @staticmethod
+    def _package_problem(key: Mapping[str, Any], key_path: Path) -> str | None:
+        """Why the package next to ``key_path`` must not be used, or ``None``."""
+        try:
+            stored = json.loads(key_path.read_text())
+        except (OSError, ValueError) as error:
+            return f"its key file {key_path.name} is missing or unreadable ({type(error).__name__})"
+        if stored != dict(key):
+            differing = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
+            return f"made for another setup (differs in {', '.join(differing)})"
+        return None
