@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from services.common.backend import Progress, StopCheck, verified_checkpoints
-from services.stage1.compile_cache import cache_state, log_cache_state
+from services.stage1.compile_cache import aot_package_dir, cache_state, log_cache_state
 from synchuman.options import Stage1Options
 from synchuman.pipelines.handoff import Stage1Output
 from synchuman.pipelines.info import PipelineInfo
@@ -73,12 +73,16 @@ class Stage1PipelineBackend:
         cfg_device: str | None = None,
         cuda_graphs: bool | None = None,
         fp8: bool = False,
+        compiler: str = "aot",
     ) -> Stage1PipelineBackend:
         """Verify (every problem listed at once) and load the stage-1 checkpoints under ``root``;
-        ``compile_model``: ``torch.compile`` the diffusion model (compiled by the warm-up call);
+        ``compile_model``: compile the diffusion model (by the warm-up call; see ``compiler``);
         ``cfg_device``: a second CUDA device for the unconditional CFG half (``ValueError`` if unusable);
         ``cuda_graphs``: replay the compiled forwards as CUDA graphs (``None``: only with ``cfg_device``);
-        ``fp8``: the diffusion model's large Linear layers in FP8 (``Stage1Pipeline.use_fp8``)."""
+        ``fp8``: the diffusion model's large Linear layers in FP8 (``Stage1Pipeline.use_fp8``);
+        ``compiler``: with ``compile_model``, ``"aot"`` (an ahead-of-time compiled package in the compile
+        cache directory, built by the first start's warm-up and loaded by later ones; one device without CUDA
+        graphs only, else torch.compile) or ``"torch.compile"``."""
         from synchuman.checkpoints.verify import weights_label
         from synchuman.pipelines.stage1 import Stage1Pipeline
 
@@ -102,8 +106,15 @@ class Stage1PipelineBackend:
         if fp8:
             pipeline.use_fp8()
         if compile_model:
-            log_cache_state(cache_state())
-            pipeline.accelerate(compile_model=True, cuda_graphs=cuda_graphs)
+            state = cache_state()
+            log_cache_state(state)
+            package_dir = aot_package_dir(state) if compiler == "aot" else None
+            used = pipeline.accelerate(compile_model=True, cuda_graphs=cuda_graphs, package_dir=package_dir)
+            if package_dir is not None and used != "aot":
+                log.warning(
+                    "no ahead-of-time package with CUDA graphs or CFG-parallel: torch.compile compiles the "
+                    "model in the warm-up (its caches make restarts faster, not as fast as a package)"
+                )
         info = PipelineInfo(str(layout.root), weights_label(layout.root), device, dtype)
         return cls(pipeline, info, pipeline.voxel_resolution)
 

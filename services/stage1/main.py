@@ -28,9 +28,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the 2D-3D diffusion model at start-up: the warm-up compiles it (minutes on a "
-        "GPU; the service stays NOT_SERVING meanwhile), then the 50-step loop runs ~30 %% faster "
-        "(measured in the service on an H200: 12.2 s -> 9.1 s; bench/RESULTS.md)",
+        help="compile the 2D-3D diffusion model at start-up: the first start's warm-up compiles it (minutes "
+        "on a GPU; the service stays NOT_SERVING meanwhile), then the 50-step loop runs ~30 %% faster "
+        "(measured in the service on an H200: 12.2 s -> 9.1 s; bench/RESULTS.md); see --compiler",
+    )
+    parser.add_argument(
+        "--compiler",
+        choices=("aot", "torch.compile"),
+        default="aot",
+        help="with --compile: aot (default) exports and compiles the model ahead of time into a package in "
+        "the compile-cache directory ($TORCHINDUCTOR_CACHE_DIR/aot-packages) that restarts load without "
+        "tracing or compiling; with --cfg-device or CUDA graphs torch.compile is used instead. "
+        "torch.compile: always torch.compile (restarts reuse its caches but trace the model again)",
     )
     parser.add_argument(
         "--cfg-device",
@@ -77,6 +86,7 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
             cfg_device=args.cfg_device,
             cuda_graphs={"auto": None, "on": True, "off": False}[args.cuda_graphs],
             fp8=args.fp8,
+            compiler=args.compiler,
         )
         return TurnHoldingBackend(backend, gpu_turn) if gpu_turn else backend
 
