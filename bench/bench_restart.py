@@ -5,10 +5,11 @@ runs at full speed (nothing recompiled).
 Per ``--config "NAME=ARGS"`` the service is started ``1 + --restarts`` times in a row (each start: process
 launch -> gRPC health SERVING, then ``--requests`` requests, then SIGTERM and wait for the exit). Every
 config gets its own empty ``TORCHINDUCTOR_CACHE_DIR`` under ``--cache-root`` (the directory compose mounts
-as a volume), kept across its restarts. ``env:KEY=VALUE`` words in ARGS set environment variables of that
-service instead of arguments (e.g. ``env:TORCH_CACHING_PRECOMPILE=1``). With ``--cold-together`` the first
-(cold) starts of all configs run at once to save time (their start-up seconds then overlap and are marked);
-the restarts always run one at a time.
+as a volume), kept across its restarts; stage 1's ``--compile`` builds its ahead-of-time package there on the
+first start and loads it on restarts (``--compiler torch.compile``: Dynamo + Inductor and their caches).
+``env:KEY=VALUE`` words in ARGS set environment variables of that service instead of arguments (e.g.
+``env:TORCH_CACHING_PRECOMPILE=1``). With ``--cold-together`` the first (cold) starts of all configs run at
+once to save time (their start-up seconds then overlap and are marked); the restarts always run one at a time.
 
 The table gives, per start: seconds to SERVING, the service's own load / warm-up split (its ``serving`` log
 line), what its log said about the compile cache, and the request wall times.
@@ -17,7 +18,8 @@ Device command (``.whl`` carried, checkpoints drawn on the GPU first)::
 
     python3 -m synchuman_cli ckpts make-random /tmp/ckpts --parts dinov2,stage1 && \\
     python3 bench/bench_restart.py --stage 1 --ckpts /tmp/ckpts --restarts 2 \\
-        --config "compiled=--device cuda:0 --compile" --config "eager=--device cuda:0"
+        --config "aot=--device cuda:0 --compile" --config "eager=--device cuda:0" \\
+        --config "torch.compile=--device cuda:0 --compile --compiler torch.compile"
 """
 
 from __future__ import annotations
@@ -35,8 +37,19 @@ from typing import Any
 
 from bench_stage_service import free_port, last_record, request, serving, stage1_inputs, stage2_inputs
 
-#: What the stage-1 service logs about its compile cache at start-up (services/stage1/compile_cache.py).
-CACHE_MESSAGES = ("compile cache present", "compile cache empty", "compile cache: traced graphs saved")
+#: What the stage-1 service logs about its compile cache at start-up (services/stage1/compile_cache.py) and
+#: about its ahead-of-time compiled package in the warm-up (synchuman/pipelines/compiled_model.py).
+CACHE_MESSAGES = (
+    "compile cache present",
+    "compile cache empty",
+    "compile cache: traced graphs saved",
+    "no compiled model package",
+    "compiled model package unusable",
+    "compiled model package built",
+    "compiled model package loaded",
+    "ahead-of-time compiled model unusable",
+    "ahead-of-time compiling failed before",
+)
 
 
 @dataclass
@@ -114,6 +127,11 @@ def finish_start(start: Start, svc: Running, stage: int, inputs: Any, steps: int
         start.warm_up_s = serving_record.get("warm_up_s")
         text = svc.log_path.read_text(errors="replace")
         start.cache = [m for m in CACHE_MESSAGES if m in text]
+        package = last_record(svc.log_path, "compiled model package loaded") or last_record(
+            svc.log_path, "compiled model package built"
+        )
+        if "seconds" in package:
+            start.cache.append(f"package {package['seconds']} s")
         for i in range(requests):
             start.requests.append(request(stage, svc.port, inputs, steps, f"restart-{i + 1}")["wall_s"])
     finally:
