@@ -191,8 +191,9 @@ class AotCompiledModel:
         note = self._failed_path
         text = f"{during}: {type(error).__name__}: {error}"
         log.error(
-            "ahead-of-time compiled model unusable; using torch.compile instead (delete the note to retry)",
-            extra={"package": str(self.package_path), "note": str(note), "error": text[:2000]},
+            f"ahead-of-time compiled model unusable ({text[:2000]}); using torch.compile instead (delete the "
+            "note to try again)",
+            extra={"package": str(self.package_path), "note": str(note)},
         )
         with contextlib.suppress(OSError):
             note.write_text(text + "\n")
