@@ -282,6 +282,10 @@ class StageClients:
                 raise StageFailure.broken_stream(stage, "the stream ended without a result")
             return StageOutput(assembler.finish(), assembler.media_types, result)
         except grpc.RpcError as error:
+            # The failed call is the exception, and its traceback holds grpc's frames that reference it: a
+            # reference cycle that kept this call's inputs and partial outputs (~13 MB of views for stage 2)
+            # alive until a rare full garbage collection; without the traceback they are freed at once.
+            error.with_traceback(None)
             raise StageFailure.from_rpc_error(stage, error) from error
         except BlobMismatch as mismatch:
             raise StageFailure.broken_stream(stage, str(mismatch)) from mismatch

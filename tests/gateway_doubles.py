@@ -60,6 +60,14 @@ def png(color: tuple[int, ...], size: int = 8) -> bytes:
     return buffer.getvalue()
 
 
+def noise_png(seed: int, size: int) -> bytes:
+    """A ``size`` x ``size`` RGB PNG of random pixels: it does not compress (about 3 * size^2 bytes)."""
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=0)
+    return buffer.getvalue()
+
+
 def glb() -> bytes:
     """A valid binary glTF of a box."""
     import trimesh
@@ -72,7 +80,9 @@ class Behaviour:
     """``fail``: the first N calls of this process fail with UNAVAILABLE; ``step_s``: seconds per progress
     step; ``steps``: progress steps per call; ``die_at_step``: exit the process at that step (0: never);
     ``capacity``: calls taken at once (running + queued, as a real stage's concurrency + max_queue, which
-    ``GetInfo`` reports); one more is refused with RESOURCE_EXHAUSTED (0: no limit and no ``GetInfo``).
+    ``GetInfo`` reports); one more is refused with RESOURCE_EXHAUSTED (0: no limit and no ``GetInfo``);
+    ``view_size``: stage 1 returns views of random pixels, that many a side (as large as real views; 0: tiny
+    solid ones).
     """
 
     fail: int = 0
@@ -81,6 +91,7 @@ class Behaviour:
     die_at_step: int = 0
     log: Path | None = None
     capacity: int = 0
+    view_size: int = 0
 
 
 class _Double:
@@ -194,7 +205,11 @@ class Stage1Double(_Double, stage1_pb2_grpc.Stage1ServiceServicer):
         done = self.begin(context, start.job_id)
         for event in self.steps(context, common_pb2.STAGE_MULTIVIEW, "sampling", start.job_id):
             yield stage1_pb2.GenerateViewsResponse(progress=event)
-        views = {name: png((i * 20, 0, 255 - i * 20)) for i, name in enumerate(VIEWS)}
+        size = self.behaviour.view_size
+        views = {
+            name: noise_png(i, size) if size else png((i * 20, 0, 255 - i * 20))
+            for i, name in enumerate(VIEWS)
+        }
         yield from _blob_messages(stage1_pb2.GenerateViewsResponse, views, "image/png")
         coords = np.array([[x, y, z] for x in range(30, 34) for y in range(30, 33) for z in range(20, 40)])
         done.set()
