@@ -103,6 +103,20 @@ def test_convert_swaps_only_large_aligned_linears() -> None:
     assert convert_linears_to_fp8(model, min_weight_elements=1024) == 0  # idempotent
 
 
+def test_convert_keeps_the_named_submodules() -> None:
+    model = nn.Sequential(nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64)), nn.Linear(64, 64))
+    assert convert_linears_to_fp8(model, min_weight_elements=1024, keep=("0",)) == 1
+    assert [type(m) for m in (model[0][0], model[0][1], model[1])] == [nn.Linear, nn.Linear, FP8Linear]
+    with pytest.raises(AttributeError):
+        convert_linears_to_fp8(model, keep=("no_such_module",))
+
+
+def test_fp8_input_is_refused_with_the_way_out() -> None:
+    layer = FP8Linear.from_linear(nn.Linear(32, 32))
+    with pytest.raises(TypeError, match="keep that layer unconverted"):
+        layer(torch.zeros(2, 32).to(torch.float8_e4m3fn))
+
+
 @needs_scaled_mm
 def test_converted_model_stays_close() -> None:
     torch.manual_seed(3)

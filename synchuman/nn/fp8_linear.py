@@ -115,6 +115,11 @@ class FP8Linear(nn.Module):
         return cls(weight, scale, bias, granularity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise TypeError(
+                f"FP8Linear takes fp16/bf16/fp32 input, got {x.dtype}: a caller cast its input to the layer's"
+                " weight dtype; keep that layer unconverted (convert_linears_to_fp8's keep)"
+            )
         rows = x.reshape(-1, self.in_features)
         quantized, scale = quantize(rows, self.granularity)
         out = torch._scaled_mm(
@@ -151,15 +156,18 @@ def convert_linears_to_fp8(
     model: nn.Module,
     min_weight_elements: int = DEFAULT_MIN_WEIGHT_ELEMENTS,
     granularity: Granularity = "row",
+    keep: tuple[str, ...] = (),
 ) -> int:
     """Replace ``model``'s eligible ``nn.Linear`` layers (:func:`fp8_eligible`) by :class:`FP8Linear`, in
-    place (the half-precision weights of those layers are dropped). Returns how many were replaced. Call after
-    the model has its final device and dtype: a later ``model.to(dtype)`` would cast the e4m3 buffers too."""
+    place (the half-precision weights of those layers are dropped), except those inside the submodules named
+    in ``keep`` (e.g. ``"time_embedding"``). Returns how many were replaced. Call after the model has its
+    final device and dtype: a later ``model.to(dtype)`` would cast the e4m3 buffers too."""
+    kept = {id(m) for name in keep for m in model.get_submodule(name).modules()}
     swaps = [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if fp8_eligible(child, min_weight_elements)
+        if id(child) not in kept and fp8_eligible(child, min_weight_elements)
     ]
     for parent, name, child in swaps:
         setattr(parent, name, FP8Linear.from_linear(child, granularity))

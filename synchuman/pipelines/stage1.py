@@ -72,6 +72,9 @@ VIEW_PROMPTS = {
     for domain in ("normal", "color")
 }
 RESCALE_T = 3.0
+#: Diffusion submodules that stay in half precision with :meth:`Stage1Pipeline.use_fp8`: the timestep / class
+#: embeddings see a few rows per step (nothing to gain), and the model casts inputs to their weights' dtype.
+FP8_KEEP = ("time_embedding", "class_embedding", "t_embedder")
 _Pair = tuple[torch.Tensor, torch.Tensor]
 #: ``velocity(latents, structure, timestep) -> ((uncond_2d, cond_2d), (uncond_3d, cond_3d))``
 _Velocity = Callable[[torch.Tensor, torch.Tensor, float], tuple[_Pair, _Pair]]
@@ -275,7 +278,9 @@ class Stage1Pipeline:
             require_fp8(device)
         if self.dtype not in (torch.float16, torch.bfloat16):
             raise FP8Unavailable(f"FP8 layers replace half-precision ones; the model is {self.dtype}")
-        counts = [convert_linears_to_fp8(model, min_weight_elements, granularity) for model, _ in present]
+        counts = [
+            convert_linears_to_fp8(model, min_weight_elements, granularity, FP8_KEEP) for model, _ in present
+        ]
         log.info("FP8 linear layers", extra={"converted": counts[0], "granularity": granularity})
         return counts[0]
 
