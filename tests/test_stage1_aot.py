@@ -167,6 +167,34 @@ def test_a_failed_export_falls_back_to_torch_compile_and_is_remembered(tmp_path,
     assert "compiling failed before for this setup" in caplog.text
 
 
+def test_fa3_failing_in_a_package_is_retried_with_sdpa(built, tmp_path, monkeypatch, caplog) -> None:
+    from synchuman.nn import attention as attention_module
+
+    model, directory = built
+    monkeypatch.setattr(attention_module, "FLASH_ATTENTION3", "a FlashAttention-3 build")  # as on an H200
+    attempts: list[str] = []
+
+    def only_sdpa_exports(model: nn.Module, args: tuple[object, ...], path: Path) -> None:
+        attempts.append(attention_module.get_attention_backend())
+        if attention_module.get_attention_backend() != "sdpa":
+            raise RuntimeError("flash_attn_3::_flash_attn_forward cannot be called from the package")
+        shutil.copyfile(_package(directory), path)
+
+    monkeypatch.setattr(compiled_model, "build_package", only_sdpa_exports)
+    first = AotCompiledModel(model, tmp_path, "small", WEIGHTS)
+    with torch.inference_mode():
+        torch.testing.assert_close(first(*_arguments())[0], model(*_arguments())[0], rtol=1e-5, atol=1e-6)
+    assert attempts == ["auto", "sdpa"] and first.source == "built"
+    assert attention_module.get_attention_backend() == "auto"  # restored after the export
+    assert "backend=sdpa" in first.package_path.with_name(first.package_path.stem + KEY_SUFFIX).read_text()
+    # a restart skips the noted FlashAttention-3 setup and loads the SDPA package
+    restarted = AotCompiledModel(model, tmp_path, "small", WEIGHTS)
+    with torch.inference_mode():
+        restarted(*_arguments())
+    assert restarted.source == "loaded" and attempts == ["auto", "sdpa"]
+    assert "failed before for this setup: skipping it" in caplog.text
+
+
 def test_stage1_compile_uses_a_package_in_the_compile_cache(tiny_ckpts, tmp_path, monkeypatch) -> None:
     from services.stage1.backend import Stage1PipelineBackend
     from synchuman.checkpoints.layout import CheckpointLayout

@@ -6,8 +6,9 @@ in a directory (named by a digest of :func:`package_key`: torch version, device 
 arguments' shapes and dtypes, the model's class, config and weights files, the attention backend and whether
 FlashAttention-3 is installed) and loads it, or exports and compiles the model on these arguments (minutes on
 a GPU) and saves the package there. A package that does not load, or whose stored key differs from the
-expected one, is reported in the log and rebuilt; where exporting or compiling fails, the error is logged and
-the model runs through ``torch.compile`` instead. Later calls run the package; a call with other shapes than
+expected one, is reported in the log and rebuilt; where exporting, compiling or running it fails, the error
+is logged and noted, and the model is exported with SDPA instead of FlashAttention-3 or, last, run through
+``torch.compile``. Later calls run the package; a call with other shapes than
 the package was made for runs the eager model (with a warning), never a mismatched package.
 """
 
@@ -140,14 +141,26 @@ def load_package(path: Path, device: torch.device) -> Any:
     return aoti_load_package(str(path), device_index=index)
 
 
+def _export_attention_backends() -> list[str | None]:
+    """Attention backends to export with, in order: the configured one (``None``), then SDPA where
+    FlashAttention-3 may be chosen (its operator might not export, compile or run in a package here)."""
+    from synchuman.nn import attention
+
+    may_use_fa3 = attention.get_attention_backend() in ("auto", "flash_attn3")
+    if attention.FLASH_ATTENTION3 is not None and may_use_fa3:
+        return [None, "sdpa"]
+    return [None]
+
+
 class AotCompiledModel:
     """``model``'s forward through an AOTInductor package in ``directory`` (see the module docstring).
 
     Attributes other than calling are the eager model's (``sample_size``, ``config``, ...). ``source`` says
-    how this process runs it: ``"loaded"`` or ``"built"`` (a package), ``"torch.compile"`` (exporting or
-    compiling failed: the error is logged and kept in a ``.failed.txt`` file next to where the package would
-    be, so that later starts of the same setup go to ``torch.compile`` at once), or ``None`` before the
-    first call.
+    how this process runs it: ``"loaded"`` or ``"built"`` (a package), ``"torch.compile"``, or ``None`` before
+    the first call. Where exporting, compiling or the first run of a package fails, the error is logged and
+    kept in a ``.failed.txt`` note next to where the package would be (later starts of the same setup skip
+    it); the next attempt exports with SDPA instead of FlashAttention-3 (where that was used), the last
+    resort is ``torch.compile``.
     """
 
     def __init__(self, model: nn.Module, directory: Path, name: str, weights_identity: str) -> None:
@@ -155,9 +168,10 @@ class AotCompiledModel:
         self.weights_identity = weights_identity
         self.source: str | None = None
         self.package_path: Path | None = None
-        self._failed_path = self.directory / f"{name}{FAILED_SUFFIX}"
         self._runner: Any = None
         self._signature: list[str] | None = None
+        #: packages that failed in this process (also noted on disk where the directory is writable)
+        self._failed: set[Path] = set()
 
     def __getattr__(self, attribute: str) -> Any:
         if attribute == "model":  # not set yet (during unpickling/copying): no recursion
@@ -167,13 +181,8 @@ class AotCompiledModel:
     def __call__(self, *args: Any) -> Any:
         if self._runner is None:
             self._signature = call_signature(args)
-            self._runner = self._load_or_build(args)
-            if self.source in ("loaded", "built"):
-                try:
-                    return self._runner(*args)
-                except Exception as error:  # e.g. an operator the package cannot call on this machine
-                    return self._fall_back(error, "running it")(*args)
-        elif call_signature(args) != self._signature:
+            return self._first_call(args)
+        if call_signature(args) != self._signature:
             log.warning(
                 "compiled model called with other arguments than its package was made for: running eager",
                 extra={"package": str(self.package_path), "arguments": call_signature(args)},
@@ -181,39 +190,68 @@ class AotCompiledModel:
             return self.model(*args)
         return self._runner(*args)
 
-    def _paths(self, key: Mapping[str, Any]) -> tuple[Path, Path, Path]:
-        """The package, its key file and the failure note for ``key``."""
-        stem = self.directory / f"{self.name}-{key_digest(key)}"
-        return Path(f"{stem}{PACKAGE_SUFFIX}"), Path(f"{stem}{KEY_SUFFIX}"), Path(f"{stem}{FAILED_SUFFIX}")
+    def _first_call(self, args: tuple[Any, ...]) -> Any:
+        """Find, load or build the package and run it; a package that fails to run is noted, the next one
+        tried."""
+        while True:
+            self._runner = self._load_or_build(args)
+            if self.source == "torch.compile":
+                return self._runner(*args)
+            try:
+                return self._runner(*args)
+            except Exception as error:  # e.g. an operator the package cannot call on this machine
+                assert self.package_path is not None
+                self._note_failure(self.package_path, error, "running it")
 
-    def _fall_back(self, error: BaseException, during: str) -> Any:
-        """Note ``error`` (log + failure file) and run ``torch.compile`` from now on."""
-        note = self._failed_path
+    def _paths(self, key: Mapping[str, Any]) -> tuple[Path, Path]:
+        """The package and its key file for ``key``."""
+        stem = self.directory / f"{self.name}-{key_digest(key)}"
+        return Path(f"{stem}{PACKAGE_SUFFIX}"), Path(f"{stem}{KEY_SUFFIX}")
+
+    @staticmethod
+    def _note_path(package: Path) -> Path:
+        return package.with_name(package.name.removesuffix(PACKAGE_SUFFIX) + FAILED_SUFFIX)
+
+    def _note_failure(self, package: Path, error: BaseException, during: str) -> None:
+        """Log ``error`` and keep it in the package's failure note (later starts skip this setup)."""
+        note = self._note_path(package)
+        self._failed.add(package)
         text = f"{during}: {type(error).__name__}: {error}"
         log.error(
-            f"ahead-of-time compiled model unusable ({text[:2000]}); using torch.compile instead (delete the "
-            "note to try again)",
-            extra={"package": str(self.package_path), "note": str(note)},
+            f"ahead-of-time compiled model unusable ({text[:2000]}); delete the note to try again",
+            extra={"package": str(package), "note": str(note)},
         )
         with contextlib.suppress(OSError):
             note.write_text(text + "\n")
-        self.source = "torch.compile"
-        self._runner = torch.compile(self.model)
-        return self._runner
 
     def _load_or_build(self, args: tuple[Any, ...]) -> Any:
+        """A runner for ``args``: the first attention backend whose package loads or builds, else
+        ``torch.compile`` (``self.source`` says which)."""
+        from synchuman.nn.attention import attention_backend
+
+        for backend in _export_attention_backends():
+            with attention_backend(backend) if backend else contextlib.nullcontext():
+                runner = self._load_or_build_package(args)
+            if runner is not None:
+                return runner
+        log.error("no usable ahead-of-time compiled package: using torch.compile (compiles now, minutes)")
+        self.source = "torch.compile"
+        return torch.compile(self.model)
+
+    def _load_or_build_package(self, args: tuple[Any, ...]) -> Any:
+        """The package for ``args`` and the current attention backend, loaded or built; ``None`` when it
+        failed before (its note) or fails now."""
         key = package_key(self.model, args, self.weights_identity)
-        path, key_path, failed_path = self._paths(key)
-        self.package_path, self._failed_path = path, failed_path
+        path, key_path = self._paths(key)
+        self.package_path = path
         device = next(self.model.parameters()).device
-        fields = {"package": str(path)}
-        if failed_path.is_file():
+        fields = {"package": str(path), "attention": key["attention"]}
+        if path in self._failed or self._note_path(path).is_file():
             log.warning(
-                "ahead-of-time compiling failed before for this setup: using torch.compile",
-                extra={**fields, "note": str(failed_path)},
+                "ahead-of-time compiling failed before for this setup: skipping it",
+                extra={**fields, "note": str(self._note_path(path))},
             )
-            self.source = "torch.compile"
-            return torch.compile(self.model)
+            return None
         if path.is_file():
             problem = self._package_problem(key, key_path)
             if problem is None:
@@ -241,7 +279,8 @@ class AotCompiledModel:
             _write_atomically(key_path, lambda p: p.write_text(json.dumps(key, indent=1, sort_keys=True)))
             runner = load_package(path, device)
         except Exception as error:  # export or AOTInductor cannot handle something in this model/setup
-            return self._fall_back(error, "exporting and compiling it")
+            self._note_failure(path, error, "exporting and compiling it")
+            return None
         seconds, size = round(time.perf_counter() - started, 1), path.stat().st_size
         log.info("compiled model package built", extra={**fields, "seconds": seconds, "bytes": size})
         self.source = "built"
