@@ -80,6 +80,20 @@ _Pair = tuple[torch.Tensor, torch.Tensor]
 _Velocity = Callable[[torch.Tensor, torch.Tensor, float], tuple[_Pair, _Pair]]
 
 
+def _fp8_keep(model: nn.Module) -> tuple[str, ...]:
+    """Submodules of ``model`` whose Linear layers :meth:`Stage1Pipeline.use_fp8` leaves in half precision:
+    :data:`FP8_KEEP` and the q/k/v projections of every attention module with a fused ``qkv`` (it multiplies
+    with their concatenated weights)."""
+    fused = [
+        f"{name}.{projection}"
+        for name, module in model.named_modules()
+        if callable(getattr(module, "qkv", None))
+        for projection in ("to_q", "to_k", "to_v")
+        if isinstance(getattr(module, projection, None), nn.Linear)
+    ]
+    return (*FP8_KEEP, *fused)
+
+
 def load_prompt_embeds(layout: CheckpointLayout) -> torch.Tensor:
     """Fixed prompt embeddings ``[10, 77, D]`` (normal x 5, colour x 5) from the files, or computed from
     :data:`VIEW_PROMPTS` when the files are absent and a tokenizer is available."""
@@ -279,7 +293,8 @@ class Stage1Pipeline:
         if self.dtype not in (torch.float16, torch.bfloat16):
             raise FP8Unavailable(f"FP8 layers replace half-precision ones; the model is {self.dtype}")
         counts = [
-            convert_linears_to_fp8(model, min_weight_elements, granularity, FP8_KEEP) for model, _ in present
+            convert_linears_to_fp8(model, min_weight_elements, granularity, _fp8_keep(model))
+            for model, _ in present
         ]
         log.info("FP8 linear layers", extra={"converted": counts[0], "granularity": granularity})
         return counts[0]
