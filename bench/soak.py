@@ -27,6 +27,7 @@ import argparse
 import io
 import json
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -200,6 +201,9 @@ class Soak:
             pid = self.supervisor.kill_child("stage2")
             self.result.restarted = f"stage2 (pid {pid}) killed after {self.ended} jobs"
         self.sample_memory()
+        if self.ended % 10 == 0:
+            rss = {series.service: series.samples[-1][1] for series in self.series}
+            print(f"{self.ended} jobs ended {self.result.states}; RSS MiB {rss}", file=sys.stderr, flush=True)
 
     def run(self) -> SoakResult:
         started = time.monotonic()
@@ -281,6 +285,8 @@ def main(argv: list[str] | None = None) -> SoakResult:
         stage_args=["--grace", "2"],
         env={"OMP_NUM_THREADS": "1"},
     )
+    # SIGTERM ends the run like Ctrl-C, so the services are stopped too
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     supervisor = start_embedded(config, ready_timeout_s=600)
     try:
         result = Soak(config, supervisor, args).run()
