@@ -21,6 +21,14 @@ once (a synthetic RGBA person cut-out, or ``--image``), follows every job's even
 Prints a markdown table and writes it to ``--out`` (raw timings beside it as JSON). Exit 1 when a job failed
 or the kill test did not hold.
 
+Both stages on one GPU (``--gpus 0``): stage 2 yields the GPU to stage 1 (``services/common/gpu_share.py``,
+set up by the launcher) unless ``--no-priority``. ``--compare-priority`` measures what that priority buys and
+costs, on one start-up: a second stage 2 without ``--gpu-share-dir`` behind a second gateway serves the run
+without priority. Each run first times a lone stage-1 request sent straight to stage 1, alone and while
+stick-figure stage-2 requests (the realistic, compact occupancy of a person) run on the GPU, then the jobs
+(their stage 2 gets the scattered occupancy of random stage-1 weights), and a last table sets the two side
+by side (stage-1 seconds, jobs/min).
+
 CPU dry run (tiny random checkpoints, few steps)::
 
     .venv/bin/python bench/bench_deployment.py --device cpu --tiny --out /tmp/deploy.md
@@ -64,9 +72,15 @@ sys.path.insert(0, str(ROOT))
 
 from services.common.endpoints import HEALTH_SERVICES, STAGE_SERVICES  # noqa: E402
 from services.common.stage_io import blob_chunks, blob_header  # noqa: E402
-from services.launcher import EmbeddedConfig, child_specs  # noqa: E402
-from services.supervisor import Supervisor, health_status  # noqa: E402
-from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc  # noqa: E402
+from services.launcher import EmbeddedConfig, child_specs, free_port  # noqa: E402
+from services.supervisor import ChildSpec, Supervisor, health_status  # noqa: E402
+from synchuman.v1 import (  # noqa: E402
+    common_pb2,
+    reconstruction_pb2,
+    reconstruction_pb2_grpc,
+    stage1_pb2_grpc,
+    stage2_pb2_grpc,
+)
 
 STAGES = {stage: name for name, stage in STAGE_SERVICES.items()}
 TERMINAL = {
@@ -82,18 +96,64 @@ VOXEL_BYTES = 6
 # --- launching --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Route:
+    """Where a run's jobs go: the gateway, and the stage-2 service behind it."""
+
+    gateway: str
+    stage2: str
+
+
+def _set_option(argv: tuple[str, ...], flag: str, value: str) -> tuple[str, ...]:
+    at = argv.index(flag)
+    return (*argv[: at + 1], value, *argv[at + 2 :])
+
+
+def _drop_option(argv: tuple[str, ...], flag: str) -> tuple[str, ...]:
+    if flag not in argv:
+        return argv
+    at = argv.index(flag)
+    return (*argv[:at], *argv[at + 2 :])
+
+
+def without_priority_twin(specs: list[ChildSpec], config: EmbeddedConfig, data_dir: Path) -> list[ChildSpec]:
+    """A second stage 2 that does not yield the GPU (no ``--gpu-share-dir``) and a second gateway in front of
+    it, sharing preprocess and stage 1: the deployment without priority beside the one with it, so one
+    start-up serves both runs (the idle stage 2 only holds its memory meanwhile)."""
+    by_name = {spec.name: spec for spec in specs}
+    stage2, gateway = by_name["stage2"], by_name["gateway"]
+    stage2_address, gateway_address = (f"{config.host}:{free_port(config.host)}" for _ in range(2))
+    stage2_argv = _set_option(_drop_option(stage2.argv, "--gpu-share-dir"), "--address", stage2_address)
+    gateway_argv = gateway.argv
+    for flag, value in (
+        ("--address", gateway_address),
+        ("--http", f"{config.host}:{free_port(config.host)}"),
+        ("--stage2", stage2_address),
+        ("--data-dir", str(data_dir)),
+    ):
+        gateway_argv = _set_option(gateway_argv, flag, value)
+    return [
+        dataclasses.replace(stage2, name="stage2-no-priority", argv=stage2_argv, address=stage2_address),
+        dataclasses.replace(gateway, name="gateway-no-priority", argv=gateway_argv, address=gateway_address),
+    ]
+
+
 def launch(
-    args: argparse.Namespace, ckpts: Path, data_dir: Path, ready_timeout_s: float
-) -> tuple[Supervisor, EmbeddedConfig]:
-    """Start the four services as compose would: stages pinned to their GPU, preprocess/gateway on CPU."""
+    args: argparse.Namespace, ckpts: Path, data_dir: Path, ready_timeout_s: float, priority: bool, twin: bool
+) -> tuple[Supervisor, EmbeddedConfig, dict[str, Route]]:
+    """Start the four services as compose would: stages pinned to their GPU, preprocess/gateway on CPU;
+    ``priority``: on one GPU, stage 2 yields the GPU to stage 1 (the launcher's ``share_gpu``); ``twin``: also
+    :func:`without_priority_twin`. Returns the routes: ``"run"`` (``twin``: ``"stage-1 priority"`` and
+    ``"no priority"``)."""
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
     if args.device != "cpu" and len(gpus) not in (1, 2):
         raise SystemExit("--gpus takes one GPU (shared by both stages) or two (stage 1, stage 2)")
     config = EmbeddedConfig.with_free_ports(
+        share_gpu=priority and len(gpus) == 1,
         ckpts=ckpts,
         device=args.device,
         dtype=args.dtype,
-        data_dir=data_dir,
+        data_dir=data_dir / "jobs",
         log_level=args.log_level,
         stage_args=["--max-queue", str(max(8, args.jobs))],
         stage1_args=["--compile"] if args.stage1_compile else [],
@@ -105,6 +165,12 @@ def launch(
         dataclasses.replace(spec, env={**spec.env, "CUDA_VISIBLE_DEVICES": visible[spec.name]})
         for spec in child_specs(config)
     ]
+    main_route = Route(config.address("gateway"), config.address("stage2"))
+    routes = {"run": main_route}
+    if twin:
+        twins = without_priority_twin(specs, config, data_dir / "jobs-no-priority")
+        specs += twins
+        routes = {"no priority": Route(twins[1].address, twins[0].address), "stage-1 priority": main_route}
     supervisor = Supervisor(specs, stop_grace_s=args.stop_grace)
     supervisor.start()
     supervisor.run_in_background()
@@ -112,7 +178,7 @@ def launch(
         reason = supervisor.failed or f"not all services SERVING within {ready_timeout_s:.0f} s"
         supervisor.stop()
         raise SystemExit(f"services did not start: {reason}")
-    return supervisor, config
+    return supervisor, config, routes
 
 
 # --- memory -----------------------------------------------------------------------------------------------
@@ -404,6 +470,153 @@ def run_jobs(
     return records
 
 
+# --- stage-1 priority on one GPU ------------------------------------------------------------------------
+
+
+def _stage_metadata(config: EmbeddedConfig) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {config.stage_token}")]
+
+
+def stage1_request_s(config: EmbeddedConfig, steps: int, job_id: str) -> float:
+    """One stage-1 request sent straight to the stage-1 service (a lone job's stage 1; the framed person and
+    crop of ``bench_stage_service``); returns the service's own seconds for it."""
+    from bench_stage_service import stage1_inputs
+    from stage_doubles import stage1_requests
+
+    options = common_pb2.MultiviewOptions(steps=steps) if steps else None
+    with grpc.insecure_channel(config.address("stage1")) as channel:
+        stream = stage1_pb2_grpc.Stage1ServiceStub(channel).GenerateViews(
+            stage1_requests(stage1_inputs(), options, job_id=job_id),
+            timeout=600,
+            metadata=_stage_metadata(config),
+        )
+        for message in stream:
+            if message.WhichOneof("payload") == "result":
+                return float(message.result.seconds)
+    raise RuntimeError(f"{job_id}: stage 1 sent no result")
+
+
+class StickFigureStage2:
+    """Realistic stage-2 work on the GPU: requests on the human-shaped voxel set (the shell of a capsule stick
+    figure, ``bench_stage2_models.human_occupancy``; a person's stage 1 gives such a compact set, random
+    stage-1 weights a scattered one) sent straight to the stage-2 service back to back, service defaults,
+    until :meth:`stop` cancels the one running. ``sampling`` is set at the first sampler step."""
+
+    def __init__(self, config: EmbeddedConfig, address: str, voxels: int = 20000) -> None:
+        from bench_stage_service import stage2_inputs
+
+        self.config = config
+        self.address = address
+        self.inputs = stage2_inputs(voxels)
+        self.sampling = threading.Event()
+        self._stopped = threading.Event()
+        self._call: object = None
+        self._thread = threading.Thread(target=self._loop, name="stick-figure-stage2", daemon=True)
+
+    def __enter__(self) -> StickFigureStage2:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        call = self._call
+        if call is not None:
+            call.cancel()  # type: ignore[attr-defined]
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        from stage_doubles import stage2_requests
+
+        blobs, structure = self.inputs
+        with grpc.insecure_channel(self.address) as channel:
+            stub = stage2_pb2_grpc.Stage2ServiceStub(channel)
+            number = 0
+            while not self._stopped.is_set():
+                number += 1
+                self._call = stub.Reconstruct(
+                    stage2_requests(blobs, structure, job_id=f"stick-figure-{number}"),
+                    timeout=600,
+                    metadata=_stage_metadata(self.config),
+                )
+                try:
+                    for message in self._call:  # type: ignore[attr-defined]
+                        kind = message.WhichOneof("payload")
+                        if kind == "progress" and message.progress.phase == "sampling":
+                            self.sampling.set()
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.CANCELLED:
+                        print(f"stick-figure stage 2: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                        self.sampling.set()  # do not leave the bench waiting
+                        return
+
+
+def stage1_interference(config: EmbeddedConfig, stage2_address: str, steps: int) -> dict:
+    """A lone stage-1 request's seconds alone, then while stick-figure stage-2 requests run on the same GPU
+    (at ``stage2_address``; stage 1 sent once stage 2 samples)."""
+    alone = stage1_request_s(config, steps, "lone-stage1-alone")
+    with StickFigureStage2(config, stage2_address) as stage2:
+        if not stage2.sampling.wait(120):
+            raise RuntimeError("the stick-figure stage-2 request did not start sampling within 120 s")
+        during = stage1_request_s(config, steps, "lone-stage1-during-stage2")
+    return {"alone_s": alone, "during_stage2_s": during}
+
+
+def stage1_in_burst(result: dict) -> dict:
+    """Stage-1 seconds in the jobs run: job 1's (stage 2 idle) and the median of those whose stage-1 run had
+    stage 2 working (on any job) for at least half of it."""
+    stage2_spans = [j["stage2_span"] for j in result["jobs"] if j["stage2_span"]]
+    overlapped = []
+    for j in result["jobs"][1:]:
+        span = j["stage1_span"]
+        if not span or span[1] <= span[0]:
+            continue
+        busy = sum(max(0.0, min(span[1], b[1]) - max(span[0], b[0])) for b in stage2_spans)
+        if busy >= 0.5 * (span[1] - span[0]):
+            overlapped.append(j["stage1_s"])
+    return {
+        "first_s": result["jobs"][0]["stage1_s"] if result["jobs"] else None,
+        "overlapped_median_s": statistics.median(overlapped) if overlapped else None,
+        "overlapped_jobs": len(overlapped),
+    }
+
+
+def priority_markdown(modes: dict[str, dict], steps_label: str) -> str:
+    """The comparison table: stage-1 seconds and jobs/min without and with stage 2 yielding to stage 1."""
+    names = list(modes)
+
+    def row(label: str, cell: object) -> str:
+        return f"| {label} | " + " | ".join(cell(modes[n]) for n in names) + " |"  # type: ignore[operator]
+
+    def slower(value: float | None, base: float | None) -> str:
+        if value is None or not base:
+            return "-"
+        return f"{value:.2f} s ({value / base - 1:+.0%})"
+
+    lines = [
+        "| one GPU, both stages | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        row(f"lone stage-1 request alone ({steps_label}; direct call, service seconds)",
+            lambda m: _f(m["interference"]["alone_s"], 2) + " s"),
+        row("same, while stick-figure stage-2 requests run (**realistic** occupancy, service defaults)",
+            lambda m: slower(m["interference"]["during_stage2_s"], m["interference"]["alone_s"])),
+        row("jobs run: stage 1 of job 1 (stage 2 idle)", lambda m: _f(m["burst"]["first_s"], 2) + " s"),
+        row("jobs run: median stage 1 of jobs with stage 2 working >= half of it (**random-weight** stage 2)",
+            lambda m: slower(m["burst"]["overlapped_median_s"], m["interference"]["alone_s"])
+            + f" [{m['burst']['overlapped_jobs']} jobs]"),
+        row("jobs run: median stage 2 (random weights)", lambda m: _f(m["stage2_median_s"]) + " s"),
+        row("jobs run: jobs succeeded", lambda m: "{jobs_succeeded} / {jobs}".format(**m["summary"])),
+        row("jobs run: wall, first submit -> last finish", lambda m: _f(m["summary"]["wall_s"]) + " s"),
+        row("jobs run: throughput, all jobs / steady state", lambda m: (
+            f"{_f(m['summary']['throughput_jobs_per_min'], 2)} / {_f(m['summary']['steady_jobs_per_min'], 2)}"
+            " jobs/min")),
+        row("services SERVING after", lambda m: _f(m["startup_s"]) + " s"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # --- analysis ---------------------------------------------------------------------------------------------
 
 
@@ -615,6 +828,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--stage1-compile", action="store_true", help="start stage 1 with --compile (torch.compile warm-up)"
     )
+    p.add_argument(
+        "--no-priority",
+        action="store_true",
+        help="one GPU: stage 2 does not yield the GPU to stage 1 (as before services/common/gpu_share.py)",
+    )
+    p.add_argument(
+        "--compare-priority",
+        action="store_true",
+        help="one GPU: run the deployment twice, stage 2 not yielding then yielding to stage 1; each run "
+        "first times a lone stage-1 request alone and beside stick-figure stage-2 requests, then the jobs; "
+        "ends with a comparison table (--timeout applies to each run)",
+    )
     p.add_argument("--kill-delay", type=float, default=0.5, help="seconds after its first stage-2 event")
     p.add_argument(
         "--timeout",
@@ -638,9 +863,101 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.visibility_views = args.visibility_views or 16
     if not args.ckpts and not args.tiny:
         p.error("give --ckpts DIR (e.g. written by `synchuman ckpts make-random DIR`) or --tiny")
+    if args.compare_priority:
+        args.kill_job = 0  # the comparison times undisturbed runs
     if not 0 <= args.kill_job <= args.jobs:
         p.error(f"--kill-job must be between 0 and --jobs ({args.jobs})")
+    if (args.compare_priority or args.no_priority) and "," in args.gpus:
+        p.error("--compare-priority / --no-priority are about both stages on one GPU: give --gpus 0")
+    if args.compare_priority and args.no_priority:
+        p.error("--compare-priority runs both ways; drop --no-priority")
     return args
+
+
+def report_run(
+    args: argparse.Namespace,
+    ckpts: Path,
+    records: list[JobRecord],
+    setup: str,
+    memory: MemoryPoller,
+    kill: KillTest | None,
+    interference: dict,
+) -> dict:
+    """The analysis of one run of jobs, its markdown and the figures of the priority comparison."""
+    result = analyse(records)
+    options = text_format.MessageToString(job_options(args), as_one_line=True) or "service defaults"
+    meta = {
+        "setup": f"{args.jobs} jobs, {setup}, dtype {args.dtype}, ckpts {ckpts}"
+        f"{' (tiny)' if args.tiny else ''}, options {{{options}}}",
+        "gpu": args.device != "cpu",
+        "peak_gpu": memory.peak_gpu,
+        "peak_process": memory.peak_process,
+    }
+    if kill:
+        meta["kill"] = kill_verdict(kill, records)
+    stage2_times = [j["stage2_s"] for j in result["jobs"] if j["stage2_s"] is not None]
+    failed = result["summary"]["jobs_succeeded"] != result["summary"]["jobs"] or bool(
+        kill and not meta["kill"]["ok"]
+    )
+    return {
+        **result,
+        "meta": meta,
+        "markdown": markdown(result, meta),
+        "interference": interference,
+        "burst": stage1_in_burst(result),
+        "stage2_median_s": statistics.median(stage2_times) if stage2_times else None,
+        "failed": failed,
+    }
+
+
+def run_deployment(args: argparse.Namespace, ckpts: Path, work: Path, photo: bytes) -> dict[str, dict]:
+    """Start the deployment, run the jobs (``--compare-priority``: first a lone stage-1 request alone and
+    beside stick-figure stage 2, then the jobs, once through each route), stop it; one report per run."""
+    gpu = args.device != "cpu"
+    started = time.monotonic()
+    deadline = started + args.timeout
+    supervisor, config, routes = launch(
+        args, ckpts, work, min(args.ready_timeout, args.timeout), not args.no_priority, args.compare_priority
+    )
+    startup_s = time.monotonic() - started
+    gpus = args.gpus.split(",")
+    placement = f"stage 1 on GPU {gpus[0]}, stage 2 on GPU {gpus[-1]}" if gpu else "all on CPU"
+    if args.compare_priority:
+        placement += " (one start-up for both runs: a second stage 2 without --gpu-share-dir, own gateway)"
+    reports = {}
+    kill: KillTest | None = None
+    try:
+        addresses = {name: config.address(name) for name in ("stage1", "stage2")}
+        addresses.update({f"stage2 ({name})": route.stage2 for name, route in routes.items()})
+        with MemoryPoller(addresses, gpu) as memory:
+            for number, (name, route) in enumerate(routes.items()):
+                # the first of two runs gets 45 % of the time left; the second gets the rest
+                left = deadline - time.monotonic()
+                run_deadline = deadline - (0.55 * left if number < len(routes) - 1 else 0.0)
+                interference = {}
+                if args.compare_priority:
+                    interference = stage1_interference(config, route.stage2, args.mv_steps)
+                    print(f"{name}: lone stage-1 request {interference}", file=sys.stderr)
+                kill = (
+                    KillTest(supervisor, args.kill_job, config.address("stage2"), args.kill_delay)
+                    if args.kill_job
+                    else None
+                )
+                records = run_jobs(args, route.gateway, photo, kill, run_deadline)
+                if kill:
+                    kill.stop()
+                yields = name == "stage-1 priority" or (name == "run" and not args.no_priority)
+                shared = ", stage 2 yields the GPU to stage 1" if yields else ", stage 2 does not yield"
+                if not gpu or "," in args.gpus:
+                    shared = ""
+                setup = f"{placement}{shared}, services SERVING after {startup_s:.0f} s"
+                reports[name] = report_run(args, ckpts, records, setup, memory, kill, interference)
+                reports[name]["startup_s"] = startup_s
+    finally:
+        if kill:
+            kill.stop()
+        supervisor.stop()
+    return reports
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -653,53 +970,23 @@ def main(argv: list[str] | None = None) -> int:
         ckpts = work / "ckpts"
         write_tiny_tree(ckpts)
     photo = synthetic_photo(args.image)
-    gpu = args.device != "cpu"
-    started = time.monotonic()
-    deadline = started + args.timeout
-    supervisor, config = launch(args, ckpts, work / "jobs", min(args.ready_timeout, args.timeout))
-    startup_s = time.monotonic() - started
-    kill: KillTest | None = None
-    try:
-        addresses = {name: config.address(name) for name in ("stage1", "stage2")}
-        kill = (
-            KillTest(supervisor, args.kill_job, config.address("stage2"), args.kill_delay)
-            if args.kill_job
-            else None
+    reports = run_deployment(args, ckpts, work, photo)
+    if args.compare_priority:
+        steps = f"{args.mv_steps} steps" if args.mv_steps else "service default steps"
+        table = "\n".join(
+            [f"#### {name}\n\n{report['markdown']}" for name, report in reports.items()]
+            + [priority_markdown(reports, steps)]
         )
-        with MemoryPoller(addresses, gpu) as memory:
-            records = run_jobs(args, config.address("gateway"), photo, kill, deadline)
-    finally:
-        if kill:
-            kill.stop()
-        supervisor.stop()
-    result = analyse(records)
-    placement = (
-        f"stage 1 on GPU {args.gpus.split(',')[0]}, stage 2 on GPU {args.gpus.split(',')[-1]}"
-        if gpu
-        else "all on CPU"
-    )
-    options = text_format.MessageToString(job_options(args), as_one_line=True) or "service defaults"
-    meta = {
-        "setup": f"{args.jobs} jobs, {placement}, dtype {args.dtype}, ckpts {ckpts}"
-        f"{' (tiny)' if args.tiny else ''}, options {{{options}}}, services SERVING after {startup_s:.0f} s",
-        "gpu": gpu,
-        "peak_gpu": memory.peak_gpu,
-        "peak_process": memory.peak_process,
-    }
-    if kill:
-        meta["kill"] = kill_verdict(kill, records)
-    table = markdown(result, meta)
+    else:
+        table = reports["run"]["markdown"]
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table)
-        raw = {**result, "meta": meta, "startup_s": startup_s}
+        raw = {name: {k: v for k, v in report.items() if k != "markdown"} for name, report in reports.items()}
         args.out.with_suffix(".json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
     shutil.rmtree(work, ignore_errors=True)
-    failed = result["summary"]["jobs_succeeded"] != result["summary"]["jobs"] or (
-        kill and not meta["kill"]["ok"]
-    )
-    return 1 if failed else 0
+    return 1 if any(report["failed"] for report in reports.values()) else 0
 
 
 if __name__ == "__main__":
