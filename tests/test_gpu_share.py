@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
+from test_compose import COMPOSE_FILE, run_config
+from test_compose import compose_bin as compose_bin  # noqa: F401 - the fixture (Docker Compose v2, fetched)
 
 from services.common.arguments import CommandLineError
 from services.common.gpu_share import (
@@ -234,3 +236,20 @@ def test_the_launcher_gives_both_stages_one_share_folder_when_they_share_the_gpu
         assert parser.parse_args(argv[argv.index(name) + 1 :]).gpu_share_dir == shared[name]
     assert set(folders(EmbeddedConfig(device="cuda", share_gpu=False)).values()) == {None}
     assert set(folders(EmbeddedConfig(device="cpu")).values()) == {None}
+
+
+def test_the_one_gpu_compose_override_shares_the_gpu_and_the_turn_folder(request):
+    """compose.one-gpu.yaml: both stages on $SYNCHUMAN_GPU, both with the same share folder on one volume."""
+    import json
+
+    compose = request.getfixturevalue("compose_bin")
+    result = run_config(compose, COMPOSE_FILE, REPO / "compose.one-gpu.yaml", SYNCHUMAN_GPU="3")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    for name in ("stage1", "stage2"):
+        (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["device_ids"] == ["3"], name
+        assert services[name]["environment"]["SYNCHUMAN_GPU_SHARE_DIR"] == "/run/synchuman/gpu-share"
+        mounts = {v["target"]: v for v in services[name]["volumes"]}
+        assert mounts["/run/synchuman/gpu-share"]["source"] == "gpu-share"
+        assert mounts["/ckpts"]["read_only"] is True  # the base file's mounts stay
