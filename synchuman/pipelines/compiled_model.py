@@ -112,6 +112,7 @@ def _write_atomically(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(Path(temporary))
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the package from other users of the volume
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
