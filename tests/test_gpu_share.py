@@ -253,3 +253,11 @@ def test_the_one_gpu_compose_override_shares_the_gpu_and_the_turn_folder(request
         mounts = {v["target"]: v for v in services[name]["volumes"]}
         assert mounts["/run/synchuman/gpu-share"]["source"] == "gpu-share"
         assert mounts["/ckpts"]["read_only"] is True  # the base file's mounts stay
+
+
+def test_env_example_lists_the_one_gpu_variable():
+    import re
+
+    used = set(re.findall(r"\$\{(\w+)", (REPO / "compose.one-gpu.yaml").read_text()))
+    listed = set(re.findall(r"^#?\s*(\w+)=", (REPO / ".env.example").read_text(), re.MULTILINE))
+    assert used and used <= listed
