@@ -205,12 +205,15 @@ def test_tiny_stage2_pipeline_waits_for_stage1_before_its_first_sampler_step(tmp
             )
         )
         worker.start()
-        time.sleep(1.0)
+        waiting_since = time.monotonic()
+        while not events and time.monotonic() - waiting_since < 30:
+            time.sleep(0.05)
+        time.sleep(0.5)
         assert events == [("condition", 0, 0)]  # paused at the check before the first sampler step
     worker.join(60.0)
     assert results and results[0].glb[:4] == b"glTF"
     assert [e for e in events if e[0] == "sampling"][-1] == ("sampling", SMALL.steps, SMALL.steps)
-    assert yielded_seconds() - before >= 0.9
+    assert yielded_seconds() - before >= 0.4
 
 
 def test_the_launcher_gives_both_stages_one_share_folder_when_they_share_the_gpu():
