@@ -155,3 +155,41 @@ def test_service_flag_is_refused_on_cpu(capsys: pytest.CaptureFixture[str]) -> N
     error = capsys.readouterr().err.rstrip().splitlines()[-1]
     assert error.startswith("synchuman serve stage1: error: --fp8: FP8 needs an NVIDIA GPU"), error
     assert "Run without FP8" in error
+
+
+def test_pipeline_converts_every_layer_it_can(tiny_ckpts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every size converted (on the CPU, standing in for an FP8 GPU), one guided diffusion forward of the
+    tiny model runs and stays near the half-precision one; fused-qkv projections and embeddings are kept."""
+    import numpy as np
+
+    import synchuman.nn.fp8_linear as fp8_linear
+    from synchuman.checkpoints.layout import CheckpointLayout
+    from synchuman.pipelines.stage1 import NUM_VIEWS, Stage1Pipeline
+
+    pipeline = Stage1Pipeline.from_checkpoints(CheckpointLayout(tiny_ckpts), device="cpu", dtype="bf16")
+    model = pipeline.diffusion
+    size, grid = model.sample_size, model.grid
+    generator = torch.Generator().manual_seed(4)
+    cond = pipeline.dinov2.condition(np.full((518, 518, 3), 90, np.uint8)).to(torch.bfloat16)
+    labels = torch.randn(4 * NUM_VIEWS, model.class_embedding.linear_1.in_features, generator=generator)
+    args = (
+        torch.randn(4 * NUM_VIEWS, 8, size, size, generator=generator).bfloat16(),
+        torch.full((1,), 500.0),
+        pipeline.prompt_embeds_cfg,
+        labels.bfloat16(),
+        torch.randn(2, pipeline.trellis_channels, grid, grid, grid, generator=generator).bfloat16(),
+        torch.full((1,), 500.0),
+        torch.cat([torch.zeros_like(cond), cond]),
+    )
+    with torch.inference_mode():
+        reference = model(*args)
+        monkeypatch.setattr(fp8_linear, "fp8_support_problem", lambda device: None)
+        converted = pipeline.use_fp8(min_weight_elements=0)
+        out = model(*args)
+    assert converted > 0
+    assert type(model.time_embedding.linear_1) is nn.Linear and type(model.t_embedder.mlp[0]) is nn.Linear
+    fused = [m for m in model.modules() if callable(getattr(m, "qkv", None))]
+    assert fused and all(type(m.to_q) is nn.Linear and type(m.to_v) is nn.Linear for m in fused)
+    for a, b in zip(out, reference, strict=True):
+        relative = float((a.float() - b.float()).norm() / b.float().norm())
+        assert 0 < relative < 0.5, relative
