@@ -928,7 +928,8 @@ def run_deployment(args: argparse.Namespace, ckpts: Path, work: Path, photo: byt
     kill: KillTest | None = None
     try:
         addresses = {name: config.address(name) for name in ("stage1", "stage2")}
-        addresses.update({f"stage2 ({name})": route.stage2 for name, route in routes.items()})
+        if args.compare_priority:
+            addresses.update({f"stage2 ({name})": route.stage2 for name, route in routes.items()})
         with MemoryPoller(addresses, gpu) as memory:
             for number, (name, route) in enumerate(routes.items()):
                 # the first of two runs gets 45 % of the time left; the second gets the rest
