@@ -1,10 +1,12 @@
 """End-to-end bench (issue 16, item 6): a lone job through the gateway next to the realistic composite.
 
-1. **True end to end.** Starts the four real services as ``bench_deployment.py`` does (stage 1 eager, both
-   stages on one GPU), submits one photo (a synthetic RGBA person cut-out) and follows it from submission to
-   ``SUCCEEDED``: latency, seconds per stage (preprocess, stage 1, stage 2 and the waits between them, from
-   the gateway's events) and per stage-2 phase (from the job's stored progress events, replayed after it
-   finished), the stage attempts, the voxel and face counts, peak GPU memory per stage process.
+1. **True end to end.** Starts the four real services with the product's embedded launcher
+   (``services.launcher.start_embedded``: stage 1 eager, both stages on the one visible GPU, stage 2 yielding
+   it to stage 1, service defaults), submits one photo (a synthetic RGBA person cut-out) and follows it with
+   ``bench_deployment.py``'s job code from submission to ``SUCCEEDED``: latency, seconds per stage
+   (preprocess, stage 1, stage 2 and the waits between them, from the gateway's events) and per stage-2 phase
+   (from the job's stored progress events, replayed after it finished), the stage attempts, the voxel and
+   face counts, peak GPU memory per stage process.
    With random weights stage 1 yields a *scattered* occupancy and stage 2 a noisy ~1.5 M-face mesh, so the
    stage-2 part of this row is far slower than on a real person.
 2. **Composite** (what a real person's job costs): stage 1 and the gateway's overhead as measured in (1)
@@ -46,6 +48,7 @@ from bench_deployment import STAGES, MemoryPoller, analyse, run_jobs, synthetic_
 from bench_request_memory import StopAfterModels, stage2_inputs
 from bench_stage2_models import human_occupancy
 
+from services.launcher import EmbeddedConfig, start_embedded
 from synchuman.postprocess.pipeline import PostprocessOptions
 from synchuman.v1 import reconstruction_pb2, reconstruction_pb2_grpc
 
@@ -88,14 +91,20 @@ def job_phases(gateway: str, job_id: str, stage_s: dict[str, float | None]) -> d
 def end_to_end(args: argparse.Namespace, ckpts: Path, work: Path) -> dict:
     """Start the services, run one job through the gateway, stop them; the job's timings (or ``error``)."""
     deployment = bench_deployment.parse_args(
-        ["--jobs", "1", "--kill-job", "0", "--gpus", args.gpu, "--device", args.device, "--timeout"]
-        + [str(args.timeout), "--ready-timeout", str(args.timeout), "--log-level", args.log_level]
+        ["--jobs", "1", "--kill-job", "0", "--device", args.device, "--timeout", str(args.timeout)]
         + (["--tiny"] if args.tiny else ["--ckpts", str(ckpts)])
+    )  # the job's options and the stages' dtype, as bench_deployment.py sets them
+    config = EmbeddedConfig.with_free_ports(
+        ckpts=ckpts,
+        device=deployment.device,
+        dtype=deployment.dtype,
+        data_dir=work / "jobs",
+        log_level=args.log_level,
     )
     started = time.monotonic()
     try:
-        supervisor, config = bench_deployment.launch(deployment, ckpts, work / "jobs", args.timeout)
-    except SystemExit as exc:
+        supervisor = start_embedded(config, args.timeout)
+    except RuntimeError as exc:
         return {"error": str(exc)}
     startup_s = time.monotonic() - started
     gpu = args.device != "cpu"
@@ -251,6 +260,8 @@ def markdown(e2e: dict, models: dict, post: dict, setup: str, stage1: str) -> st
             f"| stage 2 | {_s(e2e['stage2_s'], 2)} |",
         ]
         lines += [f"| stage 2: {phase} | {_s(seconds, 2)} |" for phase, seconds in phases.items()]
+        if phases:  # the last phase runs to the stage's end: the GLB's transfer to the gateway is in it
+            lines[-1] = lines[-1].replace(" |", " (+ sending the GLB to the gateway) |", 1)
         lines += [
             f"| voxels from stage 1 / faces of the GLB | {e2e['voxels'] or '-'} / {e2e['faces'] or '-'} |",
         ]
@@ -298,7 +309,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpts", type=Path, help="checkpoint root (full size: `synchuman ckpts make-random`)")
     p.add_argument("--tiny", action="store_true", help="tiny random checkpoints, few steps")
     p.add_argument("--device", help="cuda (default) or cpu (default with --tiny)")
-    p.add_argument("--gpu", default="0", help="GPU index both stage services use (default 0)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds for start-up + the job (part 1)")
     p.add_argument("--voxels", type=int, default=20000, help="voxels of the composite's stick figure")
     p.add_argument("--repeats", type=int, default=3, help="timed stage-2 model requests (after one warm-up)")
