@@ -135,10 +135,11 @@ class BlobAssembler:
         buffer.extend(chunk.data)
 
     def finish(self) -> dict[str, bytes]:
-        """Every blob (name -> bytes); :class:`BlobMismatch` when one differs from its header."""
+        """Every blob (name -> bytes); :class:`BlobMismatch` when one differs from its header. Call once: each
+        buffer is dropped as its bytes are made (a response's blobs are in memory once, not twice)."""
         blobs = {}
         for name, header in self.headers.items():
-            data = bytes(self._data[name])
+            data = bytes(self._data.pop(name))
             mismatch = blob_mismatch(header, data)
             if mismatch:
                 raise BlobMismatch(mismatch)
