@@ -176,8 +176,10 @@ def test_service_compile_option_compiles_the_diffusion_model(
 
     from services.stage1 import main as stage1_main
     from services.stage1.backend import Stage1PipelineBackend
+    from services.stage1.compile_cache import aot_package_dir, cache_state
 
     calls: list[dict] = []
+    packages = aot_package_dir(cache_state())  # --compile's default: an ahead-of-time package there
     monkeypatch.setattr(Stage1Pipeline, "accelerate", lambda self, **kw: calls.append(kw))
     parser = argparse.ArgumentParser()
     stage1_main.add_arguments(parser)
@@ -186,10 +188,10 @@ def test_service_compile_option_compiles_the_diffusion_model(
     Stage1PipelineBackend.load(layout.root, "cpu", "fp32")
     assert calls == []
     Stage1PipelineBackend.load(layout.root, "cpu", "fp32", compile_model=True)
-    assert calls == [{"compile_model": True, "cuda_graphs": False}]
+    assert calls == [{"compile_model": True, "cuda_graphs": False, "package_dir": packages}]
     assert parser.parse_args([]).cuda_graphs == "auto"
     Stage1PipelineBackend.load(layout.root, "cpu", "fp32", compile_model=True, cuda_graphs=True)
-    assert calls[-1] == {"compile_model": True, "cuda_graphs": True}
+    assert calls[-1] == {"compile_model": True, "cuda_graphs": True, "package_dir": packages}
     with pytest.raises(ValueError, match="needs --compile"):
         Stage1PipelineBackend.load(layout.root, "cpu", "fp32", cuda_graphs=True)
     with pytest.raises(SystemExit, match="add --compile"):
