@@ -191,7 +191,7 @@ def test_service_compile_option_compiles_the_diffusion_model(
     assert calls == [{"compile_model": True, "cuda_graphs": False, "package_dir": packages}]
     assert parser.parse_args([]).cuda_graphs == "auto"
     Stage1PipelineBackend.load(layout.root, "cpu", "fp32", compile_model=True, cuda_graphs=True)
-    assert calls[-1] == {"compile_model": True, "cuda_graphs": True, "package_dir": packages}
+    assert calls[-1] == {"compile_model": True, "cuda_graphs": True, "package_dir": None}
     with pytest.raises(ValueError, match="needs --compile"):
         Stage1PipelineBackend.load(layout.root, "cpu", "fp32", cuda_graphs=True)
     with pytest.raises(SystemExit, match="add --compile"):
@@ -245,7 +245,8 @@ def test_service_cfg_device_option(layout: CheckpointLayout, monkeypatch: pytest
     loaded = stage1_backend.Stage1PipelineBackend.load(
         layout.root, "cpu", "fp32", compile_model=True, cfg_device="cuda:1"
     )
-    assert order == ["check", "cfg cuda:1", "compile {'compile_model': True, 'cuda_graphs': True}"]
+    compile_call = "compile {'compile_model': True, 'cuda_graphs': True, 'package_dir': None}"
+    assert order == ["check", "cfg cuda:1", compile_call]
     assert "cuda:1 (CFG-parallel)" in loaded.info().device
 
 

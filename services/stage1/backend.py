@@ -108,13 +108,14 @@ class Stage1PipelineBackend:
         if compile_model:
             state = cache_state()
             log_cache_state(state)
-            package_dir = aot_package_dir(state) if compiler == "aot" else None
-            used = pipeline.accelerate(compile_model=True, cuda_graphs=cuda_graphs, package_dir=package_dir)
-            if package_dir is not None and used != "aot":
+            ahead_of_time = compiler == "aot" and cfg_device is None and not cuda_graphs
+            if compiler == "aot" and not ahead_of_time:
                 log.warning(
                     "no ahead-of-time package with CUDA graphs or CFG-parallel: torch.compile compiles the "
                     "model in the warm-up (its caches make restarts faster, not as fast as a package)"
                 )
+            package_dir = aot_package_dir(state) if ahead_of_time else None
+            pipeline.accelerate(compile_model=True, cuda_graphs=cuda_graphs, package_dir=package_dir)
         info = PipelineInfo(str(layout.root), weights_label(layout.root), device, dtype)
         return cls(pipeline, info, pipeline.voxel_resolution)
 
