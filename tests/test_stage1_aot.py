@@ -9,7 +9,9 @@ matched eager's, the views within 1/255 and the voxels exactly.)
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,10 @@ def test_a_corrupt_package_is_rebuilt(built, tmp_path, monkeypatch, caplog) -> N
     shutil.copytree(directory, tmp_path / "aot")
     package = _package(tmp_path / "aot")
     package.write_bytes(package.read_bytes()[:1000])  # a start killed while copying, a full disk...
+    stale, fresh = (package.parent / f".{package.stem}.partial.{n}.pt2" for n in ("old", "new"))
+    for partial in (stale, fresh):
+        partial.write_bytes(b"half a package")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))  # left by a build killed 2 hours ago
     rebuilt = _copy_instead_of_building(monkeypatch, _package(directory))
     compiled = AotCompiledModel(model, tmp_path / "aot", "small", WEIGHTS)
     with torch.inference_mode():
@@ -107,6 +113,7 @@ def test_a_corrupt_package_is_rebuilt(built, tmp_path, monkeypatch, caplog) -> N
         torch.testing.assert_close(got[0], model(*_arguments())[0], rtol=1e-5, atol=1e-6)
     assert rebuilt == [package] and compiled.source == "built"
     assert "compiled model package unusable: could not be loaded" in caplog.text
+    assert not stale.exists() and fresh.exists()  # the fresh one may be another process's build
 
 
 def test_a_package_made_for_another_setup_is_rebuilt(built, tmp_path, monkeypatch, caplog) -> None:

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 PACKAGE_SUFFIX = ".pt2"
 KEY_SUFFIX = ".key.json"
 FAILED_SUFFIX = ".failed.txt"
+#: A half-written package older than this was left by a killed process (a build takes minutes).
+STALE_PARTIAL_S = 3600.0
 
 
 def files_identity(folder: Path) -> str:
@@ -117,6 +119,16 @@ def _write_atomically(path: Path, write: Any) -> None:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def remove_stale_partials(path: Path, older_than_s: float = STALE_PARTIAL_S) -> None:
+    """Delete half-written packages for ``path`` left by a process killed while building (e.g. by a start-up
+    probe): they can be as large as the package. Recent ones may still be written by another process."""
+    for partial in path.parent.glob(f".{path.stem}.partial.*{path.suffix}"):
+        with contextlib.suppress(OSError):
+            if time.time() - partial.stat().st_mtime > older_than_s:
+                partial.unlink()
+                log.info("removed a half-written package", extra={"path": str(partial)})
 
 
 def build_package(model: nn.Module, args: tuple[Any, ...], path: Path) -> None:
@@ -276,6 +288,7 @@ class AotCompiledModel:
         started = time.perf_counter()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(path)
             build_package(self.model, args, path)
             _write_atomically(key_path, lambda p: p.write_text(json.dumps(key, indent=1, sort_keys=True)))
             runner = load_package(path, device)
