@@ -179,7 +179,7 @@ def test_service_compile_option_compiles_the_diffusion_model(
     from services.stage1.compile_cache import aot_package_dir, cache_state
 
     calls: list[dict] = []
-    packages = aot_package_dir(cache_state())  # --compile's default: an ahead-of-time package there
+    packages = aot_package_dir(cache_state())  # --compiler aot (experimental): an ahead-of-time package there
     monkeypatch.setattr(Stage1Pipeline, "accelerate", lambda self, **kw: calls.append(kw))
     parser = argparse.ArgumentParser()
     stage1_main.add_arguments(parser)
@@ -187,10 +187,14 @@ def test_service_compile_option_compiles_the_diffusion_model(
     assert parser.parse_args(["--compile"]).compile is True
     Stage1PipelineBackend.load(layout.root, "cpu", "fp32")
     assert calls == []
-    Stage1PipelineBackend.load(layout.root, "cpu", "fp32", compile_model=True)
-    assert calls == [{"compile_model": True, "cuda_graphs": False, "package_dir": packages}]
+    Stage1PipelineBackend.load(layout.root, "cpu", "fp32", compile_model=True)  # torch.compile by default
+    assert calls == [{"compile_model": True, "cuda_graphs": False, "package_dir": None}]
+    Stage1PipelineBackend.load(layout.root, "cpu", "fp32", compile_model=True, compiler="aot")
+    assert calls[-1] == {"compile_model": True, "cuda_graphs": False, "package_dir": packages}
     assert parser.parse_args([]).cuda_graphs == "auto"
-    Stage1PipelineBackend.load(layout.root, "cpu", "fp32", compile_model=True, cuda_graphs=True)
+    Stage1PipelineBackend.load(
+        layout.root, "cpu", "fp32", compile_model=True, cuda_graphs=True, compiler="aot"
+    )
     assert calls[-1] == {"compile_model": True, "cuda_graphs": True, "package_dir": None}
     with pytest.raises(ValueError, match="needs --compile"):
         Stage1PipelineBackend.load(layout.root, "cpu", "fp32", cuda_graphs=True)

@@ -73,16 +73,17 @@ class Stage1PipelineBackend:
         cfg_device: str | None = None,
         cuda_graphs: bool | None = None,
         fp8: bool = False,
-        compiler: str = "aot",
+        compiler: str = "torch.compile",
     ) -> Stage1PipelineBackend:
         """Verify (every problem listed at once) and load the stage-1 checkpoints under ``root``;
         ``compile_model``: compile the diffusion model (by the warm-up call; see ``compiler``);
         ``cfg_device``: a second CUDA device for the unconditional CFG half (``ValueError`` if unusable);
         ``cuda_graphs``: replay the compiled forwards as CUDA graphs (``None``: only with ``cfg_device``);
         ``fp8``: the diffusion model's large Linear layers in FP8 (``Stage1Pipeline.use_fp8``);
-        ``compiler``: with ``compile_model``, ``"aot"`` (an ahead-of-time compiled package in the compile
-        cache directory, built by the first start's warm-up and loaded by later ones; one device without CUDA
-        graphs only, else torch.compile) or ``"torch.compile"``."""
+        ``compiler``: with ``compile_model``, ``"torch.compile"`` or the experimental ``"aot"`` (an
+        ahead-of-time compiled package in the compile cache directory, built by the first start's warm-up,
+        verified in a child process and loaded by later starts; one device without CUDA graphs only, else
+        torch.compile)."""
         from synchuman.checkpoints.verify import weights_label
         from synchuman.pipelines.stage1 import Stage1Pipeline
 
@@ -113,6 +114,11 @@ class Stage1PipelineBackend:
                 log.warning(
                     "no ahead-of-time package with CUDA graphs or CFG-parallel: torch.compile compiles the "
                     "model in the warm-up (its caches make restarts faster, not as fast as a package)"
+                )
+            elif ahead_of_time:
+                log.warning(
+                    "--compiler aot is experimental (a new package crashed the process on an H200): each new "
+                    "package is run in a child process first and used only if it matches the eager model"
                 )
             package_dir = aot_package_dir(state) if ahead_of_time else None
             pipeline.accelerate(compile_model=True, cuda_graphs=cuda_graphs, package_dir=package_dir)

@@ -1,9 +1,10 @@
 """The on-disk compile caches of a restarting stage-1 service.
 
-``--compile`` (``--compiler aot``, the default) keeps an ahead-of-time compiled package of the diffusion model
-(:mod:`synchuman.pipelines.compiled_model`) in :func:`aot_package_dir`, a folder of the cache directory: the
-first start builds it, later starts load it and trace nothing. With ``--compiler torch.compile`` (and with
-CFG-parallel or CUDA graphs, which the package does not serve), Inductor keeps its compiled graphs and Triton
+``--compile --compiler aot`` (experimental, opt-in) keeps an ahead-of-time compiled package of the diffusion
+model (:mod:`synchuman.pipelines.compiled_model`) in :func:`aot_package_dir`, a folder of the cache directory:
+the first start builds and verifies it, later starts load it and trace nothing. With ``--compiler
+torch.compile`` (the default; also with CFG-parallel or CUDA graphs, which the package does not serve),
+Inductor keeps its compiled graphs and Triton
 kernels under ``TORCHINDUCTOR_CACHE_DIR`` (the stage-1 image points it at a directory that compose mounts as a
 volume), so a restart with that directory present skips Inductor's code generation and kernel compilation;
 Dynamo still traces the model (bench/RESULTS.md: 40-43 s to SERVING instead of ~150 s on an H200). PyTorch's

@@ -34,12 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--compiler",
-        choices=("aot", "torch.compile"),
-        default="aot",
-        help="with --compile: aot (default) exports and compiles the model ahead of time into a package in "
-        "the compile-cache directory ($TORCHINDUCTOR_CACHE_DIR/aot-packages) that restarts load without "
-        "tracing or compiling; with --cfg-device or CUDA graphs torch.compile is used instead. "
-        "torch.compile: always torch.compile (restarts reuse its caches but trace the model again)",
+        choices=("torch.compile", "aot"),
+        default="torch.compile",
+        help="with --compile: torch.compile (default; restarts reuse its caches in $TORCHINDUCTOR_CACHE_DIR "
+        "but trace the model again: 40-43 s to SERVING on an H200). aot: EXPERIMENTAL, exports and compiles "
+        "the model ahead of time into a package in $TORCHINDUCTOR_CACHE_DIR/aot-packages that restarts load "
+        "without tracing; on an H200 (torch 2.11, CUDA 13) running a new package crashed the process, so a "
+        "package is first tried in a child process and used only if it matches the eager model (else "
+        "torch.compile); not with --cfg-device or CUDA graphs (torch.compile then)",
     )
     parser.add_argument(
         "--cfg-device",

@@ -5,11 +5,15 @@
 in a directory (named by a digest of :func:`package_key`: torch version, device type and capability, the
 arguments' shapes and dtypes, the model's class, config and weights files, the attention backend and whether
 FlashAttention-3 is installed) and loads it, or exports and compiles the model on these arguments (minutes on
-a GPU) and saves the package there. A package that does not load, or whose stored key differs from the
-expected one, is reported in the log and rebuilt; where exporting, compiling or running it fails, the error
-is logged and noted, and the model is exported with SDPA instead of FlashAttention-3 or, last, run through
-``torch.compile``. Later calls run the package; a call with other shapes than
-the package was made for runs the eager model (with a warning), never a mismatched package.
+a GPU) and saves the package there. Experimental: on an H200 (torch 2.11, CUDA 13) a freshly built package of
+the stage-1 diffusion model killed the process on its first run (a native crash). So this process loads a
+package only once it is verified: a child process (:mod:`synchuman.pipelines.package_verifier`) loaded it,
+ran one forward on the example arguments and matched the eager output; the verification is recorded next to
+the package (``.verified.json``), so restarts load it without a child. A package that does not load, or
+whose stored key differs from the expected one, is reported in the log and rebuilt; where exporting,
+compiling, verifying or running it fails, the error is logged and noted, and the model is exported with SDPA
+instead of FlashAttention-3 or, last, run through ``torch.compile``. Later calls run the package; a call with
+other shapes than the package was made for runs the eager model (with a warning), never a mismatched package.
 """
 
 from __future__ import annotations
@@ -21,18 +25,24 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from synchuman.pipelines.package_verifier import VERIFY_TIMEOUT_S, PackageVerificationError, verify_in_child
+
 log = logging.getLogger(__name__)
 
 PACKAGE_SUFFIX = ".pt2"
 KEY_SUFFIX = ".key.json"
 FAILED_SUFFIX = ".failed.txt"
+VERIFIED_SUFFIX = ".verified.json"
+#: Modules the verification child imports before loading a package: the custom attention operators
+#: (FlashAttention-3's) that a package may call are registered by importing them.
+CHILD_IMPORTS = ("synchuman.nn.attention",)
 #: A half-written package older than this was left by a killed process (a build takes minutes).
 STALE_PARTIAL_S = 3600.0
 
@@ -170,15 +180,27 @@ class AotCompiledModel:
 
     Attributes other than calling are the eager model's (``sample_size``, ``config``, ...). ``source`` says
     how this process runs it: ``"loaded"`` or ``"built"`` (a package), ``"torch.compile"``, or ``None`` before
-    the first call. Where exporting, compiling or the first run of a package fails, the error is logged and
-    kept in a ``.failed.txt`` note next to where the package would be (later starts of the same setup skip
-    it); the next attempt exports with SDPA instead of FlashAttention-3 (where that was used), the last
-    resort is ``torch.compile``.
+    the first call. A package is loaded here only after a child process verified it (or a ``.verified.json``
+    record says one did): ``verify_command`` is the child's argv prefix (default: this Python running
+    :mod:`~synchuman.pipelines.package_verifier`), ``verify_timeout_s`` its time limit. Where exporting,
+    compiling, verifying or the first run of a package fails, the error is logged and kept in a
+    ``.failed.txt`` note next to where the package would be (later starts of the same setup skip it); the next
+    attempt exports with SDPA instead of FlashAttention-3 (where that was used), the last resort is
+    ``torch.compile``.
     """
 
-    def __init__(self, model: nn.Module, directory: Path, name: str, weights_identity: str) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        directory: Path,
+        name: str,
+        weights_identity: str,
+        verify_command: Sequence[str] | None = None,
+        verify_timeout_s: float = VERIFY_TIMEOUT_S,
+    ) -> None:
         self.model, self.directory, self.name = model, Path(directory), name
         self.weights_identity = weights_identity
+        self.verify_command, self.verify_timeout_s = verify_command, verify_timeout_s
         self.source: str | None = None
         self.package_path: Path | None = None
         self._runner: Any = None
@@ -225,6 +247,10 @@ class AotCompiledModel:
     def _note_path(package: Path) -> Path:
         return package.with_name(package.name.removesuffix(PACKAGE_SUFFIX) + FAILED_SUFFIX)
 
+    @staticmethod
+    def _record_path(package: Path) -> Path:
+        return package.with_name(package.name.removesuffix(PACKAGE_SUFFIX) + VERIFIED_SUFFIX)
+
     def _note_failure(self, package: Path, error: BaseException, during: str) -> None:
         """Log ``error`` and keep it in the package's failure note (later starts skip this setup)."""
         note = self._note_path(package)
@@ -252,12 +278,11 @@ class AotCompiledModel:
         return torch.compile(self.model)
 
     def _load_or_build_package(self, args: tuple[Any, ...]) -> Any:
-        """The package for ``args`` and the current attention backend, loaded or built; ``None`` when it
-        failed before (its note) or fails now."""
+        """The package for ``args`` and the current attention backend, loaded or built, verified in a child
+        process before this one loads it; ``None`` when it failed before (its note) or fails now."""
         key = package_key(self.model, args, self.weights_identity)
         path, key_path = self._paths(key)
         self.package_path = path
-        device = next(self.model.parameters()).device
         fields = {"package": str(path), "attention": key["attention"]}
         if path in self._failed or self._note_path(path).is_file():
             log.warning(
@@ -268,15 +293,15 @@ class AotCompiledModel:
         if path.is_file():
             problem = self._package_problem(key, key_path)
             if problem is None:
-                started = time.perf_counter()
                 try:
-                    runner = load_package(path, device)
-                except Exception as error:  # a truncated or foreign file: rebuild it
-                    problem = f"could not be loaded ({type(error).__name__}: {error})"
+                    runner = self._verified_runner(path, key, args, fields)
+                except PackageVerificationError as error:
+                    if not error.unloadable:
+                        self._note_failure(path, error, "verifying it")
+                        return None
+                    problem = str(error)  # a truncated or foreign file: rebuild it
                 else:
                     self.source = "loaded"
-                    seconds = round(time.perf_counter() - started, 2)
-                    log.info("compiled model package loaded", extra={**fields, "seconds": seconds})
                     return runner
             log.warning(f"compiled model package unusable: {problem}; rebuilding it", extra=fields)
         else:
@@ -289,16 +314,75 @@ class AotCompiledModel:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             remove_stale_partials(path)
+            self._record_path(path).unlink(missing_ok=True)
             build_package(self.model, args, path)
             _write_atomically(key_path, lambda p: p.write_text(json.dumps(key, indent=1, sort_keys=True)))
-            runner = load_package(path, device)
         except Exception as error:  # export or AOTInductor cannot handle something in this model/setup
             self._note_failure(path, error, "exporting and compiling it")
             return None
         seconds, size = round(time.perf_counter() - started, 1), path.stat().st_size
         log.info("compiled model package built", extra={**fields, "seconds": seconds, "bytes": size})
+        try:
+            runner = self._verified_runner(path, key, args, fields)
+        except PackageVerificationError as error:
+            self._note_failure(path, error, "verifying the new package")
+            return None
         self.source = "built"
         return runner
+
+    def _verified_runner(
+        self, path: Path, key: Mapping[str, Any], args: tuple[Any, ...], fields: dict[str, str]
+    ) -> Any:
+        """The package ``path`` loaded in this process, once a child process verified it (now, unless its
+        record says it was). :class:`PackageVerificationError` when the child fails or the package does not
+        load (``unloadable``: the child or this process could not load it; a rebuild may help)."""
+        if not self._is_verified(path, key):
+            self._verify(path, key, args, fields)
+        started = time.perf_counter()
+        try:
+            runner = load_package(path, next(self.model.parameters()).device)
+        except Exception as error:
+            raise PackageVerificationError(
+                f"could not be loaded ({type(error).__name__}: {error})", unloadable=True
+            ) from error
+        seconds = round(time.perf_counter() - started, 2)
+        log.info("compiled model package loaded", extra={**fields, "seconds": seconds})
+        return runner
+
+    def _verify(
+        self, path: Path, key: Mapping[str, Any], args: tuple[Any, ...], fields: dict[str, str]
+    ) -> None:
+        """Run the package once in a child process against this model's eager output on ``args``; record the
+        success next to the package (raises :class:`PackageVerificationError` otherwise)."""
+        log.info(
+            "verifying the compiled model package in a child process (it loads the package and runs one "
+            "forward; this process loads only verified packages)",
+            extra=fields,
+        )
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            expected = self.model(*args)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # room for the child's copy of the weights
+        report = verify_in_child(
+            path, args, expected, device, CHILD_IMPORTS, self.verify_command, self.verify_timeout_s
+        )
+        log.info("compiled model package verified", extra={**fields, **report})
+        stat = path.stat()
+        record = {"key": key_digest(key), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, **report}
+        with contextlib.suppress(OSError):  # a read-only volume: verified again by the next start
+            text = json.dumps(record, indent=1, sort_keys=True)
+            _write_atomically(self._record_path(path), lambda p: p.write_text(text))
+
+    def _is_verified(self, path: Path, key: Mapping[str, Any]) -> bool:
+        """A verification record for exactly this package file (key, size and modification time) exists."""
+        try:
+            record = json.loads(self._record_path(path).read_text())
+            stat = path.stat()
+        except (OSError, ValueError):
+            return False
+        wanted = {"key": key_digest(key), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        return isinstance(record, dict) and all(record.get(k) == v for k, v in wanted.items())
 
     @staticmethod
     def _package_problem(key: Mapping[str, Any], key_path: Path) -> str | None:
