@@ -39,8 +39,9 @@ RELATIVE_TOLERANCE = 0.05
 EXIT_MISMATCH = 3
 #: The child's exit status when loading the package raised (not a crash).
 EXIT_UNLOADABLE = 4
-#: Seconds the child may take (importing torch, unpacking and loading a multi-GB package, one forward).
-VERIFY_TIMEOUT_S = 600.0
+#: Seconds the child may take (importing torch, unpacking and loading a multi-GB package, one forward; not
+#: yet measured on a GPU). Bounded because a start may build and verify two packages within a start-up probe.
+VERIFY_TIMEOUT_S = 300.0
 #: How much of the child's output a failure message keeps (its end: a crash's stack, the last error).
 OUTPUT_TAIL_CHARS = 1500
 
@@ -130,6 +131,8 @@ def verify_in_child(
                 f"the verification process did not finish within {timeout_s:g} s (killed); its output: "
                 f"{_tail(timeout.stderr) or _tail(timeout.stdout) or '(none)'}"
             ) from None
+        except OSError as error:  # the command cannot be started
+            raise PackageVerificationError(f"the verification process could not start: {error}") from error
     if done.returncode != 0:
         what = {EXIT_MISMATCH: "its output differs from the eager model's", EXIT_UNLOADABLE: "cannot load it"}
         output = _tail(done.stderr) or _tail(done.stdout) or "(none)"
