@@ -263,6 +263,7 @@ class Soak:
                 "growth": round(relative, 4),
                 "min_mib": round(min(mib for _, mib in series.samples), 1),
                 "max_mib": round(max(mib for _, mib in series.samples), 1),
+                "samples": [(ended, round(mib, 1)) for ended, mib in series.samples],
             }
             if relative > self.args.max_rss_growth:
                 result.problems.append(f"{key}: RSS {warm:.0f} -> {end:.0f} MiB (+{relative:.0%})")
