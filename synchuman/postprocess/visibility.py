@@ -13,8 +13,10 @@ unlike upstream, visibility is computed once and reused by every pass.
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -244,15 +246,40 @@ def cut_interior(
     return remove
 
 
+def _binary_ply(vertices: np.ndarray, faces: np.ndarray) -> bytes:
+    """Little-endian binary PLY of ``vertices`` ``[V, 3]`` (float32 x, y, z) and triangles ``faces``
+    ``[F, 3]`` (uchar count 3 + int32 indices), the layout MeshFix's PLY loader reads."""
+    header = (
+        f"ply\nformat binary_little_endian 1.0\nelement vertex {len(vertices)}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n"
+    )
+    triangles = np.empty(len(faces), dtype=[("count", "u1"), ("indices", "<i4", (3,))])
+    triangles["count"] = 3
+    triangles["indices"] = faces
+    return header.encode() + np.ascontiguousarray(vertices, dtype="<f4").tobytes() + triangles.tobytes()
+
+
 def fill_small_holes(
     vertices: np.ndarray, faces: np.ndarray, max_hole_edges: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """pymeshfix: fill boundary loops of at most ``max_hole_edges`` edges (refined). Returns new arrays."""
+    """pymeshfix: fill boundary loops of at most ``max_hole_edges`` edges (refined). Returns new arrays.
+
+    The mesh reaches MeshFix through a binary PLY file, not ``PyTMesh.load_array``: that call (pymeshfix
+    0.18) never frees its temporary per-vertex connectivity lists, ~130 B per input face leaked per call,
+    which made a long-running stage-2 service grow by MiBs per request. MeshFix's file loaders free them; the
+    float32 vertices and int32 indices arrive unchanged (the result equals ``load_array``'s).
+    """
     import pymeshfix
 
+    if len(faces) == 0:  # nothing to fill (MeshFix's loader would end the process on an empty element list)
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
     tmesh = pymeshfix.PyTMesh()
     tmesh.set_quiet(1)  # MeshFix otherwise prints a "% done" line per step to the service's stdout
-    tmesh.load_array(np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int32))
+    with tempfile.TemporaryDirectory(prefix="meshfix-") as folder:
+        path = Path(folder, "mesh.ply")
+        path.write_bytes(_binary_ply(vertices, faces))
+        tmesh.load_file(str(path))
     tmesh.fill_small_boundaries(nbe=max_hole_edges, refine=True)
     out_v, out_f = tmesh.return_arrays()
     return np.asarray(out_v, dtype=np.float32), np.asarray(out_f, dtype=np.int64)
