@@ -61,6 +61,16 @@ def test_small_holes_are_filled_and_large_ones_left_open() -> None:
     assert _boundary_edges(still_open) == loop
 
 
+def test_hole_filling_refuses_face_indices_outside_the_vertices() -> None:
+    """MeshFix's file loader ends the process on a bad index: the call must raise before it."""
+    from synchuman.postprocess.visibility import fill_small_holes
+
+    vertices = np.random.default_rng(0).random((4, 3)).astype(np.float32)
+    for faces in (np.array([[0, 1, 4]]), np.array([[-1, 1, 2]])):
+        with pytest.raises(ValueError, match="face indices"):
+            fill_small_holes(vertices, faces, max_hole_edges=10)
+
+
 def test_hole_filling_matches_meshfix_on_arrays_and_accepts_an_empty_mesh() -> None:
     import pymeshfix
 

@@ -274,6 +274,8 @@ def fill_small_holes(
 
     if len(faces) == 0:  # nothing to fill (MeshFix's loader would end the process on an empty element list)
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
+    if faces.min() < 0 or faces.max() >= len(vertices):  # MeshFix's loader would end the process
+        raise ValueError(f"face indices must lie in [0, {len(vertices)}): got {faces.min()}..{faces.max()}")
     tmesh = pymeshfix.PyTMesh()
     tmesh.set_quiet(1)  # MeshFix otherwise prints a "% done" line per step to the service's stdout
     with tempfile.TemporaryDirectory(prefix="meshfix-") as folder:
