@@ -19,10 +19,9 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from stage_doubles import stage1_inputs, stage1_requests
-from test_stage2_cancel_cpu import cpu_share, read_progress_until
+from test_stage2_cancel_cpu import cpu_share, read_progress_until, wait_until_serving
 
 from services.launcher import free_port
-from services.supervisor import health_status
 from synchuman.v1 import common_pb2, stage1_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -47,11 +46,7 @@ def stage1(tmp_path_factory) -> Iterator[tuple[subprocess.Popen, stage1_pb2_grpc
     argv += ["--ckpts", str(root), "--device", "cpu"]
     process = subprocess.Popen(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while health_status(address, "synchuman.v1.Stage1Service") != 1:  # SERVING
-            assert process.poll() is None, "the stage-1 service exited while starting"
-            assert time.monotonic() < deadline, "the stage-1 service did not become ready"
-            time.sleep(0.5)
+        wait_until_serving(process, address, "synchuman.v1.Stage1Service")
         yield process, stage1_pb2_grpc.Stage1ServiceStub(grpc.insecure_channel(address))
     finally:
         process.kill()

@@ -58,11 +58,7 @@ def start_stage2(root: str, grace_s: float = 30.0) -> tuple[subprocess.Popen, st
     argv = [sys.executable, "-m", "synchuman_cli", "serve", "stage2", "--address", address, "--ckpts", root]
     argv += ["--device", "cpu", "--grace", str(grace_s)]
     process = subprocess.Popen(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while health_status(address, "synchuman.v1.Stage2Service") != 1:  # SERVING
-        assert process.poll() is None, "the stage-2 service exited while starting"
-        assert time.monotonic() < deadline, "the stage-2 service did not become ready"
-        time.sleep(0.5)
+    wait_until_serving(process, address, "synchuman.v1.Stage2Service")
     return process, address
 
 
@@ -94,6 +90,16 @@ def call(stub, **options):
     blobs, structure = job_blobs()
     request = common_pb2.ReconstructionOptions(**{**SMALL, **options})
     return stub.Reconstruct(stage2_requests(blobs, structure, request), timeout=600)
+
+
+def wait_until_serving(process, address: str, service: str, timeout_s: float = 240.0) -> None:
+    """Poll gRPC health of ``service`` (e.g. ``synchuman.v1.Stage2Service``) at ``address`` until SERVING;
+    fails when ``process`` exits first or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while health_status(address, service) != 1:  # SERVING
+        assert process.poll() is None, f"{service} exited while starting"
+        assert time.monotonic() < deadline, f"{service} did not become ready"
+        time.sleep(0.5)
 
 
 def read_progress_until(responses, reached) -> bool:
