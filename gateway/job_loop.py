@@ -264,7 +264,11 @@ class JobLoop:
                 log.warning("job store unreachable; leases not renewed", extra={"error": str(exc)})
                 continue
             with self._lock:
-                running = [(i, h) for i, h in self._running.items() if self._taken_at.get(i, 0.0) < started]
+                # A job whose end is being written (no longer in _taken_at) has left the renewal's ``held``
+                # set on its own, not lost its lease.
+                running = [
+                    (i, h) for i, h in self._running.items() if self._taken_at.get(i, started) < started
+                ]
                 unused = renewal.held - set(self._running) - self._claimed
             # A lease a worker acquired but has not registered yet looks unused for a moment: release only
             # those unused at two heartbeats in a row.
@@ -315,6 +319,8 @@ class JobLoop:
     def _end(self, job: Job, state: int, error: status_pb2.Status | None = None) -> str:
         """Record the job's end; :data:`FINISHED`, or :data:`LEASE_LOST` (left to the new holder)."""
         release_heap()  # the job's stage outputs passed through memory: give the freed pages back
+        with self._lock:  # from here on the heartbeat does not take the ended job's lease for a lost one
+            self._taken_at.pop(job.id, None)
         try:
             self._events.finish(job, state, error)
         except LeaseLost:
