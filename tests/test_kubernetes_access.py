@@ -6,15 +6,11 @@ against the strict Kubernetes schemas like the overlays themselves."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import kubernetes_validate
 import pytest
-import yaml
-from test_kubernetes_manifests import KUSTOMIZE_ROOT, OVERLAYS, SERVICE_NAMES, STAGES, VERSIONS, kustomize
+from test_kubernetes_manifests import OVERLAYS, SERVICE_NAMES, STAGES, kustomize, kustomize_with_component
 
-COMPONENT = KUSTOMIZE_ROOT / "components" / "tls"
 HEALTHCHECK = ["python", "-m", "services.common.healthcheck"]
 
 
@@ -41,17 +37,7 @@ def test_every_stage_requires_the_token_the_gateway_sends(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_tls_component_gives_the_gateway_tls_and_the_stages_mtls(overlay: str, tmp_path: Path) -> None:
-    kustomization = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [os.path.relpath(KUSTOMIZE_ROOT / "overlays" / overlay, tmp_path)],  # must be relative
-        "components": [os.path.relpath(COMPONENT, tmp_path)],
-    }
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-    objects = kustomize(tmp_path)
-    for version in VERSIONS:
-        for obj in objects:
-            kubernetes_validate.validate(obj, version, strict=True)
+    objects = kustomize_with_component(overlay, "tls", tmp_path)
     specs = [o for o in objects if o["kind"] == "Deployment"]
     pods = {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in specs}
     containers = deployments(objects)

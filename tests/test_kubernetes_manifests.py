@@ -7,6 +7,7 @@ secrets, autoscaling on queue depth).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -18,6 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from conftest import REPO_ROOT, require_tool
+
+from services.common import gpu_share
 
 KUSTOMIZE_ROOT = REPO_ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("one-gpu-node", "many-gpu-nodes")
@@ -44,6 +47,23 @@ def kustomize(overlay: str | Path) -> list[dict]:
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
     return [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+
+
+def kustomize_with_component(overlay: str, component: str, folder: Path) -> list[dict]:
+    """The objects of overlay ``overlay`` with ``components/<component>`` added (through a kustomization
+    written in ``folder``), each checked against the strict schemas."""
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(KUSTOMIZE_ROOT / "overlays" / overlay, folder)],  # must be relative
+        "components": [os.path.relpath(KUSTOMIZE_ROOT / "components" / component, folder)],
+    }
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    objects = kustomize(folder)
+    for version in VERSIONS:
+        for obj in objects:
+            kubernetes_validate.validate(obj, version, strict=True)
+    return objects
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -172,3 +192,23 @@ def test_readme_commands_name_existing_overlays():
     for line in section.splitlines():
         if line.strip().startswith("kubectl"):
             shlex.split(line.split("#", 1)[0])  # well-formed shell
+
+
+def test_gpu_share_component_gives_both_gpu_stages_one_lock_folder(tmp_path: Path) -> None:
+    """components/gpu-share on the one-GPU overlay: stage 1 and stage 2 mount the same claim where
+    ``SYNCHUMAN_GPU_SHARE_DIR`` points (services/common/gpu_share.py), writable for their user."""
+    objects = kustomize_with_component("one-gpu-node", "gpu-share", tmp_path)
+    by_key = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    assert ("PersistentVolumeClaim", "synchuman-gpu-share") in by_key
+    for name in GPU_STAGES:
+        pod = by_key[("Deployment", name)]["spec"]["template"]["spec"]
+        main = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in main["env"]}
+        folder = env[gpu_share.ENV_DIR]
+        (mount,) = [m for m in main["volumeMounts"] if m["mountPath"] == folder]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["persistentVolumeClaim"] == {"claimName": "synchuman-gpu-share"}, name
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"], name
+    for name in ("preprocess", "gateway"):
+        env = by_key[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0].get("env", [])
+        assert gpu_share.ENV_DIR not in {e["name"] for e in env}, name
