@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,21 +81,20 @@ class ReplicaHealth:
         self._tls = tls
         self._options = [option for option in options if option[0] != "grpc.lb_policy_name"]
         self._channels: dict[str, tuple[grpc.Channel, health_pb2_grpc.HealthStub]] = {}
+        self._lock = threading.Lock()
 
     def check(self, timeout_s: float = 1.0) -> dict[str, bool | None] | None:
         """Replica address -> True (SERVING), False (down or not serving) or None (no health service); None
         when the target does not stand for several addresses (ask the stage channel instead)."""
         addresses, host = target_addresses(self.target)
-        for gone in set(self._channels) - set(addresses):
-            self._channels.pop(gone)[0].close()
-        if len(addresses) < 2:
-            return None
-        calls = {
-            address: self._stub(address, host).Check.future(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
-            )
-            for address in addresses
-        }
+        with self._lock:  # asked by the readiness monitor and by the job workers' capacity look-ups
+            for gone in set(self._channels) - set(addresses):
+                self._channels.pop(gone)[0].close()
+            if len(addresses) < 2:
+                return None
+            stubs = {address: self._stub(address, host) for address in addresses}
+        request = health_pb2.HealthCheckRequest(service="")
+        calls = {address: stub.Check.future(request, timeout=timeout_s) for address, stub in stubs.items()}
         return {address: _serving(call) for address, call in calls.items()}
 
     def _stub(self, address: str, host: str) -> health_pb2_grpc.HealthStub:
@@ -109,9 +109,10 @@ class ReplicaHealth:
 
     def close(self) -> None:
         """Close the per-address channels."""
-        for channel, _ in self._channels.values():
-            channel.close()
-        self._channels.clear()
+        with self._lock:
+            for channel, _ in self._channels.values():
+                channel.close()
+            self._channels.clear()
 
 
 def _serving(call: grpc.Future) -> bool | None:

@@ -8,7 +8,11 @@ is full waits here (the job stays queued in the gateway) until a call of that st
 pending limit (``max_pending_jobs``) remains the only place a client is told to come back later.
 
 A stage that cannot be asked (down, no ``GetInfo``) is not limited: its calls fail and are retried as before.
-Several replicas behind one address share the limit of the replica that answered (conservative).
+Replicas behind one target (a name that resolves to several addresses, e.g. a scaled compose service or a
+headless Kubernetes Service) add up: the limit is one replica's capacity times the replicas answering SERVING,
+re-read every :data:`CAPACITY_CACHE_S`, so the gateway uses a scale-up (and the stages' queue depth, which
+their autoscaler reads, can rise). Calls are spread round robin, not by load, so an uneven spread can still
+meet a refusal, retried as any other.
 """
 
 from __future__ import annotations

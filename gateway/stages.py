@@ -246,10 +246,14 @@ class StageClients:
         return None if info is None else str(info.device)
 
     def capacity(self, stage: int, timeout_s: float = 2.0) -> int | None:
-        """Requests a GPU stage takes before it refuses (running + queued, from ``GetInfo``); None for
-        preprocess and a stage that cannot be asked (not limited)."""
+        """Requests a GPU stage takes before it refuses: running + queued of one replica (from ``GetInfo``)
+        times the replicas that answer SERVING (at least one; a target that resolves to several addresses
+        has several); None for preprocess and a stage that cannot be asked (not limited)."""
         info = self.info(stage, timeout_s)
-        return None if info is None or info.concurrency == 0 else int(info.concurrency + info.max_queue)
+        if info is None or info.concurrency == 0:
+            return None
+        serving = sum(1 for up in self.replicas_serving(stage, timeout_s).values() if up)
+        return int(info.concurrency + info.max_queue) * max(1, serving)
 
     def _run(
         self,

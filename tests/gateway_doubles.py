@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -76,13 +76,27 @@ def glb() -> bytes:
 
 
 @dataclass
+class InFlight:
+    """Calls in flight over several doubles (replicas of one stage) and the most there were at once."""
+
+    now: int = 0
+    peak: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def change(self, by: int) -> None:
+        with self.lock:
+            self.now += by
+            self.peak = max(self.peak, self.now)
+
+
+@dataclass
 class Behaviour:
     """``fail``: the first N calls of this process fail with UNAVAILABLE; ``step_s``: seconds per progress
     step; ``steps``: progress steps per call; ``die_at_step``: exit the process at that step (0: never);
     ``capacity``: calls taken at once (running + queued, as a real stage's concurrency + max_queue, which
     ``GetInfo`` reports); one more is refused with RESOURCE_EXHAUSTED (0: no limit and no ``GetInfo``);
     ``view_size``: stage 1 returns views of random pixels, that many a side (as large as real views; 0: tiny
-    solid ones).
+    solid ones); ``shared``: counts the calls taken, with those of the other doubles given the same one.
     """
 
     fail: int = 0
@@ -92,6 +106,7 @@ class Behaviour:
     log: Path | None = None
     capacity: int = 0
     view_size: int = 0
+    shared: InFlight | None = None
 
 
 class _Double:
@@ -117,6 +132,8 @@ class _Double:
             self.refused += full and not failing
             if not failing and not full:
                 self.in_flight += 1
+                if self.behaviour.shared is not None:
+                    self.behaviour.shared.change(+1)
         if full and not failing:
             self.record(job_id, "refused")
             abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.service} double full", retry_info(0.1))
@@ -138,6 +155,8 @@ class _Double:
     def _left(self) -> None:
         with self.lock:
             self.in_flight -= 1
+            if self.behaviour.shared is not None:
+                self.behaviour.shared.change(-1)
 
     def GetInfo(self, request, context):
         """The capacity as a real stage reports it (concurrency 1, the rest queue); UNIMPLEMENTED without."""
