@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 from conftest import REPO_ROOT
 from test_gateway_memory import MAX_GROWTH, settled_rss_mib
-from test_preprocess_service import encode, requests
+from test_preprocess_service import encode, reported_address, requests
 
 from synchuman.v1 import preprocess_pb2_grpc
 
@@ -56,14 +56,8 @@ def test_preprocess_rss_is_flat_over_50_requests_after_warm_up(segmenter_dir) ->
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(argv, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        address = None
-        for line in process.stderr:
-            if "serving on" in line:
-                address = line.rsplit(" ", 1)[-1].strip()
-                break
-        assert address, "the preprocess service did not report it was serving"
         images = photos()
-        with grpc.insecure_channel(address) as channel:
+        with grpc.insecure_channel(reported_address(process)) as channel:
             stub = preprocess_pb2_grpc.PreprocessServiceStub(channel)
             call_all(stub, images, 0, WARM_UP)
             warm = settled_rss_mib(process.pid, 0.5)

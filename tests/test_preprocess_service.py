@@ -243,6 +243,14 @@ def test_capacity_and_deadline(segmenter_dir, monkeypatch) -> None:
         server.stop()
 
 
+def reported_address(process: subprocess.Popen) -> str:
+    """The address a ``serve preprocess`` process logs once it is serving ("... serving on ADDRESS")."""
+    for line in process.stderr:
+        if "serving on" in line:
+            return line.rsplit(" ", 1)[-1].strip()
+    raise AssertionError("the preprocess service did not report it was serving")
+
+
 def test_serve_command_starts_and_stops_on_sigterm(segmenter_dir) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "synchuman_cli", "serve", "preprocess", "--address", "127.0.0.1:0",
@@ -250,13 +258,7 @@ def test_serve_command_starts_and_stops_on_sigterm(segmenter_dir) -> None:
         cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        address = None
-        for line in process.stderr:
-            if "serving on" in line:
-                address = line.rsplit(" ", 1)[-1].strip()
-                break
-        assert address, "the server did not report it was serving"
-        with grpc.insecure_channel(address) as channel:
+        with grpc.insecure_channel(reported_address(process)) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         process.send_signal(signal.SIGTERM)
