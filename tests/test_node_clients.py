@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,8 +24,10 @@ GENERATED = Path("clients") / "typescript" / "src" / "gen"
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 
 
-def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
+def _run(
+    args: list[str], timeout_s: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s, env=env)
 
 
 def _node() -> str:
@@ -74,8 +77,9 @@ def test_client_package_contents() -> None:
 
 
 @pytest.mark.slow
-def test_typescript_client_and_web_page_against_a_live_gateway() -> None:
-    """Both node suites on one deployment (``tests/node/run_suites.mjs``); the page's suite needs Chromium."""
+def test_typescript_client_and_web_page_against_a_live_gateway(images_dir: Path) -> None:
+    """Both node suites on one deployment (``tests/node/run_suites.mjs``); the page's suite needs Chromium.
+    The suites upload the real photos of ``images_dir`` (skipped without them, failed under CI)."""
     npm = _npm()
     require_tool(NODE_MODULES / "puppeteer-core", "puppeteer-core (npm install)")
     assert _run([npm, "run", "build", "-w", "clients/typescript"], 300).returncode == 0
@@ -84,7 +88,8 @@ def test_typescript_client_and_web_page_against_a_live_gateway() -> None:
     suites = ["clients/typescript/test/"]
     if CHROMIUM.exists():
         suites.append("tests/node/web_page.test.mjs")
-    result = _run([_node(), "tests/node/run_suites.mjs", *suites], 1500)
+    env = {**os.environ, "SYNCHUMAN_IMAGES_DIR": str(images_dir)}
+    result = _run([_node(), "tests/node/run_suites.mjs", *suites], 1500, env)
     summary = "\n".join(line for line in result.stdout.splitlines() if line.startswith("# "))
     print(summary)
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
