@@ -49,7 +49,7 @@ from bench_request_memory import StopAfterModels, stage2_inputs
 from bench_stage2_models import human_occupancy
 
 from services.launcher import EmbeddedConfig, start_embedded
-from synchuman.postprocess.pipeline import PostprocessOptions
+from synchuman.options import PostprocessOptions
 from synchuman.v1 import reconstruction_pb2, reconstruction_pb2_grpc
 
 GIB = float(2**30)
@@ -163,8 +163,9 @@ class ModelsClock(StopAfterModels):
 def stage2_models(args: argparse.Namespace, ckpts: Path, device: torch.device) -> dict:
     """Median seconds of the stage-2 GPU models on the compact stick figure (after one warm-up request):
     conditioning + sampling, multiview features, decoders, all of them."""
+    from synchuman.options import Stage2Options
     from synchuman.pipelines.stage2 import Stage2Pipeline
-    from synchuman.pipelines.stage2_types import Stage2Cancelled, Stage2Options
+    from synchuman.pipelines.stage2_types import Stage2Cancelled
 
     dtype = "float16" if device.type == "cuda" else "float32"
     pipeline = Stage2Pipeline.from_checkpoints(ckpts, device=str(device), dtype=dtype, render_views=0)

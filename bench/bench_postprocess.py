@@ -33,6 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from mesh_builders import body_mesh, generated_views, surface_gaussians  # noqa: E402
 
 from synchuman.models.flexicubes import Mesh  # noqa: E402
+from synchuman.options import PostprocessOptions  # noqa: E402
 from synchuman.postprocess import pipeline  # noqa: E402
 from synchuman.postprocess.decimate import decimate  # noqa: E402
 
@@ -58,7 +59,7 @@ def xatlas_upstream(vertices, faces, limit_s: float) -> dict:
     return {"seconds": round(seconds, 2), "utilization": round(util, 4), "charts": charts}
 
 
-def run(mesh: Mesh, gaussians, views, options: pipeline.PostprocessOptions, device: torch.device) -> dict:
+def run(mesh: Mesh, gaussians, views, options: PostprocessOptions, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -110,12 +111,12 @@ def realistic_inputs(device: torch.device, resolution: int, gaussians: int, view
     return verts_np, faces_np, Mesh(verts, faces), splats, generated_views(verts, faces, view_size)
 
 
-def warm_up(mesh: Mesh, gaussians, views, gaussian_renders: bool) -> tuple[pipeline.PostprocessOptions, dict]:
+def warm_up(mesh: Mesh, gaussians, views, gaussian_renders: bool) -> tuple[PostprocessOptions, dict]:
     """One small ``to_glb`` (CUDA context, kernels, gsplat); retried without Gaussian renders when they fail.
 
     Returns the small options used (``gaussian_views`` 0 when the renders failed) and ``{"warmup_s": s}``
     plus ``"warmup_error"`` when the first try failed."""
-    warm = pipeline.PostprocessOptions(
+    warm = PostprocessOptions(
         visibility_views=8,
         visibility_resolution=256,
         texture_size=256,
@@ -136,7 +137,7 @@ def warm_up(mesh: Mesh, gaussians, views, gaussian_renders: bool) -> tuple[pipel
     return warm, result
 
 
-def small_defaults(warm: pipeline.PostprocessOptions) -> pipeline.PostprocessOptions:
+def small_defaults(warm: PostprocessOptions) -> PostprocessOptions:
     """The defaults scaled down for a script check on a CPU (``--small``)."""
     return dataclasses.replace(
         warm,
@@ -195,7 +196,7 @@ def main() -> int:
     if args.small:
         default = small_defaults(warm)
     else:
-        default = pipeline.PostprocessOptions(gaussian_views=0 if no_gsplat else 95)
+        default = PostprocessOptions(gaussian_views=0 if no_gsplat else 95)
     _save(results)
     fast = dataclasses.replace(default, bake_mode="fast", bake_steps=args.fast_steps)
     results["fast_bake"] = run(mesh, gaussians, views, fast, device)

@@ -36,9 +36,10 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from test_preprocess_segment import background, composite, texture_collage  # noqa: E402
 
+from synchuman.options import PreprocessOptions  # noqa: E402
 from synchuman.preprocess import segment  # noqa: E402
 from synchuman.preprocess.decode import DecodedImage  # noqa: E402
-from synchuman.preprocess.pipeline import PreprocessOptions, person_mask, preprocess  # noqa: E402
+from synchuman.preprocess.pipeline import person_mask, preprocess  # noqa: E402
 
 
 def photo_12mp(images: Path) -> bytes:

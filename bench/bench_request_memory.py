@@ -41,8 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench_stage2_models import human_occupancy  # noqa: E402
 
+from synchuman.options import Stage2Options  # noqa: E402
 from synchuman.pipelines.handoff import Stage2Inputs, sorted_voxels  # noqa: E402
-from synchuman.pipelines.stage2_types import Stage2Cancelled, Stage2Options  # noqa: E402
+from synchuman.pipelines.stage2_types import Stage2Cancelled  # noqa: E402
 
 GIB = float(2**30)
 

@@ -79,8 +79,8 @@ def pipeline_call() -> Callable[[], object]:
     from test_stage2_pipeline import person_inputs
 
     from synchuman.checkpoints.tiny import write_tiny_tree
+    from synchuman.options import Stage2Options
     from synchuman.pipelines.stage2 import Stage2Pipeline
-    from synchuman.pipelines.stage2_types import Stage2Options
 
     root = Path(tempfile.mkdtemp(prefix="s2mem-")) / "ckpts"
     write_tiny_tree(root)

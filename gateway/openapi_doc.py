@@ -2,7 +2,7 @@
 route, and the upload request with its ``options`` field typed as the ``JobOptions`` JSON object.
 
 The option ranges come from the core option classes (:class:`~synchuman.options.Stage1Options`,
-:class:`~synchuman.pipelines.stage2_types.Stage2Options`), the enums from the protos, so a request valid
+:class:`~synchuman.options.Stage2Options`), the enums from the protos, so a request valid
 under this schema is one the gateway accepts (apart from the photo bytes, which a schema cannot describe).
 """
 
@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.upload_checks import KEY_PATTERN, MAX_KEY_CHARS
-from synchuman.options import Range, Stage1Options
-from synchuman.pipelines.stage2_types import Stage2Options
+from synchuman.options import Range, Stage1Options, Stage2Options
 from synchuman.preprocess.segment import SEGMENTER_NAME
 from synchuman.v1 import common_pb2
 

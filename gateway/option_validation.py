@@ -3,8 +3,8 @@
 The stage options are converted to the core option classes exactly as the stage services convert them
 (:mod:`services.common.conversions`), which runs the classes' own ``validate()``: the allowed ranges are
 defined once, in :class:`~synchuman.options.Stage1Options` and
-:class:`~synchuman.pipelines.stage2_types.Stage2Options`; the preprocess options' segmenter name must be well
-formed (:class:`~synchuman.preprocess.pipeline.PreprocessOptions`; whether the preprocess service has that
+:class:`~synchuman.options.Stage2Options`; the preprocess options' segmenter name must be well
+formed (:class:`~synchuman.options.PreprocessOptions`; whether the preprocess service has that
 model is known only there).
 """
 
@@ -23,9 +23,7 @@ from services.common.conversions import (
 )
 from services.common.stage_io import InvalidInput
 from services.common.stage_runtime import bad_request
-from synchuman.options import Range, Stage1Options
-from synchuman.pipelines.stage2_types import Stage2Options
-from synchuman.preprocess.pipeline import PreprocessOptions
+from synchuman.options import PreprocessOptions, Range, Stage1Options, Stage2Options
 from synchuman.v1 import common_pb2
 
 #: The preprocess options a request's choices are laid over (only their validity matters here).

@@ -23,8 +23,8 @@ import grpc
 from gateway.errors import JobError
 from services.common.conversions import stage1_options_from_proto, stage2_options_from_proto
 from services.common.stage_runtime import bad_request
-from synchuman.options import Stage1Options
-from synchuman.pipelines.stage2_types import VISIBILITY_RESOLUTION, Stage2Options, device_defaults
+from synchuman.options import Stage1Options, Stage2Options
+from synchuman.pipelines.stage2_types import VISIBILITY_RESOLUTION, device_defaults
 from synchuman.v1 import common_pb2
 
 #: How long a stage's device answer stays cached (seconds).

@@ -1,19 +1,28 @@
-"""Per-request options of the three stages, each with the one definition of its allowed ranges.
+"""Every options class of the pipelines, each with the one definition of its allowed ranges.
 
-Every option class has ``validate()``, which returns the options (defaults resolved) or raises
-:class:`OptionError` naming the first out-of-range option. The classes are plain data (no torch, no gRPC), so
-the gateway, the services and the pipelines all check requests with the same code.
-
-:class:`PreprocessOptions` lives with the preprocess stage (:mod:`synchuman.preprocess.pipeline`) and
-:class:`Stage2Options` with stage 2's types (:mod:`synchuman.pipelines.stage2_types`); both use
-:func:`check_ranges`.
+:class:`PreprocessOptions`, :class:`Stage1Options` and :class:`Stage2Options` are per-request options of the
+three stages; they have ``validate()``, which returns the options (defaults resolved) or raises
+:class:`OptionError` naming the first out-of-range option. :class:`PostprocessOptions` holds every knob of the
+mesh -> GLB post-processing (stage 2 fills it from its :class:`Stage2Options`). The classes are plain data
+(no torch, no gRPC), so the gateway, the services and the pipelines all check requests with the same code.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from synchuman.postprocess.defaults import BAKE_STEPS
+from synchuman.preprocess.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, MIN_SIDE
+from synchuman.preprocess.errors import SegmenterError
+from synchuman.preprocess.segment import segmenter_stem
+
+if TYPE_CHECKING:
+    from synchuman.postprocess.checks import CheckLimits
 
 #: Largest seed: seeds seed ``torch.Generator``, which takes a signed 64-bit integer.
 MAX_SEED = 2**63 - 1
@@ -71,3 +80,121 @@ class Stage1Options:
         """Return ``self`` or raise :class:`OptionError` naming the first out-of-range option."""
         check_ranges(self, self.RANGES)
         return self
+
+
+#: Extra output file names (besides "person.glb") that :class:`Stage2Options.outputs` may request.
+EXTRA_OUTPUTS = ("gaussians.ply", "mesh_obj.zip")
+
+
+@dataclass(frozen=True)
+class Stage2Options:
+    """Per-request options of stage 2, with the upstream defaults. Ranges are checked by :meth:`validate`."""
+
+    seed: int = 43
+    steps: int = 25
+    guidance_scale: float = 5.0
+    texture_size: int = 1024
+    simplify_ratio: float = 0.7
+    bake_mode: str = "fast"  # "fast" | "opt" (upstream); see synchuman.postprocess.bake
+    bake_steps: int | None = None  # None: the mode's default (fast 100, opt 1000); validate() fills it
+    visibility_views: int = 1000
+    outputs: tuple[str, ...] = ()
+
+    #: The allowed ranges (inclusive); ``bake_mode`` and ``outputs`` are checked against their names.
+    RANGES: ClassVar[tuple[Range, ...]] = (
+        SEED_RANGE,
+        STEPS_RANGE,
+        GUIDANCE_RANGE,
+        ("texture_size", 256, 4096, "256 to 4096"),
+        ("simplify_ratio", 0.0, 0.99, "0 to 0.99"),
+        ("bake_steps", 0, 5000, "0 to 5000"),
+        ("visibility_views", 8, 4000, "8 to 4000"),
+    )
+
+    def validate(self) -> Stage2Options:
+        """Return the options with defaults resolved (``bake_steps``), or raise :class:`OptionError` naming
+        the first out-of-range option."""
+        if self.bake_mode not in BAKE_STEPS:
+            raise OptionError(
+                "bake_mode", f"bake_mode={self.bake_mode!r} is unknown; choose one of {sorted(BAKE_STEPS)}"
+            )
+        if self.bake_steps is None:
+            return dataclasses.replace(self, bake_steps=BAKE_STEPS[self.bake_mode]).validate()
+        check_ranges(self, self.RANGES)
+        unknown = [o for o in self.outputs if o not in EXTRA_OUTPUTS]
+        if unknown:
+            raise OptionError("outputs", f"unknown outputs {unknown}; choose from {EXTRA_OUTPUTS}")
+        return self
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """What to do. ``segmenter``: model name in the segmentation folder ("" = the default,
+    :data:`~synchuman.preprocess.segment.DEFAULT_SEGMENTER`); ``ignore_alpha``: segment even if the input has
+    a usable alpha channel; ``alpha_matting``: refine the segmented mask's edge; ``max_pixels``/``max_bytes``:
+    input limits (pixels, bytes); ``segmentation_dir``: model folder (None =
+    :func:`~synchuman.preprocess.segment.segmentation_dir`)."""
+
+    segmenter: str = ""
+    ignore_alpha: bool = False
+    alpha_matting: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    segmentation_dir: Path | None = None
+
+    #: The allowed ranges (inclusive); the segmenter name's form is checked here, its model file when it is
+    #: loaded.
+    RANGES: ClassVar[tuple[Range, ...]] = (
+        ("max_pixels", MIN_SIDE * MIN_SIDE, math.inf, f"at least {MIN_SIDE}x{MIN_SIDE}"),
+        ("max_bytes", 1, math.inf, "at least 1"),
+    )
+
+    def validate(self) -> PreprocessOptions:
+        """Return ``self`` or raise :class:`OptionError` naming the first out-of-range limit or a malformed
+        segmenter name."""
+        check_ranges(self, self.RANGES)
+        if self.segmenter:
+            try:
+                segmenter_stem(self.segmenter)
+            except SegmenterError as error:
+                raise OptionError("segmenter", str(error)) from None
+        return self
+
+
+def _default_check_limits() -> CheckLimits:
+    """The post-processing checks' default thresholds (imported here: the checks module needs torch)."""
+    from synchuman.postprocess.checks import CheckLimits
+
+    return CheckLimits()
+
+
+@dataclass(frozen=True)
+class PostprocessOptions:
+    """Every upstream knob of the mesh -> GLB post-processing (defaults = upstream SyncHuman ``to_glb`` call)
+    plus our speed options. Sizes and resolutions are in pixels, ``max_hole_size`` in box units.
+
+    The bake defaults to the ``"fast"`` mode (splat initialisation + 100 full-batch steps), which reaches a
+    lower view error than upstream's 1000 single-view steps (``bake_mode="opt"``) in ``bench_postprocess``.
+    """
+
+    simplify: float = 0.7
+    fill_holes: bool = True
+    max_hole_size: float = 0.04
+    max_hole_edges: int | None = None  # None: int(250 * sqrt(1 - simplify)), as upstream
+    visibility_views: int = 1000
+    visibility_resolution: int = 1024
+    texture_size: int = 1024
+    bake_mode: str = "fast"  # "fast" (lower error than upstream's, 2.5x faster) or "opt" (upstream)
+    bake_steps: int | None = None  # None: BAKE_STEPS of the mode (fast 100, opt 1000)
+    bake_lambda_tv: float = 0.01
+    gaussian_views: int = 95  # upstream renders 100 views of which the first 5 are replaced by generated ones
+    gaussian_resolution: int = 1024
+    gaussian_kernel: float = 0.1
+    gaussian_backend: str = "auto"
+    atlas_fast: bool = True
+    metallic: float = 0.0
+    limits: CheckLimits = field(default_factory=_default_check_limits)
+    extras: tuple[str, ...] = ()  # any of "gaussian_ply", "obj", "views"
+    raster_candidates: int = 1 << 25  # candidate pixels per rasteriser chunk (~120 B each; torch backend)
+    raster_backend: str = "torch"  # visibility and bake views: torch | nvdiffrast | open3d | auto
+    seed: int = 0

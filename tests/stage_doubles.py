@@ -25,7 +25,7 @@ from services.common.stage_server import StageAccess, StageServer, StageSpec
 from services.stage1.backend import Stage1Inputs
 from services.stage1.service import Stage1Servicer
 from services.stage2.service import Stage2Servicer
-from synchuman.options import Stage1Options
+from synchuman.options import Stage1Options, Stage2Options
 from synchuman.pipelines.handoff import Stage1Output, Stage2Inputs
 from synchuman.pipelines.info import PipelineInfo
 from synchuman.pipelines.stage2_types import (
@@ -33,7 +33,6 @@ from synchuman.pipelines.stage2_types import (
     QualityFinding,
     Severity,
     Stage2Cancelled,
-    Stage2Options,
     Stage2Result,
 )
 from synchuman.v1 import common_pb2, stage1_pb2, stage1_pb2_grpc, stage2_pb2, stage2_pb2_grpc

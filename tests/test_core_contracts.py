@@ -8,15 +8,13 @@ import pytest
 import torch
 
 from synchuman.models.registry import MODEL_MODULES, model_class
-from synchuman.options import MAX_SEED, OptionError, Stage1Options
+from synchuman.options import MAX_SEED, OptionError, PreprocessOptions, Stage1Options, Stage2Options
 from synchuman.pipelines.handoff import (
     VIEW_FILES,
     Stage1Output,
     Stage2InputError,
     stage2_inputs_from,
 )
-from synchuman.pipelines.stage2_types import Stage2Options
-from synchuman.preprocess.pipeline import PreprocessOptions
 from synchuman.samplers.flow_euler import SamplingCancelled
 from synchuman.samplers.flow_euler_cfg import FlowEulerCfgSampler
 

@@ -49,9 +49,9 @@ from services.common.stage_io import decode_image as decode_view
 from services.common.stage_runtime import StageLimits
 from services.common.stage_server import StageServer
 from services.preprocess import main as preprocess_main
+from synchuman.options import PreprocessOptions
 from synchuman.preprocess.decode import decode_image
 from synchuman.preprocess.errors import InvalidImageError
-from synchuman.preprocess.pipeline import PreprocessOptions
 from synchuman.v1 import (
     common_pb2,
     preprocess_pb2,

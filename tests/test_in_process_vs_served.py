@@ -14,8 +14,7 @@ import torch
 
 from services.common.stage_io import voxels_from_proto
 from services.launcher import EmbeddedConfig, start_embedded
-from synchuman.options import Stage1Options
-from synchuman.pipelines.stage2_types import Stage2Options
+from synchuman.options import Stage1Options, Stage2Options
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
 from synchuman_cli.gateway_client import download, reconstruct_photo
 

@@ -20,6 +20,7 @@ from synchuman.geometry import camera, mesh_graph
 from synchuman.geometry.raster import interpolate, rasterize
 from synchuman.models.flexicubes import Mesh
 from synchuman.models.gaussians import SH_C0, Gaussians
+from synchuman.options import PostprocessOptions
 from synchuman.postprocess import bake, pipeline
 from synchuman.postprocess.checks import CheckLimits, PostprocessError
 from synchuman.postprocess.gaussian_render import render_gaussians
@@ -222,7 +223,7 @@ def test_gaussian_views_render_the_same_in_batches() -> None:
         render_gaussians(g, extr, intr, 24, backend="torch", views_per_batch=0)
 
 
-SMALL = pipeline.PostprocessOptions(
+SMALL = PostprocessOptions(
     simplify=0.5,
     visibility_views=32,
     visibility_resolution=64,

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from synchuman.options import PreprocessOptions
 from synchuman.preprocess.errors import QualityGateError
 from synchuman.preprocess.mask import clean_mask, refine_alpha
-from synchuman.preprocess.pipeline import PreprocessOptions, preprocess
+from synchuman.preprocess.pipeline import preprocess
 from synchuman.preprocess.quality import assess
 
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from synchuman.options import PreprocessOptions
 from synchuman.preprocess.decode import DecodedImage
 from synchuman.preprocess.errors import SegmenterError
-from synchuman.preprocess.pipeline import PreprocessOptions, person_mask
+from synchuman.preprocess.pipeline import person_mask
 from synchuman.preprocess.segment import RECIPES, available_segmenters, load_segmenter
 
 SIDE = 640  # composites are made at this longer side (keeps the test fast)

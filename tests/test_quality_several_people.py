@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from synchuman.options import PreprocessOptions
 from synchuman.preprocess.errors import QualityGateError
-from synchuman.preprocess.pipeline import PreprocessOptions, preprocess
+from synchuman.preprocess.pipeline import preprocess
 from synchuman.preprocess.quality import QualityReport
 
 PEOPLE = ("000", "001", "002", "004", "005")

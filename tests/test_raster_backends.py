@@ -110,12 +110,13 @@ def test_postprocess_runs_on_the_chosen_rasteriser(monkeypatch: pytest.MonkeyPat
     from mesh_builders import generated_views
 
     from synchuman.models.flexicubes import Mesh
+    from synchuman.options import PostprocessOptions
     from synchuman.postprocess import pipeline
 
     monkeypatch.setitem(sys.modules, "open3d", fake_open3d())
     vertices, faces = two_boxes(subdivisions=8)  # 780 faces: above the output checks' 500
     views = generated_views(vertices, faces, 32)
-    options = pipeline.PostprocessOptions(
+    options = PostprocessOptions(
         simplify=0.0,
         visibility_views=8,
         visibility_resolution=24,
@@ -130,12 +131,12 @@ def test_postprocess_runs_on_the_chosen_rasteriser(monkeypatch: pytest.MonkeyPat
         Mesh(vertices, faces),
         None,
         views,
-        pipeline.PostprocessOptions(**{**options.__dict__, "raster_backend": "torch"}),
+        PostprocessOptions(**{**options.__dict__, "raster_backend": "torch"}),
     )
     assert report.counts["faces_out"] == torch_report.counts["faces_out"]
     assert abs(report.bake.l1 - torch_report.bake.l1) < 0.02
     with pytest.raises(ValueError, match="unknown rasteriser backend"):
-        pipeline.to_glb(Mesh(vertices, faces), None, views, pipeline.PostprocessOptions(raster_backend="gl"))
+        pipeline.to_glb(Mesh(vertices, faces), None, views, PostprocessOptions(raster_backend="gl"))
 
 
 @pytest.mark.parametrize("ortho", [False, True])

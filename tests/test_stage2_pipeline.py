@@ -16,11 +16,12 @@ import torch
 
 from synchuman.checkpoints.layout import CheckpointLayout
 from synchuman.checkpoints.tiny_stage2 import write_tiny_stage2
+from synchuman.options import Stage2Options
 from synchuman.pipelines.handoff import Stage2InputError, Stage2Inputs
 from synchuman.pipelines.info import PipelineInfo
 from synchuman.pipelines.stage2 import Stage2Pipeline
 from synchuman.pipelines.stage2_models import load_stage2_models
-from synchuman.pipelines.stage2_types import Stage2Cancelled, Stage2Options
+from synchuman.pipelines.stage2_types import Stage2Cancelled
 
 WIDTH = 32  # tiny DINOv2 width the tiny stage-2 models are conditioned on
 

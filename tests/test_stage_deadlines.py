@@ -82,7 +82,8 @@ def test_stage_clients_ask_the_stage_for_its_device():
 
 def test_a_cpu_stage_fills_unset_options_with_defaults_that_finish_there():
     from services.common.conversions import stage2_options_from_proto
-    from synchuman.pipelines.stage2_types import Stage2Options, device_defaults
+    from synchuman.options import Stage2Options
+    from synchuman.pipelines.stage2_types import device_defaults
 
     cpu = stage2_options_from_proto(common_pb2.ReconstructionOptions(), defaults=device_defaults("cpu"))
     assert (cpu.visibility_views, cpu.texture_size, cpu.bake_steps) == (64, 512, 100)

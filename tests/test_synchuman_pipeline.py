@@ -14,8 +14,7 @@ import torch
 from PIL import Image
 
 from synchuman import SyncHumanPipeline
-from synchuman.options import OptionError, Stage1Options
-from synchuman.pipelines.stage2_types import Stage2Options
+from synchuman.options import OptionError, Stage1Options, Stage2Options
 from synchuman.preprocess.errors import QualityGateError
 
 pytestmark = pytest.mark.slow
@@ -112,9 +111,9 @@ def test_out_of_range_options_name_the_option(pipe: SyncHumanPipeline, photo: Im
 def test_unset_stage2_options_take_the_devices_defaults(segmenter_dir: Path, photo: Image.Image) -> None:
     """Without stage-2 options the pipeline uses its stage-2 pipeline's device defaults (the small CPU ones on
     a CPU, as the stage-2 service does), not upstream's 1000 views at 1024^2."""
+    from synchuman.options import PreprocessOptions
     from synchuman.pipelines.handoff import Stage1Output
     from synchuman.pipelines.stage2_types import CPU_DEFAULTS
-    from synchuman.preprocess.pipeline import PreprocessOptions
 
     class Stage1Double:  # returns blank views at once
         def run(self, framed, conditioning, **kwargs):

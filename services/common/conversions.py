@@ -28,11 +28,10 @@ from services.common.stage_io import (
     voxels_from_proto,
 )
 from services.common.stage_runtime import bad_request, error_info
-from synchuman.options import OptionError, Stage1Options
+from synchuman.options import OptionError, PreprocessOptions, Stage1Options, Stage2Options
 from synchuman.pipelines.handoff import VIEW_FILES, VIEW_SIZE, Stage1Output
-from synchuman.pipelines.stage2_types import OutputReport, Stage2Options
+from synchuman.pipelines.stage2_types import OutputReport
 from synchuman.preprocess.errors import PreprocessError, QualityGateError
-from synchuman.preprocess.pipeline import PreprocessOptions
 from synchuman.preprocess.quality import QualityReport
 from synchuman.v1 import common_pb2
 

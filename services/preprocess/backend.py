@@ -1,6 +1,6 @@
 """The preprocess backend: :func:`synchuman.preprocess.pipeline.preprocess` with the server's default
 segmenter loaded, as a :class:`~services.common.backend.StageBackend`: the photo's bytes and
-:class:`~synchuman.preprocess.pipeline.PreprocessOptions` in,
+:class:`~synchuman.options.PreprocessOptions` in,
 :class:`~synchuman.preprocess.pipeline.PreprocessResult` out (the same code ``synchuman preprocess`` runs).
 """
 
@@ -11,8 +11,9 @@ import dataclasses
 import numpy as np
 
 from services.common.backend import Progress, StopCheck
+from synchuman.options import PreprocessOptions
 from synchuman.pipelines.info import PipelineInfo
-from synchuman.preprocess.pipeline import PreprocessOptions, PreprocessResult, preprocess
+from synchuman.preprocess.pipeline import PreprocessResult, preprocess
 from synchuman.preprocess.segment import DEFAULT_SEGMENTER, load_segmenter, segmentation_dir
 
 

@@ -14,8 +14,8 @@ from services.common.stage_server import (
     limits_from_args,
     serve_forever,
 )
+from synchuman.options import PreprocessOptions
 from synchuman.preprocess.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from synchuman.preprocess.pipeline import PreprocessOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """The stage-2 backend: :class:`synchuman.pipelines.stage2.Stage2Pipeline` loaded from a verified checkpoint
 tree, as a :class:`~services.common.backend.StageBackend`: core
 :class:`~synchuman.pipelines.handoff.Stage2Inputs` and
-:class:`~synchuman.pipelines.stage2_types.Stage2Options` in,
+:class:`~synchuman.options.Stage2Options` in,
 :class:`~synchuman.pipelines.stage2_types.Stage2Result` out.
 """
 
@@ -13,9 +13,10 @@ from typing import Any
 
 from services.common.backend import Progress, StopCheck, verified_checkpoints
 from services.common.gpu_share import DEFAULT_MAX_WAIT_S, GpuTurn, YieldingStopCheck
+from synchuman.options import Stage2Options
 from synchuman.pipelines.handoff import Stage2Inputs
 from synchuman.pipelines.info import PipelineInfo
-from synchuman.pipelines.stage2_types import Stage2Options, Stage2Result
+from synchuman.pipelines.stage2_types import Stage2Result
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import torch
 
 from synchuman.checkpoints.layout import CheckpointLayout, default_root
 from synchuman.checkpoints.verify import weights_label
-from synchuman.options import OptionError
+from synchuman.options import OptionError, PostprocessOptions, Stage2Options
 from synchuman.phases import PhaseTimer
 from synchuman.pipelines.handoff import Stage2InputError, Stage2Inputs
 from synchuman.pipelines.info import PipelineInfo
@@ -43,20 +43,13 @@ from synchuman.pipelines.stage2_types import (
     QualityFinding,
     Severity,
     Stage2Cancelled,
-    Stage2Options,
     Stage2OutputRejected,
     Stage2Progress,
     Stage2Result,
     device_defaults,
 )
 from synchuman.postprocess.checks import PostprocessError
-from synchuman.postprocess.pipeline import (
-    GeneratedViews,
-    PostprocessOptions,
-    PostprocessReport,
-    gaussian_bake_views,
-    to_glb,
-)
+from synchuman.postprocess.pipeline import GeneratedViews, PostprocessReport, gaussian_bake_views, to_glb
 from synchuman.samplers.flow_euler import SamplingCancelled
 from synchuman.sparse import SparseTensor
 from synchuman.stopping import check_before_every_layer

@@ -1,31 +1,20 @@
-"""Options, progress, errors and outputs of the stage-2 pipeline (no torch, no gRPC: shared by the pipeline
-and the services). Its inputs are :class:`synchuman.pipelines.handoff.Stage2Inputs`.
+"""Device defaults, progress, errors and outputs of the stage-2 pipeline (no torch, no gRPC: shared by the
+pipeline and the services). Its inputs are :class:`synchuman.pipelines.handoff.Stage2Inputs`, its options
+:class:`synchuman.options.Stage2Options`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
-from synchuman.options import (
-    GUIDANCE_RANGE,
-    SEED_RANGE,
-    STEPS_RANGE,
-    OptionError,
-    Range,
-    check_ranges,
-)
-from synchuman.postprocess.defaults import BAKE_STEPS
+from synchuman.options import Stage2Options
 
 if TYPE_CHECKING:
     from synchuman.models.flexicubes import Mesh
     from synchuman.models.gaussians import Gaussians
-
-#: Extra output file names (besides "person.glb") that :class:`Stage2Options.outputs` may request.
-EXTRA_OUTPUTS = ("gaussians.ply", "mesh_obj.zip")
 
 #: ``progress(phase, step, total)``: ``step`` of ``total`` done in ``phase`` (0, 0 for a phase without steps).
 Stage2Progress = Callable[[str, int, int], None]
@@ -42,47 +31,6 @@ class Stage2OutputRejected(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-@dataclass(frozen=True)
-class Stage2Options:
-    """Per-request options, with the upstream defaults. Ranges are checked by :meth:`validate`."""
-
-    seed: int = 43
-    steps: int = 25
-    guidance_scale: float = 5.0
-    texture_size: int = 1024
-    simplify_ratio: float = 0.7
-    bake_mode: str = "fast"  # "fast" | "opt" (upstream); see synchuman.postprocess.bake
-    bake_steps: int | None = None  # None: the mode's default (fast 100, opt 1000); validate() fills it
-    visibility_views: int = 1000
-    outputs: tuple[str, ...] = ()
-
-    #: The allowed ranges (inclusive); ``bake_mode`` and ``outputs`` are checked against their names.
-    RANGES: ClassVar[tuple[Range, ...]] = (
-        SEED_RANGE,
-        STEPS_RANGE,
-        GUIDANCE_RANGE,
-        ("texture_size", 256, 4096, "256 to 4096"),
-        ("simplify_ratio", 0.0, 0.99, "0 to 0.99"),
-        ("bake_steps", 0, 5000, "0 to 5000"),
-        ("visibility_views", 8, 4000, "8 to 4000"),
-    )
-
-    def validate(self) -> Stage2Options:
-        """Return the options with defaults resolved (``bake_steps``), or raise
-        :class:`~synchuman.options.OptionError` naming the first out-of-range option."""
-        if self.bake_mode not in BAKE_STEPS:
-            raise OptionError(
-                "bake_mode", f"bake_mode={self.bake_mode!r} is unknown; choose one of {sorted(BAKE_STEPS)}"
-            )
-        if self.bake_steps is None:
-            return dataclasses.replace(self, bake_steps=BAKE_STEPS[self.bake_mode]).validate()
-        check_ranges(self, self.RANGES)
-        unknown = [o for o in self.outputs if o not in EXTRA_OUTPUTS]
-        if unknown:
-            raise OptionError("outputs", f"unknown outputs {unknown}; choose from {EXTRA_OUTPUTS}")
-        return self
 
 
 #: Defaults of a stage-2 pipeline on a CPU: upstream's 1000 visibility views and 1024^2 texture take hours

@@ -13,7 +13,7 @@ Seeds: the services take one integer seed per stage; here ``generator.initial_se
 stages (each stage seeds its own CPU generator from it, as behind the services), so a generator seeded with
 ``s`` gives the same voxels and mesh as a served job with seed ``s``. Without a generator the stages' default
 seeds apply (those of :class:`~synchuman.options.Stage1Options` and
-:class:`~synchuman.pipelines.stage2_types.Stage2Options`).
+:class:`~synchuman.options.Stage2Options`).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from PIL import Image
 
 from synchuman.checkpoints.layout import CheckpointLayout, default_root
 from synchuman.checkpoints.verify import require_verified
-from synchuman.options import Stage1Options
+from synchuman.options import PreprocessOptions, Stage1Options, Stage2Options
 from synchuman.pipelines.handoff import Stage1Output, stage2_inputs_from
 from synchuman.pipelines.stage1 import Stage1Pipeline
 from synchuman.pipelines.stage2 import Stage2Pipeline
-from synchuman.pipelines.stage2_types import Stage2Options, Stage2OutputRejected, Stage2Result
-from synchuman.preprocess.pipeline import PreprocessOptions, PreprocessResult, preprocess
+from synchuman.pipelines.stage2_types import Stage2OutputRejected, Stage2Result
+from synchuman.preprocess.pipeline import PreprocessResult, preprocess
 from synchuman.preprocess.quality import QualityReport
 from synchuman.preprocess.segment import load_segmenter
 

@@ -15,6 +15,7 @@ from synchuman.geometry import camera
 from synchuman.geometry.raster import resolve_backend
 from synchuman.models.flexicubes import Mesh
 from synchuman.models.gaussians import Gaussians
+from synchuman.options import PostprocessOptions
 from synchuman.phases import PhaseTimer
 from synchuman.postprocess import bake as bake_mod
 from synchuman.postprocess import checks as checks_mod
@@ -57,37 +58,6 @@ class GeneratedViews:
 
     colors: np.ndarray
     normals: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class PostprocessOptions:
-    """Every upstream knob (defaults = upstream SyncHuman ``to_glb`` call) plus our speed options.
-
-    The bake defaults to the ``"fast"`` mode (splat initialisation + 100 full-batch steps), which reaches a
-    lower view error than upstream's 1000 single-view steps (``bake_mode="opt"``) in ``bench_postprocess``.
-    """
-
-    simplify: float = 0.7
-    fill_holes: bool = True
-    max_hole_size: float = 0.04
-    max_hole_edges: int | None = None  # None: int(250 * sqrt(1 - simplify)), as upstream
-    visibility_views: int = 1000
-    visibility_resolution: int = 1024
-    texture_size: int = 1024
-    bake_mode: str = "fast"  # "fast" (lower error than upstream's, 2.5x faster) or "opt" (upstream)
-    bake_steps: int | None = None  # None: BAKE_STEPS of the mode (fast 100, opt 1000)
-    bake_lambda_tv: float = 0.01
-    gaussian_views: int = 95  # upstream renders 100 views of which the first 5 are replaced by generated ones
-    gaussian_resolution: int = 1024
-    gaussian_kernel: float = 0.1
-    gaussian_backend: str = "auto"
-    atlas_fast: bool = True
-    metallic: float = 0.0
-    limits: checks_mod.CheckLimits = field(default_factory=checks_mod.CheckLimits)
-    extras: tuple[str, ...] = ()  # any of "gaussian_ply", "obj", "views"
-    raster_candidates: int = 1 << 25  # candidate pixels per rasteriser chunk (~120 B each; torch backend)
-    raster_backend: str = "torch"  # visibility and bake views: torch | nvdiffrast | open3d | auto
-    seed: int = 0
 
 
 @dataclass

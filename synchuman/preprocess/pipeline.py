@@ -5,69 +5,30 @@ Used unchanged by the CLI (``synchuman preprocess``) and the gRPC service.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import ClassVar
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from synchuman.options import OptionError, Range, check_ranges
+from synchuman.options import PreprocessOptions
 from synchuman.preprocess.decode import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_PIXELS,
-    MIN_SIDE,
     DecodedImage,
     decode_image,
     decode_pil,
 )
-from synchuman.preprocess.errors import QualityGateError, SegmenterError
+from synchuman.preprocess.errors import QualityGateError
 from synchuman.preprocess.framing import conditioning_crop, frame_multiview
 from synchuman.preprocess.mask import clean_mask, refine_alpha
 from synchuman.preprocess.quality import QualityIssue, QualityReport, assess
-from synchuman.preprocess.segment import DEFAULT_SEGMENTER, load_segmenter, segmenter_stem
+from synchuman.preprocess.segment import DEFAULT_SEGMENTER, load_segmenter
 
 #: Longer side of the copy used for segmentation and the quality measurements, in pixels.
 ANALYSIS_SIDE = 1024
 #: Longer side up to which alpha matting runs (larger inputs are matted at this size and upsampled).
 MATTING_SIDE = 2048
-
-
-@dataclass(frozen=True)
-class PreprocessOptions:
-    """What to do. ``segmenter``: model name in the segmentation folder ("" = :data:`DEFAULT_SEGMENTER`);
-    ``ignore_alpha``: segment even if the input has a usable alpha channel; ``alpha_matting``: refine the
-    segmented mask's edge; ``max_pixels``/``max_bytes``: input limits; ``segmentation_dir``: model folder
-    (None = :func:`~synchuman.preprocess.segment.segmentation_dir`)."""
-
-    segmenter: str = ""
-    ignore_alpha: bool = False
-    alpha_matting: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_bytes: int = DEFAULT_MAX_BYTES
-    segmentation_dir: Path | None = None
-
-    #: The allowed ranges (inclusive); the segmenter name's form is checked here, its model file when it is
-    #: loaded.
-    RANGES: ClassVar[tuple[Range, ...]] = (
-        ("max_pixels", MIN_SIDE * MIN_SIDE, math.inf, f"at least {MIN_SIDE}x{MIN_SIDE}"),
-        ("max_bytes", 1, math.inf, "at least 1"),
-    )
-
-    def validate(self) -> PreprocessOptions:
-        """Return ``self`` or raise :class:`~synchuman.options.OptionError` naming the first out-of-range
-        limit or a malformed segmenter name."""
-        check_ranges(self, self.RANGES)
-        if self.segmenter:
-            try:
-                segmenter_stem(self.segmenter)
-            except SegmenterError as error:
-                raise OptionError("segmenter", str(error)) from None
-        return self
 
 
 @dataclass

@@ -37,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
+    from synchuman.options import PreprocessOptions
     from synchuman.preprocess.errors import PreprocessError, QualityGateError
-    from synchuman.preprocess.pipeline import PreprocessOptions, preprocess
+    from synchuman.preprocess.pipeline import preprocess
     from synchuman_cli.main import UserError
 
     source = Path(args.input)
