@@ -41,14 +41,29 @@ class ArtifactCorrupted(Exception):
 
 
 def checked(pieces: Iterable[bytes], expected: str, job_id: str, name: str) -> Iterator[bytes]:
-    """``pieces`` of a stored file, passed on as they come; after the last one their SHA-256 must equal
-    ``expected`` (hex; empty: not checked), else :class:`ArtifactCorrupted`."""
+    """``pieces`` of a stored file, passed on as they come except the last, which follows only once the
+    SHA-256 of all of them equals ``expected`` (hex; empty: not checked): on a mismatch
+    :class:`ArtifactCorrupted` is raised instead, so a damaged file is never passed on whole (an HTTP
+    download breaks off short of its Content-Length)."""
     digest = hashlib.sha256()
+    held: bytes | None = None
     for piece in pieces:
         digest.update(piece)
-        yield piece
+        if held is not None:
+            yield held
+        held = piece
     if expected and digest.hexdigest() != expected:
         raise ArtifactCorrupted(job_id, name)
+    if held is not None:
+        yield held
+
+
+def is_whole(start: int, stop: int | None) -> bool:
+    """Whether bytes ``start`` to ``stop`` (offsets in bytes, ``stop`` exclusive; None: the end) are the whole
+    file; ``ValueError`` for a negative or empty span."""
+    if start < 0 or (stop is not None and stop <= start):
+        raise ValueError(f"bytes {start} to {stop} are no part of a file")
+    return start == 0 and stop is None
 
 
 def media_type(name: str) -> str:
@@ -84,9 +99,18 @@ class ArtifactStore(Protocol):
         """The file's bytes, checked against the stored SHA-256; ``FileNotFoundError`` when missing,
         :class:`ArtifactCorrupted` on a mismatch."""
 
-    def chunks(self, job_id: str, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-        """The file in pieces of at most ``chunk_bytes`` without holding all of it; the SHA-256 is checked
-        as the last piece is read (:class:`ArtifactCorrupted` then). ``FileNotFoundError`` when missing."""
+    def chunks(
+        self, job_id: str, name: str, chunk_bytes: int = CHUNK_BYTES, start: int = 0, stop: int | None = None
+    ) -> Iterator[bytes]:
+        """Bytes ``start`` to ``stop`` (offsets in bytes, ``stop`` exclusive; None: to the end) of the file in
+        pieces of at most ``chunk_bytes``, read as they are consumed (the file is never held whole).
+        ``FileNotFoundError`` when missing, before the first piece. The whole file (the defaults) is
+        checked against its SHA-256 before its last piece (:class:`ArtifactCorrupted` then); a part is not
+        (that needs all of it: a client checks a resumed download against the SHA-256 of the header)."""
+
+    def download_url(self, job_id: str, name: str, filename: str) -> str:
+        """A short-lived URL a client may download the file from directly, saved as ``filename``; ``""``
+        when this store does not hand out such URLs (then the gateway sends the bytes itself)."""
 
     def remove_job(self, job_id: str) -> int:
         """Delete every file of ``job_id``; returns how many there were."""
@@ -94,8 +118,9 @@ class ArtifactStore(Protocol):
 
 def open_artifact_store(url: str, data_dir: Path) -> ArtifactStore:
     """The artifact store named by ``url``: ``""`` (default: ``DATA_DIR/artifacts``), ``file:///ABS/PATH``
-    (or ``file://REL/PATH``) or ``s3://BUCKET[/PREFIX]`` (endpoint, region and credentials from the usual
-    AWS variables and config files, e.g. ``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``).
+    (or ``file://REL/PATH``) or ``s3://BUCKET[/PREFIX][?presigned_downloads=SECONDS]`` (endpoint, region
+    and credentials from the usual AWS variables and config files, e.g. ``AWS_ENDPOINT_URL``,
+    ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``; ``presigned_downloads``: see :mod:`gateway.artifacts_s3`).
     Other schemes are refused with the list of supported ones.
     """
     from gateway.artifacts_file import FileArtifactStore
@@ -108,8 +133,7 @@ def open_artifact_store(url: str, data_dir: Path) -> ArtifactStore:
     if sep and scheme == "s3" and rest.strip("/"):
         from gateway.artifacts_s3 import S3ArtifactStore
 
-        bucket, _, prefix = rest.partition("/")
-        return S3ArtifactStore(bucket, prefix.strip("/"))
+        return S3ArtifactStore.at(rest)
     raise ValueError(
         f"unsupported artifact store URL {url!r}: use file:///PATH or s3://BUCKET/PREFIX "
         "(or leave it empty for DATA_DIR/artifacts)"

@@ -10,6 +10,7 @@ again, rewriting both). Files written before checksums were kept (no ``.sha256``
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -17,7 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from gateway.artifacts import CHUNK_BYTES, ArtifactCorrupted, check_job_id, check_name, checked, media_type
+from gateway.artifacts import (
+    CHUNK_BYTES,
+    ArtifactCorrupted,
+    check_job_id,
+    check_name,
+    checked,
+    is_whole,
+    media_type,
+)
 from services.common.stage_io import blob_header
 from synchuman.v1 import common_pb2
 
@@ -35,9 +44,14 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def _pieces(handle: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
+def _pieces(handle: BinaryIO, chunk_bytes: int, length: int | None) -> Iterator[bytes]:
+    """``length`` bytes (None: up to the end of the file) from the handle's position, in pieces of at most
+    ``chunk_bytes``; closes the handle."""
+    left = math.inf if length is None else length
     with handle:
-        yield from iter(lambda: handle.read(chunk_bytes), b"")
+        while left > 0 and (piece := handle.read(int(min(chunk_bytes, left)))):
+            left -= len(piece)
+            yield piece
 
 
 class FileArtifactStore:
@@ -79,10 +93,18 @@ class FileArtifactStore:
             raise ArtifactCorrupted(job_id, name)
         return data
 
-    def chunks(self, job_id: str, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    def chunks(
+        self, job_id: str, name: str, chunk_bytes: int = CHUNK_BYTES, start: int = 0, stop: int | None = None
+    ) -> Iterator[bytes]:
+        whole = is_whole(start, stop)
         path = self._path(job_id, name)
         handle = path.open("rb")  # FileNotFoundError here, before the first piece
-        return checked(_pieces(handle, chunk_bytes), self._expected(path), job_id, name)
+        handle.seek(start)
+        pieces = _pieces(handle, chunk_bytes, None if stop is None else stop - start)
+        return checked(pieces, self._expected(path), job_id, name) if whole else pieces
+
+    def download_url(self, job_id: str, name: str, filename: str) -> str:
+        return ""  # a folder has no URL of its own: the gateway sends the bytes
 
     def remove_job(self, job_id: str) -> int:
         folder = self.root / check_job_id(job_id)

@@ -11,10 +11,12 @@ import time
 
 import boto3
 import grpc
+import httpx
 import pytest
 from real_servers import s3_server
 
 from gateway.artifacts import ArtifactCorrupted, open_artifact_store
+from gateway.artifacts_s3 import presigned_downloads_url
 
 BUCKET = "synchuman-test"
 
@@ -137,3 +139,64 @@ def test_gateway_on_s3_serves_deletes_and_expires_job_files(s3_endpoint, tmp_pat
         assert objects(ids[1]) == []
     finally:
         stack.close()
+
+
+def test_parts_are_read_without_the_rest(store):
+    data = os.urandom(3 * 1000 + 17)
+    store.put("job1", "part.bin", data)
+    for start, stop in ((0, 1), (999, 2001), (3000, None), (5, len(data)), (len(data) - 1, None)):
+        pieces = list(store.chunks("job1", "part.bin", chunk_bytes=1000, start=start, stop=stop))
+        assert max(len(p) for p in pieces) <= 1000 and b"".join(pieces) == data[start:stop], (start, stop)
+    for start, stop in ((-1, None), (10, 10), (10, 5)):
+        with pytest.raises(ValueError, match="no part of a file"):
+            store.chunks("job1", "part.bin", start=start, stop=stop)
+    with pytest.raises(FileNotFoundError):
+        store.chunks("job1", "missing.bin", start=1, stop=2)
+
+
+def test_a_damaged_file_is_never_passed_on_whole(store):
+    store.put("job1", "voxels.bin", b"\x01" * 5000)
+    corrupt(store, "job1", "voxels.bin", b"\x02" * 5000)
+    received = bytearray()
+    with pytest.raises(ArtifactCorrupted):
+        for piece in store.chunks("job1", "voxels.bin", chunk_bytes=1000):
+            received += piece
+    assert len(received) == 4000  # the last piece is held back until the check
+    assert b"".join(store.chunks("job1", "voxels.bin", start=4000)) == b"\x02" * 1000  # parts: unchecked
+
+
+def test_only_an_s3_store_with_presigned_downloads_gives_urls(s3_endpoint, tmp_path):
+    folder = open_artifact_store(f"file://{tmp_path}/artifacts", tmp_path)
+    plain = open_artifact_store(f"s3://{BUCKET}/plain", tmp_path)
+    presigning = open_artifact_store(presigned_downloads_url(f"s3://{BUCKET}/signed", 60), tmp_path)
+    assert presigning.presigned_downloads_s == 60 and presigning.prefix == "signed"
+    for store in (folder, plain, presigning):
+        store.put("job1", "person.glb", b"glTF" * 1000)
+    assert folder.download_url("job1", "person.glb", "x.glb") == plain.download_url("job1", "person.glb", "x")
+    assert folder.download_url("job1", "person.glb", "x.glb") == ""
+    url = presigning.download_url("job1", "person.glb", "job1-person.glb")
+    assert url.startswith(f"{s3_endpoint}/{BUCKET}/signed/job1/person.glb?")
+    answer = httpx.get(url)
+    assert answer.status_code == 200 and answer.content == b"glTF" * 1000
+    assert answer.headers["content-disposition"] == 'attachment; filename="job1-person.glb"'
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (f"s3://{BUCKET}/p?presigned_downloads=-1", "whole seconds from 0 to 604800"),
+        (f"s3://{BUCKET}/p?presigned_downloads=604801", "whole seconds"),
+        (f"s3://{BUCKET}/p?expiry=5", "unknown artifact store option"),
+    ],
+)
+def test_bad_s3_store_options_are_refused(tmp_path, url, message):
+    with pytest.raises(ValueError, match=message):
+        open_artifact_store(url, tmp_path)
+
+
+def test_presigned_downloads_need_an_s3_store():
+    with pytest.raises(ValueError, match="need an s3://BUCKET/PREFIX artifact store"):
+        presigned_downloads_url("file:///data", 60)
+    assert presigned_downloads_url("s3://b/p", 5) == "s3://b/p?presigned_downloads=5"
+    with pytest.raises(ValueError, match="whole seconds"):
+        presigned_downloads_url("s3://b/p", 10**7)
