@@ -1,10 +1,15 @@
 # The two entry points of the README. Both install whatever is missing first (scripts/bootstrap.sh).
-.PHONY: serve test setup protos lint compose-test
+.PHONY: serve test setup lock protos lint compose-test
 
 PY := .venv/bin/python
 
 setup:
 	bash scripts/bootstrap.sh
+
+# Rewrite the lock files (requirements/*.txt) after a change of pyproject.toml; keeps every other pin.
+# Upgrade one package: make lock ARGS="--upgrade-package grpcio-tools"; everything: make lock ARGS=--upgrade.
+lock: setup
+	$(PY) scripts/lock.py $(ARGS)
 
 # Main job: check/obtain checkpoints, then start preprocess, stage 1, stage 2 and the gateway on localhost.
 serve: setup

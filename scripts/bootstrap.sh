@@ -4,8 +4,8 @@
 # offline default segmentation model and a Docker Compose v2 binary (compose.yaml validation, optional). Safe to
 # run again; fast when nothing changed.
 #   SYNCHUMAN_VENV   venv folder (default .venv)
-#   SYNCHUMAN_TORCH  pip requirement for torch when none is installed (default torch==2.13.0: the CPU wheel here;
-#                    on a GPU host install the CUDA build you want into the venv first)
+#   SYNCHUMAN_TORCH  pip requirement for torch when none is installed (default: requirements/torch.txt, the CPU
+#                    wheel here; on a GPU host install the CUDA build of that version into the venv first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${SYNCHUMAN_VENV:-.venv}"
@@ -17,10 +17,14 @@ if [ ! -x "$py" ]; then
   "$py" -m pip install -q -U pip
 fi
 if ! "$py" -c "import torch" 2>/dev/null; then
-  "$py" -m pip install -q "${SYNCHUMAN_TORCH:-torch==2.13.0}"
+  "$py" -m pip install -q "${SYNCHUMAN_TORCH:-$(grep -v '^#' requirements/torch.txt)}"
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  "$py" -m pip install -q -e ".[dev]"
+# Every other Python package at the exact version and hash of the lock (make lock writes it from pyproject.toml),
+# then the project itself without resolving anything; pip check proves the set is consistent.
+if [ ! -f "$stamp" ] || [ requirements/dev.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  "$py" -m pip install -q --require-hashes --no-deps -r requirements/dev.txt
+  "$py" -m pip install -q --no-deps --no-build-isolation -e .
+  "$py" -m pip check
   touch "$stamp"
 fi
 if [ ! -x node_modules/.bin/buf ] || [ ! -e node_modules/gltf-validator ] || [ package.json -nt node_modules ] \

@@ -120,13 +120,16 @@ def test_services_and_images(config: dict) -> None:
 
 
 def test_one_shared_dependency_layer() -> None:
-    """torch and the third-party packages are installed in ``deps`` only, from pyproject.toml before any
-    source file is copied; the project itself (every package pyproject lists) in ``app``; non-root user."""
+    """torch (requirements/torch.txt's pin unless TORCH_SPEC names one) and the third-party packages are
+    installed in ``deps`` only, from the hashed lock before any source file is copied; the project itself in
+    ``app`` without resolving anything; non-root user."""
     stages = dockerfile_stages()
     deps = " ".join(stages["deps"])
-    assert "pip install \"$TORCH_SPEC\"" in deps and "requirements.py /tmp/deps/pyproject.toml all" in deps
+    assert 'spec="${TORCH_SPEC:-$(grep -v \'^#\' /tmp/deps/torch.txt)}"' in deps
+    assert 'pip install "$spec"' in deps
+    assert "pip install --require-hashes --no-deps -r /tmp/deps/all.txt && pip check" in deps
     assert [line for line in stages["deps"] if line.startswith("COPY")] == [
-        "COPY pyproject.toml docker/requirements.py /tmp/deps/"
+        "COPY requirements/torch.txt requirements/all.txt /tmp/deps/"
     ]
     assert "pip install --no-deps --no-build-isolation /tmp/src" in " ".join(stages["app"])
     assert instruction("app", "USER") == "synchuman"
@@ -342,18 +345,6 @@ def test_json_log_wrapper_keeps_json_and_wraps_the_rest() -> None:
     by_stream = {name: [r["msg"] for r in records if r.get("logger") == name] for name in streams}
     assert by_stream == {"stdout": ["plain"], "stderr": ["a", "b"]}
     assert len(records) == 4
-
-
-def test_dependency_list_expands_the_projects_own_extras() -> None:
-    spec = importlib.util.spec_from_file_location("requirements", REPO_ROOT / "docker" / "requirements.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    project = {"project": {"name": "p", "dependencies": ["torch>=2"], "optional-dependencies": {
-        "rpc": ["grpcio"], "a": ["p[rpc]", "x"], "all": ["p[a,rpc]", "torch>=2"]}}}
-    assert module.requirements(project, ["all"]) == ["torch>=2", "grpcio", "x"]
-    with pytest.raises(SystemExit, match="no extra 'gpu'"):
-        module.requirements(project, ["gpu"])
 
 
 # -- end to end: `make compose-test` ------------------------------------------------------------------------
