@@ -10,8 +10,8 @@ import grpc
 from gateway.artifacts import ArtifactCorrupted
 from gateway.errors import JobError
 from gateway.manager import JobManager
+from services.common.rpc_status import abort, bad_request
 from services.common.stage_io import InvalidInput, piece_chunks, read_start, receive_blobs, upload_chunks
-from services.common.stage_runtime import abort, bad_request
 from synchuman.v1 import reconstruction_pb2, reconstruction_pb2_grpc
 
 

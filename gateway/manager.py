@@ -32,7 +32,7 @@ from gateway.stage_deadlines import StageDeadlines
 from gateway.stages import StageClients
 from gateway.store import TERMINAL_STATES, Event, Job, JobStore, StoreUnavailable
 from gateway.upload_checks import check_idempotency_key, checked_photo_media_type
-from services.common.stage_runtime import error_info
+from services.common.rpc_status import error_info
 from services.common.worker import release_heap
 from synchuman.v1 import common_pb2, reconstruction_pb2
 

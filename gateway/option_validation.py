@@ -21,8 +21,8 @@ from services.common.conversions import (
     stage1_options_from_proto,
     stage2_options_from_proto,
 )
+from services.common.rpc_status import bad_request
 from services.common.stage_io import InvalidInput
-from services.common.stage_runtime import bad_request
 from synchuman.options import PreprocessOptions, Range, Stage1Options, Stage2Options
 from synchuman.v1 import common_pb2
 

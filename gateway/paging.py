@@ -9,7 +9,7 @@ import grpc
 from gateway.errors import JobError
 from gateway.request_fields import MAX_ID_CHARS, check_state
 from gateway.store import Job, JobStore
-from services.common.stage_runtime import bad_request
+from services.common.rpc_status import bad_request
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000

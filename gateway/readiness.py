@@ -27,7 +27,7 @@ from gateway.errors import JobError
 from gateway.stages import StageClients
 from gateway.store import JobStore, StoreUnavailable
 from services.common.endpoints import STAGE_SERVICES
-from services.common.stage_runtime import error_info, retry_info
+from services.common.rpc_status import error_info, retry_info
 
 log = logging.getLogger(__name__)
 

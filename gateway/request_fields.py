@@ -13,7 +13,7 @@ import re
 import grpc
 
 from gateway.errors import JobError
-from services.common.stage_runtime import bad_request
+from services.common.rpc_status import bad_request
 from synchuman.v1 import reconstruction_pb2
 
 MAX_ID_CHARS = 64

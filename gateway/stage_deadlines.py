@@ -22,9 +22,10 @@ import grpc
 
 from gateway.errors import JobError
 from services.common.conversions import stage1_options_from_proto, stage2_options_from_proto
-from services.common.stage_runtime import bad_request
+from services.common.rpc_status import bad_request
 from synchuman.options import Stage1Options, Stage2Options
 from synchuman.pipelines.stage2_types import VISIBILITY_RESOLUTION, device_defaults
+from synchuman.stage_catalog import MULTIVIEW, PREPROCESS, RECONSTRUCTION, STAGES
 from synchuman.v1 import common_pb2
 
 #: How long a stage's device answer stays cached (seconds).
@@ -48,12 +49,12 @@ class DeviceCosts:
 
 #: ``(stage, device type) -> costs``; a device type not listed is priced as "cpu".
 COSTS: dict[tuple[int, str], DeviceCosts] = {
-    (common_pb2.STAGE_PREPROCESS, "cpu"): DeviceCosts(fixed_s=60.0, sampler_step_s=0.0),
-    (common_pb2.STAGE_PREPROCESS, "cuda"): DeviceCosts(fixed_s=60.0, sampler_step_s=0.0),
-    (common_pb2.STAGE_MULTIVIEW, "cuda"): DeviceCosts(fixed_s=60.0, sampler_step_s=1.0),
-    (common_pb2.STAGE_MULTIVIEW, "cpu"): DeviceCosts(fixed_s=120.0, sampler_step_s=25.0),
-    (common_pb2.STAGE_RECONSTRUCTION, "cuda"): DeviceCosts(60.0, 1.0, view_s=0.05, bake_step_s=0.05),
-    (common_pb2.STAGE_RECONSTRUCTION, "cpu"): DeviceCosts(300.0, 10.0, view_s=16.0, bake_step_s=4.0),
+    (PREPROCESS.stage, "cpu"): DeviceCosts(fixed_s=60.0, sampler_step_s=0.0),
+    (PREPROCESS.stage, "cuda"): DeviceCosts(fixed_s=60.0, sampler_step_s=0.0),
+    (MULTIVIEW.stage, "cuda"): DeviceCosts(fixed_s=60.0, sampler_step_s=1.0),
+    (MULTIVIEW.stage, "cpu"): DeviceCosts(fixed_s=120.0, sampler_step_s=25.0),
+    (RECONSTRUCTION.stage, "cuda"): DeviceCosts(60.0, 1.0, view_s=0.05, bake_step_s=0.05),
+    (RECONSTRUCTION.stage, "cpu"): DeviceCosts(300.0, 10.0, view_s=16.0, bake_step_s=4.0),
 }
 
 
@@ -68,7 +69,7 @@ def _multiview_costs(options: common_pb2.JobOptions, kind: str, costs: DeviceCos
     return {"options.multiview.steps": stage1.steps * costs.sampler_step_s}
 
 
-def _stage2_costs(options: common_pb2.JobOptions, kind: str, costs: DeviceCosts) -> dict[str, float]:
+def _reconstruction_costs(options: common_pb2.JobOptions, kind: str, costs: DeviceCosts) -> dict[str, float]:
     stage2: Stage2Options = stage2_options_from_proto(options.reconstruction, defaults=device_defaults(kind))
     area = (VISIBILITY_RESOLUTION.get(kind, 1024) / 1024) ** 2
     bake_s = (stage2.bake_steps or 0) * costs.bake_step_s * (stage2.texture_size / 1024) ** 2
@@ -82,12 +83,11 @@ def _stage2_costs(options: common_pb2.JobOptions, kind: str, costs: DeviceCosts)
 #: ``(JobOptions, device type, costs) -> seconds per costly option`` (named by its field path).
 OptionCosts = Callable[[common_pb2.JobOptions, str, DeviceCosts], dict[str, float]]
 
-#: Stage -> the ``JobOptions`` field of its options (also its name in messages) and the seconds its costly
-#: options add; a stage's fixed cost is in :data:`COSTS`.
-STAGE_OPTION_COSTS: dict[int, tuple[str, OptionCosts]] = {
-    common_pb2.STAGE_PREPROCESS: ("preprocess", lambda options, kind, costs: {}),
-    common_pb2.STAGE_MULTIVIEW: ("multiview", _multiview_costs),
-    common_pb2.STAGE_RECONSTRUCTION: ("reconstruction", _stage2_costs),
+#: Stage -> the seconds its costly options add; a stage's fixed cost is in :data:`COSTS`.
+STAGE_OPTION_COSTS: dict[int, OptionCosts] = {
+    PREPROCESS.stage: lambda options, kind, costs: {},
+    MULTIVIEW.stage: _multiview_costs,
+    RECONSTRUCTION.stage: _reconstruction_costs,
 }
 
 
@@ -96,8 +96,7 @@ def estimate_s(stage: int, options: common_pb2.JobOptions, device: str) -> tuple
     that device) on ``device``, and the option that costs most (``""`` when the fixed part dominates)."""
     kind = device_type(device)
     costs = COSTS[(stage, kind)]
-    _, option_costs = STAGE_OPTION_COSTS[stage]
-    parts: dict[str, float] = {"": costs.fixed_s, **option_costs(options, kind, costs)}
+    parts: dict[str, float] = {"": costs.fixed_s, **STAGE_OPTION_COSTS[stage](options, kind, costs)}
     return sum(parts.values()), max(parts, key=lambda name: parts[name])
 
 
@@ -138,15 +137,16 @@ class StageDeadlines:
 
     def check_fits(self, options: common_pb2.JobOptions) -> None:
         """FAILED_PRECONDITION naming the costliest option when a stage's estimate exceeds the ceiling."""
-        for stage, (group, _) in STAGE_OPTION_COSTS.items():
-            device = self.device(stage)
+        for entry in STAGES:
+            device = self.device(entry.stage)
             if device is None:
                 continue
-            estimate, costliest = estimate_s(stage, options, device)
+            estimate, costliest = estimate_s(entry.stage, options, device)
             if estimate > self.ceiling_s:
-                field = costliest or f"options.{group}"
+                field = costliest or f"options.{entry.name}"
                 message = (
-                    f"these options need about {estimate / 60:.0f} min in the {group} stage on its device "
+                    f"these options need about {estimate / 60:.0f} min in the {entry.name} stage on its "
+                    f"device "
                     f"({device}), longer than the stage deadline of {self.ceiling_s / 60:.0f} min; lower "
                     f"{field} (unset options use the device's defaults)"
                 )

@@ -1,7 +1,8 @@
 """The stages of a job as one table (:data:`STAGE_TABLE`) that the job loop walks in order.
 
-For each stage the table says which stored files the stage needs, how the stage service is called, which files
-it stores and which report of the job it fills in. All files of a job live in its artifact store under fixed
+For each stage the table adds to its :mod:`synchuman.stage_catalog` entry (the stored files it needs and
+the files it stores) how the gateway keeps its result: the result file's bytes and which report of the job it
+fills in. All files of a job live in its artifact store under fixed
 names (the photo is ``"input"``). A stage's last output, its *result file*, is written last, so its presence
 marks the stage as complete: a job interrupted by a restart resumes at the first stage without one.
 """
@@ -16,15 +17,11 @@ from google.protobuf import json_format
 
 from gateway.artifacts import ArtifactStore, media_type
 from gateway.events import now_timestamp
-from gateway.stages import CallHandle, Progress, StageClients, StageOutput
+from gateway.stages import CallHandle, EventSink, StageClients, StageOutput
 from gateway.store import Job
 from services.common.stage_io import blob_header
-from synchuman.pipelines.handoff import VIEW_FILES
-from synchuman.v1 import common_pb2, reconstruction_pb2
-
-#: ``(clients, job, inputs, on_progress, handle)`` -> the stage's output; ``inputs`` maps the names in
-#: :attr:`StageStep.inputs` to the stored bytes.
-StageCall = Callable[[StageClients, Job, dict[str, bytes], Progress, CallHandle], StageOutput]
+from synchuman.stage_catalog import MULTIVIEW, PREPROCESS, RECONSTRUCTION, StageEntry
+from synchuman.v1 import reconstruction_pb2
 
 
 def _report_json(result: Any) -> bytes:
@@ -35,45 +32,41 @@ def _voxels(result: Any) -> bytes:
     return result.structure.SerializeToString()
 
 
-def _call_preprocess(
-    clients: StageClients, job: Job, inputs: dict[str, bytes], on_progress: Progress, handle: CallHandle
-) -> StageOutput:
-    return clients.preprocess(job.id, inputs["input"], job.options.preprocess, on_progress, handle)
-
-
-def _call_stage1(
-    clients: StageClients, job: Job, inputs: dict[str, bytes], on_progress: Progress, handle: CallHandle
-) -> StageOutput:
-    return clients.stage1(job.id, inputs, job.options.multiview, on_progress, handle)
-
-
-def _call_stage2(
-    clients: StageClients, job: Job, inputs: dict[str, bytes], on_progress: Progress, handle: CallHandle
-) -> StageOutput:
-    structure = common_pb2.VoxelStructure.FromString(inputs.pop("voxels.bin"))
-    return clients.stage2(job.id, structure, inputs, job.options.reconstruction, on_progress, handle)
-
-
 @dataclass(frozen=True)
 class StageStep:
-    """One stage of a job.
+    """One stage of a job: its catalog ``entry`` (name, ``synchuman.v1.Stage`` value, files) and how the
+    gateway keeps its result.
 
-    ``stage``: the ``synchuman.v1.Stage`` value; ``name``: its key in ``Job.attempts``, logs and metrics;
-    ``inputs``: stored files the call needs, in upload order; ``call``: the stage-service call;
-    ``outputs``: files the stage stores, its result file last; ``encode_result``: the result file's bytes
-    from the stage's result message; ``report_field``: the ``Job`` field that gets ``result.report`` (the
-    result file then is that report as JSON), "" for none; ``options_field``: the ``JobOptions`` field of
-    ``Job.effective_options`` that gets ``result.effective_options``, "" for none.
+    ``encode_result``: the result file's bytes from the stage's result message; ``report_field``: the ``Job``
+    field that gets ``result.report`` (the result file then is that report as JSON), "" for none;
+    ``keeps_options``: whether ``result.effective_options`` goes to ``Job.effective_options`` (under the
+    stage's name).
     """
 
-    stage: int
-    name: str
-    inputs: tuple[str, ...]
-    call: StageCall
-    outputs: tuple[str, ...]
+    entry: StageEntry
     encode_result: Callable[[Any], bytes]
     report_field: str = ""
-    options_field: str = ""
+    keeps_options: bool = False
+
+    @property
+    def stage(self) -> int:
+        """The ``synchuman.v1.Stage`` value."""
+        return self.entry.stage
+
+    @property
+    def name(self) -> str:
+        """The stage's name: its key in ``Job.attempts``, logs and metrics."""
+        return self.entry.name
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Stored files the call needs, in upload order."""
+        return tuple(file.name for file in self.entry.inputs)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Files the stage stores, its result file last."""
+        return tuple(file.name for file in self.entry.stored_files)
 
     @property
     def result_file(self) -> str:
@@ -84,14 +77,25 @@ class StageStep:
         """The stored files the call needs (name -> bytes, in :attr:`inputs` order)."""
         return {name: artifacts.get(job_id, name) for name in self.inputs}
 
+    def call(
+        self,
+        clients: StageClients,
+        job: Job,
+        inputs: dict[str, bytes],
+        on_event: EventSink,
+        handle: CallHandle,
+    ) -> StageOutput:
+        """Call the stage's service for ``job`` with its stored ``inputs`` (:meth:`load_inputs`)."""
+        return clients.call(self.entry, job.id, inputs, job.options, on_event, handle)
+
     def store_outputs(self, job: Job, output: StageOutput, artifacts: ArtifactStore) -> None:
         """Write the stage's files (the result file last), list them in ``job`` and fill its report."""
         files = dict(output.blobs)
         files[self.result_file] = self.encode_result(output.result)
         if self.report_field:
             getattr(job, self.report_field).CopyFrom(output.result.report)
-        if self.options_field:
-            getattr(job.effective_options, self.options_field).CopyFrom(output.result.effective_options)
+        if self.keeps_options:
+            getattr(job.effective_options, self.name).CopyFrom(output.result.effective_options)
         now = now_timestamp()
         for name in sorted(files, key=lambda n: n == self.result_file):
             header = artifacts.put(job.id, name, files[name], output.media.get(name, ""))
@@ -122,37 +126,12 @@ def _list_artifact(job: Job, artifact: reconstruction_pb2.Artifact) -> None:
 
 #: The stages in the order a job runs them.
 STAGE_TABLE = (
-    StageStep(
-        stage=common_pb2.STAGE_PREPROCESS,
-        name="preprocess",
-        inputs=("input",),
-        call=_call_preprocess,
-        outputs=("framed.png", "conditioning.png", "mask.png", "input_report.json"),
-        encode_result=_report_json,
-        report_field="input_report",
-    ),
-    StageStep(
-        stage=common_pb2.STAGE_MULTIVIEW,
-        name="multiview",
-        inputs=("framed.png", "conditioning.png"),
-        call=_call_stage1,
-        outputs=(*VIEW_FILES, "voxels.bin"),
-        encode_result=_voxels,
-        options_field="multiview",
-    ),
-    StageStep(
-        stage=common_pb2.STAGE_RECONSTRUCTION,
-        name="reconstruction",
-        inputs=("conditioning.png", *VIEW_FILES, "voxels.bin"),
-        call=_call_stage2,
-        outputs=("person.glb", "gaussians.ply", "mesh_obj.zip", "output_report.json"),
-        encode_result=_report_json,
-        report_field="output_report",
-        options_field="reconstruction",
-    ),
+    StageStep(PREPROCESS, _report_json, report_field="input_report"),
+    StageStep(MULTIVIEW, _voxels, keeps_options=True),
+    StageStep(RECONSTRUCTION, _report_json, report_field="output_report", keeps_options=True),
 )
 
 
 def stage_name(stage: int) -> str:
-    """The table name of a ``synchuman.v1.Stage`` value ("" for none)."""
+    """The name of a ``synchuman.v1.Stage`` value ("" for none)."""
     return next((step.name for step in STAGE_TABLE if step.stage == stage), "")

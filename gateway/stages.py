@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from gateway.replicas import ReplicaHealth
 from services.common.auth import authorized_channel
-from services.common.endpoints import STAGE_SERVICES
+from services.common.rpc_status import retry_delay_s
 from services.common.stage_io import BlobAssembler, BlobMismatch, blob_header, upload_messages
 from services.common.tls import ClientTls, open_channel
+from synchuman.stage_catalog import MULTIVIEW, PREPROCESS, RECONSTRUCTION, STAGES, StageEntry, media_type
 from synchuman.v1 import (
     common_pb2,
     preprocess_pb2,
@@ -53,7 +54,8 @@ CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 2000),
 )
 
-Progress = Callable[[common_pb2.ProgressEvent], None]
+#: Where a stage call relays each ``ProgressEvent`` the stage sends (the job loop's event log).
+EventSink = Callable[[common_pb2.ProgressEvent], None]
 
 
 class StageFailure(Exception):
@@ -82,13 +84,7 @@ class StageFailure(Exception):
         status.message = (
             f"{stage}: {status.message}" if not status.message.startswith(stage) else status.message
         )
-        retry_after = 0.0
-        for detail in status.details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                retry_after = info.retry_delay.ToTimedelta().total_seconds()
-        return cls(status, code in RETRYABLE, retry_after)
+        return cls(status, code in RETRYABLE, retry_delay_s(status))
 
     @classmethod
     def broken_stream(cls, stage: str, reason: str) -> StageFailure:
@@ -164,27 +160,37 @@ class StageClients:
         #: ``(stage, job options) -> seconds``: the deadline of one stage call (by default ``call_timeout_s``;
         #: the manager installs :meth:`gateway.stage_deadlines.StageDeadlines.deadline_s`).
         self.deadline_s: Callable[[int, common_pb2.JobOptions], float] = lambda stage, options: call_timeout_s
-        addresses = (targets.preprocess, targets.stage1, targets.stage2)
-        self._channels = [open_channel(target, tls, CHANNEL_OPTIONS) for target in addresses]
-        stubs = [authorized_channel(channel, token) for channel in self._channels]
-        stages = STAGE_SERVICES.values()
-        self._health = {stage: health_pb2_grpc.HealthStub(c) for stage, c in zip(stages, stubs, strict=True)}
+        addresses = {entry.stage: getattr(targets, entry.service) for entry in STAGES}
+        self._channels = {stage: open_channel(to, tls, CHANNEL_OPTIONS) for stage, to in addresses.items()}
+        stubs = {stage: authorized_channel(channel, token) for stage, channel in self._channels.items()}
+        self._health = {stage: health_pb2_grpc.HealthStub(stub) for stage, stub in stubs.items()}
         self._replicas = {
-            stage: ReplicaHealth(target, token, tls, CHANNEL_OPTIONS)
-            for stage, target in zip(stages, addresses, strict=True)
+            stage: ReplicaHealth(target, token, tls, CHANNEL_OPTIONS) for stage, target in addresses.items()
         }
-        self._preprocess = preprocess_pb2_grpc.PreprocessServiceStub(stubs[0])
-        self._stage1 = stage1_pb2_grpc.Stage1ServiceStub(stubs[1])
-        self._stage2 = stage2_pb2_grpc.Stage2ServiceStub(stubs[2])
+        preprocess = preprocess_pb2_grpc.PreprocessServiceStub(stubs[PREPROCESS.stage])
+        stage1 = stage1_pb2_grpc.Stage1ServiceStub(stubs[MULTIVIEW.stage])
+        stage2 = stage2_pb2_grpc.Stage2ServiceStub(stubs[RECONSTRUCTION.stage])
+        #: Stage -> its streaming RPC.
+        self._rpcs = {
+            PREPROCESS.stage: _StageRpc(
+                preprocess.Preprocess, preprocess_pb2.PreprocessRequest, _preprocess_start
+            ),
+            MULTIVIEW.stage: _StageRpc(
+                stage1.GenerateViews, stage1_pb2.GenerateViewsRequest, _multiview_start
+            ),
+            RECONSTRUCTION.stage: _StageRpc(
+                stage2.Reconstruct, stage2_pb2.ReconstructRequest, _reconstruction_start
+            ),
+        }
         #: GPU stage -> its ``GetInfo`` method and request (preprocess has none and runs on the CPU).
         self._get_info: dict[int, tuple[Any, Any]] = {
-            common_pb2.STAGE_MULTIVIEW: (self._stage1.GetInfo, stage1_pb2.Stage1ServiceGetInfoRequest()),
-            common_pb2.STAGE_RECONSTRUCTION: (self._stage2.GetInfo, stage2_pb2.Stage2ServiceGetInfoRequest()),
+            MULTIVIEW.stage: (stage1.GetInfo, stage1_pb2.Stage1ServiceGetInfoRequest()),
+            RECONSTRUCTION.stage: (stage2.GetInfo, stage2_pb2.Stage2ServiceGetInfoRequest()),
         }
 
     def close(self) -> None:
         """Close the channels (calls in flight are cancelled)."""
-        for channel in self._channels:
+        for channel in self._channels.values():
             channel.close()
         for replicas in self._replicas.values():
             replicas.close()
@@ -255,25 +261,32 @@ class StageClients:
         serving = sum(1 for up in self.replicas_serving(stage, timeout_s).values() if up)
         return int(info.concurrency + info.max_queue) * max(1, serving)
 
-    def _run(
+    def call(
         self,
-        stage: str,
-        method: Any,
-        requests: Iterable[Any],
-        on_progress: Progress,
+        entry: StageEntry,
+        job_id: str,
+        files: dict[str, bytes],
+        options: common_pb2.JobOptions,
+        on_event: EventSink,
         handle: CallHandle,
-        timeout_s: float,
     ) -> StageOutput:
+        """One call of ``entry``'s stage service for job ``job_id``: uploads ``files`` (its stored inputs, by
+        name) with the stage's part of ``options``, relays its progress to ``on_event`` and returns its output
+        blobs and result message; :class:`StageFailure` when the call fails."""
+        rpc = self._rpcs[entry.stage]
+        start, uploads = rpc.start(job_id, getattr(options, entry.name), files)
+        requests = upload_messages(rpc.request_type, start, uploads)
+        timeout_s = self.deadline_s(entry.stage, options)
         assembler = BlobAssembler()
         result = None
         try:
-            call = method(iter(requests), timeout=timeout_s)
+            call = rpc.method(iter(requests), timeout=timeout_s)
             handle.attach(call)
             try:
                 for message in call:
                     kind = message.WhichOneof("payload")
                     if kind == "progress":
-                        on_progress(message.progress)
+                        on_event(message.progress)
                     elif kind == "blob":
                         assembler.add_header(message.blob)
                     elif kind == "chunk":
@@ -283,71 +296,55 @@ class StageClients:
             finally:
                 handle.detach()
             if result is None:
-                raise StageFailure.broken_stream(stage, "the stream ended without a result")
+                raise StageFailure.broken_stream(entry.name, "the stream ended without a result")
             return StageOutput(assembler.finish(), assembler.media_types, result)
         except grpc.RpcError as error:
             # The failed call is the exception, and its traceback holds grpc's frames that reference it: a
             # reference cycle that kept this call's inputs and partial outputs (~13 MB of views for stage 2)
             # alive until a rare full garbage collection; without the traceback they are freed at once.
             error.with_traceback(None)
-            raise StageFailure.from_rpc_error(stage, error) from error
+            raise StageFailure.from_rpc_error(entry.name, error) from error
         except BlobMismatch as mismatch:
-            raise StageFailure.broken_stream(stage, str(mismatch)) from mismatch
+            raise StageFailure.broken_stream(entry.name, str(mismatch)) from mismatch
 
-    def preprocess(
-        self,
-        job_id: str,
-        image: bytes,
-        options: common_pb2.PreprocessOptions,
-        on_progress: Progress,
-        handle: CallHandle,
-    ) -> StageOutput:
-        """PreprocessService.Preprocess of the photo; result: ``PreprocessResult``."""
-        start = preprocess_pb2.PreprocessStart(
-            request_id=job_id, options=options, image=blob_header("input", "application/octet-stream", image)
-        )
-        requests = upload_messages(preprocess_pb2.PreprocessRequest, start, {"input": image})
-        timeout_s = self.deadline_s(common_pb2.STAGE_PREPROCESS, common_pb2.JobOptions(preprocess=options))
-        return self._run("preprocess", self._preprocess.Preprocess, requests, on_progress, handle, timeout_s)
 
-    def stage1(
-        self,
-        job_id: str,
-        inputs: dict[str, bytes],
-        options: common_pb2.MultiviewOptions,
-        on_progress: Progress,
-        handle: CallHandle,
-    ) -> StageOutput:
-        """Stage1Service.GenerateViews of "framed.png" + "conditioning.png"; result:
-        ``GenerateViewsResult``.
-        """
-        start = stage1_pb2.GenerateViewsStart(
-            job_id=job_id, options=options, inputs=[blob_header(n, "image/png", d) for n, d in inputs.items()]
-        )
-        requests = upload_messages(stage1_pb2.GenerateViewsRequest, start, inputs)
-        timeout_s = self.deadline_s(common_pb2.STAGE_MULTIVIEW, common_pb2.JobOptions(multiview=options))
-        return self._run("multiview", self._stage1.GenerateViews, requests, on_progress, handle, timeout_s)
+#: ``(job id, the stage's options, its stored inputs) -> (start message, files to upload)``.
+StartBuilder = Callable[[str, Any, dict[str, bytes]], tuple[Any, dict[str, bytes]]]
 
-    def stage2(
-        self,
-        job_id: str,
-        structure: common_pb2.VoxelStructure,
-        inputs: dict[str, bytes],
-        options: common_pb2.ReconstructionOptions,
-        on_progress: Progress,
-        handle: CallHandle,
-    ) -> StageOutput:
-        """Stage2Service.Reconstruct of the voxel structure, conditioning image and views; result:
-        ``ReconstructResult``.
-        """
-        start = stage2_pb2.ReconstructStart(
-            job_id=job_id,
-            options=options,
-            structure=structure,
-            inputs=[blob_header(n, "image/png", d) for n, d in inputs.items()],
-        )
-        requests = upload_messages(stage2_pb2.ReconstructRequest, start, inputs)
-        timeout_s = self.deadline_s(
-            common_pb2.STAGE_RECONSTRUCTION, common_pb2.JobOptions(reconstruction=options)
-        )
-        return self._run("reconstruction", self._stage2.Reconstruct, requests, on_progress, handle, timeout_s)
+
+@dataclass(frozen=True)
+class _StageRpc:
+    """The streaming RPC of one stage service: the stub's method, its request message and its ``start``."""
+
+    method: Any
+    request_type: Any
+    start: StartBuilder
+
+
+def _headers(files: dict[str, bytes]) -> list[common_pb2.BlobHeader]:
+    return [blob_header(name, media_type(name), data) for name, data in files.items()]
+
+
+def _preprocess_start(
+    job_id: str, options: common_pb2.PreprocessOptions, files: dict[str, bytes]
+) -> tuple[preprocess_pb2.PreprocessStart, dict[str, bytes]]:
+    (image,) = _headers(files)
+    return preprocess_pb2.PreprocessStart(request_id=job_id, options=options, image=image), files
+
+
+def _multiview_start(
+    job_id: str, options: common_pb2.MultiviewOptions, files: dict[str, bytes]
+) -> tuple[stage1_pb2.GenerateViewsStart, dict[str, bytes]]:
+    return stage1_pb2.GenerateViewsStart(job_id=job_id, options=options, inputs=_headers(files)), files
+
+
+def _reconstruction_start(
+    job_id: str, options: common_pb2.ReconstructionOptions, files: dict[str, bytes]
+) -> tuple[stage2_pb2.ReconstructStart, dict[str, bytes]]:
+    """Stage 1's voxel structure travels in ``start``; the conditioning crop and the views are uploaded."""
+    uploads = dict(files)
+    structure = common_pb2.VoxelStructure.FromString(uploads.pop(MULTIVIEW.result_file.name))
+    start = stage2_pb2.ReconstructStart(
+        job_id=job_id, options=options, structure=structure, inputs=_headers(uploads)
+    )
+    return start, uploads

@@ -8,7 +8,7 @@ import grpc
 
 from gateway.errors import JobError
 from services.common.conversions import preprocess_error_details
-from services.common.stage_runtime import bad_request
+from services.common.rpc_status import bad_request
 from synchuman.preprocess.decode import decode_image
 from synchuman.preprocess.errors import InvalidImageError
 

@@ -17,13 +17,13 @@ from stage_doubles import FakeStage1, voxel_blob  # noqa: E402
 from services.common.stage_runtime import StageLimits  # noqa: E402
 from services.common.stage_server import StageSpec, serve_forever  # noqa: E402
 from services.stage1.service import Stage1Servicer  # noqa: E402
+from synchuman.stage_catalog import MULTIVIEW  # noqa: E402
 from synchuman.v1 import stage1_pb2_grpc  # noqa: E402
 
 if __name__ == "__main__":
     address, grace_s, step_s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
     spec = StageSpec(
-        name="stage1",
-        service_name="synchuman.v1.Stage1Service",
+        stage=MULTIVIEW,
         make_servicer=Stage1Servicer,
         add_servicer=stage1_pb2_grpc.add_Stage1ServiceServicer_to_server,
         load_backend=lambda: FakeStage1(step_s, voxel_blob(9.0) if "--blob" in sys.argv else None),

@@ -30,6 +30,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from services.common.rpc_status import abort, retry_info  # noqa: E402
 from services.common.stage_io import (  # noqa: E402
     blob_chunks,
     blob_header,
@@ -38,7 +39,6 @@ from services.common.stage_io import (  # noqa: E402
     voxels_from_proto,
     voxels_to_proto,
 )
-from services.common.stage_runtime import abort, retry_info  # noqa: E402
 from synchuman.v1 import (  # noqa: E402
     common_pb2,
     preprocess_pb2,

@@ -35,6 +35,7 @@ from synchuman.pipelines.stage2_types import (
     Stage2Cancelled,
     Stage2Result,
 )
+from synchuman.stage_catalog import MULTIVIEW, RECONSTRUCTION
 from synchuman.v1 import common_pb2, stage1_pb2, stage1_pb2_grpc, stage2_pb2, stage2_pb2_grpc
 
 INFO = PipelineInfo(checkpoint_dir="/nowhere", weights="test double", device="cpu", dtype="float32")
@@ -198,16 +199,14 @@ def start_server(
     ``access``: its token and TLS."""
     if name == "stage1":
         spec = StageSpec(
-            name="stage1",
-            service_name="synchuman.v1.Stage1Service",
+            stage=MULTIVIEW,
             make_servicer=Stage1Servicer,
             add_servicer=stage1_pb2_grpc.add_Stage1ServiceServicer_to_server,
             load_backend=lambda: backend,
         )
     else:
         spec = StageSpec(
-            name="stage2",
-            service_name="synchuman.v1.Stage2Service",
+            stage=RECONSTRUCTION,
             make_servicer=Stage2Servicer,
             add_servicer=stage2_pb2_grpc.add_Stage2ServiceServicer_to_server,
             load_backend=lambda: backend,

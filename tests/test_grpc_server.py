@@ -12,13 +12,13 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from services.common.endpoints import STAGE1_SERVICE
 from services.common.grpc_server import REFLECTION_V1_SERVICE, ServiceServer
 from services.stage1.service import Stage1Servicer
+from synchuman.stage_catalog import MULTIVIEW
 from synchuman.v1 import stage1_pb2_grpc
 
 EXPECTED = {
-    STAGE1_SERVICE,
+    MULTIVIEW.grpc_service,
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -29,7 +29,7 @@ EXPECTED = {
 def server():
     built = ServiceServer(
         "stage1",
-        STAGE1_SERVICE,
+        MULTIVIEW.grpc_service,
         "127.0.0.1:0",
         lambda s: stage1_pb2_grpc.add_Stage1ServiceServicer_to_server(Stage1Servicer(None), s),  # type: ignore[arg-type]
         workers=4,
@@ -62,7 +62,7 @@ def test_reflection_v1_lists_and_describes_the_services(server: ServiceServer) -
         listed, described, missing = _v1_reflection(
             channel,
             {"list_services": ""},
-            {"file_containing_symbol": STAGE1_SERVICE},
+            {"file_containing_symbol": MULTIVIEW.grpc_service},
             {"file_containing_symbol": "synchuman.v1.NoSuchService"},
         )
     assert {s.name for s in listed.list_services_response.service} == EXPECTED
@@ -86,9 +86,9 @@ def test_health_follows_set_serving(server: ServiceServer) -> None:
         def status(name: str) -> int:
             return stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=10).status
 
-        assert status("") == status(STAGE1_SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert status("") == status(MULTIVIEW.grpc_service) == health_pb2.HealthCheckResponse.NOT_SERVING
         server.set_serving(True)
-        assert status("") == status(STAGE1_SERVICE) == health_pb2.HealthCheckResponse.SERVING
+        assert status("") == status(MULTIVIEW.grpc_service) == health_pb2.HealthCheckResponse.SERVING
 
 
 
@@ -108,5 +108,5 @@ def test_buf_curl_lists_the_methods_with_either_reflection_protocol(
         env={**os.environ, "HOME": str(tmp_path)},
     )
     assert listed.returncode == 0, listed.stderr
-    assert f"{STAGE1_SERVICE}/GenerateViews" in listed.stdout
+    assert f"{MULTIVIEW.grpc_service}/GenerateViews" in listed.stdout
     assert "grpc.health.v1.Health/Check" in listed.stdout

@@ -6,13 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from synchuman.progress_phases import (
-    ALL_PHASES,
-    GATEWAY_PHASES,
-    PREPROCESS_PHASES,
-    STAGE1_PHASES,
-    STAGE2_PHASES,
-)
+from synchuman.progress_phases import ALL_PHASES, GATEWAY_PHASES
+from synchuman.stage_catalog import STAGES
+from synchuman.v1 import common_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON_PROTO = ROOT / "protos" / "synchuman" / "v1" / "common.proto"
@@ -30,13 +26,10 @@ def _quoted(text: str) -> list[str]:
 
 def test_the_proto_lists_every_phase_per_stage_in_order():
     comment = _proto_phase_comment()
-    for label, phases in (
-        ("STAGE_PREPROCESS:", PREPROCESS_PHASES),
-        ("STAGE_MULTIVIEW:", STAGE1_PHASES),
-        ("STAGE_RECONSTRUCTION:", STAGE2_PHASES),
-    ):
+    for entry in STAGES:
+        label = f"{common_pb2.Stage.Name(entry.stage)}:"
         listed = comment[comment.index(label) + len(label) :].split(".")[0]
-        assert tuple(_quoted(listed)) == phases, label
+        assert tuple(_quoted(listed)) == entry.phases, label
     gateway = comment[comment.index("Sent by the gateway") :].split("STAGE_PREPROCESS")[0]
     assert tuple(_quoted(gateway)) == GATEWAY_PHASES
     assert set(_quoted(comment)) == set(ALL_PHASES)
@@ -47,7 +40,7 @@ def test_the_readme_lists_the_same_phases():
     bullet = readme[readme.index("- Progress phases") :].split("\n- ")[0]
     assert set(re.findall(r"`([a-z_]+)`", bullet)) >= set(ALL_PHASES)
     listed = [name for name in re.findall(r"`([a-z_]+)`", bullet) if name in ALL_PHASES]
-    assert listed == [*GATEWAY_PHASES, *PREPROCESS_PHASES, *STAGE1_PHASES, *STAGE2_PHASES]
+    assert listed == [*GATEWAY_PHASES, *(phase for entry in STAGES for phase in entry.phases)]
 
 
 def test_every_phase_name_the_code_sends_is_listed():

@@ -24,7 +24,8 @@ from test_e2e_stage2_process import job_blobs
 
 from services.launcher import free_port
 from services.supervisor import health_status
-from synchuman.progress_phases import HEARTBEAT_S, STAGE2_PHASES
+from synchuman.progress_phases import HEARTBEAT_S
+from synchuman.stage_catalog import RECONSTRUCTION
 from synchuman.v1 import common_pb2, stage2_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ LONG = {
     "bake": {"bake_steps": 5000},
 }
 #: Phases a CPU stage runs (no Gaussian renders there).
-CPU_PHASES = [p for p in STAGE2_PHASES if p != "gaussian_render"]
+CPU_PHASES = [p for p in RECONSTRUCTION.phases if p != "gaussian_render"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -139,7 +140,7 @@ def test_progress_names_are_documented_and_no_gap_exceeds_the_heartbeat(stage2):
     for response in call(stub, visibility_views=600, bake_steps=300):
         if response.WhichOneof("payload") == "progress":
             seen.append((response.progress.phase, time.monotonic()))
-    assert {name for name, _ in seen} <= set(STAGE2_PHASES)
+    assert {name for name, _ in seen} <= set(RECONSTRUCTION.phases)
     assert [name for name in CPU_PHASES if name in {n for n, _ in seen}] == CPU_PHASES
     gaps = [later - earlier for (_, earlier), (_, later) in zip(seen, seen[1:], strict=False)]
     assert max(gaps) < HEARTBEAT_S + 1.0, max(gaps)

@@ -3,8 +3,8 @@
 Modules and their main entry points:
 
 * :mod:`services.common.endpoints` - default ports, host and addresses, and the gRPC service names
-  (:data:`DEFAULT_PORTS`, :data:`HEALTH_SERVICES`, :data:`STAGE_SERVICES`, :func:`default_address`), defined
-  once.
+  (:data:`DEFAULT_PORTS`, :data:`HEALTH_SERVICES`, :data:`STAGE_SERVICES`, :func:`default_address`), the
+  stages' from :mod:`synchuman.stage_catalog`.
 * :mod:`services.common.grpc_server` - :class:`ServiceServer`, the one gRPC server builder (servicer,
   grpc.health.v1, server reflection under ``grpc.reflection.v1`` and ``v1alpha``, the observability
   interceptor, message limits) used by the stage servers and the gateway.
@@ -19,8 +19,9 @@ Modules and their main entry points:
   admission, ``send_blobs``).
 * :mod:`services.common.stage_runtime` - per-request execution: :class:`StageRuntime.run_job` (admission with
   a bounded queue -> RESOURCE_EXHAUSTED + RetryInfo, work in a worker thread with progress streaming, stop on
-  cancel / deadline / shutdown); rich ``google.rpc.Status`` helpers :func:`abort`, :func:`bad_request`,
-  :func:`error_info`, :func:`retry_info`; :func:`guard` (input errors -> INVALID_ARGUMENT, others INTERNAL).
+  cancel / deadline / shutdown); :func:`guard` (input errors -> INVALID_ARGUMENT, others INTERNAL).
+* :mod:`services.common.rpc_status` - rich ``google.rpc.Status`` errors, shared with the gateway:
+  :func:`abort`, :func:`bad_request`, :func:`error_info`, :func:`retry_info`, :func:`retry_delay_s`.
 * :mod:`services.common.stage_io` - blobs on streams, both directions: :func:`upload_messages`,
   :func:`read_start`, :func:`receive_blobs`, :func:`send_blobs`, :class:`BlobAssembler` (size and SHA-256
   checks), PNG and voxel-structure helpers.

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 
+from services.common.rpc_status import bad_request, error_info
 from services.common.stage_io import (
     InvalidInput,
     decode_images,
     encode_pngs,
     voxels_from_proto,
 )
-from services.common.stage_runtime import bad_request, error_info
 from synchuman.options import OptionError, PreprocessOptions, Stage1Options, Stage2Options
 from synchuman.pipelines.handoff import VIEW_FILES, VIEW_SIZE, Stage1Output
 from synchuman.pipelines.stage2_types import OutputReport

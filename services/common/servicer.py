@@ -4,7 +4,7 @@ A stage service declares its RPCs on a :class:`StageServicer` subclass::
 
     class Stage1Servicer(StageServicer, stage1_pb2_grpc.Stage1ServiceServicer):
         GetInfo = info_rpc(stage1_pb2.Stage1ServiceGetInfoResponse)
-        GenerateViews = upload_rpc(UploadRpc("stage1", ..., generate_views))
+        GenerateViews = upload_rpc(UploadRpc(MULTIVIEW, ..., generate_views))
 
 :func:`upload_rpc` reads the ``start`` message (:func:`~services.common.stage_io.read_start`), takes the
 loaded backend (UNAVAILABLE while loading), hands a :class:`StageCall` to the handler and maps its failures
@@ -26,9 +26,10 @@ from services.common.stage_io import InvalidInput, read_start, send_blobs, uploa
 from services.common.stage_runtime import StageRuntime, guard
 from services.common.worker import Heartbeat
 from synchuman.progress_phases import HEARTBEAT_MESSAGE
+from synchuman.stage_catalog import StageEntry
 from synchuman.v1 import common_pb2
 
-#: The longest job or request id a stage accepts in ``start``.
+#: The longest job id a stage accepts in ``start``.
 MAX_ID_CHARS = 128
 
 
@@ -41,13 +42,13 @@ class StageServicer:
 
 @dataclass(frozen=True)
 class UploadRpc:
-    """A streaming stage RPC: ``name`` labels errors and logs; ``stage`` (a ``synchuman.v1.Stage``) tags its
-    progress events; ``response_type`` is the response message; ``start_holds`` says what ``start`` must
-    carry (error message); ``id_field`` names ``start``'s job or request id; ``handler`` does the stage's
-    work on a :class:`StageCall`, yielding response messages."""
+    """A streaming stage RPC: ``stage`` is the stage's catalog entry (its name labels errors and logs, its
+    ``synchuman.v1.Stage`` value tags the progress events); ``response_type`` is the response message;
+    ``start_holds`` says what ``start`` must carry (error message); ``id_field`` names ``start``'s field
+    holding the job id (``request_id`` in preprocess); ``handler`` does the stage's work on a
+    :class:`StageCall`, yielding response messages."""
 
-    name: str
-    stage: int
+    stage: StageEntry
     response_type: Any
     start_holds: str
     id_field: str
@@ -68,7 +69,7 @@ class StageCall:
 
     @property
     def job_id(self) -> str:
-        """The id of the job (or request) the caller sent in ``start``."""
+        """The id of the job the caller sent in ``start``."""
         return str(getattr(self.start, self.rpc.id_field))
 
     def chunks(self) -> Iterator[common_pb2.BlobChunk]:
@@ -87,7 +88,7 @@ class StageCall:
             if isinstance(event, Heartbeat):  # the last event again, the phase still running
                 event, message = event.last, HEARTBEAT_MESSAGE
             return self.rpc.response_type(
-                progress=progress_event(self.rpc.stage, *event, elapsed_s=elapsed_s, message=message)
+                progress=progress_event(self.rpc.stage.stage, *event, elapsed_s=elapsed_s, message=message)
             )
 
         return (yield from self.runtime.run_job(self.context, self.job_id, work, to_message))
@@ -98,7 +99,7 @@ class StageCall:
 
 
 def checked_id(start: Any, id_field: str) -> str:
-    """``start``'s job or request id; :class:`InvalidInput` when over :data:`MAX_ID_CHARS` characters or not
+    """``start``'s job id; :class:`InvalidInput` when over :data:`MAX_ID_CHARS` characters or not
     printable (it names the work in logs, metrics and errors)."""
     value = str(getattr(start, id_field))
     if len(value) > MAX_ID_CHARS or not value.isprintable():
@@ -122,7 +123,7 @@ def upload_rpc(
     def method(
         servicer: StageServicer, requests: Iterator[Any], context: grpc.ServicerContext
     ) -> Iterator[Any]:
-        return guard(rpc.name, context, _serve(rpc, servicer.runtime, requests, context))
+        return guard(rpc.stage.name, context, _serve(rpc, servicer.runtime, requests, context))
 
     return method
 

@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from services.common.gpu_queue import QueueFull, SlotLimiter, StoppedWhileQueued
+from services.common.rpc_status import Aborted, abort, bad_request, error_info, retry_info
 from services.common.worker import (
     ShutdownState,
     StopReason,
@@ -41,8 +39,6 @@ from synchuman.v1 import common_pb2
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-ERROR_DOMAIN = "synchuman.serve"
 
 
 class OutputRejected(Exception):
@@ -65,38 +61,11 @@ class StageLimits:
     typical_job_s: float = 30.0
 
 
-def _pack(message: Any) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
-class Aborted(Exception):
-    """The call was failed with a status already (raised by :func:`abort`; passes through :func:`guard`)."""
-
-
-def abort(
-    context: grpc.ServicerContext,
-    code: grpc.StatusCode,
-    message: str,
-    *details: Any,
-) -> NoReturn:
-    """Fail the call with ``code``, ``message`` and a ``google.rpc.Status`` carrying ``details``."""
-    status = status_pb2.Status(
-        code=getattr(code_pb2, code.name), message=message, details=[_pack(d) for d in details]
-    )
-    try:
-        context.abort_with_status(rpc_status.to_status(status))
-    except Exception as exc:  # grpc raises a bare Exception after recording the status
-        raise Aborted(message) from exc
-    raise Aborted(message)
-
-
 def guard(
     name: str, context: grpc.ServicerContext, handler: Generator[Any, None, None]
 ) -> Generator[Any, None, None]:
     """Run a streaming handler; turn input errors into INVALID_ARGUMENT and anything unexpected into
-    INTERNAL.
+    INTERNAL (a call already failed with :func:`~services.common.rpc_status.abort` passes through).
     """
     try:
         yield from handler
@@ -125,25 +94,6 @@ def guard(
             "and the server log has the traceback",
             error_info("INTERNAL_ERROR", exception=type(exc).__name__),
         )
-
-
-def retry_info(seconds: float) -> error_details_pb2.RetryInfo:
-    """A RetryInfo detail asking the client to wait ``seconds``."""
-    delay = duration_pb2.Duration()
-    delay.FromNanoseconds(int(seconds * 1e9))
-    return error_details_pb2.RetryInfo(retry_delay=delay)
-
-
-def bad_request(field: str, message: str) -> error_details_pb2.BadRequest:
-    """A BadRequest detail naming one field."""
-    return error_details_pb2.BadRequest(
-        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]
-    )
-
-
-def error_info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
-    """An ErrorInfo detail with a stable ``reason`` code."""
-    return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
 
 
 class StageRuntime:

@@ -28,6 +28,7 @@ from services.common.grpc_server import ServiceServer
 from services.common.observability import start_metrics_server
 from services.common.stage_runtime import StageLimits, StageRuntime
 from services.common.tls import ServerTls, add_server_tls_arguments, server_tls_from_args
+from synchuman.stage_catalog import StageEntry
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,14 @@ log = logging.getLogger(__name__)
 class StageSpec:
     """How to build one stage service.
 
-    ``service_name``: the full proto name (health and reflection); ``make_servicer(runtime)`` and
+    ``stage``: the stage's catalog entry (its name labels logs and errors; its service names the server in
+    metrics, health and reflection); ``make_servicer(runtime)`` and
     ``add_servicer(servicer, server)`` register the RPCs; ``load_backend()`` returns the loaded
     :class:`~services.common.backend.StageBackend` (raising with an actionable message when its checkpoints
     are missing or wrong), which is warmed up before SERVING and closed after the drain.
     """
 
-    name: str
-    service_name: str
+    stage: StageEntry
     make_servicer: Callable[[StageRuntime], Any]
     add_servicer: Callable[[Any, grpc.Server], None]
     load_backend: Callable[[], StageBackend[Any, Any, Any]]
@@ -65,11 +66,11 @@ class StageServer:
         self, spec: StageSpec, address: str, limits: StageLimits, access: StageAccess = StageAccess()
     ) -> None:
         self.spec = spec
-        self.runtime = StageRuntime(spec.name, limits)
+        self.runtime = StageRuntime(spec.stage.name, limits)
         workers = limits.concurrency + limits.max_queue + 8  # running + queued handlers + health/info calls
         self.grpc_server = ServiceServer(
-            spec.name,
-            spec.service_name,
+            spec.stage.service,
+            spec.stage.grpc_service,
             address,
             lambda server: spec.add_servicer(spec.make_servicer(self.runtime), server),
             workers=workers,
@@ -94,7 +95,7 @@ class StageServer:
         log.info(
             "serving",
             extra={
-                "stage": self.spec.name,
+                "stage": self.spec.stage.name,
                 "address": self.address,
                 "load_s": round(loaded - started, 3),
                 "warm_up_s": round(time.monotonic() - loaded, 3),
@@ -109,12 +110,13 @@ class StageServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        log.info("shutting down", extra={"stage": self.spec.name, "running": self.runtime.limiter.running})
+        running = self.runtime.limiter.running
+        log.info("shutting down", extra={"stage": self.spec.stage.name, "running": running})
         self.grpc_server.health.enter_graceful_shutdown()
         self.runtime.drain()
         self.grpc_server.stop(2.0).wait()
         self.runtime.close_backend()
-        log.info("stopped", extra={"stage": self.spec.name})
+        log.info("stopped", extra={"stage": self.spec.stage.name})
 
 
 def add_server_arguments(
@@ -209,23 +211,24 @@ def serve_forever(
         signal.signal(signum, lambda *_: stop.set())
     server = StageServer(spec, address, limits, access)
     start_metrics_server(metrics_port)
-    print(f"{spec.name}: listening on {server.address} (loading checkpoints)", file=sys.stderr, flush=True)
+    service = spec.stage.service
+    print(f"{service}: listening on {server.address} (loading checkpoints)", file=sys.stderr, flush=True)
     failure: list[BaseException] = []
 
     def load() -> None:
         try:
             server.load()
-            print(f"{spec.name}: serving on {server.address}", file=sys.stderr, flush=True)
+            print(f"{service}: serving on {server.address}", file=sys.stderr, flush=True)
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
             stop.set()
 
-    threading.Thread(target=load, name=f"{spec.name}-load", daemon=True).start()
+    threading.Thread(target=load, name=f"{service}-load", daemon=True).start()
     while not stop.wait(0.5):
         pass
     if failure:
-        log.error("start-up failed", extra={"stage": spec.name}, exc_info=failure[0])
-        print(f"{spec.name}: cannot start: {failure[0]}", file=sys.stderr, flush=True)
+        log.error("start-up failed", extra={"stage": spec.stage.name}, exc_info=failure[0])
+        print(f"{service}: cannot start: {failure[0]}", file=sys.stderr, flush=True)
         server.grpc_server.stop(None)
         return 3
     server.stop()

@@ -6,7 +6,6 @@ import argparse
 import os
 from pathlib import Path
 
-from services.common.endpoints import PREPROCESS_SERVICE
 from services.common.stage_server import (
     StageSpec,
     access_from_args,
@@ -16,6 +15,7 @@ from services.common.stage_server import (
 )
 from synchuman.options import PreprocessOptions
 from synchuman.preprocess.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from synchuman.stage_catalog import PREPROCESS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,8 +46,7 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
         max_bytes=args.max_bytes,
     )
     return StageSpec(
-        name="preprocess",
-        service_name=PREPROCESS_SERVICE,
+        stage=PREPROCESS,
         make_servicer=PreprocessServicer,
         add_servicer=preprocess_pb2_grpc.add_PreprocessServiceServicer_to_server,
         load_backend=lambda: PreprocessBackend.load(defaults),

@@ -18,17 +18,15 @@ from services.common.conversions import (
     preprocess_error_details,
     preprocess_options_from_proto,
 )
+from services.common.rpc_status import abort
 from services.common.servicer import StageCall, StageServicer, UploadRpc, upload_rpc
 from services.common.stage_io import InvalidInput, encode_pngs, receive_blobs
-from services.common.stage_runtime import abort
 from services.preprocess.backend import PreprocessBackend
 from synchuman.preprocess.errors import PreprocessError
-from synchuman.v1 import common_pb2, preprocess_pb2, preprocess_pb2_grpc
+from synchuman.stage_catalog import PREPROCESS
+from synchuman.v1 import preprocess_pb2, preprocess_pb2_grpc
 
-INPUT = "input"
-FRAMED = "framed.png"
-CONDITIONING = "conditioning.png"
-MASK = "mask.png"
+(INPUT,) = (file.name for file in PREPROCESS.inputs)
 
 
 def preprocess_photo(call: StageCall) -> Iterator[preprocess_pb2.PreprocessResponse]:
@@ -45,25 +43,28 @@ def preprocess_photo(call: StageCall) -> Iterator[preprocess_pb2.PreprocessRespo
         result = yield from call.run(blobs[INPUT], options)
     except PreprocessError as exc:
         details = preprocess_error_details(exc)
-        abort(call.context, grpc.StatusCode.INVALID_ARGUMENT, f"preprocess: {exc}", *details)
+        abort(call.context, grpc.StatusCode.INVALID_ARGUMENT, f"{PREPROCESS.name}: {exc}", *details)
     report = input_report_to_proto(result.report)
     yield preprocess_pb2.PreprocessResponse(report=report)
     pngs = encode_pngs([result.framed, result.conditioning, result.mask])
-    outputs = zip((FRAMED, CONDITIONING, MASK), pngs, strict=True)
-    headers = yield from call.send_blobs((name, "image/png", data) for name, data in outputs)
+    outputs = zip(PREPROCESS.outputs, pngs, strict=True)
+    headers = yield from call.send_blobs((file.name, file.media_type, data) for file, data in outputs)
     seconds = time.monotonic() - started
     yield preprocess_pb2.PreprocessResponse(
         result=preprocess_pb2.PreprocessResult(report=report, blobs=headers, seconds=seconds)
     )
 
 
-PREPROCESS = UploadRpc(
-    "preprocess", common_pb2.STAGE_PREPROCESS, preprocess_pb2.PreprocessResponse,
-    "options and the `input` header", "request_id", preprocess_photo,
+PREPROCESS_RPC = UploadRpc(
+    PREPROCESS,
+    preprocess_pb2.PreprocessResponse,
+    "options and the `input` header",
+    "request_id",
+    preprocess_photo,
 )
 
 
 class PreprocessServicer(StageServicer, preprocess_pb2_grpc.PreprocessServiceServicer):
     """Receives a photo in chunks; streams progress, the report, the three output images and a result."""
 
-    Preprocess = upload_rpc(PREPROCESS)
+    Preprocess = upload_rpc(PREPROCESS_RPC)

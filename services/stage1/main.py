@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.common.arguments import CommandLineError
-from services.common.endpoints import STAGE1_SERVICE
 from services.common.gpu_share import TurnHoldingBackend, add_gpu_share_arguments, gpu_turn_from_args
 from services.common.stage_server import (
     StageSpec,
@@ -17,6 +16,7 @@ from services.common.stage_server import (
     resolve_device,
     serve_forever,
 )
+from synchuman.stage_catalog import MULTIVIEW
 
 if TYPE_CHECKING:
     from services.stage1.backend import Stage1PipelineBackend
@@ -93,8 +93,7 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
         return TurnHoldingBackend(backend, gpu_turn) if gpu_turn else backend
 
     return StageSpec(
-        name="stage1",
-        service_name=STAGE1_SERVICE,
+        stage=MULTIVIEW,
         make_servicer=Stage1Servicer,
         add_servicer=stage1_pb2_grpc.add_Stage1ServiceServicer_to_server,
         load_backend=load_backend,

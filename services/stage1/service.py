@@ -18,10 +18,10 @@ from services.common.conversions import (
 from services.common.servicer import StageCall, StageServicer, UploadRpc, info_rpc, upload_rpc
 from services.common.stage_io import decode_image, receive_blobs, voxels_to_proto
 from services.stage1.backend import Stage1Inputs
-from synchuman.v1 import common_pb2, stage1_pb2, stage1_pb2_grpc
+from synchuman.stage_catalog import MULTIVIEW, media_type
+from synchuman.v1 import stage1_pb2, stage1_pb2_grpc
 
-FRAMED = "framed.png"
-CONDITIONING = "conditioning.png"
+FRAMED, CONDITIONING = (file.name for file in MULTIVIEW.inputs)
 MAX_INPUT_BYTES = 16 << 20
 
 
@@ -37,7 +37,7 @@ def generate_views(call: StageCall) -> Iterator[stage1_pb2.GenerateViewsResponse
     started = time.monotonic()  # the request's server-side wall time (queue included)
     output = yield from call.run(inputs, options)
     views = stage1_output_to_blobs(output)
-    headers = yield from call.send_blobs((name, "image/png", data) for name, data in views.items())
+    headers = yield from call.send_blobs((name, media_type(name), data) for name, data in views.items())
     yield stage1_pb2.GenerateViewsResponse(
         result=stage1_pb2.GenerateViewsResult(
             structure=voxels_to_proto(output.coords, call.backend.voxel_resolution),
@@ -49,8 +49,7 @@ def generate_views(call: StageCall) -> Iterator[stage1_pb2.GenerateViewsResponse
 
 
 GENERATE_VIEWS = UploadRpc(
-    "stage1", common_pb2.STAGE_MULTIVIEW, stage1_pb2.GenerateViewsResponse, "job id, options, input headers",
-    "job_id", generate_views,
+    MULTIVIEW, stage1_pb2.GenerateViewsResponse, "job id, options, input headers", "job_id", generate_views
 )
 
 

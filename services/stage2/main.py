@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.common.arguments import CommandLineError, non_negative_int_or_auto
-from services.common.endpoints import STAGE2_SERVICE
 from services.common.gpu_share import add_gpu_share_arguments, gpu_turn_from_args
 from services.common.stage_server import (
     StageSpec,
@@ -17,6 +16,7 @@ from services.common.stage_server import (
     resolve_device,
     serve_forever,
 )
+from synchuman.stage_catalog import RECONSTRUCTION
 
 if TYPE_CHECKING:
     from services.stage2.backend import Stage2PipelineBackend
@@ -69,8 +69,7 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
         )
 
     return StageSpec(
-        name="stage2",
-        service_name=STAGE2_SERVICE,
+        stage=RECONSTRUCTION,
         make_servicer=Stage2Servicer,
         add_servicer=stage2_pb2_grpc.add_Stage2ServiceServicer_to_server,
         load_backend=load_backend,

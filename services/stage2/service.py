@@ -22,27 +22,26 @@ from services.common.conversions import (
 from services.common.servicer import StageCall, StageServicer, UploadRpc, info_rpc, upload_rpc
 from services.common.stage_io import decode_image, receive_blobs
 from services.common.stage_runtime import OutputRejected
-from synchuman.pipelines.handoff import VIEW_FILES, stage2_inputs_from
+from synchuman.pipelines.handoff import stage2_inputs_from
 from synchuman.pipelines.stage2_types import Stage2OutputRejected
-from synchuman.v1 import common_pb2, stage2_pb2, stage2_pb2_grpc
+from synchuman.stage_catalog import MULTIVIEW, RECONSTRUCTION, media_type
+from synchuman.v1 import stage2_pb2, stage2_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-CONDITIONING = "conditioning.png"
 MAX_INPUT_BYTES = 16 << 20
-GLB = "person.glb"
-_MEDIA_TYPES = {
-    GLB: "model/gltf-binary",
-    "gaussians.ply": "application/x-ply",
-    "mesh_obj.zip": "application/zip",
-}
+#: The uploaded files: the conditioning crop, then the views (stage 1's voxel structure comes in ``start``).
+UPLOADS = tuple(file.name for file in RECONSTRUCTION.inputs if file != MULTIVIEW.result_file)
+CONDITIONING = UPLOADS[0]
+#: The GLB, always sent, first; the extras asked for follow.
+GLB = RECONSTRUCTION.outputs[0].name
 
 
 def reconstruct(call: StageCall) -> Iterator[stage2_pb2.ReconstructResponse]:
     """Reconstruct: progress per sampler step and phase, the GLB (+ requested extras), then the result with
     the output report; FAILED_PRECONDITION when the output is unusable."""
     options = stage2_options_from_proto(call.start.options, defaults=call.backend.defaults)
-    blobs = receive_blobs(call.start.inputs, call.chunks(), (CONDITIONING, *VIEW_FILES), MAX_INPUT_BYTES)
+    blobs = receive_blobs(call.start.inputs, call.chunks(), UPLOADS, MAX_INPUT_BYTES)
     stage1_output = stage1_output_from_wire(blobs, call.start.structure, call.backend.voxel_resolution)
     conditioning = decode_image(CONDITIONING, blobs[CONDITIONING], (518, 518), 3)
     inputs = stage2_inputs_from(stage1_output, conditioning)
@@ -66,9 +65,7 @@ def reconstruct(call: StageCall) -> Iterator[stage2_pb2.ReconstructResponse]:
             + f" (vertices {result.report.vertex_count}, faces {result.report.face_count})",
         )
     files = ((GLB, result.glb), *sorted(result.extra_files.items()))
-    headers = yield from call.send_blobs(
-        (name, _MEDIA_TYPES.get(name, "application/octet-stream"), data) for name, data in files
-    )
+    headers = yield from call.send_blobs((name, media_type(name), data) for name, data in files)
     yield stage2_pb2.ReconstructResponse(
         result=stage2_pb2.ReconstructResult(
             report=output_report_to_proto(result.report),
@@ -81,8 +78,11 @@ def reconstruct(call: StageCall) -> Iterator[stage2_pb2.ReconstructResponse]:
 
 
 RECONSTRUCT = UploadRpc(
-    "stage2", common_pb2.STAGE_RECONSTRUCTION, stage2_pb2.ReconstructResponse,
-    "job id, options, voxels, input headers", "job_id", reconstruct,
+    RECONSTRUCTION,
+    stage2_pb2.ReconstructResponse,
+    "job id, options, voxels, input headers",
+    "job_id",
+    reconstruct,
 )
 
 
