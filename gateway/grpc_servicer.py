@@ -10,12 +10,15 @@ import grpc
 from gateway.artifacts import ArtifactCorrupted
 from gateway.errors import JobError
 from gateway.manager import JobManager
+from gateway.store import StoreError
+from gateway.store_errors import REQUEST_ERRORS, as_job_error
 from services.common.rpc_status import abort, bad_request
 from services.common.stage_io import InvalidInput, piece_chunks, read_start, receive_blobs, upload_chunks
 from synchuman.v1 import reconstruction_pb2, reconstruction_pb2_grpc
 
 
-def _fail(context: grpc.ServicerContext, error: JobError) -> None:
+def _fail(context: grpc.ServicerContext, error: JobError | StoreError) -> None:
+    error = as_job_error(error)
     abort(context, error.code, error.message, *error.details)
 
 
@@ -41,7 +44,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
             job, deduplicated = self.manager.submit(blobs["input"], start.options, start.idempotency_key)
         except InvalidInput as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), bad_request(exc.field, str(exc)))
-        except JobError as error:
+        except REQUEST_ERRORS as error:
             _fail(context, error)
         return reconstruction_pb2.SubmitJobResponse(job=job, deduplicated=deduplicated)
 
@@ -50,7 +53,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
     ) -> Iterator[reconstruction_pb2.WatchJobResponse]:
         try:
             yield from self.manager.watch(request.job_id, request.after_sequence, context.is_active)
-        except JobError as error:
+        except REQUEST_ERRORS as error:
             _fail(context, error)
 
     def GetJob(
@@ -58,7 +61,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
     ) -> reconstruction_pb2.GetJobResponse:
         try:
             return reconstruction_pb2.GetJobResponse(job=self.manager.get(request.job_id))
-        except JobError as error:
+        except REQUEST_ERRORS as error:
             _fail(context, error)
         raise AssertionError("unreachable")
 
@@ -67,7 +70,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
     ) -> reconstruction_pb2.ListJobsResponse:
         try:
             jobs, token = self.manager.list(request.page_size, request.page_token, request.state)
-        except JobError as error:
+        except REQUEST_ERRORS as error:
             _fail(context, error)
         return reconstruction_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
@@ -76,7 +79,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
     ) -> reconstruction_pb2.CancelJobResponse:
         try:
             return reconstruction_pb2.CancelJobResponse(job=self.manager.cancel(request.job_id))
-        except JobError as error:
+        except REQUEST_ERRORS as error:
             _fail(context, error)
         raise AssertionError("unreachable")
 
@@ -85,7 +88,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
     ) -> reconstruction_pb2.DeleteJobResponse:
         try:
             return reconstruction_pb2.DeleteJobResponse(deleted_artifacts=self.manager.delete(request.job_id))
-        except JobError as error:
+        except REQUEST_ERRORS as error:
             _fail(context, error)
         raise AssertionError("unreachable")
 
@@ -94,7 +97,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
     ) -> Iterator[reconstruction_pb2.GetArtifactResponse]:
         try:
             header, pieces = self.manager.artifact_pieces(request.job_id, request.name)
-        except JobError as error:
+        except REQUEST_ERRORS as error:
             _fail(context, error)
         yield reconstruction_pb2.GetArtifactResponse(header=header)
         try:

@@ -48,7 +48,8 @@ from gateway.manager import JobManager
 from gateway.openapi_doc import error_responses, upload_doc
 from gateway.paging import PAGE_TOKEN
 from gateway.request_fields import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_SEQUENCE
-from gateway.store import TERMINAL_STATES
+from gateway.store import TERMINAL_STATES, StoreError
+from gateway.store_errors import as_job_error
 from gateway.web import add_web_page
 from services.common.endpoints import DEFAULT_HOST
 from services.common.stage_runtime import bad_request
@@ -215,6 +216,10 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
     @app.exception_handler(JobError)
     async def job_error(_: Request, error: JobError) -> JSONResponse:
         return _error_response(error)
+
+    @app.exception_handler(StoreError)
+    async def store_error(_: Request, error: StoreError) -> JSONResponse:
+        return _error_response(as_job_error(error))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_parameter(_: Request, error: RequestValidationError) -> JSONResponse:

@@ -7,9 +7,16 @@ heartbeat renews the leases every ``lease_s / 3``, and every write of the job is
 gateway that dies stops renewing; once its leases expire another gateway takes the jobs. Every stage's
 outputs are stored as soon as the stage returns and a stage whose result file is already stored is skipped,
 so the next gateway (or this one after a restart) resumes a job at the first stage without one. A failed
-stage call is sent again as :class:`gateway.retry.RetryPolicy` says, without re-running earlier stages.
-Stopping a job (cancelled here or, through the store's cancel flag, on another gateway; the gateway shutting
-down; its lease lost) stops its stage call in flight; a job stopped by a shutdown is released at once.
+stage call is sent again as :class:`gateway.retry.RetryPolicy` says, without re-running earlier stages: the
+job is released to the store with its back-off as ``run_after`` (a waiting job holds no lease and no worker;
+any gateway takes it once due; a stage that was down makes its waiting jobs due as soon as it is back, see
+:mod:`gateway.stage_comeback`).
+
+Idle workers wait for work: woken at once by a submission here, by the store's notifications (PostgreSQL's
+``LISTEN/NOTIFY``: a job submitted or released on any gateway) and otherwise when the earliest waiting job is
+due or every ``poll_s``, whichever comes first (the fallback, and SQLite's only way). Stopping a job
+(cancelled here or, through the store's cancel flag, on another gateway; the gateway shutting down; its lease
+lost) stops its stage call in flight; a job stopped by a shutdown is released at once.
 """
 
 from __future__ import annotations
@@ -28,13 +35,14 @@ from gateway.artifacts import ArtifactStore
 from gateway.errors import JobError
 from gateway.events import JobEvents
 from gateway.metrics import STAGE_RETRIES, STAGE_SECONDS
-from gateway.retry import RetryPolicy
+from gateway.retry import RetryPolicy, stage_down
 from gateway.stage_capacity import StageCapacity
+from gateway.stage_comeback import StageComeback
 from gateway.stage_table import STAGE_TABLE, StageStep, stage_name
 from gateway.stages import CallHandle, StageClients, StageFailure, StageOutput
-from gateway.store import TERMINAL_STATES, Job, JobStore, LeaseLost, StoreUnavailable
+from gateway.store import TERMINAL_STATES, Job, JobStore, LeaseLost, Listener, StoreUnavailable
 from services.common.conversions import progress_event
-from services.common.stage_runtime import error_info, retry_info
+from services.common.rpc_status import error_info, retry_info
 from services.common.worker import release_heap
 from synchuman.v1 import common_pb2, reconstruction_pb2
 
@@ -49,7 +57,8 @@ CANCELLED, SHUTDOWN, LEASE_LOST, FINISHED = "cancelled", "shutdown", "lease lost
 class LeaseSettings:
     """``lease_s``: how long a job stays leased to this gateway without a heartbeat (seconds; a dead gateway's
     jobs wait this long before another takes them); ``poll_s``: how often an idle worker looks for jobs
-    submitted on other gateways or left by a dead one (a submission here wakes one at once)."""
+    without being woken (a submission here, a store notification or a waiting job's due time wakes one
+    sooner): the only way to see jobs left by a dead gateway, and on SQLite those submitted elsewhere."""
 
     lease_s: float = 30.0
     poll_s: float = 1.0
@@ -58,6 +67,16 @@ class LeaseSettings:
     def heartbeat_s(self) -> float:
         """Seconds between two renewals of this gateway's leases."""
         return self.lease_s / 3
+
+
+class _Backoff(Exception):
+    """The stage call failed and is retried in ``delay_s``: the job goes back to the store until then;
+    ``stage``: a stage that was down, whose comeback makes the job due early (None: wait the whole delay)."""
+
+    def __init__(self, delay_s: float, stage: int | None) -> None:
+        super().__init__(f"retry in {delay_s:.2f} s")
+        self.delay_s = delay_s
+        self.stage = stage
 
 
 class _Stopped(Exception):
@@ -100,6 +119,13 @@ class JobLoop:
         self._owner = ""
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
+        self._wakes = 0  # counts wake-ups: a worker that was looking while one came looks again
+        self._listener: Listener | None = None
+        self._comeback = StageComeback(
+            lambda stage, timeout_s, stop: stages.wait_until_back(stage, timeout_s, stop),
+            self._make_due,
+            retry.initial_backoff_s,
+        )
         self._reserved = 0
         self._running: dict[str, CallHandle] = {}
         self._taken_at: dict[str, float] = {}
@@ -130,6 +156,7 @@ class JobLoop:
         heartbeat = threading.Thread(target=self._heartbeat, name="gateway-lease-heartbeat", daemon=True)
         heartbeat.start()
         self._threads.append(heartbeat)
+        self._listener = self._store.listen(self._wake)
         return len(unfinished)
 
     def stop(self, timeout_s: float) -> None:
@@ -140,9 +167,12 @@ class JobLoop:
             handles = list(self._running.values())
             self._work_ready.notify_all()
         self._stopped.set()
+        if self._listener is not None:
+            self._listener.close()
         for handle in handles:
             handle.stop(SHUTDOWN)
         deadline = time.monotonic() + timeout_s
+        self._comeback.stop(timeout_s)
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
@@ -171,8 +201,22 @@ class JobLoop:
 
     def enqueue(self, job_id: str) -> None:
         """A job was stored: wake an idle worker to take it (or the oldest waiting one)."""
+        self._wake()
+
+    def _wake(self) -> None:
+        """A job may be available (or due sooner than an idle worker thinks): wake one idle worker; a worker
+        looking in the store right now looks once more."""
         with self._lock:
+            self._wakes += 1
             self._work_ready.notify()
+
+    def _make_due(self, job_ids: list[str]) -> None:
+        """Jobs waiting for a stage that is back: due now (see :mod:`gateway.stage_comeback`)."""
+        try:
+            self._store.make_due(job_ids)
+        except StoreUnavailable as exc:
+            log.warning("could not make jobs due early", extra={"jobs": job_ids, "error": str(exc)})
+        self._wake()
 
     def withdraw(self, job_id: str) -> bool:
         """For a cancellation: lease a job nobody works on to this gateway (True; the caller ends it and
@@ -205,17 +249,14 @@ class JobLoop:
     # -- work ------------------------------------------------------------------------------------------------
 
     def _next_job(self) -> tuple[Job, CallHandle] | None:
-        """The oldest job nobody works on, leased to this gateway, with the handle that stops its work; None
-        once stopping. Waits for one (woken by :meth:`enqueue`, else every ``poll_s``)."""
+        """The oldest due job nobody works on, leased to this gateway, with the handle that stops its work;
+        None once stopping. Waits for one (see the module docstring)."""
         while True:
             with self._lock:
                 if self._stopping:
                     return None
-            try:
-                taken = self._store.acquire(self._owner, self._leases.lease_s, 1)
-            except StoreUnavailable as exc:
-                log.warning("job store unreachable; will look for jobs again", extra={"error": str(exc)})
-                taken = []
+                wakes = self._wakes
+            taken, wait_s = self._look()
             with self._lock:
                 if taken:
                     job = taken[0]
@@ -226,15 +267,27 @@ class JobLoop:
                     elif job.id in self._cancel_on_take:
                         handle.stop(CANCELLED)
                     self._cancel_on_take.discard(job.id)
+                    self._work_ready.notify()  # another idle worker looks for another due job
                     return job, handle
-                if not self._stopping:
-                    self._work_ready.wait(self._leases.poll_s)
+                if not self._stopping and wakes == self._wakes:
+                    self._work_ready.wait(wait_s)
+
+    def _look(self) -> tuple[list[Job], float]:
+        """Acquire one due job; with none, also the seconds to wait before looking again (until the next
+        waiting job is due, at most ``poll_s``)."""
+        try:
+            taken = self._store.acquire(self._owner, self._leases.lease_s, 1)
+            due_s = None if taken else self._store.next_due_s()
+        except StoreUnavailable as exc:
+            log.warning("job store unreachable; will look for jobs again", extra={"error": str(exc)})
+            return [], self._leases.poll_s
+        return taken, self._leases.poll_s if due_s is None else min(due_s, self._leases.poll_s)
 
     def _work(self) -> None:
         while (taken := self._next_job()) is not None:
             job, handle = taken
             self._events.forget(job.id)  # its events may have been written by another gateway
-            outcome = LEASE_LOST
+            outcome: str | _Backoff = LEASE_LOST
             try:
                 outcome = self._run(job, handle)
             finally:
@@ -242,15 +295,26 @@ class JobLoop:
                     self._running.pop(job.id, None)
                     self._taken_at.pop(job.id, None)
                 self._events.forget(job.id)
-                if outcome != LEASE_LOST:
+                if isinstance(outcome, _Backoff):
+                    self._back_off(job.id, outcome)
+                elif outcome != LEASE_LOST:
                     self._release_quietly(job.id)
 
-    def _release_quietly(self, job_id: str) -> None:
-        """Release a lease; if the store cannot be reached, the lease simply expires."""
+    def _back_off(self, job_id: str, backoff: _Backoff) -> None:
+        """Hand a job whose stage call failed back to the store, due after its back-off (watching its stage's
+        comeback when it was down); the worker looking for its next job sleeps until then at most."""
+        if self._release_quietly(job_id, backoff.delay_s) and backoff.stage is not None:
+            self._comeback.watch(backoff.stage, job_id, backoff.delay_s)
+
+    def _release_quietly(self, job_id: str, run_after_s: float = 0.0) -> bool:
+        """Release a lease (the job due in ``run_after_s``); if the store cannot be reached, the lease simply
+        expires (False)."""
         try:
-            self._store.release(self._owner, job_id)
+            self._store.release(self._owner, job_id, run_after_s)
         except StoreUnavailable as exc:
             log.warning("could not release a lease", extra={"job_id": job_id, "error": str(exc)})
+            return False
+        return True
 
     def _heartbeat(self) -> None:
         """Renew this gateway's leases every ``heartbeat_s``; stop the work of jobs lost to another gateway
@@ -282,10 +346,11 @@ class JobLoop:
                     log.warning("lease lost to another gateway; stopping here", extra={"job_id": job_id})
                     handle.stop(LEASE_LOST)
 
-    def _run(self, job: Job, handle: CallHandle) -> str:
-        """Work a job to its end (returns :data:`FINISHED`), or until it is stopped by a shutdown or an
-        unreachable store (:data:`SHUTDOWN`) or by the loss of its lease (:data:`LEASE_LOST`); either way
-        its stored state lets any gateway resume it."""
+    def _run(self, job: Job, handle: CallHandle) -> str | _Backoff:
+        """Work a job to its end (returns :data:`FINISHED`), or until a stage call must be retried later (the
+        :class:`_Backoff`), or until it is stopped by a shutdown or an unreachable store (:data:`SHUTDOWN`) or
+        by the loss of its lease (:data:`LEASE_LOST`); either way its stored state lets any gateway resume
+        it."""
         job_id = job.id
         if job.state in TERMINAL_STATES:
             return FINISHED
@@ -296,6 +361,10 @@ class JobLoop:
                     continue
                 self._run_step(job, step, handle)
             return self._end(job, reconstruction_pb2.JOB_STATE_SUCCEEDED)
+        except _Backoff as backoff:
+            with self._lock:  # from here on the heartbeat does not take the released lease for a lost one
+                self._taken_at.pop(job_id, None)
+            return backoff
         except _Stopped as stopped:
             if stopped.reason in (SHUTDOWN, LEASE_LOST):
                 log.info("job work stopped", extra={"job_id": job_id, "reason": stopped.reason})
@@ -328,33 +397,30 @@ class JobLoop:
         return FINISHED
 
     def _run_step(self, job: Job, step: StageStep, handle: CallHandle) -> None:
-        """Run one stage until it succeeds (outputs stored), fails for good (StageFailure) or is stopped."""
-        attempt = 0
-        while True:
+        """Run one attempt of a stage: it succeeds (outputs stored), fails for good (StageFailure), must be
+        retried later (:class:`_Backoff`) or is stopped. Attempts are counted in the job (``attempts``), so
+        the retry limit holds whichever gateways made them."""
+        _check_stopped(handle)
+        attempt = job.attempts[step.name] = job.attempts.get(step.name, 0) + 1
+        job.state = reconstruction_pb2.JOB_STATE_RUNNING
+        job.stage = step.stage
+        job.progress.CopyFrom(progress_event(step.stage, phase="start"))
+        message = f"attempt {attempt} on gateway {self._owner}"
+        self._events.emit(job, progress=progress_event(step.stage, phase="start", message=message))
+        started = time.monotonic()
+        try:
+            output = self._call(job, step, handle)
+        except StageFailure as failure:
+            STAGE_SECONDS.labels(step.name, failure.code_name).observe(time.monotonic() - started)
             _check_stopped(handle)
-            attempt += 1
-            job.attempts[step.name] = job.attempts.get(step.name, 0) + 1
-            job.state = reconstruction_pb2.JOB_STATE_RUNNING
-            job.stage = step.stage
-            job.progress.CopyFrom(progress_event(step.stage, phase="start"))
-            message = f"attempt {job.attempts[step.name]} on gateway {self._owner}"
-            self._events.emit(job, progress=progress_event(step.stage, phase="start", message=message))
-            started = time.monotonic()
-            try:
-                output = self._call(job, step, handle)
-            except StageFailure as failure:
-                STAGE_SECONDS.labels(step.name, failure.code_name).observe(time.monotonic() - started)
-                _check_stopped(handle)
-                if self._retry.gives_up(failure, attempt):
-                    if failure.retryable:
-                        failure.status.message += f" (gave up after {attempt} attempts)"
-                    raise
-                self._before_retry(job, step, failure, attempt, handle)
-                continue
-            STAGE_SECONDS.labels(step.name, "OK").observe(time.monotonic() - started)
-            step.store_outputs(job, output, self._artifacts)
-            self._events.emit(job, stage_completed=step.stage)
-            return
+            if self._retry.gives_up(failure, attempt):
+                if failure.retryable:
+                    failure.status.message += f" (gave up after {attempt} attempts)"
+                raise
+            raise self._backoff(job, step, failure, attempt) from failure
+        STAGE_SECONDS.labels(step.name, "OK").observe(time.monotonic() - started)
+        step.store_outputs(job, output, self._artifacts)
+        self._events.emit(job, stage_completed=step.stage)
 
     def _call(self, job: Job, step: StageStep, handle: CallHandle) -> StageOutput:
         def progress(event: common_pb2.ProgressEvent) -> None:
@@ -365,10 +431,8 @@ class JobLoop:
             _check_stopped(handle)
             return step.call(self._stages, job, step.load_inputs(job.id, self._artifacts), progress, handle)
 
-    def _before_retry(
-        self, job: Job, step: StageStep, failure: StageFailure, attempt: int, handle: CallHandle
-    ) -> None:
-        """Record the failed attempt (metric, log, ``retrying`` event) and wait out the back-off."""
+    def _backoff(self, job: Job, step: StageStep, failure: StageFailure, attempt: int) -> _Backoff:
+        """Record the failed attempt (metric, log, ``retrying`` event); the back-off to wait in the store."""
         delay = self._retry.delay(attempt, failure.retry_after_s)
         STAGE_RETRIES.labels(step.name, failure.code_name).inc()
         log.warning(
@@ -383,9 +447,4 @@ class JobLoop:
             },
         )
         self._events.emit(job, retrying=failure.status)
-        self._retry.wait(
-            failure,
-            delay,
-            handle.stopped,
-            lambda timeout_s, stop: self._stages.wait_until_back(step.stage, timeout_s, stop),
-        )
+        return _Backoff(delay, step.stage if stage_down(failure) else None)

@@ -79,6 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "it (default 30)",
     )
     parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=1.0,
+        help="an idle worker looks for jobs at least this often; sooner when woken by a submission here, a "
+        "PostgreSQL notification or a waiting job's due time (default 1)",
+    )
+    parser.add_argument(
         "--auth-token",
         default=os.environ.get("SYNCHUMAN_GATEWAY_AUTH_TOKEN", ""),
         help="bearer token that gRPC calls and the HTTP bridge require (default: "
@@ -162,6 +169,7 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201 - gateway.server
         retention_s=args.retention_hours * 3600.0,
         gateway_id=args.gateway_id,
         lease_s=args.lease_seconds,
+        poll_s=args.poll_seconds,
         tls=server_tls_from_args(args),
         stage_token=args.stage_token,
         stage_tls=client_tls_from_args(args, "stage-tls"),

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 
 from gateway.errors import JobError
-from gateway.store import JobStore
+from gateway.store import JobNotFound, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def delete_expired(
             try:
                 delete(job_id)
                 deleted += 1
-            except JobError:  # deleted meanwhile by a client
+            except (JobError, JobNotFound):  # deleted meanwhile by a client
                 continue
         if len(ids) < batch:
             break

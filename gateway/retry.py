@@ -1,30 +1,26 @@
-"""When and how long to wait before a failed stage call is sent again.
+"""When a failed stage call is sent again, and after how long.
 
 A stage call that failed with UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED (or whose answer was
 corrupted; see :class:`gateway.stages.StageFailure`) is retried after an exponential back-off, at least
-as long as the stage's own RetryInfo asks. A stage that is down (UNAVAILABLE) gets its retry as soon as its
-health says SERVING again instead of at the end of the back-off.
+as long as the stage's own RetryInfo asks. The job waits out its back-off in the job store, not in a worker
+(:mod:`gateway.job_loop`); a stage that is down (UNAVAILABLE, :func:`stage_down`) gets its retry as soon as
+its health says SERVING again instead of at the end of the back-off (:mod:`gateway.stage_comeback`).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.rpc import code_pb2
 
 from gateway.stages import StageFailure
 
-#: ``(timeout_s, stop)`` -> whether the stage came back before the timeout (see
-#: :meth:`gateway.stages.StageClients.wait_until_back`).
-WaitUntilBack = Callable[[float, threading.Event], bool]
-
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often a failed stage call is sent again: ``max_attempts`` in all, waiting
-    ``initial_backoff_s * multiplier**(n-1)`` (at most ``max_backoff_s``, at least the stage's RetryInfo).
+    """How often a failed stage call is sent again: ``max_attempts`` in all (counted in the job, over every
+    gateway that worked on it), waiting ``initial_backoff_s * multiplier**(n-1)`` after attempt ``n`` (at
+    most ``max_backoff_s``, at least the stage's RetryInfo).
     """
 
     max_attempts: int = 20
@@ -41,13 +37,7 @@ class RetryPolicy:
         """True when ``failure`` of attempt ``attempt`` is final (not retryable, or no attempts left)."""
         return not failure.retryable or attempt >= self.max_attempts
 
-    def wait(
-        self, failure: StageFailure, delay_s: float, stop: threading.Event, wait_until_back: WaitUntilBack
-    ) -> None:
-        """Wait ``delay_s`` before the next attempt, or less: when ``stop`` is set, or, after UNAVAILABLE
-        (the stage is down or restarting), as soon as the stage is back after the first ``initial_backoff_s``.
-        """
-        if failure.status.code != code_pb2.UNAVAILABLE:
-            stop.wait(delay_s)
-        elif not stop.wait(min(delay_s, self.initial_backoff_s)):
-            wait_until_back(delay_s - self.initial_backoff_s, stop)
+
+def stage_down(failure: StageFailure) -> bool:
+    """Whether the failure says the stage is down or restarting (UNAVAILABLE): worth watching its health."""
+    return failure.status.code == code_pb2.UNAVAILABLE

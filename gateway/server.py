@@ -35,7 +35,8 @@ class GatewayConfig:
     empty: ``DATA_DIR/jobs.sqlite3``; ``artifact_store`` empty: ``DATA_DIR/artifacts``. ``auth_token``: bearer
     token required on gRPC (health and reflection excepted) and by the HTTP bridge (empty: open).
     ``gateway_id``: this gateway's name on its job leases (empty: ``HOSTNAME:GRPC_PORT``; unique among the
-    gateways of one store, the same across restarts); ``lease_s``: job lease length in seconds. ``tls``:
+    gateways of one store, the same across restarts); ``lease_s``: job lease length in seconds; ``poll_s``:
+    how often an idle worker looks for jobs unwoken (see :class:`~gateway.job_loop.LeaseSettings`). ``tls``:
     serve gRPC and the HTTP bridge over TLS (None: plaintext); ``stage_token`` / ``stage_tls``: the bearer
     token and TLS (with the gateway's client certificate for mTLS) of the calls to the stage services.
     """
@@ -57,6 +58,7 @@ class GatewayConfig:
     retention_s: float = 7 * 24 * 3600.0
     gateway_id: str = ""
     lease_s: float = 30.0
+    poll_s: float = 1.0
     tls: ServerTls | None = None
     stage_token: str = ""
     stage_tls: ClientTls | None = None
@@ -83,7 +85,7 @@ class Gateway:
                 config.max_upload_bytes,
                 config.retry,
                 config.retention_s,
-                LeaseSettings(lease_s=config.lease_s),
+                LeaseSettings(lease_s=config.lease_s, poll_s=config.poll_s),
             ),
         )
         self.grpc_server = ServiceServer(

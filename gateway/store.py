@@ -1,25 +1,31 @@
-"""Durable job records and their event logs: the :class:`JobStore` interface and :func:`open_job_store`.
+"""Durable job records and their event logs: the :class:`JobStore` interface, its exceptions and
+:func:`open_job_store`.
 
 A job is kept as its ``synchuman.v1.Job`` message (serialized) plus the indexed columns queries need (state,
-creation time, idempotency key, lease). Every event a client can watch is appended to the job's event log in
-the same transaction that updates the job, so any gateway serves exactly the sequence that was written.
+creation time, idempotency key, lease, ``run_after``). Every event a client can watch is appended to the job's
+event log in the same transaction that updates the job, so any gateway serves exactly the sequence that was
+written.
 
-Several gateways may share one store (PostgreSQL): a job is worked by the gateway holding its **lease**
-(owner id + expiry). The holder renews its leases with a heartbeat; a gateway that dies stops renewing, its
-leases expire and another gateway acquires the jobs and resumes them from their stored stage outputs.
-Implementations: :mod:`gateway.store_sqlite` (one host, the default) and :mod:`gateway.store_postgres`.
+The store is the queue (as in River, Oban or graphile-worker): several gateways may share one store
+(PostgreSQL); a job is worked by the gateway holding its **lease** (owner id + expiry). The holder renews its
+leases with a heartbeat; a gateway that dies stops renewing, its leases expire and another gateway acquires
+the jobs and resumes them from their stored stage outputs. A job whose stage call must be retried later is
+released with a ``run_after`` time: until then it is leased to nobody and taken by no one; once due, any
+gateway takes it. One implementation, :class:`gateway.store_sql.SqlJobStore`, on two SQL dialects:
+:mod:`gateway.store_sqlite` (one host, the default) and :mod:`gateway.store_postgres` (several gateways,
+woken by ``LISTEN/NOTIFY``).
+
+The store raises its own exceptions (:class:`StoreError` and subclasses), never transport errors: the front
+ends map them to gRPC and HTTP statuses in one place, :mod:`gateway.store_errors`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import grpc
-
-from gateway.errors import JobError
-from services.common.stage_runtime import error_info, retry_info
 from synchuman.v1 import reconstruction_pb2
 
 Job = reconstruction_pb2.Job
@@ -34,20 +40,27 @@ TERMINAL_STATES = frozenset(
 )
 
 
-class StoreUnavailable(JobError):
-    """The job store cannot be reached (database down, network, timeout): UNAVAILABLE (HTTP 503) with retry
-    advice for a client whose request needed it."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(
-            grpc.StatusCode.UNAVAILABLE,
-            f"{message}; retry in a few seconds",
-            retry_info(2.0),
-            error_info("JOB_STORE_UNAVAILABLE"),
-        )
+class StoreError(Exception):
+    """Something the job store refused or could not do."""
 
 
-class LeaseLost(Exception):
+class StoreUnavailable(StoreError):
+    """The job store cannot be reached (database down, network, timeout); retrying later may succeed."""
+
+
+class JobNotFound(StoreError):
+    """No job has the id asked for."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class InvalidJobState(StoreError):
+    """The job is in a state that does not allow the operation (e.g. deleting a job that has not finished)."""
+
+
+class LeaseLost(StoreError):
     """A write fenced by a lease found the job leased to another gateway (or no longer existing)."""
 
 
@@ -61,11 +74,18 @@ class LeaseRenewal:
     cancel: frozenset[str]
 
 
+class Listener(Protocol):
+    """A subscription to the store's "work may be available" notices (see :meth:`JobStore.listen`)."""
+
+    def close(self) -> None:
+        """Stop listening."""
+
+
 class JobStore(Protocol):
     """Where jobs and their events live. Implementations must be safe to call from several threads.
 
-    Lease durations are seconds; expiry is judged by the store's clock (PostgreSQL: the server's), so
-    gateways with skewed clocks agree.
+    Lease durations and ``run_after`` delays are seconds; times are judged by the store's clock (PostgreSQL:
+    the server's), so gateways with skewed clocks agree.
     """
 
     def create(self, job: Job, event: Event, lease_owner: str = "", lease_s: float = 0.0) -> tuple[Job, bool]:
@@ -75,7 +95,8 @@ class JobStore(Protocol):
 
     def save(self, job: Job, event: Event | None = None, lease_owner: str = "") -> None:
         """Replace the stored ``job`` and append ``event`` (if any) atomically. With ``lease_owner``, only
-        while the job is leased to it (else :class:`LeaseLost`, nothing written).
+        while the job is leased to it (else :class:`LeaseLost`, nothing written); :class:`JobNotFound` for
+        a job that does not exist.
         """
 
     def get(self, job_id: str) -> Job | None:
@@ -101,21 +122,23 @@ class JobStore(Protocol):
     def count_by_state(self) -> dict[int, int]:
         """Number of jobs per state."""
 
-    def delete(self, job_id: str) -> bool:
-        """Remove a job and its events; False when there was no such job."""
+    def delete(self, job_id: str) -> None:
+        """Remove a finished job and its events; :class:`JobNotFound` when there is no such job,
+        :class:`InvalidJobState` when it has not finished."""
 
     def finished_before(self, create_ns: int, limit: int) -> list[str]:
         """Ids of finished jobs created before ``create_ns`` (ns since the epoch), oldest first."""
 
     def acquire(self, owner: str, lease_s: float, limit: int) -> list[Job]:
-        """Lease up to ``limit`` unfinished jobs that nobody holds (never leased, released or expired) to
-        ``owner`` for ``lease_s``, oldest first; jobs another caller is acquiring at the same moment are
-        skipped, never handed out twice.
+        """Lease up to ``limit`` due unfinished jobs that nobody holds (never leased, released or expired;
+        ``run_after`` reached) to ``owner`` for ``lease_s``, oldest first; jobs another caller is acquiring
+        at the same moment are skipped, never handed out twice.
         """
 
     def claim(self, owner: str, job_id: str, lease_s: float) -> Job | None:
-        """Lease one unfinished job to ``owner`` when nobody holds it (never leased, released or expired);
-        None otherwise (also when ``owner`` itself holds it: someone there is working on it).
+        """Lease one unfinished job to ``owner`` when nobody holds it (never leased, released or expired;
+        due or not: a cancellation claims a job waiting for its retry); None otherwise (also when ``owner``
+        itself holds it: someone there is working on it).
         """
 
     def renew(self, owner: str, lease_s: float) -> LeaseRenewal:
@@ -124,12 +147,25 @@ class JobStore(Protocol):
         so a job still recorded as ``owner``'s was not worked on elsewhere).
         """
 
-    def release(self, owner: str, job_id: str) -> None:
-        """Give up ``owner``'s lease of the job (no-op when it holds none)."""
+    def release(self, owner: str, job_id: str, run_after_s: float = 0.0) -> None:
+        """Give up ``owner``'s lease of the job (no-op when it holds none); with ``run_after_s``, nobody
+        acquires it before that many seconds from now (a retry's back-off). Notifies listeners."""
 
     def release_all(self, owner: str) -> int:
         """Give up every lease of ``owner`` (a gateway starting under the id of its previous, dead self);
         returns how many there were."""
+
+    def make_due(self, job_ids: list[str]) -> int:
+        """Make jobs waiting for their ``run_after`` due now (their stage came back early); returns how many
+        were waiting. Notifies listeners."""
+
+    def next_due_s(self) -> float | None:
+        """Seconds until the earliest ``run_after`` of a job nobody holds and that is not due yet (None when
+        there is none)."""
+
+    def listen(self, wake: Callable[[], None]) -> Listener:
+        """Call ``wake()`` whenever a job may have become available on any gateway (submitted, released, made
+        due); a store without notifications (SQLite) never calls it: its readers poll."""
 
     def request_cancel(self, job_id: str) -> bool:
         """Flag an unfinished job for cancellation by whichever gateway holds it; False when the job is
@@ -165,12 +201,8 @@ def open_job_store(url: str, data_dir: Path) -> JobStore:
     (also ``postgres://``; libpq parameters such as ``?sslmode=require`` pass through). The schema is created
     or migrated to the current version here. Other schemes are refused with the list of supported ones.
     """
-    if not url:
-        from gateway.store_sqlite import SqliteJobStore
-
-        return SqliteJobStore(data_dir / "jobs.sqlite3")
     scheme, sep, rest = url.partition("://")
-    if sep and scheme == "sqlite":
+    if not url or (sep and scheme == "sqlite"):
         from gateway.store_sqlite import SqliteJobStore
 
         path = rest[1:] if rest.startswith("/") else rest

@@ -1,28 +1,32 @@
-"""The :class:`~gateway.store.JobStore` on PostgreSQL, shared by several gateways.
+"""The PostgreSQL :class:`~gateway.store_sql.Dialect`: the job store shared by several gateways.
 
-Connections come from a small pool (``psycopg_pool``; broken connections are replaced). Leases use the
-server's clock (``clock_timestamp()``), so gateways with skewed clocks agree on expiry, and
-:meth:`PostgresJobStore.acquire` takes jobs with ``SELECT ... FOR UPDATE SKIP LOCKED``: two gateways
-acquiring at the same moment get disjoint jobs without waiting on each other.
+Connections come from a small pool (``psycopg_pool``; broken connections are replaced). Times are the
+server's (``clock_timestamp()``), so gateways with skewed clocks agree on expiry and due times. The claim
+query locks the rows it takes with ``FOR UPDATE SKIP LOCKED``: two gateways acquiring at the same moment get
+disjoint jobs without waiting on each other. Migrations run under a transaction-scoped advisory lock, so
+gateways starting together migrate once (the version is kept in ``synchuman_schema``).
 
-Schema versions (``MIGRATIONS[v - 1]`` takes the database from ``v - 1`` to ``v``; the version is kept in
-``synchuman_schema``; migrations run under a transaction-scoped advisory lock, so gateways starting together
-migrate once):
-
-1. ``jobs`` (serialized Job + state, creation time, idempotency key) and ``events``.
-2. leases: ``lease_owner``, ``lease_expires`` and ``cancel_requested`` on ``jobs``.
+Gateways wake each other with ``LISTEN/NOTIFY`` on channel :data:`CHANNEL`: a job submitted, released (for a
+retry later, or by a gateway stopping) or made due sends a notice at commit, and every listening gateway
+wakes a worker (:class:`NoticeListener`, its own connection, reconnecting after a failure).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from gateway.store import Event, Job, LeaseLost, LeaseRenewal, StoreUnavailable, create_ns, terminal_list
+from gateway.store import StoreUnavailable
+from gateway.store_sql import Cursor, Dialect, Session, SqlJobStore
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -48,54 +52,45 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT FALSE;
     CREATE INDEX jobs_by_lease ON jobs (state, lease_expires);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN run_after TIMESTAMPTZ NOT NULL DEFAULT '-infinity';
+    """,
 )
-SCHEMA_VERSION = len(MIGRATIONS)
 #: Key of the advisory lock held while migrating (any constant unique to this application).
 _MIGRATION_LOCK = 0x5359_4E43_4855_4D31
-
+#: The notification channel of "a job may be available".
+CHANNEL = "synchuman_jobs"
 #: Seconds during which calls fail at once after the database was found unreachable.
 FAIL_FAST_S = 2.0
 
-_LEASE_UNTIL = "clock_timestamp() + make_interval(secs => %s)"
+
+class _Session:
+    """A psycopg connection that takes the store's ``?`` placeholders."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, args: tuple = ()) -> Cursor:
+        return self._conn.execute(sql.replace("?", "%s"), args)
 
 
-def current_version(conn: psycopg.Connection) -> int:
-    """The schema version (0: empty database)."""
-    if conn.execute("SELECT to_regclass('synchuman_schema')").fetchone()[0] is None:
-        return 0
-    return int(conn.execute("SELECT version FROM synchuman_schema").fetchone()[0])
+class PostgresDialect(Dialect):
+    """The PostgreSQL database named by a libpq URL. ``connect_timeout_s`` bounds every wait for a connection,
+    so an unreachable database fails calls with :class:`~gateway.store.StoreUnavailable` within seconds
+    instead of hanging them; after a failure, calls fail at once for :data:`FAIL_FAST_S`."""
 
-
-def migrate(conn: psycopg.Connection, target: int = SCHEMA_VERSION) -> int:
-    """Bring the database to schema ``target`` in one transaction; returns the version found before.
-    A database newer than this code is refused (``RuntimeError``).
-    """
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        found = current_version(conn)
-        if found > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"the job database has schema version {found}; this gateway knows up to {SCHEMA_VERSION}: "
-                "upgrade the gateway"
-            )
-        for version in range(found + 1, target + 1):
-            for statement in filter(str.strip, MIGRATIONS[version - 1].split(";")):
-                conn.execute(statement)
-        if found < target:
-            conn.execute("CREATE TABLE IF NOT EXISTS synchuman_schema (version INTEGER NOT NULL)")
-            conn.execute("DELETE FROM synchuman_schema")
-            conn.execute("INSERT INTO synchuman_schema (version) VALUES (%s)", (target,))
-    return found
-
-
-class PostgresJobStore:
-    """:class:`~gateway.store.JobStore` in a PostgreSQL database named by a libpq URL.
-
-    ``connect_timeout_s`` bounds every wait for a connection, so an unreachable database fails calls with
-    :class:`~gateway.store.StoreUnavailable` within seconds instead of hanging them.
-    """
+    lease_expires = "lease_expires"
+    run_after = "run_after"
+    never = "'-infinity'"
+    now = "clock_timestamp()"
+    later = "(clock_timestamp() + make_interval(secs => ?))"
+    true = "TRUE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    version_table = "synchuman_schema"
+    migrations = MIGRATIONS
 
     def __init__(self, url: str, max_connections: int = 16, connect_timeout_s: float = 5.0) -> None:
+        self.url = url
         self._timeout_s = connect_timeout_s
         self._down_until = 0.0
         self._down_reason = ""
@@ -113,16 +108,13 @@ class PostgresJobStore:
             self._pool.open(wait=True, timeout=connect_timeout_s)
         except PoolTimeout as exc:
             self._pool.close()
-            message = f"cannot connect to the job database within {connect_timeout_s:g} s"
-            raise StoreUnavailable(message) from exc
-        with self._conn() as conn:
-            migrate(conn)
+            raise StoreUnavailable(
+                f"cannot connect to the job database within {connect_timeout_s:g} s"
+            ) from exc
 
     @contextmanager
     def _conn(self, probe: bool = False) -> Iterator[psycopg.Connection]:
-        """A pooled connection; connection-level failures become :class:`StoreUnavailable`. After one, calls
-        fail at once for :data:`FAIL_FAST_S` instead of each waiting the connect timeout (``probe``: try
-        anyway, as the readiness check does)."""
+        """A pooled connection; connection-level failures become :class:`StoreUnavailable`."""
         if not probe and time.monotonic() < self._down_until:
             raise StoreUnavailable(self._down_reason)
         try:
@@ -140,184 +132,84 @@ class PostgresJobStore:
     def _went_down(self, message: str) -> StoreUnavailable:
         self._down_until = time.monotonic() + FAIL_FAST_S
         self._down_reason = message
-        return StoreUnavailable(message)
+        return StoreUnavailable(self._down_reason)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with self._conn() as conn, conn.transaction():
+            yield _Session(conn)
+
+    @contextmanager
+    def reading(self, probe: bool = False) -> Iterator[Session]:
+        with self._conn(probe) as conn:
+            yield _Session(conn)
+
+    def tables(self, session: Session) -> set[str]:
+        rows = session.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    def seconds_until(self, time_sql: str) -> str:
+        return f"EXTRACT(EPOCH FROM ({time_sql}) - clock_timestamp())"
+
+    def lock_migrations(self, session: Session) -> None:
+        session.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+
+    def notify(self, session: Session) -> None:
+        session.execute(f"NOTIFY {CHANNEL}")
+
+    def listen(self, wake: Callable[[], None]) -> NoticeListener:
+        return NoticeListener(self.url, wake, self._timeout_s)
 
     def close(self) -> None:
         self._pool.close()
 
-    def ping(self) -> None:
-        with self._conn(probe=True) as conn:
-            conn.execute("SELECT 1").fetchone()
 
-    def schema_version(self) -> int:
-        with self._conn() as conn:
-            return current_version(conn)
+class NoticeListener:
+    """A thread with its own connection that LISTENs on :data:`CHANNEL` and calls ``wake()`` for every
+    notice; after a lost connection it reconnects (retrying every ``retry_s``) and calls ``wake()`` once, for
+    the notices it may have missed meanwhile."""
 
-    def _jobs(self, sql: str, args: tuple = ()) -> list[Job]:
-        with self._conn() as conn:
-            rows = conn.execute(sql, args).fetchall()
-        return [Job.FromString(bytes(row[0])) for row in rows]
+    def __init__(
+        self, url: str, wake: Callable[[], None], connect_timeout_s: float, retry_s: float = 1.0
+    ) -> None:
+        self._url, self._wake = url, wake
+        self._connect_timeout_s, self._retry_s = connect_timeout_s, retry_s
+        self._stop = threading.Event()
+        self.listening = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gateway-job-notices", daemon=True)
+        self._thread.start()
 
-    def create(self, job: Job, event: Event, lease_owner: str = "", lease_s: float = 0.0) -> tuple[Job, bool]:
-        key = job.idempotency_key or None
-        with self._conn() as conn, conn.transaction():
-            inserted = conn.execute(
-                "INSERT INTO jobs (id, state, create_ns, idempotency_key, job, lease_owner, lease_expires) "
-                f"VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s THEN {_LEASE_UNTIL} ELSE '-infinity' END) "
-                "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-                (
-                    job.id,
-                    job.state,
-                    create_ns(job),
-                    key,
-                    job.SerializeToString(),
-                    lease_owner or None,
-                    bool(lease_owner),
-                    lease_s,
-                ),
-            ).fetchone()
-            if inserted is None:
-                row = conn.execute("SELECT job FROM jobs WHERE idempotency_key = %s", (key,)).fetchone()
-                return Job.FromString(bytes(row[0])), False
-            conn.execute(
-                "INSERT INTO events (job_id, sequence, event) VALUES (%s, %s, %s)",
-                (job.id, event.sequence, event.SerializeToString()),
-            )
-        return job, True
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop listening (within about a second)."""
+        self._stop.set()
+        self._thread.join(timeout_s)
 
-    def save(self, job: Job, event: Event | None = None, lease_owner: str = "") -> None:
-        update = "UPDATE jobs SET state = %s, job = %s WHERE id = %s"
-        args: tuple = (job.state, job.SerializeToString(), job.id)
-        if lease_owner:
-            update += " AND lease_owner = %s"
-            args += (lease_owner,)
-        with self._conn() as conn, conn.transaction():
-            if conn.execute(update, args).rowcount != 1:
-                raise LeaseLost(f"job {job.id} is not leased to {lease_owner!r}")
-            if event is not None:
-                conn.execute(
-                    "INSERT INTO events (job_id, sequence, event) VALUES (%s, %s, %s)",
-                    (job.id, event.sequence, event.SerializeToString()),
-                )
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(
+                    self._url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout_s))
+                ) as conn:
+                    self._listen(conn)
+            except psycopg.Error as exc:
+                self.listening.clear()
+                log.warning("job notices lost; reconnecting", extra={"error": str(exc)})
+                self._stop.wait(self._retry_s)
 
-    def get(self, job_id: str) -> Job | None:
-        found = self._jobs("SELECT job FROM jobs WHERE id = %s", (job_id,))
-        return found[0] if found else None
+    def _listen(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(f"LISTEN {CHANNEL}")
+        self.listening.set()
+        self._wake()  # anything submitted while this gateway was not listening
+        while not self._stop.is_set():
+            for _ in conn.notifies(timeout=0.5):
+                self._wake()
 
-    def find_by_key(self, idempotency_key: str) -> Job | None:
-        found = self._jobs("SELECT job FROM jobs WHERE idempotency_key = %s", (idempotency_key,))
-        return found[0] if found else None
 
-    def list(self, limit: int, state: int = 0, before: tuple[int, str] | None = None) -> list[Job]:
-        where, args = [], []
-        if state:
-            where.append("state = %s")
-            args.append(state)
-        if before is not None:
-            where.append("(create_ns, id) < (%s, %s)")
-            args.extend(before)
-        sql = "SELECT job FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY create_ns DESC, id DESC LIMIT %s"
-        return self._jobs(sql, (*args, limit))
+class PostgresJobStore(SqlJobStore):
+    """:class:`~gateway.store_sql.SqlJobStore` in the PostgreSQL database at ``url`` (see
+    :class:`PostgresDialect` for the arguments)."""
 
-    def events(self, job_id: str, after_sequence: int = 0) -> list[Event]:
-        with self._conn() as conn:
-            rows = conn.execute(
-                "SELECT event FROM events WHERE job_id = %s AND sequence > %s ORDER BY sequence",
-                (job_id, after_sequence),
-            ).fetchall()
-        return [Event.FromString(bytes(row[0])) for row in rows]
-
-    def last_sequence(self, job_id: str) -> int:
-        with self._conn() as conn:
-            row = conn.execute("SELECT MAX(sequence) FROM events WHERE job_id = %s", (job_id,)).fetchone()
-        return int(row[0] or 0)
-
-    def unfinished(self) -> list[Job]:
-        return self._jobs(
-            f"SELECT job FROM jobs WHERE state NOT IN ({terminal_list()}) ORDER BY create_ns, id"
-        )
-
-    def count_by_state(self) -> dict[int, int]:
-        with self._conn() as conn:
-            rows = conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
-        return {int(state): int(count) for state, count in rows}
-
-    def delete(self, job_id: str) -> bool:
-        with self._conn() as conn, conn.transaction():
-            deleted = conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,)).rowcount
-            conn.execute("DELETE FROM events WHERE job_id = %s", (job_id,))
-        return deleted > 0
-
-    def finished_before(self, create_ns: int, limit: int) -> list[str]:
-        with self._conn() as conn:
-            rows = conn.execute(
-                f"SELECT id FROM jobs WHERE state IN ({terminal_list()}) AND create_ns < %s "
-                "ORDER BY create_ns, id LIMIT %s",
-                (create_ns, limit),
-            ).fetchall()
-        return [str(row[0]) for row in rows]
-
-    # -- leases ----------------------------------------------------------------------------------------------
-
-    def acquire(self, owner: str, lease_s: float, limit: int) -> list[Job]:
-        return self._jobs(
-            f"UPDATE jobs SET lease_owner = %s, lease_expires = {_LEASE_UNTIL} WHERE id IN ("
-            f"  SELECT id FROM jobs WHERE state NOT IN ({terminal_list()})"
-            "   AND (lease_owner IS NULL OR lease_expires < clock_timestamp())"
-            "   ORDER BY create_ns, id LIMIT %s FOR UPDATE SKIP LOCKED"
-            ") RETURNING job",
-            (owner, lease_s, limit),
-        )
-
-    def claim(self, owner: str, job_id: str, lease_s: float) -> Job | None:
-        found = self._jobs(
-            f"UPDATE jobs SET lease_owner = %s, lease_expires = {_LEASE_UNTIL} WHERE id = %s"
-            f" AND state NOT IN ({terminal_list()})"
-            " AND (lease_owner IS NULL OR lease_expires < clock_timestamp())"
-            " RETURNING job",
-            (owner, lease_s, job_id),
-        )
-        return found[0] if found else None
-
-    def renew(self, owner: str, lease_s: float) -> LeaseRenewal:
-        with self._conn() as conn:
-            rows = conn.execute(
-                f"UPDATE jobs SET lease_expires = {_LEASE_UNTIL}"
-                f" WHERE lease_owner = %s AND state NOT IN ({terminal_list()})"
-                " RETURNING id, cancel_requested",
-                (lease_s, owner),
-            ).fetchall()
-        return LeaseRenewal(
-            held=frozenset(str(r[0]) for r in rows), cancel=frozenset(str(r[0]) for r in rows if r[1])
-        )
-
-    def release(self, owner: str, job_id: str) -> None:
-        with self._conn() as conn:
-            conn.execute(
-                "UPDATE jobs SET lease_owner = NULL, lease_expires = '-infinity'"
-                " WHERE id = %s AND lease_owner = %s",
-                (job_id, owner),
-            )
-
-    def release_all(self, owner: str) -> int:
-        with self._conn() as conn:
-            return conn.execute(
-                "UPDATE jobs SET lease_owner = NULL, lease_expires = '-infinity' WHERE lease_owner = %s",
-                (owner,),
-            ).rowcount
-
-    def request_cancel(self, job_id: str) -> bool:
-        with self._conn() as conn:
-            updated = conn.execute(
-                f"UPDATE jobs SET cancel_requested = TRUE WHERE id = %s AND state NOT IN ({terminal_list()})",
-                (job_id,),
-            ).rowcount
-        return updated > 0
-
-    def lease_owner(self, job_id: str) -> str:
-        with self._conn() as conn:
-            row = conn.execute(
-                "SELECT lease_owner FROM jobs WHERE id = %s AND lease_expires >= clock_timestamp()", (job_id,)
-            ).fetchone()
-        return str(row[0] or "") if row else ""
+    def __init__(self, url: str, max_connections: int = 16, connect_timeout_s: float = 5.0) -> None:
+        super().__init__(PostgresDialect(url, max_connections, connect_timeout_s))

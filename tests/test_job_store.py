@@ -14,7 +14,16 @@ import pytest
 from real_servers import free_port, postgres_server
 
 from gateway import store_postgres, store_sqlite
-from gateway.store import Event, Job, LeaseLost, StoreUnavailable, open_job_store
+from gateway.store import (
+    Event,
+    InvalidJobState,
+    Job,
+    JobNotFound,
+    LeaseLost,
+    StoreUnavailable,
+    open_job_store,
+)
+from gateway.store_sql import current_version, migrate
 from synchuman.v1 import reconstruction_pb2
 
 _names = itertools.count()
@@ -88,10 +97,17 @@ def test_records_events_paging_and_deletion(store):
     }
     assert [j.id for j in store.unfinished()] == ["job0", "job2", "job3", "job4"]
     assert store.finished_before(102 * 1_000_000_000, 10) == ["job1"]
-    assert store.delete("job1") and not store.delete("job1")
+    store.delete("job1")
+    with pytest.raises(JobNotFound):
+        store.delete("job1")
+    with pytest.raises(InvalidJobState):
+        store.delete("job0")  # queued: cancel it first
     assert store.get("job1") is None and store.events("job1") == []
+    assert store.get("job0").id == "job0"
+    with pytest.raises(JobNotFound):
+        store.save(make_job("missing", 1))
     store.ping()
-    assert store.schema_version() == 2
+    assert store.schema_version() == 3
 
 
 def test_leases_hand_each_job_to_one_owner_and_expire(store):
@@ -143,6 +159,57 @@ def test_created_job_can_start_leased(store):
     assert [j.id for j in store.acquire("gw-b", 30.0, 10)] == ["free"]
 
 
+def test_a_job_released_with_run_after_waits_unleased_until_due(store):
+    """A retry's back-off: released with ``run_after``, the job is held by nobody, acquired by nobody until
+    it is due (then by any gateway), can still be claimed for a cancellation, and can be made due early."""
+    store.create(make_job("later", 100), first_event())
+    store.create(make_job("now", 101), first_event())
+    assert store.next_due_s() is None
+    assert [j.id for j in store.acquire("gw-a", 30.0, 1)] == ["later"]
+    store.release("gw-a", "later", run_after_s=0.6)
+    assert store.lease_owner("later") == ""
+    assert 0.3 < store.next_due_s() <= 0.6
+    assert [j.id for j in store.acquire("gw-b", 30.0, 10)] == ["now"]  # "later" is not due yet
+    assert store.acquire("gw-b", 30.0, 10) == []
+    time.sleep(0.7)
+    assert store.next_due_s() is None
+    assert [j.id for j in store.acquire("gw-b", 30.0, 10)] == ["later"]
+
+    store.release("gw-b", "later", run_after_s=60.0)
+    assert store.acquire("gw-a", 30.0, 10) == [] and store.next_due_s() > 50
+    assert store.make_due(["later", "nope"]) == 1 and store.make_due(["later"]) == 0
+    assert [j.id for j in store.acquire("gw-a", 30.0, 10)] == ["later"]
+
+    store.release("gw-a", "later", run_after_s=60.0)
+    assert store.claim("gw-c", "later", 30.0).id == "later"  # a cancellation does not wait for the retry
+
+
+def test_postgres_notifies_listeners_of_jobs_to_take(postgres_url, tmp_path):
+    """Submitting, releasing and making due wake the other gateways' listeners; renewing a lease does not."""
+    url = _fresh_database(postgres_url)
+    writer, reader = open_job_store(url, tmp_path), open_job_store(url, tmp_path)
+    woken = threading.Semaphore(0)
+    listener = reader.listen(woken.release)
+    try:
+        assert listener.listening.wait(10) and woken.acquire(timeout=5)  # the wake-up after connecting
+        started = time.monotonic()
+        writer.create(make_job("job1", 100), first_event())
+        assert woken.acquire(timeout=5)
+        latency_s = time.monotonic() - started
+        writer.acquire("gw-a", 30.0, 1)
+        writer.renew("gw-a", 30.0)
+        assert not woken.acquire(timeout=0.3)
+        writer.release("gw-a", "job1", run_after_s=60.0)
+        assert woken.acquire(timeout=5)
+        writer.make_due(["job1"])
+        assert woken.acquire(timeout=5)
+        print(f"\nNOTIFY reached the other store's listener {latency_s * 1000:.1f} ms after the commit")
+    finally:
+        listener.close()
+        writer.close()
+        reader.close()
+
+
 def test_concurrent_acquirers_never_share_a_job(store_url, tmp_path):
     """Four gateways (own connections) acquiring at once from 40 jobs: every job to exactly one of them."""
     stores = [open_job_store(store_url, tmp_path) for _ in range(4)]
@@ -187,18 +254,23 @@ def _v1_job_rows(insert) -> None:
 
 
 def _check_upgraded(store) -> None:
-    assert store.schema_version() == 2
+    assert store.schema_version() == 3
     assert store.find_by_key("k").id == "old-done"
     assert [e.sequence for e in store.events("old-queued")] == [1]
     assert [j.id for j in store.acquire("gw", 30.0, 10)] == ["old-queued"]  # leases work on old rows
 
 
-def test_sqlite_upgrades_from_version_1(tmp_path):
+@pytest.mark.parametrize("old", [1, 2])
+def test_sqlite_upgrades_from_an_older_version(tmp_path, old):
     path = tmp_path / "jobs.sqlite3"
+    dialect = store_sqlite.SqliteDialect(path)
+    assert migrate(dialect, target=old) == 0
+    with dialect.reading() as session:
+        assert current_version(dialect, session) == old
+    dialect.close()
     db = sqlite3.connect(path, isolation_level=None)
-    assert store_sqlite.migrate(db, target=1) == 0
-    assert store_sqlite.current_version(db) == 1
-    db.execute("DROP TABLE schema_version")  # the files written before versioning have no version table
+    if old == 1:
+        db.execute("DROP TABLE schema_version")  # the files written before versioning have no version table
     _v1_job_rows(lambda sql, args: db.execute(sql.format(p="?"), args))
     db.close()
     store = open_job_store(f"sqlite:///{path}", tmp_path)
@@ -207,15 +279,19 @@ def test_sqlite_upgrades_from_version_1(tmp_path):
     finally:
         store.close()
     reopened = open_job_store(f"sqlite:///{path}", tmp_path)  # migrating again is a no-op
-    assert reopened.schema_version() == 2
+    assert reopened.schema_version() == 3
     reopened.close()
 
 
-def test_postgres_upgrades_from_version_1(postgres_url, tmp_path):
+@pytest.mark.parametrize("old", [1, 2])
+def test_postgres_upgrades_from_an_older_version(postgres_url, tmp_path, old):
     url = _fresh_database(postgres_url)
+    dialect = store_postgres.PostgresDialect(url)
+    assert migrate(dialect, target=old) == 0
+    with dialect.reading() as session:
+        assert current_version(dialect, session) == old
+    dialect.close()
     with psycopg.connect(url, autocommit=True) as conn:
-        assert store_postgres.migrate(conn, target=1) == 0
-        assert store_postgres.current_version(conn) == 1
         _v1_job_rows(lambda sql, args: conn.execute(sql.format(p="%s"), args))
     store = open_job_store(url, tmp_path)
     try:
@@ -241,7 +317,7 @@ def test_postgres_gateways_starting_together_migrate_once(postgres_url, tmp_path
         thread.join(60)
     try:
         assert not errors and len(opened) == 4
-        assert all(s.schema_version() == 2 for s in opened)
+        assert all(s.schema_version() == 3 for s in opened)
     finally:
         for store in opened:
             store.close()
