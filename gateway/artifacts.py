@@ -1,10 +1,12 @@
-"""Job files: the :class:`ArtifactStore` interface, names and media types, and :func:`open_artifact_store`.
+"""Job files: the :class:`ArtifactStore` interface, file names, and :func:`open_artifact_store`.
 
 A job's files are addressed by ``(job id, name)``. Every store keeps each file's SHA-256 next to it when it is
 written and checks it when the file is read back (:class:`ArtifactCorrupted` on a mismatch), and writes a
 file atomically: a reader sees the whole file or none of it. Implementations: :mod:`gateway.artifacts_file`
 (a folder, ``file:///PATH``: the default) and :mod:`gateway.artifacts_s3` (``s3://BUCKET/PREFIX`` on any
-S3-compatible service).
+S3-compatible service). A file stored without a media type gets its stage's
+(:func:`synchuman.stage_catalog.media_type`); job ids are checked with
+:func:`gateway.request_fields.check_job_id`.
 """
 
 from __future__ import annotations
@@ -18,19 +20,8 @@ from typing import Protocol
 from synchuman.v1 import common_pb2
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: Bytes per piece when files are streamed (downloads, multipart uploads).
 CHUNK_BYTES = 1 << 20
-
-#: Media type by file extension (the photo "input" keeps the type found at submission).
-MEDIA_TYPES = {
-    ".png": "image/png",
-    ".glb": "model/gltf-binary",
-    ".json": "application/json",
-    ".ply": "application/octet-stream",
-    ".zip": "application/zip",
-    ".bin": "application/octet-stream",
-}
 
 
 class ArtifactCorrupted(Exception):
@@ -64,18 +55,6 @@ def is_whole(start: int, stop: int | None) -> bool:
     if start < 0 or (stop is not None and stop <= start):
         raise ValueError(f"bytes {start} to {stop} are no part of a file")
     return start == 0 and stop is None
-
-
-def media_type(name: str) -> str:
-    """The media type of an artifact name (by extension; unknown: ``application/octet-stream``)."""
-    return MEDIA_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
-
-
-def check_job_id(job_id: str) -> str:
-    """``job_id`` if it is a valid job id (letters, digits, ``_``, ``-``); ``ValueError`` otherwise."""
-    if not _JOB_ID.match(job_id):
-        raise ValueError(f"invalid job id {job_id!r}")
-    return job_id
 
 
 def check_name(name: str) -> str:

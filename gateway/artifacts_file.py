@@ -18,16 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from gateway.artifacts import (
-    CHUNK_BYTES,
-    ArtifactCorrupted,
-    check_job_id,
-    check_name,
-    checked,
-    is_whole,
-    media_type,
-)
+from gateway.artifacts import CHUNK_BYTES, ArtifactCorrupted, check_name, checked, is_whole
+from gateway.request_fields import check_job_id
 from services.common.stage_io import blob_header
+from synchuman.stage_catalog import media_type
 from synchuman.v1 import common_pb2
 
 

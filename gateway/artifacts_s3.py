@@ -28,16 +28,10 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.response import StreamingBody
 
-from gateway.artifacts import (
-    CHUNK_BYTES,
-    ArtifactCorrupted,
-    check_job_id,
-    check_name,
-    checked,
-    is_whole,
-    media_type,
-)
+from gateway.artifacts import CHUNK_BYTES, ArtifactCorrupted, check_name, checked, is_whole
+from gateway.request_fields import check_job_id
 from services.common.stage_io import blob_header
+from synchuman.stage_catalog import media_type
 from synchuman.v1 import common_pb2
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}

@@ -1,4 +1,5 @@
-"""The one error type of the job manager's requests, mapped to a gRPC status (gRPC) or an HTTP 4xx (HTTP)."""
+"""The one error type of the job manager's requests, mapped to a gRPC status (gRPC) or an HTTP 4xx (HTTP), and
+its INVALID_ARGUMENT kind."""
 
 from __future__ import annotations
 
@@ -15,3 +16,9 @@ class JobError(Exception):
         self.code = code
         self.message = message
         self.details = details
+
+
+class InvalidArgument(JobError, ValueError):
+    """A malformed request field (INVALID_ARGUMENT; built by :func:`gateway.request_fields.invalid`). Also a
+    ``ValueError``, the error the artifact stores raise for a malformed key: they check job ids with the same
+    :func:`gateway.request_fields.check_job_id` as the request handlers."""

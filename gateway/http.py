@@ -47,7 +47,7 @@ from gateway.errors import JobError
 from gateway.manager import JobManager
 from gateway.openapi_doc import error_responses, upload_doc
 from gateway.paging import PAGE_TOKEN
-from gateway.request_fields import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_SEQUENCE
+from gateway.request_fields import JOB_ID_PATTERN, MAX_NAME_CHARS, MAX_SEQUENCE
 from gateway.store import TERMINAL_STATES, StoreError
 from gateway.store_errors import as_job_error
 from gateway.web import add_web_page
@@ -82,7 +82,7 @@ _STATE_PATTERN = "^(|{})$".format(
         for form in (name, name.removeprefix("JOB_STATE_"), name.removeprefix("JOB_STATE_").lower())
     )
 )
-_JOB_ID = Path(pattern=f"^[A-Za-z0-9_-]{{1,{MAX_ID_CHARS}}}$", description="a job id from SubmitJob")
+_JOB_ID = Path(pattern=f"^{JOB_ID_PATTERN}$", description="a job id from SubmitJob")
 #: Every method a route could be asked for; the others of a path answer 405 with the path's real Allow.
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 

@@ -7,7 +7,7 @@ import re
 import grpc
 
 from gateway.errors import JobError
-from gateway.request_fields import MAX_ID_CHARS, check_state
+from gateway.request_fields import JOB_ID_PATTERN, check_state
 from gateway.store import Job, JobStore
 from services.common.rpc_status import bad_request
 
@@ -15,7 +15,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 #: A page token: creation time of the last job shown (ns since the epoch, hexadecimal, at most 2^63-1, the
 #: stores' integer range), a dot, its id.
-PAGE_TOKEN = re.compile(rf"([0-7]?[0-9a-f]{{1,15}})\.([A-Za-z0-9_-]{{1,{MAX_ID_CHARS}}})")
+PAGE_TOKEN = re.compile(rf"([0-7]?[0-9a-f]{{1,15}})\.({JOB_ID_PATTERN})")
 
 
 def page_token(job: Job) -> str:

@@ -12,27 +12,32 @@ import re
 
 import grpc
 
-from gateway.errors import JobError
+from gateway.errors import InvalidArgument
 from services.common.rpc_status import bad_request
 from synchuman.v1 import reconstruction_pb2
 
 MAX_ID_CHARS = 64
+#: A job id, as a regular expression without anchors (the HTTP paths and the page tokens embed it).
+JOB_ID_PATTERN = rf"[A-Za-z0-9_-]{{1,{MAX_ID_CHARS}}}"
 MAX_NAME_CHARS = 128
 #: The largest integer the job stores keep (signed 64-bit): event sequences, page-token times.
 MAX_SEQUENCE = 2**63 - 1
-_ID = re.compile(r"[A-Za-z0-9_-]+")
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
-def invalid(field: str, message: str, violation: str = "") -> JobError:
+def invalid(field: str, message: str, violation: str = "") -> InvalidArgument:
     """INVALID_ARGUMENT with ``message`` and a BadRequest detail on ``field``."""
-    return JobError(grpc.StatusCode.INVALID_ARGUMENT, message, bad_request(field, violation or message))
+    detail = bad_request(field, violation or message)
+    return InvalidArgument(grpc.StatusCode.INVALID_ARGUMENT, message, detail)
 
 
 def check_job_id(job_id: str, field: str = "job_id") -> str:
-    """``job_id`` when it can name a job; INVALID_ARGUMENT when empty, too long or with other characters."""
+    """``job_id`` when it can name a job; INVALID_ARGUMENT (:class:`~gateway.errors.InvalidArgument`, a
+    ``ValueError``) when empty, too long or with other characters. The one job-id check of the gateway: the
+    request handlers and the artifact stores use it."""
     if not job_id:
         raise invalid(field, f"{field} is empty; pass the id SubmitJob returned", "required")
-    if len(job_id) > MAX_ID_CHARS or not _ID.fullmatch(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise invalid(
             field,
             f"{field} is not a job id (ids are up to {MAX_ID_CHARS} characters of A-Z a-z 0-9 _ -)",

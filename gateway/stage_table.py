@@ -15,12 +15,12 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from gateway.artifacts import ArtifactStore, media_type
+from gateway.artifacts import ArtifactStore
 from gateway.events import now_timestamp
 from gateway.stages import CallHandle, EventSink, StageClients, StageOutput
 from gateway.store import Job
 from services.common.stage_io import blob_header
-from synchuman.stage_catalog import MULTIVIEW, PREPROCESS, RECONSTRUCTION, StageEntry
+from synchuman.stage_catalog import MULTIVIEW, PREPROCESS, RECONSTRUCTION, StageEntry, media_type
 from synchuman.v1 import reconstruction_pb2
 
 
