@@ -168,7 +168,7 @@ def stage2_models(args: argparse.Namespace, ckpts: Path, device: torch.device) -
     from synchuman.pipelines.stage2_types import Stage2Cancelled
 
     dtype = "float16" if device.type == "cuda" else "float32"
-    pipeline = Stage2Pipeline.from_checkpoints(ckpts, device=str(device), dtype=dtype, render_views=0)
+    pipeline = Stage2Pipeline.from_pretrained(ckpts, str(device), dtype, render_views=0)
     coords = human_occupancy(args.voxels, pipeline.voxel_resolution)
     inputs = stage2_inputs(coords)
     options = Stage2Options(steps=args.rec_steps)

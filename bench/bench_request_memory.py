@@ -118,7 +118,7 @@ def stage2(args: argparse.Namespace, device: torch.device) -> None:
     from synchuman.pipelines.stage2 import Stage2Pipeline
 
     dtype = "float16" if device.type == "cuda" else "float32"
-    pipeline = Stage2Pipeline.from_checkpoints(args.ckpts, device=str(device), dtype=dtype, render_views=0)
+    pipeline = Stage2Pipeline.from_pretrained(args.ckpts, str(device), dtype, render_views=0)
     inputs = stage2_inputs(human_occupancy(args.voxels))
     options = Stage2Options(simplify_ratio=args.simplify, visibility_views=args.visibility_views)
     header = (
@@ -172,11 +172,11 @@ def stage2(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def stage1(args: argparse.Namespace, device: torch.device) -> None:
-    from synchuman.checkpoints.layout import CheckpointLayout
+    from synchuman.options import Stage1Options
     from synchuman.pipelines.stage1 import Stage1Pipeline
 
     dtype = "fp16" if device.type == "cuda" else "fp32"
-    pipeline = Stage1Pipeline.from_checkpoints(CheckpointLayout(args.ckpts), device=str(device), dtype=dtype)
+    pipeline = Stage1Pipeline.from_pretrained(args.ckpts, str(device), dtype)
     framed = np.zeros((768, 768, 4), np.uint8)
     framed[60:740, 250:520, :3] = photo_like(0, (680, 270, 3))
     framed[60:740, 250:520, 3] = 255
@@ -184,7 +184,7 @@ def stage1(args: argparse.Namespace, device: torch.device) -> None:
     outputs = []
 
     def one() -> None:
-        outputs[:] = [pipeline.run(framed, crop, steps=args.steps)]
+        outputs[:] = [pipeline.run(framed, crop, Stage1Options(steps=args.steps))]
 
     print(
         "| stage-1 requests | requests | GiB allocated at start: first | min / max | max drift from first "

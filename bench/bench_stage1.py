@@ -50,6 +50,8 @@ from synchuman.models.dinov2 import DinoV2Encoder, DinoVisionTransformer  # noqa
 from synchuman.models.ss_decoder import SparseStructureDecoder  # noqa: E402
 from synchuman.nn.attention import set_attention_backend  # noqa: E402
 from synchuman.nn.fp8_linear import DEFAULT_MIN_WEIGHT_ELEMENTS, FP8Linear, fp8_support_problem  # noqa: E402
+from synchuman.options import Stage1Options  # noqa: E402
+from synchuman.pipelines import stage1_acceleration  # noqa: E402
 from synchuman.pipelines.stage1 import NUM_VIEWS, Stage1Pipeline  # noqa: E402
 
 GIB = 2**30
@@ -484,13 +486,13 @@ def main() -> int:
                     row(f"loop [{variant}]", "skipped: no FP8 scaling runs on this device")
                     continue
                 pipeline.diffusion = copy.deepcopy(base)  # the fp16 model stays for the other variants
-                converted = pipeline.use_fp8(args.fp8_min_elements, granularity)
+                converted = stage1_acceleration.use_fp8(pipeline, args.fp8_min_elements, granularity)
                 row(f"[{variant}] FP8 linear layers ({granularity}-wise scales)", str(converted))
             if "cfg2" in variant:
                 if args.cfg_device is None:
                     raise SystemExit(f"variant {variant} needs --cfg-device")
                 if replica is None:
-                    pipeline.enable_cfg_parallel(args.cfg_device)
+                    stage1_acceleration.enable_cfg_parallel(pipeline, args.cfg_device)
                     replica = pipeline.cfg_diffusion
                 pipeline.cfg_diffusion, pipeline.cfg_device = replica, torch.device(args.cfg_device)
             if variant == "channels_last" or variant.endswith("_cl"):
@@ -505,7 +507,9 @@ def main() -> int:
             if "autotune" in variant:
                 pipeline.diffusion = torch.compile(pipeline.diffusion, mode=AUTOTUNE_MODE)
             else:
-                pipeline.accelerate(compile_model="compile" in variant, cuda_graphs="graphs" in variant)
+                stage1_acceleration.accelerate(
+                    pipeline, compile_model="compile" in variant, cuda_graphs="graphs" in variant
+                )
             compiled_before = compiled_before or "compile" in variant
             try:
                 t_warm, _ = timed(lambda: loop(2), device)
@@ -577,7 +581,7 @@ def main() -> int:
 
     pipeline.diffusion, pipeline.cfg_diffusion, pipeline.cfg_device = best[2:]
     reset_peak(device)
-    t_run, out = timed(lambda: pipeline.run(framed, crop, seed=43, steps=args.steps), device)
+    t_run, out = timed(lambda: pipeline.run(framed, crop, Stage1Options(seed=43, steps=args.steps)), device)
     phases = ", ".join(f"{k} {v:.2f}" for k, v in out.timings.items())
     row(
         f"whole Stage1Pipeline.run [{best_name}], {args.steps} steps (s) / peak GiB",

@@ -84,7 +84,7 @@ def pipeline_call() -> Callable[[], object]:
 
     root = Path(tempfile.mkdtemp(prefix="s2mem-")) / "ckpts"
     write_tiny_tree(root)
-    stage2 = Stage2Pipeline.from_checkpoints(root, "cpu", "float32", render_views=0)
+    stage2 = Stage2Pipeline.from_pretrained(root, "cpu", "float32", render_views=0)
     options = Stage2Options(steps=1, texture_size=TEXTURE, bake_steps=BAKE_STEPS, visibility_views=VIEWS,
                             simplify_ratio=0.95)
     inputs = person_inputs()

@@ -136,13 +136,13 @@ def test_cpu_has_no_fp8_and_says_what_to_do() -> None:
 
 
 def test_pipeline_refuses_fp8_on_cpu(tiny_ckpts: Path) -> None:
-    from synchuman.checkpoints.layout import CheckpointLayout
     from synchuman.pipelines.stage1 import Stage1Pipeline
+    from synchuman.pipelines.stage1_acceleration import use_fp8
 
-    pipeline = Stage1Pipeline.from_checkpoints(CheckpointLayout(tiny_ckpts), device="cpu", dtype="fp16")
+    pipeline = Stage1Pipeline.from_pretrained(tiny_ckpts, "cpu", "fp16")
     before = [type(m) for m in pipeline.diffusion.modules()]
     with pytest.raises(FP8Unavailable, match="device is cpu"):
-        pipeline.use_fp8()
+        use_fp8(pipeline)
     assert [type(m) for m in pipeline.diffusion.modules()] == before  # nothing converted
 
 
@@ -163,10 +163,10 @@ def test_pipeline_converts_every_layer_it_can(tiny_ckpts: Path, monkeypatch: pyt
     import numpy as np
 
     import synchuman.nn.fp8_linear as fp8_linear
-    from synchuman.checkpoints.layout import CheckpointLayout
     from synchuman.pipelines.stage1 import NUM_VIEWS, Stage1Pipeline
+    from synchuman.pipelines.stage1_acceleration import use_fp8
 
-    pipeline = Stage1Pipeline.from_checkpoints(CheckpointLayout(tiny_ckpts), device="cpu", dtype="bf16")
+    pipeline = Stage1Pipeline.from_pretrained(tiny_ckpts, "cpu", "bf16")
     model = pipeline.diffusion
     size, grid = model.sample_size, model.grid
     generator = torch.Generator().manual_seed(4)
@@ -184,7 +184,7 @@ def test_pipeline_converts_every_layer_it_can(tiny_ckpts: Path, monkeypatch: pyt
     with torch.inference_mode():
         reference = model(*args)
         monkeypatch.setattr(fp8_linear, "fp8_support_problem", lambda device: None)
-        converted = pipeline.use_fp8(min_weight_elements=0)
+        converted = use_fp8(pipeline, min_weight_elements=0)
         out = model(*args)
     assert converted > 0
     assert type(model.time_embedding.linear_1) is nn.Linear and type(model.t_embedder.mlp[0]) is nn.Linear

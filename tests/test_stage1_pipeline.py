@@ -13,6 +13,8 @@ from torch.nn import functional
 from synchuman.checkpoints.layout import CheckpointLayout
 from synchuman.checkpoints.loading import CheckpointError
 from synchuman.checkpoints.tiny import write_tiny_tree
+from synchuman.options import Stage1Options
+from synchuman.pipelines import stage1_acceleration
 from synchuman.pipelines.stage1 import Stage1Pipeline
 from synchuman.preprocess.framing import composite_on_white
 from synchuman.samplers.flow_euler import SamplingCancelled
@@ -27,7 +29,7 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> CheckpointLayout:
 
 @pytest.fixture(scope="module")
 def pipeline(layout: CheckpointLayout) -> Stage1Pipeline:
-    return Stage1Pipeline.from_checkpoints(layout, device="cpu", dtype="fp32")
+    return Stage1Pipeline.from_pretrained(layout.root, "cpu", "fp32")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def inputs() -> tuple[np.ndarray, np.ndarray]:
 def result(pipeline: Stage1Pipeline, inputs: tuple[np.ndarray, np.ndarray]) -> tuple[object, list]:
     progress: list[tuple[int, int]] = []
     out = pipeline.run(
-        *inputs, seed=7, steps=3, guidance_scale=3.0, callback=lambda s, n: progress.append((s, n))
+        *inputs, Stage1Options(seed=7, steps=3, guidance_scale=3.0), lambda s, n: progress.append((s, n))
     )
     return out, progress
 
@@ -76,11 +78,11 @@ def test_handoff_shapes_and_contents(pipeline: Stage1Pipeline, inputs, result) -
 
 def test_deterministic_for_a_seed(pipeline: Stage1Pipeline, inputs, result) -> None:
     first, _ = result
-    again = pipeline.run(*inputs, seed=7, steps=3)
+    again = pipeline.run(*inputs, Stage1Options(seed=7, steps=3))
     assert np.array_equal(first.colors, again.colors)
     assert np.array_equal(first.normals, again.normals)
     assert np.array_equal(first.coords, again.coords)
-    other = pipeline.run(*inputs, seed=8, steps=3)
+    other = pipeline.run(*inputs, Stage1Options(seed=8, steps=3))
     assert not np.array_equal(first.normals, other.normals)
 
 
@@ -89,7 +91,7 @@ def test_cancel_between_steps(pipeline: Stage1Pipeline, inputs) -> None:
     with pytest.raises(SamplingCancelled, match="before step 2"):
         pipeline.run(
             *inputs,
-            steps=4,
+            Stage1Options(steps=4),
             callback=lambda s, n: progress.append((s, n)),
             should_stop=lambda: len(progress) >= 1,
         )
@@ -99,11 +101,11 @@ def test_cancel_between_steps(pipeline: Stage1Pipeline, inputs) -> None:
 def test_bad_inputs_are_refused(pipeline: Stage1Pipeline, inputs) -> None:
     framed, crop = inputs
     with pytest.raises(ValueError, match="768"):
-        pipeline.run(framed[:, :700], crop, steps=1)
+        pipeline.run(framed[:, :700], crop, Stage1Options(steps=1))
     with pytest.raises(ValueError, match="518"):
-        pipeline.run(framed, crop[:500], steps=1)
+        pipeline.run(framed, crop[:500], Stage1Options(steps=1))
     with pytest.raises(ValueError, match="steps"):
-        pipeline.run(framed, crop, steps=0)
+        pipeline.run(framed, crop, Stage1Options(steps=0))
 
 
 def test_missing_prompt_embeddings_named_at_load(layout: CheckpointLayout, tmp_path: Path) -> None:
@@ -112,7 +114,7 @@ def test_missing_prompt_embeddings_named_at_load(layout: CheckpointLayout, tmp_p
     broken = CheckpointLayout(root)
     broken.color_prompt_embeds.unlink()
     with pytest.raises(CheckpointError, match="clr_embeds.pt"):
-        Stage1Pipeline.from_checkpoints(broken, device="cpu", dtype="fp32")
+        Stage1Pipeline.from_pretrained(broken.root, "cpu", "fp32")
 
 
 def _write_tiny_text_encoder(layout: CheckpointLayout, width: int, tokens: int) -> None:
@@ -164,14 +166,14 @@ def test_prompt_embeddings_computed_when_only_the_text_encoder_is_there(
     embeds = load_prompt_embeds(computed)
     assert embeds.shape == (10, PROMPT_TOKENS, CROSS_ATTENTION_DIM) and torch.isfinite(embeds).all()
     assert not torch.equal(embeds[0], embeds[5])  # normal and colour prompts differ
-    Stage1Pipeline.from_checkpoints(computed, device="cpu", dtype="fp32")
+    Stage1Pipeline.from_pretrained(computed.root, "cpu", "fp32")
 
 
 def test_service_compile_option_compiles_the_diffusion_model(
     layout: CheckpointLayout, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`synchuman serve stage1 --compile` reaches Stage1Pipeline.accelerate (the compile itself is not run
-    here: minutes on a CPU); without the flag the model stays eager."""
+    """`synchuman serve stage1 --compile` reaches stage1_acceleration.accelerate (the compile itself is not
+    run here: minutes on a CPU); without the flag the model stays eager."""
     import argparse
 
     from services.stage1 import main as stage1_main
@@ -180,7 +182,7 @@ def test_service_compile_option_compiles_the_diffusion_model(
 
     calls: list[dict] = []
     packages = aot_package_dir(cache_state())  # --compiler aot (experimental): an ahead-of-time package there
-    monkeypatch.setattr(Stage1Pipeline, "accelerate", lambda self, **kw: calls.append(kw))
+    monkeypatch.setattr(stage1_acceleration, "accelerate", lambda pipeline, **kw: calls.append(kw))
     parser = argparse.ArgumentParser()
     stage1_main.add_arguments(parser)
     assert parser.parse_args([]).compile is False
@@ -204,24 +206,24 @@ def test_service_compile_option_compiles_the_diffusion_model(
 
 def test_cfg_parallel_computes_the_same_views(layout: CheckpointLayout, inputs, result) -> None:
     """The unconditional CFG half on a replica (here on the same CPU) gives the joint batch's output."""
-    split = Stage1Pipeline.from_checkpoints(layout, device="cpu", dtype="fp32")
-    split.enable_cfg_parallel("cpu")
+    split = Stage1Pipeline.from_pretrained(layout.root, "cpu", "fp32")
+    stage1_acceleration.enable_cfg_parallel(split, "cpu")
     assert split.cfg_diffusion is not None and split.cfg_diffusion is not split.diffusion
-    out = split.run(*inputs, seed=7, steps=3, guidance_scale=3.0)
+    out = split.run(*inputs, Stage1Options(seed=7, steps=3, guidance_scale=3.0))
     joint, _ = result
     for a, b in ((out.colors, joint.colors), (out.normals, joint.normals)):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # fp32 summation order, then uint8 rounding
     differing = {tuple(c) for c in out.coords} ^ {tuple(c) for c in joint.coords}
     assert len(differing) <= 0.002 * len(joint.coords)
-    other_seed = split.run(*inputs, seed=8, steps=3)
+    other_seed = split.run(*inputs, Stage1Options(seed=8, steps=3))
     assert not np.array_equal(other_seed.normals, out.normals)
 
 
 def test_cfg_parallel_must_precede_compilation(layout: CheckpointLayout) -> None:
-    pipe = Stage1Pipeline.from_checkpoints(layout, device="cpu", dtype="fp32")
-    pipe.accelerate(compile_model=True)  # wraps only; compilation would happen at the first call
+    pipe = Stage1Pipeline.from_pretrained(layout.root, "cpu", "fp32")
+    stage1_acceleration.accelerate(pipe)  # wraps only; compilation would happen at the first call
     with pytest.raises(RuntimeError, match="before accelerate"):
-        pipe.enable_cfg_parallel("cpu")
+        stage1_acceleration.enable_cfg_parallel(pipe, "cpu")
 
 
 def test_service_cfg_device_option(layout: CheckpointLayout, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,8 +246,8 @@ def test_service_cfg_device_option(layout: CheckpointLayout, monkeypatch: pytest
             stage1_backend.check_second_device(main_device, second)
     order: list[str] = []
     monkeypatch.setattr(stage1_backend, "check_second_device", lambda main, second: order.append("check"))
-    monkeypatch.setattr(Stage1Pipeline, "enable_cfg_parallel", lambda self, d: order.append(f"cfg {d}"))
-    monkeypatch.setattr(Stage1Pipeline, "accelerate", lambda self, **kw: order.append(f"compile {kw}"))
+    monkeypatch.setattr(stage1_acceleration, "enable_cfg_parallel", lambda pipe, d: order.append(f"cfg {d}"))
+    monkeypatch.setattr(stage1_acceleration, "accelerate", lambda pipe, **kw: order.append(f"compile {kw}"))
     loaded = stage1_backend.Stage1PipelineBackend.load(
         layout.root, "cpu", "fp32", compile_model=True, cfg_device="cuda:1"
     )
@@ -260,18 +262,17 @@ def test_backend_runs_every_request_on_one_gpu_thread() -> None:
     import threading
 
     from services.stage1.backend import Stage1Inputs, Stage1PipelineBackend
-    from synchuman.options import Stage1Options
     from synchuman.pipelines.info import PipelineInfo
 
     class RecordingPipeline:  # test double of Stage1Pipeline.run
         def __init__(self) -> None:
             self.threads: list[int] = []
 
-        def run(self, framed, conditioning, *, seed, steps, guidance_scale, callback, should_stop):
+        def run(self, framed, conditioning, options, callback, should_stop):
             self.threads.append(threading.get_ident())
-            if steps == 7:
+            if options.steps == 7:
                 raise RuntimeError("pipeline failed")
-            callback(steps, steps)
+            callback(options.steps, options.steps)
             views = np.zeros((5, 8, 8, 3), np.uint8)
             return type("Out", (), {"colors": views, "normals": views, "coords": np.zeros((1, 3), int)})()
 

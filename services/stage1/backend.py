@@ -79,20 +79,21 @@ class Stage1PipelineBackend:
         ``compile_model``: compile the diffusion model (by the warm-up call; see ``compiler``);
         ``cfg_device``: a second CUDA device for the unconditional CFG half (``ValueError`` if unusable);
         ``cuda_graphs``: replay the compiled forwards as CUDA graphs (``None``: only with ``cfg_device``);
-        ``fp8``: the diffusion model's large Linear layers in FP8 (``Stage1Pipeline.use_fp8``);
+        ``fp8``: the diffusion model's large Linear layers in FP8 (``stage1_acceleration.use_fp8``);
         ``compiler``: with ``compile_model``, ``"torch.compile"`` or the experimental ``"aot"`` (an
         ahead-of-time compiled package in the compile cache directory, built by the first start's warm-up,
         verified in a child process and loaded by later starts; one device without CUDA graphs only, else
         torch.compile)."""
         from synchuman.checkpoints.verify import weights_label
+        from synchuman.pipelines import stage1_acceleration
         from synchuman.pipelines.stage1 import Stage1Pipeline
 
         if cfg_device is not None:
             check_second_device(device, cfg_device)
         layout = verified_checkpoints(root, CHECKPOINT_SECTIONS)
-        pipeline = Stage1Pipeline.from_checkpoints(layout, device=device, dtype=dtype)
+        pipeline = Stage1Pipeline.from_pretrained(layout.root, device, dtype)
         if cfg_device is not None:
-            pipeline.enable_cfg_parallel(cfg_device)
+            stage1_acceleration.enable_cfg_parallel(pipeline, cfg_device)
             device = f"{device} + {cfg_device} (CFG-parallel)"
             if not compile_model:
                 log.warning(
@@ -105,7 +106,7 @@ class Stage1PipelineBackend:
         if cuda_graphs and not compile_model:
             raise ValueError("CUDA graphs replay the compiled model: --cuda-graphs on needs --compile")
         if fp8:
-            pipeline.use_fp8()
+            stage1_acceleration.use_fp8(pipeline)
         if compile_model:
             state = cache_state()
             log_cache_state(state)
@@ -121,7 +122,9 @@ class Stage1PipelineBackend:
                     "package is run in a child process first and used only if it matches the eager model"
                 )
             package_dir = aot_package_dir(state) if ahead_of_time else None
-            pipeline.accelerate(compile_model=True, cuda_graphs=cuda_graphs, package_dir=package_dir)
+            stage1_acceleration.accelerate(
+                pipeline, compile_model=True, cuda_graphs=cuda_graphs, package_dir=package_dir
+            )
         info = PipelineInfo(str(layout.root), weights_label(layout.root), device, dtype)
         return cls(pipeline, info, pipeline.voxel_resolution)
 
@@ -148,9 +151,7 @@ class Stage1PipelineBackend:
             self.pipeline.run,
             inputs.framed,
             inputs.conditioning,
-            seed=options.seed,
-            steps=options.steps,
-            guidance_scale=options.guidance_scale,
+            options,
             callback=lambda step, total: progress("sampling", step, total),
             should_stop=should_stop,
         ).result()

@@ -59,7 +59,7 @@ class Stage2PipelineBackend:
 
         layout = verified_checkpoints(root, CHECKPOINT_SECTIONS)
         return cls(
-            Stage2Pipeline.from_checkpoints(
+            Stage2Pipeline.from_pretrained(
                 layout.root,
                 device,
                 dtype,

@@ -28,7 +28,6 @@ the face normal (view 4) resized to the face box and pasted into normal view 0, 
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -40,21 +39,16 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from synchuman.checkpoints.layout import CheckpointLayout
+from synchuman.checkpoints.layout import CheckpointLayout, default_root
 from synchuman.checkpoints.loading import CheckpointError, from_pretrained, parse_dtype
 from synchuman.models.cross_space import SyncHuman_2D3DCrossSpaceDiffusion
 from synchuman.models.dinov2 import DinoV2Encoder
 from synchuman.models.ss_decoder import SparseStructureDecoder
-from synchuman.nn.fp8_linear import (
-    DEFAULT_MIN_WEIGHT_ELEMENTS,
-    FP8Unavailable,
-    Granularity,
-    convert_linears_to_fp8,
-    require_fp8,
-)
+from synchuman.options import Stage1Options
 from synchuman.phases import PhaseTimer
-from synchuman.pipelines.compiled_model import AotCompiledModel, files_identity
+from synchuman.pipelines.compiled_model import files_identity
 from synchuman.pipelines.handoff import NUM_VIEWS, Stage1Output
+from synchuman.pipelines.stage1_acceleration import Pair, Velocity, parallel_velocity
 from synchuman.preprocess.framing import FACE_BOX, MULTIVIEW_SIZE, composite_on_white, face_crop
 from synchuman.samplers.flow_euler import SamplingCancelled
 from synchuman.samplers.flow_euler_cfg import FlowEulerCfgSampler
@@ -72,26 +66,6 @@ VIEW_PROMPTS = {
     for domain in ("normal", "color")
 }
 RESCALE_T = 3.0
-#: Diffusion submodules that stay in half precision with :meth:`Stage1Pipeline.use_fp8`: the timestep / class
-#: embeddings see a few rows per step (nothing to gain), and the model casts inputs to their weights' dtype.
-FP8_KEEP = ("time_embedding", "class_embedding", "t_embedder")
-_Pair = tuple[torch.Tensor, torch.Tensor]
-#: ``velocity(latents, structure, timestep) -> ((uncond_2d, cond_2d), (uncond_3d, cond_3d))``
-_Velocity = Callable[[torch.Tensor, torch.Tensor, float], tuple[_Pair, _Pair]]
-
-
-def _fp8_keep(model: nn.Module) -> tuple[str, ...]:
-    """Submodules of ``model`` whose Linear layers :meth:`Stage1Pipeline.use_fp8` leaves in half precision:
-    :data:`FP8_KEEP` and the q/k/v projections of every attention module with a fused ``qkv`` (it multiplies
-    with their concatenated weights)."""
-    fused = [
-        f"{name}.{projection}"
-        for name, module in model.named_modules()
-        if callable(getattr(module, "qkv", None))
-        for projection in ("to_q", "to_k", "to_v")
-        if isinstance(getattr(module, projection, None), nn.Linear)
-    ]
-    return (*FP8_KEEP, *fused)
 
 
 def load_prompt_embeds(layout: CheckpointLayout) -> torch.Tensor:
@@ -146,9 +120,8 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 class Stage1Pipeline:
     """The stage-1 models on one device; :meth:`run` turns one framed photo into the stage-2 hand-off.
 
-    :meth:`enable_cfg_parallel` adds a replica of the diffusion model on a second device that computes the
-    unconditional half of every guided step while the main device computes the conditional half (the two
-    halves are independent within a step), halving the loop's time for one request on two GPUs.
+    Speed-ups (a CFG-parallel replica on a second device, FP8 layers, compilation) are set up by
+    :mod:`synchuman.pipelines.stage1_acceleration`.
     """
 
     def __init__(
@@ -171,10 +144,11 @@ class Stage1Pipeline:
         #: ``[20, 77, D]``: ``[normal, normal, colour, colour]`` (uncond uses the same embeddings).
         self.prompt_embeds_cfg = torch.cat([normal, normal, color, color])
         self.vae_slice = vae_slice
-        #: the diffusion model's files (names, sizes, times) when loaded by :meth:`from_checkpoints`
+        #: the diffusion model's files (names, sizes, times) when loaded by :meth:`from_pretrained`
         self.weights_identity: str | None = None
         self.sampler = FlowEulerCfgSampler(rescale_t=RESCALE_T)
-        #: replica of ``diffusion`` computing the unconditional CFG half, and its device (``None``: off)
+        #: replica of ``diffusion`` computing the unconditional CFG half, and its device (``None``: off;
+        #: :func:`~synchuman.pipelines.stage1_acceleration.enable_cfg_parallel`)
         self.cfg_diffusion: nn.Module | None = None
         self.cfg_device: torch.device | None = None
         self.vae_scale = float(vae.config.scaling_factor)
@@ -199,13 +173,17 @@ class Stage1Pipeline:
             )
 
     @classmethod
-    def from_checkpoints(
-        cls, layout: CheckpointLayout, device: str | torch.device = "cuda", dtype: str | torch.dtype = "fp16"
+    def from_pretrained(
+        cls, root: str | Path | None = None, device: str = "cuda", dtype: str = "float16"
     ) -> Stage1Pipeline:
-        """Load every stage-1 component of ``layout`` (strict keys; see the module docstring)."""
+        """Load every stage-1 component of the checkpoint tree ``root`` (default ``$SYNCHUMAN_CKPTS`` or
+        ``./ckpts``; strict keys, see the module docstring) onto ``device`` in ``dtype`` (``float16``,
+        ``bfloat16``, ``float32`` or the short names). It does not verify the tree: callers run
+        :func:`~synchuman.checkpoints.verify.require_verified` first, which lists every problem at once."""
         from diffusers import AutoencoderKL
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+        layout = CheckpointLayout(Path(root) if root is not None else default_root())
         torch_dtype = parse_dtype(dtype)
         diffusion = from_pretrained(
             layout.diffusion_2d3d, SyncHuman_2D3DCrossSpaceDiffusion, dtype=torch_dtype, device=device
@@ -230,74 +208,6 @@ class Stage1Pipeline:
         )
         pipeline.weights_identity = files_identity(layout.diffusion_2d3d)
         return pipeline
-
-    def accelerate(
-        self, compile_model: bool = True, cuda_graphs: bool = False, package_dir: Path | None = None
-    ) -> str:
-        """Compile the diffusion model (and its CFG replica): same function, ~30 % faster loop on a GPU; the
-        first call compiles (minutes). SDPA already picks cuDNN's fused attention on Hopper.
-
-        ``package_dir``: compile ahead of time (:class:`~synchuman.pipelines.compiled_model.AotCompiledModel`:
-        torch.export + AOTInductor) into a package in this directory, or load the package a previous process
-        saved there, so that a restart traces and compiles nothing. Only for one device without CUDA graphs;
-        otherwise (and without ``package_dir``) ``torch.compile``.
-
-        ``cuda_graphs``: compile in ``"reduce-overhead"`` mode, replaying each forward as one CUDA graph. This
-        takes the host's kernel launches out of the loop, which matters with :meth:`enable_cfg_parallel`:
-        one host thread launches both devices' forwards, and without graphs the launches, not the GPUs, set
-        the pace (bench/RESULTS.md).
-
-        Returns how the model runs: ``"eager"``, ``"aot"`` or ``"torch.compile"``."""
-        if not compile_model:
-            return "eager"
-        if package_dir is not None and not cuda_graphs and self.cfg_diffusion is None:
-            if self.weights_identity is None:
-                raise ValueError("an ahead-of-time package needs the weights' identity (from_checkpoints)")
-            self.diffusion = AotCompiledModel(  # type: ignore[assignment]
-                self.diffusion, package_dir, "stage1-diffusion", self.weights_identity
-            )
-            return "aot"
-        mode = "reduce-overhead" if cuda_graphs else "default"
-        self.diffusion = torch.compile(self.diffusion, mode=mode)
-        if self.cfg_diffusion is not None:
-            self.cfg_diffusion = torch.compile(self.cfg_diffusion, mode=mode)
-        return "torch.compile"
-
-    def enable_cfg_parallel(self, device: str | torch.device) -> None:
-        """Run the unconditional half of classifier-free guidance on a replica of the diffusion model on
-        ``device`` (call before :meth:`accelerate`). Each step then runs two batch-10 forwards (one per
-        device, concurrently) instead of one batch-20 forward; per step the latents go over (fp32 ``[10, 4, h,
-        w]`` + ``[1, 8, G, G, G]``) and the unconditional velocities come back: ~2.3 MB at full size. Same
-        function as the joint batch up to floating-point summation order."""
-        if hasattr(self.diffusion, "_orig_mod") or not isinstance(self.diffusion, nn.Module):
-            raise RuntimeError("enable_cfg_parallel must come before accelerate() (the model is compiled)")
-        device = torch.device(device)
-        replica = copy.deepcopy(self.diffusion).to(device)
-        self.cfg_diffusion, self.cfg_device = replica, device
-
-    def use_fp8(
-        self, min_weight_elements: int = DEFAULT_MIN_WEIGHT_ELEMENTS, granularity: Granularity = "row"
-    ) -> int:
-        """Opt-in: run the diffusion model's (and its CFG replica's) large Linear layers as FP8 (e4m3) matrix
-        products (:mod:`synchuman.nn.fp8_linear`; weights quantised now, activations per call). Faster on GPUs
-        with FP8 tensor cores, and not the same function: outputs differ from the fp16 model (bench/RESULTS.md
-        reports by how much). Call after :meth:`enable_cfg_parallel` and before :meth:`accelerate`.
-        :class:`~synchuman.nn.fp8_linear.FP8Unavailable` on a device without FP8 (CPU, GPU before sm_89).
-        Returns the number of layers converted per model."""
-        if hasattr(self.diffusion, "_orig_mod") or not isinstance(self.diffusion, nn.Module):
-            raise RuntimeError("use_fp8 must come before accelerate() (the model is compiled)")
-        models = [(self.diffusion, self.device), (self.cfg_diffusion, self.cfg_device)]
-        present = [(model, device) for model, device in models if model is not None and device is not None]
-        for _, device in present:
-            require_fp8(device)
-        if self.dtype not in (torch.float16, torch.bfloat16):
-            raise FP8Unavailable(f"FP8 layers replace half-precision ones; the model is {self.dtype}")
-        counts = [
-            convert_linears_to_fp8(model, min_weight_elements, granularity, _fp8_keep(model))
-            for model, _ in present
-        ]
-        log.info("FP8 linear layers", extra={"converted": counts[0], "granularity": granularity})
-        return counts[0]
 
     # -- conditioning ---------------------------------------------------------------------------------------
     def _views(self, framed: np.ndarray) -> torch.Tensor:
@@ -354,62 +264,30 @@ class Stage1Pipeline:
 
     def _cfg_halves(
         self, class_labels: torch.Tensor, image_latents: torch.Tensor, cond: torch.Tensor
-    ) -> _Velocity:
+    ) -> Velocity:
         """``velocity(latents, structure, timestep)`` -> ``((uncond_2d, cond_2d), (uncond_3d, cond_3d))``,
         fp32 on the main device, each 2D half ``[10, 4, h, w]`` (normal x 5, colour x 5).
 
         Joint: one forward of the CFG batch ``[normal-u, normal-c, colour-u, colour-c]`` (20) + 3D ``[u, c]``.
-        Parallel (:meth:`enable_cfg_parallel`): the unconditional batch ``[normal-u, colour-u]`` runs on the
-        replica's device, the conditional one here; the replica's forward is launched first.
+        With a CFG replica: :func:`~synchuman.pipelines.stage1_acceleration.parallel_velocity`.
         """
         trellis_cond = torch.cat([torch.zeros_like(cond), cond]).to(self.dtype)
-        if self.cfg_diffusion is None:
+        if self.cfg_diffusion is not None:
+            return parallel_velocity(self, class_labels, image_latents, trellis_cond)
 
-            def joint(latents: torch.Tensor, structure: torch.Tensor, t: float) -> tuple[_Pair, _Pair]:
-                normal, color = latents.to(self.dtype).chunk(2)
-                sample = torch.cat([torch.cat([normal, normal, color, color]), image_latents], dim=1)
-                trellis_x = torch.cat([structure, structure]).to(self.dtype)
-                timestep = torch.full((1,), t, device=self.device)  # a tensor: no recompiles per step
-                v2d, v3d = self.diffusion(
-                    sample, timestep, self.prompt_embeds_cfg, class_labels, trellis_x, timestep, trellis_cond
-                )
-                nu, nc, cu, cc = v2d.float().chunk(4)
-                u3, c3 = v3d.float().chunk(2)
-                return (torch.cat([nu, cu]), torch.cat([nc, cc])), (u3, c3)
-
-            return joint
-
-        views = NUM_VIEWS
-        uncond_rows = [*range(0, views), *range(2 * views, 3 * views)]
-        cond_rows = [*range(views, 2 * views), *range(3 * views, 4 * views)]
-        halves = []
-        for rows, model, device, trellis_row in (
-            (uncond_rows, self.cfg_diffusion, self.cfg_device, 0),
-            (cond_rows, self.diffusion, self.device, 1),
-        ):
-            halves.append(
-                (
-                    model,
-                    device,
-                    self.prompt_embeds_cfg[rows].to(device),
-                    class_labels[rows].to(device),
-                    image_latents[rows].to(device),
-                    trellis_cond[trellis_row : trellis_row + 1].to(device),
-                )
+        def joint(latents: torch.Tensor, structure: torch.Tensor, t: float) -> tuple[Pair, Pair]:
+            normal, color = latents.to(self.dtype).chunk(2)
+            sample = torch.cat([torch.cat([normal, normal, color, color]), image_latents], dim=1)
+            trellis_x = torch.cat([structure, structure]).to(self.dtype)
+            timestep = torch.full((1,), t, device=self.device)  # a tensor: no recompiles per step
+            v2d, v3d = self.diffusion(
+                sample, timestep, self.prompt_embeds_cfg, class_labels, trellis_x, timestep, trellis_cond
             )
+            nu, nc, cu, cc = v2d.float().chunk(4)
+            u3, c3 = v3d.float().chunk(2)
+            return (torch.cat([nu, cu]), torch.cat([nc, cc])), (u3, c3)
 
-        def parallel(latents: torch.Tensor, structure: torch.Tensor, t: float) -> tuple[_Pair, _Pair]:
-            out = []
-            for model, device, prompts, labels, image_lat, t_cond in halves:
-                sample = torch.cat([latents.to(device, self.dtype, non_blocking=True), image_lat], dim=1)
-                timestep = torch.full((1,), t, device=device)
-                trellis_x = structure.to(device, self.dtype, non_blocking=True)
-                out.append(model(sample, timestep, prompts, labels, trellis_x, timestep, t_cond))
-            (u2, u3), (c2, c3) = out
-            uncond_2d, uncond_3d = (x.to(self.device, non_blocking=True).float() for x in (u2, u3))
-            return (uncond_2d, c2.float()), (uncond_3d, c3.float())
-
-        return parallel
+        return joint
 
     def decode_views(self, latents: torch.Tensor) -> torch.Tensor:
         """``[10, 4, h, w]`` -> ``[10, 3, 768, 768]`` in [0, 1], ``vae_slice`` images at a time."""
@@ -438,31 +316,28 @@ class Stage1Pipeline:
         self,
         framed: np.ndarray,
         conditioning: np.ndarray,
-        *,
-        seed: int = 43,
-        steps: int = 50,
-        guidance_scale: float = 3.0,
+        options: Stage1Options,
         callback: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> Stage1Output:
         """Framed RGBA uint8 ``[768, 768, 4]`` + conditioning crop uint8 ``[518, 518, 3]`` -> views + voxels.
 
-        ``callback(step, steps)`` runs after every sampler step; ``should_stop()`` is checked before each step
-        (and on a CPU before every layer of every network, in every phase) and raises
-        :class:`~synchuman.samplers.flow_euler.SamplingCancelled`.
+        ``options``: seed, Euler steps and guidance weight (:class:`~synchuman.options.OptionError`, a
+        ``ValueError``, when out of range). ``callback(step, steps)`` runs after every sampler step;
+        ``should_stop()`` is checked before each step (and on a CPU before every layer of every network, in
+        every phase) and raises :class:`~synchuman.samplers.flow_euler.SamplingCancelled`.
         """
         if framed.shape != (MULTIVIEW_SIZE, MULTIVIEW_SIZE, 4) or framed.dtype != np.uint8:
             raise ValueError(
                 f"framed image must be uint8 [768, 768, 4]; got {framed.dtype} {list(framed.shape)}"
             )
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1; got {steps}")
+        options.validate()
         timer = PhaseTimer(self.device)
         replica_on_gpu = self.cfg_device is not None and self.cfg_device.type == "cuda"
         if replica_on_gpu:
             torch.cuda.reset_peak_memory_stats(self.cfg_device)
         with self._stop_inside_networks(should_stop), timer("encode"):
-            generator = torch.Generator().manual_seed(seed)
+            generator = torch.Generator().manual_seed(options.seed)
             views = self._views(framed)
             class_labels, image_latents = self._image_conditions(views, generator)
             cond = self.dinov2.condition(conditioning).to(self.dtype)
@@ -479,8 +354,8 @@ class Stage1Pipeline:
                 class_labels,
                 image_latents,
                 cond,
-                steps,
-                guidance_scale,
+                options.steps,
+                options.guidance_scale,
                 callback,
                 should_stop,
             )

@@ -97,18 +97,20 @@ class Stage2Pipeline:
         self.defaults = device_defaults(device_type)
 
     @classmethod
-    def from_checkpoints(
+    def from_pretrained(
         cls,
-        root: Path | None = None,
-        device: str = "cpu",
-        dtype: str = "float32",
+        root: str | Path | None = None,
+        device: str = "cuda",
+        dtype: str = "float16",
         render_views: int = 95,
         render_resolution: int = 1024,
     ) -> Stage2Pipeline:
-        """Load ``root`` (default: the checkpoint root) onto ``device`` in ``dtype``. Like
-        :meth:`Stage1Pipeline.from_checkpoints`, it does not verify the tree: callers run
-        :func:`~synchuman.checkpoints.verify.require_verified` first, which lists every problem at once."""
-        layout = CheckpointLayout(root or default_root())
+        """Load the checkpoint tree ``root`` (default ``$SYNCHUMAN_CKPTS`` or ``./ckpts``) onto ``device`` in
+        ``dtype`` (``float16``, ``bfloat16``, ``float32``); ``render_views`` / ``render_resolution``: see
+        :meth:`__init__`. Like :meth:`~synchuman.pipelines.stage1.Stage1Pipeline.from_pretrained`, it does
+        not verify the tree: callers run :func:`~synchuman.checkpoints.verify.require_verified` first, which
+        lists every problem at once."""
+        layout = CheckpointLayout(Path(root) if root is not None else default_root())
         models = load_stage2_models(layout, device=device, dtype=dtype)
         from synchuman.models.dinov2 import DinoV2Encoder
 

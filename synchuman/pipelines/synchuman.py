@@ -151,10 +151,10 @@ class SyncHumanPipeline:
         options = PreprocessOptions(segmenter=segmenter, segmentation_dir=layout.segmentation)
         load_segmenter(options.segmenter, options.segmentation_dir)  # fail now, not on the first photo
         require_verified(layout.root, ("dinov2", "stage1", "stage2"))
-        stage1 = Stage1Pipeline.from_checkpoints(layout, device=device, dtype=dtype)
+        stage1 = Stage1Pipeline.from_pretrained(layout.root, device, dtype)
         if render_views is None:
             render_views = 0 if torch.device(device).type == "cpu" else 95
-        stage2 = Stage2Pipeline.from_checkpoints(
+        stage2 = Stage2Pipeline.from_pretrained(
             layout.root, device, dtype, render_views=render_views, render_resolution=render_resolution
         )
         return cls(stage1, stage2, options)
@@ -198,9 +198,7 @@ class SyncHumanPipeline:
         stage1 = self.stage1.run(
             preprocessed.framed,
             preprocessed.conditioning,
-            seed=mv_options.seed,
-            steps=mv_options.steps,
-            guidance_scale=mv_options.guidance_scale,
+            mv_options,
             callback=lambda step, total: report(Progress("stage1", "sampling", step, total)),
             should_stop=stop,
         )
