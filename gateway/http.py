@@ -10,7 +10,8 @@ Same operations as the gRPC ReconstructionService, on the same :class:`~gateway.
   ``POST /v1/jobs/{id}/cancel``.
 * ``GET /v1/jobs/{id}/events`` - server-sent events (``id`` = sequence; resume with ``Last-Event-ID`` or
   ``?after=N``), one per job event, the stream closes after the ``finished`` event.
-* ``GET /v1/jobs/{id}/artifacts/{name}`` - a file with its media type, ``ETag`` = SHA-256.
+* ``GET /v1/jobs/{id}/artifacts/{name}`` - a file with its media type, streamed, ``ETag`` = SHA-256, resumable
+  with ``Range`` (or a 307 to a presigned S3 URL): see :mod:`gateway.http_download`.
 * ``GET /healthz`` = ``GET /readyz`` (200 ready / 503 naming the stage or job store that is missing: see
   :mod:`gateway.readiness`), ``GET /livez``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``, ``/docs``.
 * ``GET /`` - the web page, ``GET /docs`` - Swagger UI, both from local files (:mod:`gateway.web`).
@@ -40,15 +41,16 @@ from fastapi.routing import APIRoute
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.errors import JobError
+from gateway.http_download import RANGE_FORMS, artifact_response
 from gateway.manager import JobManager
-from gateway.openapi_doc import error_responses, upload_doc
+from gateway.openapi_doc import download_responses, error_responses, upload_doc
 from gateway.paging import PAGE_TOKEN
 from gateway.request_fields import JOB_ID_PATTERN, MAX_NAME_CHARS, MAX_SEQUENCE
-from gateway.store import TERMINAL_STATES, StoreError
+from gateway.store import Event, StoreError
 from gateway.store_errors import as_job_error
 from gateway.web import add_web_page
 from services.common.endpoints import DEFAULT_HOST
@@ -85,6 +87,8 @@ _STATE_PATTERN = "^(|{})$".format(
 _JOB_ID = Path(pattern=f"^{JOB_ID_PATTERN}$", description="a job id from SubmitJob")
 #: Every method a route could be asked for; the others of a path answer 405 with the path's real Allow.
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+#: Seconds without a job event after which the event stream sends a comment (keeps proxies from closing it).
+KEEP_ALIVE_S = 5.0
 
 
 def _to_dict(message: Any) -> dict:
@@ -112,6 +116,7 @@ def _error_response(error: JobError) -> JSONResponse:
             headers["Retry-After"] = str(max(1, math.ceil(detail.retry_delay.ToTimedelta().total_seconds())))
     if error.code == grpc.StatusCode.UNAUTHENTICATED:
         headers["WWW-Authenticate"] = "Bearer"
+    headers.update(getattr(error, "http_headers", {}))
     body = {
         "error": {
             "code": error.code.name,
@@ -186,6 +191,43 @@ def _parse_state(text: str) -> int:
             "state", f"unknown state {text!r}; use queued, running, succeeded, failed or cancelled"
         )
     return reconstruction_pb2.JobState.Value(name)
+
+
+def _sse_message(event: Event) -> str:
+    """One job event as a server-sent event: ``id`` = its sequence, ``event`` = its kind."""
+    kind = event.WhichOneof("event") or "state"
+    return f"id: {event.sequence}\nevent: {kind}\ndata: {json.dumps(_to_dict(event))}\n\n"
+
+
+async def _with_keep_alive(events: AsyncIterator[Event], every_s: float) -> AsyncIterator[str]:
+    """``events`` as server-sent events, with a comment whenever none came for ``every_s`` seconds."""
+    pending = asyncio.ensure_future(anext(events))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=every_s)
+            if not done:
+                yield ": keep-alive\n\n"
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            yield _sse_message(event)
+            pending = asyncio.ensure_future(anext(events))
+    finally:
+        pending.cancel()
+
+
+async def _event_stream(manager: JobManager, job_id: str, after: int) -> AsyncIterator[str]:
+    """The job's events after sequence ``after`` as server-sent events: :meth:`JobManager.watch` in worker
+    threads, until the job's ``finished`` event or until the client goes (the watch then ends)."""
+    gone = threading.Event()
+    watch = manager.watch(job_id, after, lambda: not gone.is_set())
+    try:
+        async for message in _with_keep_alive(iterate_in_threadpool(watch), KEEP_ALIVE_S):
+            yield message
+    finally:
+        gone.set()
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -332,20 +374,18 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
         tags=["jobs"],
         dependencies=auth,
         response_class=Response,
-        responses=error_responses(404),
+        responses=download_responses(),
     )
     def artifact(
-        job_id: str = _JOB_ID, name: str = Path(min_length=1, max_length=MAX_NAME_CHARS)
+        job_id: str = _JOB_ID,
+        name: str = Path(min_length=1, max_length=MAX_NAME_CHARS),
+        asked_range: str = Header("", alias="Range", max_length=100, description=f"one of {RANGE_FORMS}"),
+        if_none_match: str = Header("", max_length=1000, description="304 when it names the ETag"),
+        if_range: str = Header("", max_length=100, description="the ETag: Range applies only if unchanged"),
     ) -> Response:
-        header, data = manager.artifact(job_id, name)
-        return Response(
-            data,
-            media_type=header.media_type or "application/octet-stream",
-            headers={
-                "ETag": f'"{header.sha256}"',
-                "Content-Disposition": f'attachment; filename="{job_id}-{name}"',
-            },
-        )
+        """The file, streamed; resumable with ``Range``, ``If-Range`` and ``If-None-Match`` on the ``ETag``
+        (the SHA-256 in ``Job.artifacts``); a 307 to a presigned URL with ``--s3-presigned-downloads``."""
+        return artifact_response(manager, job_id, name, asked_range, if_none_match, if_range)
 
     @app.get(
         "/v1/jobs/{job_id}/events",
@@ -355,7 +395,6 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
         responses=error_responses(404),
     )
     async def events(
-        request: Request,
         job_id: str = _JOB_ID,
         after: int = Query(0, ge=0, le=MAX_SEQUENCE, description="events after this sequence"),
         last_event_id: str = Header(
@@ -364,27 +403,10 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
     ) -> StreamingResponse:
         start = int(last_event_id) if last_event_id else after
         await run_in_threadpool(manager.get, job_id)  # NOT_FOUND before the stream starts
-
-        async def stream() -> AsyncIterator[str]:
-            sequence = start
-            while not await request.is_disconnected():
-                batch = await run_in_threadpool(manager.next_events, job_id, sequence, 5.0)
-                if not batch:
-                    yield ": keep-alive\n\n"
-                    job = await run_in_threadpool(manager.get, job_id)
-                    if job.state in TERMINAL_STATES:
-                        return
-                    continue
-                for event in batch:
-                    sequence = event.sequence
-                    kind = event.WhichOneof("event") or "state"
-                    yield f"id: {sequence}\nevent: {kind}\ndata: {json.dumps(_to_dict(event))}\n\n"
-                    if kind == "finished":
-                        return
-                await asyncio.sleep(0)
-
         return StreamingResponse(
-            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            _event_stream(manager, job_id, start),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
         )
 
     _add_allow_routes(app)

@@ -66,6 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "DATA_DIR/artifacts)",
     )
     parser.add_argument(
+        "--s3-presigned-downloads",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="with an s3:// artifact store: answer HTTP downloads with a 307 redirect to a presigned S3 URL "
+        "valid SECONDS, so the bytes go from S3 to the client (S3's endpoint must be reachable by the "
+        "clients; same as ?presigned_downloads=SECONDS on the store URL; default 0: the gateway sends them)",
+    )
+    parser.add_argument(
         "--gateway-id",
         default=os.environ.get("SYNCHUMAN_GATEWAY_ID", ""),
         help="this gateway's name on the jobs it leases: unique among the gateways of one job store, the "
@@ -138,6 +147,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _artifact_store(args: argparse.Namespace) -> str:
+    """The artifact store URL with ``--s3-presigned-downloads`` in it; CommandLineError when it is no S3 store
+    or the seconds are out of range."""
+    if not args.s3_presigned_downloads:
+        return args.artifact_store
+    from gateway.artifacts_s3 import presigned_downloads_url
+
+    try:
+        return presigned_downloads_url(args.artifact_store, args.s3_presigned_downloads)
+    except ValueError as exc:
+        raise CommandLineError(f"--s3-presigned-downloads: {exc}") from None
+
+
 def config_from_args(args: argparse.Namespace):  # noqa: ANN201 - gateway.server.GatewayConfig
     """A :class:`gateway.server.GatewayConfig` from parsed options; CommandLineError when the gateway would be
     published beyond this host (``--published-on``) without a token."""
@@ -159,7 +181,7 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201 - gateway.server
         stage2_target=args.stage2,
         data_dir=Path(args.data_dir),
         database_url=args.database_url,
-        artifact_store=args.artifact_store,
+        artifact_store=_artifact_store(args),
         auth_token=args.auth_token,
         max_upload_bytes=args.max_upload_bytes,
         max_pending_jobs=args.max_pending_jobs,

@@ -1,5 +1,6 @@
 """OpenAPI pieces of the HTTP bridge that FastAPI cannot infer: the error body, the error responses of each
-route, and the upload request with its ``options`` field typed as the ``JobOptions`` JSON object.
+route, the answers of a download (:mod:`gateway.http_download`), and the upload request with its ``options``
+field typed as the ``JobOptions`` JSON object.
 
 The option ranges come from the core option classes (:class:`~synchuman.options.Stage1Options`,
 :class:`~synchuman.options.Stage2Options`), the enums from the protos, so a request valid
@@ -22,6 +23,7 @@ ERROR_MEANINGS = {
     404: "No such job or file (NOT_FOUND)",
     409: "The job is not in a state that allows this (FAILED_PRECONDITION), e.g. deleting a running job",
     413: "The upload is larger than the server's limit",
+    416: "No byte of the Range lies in the file (OUT_OF_RANGE); Content-Range: bytes */SIZE gives its size",
     429: "Too many pending jobs (RESOURCE_EXHAUSTED); retry after the Retry-After header's seconds",
     503: "The gateway or a stage is unavailable (UNAVAILABLE)",
 }
@@ -55,6 +57,43 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "content": {"application/json": {"schema": ERROR_SCHEMA}},
         }
         for status in sorted({400, 401, *statuses})
+    }
+
+
+def _header(description: str, kind: str = "string") -> dict[str, Any]:
+    """An OpenAPI response header."""
+    return {"description": description, "schema": {"type": kind}}
+
+
+def download_responses() -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses=`` of ``GET /v1/jobs/{job_id}/artifacts/{name}``: the file (200), the part that
+    ``Range`` names (206), not modified (304), a presigned S3 URL to fetch it from (307) and the errors."""
+    binary = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+    validators = {
+        "ETag": _header("the file's SHA-256 (hex) in double quotes"),
+        "Accept-Ranges": _header("bytes"),
+    }
+    sent = {**validators, "Content-Length": _header("bytes in this answer", "integer")}
+    errors = error_responses(404, 416)
+    errors[416]["headers"] = {"Content-Range": _header("bytes */SIZE, SIZE: the file's size in bytes")}
+    return {
+        200: {
+            "description": "The file, streamed from the artifact store",
+            "content": binary,
+            "headers": sent,
+        },
+        206: {
+            "description": "The bytes the Range header names",
+            "content": binary,
+            "headers": {**sent, "Content-Range": _header("bytes FIRST-LAST/SIZE (offsets in bytes)")},
+        },
+        304: {"description": "Not modified: If-None-Match names the ETag", "headers": validators},
+        307: {
+            "description": "Fetch the file from Location, a presigned S3 URL valid a short time (a gateway "
+            "started with --s3-presigned-downloads)",
+            "headers": {**validators, "Location": _header("the presigned URL")},
+        },
+        **errors,
     }
 
 
