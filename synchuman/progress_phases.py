@@ -11,7 +11,13 @@ can call the job stalled.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from synchuman.stage_catalog import STAGES
+
+#: ``progress(phase, step, total)``: ``step`` of ``total`` done in ``phase`` (``0, 0`` as a phase starts and
+#: for a phase without steps). The one progress callback of the core pipelines and the stage backends.
+ProgressCallback = Callable[[str, int, int], None]
 
 #: Longest gap in seconds between two progress events of a running stage call.
 HEARTBEAT_S = 4.0

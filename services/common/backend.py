@@ -16,13 +16,12 @@ from typing import Protocol, TypeVar
 
 from synchuman.checkpoints.layout import CheckpointLayout, default_root
 from synchuman.pipelines.info import PipelineInfo
+from synchuman.progress_phases import ProgressCallback
 
 InputsT = TypeVar("InputsT", contravariant=True)
 OptionsT = TypeVar("OptionsT", contravariant=True)
 OutputT = TypeVar("OutputT", covariant=True)
 
-#: ``progress(phase, step, total)``: ``step`` of ``total`` done in ``phase`` (0, 0 for a phase without steps).
-Progress = Callable[[str, int, int], None]
 #: ``should_stop()``: true once the request was cancelled, passed its deadline or the server shuts down.
 StopCheck = Callable[[], bool]
 
@@ -38,7 +37,9 @@ class StageBackend(Protocol[InputsT, OptionsT, OutputT]):
         """Run one small job so the first request does not pay for lazy initialisation (kernels, caches)."""
         ...
 
-    def run(self, inputs: InputsT, options: OptionsT, progress: Progress, should_stop: StopCheck) -> OutputT:
+    def run(
+        self, inputs: InputsT, options: OptionsT, progress: ProgressCallback, should_stop: StopCheck
+    ) -> OutputT:
         """One request: core ``inputs`` and validated ``options`` -> core output. Calls ``progress`` as it
         goes and stops between steps (raising) once ``should_stop()`` is true."""
         ...

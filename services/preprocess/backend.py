@@ -10,11 +10,12 @@ import dataclasses
 
 import numpy as np
 
-from services.common.backend import Progress, StopCheck
+from services.common.backend import StopCheck
 from synchuman.options import PreprocessOptions
 from synchuman.pipelines.info import PipelineInfo
 from synchuman.preprocess.pipeline import PreprocessResult, preprocess
 from synchuman.preprocess.segment import DEFAULT_SEGMENTER, load_segmenter, segmentation_dir
+from synchuman.progress_phases import ProgressCallback
 
 
 class StoppedBetweenPhases(Exception):
@@ -53,7 +54,7 @@ class PreprocessBackend:
         )
 
     def run(
-        self, inputs: bytes, options: PreprocessOptions, progress: Progress, should_stop: StopCheck
+        self, inputs: bytes, options: PreprocessOptions, progress: ProgressCallback, should_stop: StopCheck
     ) -> PreprocessResult:
         """Preprocess the photo ``inputs`` (encoded image bytes); ``progress(phase, 0, 0)`` as each phase
         begins; the remaining phases are skipped (raising) once ``should_stop()``."""

@@ -13,16 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from services.common.backend import Progress, StopCheck, verified_checkpoints
+from services.common.backend import StopCheck, verified_checkpoints
 from services.stage1.compile_cache import aot_package_dir, cache_state, log_cache_state
 from synchuman.options import Stage1Options
 from synchuman.pipelines.handoff import Stage1Output
 from synchuman.pipelines.info import PipelineInfo
+from synchuman.progress_phases import ProgressCallback
+from synchuman.stage_catalog import MULTIVIEW
 
 log = logging.getLogger(__name__)
-
-#: Checkpoint sections stage 1 loads (verified before loading).
-CHECKPOINT_SECTIONS = ("dinov2", "stage1")
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ class Stage1PipelineBackend:
 
         if cfg_device is not None:
             check_second_device(device, cfg_device)
-        layout = verified_checkpoints(root, CHECKPOINT_SECTIONS)
+        layout = verified_checkpoints(root, MULTIVIEW.checkpoint_sections)
         pipeline = Stage1Pipeline.from_pretrained(layout.root, device, dtype)
         if cfg_device is not None:
             stage1_acceleration.enable_cfg_parallel(pipeline, cfg_device)
@@ -142,7 +141,7 @@ class Stage1PipelineBackend:
         self.run(Stage1Inputs(framed, crop), Stage1Options(steps=3), lambda *event: None, lambda: False)
 
     def run(
-        self, inputs: Stage1Inputs, options: Stage1Options, progress: Progress, should_stop: StopCheck
+        self, inputs: Stage1Inputs, options: Stage1Options, progress: ProgressCallback, should_stop: StopCheck
     ) -> Stage1Output:
         """Run the pipeline on the GPU thread; ``progress("sampling", step, steps)`` after every sampler step;
         stops (raising) once ``should_stop()``. ``("sampling", 0, steps)`` first, as the request starts."""

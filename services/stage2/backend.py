@@ -11,17 +11,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from services.common.backend import Progress, StopCheck, verified_checkpoints
+from services.common.backend import StopCheck, verified_checkpoints
 from services.common.gpu_share import DEFAULT_MAX_WAIT_S, GpuTurn, YieldingStopCheck
 from synchuman.options import Stage2Options
 from synchuman.pipelines.handoff import Stage2Inputs
 from synchuman.pipelines.info import PipelineInfo
 from synchuman.pipelines.stage2_types import Stage2Result
+from synchuman.progress_phases import ProgressCallback
+from synchuman.stage_catalog import RECONSTRUCTION
 
 log = logging.getLogger(__name__)
 
-#: Checkpoint sections stage 2 loads (verified before loading).
-CHECKPOINT_SECTIONS = ("dinov2", "stage2")
 #: Post-processing phases that run on the CPU: they go on while stage 1 holds the shared GPU.
 HOST_PHASES = frozenset({"decimate", "cut_fill", "uv_atlas", "export"})
 
@@ -57,7 +57,7 @@ class Stage2PipelineBackend:
         GPU is shared with stage 1, which goes first (``max_wait_s``: longest total pause per request)."""
         from synchuman.pipelines.stage2 import Stage2Pipeline
 
-        layout = verified_checkpoints(root, CHECKPOINT_SECTIONS)
+        layout = verified_checkpoints(root, RECONSTRUCTION.checkpoint_sections)
         return cls(
             Stage2Pipeline.from_pretrained(
                 layout.root,
@@ -79,7 +79,7 @@ class Stage2PipelineBackend:
         self.pipeline.warm_up()
 
     def run(
-        self, inputs: Stage2Inputs, options: Stage2Options, progress: Progress, should_stop: StopCheck
+        self, inputs: Stage2Inputs, options: Stage2Options, progress: ProgressCallback, should_stop: StopCheck
     ) -> Stage2Result:
         """Reconstruct one person: ``progress(phase, step, total)`` per sampler step and once per later phase;
         stops (raising) once ``should_stop()``. With a GPU turn, every check point of a GPU phase first waits

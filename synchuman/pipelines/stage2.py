@@ -14,7 +14,7 @@ Steps (upstream ``SyncHumanTwoStagePipeline``, run without files):
 
 ``progress(phase, step, total)`` is called as every phase starts (``step`` and ``total`` 0) and after its
 steps: sampler steps, visibility view batches, min-cut passes, Gaussian render batches and bake steps (phase
-names: :data:`synchuman.progress_phases.STAGE2_PHASES`). ``should_stop()`` is checked between steps and
+names: ``synchuman.stage_catalog.RECONSTRUCTION.phases``). ``should_stop()`` is checked between steps and
 phases (raising :class:`Stage2Cancelled`).
 """
 
@@ -44,12 +44,12 @@ from synchuman.pipelines.stage2_types import (
     Severity,
     Stage2Cancelled,
     Stage2OutputRejected,
-    Stage2Progress,
     Stage2Result,
     device_defaults,
 )
 from synchuman.postprocess.checks import PostprocessError
 from synchuman.postprocess.pipeline import GeneratedViews, PostprocessReport, gaussian_bake_views, to_glb
+from synchuman.progress_phases import ProgressCallback
 from synchuman.samplers.flow_euler import SamplingCancelled
 from synchuman.sparse import SparseTensor
 from synchuman.stopping import check_before_every_layer
@@ -124,7 +124,7 @@ class Stage2Pipeline:
         self,
         inputs: Stage2Inputs,
         options: Stage2Options,
-        progress: Stage2Progress,
+        progress: ProgressCallback,
         should_stop: Callable[[], bool],
         keep_geometry: bool = False,
     ) -> Stage2Result:
@@ -200,7 +200,7 @@ class Stage2Pipeline:
         coords: np.ndarray,
         cond: torch.Tensor,
         options: Stage2Options,
-        progress: Stage2Progress,
+        progress: ProgressCallback,
         should_stop: Callable[[], bool],
     ) -> SparseTensor:
         """The de-normalised structured latent ``[N, 8]`` on ``coords``."""
@@ -247,7 +247,7 @@ _CHECK_CODES = {
 
 
 def _progress_step(
-    phase: str, step: int, total: int, progress: Stage2Progress, should_stop: Callable[[], bool]
+    phase: str, step: int, total: int, progress: ProgressCallback, should_stop: Callable[[], bool]
 ) -> None:
     """Report a post-processing phase or step, then stop there when asked."""
     progress(phase, step, total)

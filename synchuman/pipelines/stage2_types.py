@@ -6,7 +6,6 @@ pipeline and the services). Its inputs are :class:`synchuman.pipelines.handoff.S
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,10 +14,6 @@ from synchuman.options import Stage2Options
 if TYPE_CHECKING:
     from synchuman.models.flexicubes import Mesh
     from synchuman.models.gaussians import Gaussians
-
-#: ``progress(phase, step, total)``: ``step`` of ``total`` done in ``phase`` (0, 0 for a phase without steps).
-Stage2Progress = Callable[[str, int, int], None]
-
 
 class Stage2Cancelled(Exception):
     """``should_stop()`` returned true; the pipeline stopped between steps."""

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Progress:
+class PipelineProgress:
     """One progress report: ``step`` of ``total`` done in ``phase`` of ``stage`` (``"preprocess"``,
     ``"stage1"``, ``"stage2"``); ``total`` is 0 for a phase without steps (reported once, as it starts)."""
 
@@ -163,7 +163,7 @@ class SyncHumanPipeline:
         self,
         photo: Image.Image | bytes,
         generator: torch.Generator | None = None,
-        callback: Callable[[Progress], None] | None = None,
+        callback: Callable[[PipelineProgress], None] | None = None,
         stage1_options: Stage1Options | None = None,
         stage2_options: Stage2Options | None = None,
         should_stop: Callable[[], bool] | None = None,
@@ -174,7 +174,8 @@ class SyncHumanPipeline:
             photo: the photo's file bytes (JPEG, PNG, WebP, ...) or a Pillow image (EXIF orientation applied).
             generator: its ``initial_seed()`` seeds both stages, over the options' seeds (see the module
                 docstring).
-            callback: called with a :class:`Progress` as each phase starts and after every sampler step.
+            callback: called with a :class:`PipelineProgress` as each phase starts and after every sampler
+                step.
             stage1_options / stage2_options: sampler and post-processing options (defaults: the services';
                 stage 2's are those of its device: the small CPU ones on a CPU, as the stage-2 service).
             should_stop: checked between steps and phases; true stops with ``SamplingCancelled`` (stage 1)
@@ -193,19 +194,21 @@ class SyncHumanPipeline:
             mv_options = dataclasses.replace(mv_options, seed=seed).validate()
             rc_options = dataclasses.replace(rc_options, seed=seed).validate()
         preprocessed = preprocess(
-            photo, self.preprocess_options, progress=lambda phase: report(Progress("preprocess", phase))
+            photo,
+            self.preprocess_options,
+            progress=lambda phase: report(PipelineProgress("preprocess", phase)),
         )
         stage1 = self.stage1.run(
             preprocessed.framed,
             preprocessed.conditioning,
             mv_options,
-            callback=lambda step, total: report(Progress("stage1", "sampling", step, total)),
+            callback=lambda step, total: report(PipelineProgress("stage1", "sampling", step, total)),
             should_stop=stop,
         )
         stage2 = self.stage2.run(
             stage2_inputs_from(stage1, preprocessed.conditioning),
             rc_options,
-            lambda phase, step, total: report(Progress("stage2", phase, step, total)),
+            lambda phase, step, total: report(PipelineProgress("stage2", phase, step, total)),
             stop,
             keep_geometry=True,
         )

@@ -25,6 +25,7 @@ from synchuman.postprocess.defaults import BAKE_STEPS
 from synchuman.postprocess.gaussian_render import render_gaussians
 from synchuman.postprocess.uv_atlas import Atlas, parametrize
 from synchuman.postprocess.visibility import face_visibility, remove_invisible_faces
+from synchuman.progress_phases import ProgressCallback
 
 # generated body views: azimuths of the front, right, back and left orthographic cameras (pitch 0, radius 2)
 VIEW_YAWS = (-math.pi, -3 * math.pi / 2, 0.0, -math.pi / 2)
@@ -32,12 +33,8 @@ MIRRORED_VIEWS = (2, 3)  # upstream flips these generated images left-right befo
 # face view: pixel region x 256-512, y 0-256 of the 768 front view, as a fraction of the image
 FACE_CROP = (256 / 768, 512 / 768, 0.0, 256 / 768)
 
-#: ``progress(phase, step, total)``: ``(phase, 0, 0)`` as a phase starts, then ``step`` of ``total`` done for
-#: the phases with steps (visibility view batches, cut passes, Gaussian render batches, bake steps), at most
-#: every :data:`STEP_REPORT_S` seconds plus the last step. It may raise to stop the work between steps.
 T = TypeVar("T")
 
-ProgressFn = Callable[[str, int, int], None]
 #: ``on_step(done, total)`` as the post-processing functions call it.
 StepFn = Callable[[int, int], None]
 #: Shortest interval between two step reports of one phase (the last step is always reported).
@@ -81,7 +78,9 @@ class _Phases:
 
     names = ("decimate", "visibility", "cut_fill", "uv_atlas", "gaussian_render", "bake", "export")
 
-    def __init__(self, report: PostprocessReport, device: torch.device, progress: ProgressFn | None) -> None:
+    def __init__(
+        self, report: PostprocessReport, device: torch.device, progress: ProgressCallback | None
+    ) -> None:
         self.progress = progress or (lambda phase, step, total: None)
         self.timer = PhaseTimer(device)
         self.timer.seconds, self.timer.peak_gib = report.phases, report.phase_peak_gib
@@ -165,13 +164,16 @@ def to_glb(
     gaussians: Gaussians | None,
     views: GeneratedViews | None,
     options: PostprocessOptions = PostprocessOptions(),
-    progress: ProgressFn | None = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[bytes, PostprocessReport]:
     """Post-process a decoded mesh into a textured GLB.
 
     Steps (upstream order): decimate -> per-face visibility -> interior cut + small-hole fill -> UV atlas ->
     Gaussian renders -> texture bake -> z-up to y-up -> GLB. The mesh is z-up in the ``[-0.5, 0.5]`` box.
-    ``progress``: see :data:`ProgressFn` (an exception it raises stops the work at the next step).
+    ``progress``: a :data:`~synchuman.progress_phases.ProgressCallback`: ``(phase, 0, 0)`` as a phase starts,
+    then ``step`` of ``total`` done for the phases with steps (visibility view batches, cut passes, Gaussian
+    render batches, bake steps), at most every :data:`STEP_REPORT_S` seconds plus the last step (an
+    exception it raises stops the work at the next step).
 
     Returns:
         ``(glb bytes, report)``. Raises :class:`~synchuman.postprocess.checks.PostprocessError` when an
