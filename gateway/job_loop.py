@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from gateway.stage_capacity import StageCapacity
 from gateway.stage_comeback import StageComeback
 from gateway.stage_table import STAGE_TABLE, StageStep, stage_name
 from gateway.stages import CallHandle, StageClients, StageFailure, StageOutput
-from gateway.store import TERMINAL_STATES, Job, JobStore, LeaseLost, Listener, StoreUnavailable
+from gateway.store import TERMINAL_STATES, Event, Job, JobStore, LeaseLost, Listener, StoreUnavailable
 from services.common.conversions import progress_event
 from services.common.rpc_status import error_info, retry_info
 from services.common.worker import release_heap
@@ -120,6 +121,9 @@ class JobLoop:
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
         self._wakes = 0  # counts wake-ups: a worker that was looking while one came looks again
+        self._idle = 0  # workers waiting for work
+        self._promised = 0  # idle workers counted on by submissions being stored
+        self._handoff: deque[Job] = deque()  # jobs submitted here, leased to this gateway, for idle workers
         self._listener: Listener | None = None
         self._comeback = StageComeback(
             lambda stage, timeout_s, stop: stages.wait_until_back(stage, timeout_s, stop),
@@ -199,9 +203,27 @@ class JobLoop:
             with self._lock:
                 self._reserved -= 1
 
-    def enqueue(self, job_id: str) -> None:
-        """A job was stored: wake an idle worker to take it (or the oldest waiting one)."""
-        self._wake()
+    def create(self, job: Job, event: Event) -> tuple[Job, bool]:
+        """Store a new job with its first event (see :meth:`gateway.store.JobStore.create`). When a worker
+        here is idle, the job is stored leased to this gateway and handed to it: the gateway that accepted a
+        job starts it at once. Otherwise it is queued for any gateway (the store notifies them)."""
+        with self._lock:
+            keep = not self._stopping and self._idle > self._promised + len(self._handoff)
+            self._promised += keep
+        stored, created = job, False
+        try:
+            stored, created = self._store.create(
+                job, event, self._owner if keep else "", self._leases.lease_s
+            )
+        finally:
+            with self._lock:
+                self._promised -= keep
+                if keep and created:
+                    self._handoff.append(stored)
+                self._work_ready.notify_all()  # the worker counted on, or the others held back meanwhile
+        if created and not keep:
+            self._wake()  # a worker here that is about to be idle may take it too
+        return stored, created
 
     def _wake(self) -> None:
         """A job may be available (or due sooner than an idle worker thinks): wake one idle worker; a worker
@@ -249,28 +271,39 @@ class JobLoop:
     # -- work ------------------------------------------------------------------------------------------------
 
     def _next_job(self) -> tuple[Job, CallHandle] | None:
-        """The oldest due job nobody works on, leased to this gateway, with the handle that stops its work;
-        None once stopping. Waits for one (see the module docstring)."""
+        """A job submitted here (see :meth:`create`), else the oldest due job nobody works on, leased to this
+        gateway, with the handle that stops its work; None once stopping. Waits for one (see the module
+        docstring); while a submission here counts on an idle worker, the idle workers wait for it."""
         while True:
             with self._lock:
+                if self._handoff:
+                    return self._register(self._handoff.popleft())
                 if self._stopping:
                     return None
                 wakes = self._wakes
-            taken, wait_s = self._look()
+                held_back = self._promised > 0
+            taken, wait_s = ([], None) if held_back else self._look()
             with self._lock:
                 if taken:
-                    job = taken[0]
-                    handle = self._running[job.id] = CallHandle()
-                    self._taken_at[job.id] = time.monotonic()
-                    if self._stopping:
-                        handle.stop(SHUTDOWN)
-                    elif job.id in self._cancel_on_take:
-                        handle.stop(CANCELLED)
-                    self._cancel_on_take.discard(job.id)
                     self._work_ready.notify()  # another idle worker looks for another due job
-                    return job, handle
-                if not self._stopping and wakes == self._wakes:
-                    self._work_ready.wait(wait_s)
+                    return self._register(taken[0])
+                if self._stopping or self._handoff or (held_back and not self._promised):
+                    continue
+                if held_back or wakes == self._wakes:
+                    self._idle += 1
+                    self._work_ready.wait(wait_s)  # held back: until the submission is stored
+                    self._idle -= 1
+
+    def _register(self, job: Job) -> tuple[Job, CallHandle]:
+        """Record a job a worker here took (under the lock); the handle that stops its work."""
+        handle = self._running[job.id] = CallHandle()
+        self._taken_at[job.id] = time.monotonic()
+        if self._stopping:
+            handle.stop(SHUTDOWN)
+        elif job.id in self._cancel_on_take:
+            handle.stop(CANCELLED)
+        self._cancel_on_take.discard(job.id)
+        return job, handle
 
     def _look(self) -> tuple[list[Job], float]:
         """Acquire one due job; with none, also the seconds to wait before looking again (until the next
@@ -333,7 +366,7 @@ class JobLoop:
                 running = [
                     (i, h) for i, h in self._running.items() if self._taken_at.get(i, started) < started
                 ]
-                unused = renewal.held - set(self._running) - self._claimed
+                unused = renewal.held - set(self._running) - self._claimed - {j.id for j in self._handoff}
             # A lease a worker acquired but has not registered yet looks unused for a moment: release only
             # those unused at two heartbeats in a row.
             stale, self._unused = unused & self._unused, unused

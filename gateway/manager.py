@@ -142,14 +142,13 @@ class JobManager:
             update_time=now,
             artifacts=[reconstruction_pb2.Artifact(blob=header, create_time=now)],
         )
-        stored, created = self.store.create(
+        stored, created = self.loop.create(
             job, Event(sequence=1, time=now, state=reconstruction_pb2.JOB_STATE_QUEUED)
         )
         if not created:
             self.artifacts.remove_job(job_id)
             return stored, True
         self.events.created(job_id)
-        self.loop.enqueue(job_id)
         JOBS_SUBMITTED.inc()
         log.info("job submitted", extra={"job_id": job_id, "bytes": len(image), "media_type": media})
         return job, False

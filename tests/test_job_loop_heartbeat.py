@@ -60,7 +60,6 @@ def test_a_job_that_ended_is_not_taken_for_a_lost_lease(tmp_path: Path, caplog) 
     caplog.set_level(logging.INFO, logger="gateway.job_loop")
     loop.start("gw-test")
     try:
-        loop.enqueue(job.id)
         deadline = time.monotonic() + 20.0
         while store.get(job.id).state != reconstruction_pb2.JOB_STATE_FAILED:
             assert time.monotonic() < deadline, "the job did not fail"
