@@ -24,15 +24,17 @@ from services.common.conversions import (
 from services.common.rpc_status import bad_request
 from services.common.stage_io import InvalidInput
 from synchuman.options import PreprocessOptions, Range, Stage1Options, Stage2Options
+from synchuman.stage_catalog import MULTIVIEW, PREPROCESS, RECONSTRUCTION, StageEntry
 from synchuman.v1 import common_pb2
 
 #: The preprocess options a request's choices are laid over (only their validity matters here).
 DEFAULTS = PreprocessOptions()
-#: ``(JobOptions field, conversion (message, field prefix) -> validated core options, the core ranges)``
-_STAGE_OPTIONS: tuple[tuple[str, Callable[[Any, str], object], tuple[Range, ...]], ...] = (
-    ("preprocess", lambda message, field: preprocess_options_from_proto(message, DEFAULTS, field), ()),
-    ("multiview", stage1_options_from_proto, Stage1Options.RANGES),
-    ("reconstruction", stage2_options_from_proto, Stage2Options.RANGES),
+#: ``(stage, conversion (message, field prefix) -> validated core options, the core ranges)``; a stage's
+#: options are the ``JobOptions`` field of its name.
+_STAGE_OPTIONS: tuple[tuple[StageEntry, Callable[[Any, str], object], tuple[Range, ...]], ...] = (
+    (PREPROCESS, lambda message, field: preprocess_options_from_proto(message, DEFAULTS, field), ()),
+    (MULTIVIEW, stage1_options_from_proto, Stage1Options.RANGES),
+    (RECONSTRUCTION, stage2_options_from_proto, Stage2Options.RANGES),
 )
 
 
@@ -59,9 +61,9 @@ def _refusal(error: InvalidInput, message: Any, ranges: tuple[Range, ...]) -> Jo
 def validate_options(options: common_pb2.JobOptions) -> None:
     """INVALID_ARGUMENT naming the field (``options.multiview.steps``) and what is allowed for a bad
     option."""
-    for group, convert, ranges in _STAGE_OPTIONS:
-        message = getattr(options, group)
+    for stage, convert, ranges in _STAGE_OPTIONS:
+        message = getattr(options, stage.name)
         try:
-            convert(message, f"options.{group}")
+            convert(message, f"options.{stage.name}")
         except InvalidInput as error:
             raise _refusal(error, message, ranges) from error

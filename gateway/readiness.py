@@ -48,12 +48,13 @@ class StageReadiness:
         self._down_replicas: dict[str, list[str]] = {}
 
     def states(self) -> dict[str, str]:
-        """Stage name -> ``SERVING`` | ``NOT_SERVING`` | ``UNKNOWN``, at most ``max_age_s`` old."""
+        """Stage service name (``stage1``) -> ``SERVING`` | ``NOT_SERVING`` | ``UNKNOWN``, at most
+        ``max_age_s`` old."""
         return self.check()[0]
 
     def check(self) -> tuple[dict[str, str], dict[str, list[str]]]:
-        """:meth:`states`, and stage name -> the addresses of its replicas that are down or not serving (only
-        stages with such replicas), from the same look."""
+        """:meth:`states`, and stage service name -> the addresses of its replicas that are down or not
+        serving (only stages with such replicas), from the same look."""
         with self._lock:
             if time.monotonic() - self._checked_at >= self._max_age_s:
                 asked = {name: self._ask(stage) for name, stage in STAGE_SERVICES.items()}

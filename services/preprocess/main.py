@@ -21,7 +21,7 @@ from synchuman.stage_catalog import PREPROCESS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the preprocess service."""
     concurrency = max(1, (os.cpu_count() or 2) // 2)
-    add_server_arguments(parser, "preprocess", concurrency=concurrency, max_queue=16)
+    add_server_arguments(parser, PREPROCESS.service, concurrency=concurrency, max_queue=16)
     parser.add_argument("--segmentation-dir", metavar="DIR",
                         help="segmentation models (default: $SYNCHUMAN_CKPTS/segmentation or "
                         "./ckpts/segmentation)")

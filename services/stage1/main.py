@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the stage-1 service."""
-    add_stage_arguments(parser, "stage1")
+    add_stage_arguments(parser, MULTIVIEW.service)
     parser.add_argument(
         "--compile",
         action="store_true",

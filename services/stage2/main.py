@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the stage-2 service."""
-    add_stage_arguments(parser, "stage2")
+    add_stage_arguments(parser, RECONSTRUCTION.service)
     parser.add_argument(
         "--gaussian-views",
         default="auto",
