@@ -25,6 +25,7 @@ from real_servers import s3_server
 from test_artifact_store import corrupt
 from test_gateway import Stack, _sse, download, photo, stub_for, upload, wait_until, watch_all
 
+import gateway.http as gateway_http
 from gateway.main import add_arguments, config_from_args
 from services.common.arguments import CommandLineError
 from services.launcher import free_port
@@ -276,3 +277,41 @@ def test_a_50_mb_download_leaves_the_gateway_memory_flat(large_job):
     mib = 1 << 20
     print(f"gateway RSS {before / mib:.1f} MiB before, {after / mib:.1f} after, peak {peak / mib:.1f}")
     assert peak - before < MAX_GROWTH_BYTES, f"RSS grew {(peak - before) / mib:.1f} MiB sending 50 MiB"
+
+
+# -- event stream -----------------------------------------------------------------------------------------
+
+
+def test_the_event_stream_is_the_watch_with_keep_alives(tmp_path, monkeypatch):
+    """The SSE stream carries what gRPC WatchJob does, comments while the job is quiet, and ends its watch
+    (``is_active`` False, no more events pulled) when the client goes."""
+    monkeypatch.setattr(gateway_http, "KEEP_ALIVE_S", 0.2)
+    stack = Stack(tmp_path, http_address="127.0.0.1:0", behaviours={"stage2": Behaviour(steps=6, step_s=0.3)})
+    manager, pulled, actives = stack.gateway.manager, [], []
+    watch = manager.watch
+
+    def watched(job_id, after, is_active):
+        actives.append(is_active)
+        for event in watch(job_id, after, is_active):
+            pulled.append(event.sequence)
+            yield event
+
+    monkeypatch.setattr(manager, "watch", watched)
+    submit = {"content": photo(), "headers": {"Content-Type": "image/png"}}
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{stack.gateway.http_port}", timeout=30) as http:
+            job_id = http.post("/v1/jobs", **submit).json()["job"]["id"]
+            with http.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+                lines = list(stream.iter_lines())
+            assert ": keep-alive" in lines
+            sent = [int(line.removeprefix("id: ")) for line in lines if line.startswith("id: ")]
+            assert sent == [event.sequence for event in watch_all(stack.stub, job_id)]
+            second = http.post("/v1/jobs", **submit).json()["job"]["id"]
+            with http.stream("GET", f"/v1/jobs/{second}/events") as stream:
+                next(stream.iter_lines())  # the client goes after the first event, long before the job ends
+            wait_until(lambda: not actives[-1](), 5, "the watch to see the client gone")
+            pulled.clear()
+            wait_until(lambda: manager.get(second).state == reconstruction_pb2.JOB_STATE_SUCCEEDED, 30, "job")
+            assert len(pulled) <= 1, f"the watch went on after the client had gone: {pulled}"
+    finally:
+        stack.close()
