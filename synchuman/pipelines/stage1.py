@@ -180,8 +180,10 @@ class Stage1Pipeline:
         ``./ckpts``; strict keys, see the module docstring) onto ``device`` in ``dtype`` (``float16``,
         ``bfloat16``, ``float32`` or the short names). It does not verify the tree: callers run
         :func:`~synchuman.checkpoints.verify.require_verified` first, which lists every problem at once."""
+        # The PIL image processor by name: the default class wants torchvision (not a dependency of the core)
+        # and prints a warning each load before falling back to this same class.
         from diffusers import AutoencoderKL
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+        from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
 
         layout = CheckpointLayout(Path(root) if root is not None else default_root())
         torch_dtype = parse_dtype(dtype)
@@ -195,7 +197,7 @@ class Stage1Pipeline:
         encoder = CLIPVisionModelWithProjection.from_pretrained(
             str(layout.image_encoder), torch_dtype=torch_dtype, local_files_only=True
         )
-        processor = CLIPImageProcessor.from_pretrained(str(layout.feature_extractor_config.parent))
+        processor = CLIPImageProcessorPil.from_pretrained(str(layout.feature_extractor_config.parent))
         dinov2 = DinoV2Encoder.from_checkpoints(layout, device, torch_dtype)
         pipeline = cls(
             diffusion,
