@@ -3,16 +3,16 @@
 1. **True end to end.** Starts the four real services with the product's embedded launcher
    (``services.launcher.start_embedded``: stage 1 eager, both stages on the one visible GPU, stage 2 yielding
    it to stage 1, service defaults), submits one photo (a synthetic RGBA person cut-out) and follows it with
-   ``bench_deployment.py``'s job code from submission to ``SUCCEEDED``: latency, seconds per stage
-   (preprocess, stage 1, stage 2 and the waits between them, from the gateway's events) and per stage-2 phase
-   (from the job's stored progress events, replayed after it finished), the stage attempts, the voxel and
-   face counts, peak GPU memory per stage process.
+   the deployment benches' job code (``benchlib.jobs``) from submission to ``SUCCEEDED``: latency, seconds
+   per stage (preprocess, stage 1, stage 2 and the waits between them, from the gateway's events) and per
+   stage-2 phase (from the job's stored progress events, replayed after it finished), the stage attempts,
+   the voxel and face counts, peak GPU memory per stage process.
    With random weights stage 1 yields a *scattered* occupancy and stage 2 a noisy ~1.5 M-face mesh, so the
    stage-2 part of this row is far slower than on a real person.
 2. **Composite** (what a real person's job costs): stage 1 and the gateway's overhead as measured in (1)
    (50 steps, fp16, stage 1 has no input-dependent cost), plus, in this process, stage 2's GPU models
    (conditioning, 25 guided sampler steps, multiview features, both decoders; stopped at the start of
-   post-processing) on the compact 20k-voxel capsule stick figure of ``bench_stage2_models.py``, plus
+   post-processing) on the compact 20k-voxel capsule stick figure (``benchlib.inputs.human_occupancy``), plus
    post-processing (service defaults, 95 Gaussian renders when gsplat works) of the ~240k-face capsule body
    of ``bench_postprocess.py``.
 
@@ -40,17 +40,23 @@ import tempfile
 import time
 from pathlib import Path
 
-import bench_deployment
-import bench_postprocess
 import grpc
 import torch
-from bench_deployment import STAGES, MemoryPoller, analyse, run_jobs, synthetic_photo
-from bench_request_memory import StopAfterModels, stage2_inputs
-from bench_stage2_models import human_occupancy
 
-from services.launcher import EmbeddedConfig, start_embedded
-from synchuman.options import PostprocessOptions
-from synchuman.v1 import reconstruction_pb2, reconstruction_pb2_grpc
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import bench_deployment  # noqa: E402
+import bench_postprocess  # noqa: E402
+from bench_request_memory import StopAfterModels, stage2_inputs  # noqa: E402
+from benchlib.analyse import analyse  # noqa: E402
+from benchlib.inputs import human_occupancy, synthetic_photo  # noqa: E402
+from benchlib.jobs import STAGES, run_jobs  # noqa: E402
+from benchlib.poll import MemoryPoller  # noqa: E402
+
+from services.launcher import EmbeddedConfig, start_embedded  # noqa: E402
+from synchuman.options import PostprocessOptions  # noqa: E402
+from synchuman.v1 import reconstruction_pb2, reconstruction_pb2_grpc  # noqa: E402
 
 GIB = float(2**30)
 #: Stage-2 phases that run the GPU models; the rest (decimate ... export) are post-processing.
@@ -113,7 +119,8 @@ def end_to_end(args: argparse.Namespace, ckpts: Path, work: Path) -> dict:
         with MemoryPoller(addresses, gpu) as memory:
             photo, deadline = synthetic_photo(None), started + args.timeout
             try:
-                records = run_jobs(deployment, config.address("gateway"), photo, None, deadline)
+                options = bench_deployment.job_options(deployment)
+                records = run_jobs(config.address("gateway"), photo, 1, options, None, deadline)
             except grpc.RpcError as exc:
                 return {"error": f"SubmitJob failed: {exc.code().name}: {exc.details()}"}
         job = analyse(records)["jobs"][0]

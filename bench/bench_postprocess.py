@@ -10,7 +10,7 @@ and prints per-phase seconds, peak GPU memory, bake error (mean per-view L1, 0..
 atlas utilisation and the backends used. Also times xatlas on the decimated mesh the upstream way
 (one mesh, default packing) in a subprocess with a time limit. JSON goes to $OUT/bench_postprocess.json.
 
-Usage: ``PYTHONPATH=.:tests python bench/bench_postprocess.py``; ``--small --device cpu`` checks the script.
+Usage: ``python bench/bench_postprocess.py``; ``--small --device cpu`` checks the script.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from mesh_builders import body_mesh, generated_views, surface_gaussians  # noqa: E402
+from benchlib.meshes import body_mesh, generated_views, surface_gaussians  # noqa: E402
 
 from synchuman.models.flexicubes import Mesh  # noqa: E402
 from synchuman.options import PostprocessOptions  # noqa: E402

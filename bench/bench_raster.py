@@ -7,8 +7,8 @@ median seconds of ``--repeat`` runs, the peak GPU memory, and, against ``torch``
 same coverage, the share of covered pixels with the same face (ties on shared edges may differ), and the
 largest depth / barycentric differences on those pixels.
 
-Device: ``PYTHONPATH=.:tests python3 bench/bench_raster.py`` (nvdiffrast installed or built first).
-CPU check: ``PYTHONPATH=.:tests python bench/bench_raster.py --device cpu --mesh-res 96 --views 4
+Device: ``python3 bench/bench_raster.py`` (nvdiffrast installed or built first).
+CPU check: ``python bench/bench_raster.py --device cpu --mesh-res 96 --views 4
 --resolution 128``.
 """
 
@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from mesh_builders import body_mesh  # noqa: E402
+from benchlib.meshes import body_mesh  # noqa: E402
 
 from synchuman.geometry import camera, raster_backends  # noqa: E402
 from synchuman.geometry.raster import RasterOutput, rasterize  # noqa: E402

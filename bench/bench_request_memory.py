@@ -37,22 +37,15 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from bench_stage2_models import human_occupancy  # noqa: E402
+from benchlib.inputs import human_occupancy, photo_like  # noqa: E402
 
 from synchuman.options import Stage2Options  # noqa: E402
 from synchuman.pipelines.handoff import Stage2Inputs, sorted_voxels  # noqa: E402
 from synchuman.pipelines.stage2_types import Stage2Cancelled  # noqa: E402
 
 GIB = float(2**30)
-
-
-def photo_like(seed: int, shape: tuple[int, int, int]) -> np.ndarray:
-    """A smooth random uint8 image (content does not change the work of either stage)."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (shape[0] // 32 + 1, shape[1] // 32 + 1, shape[2]), dtype=np.uint8)
-    return np.kron(coarse, np.ones((32, 32, 1), np.uint8))[: shape[0], : shape[1]]
 
 
 class StopAfterModels:

@@ -35,7 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_stage_service import free_port, last_record, request, serving, stage1_inputs, stage2_inputs
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from benchlib.inputs import stage1_inputs, stage2_inputs  # noqa: E402
+from benchlib.poll import last_record, serving  # noqa: E402
+from benchlib.stage_calls import call_stage  # noqa: E402
+
+from services.launcher import free_port  # noqa: E402
 
 #: What the stage-1 service logs about its compile cache at start-up (services/stage1/compile_cache.py) and
 #: about its ahead-of-time compiled package in the warm-up (synchuman/pipelines/compiled_model.py).
@@ -90,12 +97,12 @@ class Running:
     """A started service process and its log."""
 
     def __init__(self, stage: int, ckpts: Path, config: Config, log_path: Path) -> None:
-        self.port = free_port()
+        self.address = f"127.0.0.1:{free_port('127.0.0.1')}"
         self.log_path = log_path
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(config.cache_dir), **config.env)
         command = [
             sys.executable, "-m", "synchuman_cli", "--log-level", "INFO", "serve", f"stage{stage}",
-            "--address", f"127.0.0.1:{self.port}", "--ckpts", str(ckpts), *config.args,
+            "--address", self.address, "--ckpts", str(ckpts), *config.args,
         ]  # fmt: skip
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
@@ -107,7 +114,7 @@ class Running:
         if self.process.poll() is not None:
             tail = self.log_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"exited with {self.process.returncode}: {tail}")
-        return time.perf_counter() - self.started if serving(self.port) else None
+        return time.perf_counter() - self.started if serving(self.address) else None
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -133,7 +140,7 @@ def finish_start(start: Start, svc: Running, stage: int, inputs: Any, steps: int
         if "seconds" in package:
             start.cache.append(f"package {package['seconds']} s")
         for i in range(requests):
-            start.requests.append(request(stage, svc.port, inputs, steps, f"restart-{i + 1}")["wall_s"])
+            start.requests.append(call_stage(stage, svc.address, inputs, steps, f"restart-{i + 1}")["wall_s"])
     finally:
         svc.stop()
         print(f"{svc.log_path.name}: {start}", flush=True)

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
-from mesh_builders import body_mesh, generated_views  # noqa: E402
+from benchlib.meshes import body_mesh, generated_views  # noqa: E402
 
 from synchuman.postprocess import bake, export, pipeline  # noqa: E402
 from synchuman.postprocess.decimate import decimate  # noqa: E402

@@ -22,11 +22,13 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn import functional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from benchlib.inputs import human_occupancy  # noqa: E402
 
 from synchuman.models.slat_decoders import SLatGaussianDecoder, SLatMeshDecoder  # noqa: E402
 from synchuman.models.slat_flow import SLatFlowModel  # noqa: E402
@@ -89,30 +91,6 @@ TINY = {
     "mv_dim": 2,
     "mesh_extra": {"subdivide_num_groups": 8},
 }
-
-
-def human_occupancy(target: int, res: int = 64) -> np.ndarray:
-    """``[N, 3]`` voxels (~``target``) of a shell around a capsule stick figure standing along +z."""
-    g = (np.stack(np.meshgrid(*[np.arange(res)] * 3, indexing="ij"), -1).reshape(-1, 3) + 0.5) / res - 0.5
-    segments = [  # (start, end, radius) in the [-0.5, 0.5]^3 box, z up
-        ((0, 0, 0.30), (0, 0, 0.36), 0.075),  # head
-        ((0, 0, -0.02), (0, 0, 0.22), 0.11),  # torso
-        ((-0.13, 0, 0.20), (-0.30, 0, 0.02), 0.04),  # arms
-        ((0.13, 0, 0.20), (0.30, 0, 0.02), 0.04),
-        ((-0.06, 0, -0.02), (-0.08, 0, -0.44), 0.055),  # legs
-        ((0.06, 0, -0.02), (0.08, 0, -0.44), 0.055),
-    ]
-    dist = np.full(len(g), np.inf)
-    for a, b, r in segments:
-        a, b = np.array(a), np.array(b)
-        h = np.clip(((g - a) @ (b - a)) / ((b - a) @ (b - a)), 0, 1)
-        dist = np.minimum(dist, np.linalg.norm(g - (a + h[:, None] * (b - a)), axis=1) - r)
-    lo, hi = 0.0, 0.2
-    for _ in range(40):  # shell thickness giving ~target voxels
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if (np.abs(dist) < mid).sum() < target else (lo, mid)
-    idx = np.nonzero(np.abs(dist) < hi)[0]
-    return np.stack([idx // (res * res), idx // res % res, idx % res], axis=1)
 
 
 def sync(device: torch.device) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,20 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from bench_stage2_models import human_occupancy  # noqa: E402
-from bench_stage_services import photo_like  # noqa: E402
-from stage_doubles import png, stage1_requests, stage2_requests  # noqa: E402
+from benchlib.inputs import stage1_inputs, stage2_inputs  # noqa: E402
+from benchlib.poll import last_record, serving  # noqa: E402
+from benchlib.stage_calls import call_stage  # noqa: E402
 
-from services.common.stage_io import voxels_to_proto  # noqa: E402
-from synchuman.v1 import common_pb2, stage1_pb2_grpc, stage2_pb2_grpc  # noqa: E402
+from services.launcher import free_port  # noqa: E402
 
 
 @dataclass
@@ -67,78 +60,8 @@ class Service:
     requests: list[dict[str, Any]] = field(default_factory=list)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stage1_inputs() -> dict[str, bytes]:
-    """A person-sized opaque region on a transparent 768^2 canvas + a 518^2 crop (content does not change
-    the model's work: every request runs the same shapes)."""
-    framed = np.zeros((768, 768, 4), np.uint8)
-    framed[60:740, 250:520, :3] = photo_like(0, (680, 270, 3))
-    framed[60:740, 250:520, 3] = 255
-    return {"framed.png": png(framed), "conditioning.png": png(photo_like(1, (518, 518, 3)))}
-
-
-def stage2_inputs(voxels: int) -> tuple[dict[str, bytes], common_pb2.VoxelStructure]:
-    blobs = {"conditioning.png": png(photo_like(0, (518, 518, 3)))}
-    for kind in ("color", "normal"):
-        for i in range(5):
-            blobs[f"{kind}_{i}.png"] = png(photo_like(i + (10 if kind == "normal" else 0), (768, 768, 3)))
-    return blobs, voxels_to_proto(human_occupancy(voxels), 64)
-
-
-def serving(port: int) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=2
-            )
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
 #: The log line each stage's service writes per finished request.
 DONE_MESSAGE = {1: "stage 1 done", 2: "stage 2 phases"}
-
-
-def last_record(log_path: Path, message: str) -> dict[str, Any]:
-    """The last JSON log record with ``msg == message`` ({} when none)."""
-    for line in reversed(log_path.read_text(errors="replace").splitlines()):
-        if f'"{message}"' in line:
-            try:
-                return dict(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return {}
-
-
-def request(stage: int, port: int, inputs: Any, steps: int, job: str) -> dict[str, Any]:
-    """One stage call; client wall seconds and the service's own seconds."""
-    started = time.perf_counter()
-    result = None
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        if stage == 1:
-            options = common_pb2.MultiviewOptions(steps=steps)
-            stream = stage1_pb2_grpc.Stage1ServiceStub(channel).GenerateViews(
-                stage1_requests(inputs, options, job_id=job), timeout=900
-            )
-        else:
-            blobs, structure = inputs
-            options2 = common_pb2.ReconstructionOptions(steps=steps)
-            stream = stage2_pb2_grpc.Stage2ServiceStub(channel).Reconstruct(
-                stage2_requests(blobs, structure, options2, job_id=job), timeout=900
-            )
-        for message in stream:
-            if message.WhichOneof("payload") == "result":
-                result = message.result
-    wall = time.perf_counter() - started
-    if result is None:
-        raise RuntimeError(f"{job}: the stream ended without a result")
-    return {"wall_s": wall, "service_s": result.seconds}
 
 
 def main() -> int:
@@ -164,7 +87,8 @@ def main() -> int:
     services = []
     for index, spec in enumerate(args.config):
         name, _, extra = spec.partition("=")
-        services.append(Service(name, shlex.split(extra), free_port(), log_dir / f"service{index}.log"))
+        port = free_port("127.0.0.1")
+        services.append(Service(name, shlex.split(extra), port, log_dir / f"service{index}.log"))
     try:
         for svc in services:
             command = [
@@ -182,7 +106,7 @@ def main() -> int:
                 if svc.process.poll() is not None:
                     tail = svc.log_path.read_text(errors="replace")[-3000:]
                     raise SystemExit(f"service {svc.name!r} exited with {svc.process.returncode}:\n{tail}")
-                if serving(svc.port):
+                if serving(f"127.0.0.1:{svc.port}"):
                     svc.ready_s = time.perf_counter() - svc.started
                     print(f"{svc.name}: SERVING after {svc.ready_s:.1f} s", flush=True)
             if time.perf_counter() > deadline:
@@ -192,7 +116,9 @@ def main() -> int:
         inputs = stage1_inputs() if args.stage == 1 else stage2_inputs(args.voxels)
         for svc in services:
             for i in range(args.requests):
-                measured = request(args.stage, svc.port, inputs, steps, f"bench-{i + 1}")
+                measured: dict[str, Any] = call_stage(
+                    args.stage, f"127.0.0.1:{svc.port}", inputs, steps, f"bench-{i + 1}"
+                )
                 record = last_record(svc.log_path, DONE_MESSAGE[args.stage])
                 measured["phases"] = record.get("timings" if args.stage == 1 else "phases", {})
                 measured["peaks"] = record.get("peak_gpu_gib", {})

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
+from benchlib.inputs import photo_like  # noqa: E402
 from stage_doubles import (  # noqa: E402
     FakeStage1,
     FakeStage2,
@@ -38,13 +38,6 @@ from stage_doubles import (  # noqa: E402
 from services.common.stage_io import voxels_to_proto  # noqa: E402
 from services.common.stage_runtime import StageLimits  # noqa: E402
 from synchuman.v1 import common_pb2, stage1_pb2_grpc, stage2_pb2_grpc  # noqa: E402
-
-
-def photo_like(seed: int, shape: tuple[int, ...]) -> np.ndarray:
-    """A smooth image (compresses like a rendered view, unlike noise)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (-(-shape[0] // 32), -(-shape[1] // 32), shape[2]), dtype=np.uint8)
-    return np.kron(small, np.ones((32, 32, 1), np.uint8))[: shape[0], : shape[1]]
 
 
 def main() -> None:

@@ -1,14 +1,17 @@
-"""Shared pytest fixtures: where the parity fixtures and sample images live."""
+"""Shared pytest fixtures: where the parity fixtures and sample images live. Puts ``bench/`` on the import
+path: the post-processing and bench tests use the bench library (``benchlib``)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
+sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 
 def _in_ci() -> bool:

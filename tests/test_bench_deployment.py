@@ -1,6 +1,6 @@
-"""bench/bench_deployment.py: the analysis of job records (stage spans, overlap, throughput, kill verdict) and
-the process lookup used for memory, on synthetic records; the client half (submit, watch, kill test) against
-a gateway test double over real gRPC."""
+"""The deployment benches' library (bench/benchlib): the analysis of job records (stage spans, overlap,
+throughput, kill verdict) and the process lookup used for memory, on synthetic records; the client half
+(submit, watch, kill test) against a gateway test double over real gRPC; bench/bench_deployment.py's flags."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from benchlib.analyse import analyse, kill_verdict
+from benchlib.jobs import JobRecord, KillTest, run_jobs
+from benchlib.poll import pids_listening, rss_bytes
+from benchlib.report import markdown
 from google.rpc import status_pb2
 
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
@@ -20,17 +24,7 @@ from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_deployment", ROOT / "bench" / "bench_deployment.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def _record(
-    bench,
     index: int,
     t0: float,
     s1: tuple[float, float],
@@ -38,7 +32,7 @@ def _record(
     attempts=None,
     retry_at: float | None = None,
 ):
-    r = bench.JobRecord(index, t0, job_id=f"j{index}")
+    r = JobRecord(index, t0, job_id=f"j{index}")
     # Each stage: the gateway's dispatch marker ("start", no work start) a second before the service takes
     # the request off its queue, then the service's progress events carrying that work start.
     r.events = [
@@ -61,13 +55,13 @@ def _record(
     return r
 
 
-def test_pipelined_jobs_overlap_and_throughput(bench) -> None:
+def test_pipelined_jobs_overlap_and_throughput() -> None:
     # stage 1 takes 10 s per job back to back; stage 2 takes 6 s and starts when stage 1 of the job ends.
     records = [
-        _record(bench, k + 1, 0.0, (1 + 10 * k, 11 + 10 * k), (11 + 10 * k, 17 + 10 * k)) for k in range(3)
+        _record(k + 1, 0.0, (1 + 10 * k, 11 + 10 * k), (11 + 10 * k, 17 + 10 * k)) for k in range(3)
     ]
     records[0].final.artifacts.add().blob.CopyFrom(common_pb2.BlobHeader(name="voxels.bin", size_bytes=600))
-    result = bench.analyse(records)
+    result = analyse(records)
     assert [j["voxels"] for j in result["jobs"]] == [100, None, None]
     assert [o["seconds"] for o in result["overlaps"]] == [6.0, 6.0]
     assert result["overlaps"][0]["fraction_of_stage1"] == pytest.approx(0.6)
@@ -77,7 +71,7 @@ def test_pipelined_jobs_overlap_and_throughput(bench) -> None:
     assert summary["jobs_succeeded"] == 3
     assert summary["throughput_jobs_per_min"] == pytest.approx(60 * 3 / 37.1)
     assert summary["steady_jobs_per_min"] == pytest.approx(60 * 2 / 20)
-    table = bench.markdown(
+    table = markdown(
         result, {"setup": "x", "gpu": True, "peak_gpu": {"GPU 0": 3 << 30}, "peak_process": {}}
     )
     assert (
@@ -85,48 +79,48 @@ def test_pipelined_jobs_overlap_and_throughput(bench) -> None:
     )
 
 
-def test_serial_jobs_do_not_overlap(bench) -> None:
+def test_serial_jobs_do_not_overlap() -> None:
     records = [
-        _record(bench, k + 1, 0.0, (1 + 16 * k, 11 + 16 * k), (11 + 16 * k, 17 + 16 * k)) for k in range(2)
+        _record(k + 1, 0.0, (1 + 16 * k, 11 + 16 * k), (11 + 16 * k, 17 + 16 * k)) for k in range(2)
     ]
-    assert bench.analyse(records)["overlaps"][0]["seconds"] == 0.0
+    assert analyse(records)["overlaps"][0]["seconds"] == 0.0
 
 
-def test_stage2_span_counts_only_the_attempt_after_the_retry(bench) -> None:
-    r = _record(bench, 1, 0.0, (1, 11), (11, 30), retry_at=14.0)
+def test_stage2_span_counts_only_the_attempt_after_the_retry() -> None:
+    r = _record(1, 0.0, (1, 11), (11, 30), retry_at=14.0)
     assert r.span("stage2") == (16.5, 30)  # the retried attempt's work start, not the first attempt's
 
 
-def test_queue_time_counts_as_wait_not_stage_time(bench) -> None:
-    r = _record(bench, 1, 0.0, (5, 11), (20, 30))
+def test_queue_time_counts_as_wait_not_stage_time() -> None:
+    r = _record(1, 0.0, (5, 11), (20, 30))
     assert r.span("stage1") == (5, 11)  # not the dispatch marker at 4.0
     assert r.span("stage2") == (20, 30)
 
 
-def test_kill_verdict(bench) -> None:
+def test_kill_verdict() -> None:
     records = [
-        _record(bench, 1, 0.0, (1, 11), (11, 30), {"multiview": 1, "reconstruction": 2}, retry_at=14.0)
+        _record(1, 0.0, (1, 11), (11, 30), {"multiview": 1, "reconstruction": 2}, retry_at=14.0)
     ]
-    kill = bench.KillTest(supervisor=None, job_index=1, address="", delay_s=0.0)
+    kill = KillTest(supervisor=None, job_index=1, address="", delay_s=0.0)
     kill.killed_pid, kill.killed_at, kill.serving_again_s = 123, 13.0, 2.5
-    assert bench.kill_verdict(kill, records)["ok"]
+    assert kill_verdict(kill, records)["ok"]
     records[0].final.attempts["multiview"] = 2  # stage 1 ran again: the kill lost work
-    assert not bench.kill_verdict(kill, records)["ok"]
+    assert not kill_verdict(kill, records)["ok"]
     records[0].final.attempts["multiview"] = 1
     records[0].final.attempts["reconstruction"] = 1  # the kill did not hit the job in stage 2
-    assert not bench.kill_verdict(kill, records)["ok"]
+    assert not kill_verdict(kill, records)["ok"]
 
 
-def test_pids_listening_matches_the_address_flag_only(bench) -> None:
+def test_pids_listening_matches_the_address_flag_only() -> None:
     code = "import time; time.sleep(30)"
     own = subprocess.Popen([sys.executable, "-c", code, "--address", "127.0.0.1:1"])
     other = subprocess.Popen([sys.executable, "-c", code, "--stage2", "127.0.0.1:1", "--address", "x"])
     try:
         deadline = time.monotonic() + 10
-        while own.pid not in bench.pids_listening("127.0.0.1:1") and time.monotonic() < deadline:
+        while own.pid not in pids_listening("127.0.0.1:1") and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert bench.pids_listening("127.0.0.1:1") == [own.pid]
-        assert bench.rss_bytes(own.pid) > 0
+        assert pids_listening("127.0.0.1:1") == [own.pid]
+        assert rss_bytes(own.pid) > 0
     finally:
         for p in (own, other):
             p.kill()
@@ -209,7 +203,7 @@ class _FakeSupervisor:
         return 4242
 
 
-def test_run_jobs_against_a_gateway_double_pipelines_and_survives_the_kill(bench) -> None:
+def test_run_jobs_against_a_gateway_double_pipelines_and_survives_the_kill() -> None:
     from concurrent import futures
 
     gateway = _FakeGateway()
@@ -218,15 +212,31 @@ def test_run_jobs_against_a_gateway_double_pipelines_and_survives_the_kill(bench
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        args = bench.parse_args(["--tiny", "--jobs", "4", "--kill-job", "2", "--kill-delay", "0"])
-        kill = bench.KillTest(_FakeSupervisor(gateway), 2, f"127.0.0.1:{port}", 0.0)
-        records = bench.run_jobs(args, f"127.0.0.1:{port}", b"photo", kill, time.monotonic() + 60)
+        kill = KillTest(_FakeSupervisor(gateway), 2, f"127.0.0.1:{port}", 0.0)
+        options = common_pb2.JobOptions()
+        records = run_jobs(f"127.0.0.1:{port}", b"photo", 4, options, kill, time.monotonic() + 60)
     finally:
         server.stop(None)
-    result = bench.analyse(records)
+    result = analyse(records)
     assert result["summary"]["jobs_succeeded"] == 4
     assert result["summary"]["overlap_s_total"] > 0  # stage 1 of job k+1 ran while job k was in stage 2
     assert 0 < result["summary"]["stage1_concurrent_with_stage2_s"] <= result["summary"]["stage1_busy_s"]
-    verdict = bench.kill_verdict(kill, records)
+    verdict = kill_verdict(kill, records)
     assert verdict["ok"], verdict["verdict"]
     assert verdict["attempts"] == {"preprocess": 1, "multiview": 1, "reconstruction": 2}
+
+
+def test_the_bench_script_loads_from_its_path_and_maps_its_flags() -> None:
+    """bench/bench_deployment.py imports its library itself (no tests/ helpers) and turns the --tiny flags
+    into small job options."""
+    spec = importlib.util.spec_from_file_location("bench_deployment", ROOT / "bench" / "bench_deployment.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--tiny", "--jobs", "4", "--kill-job", "2"])
+    options = bench.job_options(args)
+    assert (args.device, args.dtype, args.kill_job) == ("cpu", "float32", 2)
+    assert (options.multiview.steps, options.reconstruction.steps, options.reconstruction.texture_size) == (
+        2,
+        2,
+        256,
+    )

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from benchlib.meshes import body_mesh, box_mesh, generated_views, pattern, render_pattern, surface_gaussians
 from conftest import REPO_ROOT, require_tool
-from mesh_builders import body_mesh, box_mesh, generated_views, pattern, render_pattern, surface_gaussians
 
 from synchuman.geometry import camera, mesh_graph
 from synchuman.geometry.raster import interpolate, rasterize

@@ -14,7 +14,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
-from mesh_builders import box_mesh
+from benchlib.meshes import box_mesh
 from raster_doubles import fake_nvdiffrast, fake_open3d
 
 from synchuman.geometry import camera, raster_backends
@@ -107,7 +107,7 @@ def test_backend_choice_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_postprocess_runs_on_the_chosen_rasteriser(monkeypatch: pytest.MonkeyPatch) -> None:
     """The option reaches visibility and bake: the report names the backend; the same faces survive and the
     bake error agrees with the PyTorch rasteriser's run."""
-    from mesh_builders import generated_views
+    from benchlib.meshes import generated_views
 
     from synchuman.models.flexicubes import Mesh
     from synchuman.options import PostprocessOptions

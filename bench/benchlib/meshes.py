@@ -1,4 +1,5 @@
-"""Meshes the post-processing tests and bench build (marching cubes of capsules and spheres; boxes)."""
+"""Synthetic meshes, Gaussians and generated views of a person-like body (marching cubes of capsules and
+spheres; boxes), shared by the post-processing benches and tests. Coordinates in the [-0.5, 0.5] box, z up."""
 
 from __future__ import annotations
 
