@@ -39,6 +39,7 @@ from services.common.stage_io import (  # noqa: E402
     voxels_from_proto,
     voxels_to_proto,
 )
+from synchuman.stage_catalog import media_type  # noqa: E402
 from synchuman.v1 import (  # noqa: E402
     common_pb2,
     preprocess_pb2,
@@ -253,9 +254,8 @@ class Stage2Double(_Double, stage2_pb2_grpc.Stage2ServiceServicer):
         outputs = {"person.glb": mesh}
         if common_pb2.OUTPUT_FORMAT_GAUSSIAN_PLY in start.options.outputs:
             outputs["gaussians.ply"] = b"ply\nformat binary_little_endian 1.0\nend_header\n"
-        for name, data in outputs.items():
-            media = "model/gltf-binary" if name.endswith(".glb") else "application/octet-stream"
-            yield from _blob_messages(stage2_pb2.ReconstructResponse, {name: data}, media)
+        for name, data in outputs.items():  # typed as the real stage 2 types them
+            yield from _blob_messages(stage2_pb2.ReconstructResponse, {name: data}, media_type(name))
         report = common_pb2.OutputQualityReport(vertex_count=8, face_count=12, glb_size_bytes=len(mesh))
         done.set()
         self.record(start.job_id, "ok")

@@ -30,6 +30,7 @@ from gateway.retry import RetryPolicy
 from gateway.server import Gateway, GatewayConfig
 from services.common.stage_io import blob_chunks, blob_header
 from services.launcher import free_port
+from synchuman.stage_catalog import media_type
 from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
 
 FAST_RETRY = RetryPolicy(max_attempts=60, initial_backoff_s=0.05, multiplier=2.0, max_backoff_s=0.3)
@@ -176,6 +177,7 @@ def test_job_flows_through_the_stages_with_ordered_events(stack_factory):
         "color_0.png",
         "normal_4.png",
     } <= names
+    assert all(a.blob.media_type == media_type(a.blob.name) for a in done.artifacts if a.blob.name != "input")
     assert done.output_report.face_count == 12 and done.input_report.mask_source == "alpha"
     header, glb = download(stack.stub, job.id, "person.glb")
     assert header.media_type == "model/gltf-binary" and glb[:4] == b"glTF"
