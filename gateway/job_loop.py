@@ -219,7 +219,7 @@ class JobLoop:
             with self._lock:
                 self._promised -= keep
                 if keep and created:
-                    self._handoff.append(stored)
+                    self._handoff.append(Job.FromString(stored.SerializeToString()))  # the worker's own copy
                 self._work_ready.notify_all()  # the worker counted on, or the others held back meanwhile
         if created and not keep:
             self._wake()  # a worker here that is about to be idle may take it too
