@@ -1,10 +1,12 @@
 """Clients of the three stage services as the gateway calls them: one streaming call per stage attempt.
 
-Each call uploads the stage's inputs (a ``start`` message, then <= 1 MiB chunks), relays the stage's progress
-events, reassembles the output blobs (checking size and SHA-256 against their headers) and returns them with
-the stage's result message. A failure becomes :class:`StageFailure` carrying the stage's own
-``google.rpc.Status`` and whether retrying may help. A :class:`CallHandle` lets another thread stop the call
-in flight (job cancelled, gateway shutting down).
+Every stage of :mod:`synchuman.stage_catalog` is called the same way (:meth:`StageClients.call`; only its
+``start`` message is its own). Each call uploads the stage's inputs (a ``start`` message, then <= 1 MiB
+chunks, typed with the catalog's media types), relays the stage's progress events, reassembles the output
+blobs (checking size and SHA-256 against their headers) and returns them with the stage's result message. A
+failure becomes :class:`StageFailure` carrying the stage's own ``google.rpc.Status`` and whether retrying
+may help. A :class:`CallHandle` lets another thread stop the call in flight (job cancelled, gateway shutting
+down).
 
 Targets are gRPC target strings: ``host:port``, ``dns:///host:port`` (every address the name resolves to) or
 ``ipv4:127.0.0.1:5001,127.0.0.1:5002``; calls are spread over all addresses round robin, and readiness asks
