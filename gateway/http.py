@@ -199,12 +199,16 @@ def _sse_message(event: Event) -> str:
     return f"id: {event.sequence}\nevent: {kind}\ndata: {json.dumps(_to_dict(event))}\n\n"
 
 
-async def _with_keep_alive(events: AsyncIterator[Event], every_s: float) -> AsyncIterator[str]:
-    """``events`` as server-sent events, with a comment whenever none came for ``every_s`` seconds."""
+async def _event_stream(manager: JobManager, job_id: str, after: int) -> AsyncIterator[str]:
+    """The job's events after sequence ``after`` as server-sent events, read from :meth:`JobManager.watch` in
+    worker threads until the job's ``finished`` event, with a comment after every :data:`KEEP_ALIVE_S`
+    seconds without one; the watch ends when the client goes."""
+    gone = threading.Event()
+    events = iterate_in_threadpool(manager.watch(job_id, after, lambda: not gone.is_set()))
     pending = asyncio.ensure_future(anext(events))
     try:
         while True:
-            done, _ = await asyncio.wait({pending}, timeout=every_s)
+            done, _ = await asyncio.wait({pending}, timeout=KEEP_ALIVE_S)
             if not done:
                 yield ": keep-alive\n\n"
                 continue
@@ -215,19 +219,8 @@ async def _with_keep_alive(events: AsyncIterator[Event], every_s: float) -> Asyn
             yield _sse_message(event)
             pending = asyncio.ensure_future(anext(events))
     finally:
-        pending.cancel()
-
-
-async def _event_stream(manager: JobManager, job_id: str, after: int) -> AsyncIterator[str]:
-    """The job's events after sequence ``after`` as server-sent events: :meth:`JobManager.watch` in worker
-    threads, until the job's ``finished`` event or until the client goes (the watch then ends)."""
-    gone = threading.Event()
-    watch = manager.watch(job_id, after, lambda: not gone.is_set())
-    try:
-        async for message in _with_keep_alive(iterate_in_threadpool(watch), KEEP_ALIVE_S):
-            yield message
-    finally:
         gone.set()
+        pending.cancel()
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
