@@ -41,19 +41,20 @@ class StageEntry:
 
     ``name``: the stage's one name (code, logs, metrics, errors; the ``JobOptions`` field of its options and
     its ``Job.attempts`` key); ``stage``: its ``synchuman.v1.Stage`` value; ``service``: the service that runs
-    it; ``grpc_service``: that service's full proto name (health, reflection); ``default_port``: where it
-    listens by default; ``inputs``: the stored files a call needs, in upload order; ``outputs``: the files the
-    service sends, in the order it sends them (``optional_outputs`` among them only when asked for);
-    ``result_file``: the file the gateway writes last from the stage's result message (its presence marks
-    the stage as done); ``phases``: the closed list of its progress phases, in the order they run;
-    ``options_message``: the proto message of its options; ``checkpoint_sections``: the sections of the
-    checkpoint tree it loads (:mod:`synchuman.checkpoints.verify`).
+    it; ``proto_service``: that service's name in the protos (:attr:`grpc_service` is its full name);
+    ``default_port``: where the service listens by default; ``inputs``: the stored files a call needs, in
+    upload order; ``outputs``: the files the service sends, in the order it sends them
+    (``optional_outputs`` among them only when asked for); ``result_file``: the file the gateway writes
+    last from the stage's result message (its presence marks the stage as done); ``phases``: the closed list
+    of its progress phases, in the order they run; ``options_message``: the proto message of its options;
+    ``checkpoint_sections``: the sections of the checkpoint tree it loads
+    (:mod:`synchuman.checkpoints.verify`).
     """
 
     name: str
     stage: int
     service: str
-    grpc_service: str
+    proto_service: str
     default_port: int
     inputs: tuple[StageFile, ...]
     outputs: tuple[StageFile, ...]
@@ -62,6 +63,11 @@ class StageEntry:
     options_message: str
     checkpoint_sections: tuple[str, ...]
     optional_outputs: frozenset[str] = frozenset()
+
+    @property
+    def grpc_service(self) -> str:
+        """The full name of the stage's gRPC service (what its health check and server reflection report)."""
+        return f"synchuman.v1.{self.proto_service}"
 
     @property
     def stored_files(self) -> tuple[StageFile, ...]:
@@ -77,7 +83,7 @@ PREPROCESS = StageEntry(
     name="preprocess",
     stage=1,
     service="preprocess",
-    grpc_service="synchuman.v1.PreprocessService",
+    proto_service="PreprocessService",
     default_port=50052,
     inputs=(StageFile("input", BINARY),),
     outputs=_pngs("framed.png", "conditioning.png", "mask.png"),
@@ -91,7 +97,7 @@ MULTIVIEW = StageEntry(
     name="multiview",
     stage=2,
     service="stage1",
-    grpc_service="synchuman.v1.Stage1Service",
+    proto_service="Stage1Service",
     default_port=50053,
     inputs=_pngs("framed.png", "conditioning.png"),
     outputs=_pngs(*VIEW_FILES),
@@ -105,7 +111,7 @@ RECONSTRUCTION = StageEntry(
     name="reconstruction",
     stage=3,
     service="stage2",
-    grpc_service="synchuman.v1.Stage2Service",
+    proto_service="Stage2Service",
     default_port=50054,
     inputs=(*_pngs("conditioning.png", *VIEW_FILES), MULTIVIEW.result_file),
     outputs=(
