@@ -6,6 +6,7 @@ tiny real pipeline)."""
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import threading
@@ -175,6 +176,111 @@ def test_stage2_cancelled_while_paused_stops_promptly(tmp_path, holder):
     with pytest.raises(RuntimeError, match="stopped"):
         backend.run(None, None, lambda *e: None, cancelled.is_set)
     assert time.monotonic() - started < 0.6 and pipeline.checks == []
+
+
+def test_a_claim_holds_back_new_stage1_requests_until_the_gpu_section_ends(tmp_path):
+    turn = GpuTurn(tmp_path)
+    check = YieldingStopCheck(turn, lambda: False, max_wait_s=5.0)
+    assert check() is False and not check.claiming and not turn.claimed()  # stage 1 idle: no claim
+    with turn.hold():
+        worker = threading.Thread(target=check)
+        worker.start()
+        time.sleep(0.2)
+        assert turn.claimed() and check.claiming  # waiting for the running stage-1 request, claiming
+    worker.join(2.0)
+    started = time.monotonic()
+    stage1 = TurnHoldingBackend(type("B", (), {"run": lambda self, *a: turn.busy()})(), turn, max_wait_s=5.0)
+    threading.Timer(0.3, setattr, (check, "host_only", True)).start()  # a CPU phase ends the claim
+    assert stage1.run(None, None, None, lambda: False) is True
+    assert 0.25 < time.monotonic() - started < 1.5 and not turn.claimed() and not check.claiming
+    check.host_only = False
+    with turn.hold():
+        threading.Thread(target=check).start()
+        time.sleep(0.1)
+        assert turn.claimed()
+        del check  # the request's check object going away (request over) ends the claim too
+    time.sleep(0.1)
+    assert not turn.claimed()
+
+
+def test_a_new_stage1_request_waits_for_a_claim_only_up_to_its_bound_or_a_stop(tmp_path):
+    turn = GpuTurn(tmp_path)
+    fd = turn.claim()
+    try:
+        stage1 = TurnHoldingBackend(type("B", (), {"run": lambda self, *a: "ran"})(), turn, max_wait_s=0.3)
+        started = time.monotonic()
+        assert stage1.run(None, None, None, lambda: False) == "ran"
+        assert 0.3 <= time.monotonic() - started < 0.9
+        stage1.max_wait_s = 30.0
+        started = time.monotonic()
+        assert stage1.run(None, None, None, lambda: True) == "ran"  # a stop ends the wait (the run raises)
+        assert time.monotonic() - started < 0.2
+    finally:
+        os.close(fd)
+
+
+def test_a_burst_on_one_gpu_does_not_starve_the_older_jobs_stage2(tmp_path):
+    """Issue 25: stage 1 and stage 2 as two worker threads sharing the turn, a burst of 6 jobs. Stage 1 runs
+    its queue back to back; each job then goes to stage 2 (GPU sections around a CPU phase). Before, job 1's
+    stage 2 waited while stage 1 ran jobs 2-6 (bounded only by --gpu-share-max-wait); now each GPU section
+    waits for at most the stage-1 request already running, jobs finish in submission order, and job 1 is
+    done before stage 1 has finished job 4."""
+    import queue
+
+    turn = GpuTurn(tmp_path)
+    stage1_s, gpu_steps, step_s = 0.3, 6, 0.03
+    clock = time.monotonic
+    started = clock()
+    done1: dict[int, float] = {}
+    done2: dict[int, float] = {}
+    yielded: dict[int, float] = {}
+    handoff: queue.Queue = queue.Queue()
+
+    class Stage1:
+        def run(self, job, options, progress, should_stop):
+            time.sleep(stage1_s)
+
+    class Stage2:
+        voxel_resolution = 64
+        info = defaults = None
+
+        def run(self, job, options, progress, should_stop):
+            for phase in ("sampling", "cut_fill", "bake", "export"):
+                for step in range(gpu_steps if phase in ("sampling", "bake") else 1):
+                    progress(phase, step, gpu_steps)
+                    if should_stop():
+                        raise RuntimeError("stopped")
+                    time.sleep(step_s)
+            return job
+
+    stage1 = TurnHoldingBackend(Stage1(), turn)
+
+    def stage1_worker() -> None:
+        for job in range(1, 7):
+            stage1.run(job, None, None, lambda: False)
+            done1[job] = clock() - started
+            handoff.put(job)
+        handoff.put(None)
+
+    def stage2_worker() -> None:
+        while (job := handoff.get()) is not None:
+            backend = Stage2PipelineBackend(Stage2(), turn, max_wait_s=60.0)
+            before = yielded_seconds()
+            backend.run(job, None, lambda *e: None, lambda: False)
+            done2[job] = clock() - started
+            yielded[job] = yielded_seconds() - before
+
+    workers = [threading.Thread(target=stage1_worker), threading.Thread(target=stage2_worker)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60.0)
+    assert sorted(done2) == list(range(1, 7))
+    assert sorted(done2, key=done2.get) == list(range(1, 7))  # completion in submission order
+    assert done2[1] < done1[4], (done1, done2)  # before: after stage 1 had run the whole burst
+    # each of the two GPU sections of a stage-2 request waits for at most one running stage-1 request
+    assert max(yielded.values()) < 2 * stage1_s + 0.5, yielded
+    assert not turn.claimed() and not turn.busy()
 
 
 def test_tiny_stage2_pipeline_waits_for_stage1_before_its_first_sampler_step(tmp_path):

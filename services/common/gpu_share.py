@@ -11,10 +11,18 @@ stages on one GPU"); CUDA stream priorities act only inside one process. The tur
 - stage 2, at each of its check points (the ``should_stop`` callback its pipeline calls between sampler
   steps, visibility batches, renders and bake steps), waits while the lock is held
   (:class:`YieldingStopCheck`): it probes with a non-blocking exclusive lock, released at once. The wait ends
-  as soon as the request must stop (cancel, deadline, shutdown) and is bounded per request (``max_wait_s``),
-  so a stream of stage-1 requests cannot starve stage 2.
+  as soon as the request must stop (cancel, deadline, shutdown) and is bounded per request (``max_wait_s``).
+- a burst must not starve stage 2 either (issue 25: a job's stage 2 waited 90.7 s while stage 1 ran the five
+  jobs behind it). When a stage-2 request has to wait at a GPU check point, it *claims* the GPU: it holds a
+  shared ``flock`` on ``<dir>/stage2-claim.lock`` until its GPU section ends (its next CPU phase, its end, or
+  a stop), and stage 1 starts no *new* request while the claim is held (:meth:`TurnHoldingBackend.run`,
+  bounded by ``STAGE1_MAX_WAIT_S``). So a GPU section of stage 2 yields to the stage-1 requests already
+  running, never to a backlog: under a burst the two stages alternate on the GPU and older jobs finish first
+  (a job at stage 2 was admitted before any job that is only starting stage 1), while a lone job's stage 1
+  still goes first, and stage 2's CPU phases run on while stage 1 holds the GPU.
 
-Seconds yielded go to the Prometheus counter ``synchuman_gpu_share_yield_seconds_total``.
+Seconds yielded go to the Prometheus counter ``synchuman_gpu_share_yield_seconds_total`` (label ``stage``:
+``stage2`` for the pauses at its check points, ``stage1`` for new requests held back by a claim).
 """
 
 from __future__ import annotations
@@ -39,14 +47,20 @@ log = logging.getLogger(__name__)
 ENV_DIR = "SYNCHUMAN_GPU_SHARE_DIR"
 #: The lock file stage 1 holds while it works.
 LOCK_NAME = "stage1-busy.lock"
+#: The lock file a stage-2 request holds while it has claimed the GPU (stage 1 starts no new request).
+CLAIM_NAME = "stage2-claim.lock"
 #: Default bound of the seconds one stage-2 request may yield in total.
 DEFAULT_MAX_WAIT_S = 60.0
+#: Longest wait of a new stage-1 request for a stage-2 claim to end (a safety bound: a claim lasts one GPU
+#: section of one stage-2 request, seconds on a real person).
+STAGE1_MAX_WAIT_S = 60.0
 #: How often a waiting stage 2 looks at the lock and at its stop check (seconds).
 POLL_S = 0.02
 
 YIELD_SECONDS = Counter(
     "synchuman_gpu_share_yield_seconds_total",
-    "Seconds the lower-priority stage paused at its check points while stage 1 worked on the shared GPU.",
+    "Seconds a stage paused for the other one on the shared GPU: stage 2 at its check points while stage 1 "
+    "worked, stage 1 before a new request while a stage-2 request claimed the GPU.",
     ["stage"],
 )
 WAIT_BOUND_REACHED = Counter(
@@ -57,18 +71,25 @@ WAIT_BOUND_REACHED = Counter(
 
 
 class GpuTurn:
-    """The lock file in ``directory`` (created, with the folder, at first use)."""
+    """The lock files in ``directory`` (created, with the folder, at first use): stage 1's turn and stage 2's
+    claim."""
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / LOCK_NAME
+        self.claim_path = directory / CLAIM_NAME
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        """A new descriptor of ``path`` (read-only: a lock needs no write access), created if missing."""
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # the folder does not exist yet
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
 
     def open_lock_file(self) -> int:
-        """A new descriptor of the lock file (read-only: a lock needs no write access), created if missing."""
-        try:
-            return os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
-        except FileNotFoundError:  # the folder does not exist yet
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
+        """A new descriptor of the turn's lock file."""
+        return self._open(self.path)
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -80,9 +101,10 @@ class GpuTurn:
         finally:
             os.close(fd)  # closing the descriptor drops the lock
 
-    def busy(self) -> bool:
-        """Does any process hold the turn now?"""
-        fd = self.open_lock_file()
+    @classmethod
+    def _held(cls, path: Path) -> bool:
+        """Does any process hold a lock on ``path`` now? (an exclusive probe, released at once)"""
+        fd = cls._open(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -91,22 +113,51 @@ class GpuTurn:
             os.close(fd)
         return False
 
-    def wait_while_busy(self, should_stop: Callable[[], bool], max_wait_s: float) -> float:
-        """Wait while the turn is held, at most ``max_wait_s`` seconds, returning early once ``should_stop()``
-        is true; returns the seconds waited (0.0 when it was free)."""
+    def busy(self) -> bool:
+        """Does any process hold the turn now?"""
+        return self._held(self.path)
+
+    def claim(self) -> int:
+        """Claim the GPU for a stage-2 request (a shared lock: several stage-2 requests may claim at once);
+        returns the descriptor; closing it (or the process's death) ends the claim."""
+        fd = self._open(self.claim_path)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only for a stage-1 probe, which releases at once
+        return fd
+
+    def claimed(self) -> bool:
+        """Does a stage-2 request claim the GPU now?"""
+        return self._held(self.claim_path)
+
+    @staticmethod
+    def _wait(held: Callable[[], bool], should_stop: Callable[[], bool], max_wait_s: float) -> float:
         started = time.monotonic()
-        while self.busy() and not should_stop():
+        while held() and not should_stop():
             waited = time.monotonic() - started
             if waited >= max_wait_s:
                 return waited
             time.sleep(min(POLL_S, max_wait_s - waited))
         return time.monotonic() - started
 
+    def wait_while_busy(self, should_stop: Callable[[], bool], max_wait_s: float) -> float:
+        """Wait while the turn is held, at most ``max_wait_s`` seconds, returning early once ``should_stop()``
+        is true; returns the seconds waited (0.0 when it was free)."""
+        return self._wait(self.busy, should_stop, max_wait_s)
+
+    def wait_while_claimed(self, should_stop: Callable[[], bool], max_wait_s: float) -> float:
+        """Stage 1 before a new request: wait while a stage-2 request claims the GPU (at most ``max_wait_s``,
+        returning early once ``should_stop()``); returns the seconds waited."""
+        return self._wait(self.claimed, should_stop, max_wait_s)
+
 
 class YieldingStopCheck:
     """The ``should_stop`` of one lower-priority request: before answering, waits while stage 1 holds the
     turn, unless :attr:`host_only` (the current phase runs on the CPU and may go on) or the request's wait
-    bound is used up. ``yielded_s``: seconds waited so far."""
+    bound is used up. ``yielded_s``: seconds waited so far.
+
+    The first time a GPU section (the check points between two CPU phases) finds stage 1 busy, the request
+    claims the GPU (:meth:`GpuTurn.claim`): stage 1 then starts no new request, so the section waits only for
+    the stage-1 requests already running. The claim ends when a CPU phase starts (:attr:`host_only` set), when
+    the request is to stop, at :meth:`release`, or when this object goes away."""
 
     def __init__(
         self, turn: GpuTurn, should_stop: Callable[[], bool], max_wait_s: float, stage: str = "stage2"
@@ -115,15 +166,44 @@ class YieldingStopCheck:
         self.should_stop = should_stop
         self.max_wait_s = max_wait_s
         self.stage = stage
-        self.host_only = False
+        self._host_only = False
+        self._claim: int | None = None
         self.yielded_s = 0.0
+
+    @property
+    def host_only(self) -> bool:
+        """The current phase runs on the CPU: no wait, and no claim (stage 1 may start requests)."""
+        return self._host_only
+
+    @host_only.setter
+    def host_only(self, value: bool) -> None:
+        self._host_only = value
+        if value:
+            self.release()
+
+    @property
+    def claiming(self) -> bool:
+        """Does this request claim the GPU now?"""
+        return self._claim is not None
+
+    def release(self) -> None:
+        """End this request's claim (if any)."""
+        fd, self._claim = self._claim, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.release()
 
     def __call__(self) -> bool:
         if self.should_stop():
+            self.release()
             return True
         left = self.max_wait_s - self.yielded_s
         if self.host_only or left <= 0:
             return False
+        if self._claim is None and self.turn.busy():
+            self._claim = self.turn.claim()  # no new stage-1 request until this GPU section ends
         waited = self.turn.wait_while_busy(self.should_stop, left)
         if waited > 0:
             self.yielded_s += waited
@@ -134,18 +214,29 @@ class YieldingStopCheck:
                     "GPU-share wait bound reached; running on while stage 1 works",
                     extra={"stage": self.stage, "yielded_s": round(self.yielded_s, 3)},
                 )
-        return self.should_stop()
+        if self.should_stop():
+            self.release()
+            return True
+        return False
 
 
 class TurnHoldingBackend:
     """A stage backend whose :meth:`run` holds the GPU turn (stage 1's, in the shared-GPU deployment); every
-    other attribute is the wrapped backend's."""
+    other attribute is the wrapped backend's. A new request first waits (at most ``max_wait_s``) while a
+    stage-2 request claims the GPU (see the module docstring)."""
 
-    def __init__(self, backend: Any, turn: GpuTurn) -> None:
+    def __init__(self, backend: Any, turn: GpuTurn, max_wait_s: float = STAGE1_MAX_WAIT_S) -> None:
         self.backend = backend
         self.turn = turn
+        self.max_wait_s = max_wait_s
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
+        should_stop = kwargs.get("should_stop", args[3] if len(args) > 3 else None) or (lambda: False)
+        waited = self.turn.wait_while_claimed(should_stop, self.max_wait_s)
+        if waited > 0:
+            YIELD_SECONDS.labels("stage1").inc(waited)
+            if waited >= self.max_wait_s:
+                WAIT_BOUND_REACHED.labels("stage1").inc()
         with self.turn.hold():
             return self.backend.run(*args, **kwargs)
 
