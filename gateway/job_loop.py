@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from google.rpc import code_pb2, status_pb2
 from gateway.artifacts import ArtifactStore
 from gateway.errors import JobError
 from gateway.events import JobEvents
+from gateway.job_dispatch import WorkerDispatch
 from gateway.metrics import STAGE_RETRIES, STAGE_SECONDS
 from gateway.retry import RetryPolicy, stage_down
 from gateway.stage_capacity import StageCapacity
@@ -119,11 +119,7 @@ class JobLoop:
         self._leases = leases
         self._owner = ""
         self._lock = threading.Lock()
-        self._work_ready = threading.Condition(self._lock)
-        self._wakes = 0  # counts wake-ups: a worker that was looking while one came looks again
-        self._idle = 0  # workers waiting for work
-        self._promised = 0  # idle workers counted on by submissions being stored
-        self._handoff: deque[Job] = deque()  # jobs submitted here, leased to this gateway, for idle workers
+        self._dispatch = WorkerDispatch(self._lock)
         self._listener: Listener | None = None
         self._comeback = StageComeback(
             lambda stage, timeout_s, stop: stages.wait_until_back(stage, timeout_s, stop),
@@ -136,7 +132,6 @@ class JobLoop:
         self._claimed: set[str] = set()
         self._cancel_on_take: set[str] = set()
         self._unused: frozenset[str] = frozenset()  # held leases no worker here used at the last heartbeat
-        self._stopping = False
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -160,16 +155,15 @@ class JobLoop:
         heartbeat = threading.Thread(target=self._heartbeat, name="gateway-lease-heartbeat", daemon=True)
         heartbeat.start()
         self._threads.append(heartbeat)
-        self._listener = self._store.listen(self._wake)
+        self._listener = self._store.listen(self._dispatch.wake)
         return len(unfinished)
 
     def stop(self, timeout_s: float) -> None:
         """Stop the workers and their stage calls (waiting up to ``timeout_s``); running jobs keep their
         stored state."""
-        with self._lock:
-            self._stopping = True
+        self._dispatch.stop()
+        with self._lock:  # a job taken from here on is stopped as it is registered
             handles = list(self._running.values())
-            self._work_ready.notify_all()
         self._stopped.set()
         if self._listener is not None:
             self._listener.close()
@@ -204,33 +198,14 @@ class JobLoop:
                 self._reserved -= 1
 
     def create(self, job: Job, event: Event) -> tuple[Job, bool]:
-        """Store a new job with its first event (see :meth:`gateway.store.JobStore.create`). When a worker
-        here is idle, the job is stored leased to this gateway and handed to it: the gateway that accepted a
-        job starts it at once. Otherwise it is queued for any gateway (the store notifies them)."""
-        with self._lock:
-            keep = not self._stopping and self._idle > self._promised + len(self._handoff)
-            self._promised += keep
-        stored, created = job, False
-        try:
-            stored, created = self._store.create(
-                job, event, self._owner if keep else "", self._leases.lease_s
-            )
-        finally:
-            with self._lock:
-                self._promised -= keep
-                if keep and created:
-                    self._handoff.append(Job.FromString(stored.SerializeToString()))  # the worker's own copy
-                self._work_ready.notify_all()  # the worker counted on, or the others held back meanwhile
-        if created and not keep:
-            self._wake()  # a worker here that is about to be idle may take it too
-        return stored, created
+        """Store a new job with its first event (see :meth:`gateway.store.JobStore.create`): leased to this
+        gateway and handed to a worker here when one is idle, else queued for any gateway (the store
+        notifies them); see :mod:`gateway.job_dispatch`."""
 
-    def _wake(self) -> None:
-        """A job may be available (or due sooner than an idle worker thinks): wake one idle worker; a worker
-        looking in the store right now looks once more."""
-        with self._lock:
-            self._wakes += 1
-            self._work_ready.notify()
+        def store(keep: bool) -> tuple[Job, bool]:
+            return self._store.create(job, event, self._owner if keep else "", self._leases.lease_s)
+
+        return self._dispatch.create(store)
 
     def _make_due(self, job_ids: list[str]) -> None:
         """Jobs waiting for a stage that is back: due now (see :mod:`gateway.stage_comeback`)."""
@@ -238,7 +213,7 @@ class JobLoop:
             self._store.make_due(job_ids)
         except StoreUnavailable as exc:
             log.warning("could not make jobs due early", extra={"jobs": job_ids, "error": str(exc)})
-        self._wake()
+        self._dispatch.wake()
 
     def withdraw(self, job_id: str) -> bool:
         """For a cancellation: lease a job nobody works on to this gateway (True; the caller ends it and
@@ -271,50 +246,33 @@ class JobLoop:
     # -- work ------------------------------------------------------------------------------------------------
 
     def _next_job(self) -> tuple[Job, CallHandle] | None:
-        """A job submitted here (see :meth:`create`), else the oldest due job nobody works on, leased to this
-        gateway, with the handle that stops its work; None once stopping. Waits for one (see the module
-        docstring); while a submission here counts on an idle worker, the idle workers wait for it."""
-        while True:
-            with self._lock:
-                if self._handoff:
-                    return self._register(self._handoff.popleft())
-                if self._stopping:
-                    return None
-                wakes = self._wakes
-                held_back = self._promised > 0
-            taken, wait_s = ([], None) if held_back else self._look()
-            with self._lock:
-                if taken:
-                    self._work_ready.notify()  # another idle worker looks for another due job
-                    return self._register(taken[0])
-                if self._stopping or self._handoff or (held_back and not self._promised):
-                    continue
-                if held_back or wakes == self._wakes:
-                    self._idle += 1
-                    self._work_ready.wait(wait_s)  # held back: until the submission is stored
-                    self._idle -= 1
+        """A job submitted here, else the oldest due job nobody works on, leased to this gateway, with the
+        handle that stops its work; None once stopping. Waits for one (see :mod:`gateway.job_dispatch`)."""
+        return self._dispatch.next(self._look, self._register)
 
     def _register(self, job: Job) -> tuple[Job, CallHandle]:
         """Record a job a worker here took (under the lock); the handle that stops its work."""
         handle = self._running[job.id] = CallHandle()
         self._taken_at[job.id] = time.monotonic()
-        if self._stopping:
+        if self._dispatch.stopping:
             handle.stop(SHUTDOWN)
         elif job.id in self._cancel_on_take:
             handle.stop(CANCELLED)
         self._cancel_on_take.discard(job.id)
         return job, handle
 
-    def _look(self) -> tuple[list[Job], float]:
-        """Acquire one due job; with none, also the seconds to wait before looking again (until the next
-        waiting job is due, at most ``poll_s``)."""
+    def _look(self) -> tuple[Job | None, float]:
+        """Acquire one due job; with none, the seconds to sleep before looking again (until the next waiting
+        job is due, at most ``poll_s``)."""
         try:
             taken = self._store.acquire(self._owner, self._leases.lease_s, 1)
             due_s = None if taken else self._store.next_due_s()
         except StoreUnavailable as exc:
             log.warning("job store unreachable; will look for jobs again", extra={"error": str(exc)})
-            return [], self._leases.poll_s
-        return taken, self._leases.poll_s if due_s is None else min(due_s, self._leases.poll_s)
+            return None, self._leases.poll_s
+        if taken:
+            return taken[0], 0.0
+        return None, self._leases.poll_s if due_s is None else min(due_s, self._leases.poll_s)
 
     def _work(self) -> None:
         while (taken := self._next_job()) is not None:
@@ -366,7 +324,7 @@ class JobLoop:
                 running = [
                     (i, h) for i, h in self._running.items() if self._taken_at.get(i, started) < started
                 ]
-                unused = renewal.held - set(self._running) - self._claimed - {j.id for j in self._handoff}
+                unused = renewal.held - set(self._running) - self._claimed - self._dispatch.handed_off()
             # A lease a worker acquired but has not registered yet looks unused for a moment: release only
             # those unused at two heartbeats in a row.
             stale, self._unused = unused & self._unused, unused
