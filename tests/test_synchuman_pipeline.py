@@ -116,7 +116,7 @@ def test_unset_stage2_options_take_the_devices_defaults(segmenter_dir: Path, pho
     from synchuman.pipelines.stage2_types import CPU_DEFAULTS
 
     class Stage1Double:  # returns blank views at once
-        def run(self, framed, conditioning, **kwargs):
+        def run(self, framed, conditioning, options, callback, should_stop):
             views = np.full((5, 768, 768, 3), 255, np.uint8)
             return Stage1Output(views, views, np.zeros((1, 3), np.int64))
 
