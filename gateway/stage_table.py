@@ -71,7 +71,7 @@ class StageStep:
     @property
     def result_file(self) -> str:
         """The file written last, which marks the stage as complete."""
-        return self.outputs[-1]
+        return self.entry.result_file.name
 
     def load_inputs(self, job_id: str, artifacts: ArtifactStore) -> dict[str, bytes]:
         """The stored files the call needs (name -> bytes, in :attr:`inputs` order)."""
