@@ -19,6 +19,7 @@ from test_stage_services import STRUCTURE, stage2_inputs
 
 from gateway.artifacts_file import FileArtifactStore
 from gateway.stage_table import STAGE_TABLE
+from gateway.stages import StageFailure
 from services.common.endpoints import DEFAULT_PORTS, HEALTH_SERVICES, STAGE_SERVICES
 from services.common.stage_runtime import StageLimits
 from synchuman.checkpoints.verify import SECTIONS
@@ -102,6 +103,21 @@ def test_stage2_sends_the_catalogued_files_every_extra_included():
     finally:
         server.stop()
     _assert_catalogued(RECONSTRUCTION, _sent(responses))
+
+
+def test_a_stage_error_names_the_stage_once_by_its_catalog_name():
+    """The service labels its errors with the stage's name and the gateway keeps that label (it used to add
+    its own: "multiview: stage1: ...")."""
+    server = start_server("stage1", FakeStage1(), StageLimits())
+    try:
+        stub = stage1_pb2_grpc.Stage1ServiceStub(channel(server))
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.GenerateViews(stage1_requests(stage1_inputs(), common_pb2.MultiviewOptions(steps=0))))
+    finally:
+        server.stop()
+    assert err.value.details().startswith(f"{MULTIVIEW.name}: ")
+    failure = StageFailure.from_rpc_error(MULTIVIEW.name, err.value)
+    assert failure.status.message == err.value.details() and MULTIVIEW.service not in failure.status.message
 
 
 def test_a_resumed_job_lists_its_files_with_the_catalogued_media_types(tmp_path):
