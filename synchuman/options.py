@@ -195,6 +195,12 @@ class PostprocessOptions:
     metallic: float = 0.0
     limits: CheckLimits = field(default_factory=_default_check_limits)
     extras: tuple[str, ...] = ()  # any of "gaussian_ply", "obj", "views"
-    raster_candidates: int = 1 << 25  # candidate pixels per rasteriser chunk (~120 B each; torch backend)
+    raster_candidates: int = 1 << 25  # candidate pixels per rasteriser chunk (~40 B each; torch backend)
+    #: Cap on the faces the expensive phases (visibility, cut + fill, atlas, bake) work on: when ``simplify``
+    #: would keep more, the mesh is decimated to about this many instead and the report gets a warning check
+    #: ("dense_mesh", finding DENSE_MESH). Bounds their time and memory on the noisy meshes random or broken
+    #: weights decode (issue 25: a 616k-face one); the realistic 241,812-face synthetic body works at 72,508.
+    #: 0 = no cap.
+    max_working_faces: int = 200_000
     raster_backend: str = "torch"  # visibility and bake views: torch | nvdiffrast | open3d | auto
     seed: int = 0

@@ -98,6 +98,10 @@ class _Phases:
                 last = now
                 self.progress(name, done, total)
 
+        if self.timer.device.type == "cuda":
+            # hand the blocks the previous phase (or the decoders) cached back to the driver: the process's
+            # footprint is then the largest phase's, not the union of every phase's block sizes
+            torch.cuda.empty_cache()
         with self.timer(name):
             return fn(on_step)
 
@@ -192,11 +196,12 @@ def to_glb(
     timer = _Phases(report, device, progress)
     report.checks += checks_mod.check_input_mesh(mesh.vertices, mesh.faces, options.limits)
     report.counts["faces_in"] = int(mesh.faces.shape[0])
+    ratio = working_ratio(int(mesh.faces.shape[0]), options, report)
 
     verts_np, faces_np = timer.run(
         "decimate",
         lambda on_step: decimate(
-            mesh.vertices.detach().cpu().numpy(), mesh.faces.detach().cpu().numpy(), options.simplify
+            mesh.vertices.detach().cpu().numpy(), mesh.faces.detach().cpu().numpy(), ratio
         ),
     )
     report.counts["faces_decimated"] = len(faces_np)
@@ -214,7 +219,7 @@ def to_glb(
                 on_step=on_step,
             ),
         )
-        nbe = options.max_hole_edges or int(250 * math.sqrt(1 - options.simplify))
+        nbe = options.max_hole_edges or int(250 * math.sqrt(1 - ratio))
         verts_np, faces_np, cut = timer.run(
             "cut_fill",
             lambda on_step: remove_invisible_faces(
@@ -276,6 +281,31 @@ def to_glb(
     report.counts.update(faces_out=len(atlas.faces), vertices_out=len(atlas.vertices), glb_bytes=len(glb))
     report.warnings += [c.message for c in report.checks if not c.ok]
     return glb, report
+
+
+def working_ratio(faces_in: int, options: PostprocessOptions, report: PostprocessReport) -> float:
+    """The decimation ratio: ``options.simplify``, or more when that would keep over
+    ``options.max_working_faces`` faces; then a failed warning check ``"dense_mesh"`` goes into ``report``
+    (the stage-2 output report's finding ``DENSE_MESH``)."""
+    cap = options.max_working_faces
+    kept = faces_in * (1 - options.simplify)
+    if cap <= 0 or kept <= cap:
+        return options.simplify
+    ratio = 1 - cap / faces_in
+    report.checks.append(
+        checks_mod.Check(
+            "dense_mesh",
+            round(kept),
+            cap,
+            False,
+            "warning",
+            f"the decoded mesh has {faces_in} faces, {round(kept)} after simplify {options.simplify:g}: "
+            f"decimated to {cap} instead (max_working_faces) to bound post-processing time and GPU memory; "
+            "such dense meshes are usually noise (random or mismatched weights)",
+        )
+    )
+    report.counts["faces_capped_from"] = round(kept)
+    return ratio
 
 
 def _extras(

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from synchuman.geometry import camera, mesh_graph
-from synchuman.geometry.raster import rasterize
+from synchuman.geometry.raster import MAX_VIEW_FACES, rasterize
 
 if TYPE_CHECKING:
     import igraph
@@ -66,23 +66,27 @@ def face_visibility(
     max_candidates: int = 1 << 24,
     backend: str = "torch",
     on_step: Callable[[int, int], None] | None = None,
+    max_view_faces: int = MAX_VIEW_FACES,
 ) -> torch.Tensor:
     """Share of views ``[F]`` float32 (0..1) in which each face covers at least one pixel centre.
 
     Runs on ``vertices.device``; ``views_per_batch`` defaults to 64M pixels per batch on CUDA (512 MiB depth
-    buffer), 4M on CPU. ``backend``: the rasteriser (:func:`~synchuman.geometry.raster.rasterize`).
-    ``on_step(views done, num_views)`` after every batch.
+    buffer, which becomes the face ids in place), 4M on CPU. ``backend``: the rasteriser
+    (:func:`~synchuman.geometry.raster.rasterize`; ``max_candidates`` and ``max_view_faces`` bound its
+    working memory whatever the face count, with the same result). ``on_step(views done, num_views)`` after
+    every batch.
     """
     device = vertices.device
+    num_faces = faces.shape[0]
     extrinsics, intrinsics = visibility_cameras(num_views)
     extrinsics, intrinsics = extrinsics.to(device), intrinsics.to(device)
     batch = views_per_batch or max(
         1, (1 << (26 if device.type == "cuda" else 22)) // (resolution * resolution)
     )
-    counts = torch.zeros(faces.shape[0], dtype=torch.int32, device=device)
+    counts = torch.zeros(num_faces, dtype=torch.int32, device=device)
     for start in range(0, num_views, batch):
         stop = min(start + batch, num_views)
-        out = rasterize(
+        face_id = rasterize(
             vertices,
             faces,
             extrinsics[start:stop],
@@ -92,13 +96,16 @@ def face_visibility(
             with_bary=False,
             max_candidates=max_candidates,
             backend=backend,
-        )
-        num = (stop - start) * faces.shape[0]
-        view = torch.arange(stop - start, device=device)[:, None, None]
-        flat = torch.where(out.face_id >= 0, view * faces.shape[0] + out.face_id, num)  # misses -> spare slot
-        seen = torch.zeros(num + 1, dtype=torch.bool, device=device)
-        seen[flat.reshape(-1)] = True
-        counts += seen[:num].reshape(stop - start, -1).sum(dim=0, dtype=torch.int32)
+            max_view_faces=max_view_faces,
+        ).face_id.reshape(stop - start, -1)
+        # per view one slot per face plus a spare slot for the misses; the ids become slots in place
+        face_id.masked_fill_(face_id < 0, num_faces)
+        face_id += torch.arange(stop - start, device=device)[:, None] * (num_faces + 1)
+        seen = torch.zeros((stop - start) * (num_faces + 1), dtype=torch.bool, device=device)
+        seen[face_id.reshape(-1)] = True
+        del face_id
+        counts += seen.reshape(stop - start, num_faces + 1)[:, :num_faces].sum(dim=0, dtype=torch.int32)
+        del seen
         if on_step is not None:
             on_step(stop, num_views)
     return counts.float() / num_views
