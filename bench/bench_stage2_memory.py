@@ -105,7 +105,12 @@ def child_stage2(args: argparse.Namespace) -> dict:
     pipeline = stage2_module.Stage2Pipeline.from_pretrained(args.ckpts, "cuda", "float16")
     load_s = time.perf_counter() - started
     started = time.perf_counter()
-    pipeline.warm_up()
+    warm_error = None
+    try:
+        pipeline.warm_up()
+    except Exception as exc:  # noqa: BLE001 - e.g. gsplat's build failed: measured without Gaussian renders
+        warm_error = repr(exc)[:400]
+        pipeline.render_views = 0
     warm_s = time.perf_counter() - started
     coords = scattered(args.voxels) if args.child == "noisy" else human_occupancy(20000)
     inputs = stage2_inputs(coords)
@@ -130,6 +135,7 @@ def child_stage2(args: argparse.Namespace) -> dict:
         "counts": _counts(report),
         "findings": [f"{getattr(f.severity, 'value', f.severity)}:{f.code}" for f in result.report.findings],
         "gaussian_backend": report.backends.get("gaussian_render", "none"),
+        "warmup_error": warm_error,
     }
 
 
