@@ -25,9 +25,7 @@ Device command (``.whl`` carried, checkpoints drawn on the GPU first)::
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,10 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from benchlib.inputs import stage1_inputs, stage2_inputs  # noqa: E402
-from benchlib.poll import last_record, serving  # noqa: E402
+from benchlib.launch import StageProcess  # noqa: E402
+from benchlib.poll import last_record  # noqa: E402
 from benchlib.stage_calls import call_stage  # noqa: E402
-
-from services.launcher import free_port  # noqa: E402
 
 #: What the stage-1 service logs about its compile cache at start-up (services/stage1/compile_cache.py) and
 #: about its ahead-of-time compiled package in the warm-up (synchuman/pipelines/compiled_model.py).
@@ -93,40 +90,7 @@ def parse_config(spec: str, cache_root: Path, index: int) -> Config:
     return Config(name, args, env, cache_root / f"config{index}")
 
 
-class Running:
-    """A started service process and its log."""
-
-    def __init__(self, stage: int, ckpts: Path, config: Config, log_path: Path) -> None:
-        self.address = f"127.0.0.1:{free_port('127.0.0.1')}"
-        self.log_path = log_path
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(config.cache_dir), **config.env)
-        command = [
-            sys.executable, "-m", "synchuman_cli", "--log-level", "INFO", "serve", f"stage{stage}",
-            "--address", self.address, "--ckpts", str(ckpts), *config.args,
-        ]  # fmt: skip
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=log_path.open("w"), env=env
-        )
-
-    def poll_ready(self) -> float | None:
-        """Seconds since launch once SERVING (None while not yet); raises when the process died."""
-        if self.process.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"exited with {self.process.returncode}: {tail}")
-        return time.perf_counter() - self.started if serving(self.address) else None
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def finish_start(start: Start, svc: Running, stage: int, inputs: Any, steps: int, requests: int) -> None:
+def finish_start(start: Start, svc: StageProcess, stage: int, inputs: Any, steps: int, requests: int) -> None:
     """Record the start-up log lines, run the requests, stop the service; print what was measured."""
     try:
         serving_record = last_record(svc.log_path, "serving")
@@ -146,14 +110,16 @@ def finish_start(start: Start, svc: Running, stage: int, inputs: Any, steps: int
         print(f"{svc.log_path.name}: {start}", flush=True)
 
 
-def wait_ready(services: list[tuple[Start, Running]], timeout_s: float) -> None:
+def wait_ready(services: list[tuple[Start, StageProcess]], timeout_s: float) -> None:
+    """Wait until every service is SERVING (its ``ready_s`` set) or failed (its ``error`` set, the process
+    stopped), at most ``timeout_s``."""
     deadline = time.perf_counter() + timeout_s
     pending = list(services)
     while pending:
         for item in list(pending):
             start, svc = item
             try:
-                ready = svc.poll_ready()
+                ready = svc.ready_s()
             except RuntimeError as exc:
                 start.error = str(exc)[-300:]
                 pending.remove(item)
@@ -190,11 +156,12 @@ def main() -> int:
     configs = [parse_config(spec, cache_root, i) for i, spec in enumerate(args.config)]
     inputs = stage1_inputs() if args.stage == 1 else stage2_inputs(20000)
 
-    def launch(config: Config, number: int) -> tuple[Start, Running]:
+    def launch(config: Config, number: int) -> tuple[Start, StageProcess]:
         start = Start()
         config.starts.append(start)
-        index = configs.index(config)
-        return start, Running(args.stage, args.ckpts, config, log_dir / f"config{index}-start{number}.log")
+        log_path = log_dir / f"config{configs.index(config)}-start{number}.log"
+        env = {"TORCHINDUCTOR_CACHE_DIR": str(config.cache_dir), **config.env}
+        return start, StageProcess(args.stage, args.ckpts, config.args, log_path, env)
 
     rounds = range(1 + args.restarts)
     if args.cold_together and len(configs) > 1:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,10 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from benchlib.inputs import stage1_inputs, stage2_inputs  # noqa: E402
-from benchlib.poll import last_record, serving  # noqa: E402
+from benchlib.launch import StageProcess  # noqa: E402
+from benchlib.poll import last_record  # noqa: E402
 from benchlib.stage_calls import call_stage  # noqa: E402
-
-from services.launcher import free_port  # noqa: E402
 
 
 @dataclass
@@ -52,10 +50,7 @@ class Service:
 
     name: str
     args: list[str]
-    port: int
-    log_path: Path
-    process: subprocess.Popen | None = None
-    started: float = 0.0
+    process: StageProcess
     ready_s: float | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
 
@@ -85,29 +80,22 @@ def main() -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
 
     services = []
-    for index, spec in enumerate(args.config):
-        name, _, extra = spec.partition("=")
-        port = free_port("127.0.0.1")
-        services.append(Service(name, shlex.split(extra), port, log_dir / f"service{index}.log"))
     try:
-        for svc in services:
-            command = [
-                sys.executable, "-m", "synchuman_cli", "--log-level", "INFO", "serve", f"stage{args.stage}",
-                "--address", f"127.0.0.1:{svc.port}", "--ckpts", str(args.ckpts), *svc.args,
-            ]  # fmt: skip
-            svc.started = time.perf_counter()
-            svc.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=svc.log_path.open("w"))
+        for index, spec in enumerate(args.config):
+            name, _, extra = spec.partition("=")
+            extra_args = shlex.split(extra)
+            process = StageProcess(args.stage, args.ckpts, extra_args, log_dir / f"service{index}.log")
+            services.append(Service(name, extra_args, process))
         deadline = time.perf_counter() + args.ready_timeout
         while any(s.ready_s is None for s in services):
             for svc in services:
                 if svc.ready_s is not None:
                     continue
-                assert svc.process is not None
-                if svc.process.poll() is not None:
-                    tail = svc.log_path.read_text(errors="replace")[-3000:]
-                    raise SystemExit(f"service {svc.name!r} exited with {svc.process.returncode}:\n{tail}")
-                if serving(f"127.0.0.1:{svc.port}"):
-                    svc.ready_s = time.perf_counter() - svc.started
+                try:
+                    svc.ready_s = svc.process.ready_s()
+                except RuntimeError as exc:
+                    raise SystemExit(f"service {svc.name!r} {exc}") from None
+                if svc.ready_s is not None:
                     print(f"{svc.name}: SERVING after {svc.ready_s:.1f} s", flush=True)
             if time.perf_counter() > deadline:
                 raise SystemExit(f"not SERVING within {args.ready_timeout:.0f} s")
@@ -117,9 +105,9 @@ def main() -> int:
         for svc in services:
             for i in range(args.requests):
                 measured: dict[str, Any] = call_stage(
-                    args.stage, f"127.0.0.1:{svc.port}", inputs, steps, f"bench-{i + 1}"
+                    args.stage, svc.process.address, inputs, steps, f"bench-{i + 1}"
                 )
-                record = last_record(svc.log_path, DONE_MESSAGE[args.stage])
+                record = last_record(svc.process.log_path, DONE_MESSAGE[args.stage])
                 measured["phases"] = record.get("timings" if args.stage == 1 else "phases", {})
                 measured["peaks"] = record.get("peak_gpu_gib", {})
                 if record.get("cfg_device_peak_gib") is not None:
@@ -128,14 +116,7 @@ def main() -> int:
                 print(f"{svc.name} request {i + 1}: {json.dumps(measured)}", flush=True)
     finally:
         for svc in services:
-            if svc.process is not None and svc.process.poll() is None:
-                svc.process.terminate()
-        for svc in services:
-            if svc.process is not None:
-                try:
-                    svc.process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    svc.process.kill()
+            svc.process.stop(timeout_s=60)
 
     print(
         f"\n| service (`serve stage{args.stage}` args) | start-up to SERVING (s) | request wall (s) "

@@ -2,7 +2,8 @@
 benches) need besides the ``synchuman`` / ``services`` packages, so a copy holding ``bench/`` and the package
 runs them without ``tests/``.
 
-* :mod:`benchlib.launch` - start the four services as compose does (the embedded launcher + supervisor).
+* :mod:`benchlib.launch` - start the four services as compose does (the embedded launcher + supervisor),
+  or one ``synchuman serve stageN`` process.
 * :mod:`benchlib.poll` - watch them: health, peak memory per GPU / process, the services' JSON log records.
 * :mod:`benchlib.inputs` - request inputs: a photo, stage-1 / stage-2 images, a person-shaped voxel set.
 * :mod:`benchlib.stage_calls` - one request straight to a stage service.

@@ -1,14 +1,20 @@
-"""Start the four services as compose runs them, with the embedded launcher
+"""Starting services: the four as compose runs them (:func:`launch`), with the embedded launcher
 (:func:`services.launcher.child_specs`) under a :class:`~services.supervisor.Supervisor` (which also
 restarts a killed child): preprocess and the gateway on the CPU, each GPU stage pinned to its GPU with
-``CUDA_VISIBLE_DEVICES``."""
+``CUDA_VISIBLE_DEVICES``; or one ``synchuman serve stageN`` process alone (:class:`StageProcess`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchlib.poll import serving
 from services.launcher import EmbeddedConfig, child_specs, free_port
 from services.supervisor import ChildSpec, Supervisor
 
@@ -114,3 +120,46 @@ def launch(
         supervisor.stop()
         raise SystemExit(f"services did not start: {reason}")
     return supervisor, config, routes
+
+
+class StageProcess:
+    """One ``synchuman serve stage{stage}`` process on a free localhost port (:attr:`address`), with
+    ``args`` after ``--ckpts ckpts`` and ``env`` over this process's environment; its stderr (the JSON log,
+    level INFO) goes to ``log_path``."""
+
+    def __init__(
+        self,
+        stage: int,
+        ckpts: Path,
+        args: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.address = f"127.0.0.1:{free_port('127.0.0.1')}"
+        self.log_path = log_path
+        command = [
+            sys.executable, "-m", "synchuman_cli", "--log-level", "INFO", "serve", f"stage{stage}",
+            "--address", self.address, "--ckpts", str(ckpts), *args,
+        ]  # fmt: skip
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=log_path.open("w"), env={**os.environ, **(env or {})}
+        )
+
+    def ready_s(self) -> float | None:
+        """Seconds from launch to now once the service is SERVING (None while it is not yet);
+        ``RuntimeError`` with the end of its log when the process exited."""
+        if self.process.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"exited with {self.process.returncode}: {tail}")
+        return time.perf_counter() - self.started if serving(self.address) else None
+
+    def stop(self, timeout_s: float = 90.0) -> None:
+        """SIGTERM, then SIGKILL when it has not exited within ``timeout_s``."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
