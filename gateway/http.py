@@ -54,7 +54,7 @@ from gateway.store import Event, StoreError
 from gateway.store_errors import as_job_error
 from gateway.web import add_web_page
 from services.common.endpoints import DEFAULT_HOST
-from services.common.stage_runtime import bad_request
+from services.common.rpc_status import bad_request
 from services.common.tls import ServerTls
 from synchuman.v1 import common_pb2, reconstruction_pb2
 

@@ -212,20 +212,16 @@ class JobManager:
         now = time.time() if now_s is None else now_s
         return delete_expired(self.store, self.delete, self.settings.retention_s, now, batch)
 
-    def artifact(self, job_id: str, name: str) -> tuple[common_pb2.BlobHeader, bytes]:
-        """A stored file of a job listed in ``Job.artifacts`` (header, bytes), or NOT_FOUND; DATA_LOSS when
-        the stored bytes fail their checksum."""
-        return self._stored(job_id, name, self.artifacts.get)
-
     def artifact_pieces(self, job_id: str, name: str) -> tuple[common_pb2.BlobHeader, Iterator[bytes]]:
-        """Like :meth:`artifact`, the bytes as pieces read from the store while they are consumed (a large
-        GLB is never held whole); a checksum mismatch raises ``ArtifactCorrupted`` after the last piece."""
+        """A stored file of a job listed in ``Job.artifacts``: its header and its bytes as pieces read from
+        the store while they are consumed (a large GLB is never held whole), or NOT_FOUND; DATA_LOSS when
+        the stored bytes fail their checksum (after the last piece)."""
         return self._stored(job_id, name, self.artifacts.chunks)
 
     def _stored(
         self, job_id: str, name: str, read: Callable[[str, str], Any]
     ) -> tuple[common_pb2.BlobHeader, Any]:
-        """The listed file's header and ``read(job_id, name)``; NOT_FOUND / DATA_LOSS as :meth:`artifact`."""
+        """The listed file's header and ``read(job_id, name)``; errors as :meth:`artifact_pieces`."""
         job = self.get(job_id)
         check_artifact_name(name)
         for artifact in job.artifacts:
@@ -246,10 +242,6 @@ class JobManager:
             f"job {job_id} has no file {name!r} (yet); it has: {names}",
             error_info("ARTIFACT_NOT_FOUND"),
         )
-
-    def next_events(self, job_id: str, after_sequence: int, timeout_s: float) -> list[Event]:
-        """Events after ``after_sequence``, waiting up to ``timeout_s`` for one when there are none yet."""
-        return self.events.next_events(job_id, check_sequence(after_sequence), timeout_s)
 
     def watch(self, job_id: str, after_sequence: int, is_active: Callable[[], bool]) -> Iterator[Event]:
         """Events after ``after_sequence`` until the job's ``finished`` event (or until ``is_active()``
