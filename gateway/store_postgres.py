@@ -168,8 +168,8 @@ class PostgresDialect(Dialect):
 
 class NoticeListener:
     """A thread with its own connection that LISTENs on :data:`CHANNEL` and calls ``wake()`` for every
-    notice; after a lost connection it reconnects (retrying every ``retry_s``) and calls ``wake()`` once, for
-    the notices it may have missed meanwhile."""
+    notice; after a lost connection it reconnects (after ``retry_s``, doubling up to 30 s while it fails) and
+    calls ``wake()`` once, for the notices it may have missed meanwhile."""
 
     def __init__(
         self, url: str, wake: Callable[[], None], connect_timeout_s: float, retry_s: float = 1.0
@@ -187,16 +187,19 @@ class NoticeListener:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        retry_s = self._retry_s
         while not self._stop.is_set():
             try:
                 with psycopg.connect(
                     self._url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout_s))
                 ) as conn:
+                    retry_s = self._retry_s
                     self._listen(conn)
             except psycopg.Error as exc:
                 self.listening.clear()
-                log.warning("job notices lost; reconnecting", extra={"error": str(exc)})
-                self._stop.wait(self._retry_s)
+                log.warning("job notices lost; reconnecting", extra={"error": str(exc), "in_s": retry_s})
+                self._stop.wait(retry_s)
+                retry_s = min(2 * retry_s, 30.0)  # the workers poll meanwhile
 
     def _listen(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(f"LISTEN {CHANNEL}")

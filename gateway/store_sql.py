@@ -1,11 +1,12 @@
 """The :class:`~gateway.store.JobStore` in SQL, written once for every engine: :class:`SqlJobStore` over a
 :class:`Dialect` (:mod:`gateway.store_sqlite`, :mod:`gateway.store_postgres`).
 
-Statements are written with ``?`` placeholders and the dialect's fragments for what differs between engines:
-the clock (``now``, ``later``: now plus ``?`` seconds), the column types of times (and so their names and
-"never" value), the claim query's row locking (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has one
-writer at a time, the transaction is enough), transactions and connections, notifications and the schema
-migrations. Both engines understand ``INSERT ... ON CONFLICT DO NOTHING`` and ``UPDATE ... RETURNING``.
+Statements are written with ``?`` placeholders (a dialect's sessions take them: PostgreSQL's as ``%s``) and
+the dialect's fragments for what differs between engines: the clock (``now``, ``later``: now plus ``?``
+seconds), the column types of times (and so their names and "never" value), the claim query's row locking
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has one writer at a time, the transaction is enough),
+transactions and connections, notifications and the schema migrations. Both engines understand
+``INSERT ... ON CONFLICT DO NOTHING`` and ``UPDATE ... RETURNING``.
 
 Schema versions (each dialect's ``migrations[v - 1]`` takes a database from version ``v - 1`` to ``v``;
 migrating is one transaction, serialized between gateways starting together):
