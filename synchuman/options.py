@@ -4,7 +4,8 @@
 three stages; they have ``validate()``, which returns the options (defaults resolved) or raises
 :class:`OptionError` naming the first out-of-range option. :class:`PostprocessOptions` holds every knob of the
 mesh -> GLB post-processing (stage 2 fills it from its :class:`Stage2Options`). The classes are plain data
-(no torch, no gRPC), so the gateway, the services and the pipelines all check requests with the same code.
+(no torch, no gRPC, no OpenCV at import), so the gateway, the services and the pipelines all check requests
+with the same code.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import TYPE_CHECKING, ClassVar
 from synchuman.postprocess.defaults import BAKE_STEPS
 from synchuman.preprocess.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, MIN_SIDE
 from synchuman.preprocess.errors import SegmenterError
-from synchuman.preprocess.segment import segmenter_stem
 
 if TYPE_CHECKING:
     from synchuman.postprocess.checks import CheckLimits
@@ -154,6 +154,8 @@ class PreprocessOptions:
         segmenter name."""
         check_ranges(self, self.RANGES)
         if self.segmenter:
+            from synchuman.preprocess.segment import segmenter_stem  # OpenCV: imported only when needed
+
             try:
                 segmenter_stem(self.segmenter)
             except SegmenterError as error:
