@@ -53,11 +53,14 @@ def _paths(code_dir: str | None) -> None:
 
 class DeviceMemorySampler:
     """Largest device memory in use (``total - free``) and largest PyTorch reserved memory, sampled by a
-    thread every ``interval_s`` between :meth:`start` and :meth:`stop` (GiB)."""
+    thread every ``interval_s`` between :meth:`start` and :meth:`stop` (GiB); ``per_phase``: the largest in
+    use while :attr:`phase` (set from the pipeline's progress callback) had each value."""
 
     def __init__(self, interval_s: float = 0.005) -> None:
         self.interval_s = interval_s
         self.used = self.reserved = 0.0
+        self.phase = "start"
+        self.per_phase: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -66,7 +69,9 @@ class DeviceMemorySampler:
 
         while not self._stop.is_set():
             free, total = torch.cuda.mem_get_info()
-            self.used = max(self.used, (total - free) / GIB)
+            used = (total - free) / GIB
+            self.used = max(self.used, used)
+            self.per_phase[self.phase] = round(max(self.per_phase.get(self.phase, 0.0), used), 2)
             self.reserved = max(self.reserved, torch.cuda.memory_reserved() / GIB)
             time.sleep(self.interval_s)
 
@@ -117,7 +122,9 @@ def child_stage2(args: argparse.Namespace) -> dict:
     torch.cuda.synchronize()
     sampler = DeviceMemorySampler().start()
     started = time.perf_counter()
-    result = pipeline.run(inputs, Stage2Options(), lambda *e: None, lambda: False)
+    result = pipeline.run(
+        inputs, Stage2Options(), lambda phase, *e: setattr(sampler, "phase", phase), lambda: False
+    )
     torch.cuda.synchronize()
     total_s = time.perf_counter() - started
     sampler.stop()
@@ -131,6 +138,7 @@ def child_stage2(args: argparse.Namespace) -> dict:
         "phase_peak_gib": {k: round(v, 2) for k, v in result.phase_peak_gib.items()},
         "allocated_peak_gib": round(max(result.phase_peak_gib.values()), 2),
         "process_peak_gib": round(sampler.used, 2),
+        "process_peak_by_phase_gib": sampler.per_phase,
         "reserved_peak_gib": round(sampler.reserved, 2),
         "counts": _counts(report),
         "findings": [f"{getattr(f.severity, 'value', f.severity)}:{f.code}" for f in result.report.findings],
@@ -152,7 +160,9 @@ def child_realistic(args: argparse.Namespace) -> dict:
     torch.cuda.synchronize()
     sampler = DeviceMemorySampler().start()
     started = time.perf_counter()
-    _, report = pipeline.to_glb(mesh, splats, views, PostprocessOptions())
+    _, report = pipeline.to_glb(
+        mesh, splats, views, PostprocessOptions(), progress=lambda phase, *e: setattr(sampler, "phase", phase)
+    )
     torch.cuda.synchronize()
     total_s = time.perf_counter() - started
     sampler.stop()
@@ -163,6 +173,7 @@ def child_realistic(args: argparse.Namespace) -> dict:
         "phase_peak_gib": {k: round(v, 2) for k, v in report.phase_peak_gib.items()},
         "allocated_peak_gib": round(max(report.phase_peak_gib.values()), 2),
         "process_peak_gib": round(sampler.used, 2),
+        "process_peak_by_phase_gib": sampler.per_phase,
         "reserved_peak_gib": round(sampler.reserved, 2),
         "counts": _counts(report),
         "findings": [c.name for c in report.checks if not c.ok],
@@ -217,7 +228,7 @@ def spawn(args: argparse.Namespace, run: str, code_dir: str | None, timeout_s: f
 def table(rows: list[tuple[str, str, dict]]) -> str:
     out = [
         "| run | code | faces in / decimated / out | total s | largest phases (s) | allocated peak GiB "
-        "(largest phase) | process peak GiB | reserved peak GiB | findings |",
+        "(largest phase) | process peak GiB (phase) | reserved peak GiB | findings |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for run, label, r in rows:
@@ -228,10 +239,12 @@ def table(rows: list[tuple[str, str, dict]]) -> str:
         faces = f"{c.get('faces_in', '?')} / {c.get('faces_decimated', '?')} / {c.get('faces_out', '?')}"
         phases = sorted(r["phases_s"].items(), key=lambda kv: -kv[1])[:5]
         peak_phase = max(r["phase_peak_gib"].items(), key=lambda kv: kv[1])
+        by_phase = r.get("process_peak_by_phase_gib") or {"?": r["process_peak_gib"]}
+        process_phase = max(by_phase.items(), key=lambda kv: kv[1])[0]
         out.append(
             f"| {run} | {label} | {faces} | {r['total_s']} | "
             + ", ".join(f"{k} {v}" for k, v in phases)
-            + f" | {r['allocated_peak_gib']} ({peak_phase[0]}) | {r['process_peak_gib']} | "
+            + f" | {r['allocated_peak_gib']} ({peak_phase[0]}) | {r['process_peak_gib']} ({process_phase}) | "
             f"{r['reserved_peak_gib']} | {', '.join(r['findings']) or '-'} |"
         )
     return "\n".join(out)
@@ -241,7 +254,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpts", type=Path, default=Path("/tmp/ckpts"))
     parser.add_argument("--make-random", action="store_true", help="write the dinov2 + stage2 random tree")
-    parser.add_argument("--runs", default="noisy,realistic")
+    parser.add_argument("--runs", default="noisy,realistic", help="RUN or RUN@LABEL (that code tree only)")
     parser.add_argument("--code", action="append", default=[], metavar="LABEL=DIR")
     parser.add_argument("--voxels", type=int, default=22432)
     parser.add_argument("--child-timeout", type=float, default=300.0)
@@ -259,8 +272,11 @@ def main() -> int:
         print("random checkpoints:", results["make_random"], flush=True)
     codes = [c.split("=", 1) for c in args.code] or [["after", "."]]
     rows = []
-    for run in args.runs.split(","):
+    for spec in args.runs.split(","):
+        run, _, only = spec.partition("@")  # "noisy@after": that code tree only
         for label, code_dir in codes:
+            if only and label != only:
+                continue
             elapsed = time.perf_counter() - started
             if elapsed > args.budget:
                 rows.append((run, label, {"error": f"skipped ({elapsed:.0f} s > --budget)"}))
