@@ -20,10 +20,13 @@ from services.common.conversions import (
     stage1_output_to_blobs,
     stage2_options_from_proto,
 )
-from services.common.endpoints import STAGE_SERVICES
 from services.common.stage_server import resolve_device
+from synchuman.stage_catalog import STAGES
 from synchuman.v1 import common_pb2
 from synchuman_cli.reporting import ProgressBars, beside, extra_file_names, summary_lines, write_report
+
+#: Catalog stage name -> its ``synchuman.v1.Stage`` value (the in-process pipeline reports by name).
+STAGE_VALUES = {entry.name: entry.stage for entry in STAGES}
 
 
 @dataclass
@@ -70,7 +73,7 @@ def reconstruct_in_process(
     try:
         result = pipeline(
             photo,
-            callback=lambda p: bars.update(progress_event(STAGE_SERVICES[p.stage], p.phase, p.step, p.total)),
+            callback=lambda p: bars.update(progress_event(STAGE_VALUES[p.stage], p.phase, p.step, p.total)),
             stage1_options=stage1_options,
             stage2_options=stage2_options,
         )

@@ -72,9 +72,9 @@ def test_photo_to_glb_with_views_voxels_geometry_and_progress(
     faces = sum(len(g.faces) for g in scene.geometry.values())
     assert faces > 0 and faces == result.stage2.report.face_count
     stages = [p.stage for p in seen]
-    assert stages == sorted(stages, key=["preprocess", "stage1", "stage2"].index)
-    assert [p.step for p in seen if p.stage == "stage1"] == [1, 2]
-    assert [p.step for p in seen if p.stage == "stage2" and p.phase == "sampling"] == [1, 2]
+    assert stages == sorted(stages, key=["preprocess", "multiview", "reconstruction"].index)
+    assert [p.step for p in seen if p.stage == "multiview"] == [1, 2]
+    assert [p.step for p in seen if p.stage == "reconstruction" and p.phase == "sampling"] == [1, 2]
 
 
 def test_same_seed_same_result_from_bytes_or_image(pipe: SyncHumanPipeline, photo: Image.Image) -> None:

@@ -38,6 +38,7 @@ from synchuman.pipelines.stage2_types import Stage2OutputRejected, Stage2Result
 from synchuman.preprocess.pipeline import PreprocessResult, preprocess
 from synchuman.preprocess.quality import QualityReport
 from synchuman.preprocess.segment import load_segmenter
+from synchuman.stage_catalog import MULTIVIEW, PREPROCESS, RECONSTRUCTION
 
 if TYPE_CHECKING:
     from synchuman.models.flexicubes import Mesh
@@ -46,8 +47,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PipelineProgress:
-    """One progress report: ``step`` of ``total`` done in ``phase`` of ``stage`` (``"preprocess"``,
-    ``"stage1"``, ``"stage2"``); ``total`` is 0 for a phase without steps (reported once, as it starts)."""
+    """One progress report: ``step`` of ``total`` done in ``phase`` of ``stage`` (its catalog name:
+    ``"preprocess"``, ``"multiview"``, ``"reconstruction"``); ``total`` is 0 for a phase without steps
+    (reported once, as it starts)."""
 
     stage: str
     phase: str
@@ -187,28 +189,28 @@ class SyncHumanPipeline:
         """
         report = callback or (lambda progress: None)
         stop = should_stop or (lambda: False)
-        mv_options = (stage1_options or Stage1Options()).validate()
-        rc_options = (stage2_options or self.stage2.defaults).validate()
+        multiview_options = (stage1_options or Stage1Options()).validate()
+        reconstruction_options = (stage2_options or self.stage2.defaults).validate()
         if generator is not None:
             seed = generator.initial_seed()
-            mv_options = dataclasses.replace(mv_options, seed=seed).validate()
-            rc_options = dataclasses.replace(rc_options, seed=seed).validate()
+            multiview_options = dataclasses.replace(multiview_options, seed=seed).validate()
+            reconstruction_options = dataclasses.replace(reconstruction_options, seed=seed).validate()
         preprocessed = preprocess(
             photo,
             self.preprocess_options,
-            progress=lambda phase: report(PipelineProgress("preprocess", phase)),
+            progress=lambda phase: report(PipelineProgress(PREPROCESS.name, phase)),
         )
         stage1 = self.stage1.run(
             preprocessed.framed,
             preprocessed.conditioning,
-            mv_options,
-            callback=lambda step, total: report(PipelineProgress("stage1", "sampling", step, total)),
+            multiview_options,
+            callback=lambda step, total: report(PipelineProgress(MULTIVIEW.name, "sampling", step, total)),
             should_stop=stop,
         )
         stage2 = self.stage2.run(
             stage2_inputs_from(stage1, preprocessed.conditioning),
-            rc_options,
-            lambda phase, step, total: report(PipelineProgress("stage2", phase, step, total)),
+            reconstruction_options,
+            lambda phase, step, total: report(PipelineProgress(RECONSTRUCTION.name, phase, step, total)),
             stop,
             keep_geometry=True,
         )
