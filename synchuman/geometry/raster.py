@@ -192,6 +192,8 @@ def _fill(
     flat_tri = tri.reshape(-1, 3, 3)
     box = torch.stack([x_lo, y_lo, x_hi, y_hi], dim=-1).reshape(-1, 4).long()
     flat_ortho = ortho[:, None].expand(num_views, num_faces).reshape(-1)
+    # which depth formulas the chunks need, read once here (a read per chunk would stall the queue each time)
+    modes = (bool(ortho.any()), bool(ortho.all()))
     start = 0
     for bucket, count in zip(buckets.tolist(), counts.tolist(), strict=True):
         kx, ky = 1 << (bucket // 32), 1 << (bucket % 32)
@@ -210,6 +212,7 @@ def _fill(
                 height,
                 width,
                 first_face,
+                modes,
             )
         start += count
 
@@ -226,9 +229,11 @@ def _splat(
     height: int,
     width: int,
     first_face: int = 0,
+    modes: tuple[bool, bool] | None = None,
 ) -> None:
     """Candidate pixels of triangles ``sel`` (flat view*F+face ids) on a ``ky x kx`` grid from their box
-    corner. In-place arithmetic keeps about 40 bytes per candidate alive (the same values as out-of-place)."""
+    corner. In-place arithmetic keeps about 40 bytes per candidate alive (the same values as out-of-place).
+    ``modes``: (any, all) of ``ortho`` when the caller knows them (else read here: a device sync)."""
     device = tri.device
     px = box[:, 0, None, None] + torch.arange(kx, device=device)[None, None, :]
     py = box[:, 1, None, None] + torch.arange(ky, device=device)[None, :, None]
@@ -249,7 +254,7 @@ def _splat(
     inside &= px <= box[:, 2, None, None]
     inside &= py <= box[:, 3, None, None]
     z0, z1, z2 = tri[:, 0, 2, None, None], tri[:, 1, 2, None, None], tri[:, 2, 2, None, None]
-    any_ortho, all_ortho = bool(ortho.any()), bool(ortho.all())
+    any_ortho, all_ortho = modes if modes is not None else (bool(ortho.any()), bool(ortho.all()))
     depth = ortho_depth = None
     if any_ortho:  # b0*z0 + b1*z1 + b2*z2
         ortho_depth = b0 * z0
