@@ -23,7 +23,8 @@ fi
 # then the project itself without resolving anything; pip check proves the set is consistent.
 if [ ! -f "$stamp" ] || [ requirements/dev.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$py" -m pip install -q --require-hashes --no-deps -r requirements/dev.txt
-  "$py" -m pip install -q --no-deps --no-build-isolation -e .
+  # The editable install's build backend prints notices about editable installs on every run: shown on failure.
+  if ! out="$("$py" -m pip install -q --no-deps --no-build-isolation -e . 2>&1)"; then echo "$out" >&2; exit 1; fi
   "$py" -m pip check
   touch "$stamp"
 fi
