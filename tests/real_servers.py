@@ -188,3 +188,25 @@ def s3_server() -> Iterator[str]:
             process.kill()
             process.wait(10)
         shutil.rmtree(log.parent, ignore_errors=True)
+
+
+@contextmanager
+def s3_bucket(bucket: str) -> Iterator[str]:
+    """:func:`s3_server` with ``bucket`` created, reached the production way: the usual AWS variables point
+    boto3 at it while the block runs (no config or credentials file of the host is read). Yields its
+    endpoint URL."""
+    import boto3
+    import pytest
+
+    with s3_server() as endpoint, pytest.MonkeyPatch.context() as env:
+        for name, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_REGION": "us-east-1",
+            "AWS_CONFIG_FILE": "/nonexistent",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        }.items():
+            env.setenv(name, value)
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        yield endpoint

@@ -13,7 +13,7 @@ import boto3
 import grpc
 import httpx
 import pytest
-from real_servers import s3_server
+from real_servers import s3_bucket
 
 from gateway.artifacts import ArtifactCorrupted, open_artifact_store
 from gateway.artifacts_s3 import presigned_downloads_url
@@ -24,17 +24,7 @@ BUCKET = "synchuman-test"
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """The emulator's endpoint, handed to the store the production way: the usual AWS variables."""
-    with s3_server() as endpoint, pytest.MonkeyPatch.context() as env:
-        for name, value in {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_REGION": "us-east-1",
-            "AWS_CONFIG_FILE": "/nonexistent",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-        }.items():
-            env.setenv(name, value)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
+    with s3_bucket(BUCKET) as endpoint:
         yield endpoint
 
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from conftest import REPO_ROOT
 from gateway_doubles import Behaviour, start_doubles
-from real_servers import s3_server
+from real_servers import s3_bucket
 from test_artifact_store import corrupt
 from test_gateway import Stack, _sse, download, photo, stub_for, upload, wait_until, watch_all
 
@@ -152,17 +152,7 @@ def test_the_openapi_document_lists_the_download_answers(served):
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """moto's S3 server, reached the production way: the usual AWS variables."""
-    with s3_server() as endpoint, pytest.MonkeyPatch.context() as env:
-        for name, value in {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_REGION": "us-east-1",
-            "AWS_CONFIG_FILE": "/nonexistent",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-        }.items():
-            env.setenv(name, value)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
+    with s3_bucket(BUCKET) as endpoint:
         yield endpoint
 
 
