@@ -443,7 +443,7 @@ def docker_image_present(image: str) -> bool:
 @e2e
 def test_logs_are_json_lines_and_metrics_and_readiness_answer(stack) -> None:
     lines = stack.compose("logs", "--no-color", "--no-log-prefix").splitlines()
-    assert len(lines) > 20
+    assert len(lines) > 10  # the services' start and request lines (no third-party warnings since issue 24)
     not_json = [line for line in lines if line.strip() and not line.startswith("{")]
     assert not_json == [], not_json[:5]
     for line in lines:
