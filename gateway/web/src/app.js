@@ -253,9 +253,11 @@ function init() {
   $("upload-form").addEventListener("submit", onSubmit);
   $("cancel").addEventListener("click", async () => {
     $("cancel").disabled = true;
+    // Said before the request: the request waits until the job has stopped, and the event stream's
+    // "finished" (which says "cancelled") may arrive before its answer; nothing may overwrite that.
+    status("Cancelling...");
     try {
       await cancelJob($("job").dataset.jobId);
-      status("Cancelling...");
     } catch (error) {
       showError(error);
     } finally {
