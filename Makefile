@@ -19,7 +19,7 @@ serve: setup
 # Tests on CPU with tiny random checkpoints (what CI runs, via .ci/run).
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=30  # the slowest tests: CI must stay within 45 minutes
 
 # End to end through Docker (CI, after the unit tests): builds the CPU images from a clean clone, runs the compose
 # stack with tiny checkpoints (tests/test_compose.py), leaves the images; times and sizes in the report.
