@@ -28,6 +28,8 @@ class OutputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTPUT_FORMAT_GAUSSIAN_PLY: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_OBJ: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_MULTIVIEW_PNG: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_USDZ: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_PREVIEW: _ClassVar[OutputFormat]
 
 class BakeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -47,6 +49,8 @@ OUTPUT_FORMAT_GLB: OutputFormat
 OUTPUT_FORMAT_GAUSSIAN_PLY: OutputFormat
 OUTPUT_FORMAT_OBJ: OutputFormat
 OUTPUT_FORMAT_MULTIVIEW_PNG: OutputFormat
+OUTPUT_FORMAT_USDZ: OutputFormat
+OUTPUT_FORMAT_PREVIEW: OutputFormat
 BAKE_MODE_UNSPECIFIED: BakeMode
 BAKE_MODE_FAST: BakeMode
 BAKE_MODE_OPTIMIZE: BakeMode
@@ -158,7 +162,7 @@ class MultiviewOptions(_message.Message):
     def __init__(self, seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ...) -> None: ...
 
 class ReconstructionOptions(_message.Message):
-    __slots__ = ("seed", "steps", "guidance_scale", "texture_size", "simplify_ratio", "bake_steps", "visibility_views", "outputs", "bake_mode")
+    __slots__ = ("seed", "steps", "guidance_scale", "texture_size", "simplify_ratio", "bake_steps", "visibility_views", "outputs", "bake_mode", "target_faces", "quad_remesh")
     SEED_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +172,8 @@ class ReconstructionOptions(_message.Message):
     VISIBILITY_VIEWS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     BAKE_MODE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FACES_FIELD_NUMBER: _ClassVar[int]
+    QUAD_REMESH_FIELD_NUMBER: _ClassVar[int]
     seed: int
     steps: int
     guidance_scale: float
@@ -177,17 +183,21 @@ class ReconstructionOptions(_message.Message):
     visibility_views: int
     outputs: _containers.RepeatedScalarFieldContainer[OutputFormat]
     bake_mode: BakeMode
-    def __init__(self, seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., texture_size: _Optional[int] = ..., simplify_ratio: _Optional[float] = ..., bake_steps: _Optional[int] = ..., visibility_views: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., bake_mode: _Optional[_Union[BakeMode, str]] = ...) -> None: ...
+    target_faces: int
+    quad_remesh: bool
+    def __init__(self, seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., texture_size: _Optional[int] = ..., simplify_ratio: _Optional[float] = ..., bake_steps: _Optional[int] = ..., visibility_views: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., bake_mode: _Optional[_Union[BakeMode, str]] = ..., target_faces: _Optional[int] = ..., quad_remesh: _Optional[bool] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("preprocess", "multiview", "reconstruction")
+    __slots__ = ("preprocess", "multiview", "reconstruction", "profile")
     PREPROCESS_FIELD_NUMBER: _ClassVar[int]
     MULTIVIEW_FIELD_NUMBER: _ClassVar[int]
     RECONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     preprocess: PreprocessOptions
     multiview: MultiviewOptions
     reconstruction: ReconstructionOptions
-    def __init__(self, preprocess: _Optional[_Union[PreprocessOptions, _Mapping]] = ..., multiview: _Optional[_Union[MultiviewOptions, _Mapping]] = ..., reconstruction: _Optional[_Union[ReconstructionOptions, _Mapping]] = ...) -> None: ...
+    profile: str
+    def __init__(self, preprocess: _Optional[_Union[PreprocessOptions, _Mapping]] = ..., multiview: _Optional[_Union[MultiviewOptions, _Mapping]] = ..., reconstruction: _Optional[_Union[ReconstructionOptions, _Mapping]] = ..., profile: _Optional[str] = ...) -> None: ...
 
 class VoxelStructure(_message.Message):
     __slots__ = ("resolution", "count", "coords_xyz_u16le")

@@ -199,3 +199,25 @@ class GetArtifactResponse(_message.Message):
     header: _common_pb2.BlobHeader
     chunk: _common_pb2.BlobChunk
     def __init__(self, header: _Optional[_Union[_common_pb2.BlobHeader, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.BlobChunk, _Mapping]] = ...) -> None: ...
+
+class ListProfilesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Profile(_message.Message):
+    __slots__ = ("name", "description", "options", "effective_options")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    options: _common_pb2.JobOptions
+    effective_options: _common_pb2.JobOptions
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., options: _Optional[_Union[_common_pb2.JobOptions, _Mapping]] = ..., effective_options: _Optional[_Union[_common_pb2.JobOptions, _Mapping]] = ...) -> None: ...
+
+class ListProfilesResponse(_message.Message):
+    __slots__ = ("profiles",)
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    profiles: _containers.RepeatedCompositeFieldContainer[Profile]
+    def __init__(self, profiles: _Optional[_Iterable[_Union[Profile, _Mapping]]] = ...) -> None: ...

@@ -70,6 +70,11 @@ class ReconstructionServiceStub:
                 request_serializer=synchuman_dot_v1_dot_reconstruction__pb2.DeleteJobRequest.SerializeToString,
                 response_deserializer=synchuman_dot_v1_dot_reconstruction__pb2.DeleteJobResponse.FromString,
                 _registered_method=True)
+        self.ListProfiles = channel.unary_unary(
+                '/synchuman.v1.ReconstructionService/ListProfiles',
+                request_serializer=synchuman_dot_v1_dot_reconstruction__pb2.ListProfilesRequest.SerializeToString,
+                response_deserializer=synchuman_dot_v1_dot_reconstruction__pb2.ListProfilesResponse.FromString,
+                _registered_method=True)
 
 
 class ReconstructionServiceServicer:
@@ -132,6 +137,7 @@ class ReconstructionServiceServicer:
         listed in `Job.artifacts`: "input", "framed.png", "conditioning.png",
         "mask.png", "input_report.json", "color_<i>.png", "normal_<i>.png",
         "voxels.bin", "person.glb", "gaussians.ply", "mesh_obj.zip",
+        "person.usdz", "preview.png", "turntable.mp4", "turntable.webp",
         "output_report.json". NOT_FOUND if the job or file does not exist (yet).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -144,6 +150,14 @@ class ReconstructionServiceServicer:
         queued or running (cancel it first); NOT_FOUND for an unknown id. The
         gateway also deletes finished jobs by itself once they are older than
         its retention period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProfiles(self, request, context):
+        """List the gateway's named output profiles (`JobOptions.profile`), each
+        with the options it sets and its effective options.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -186,6 +200,11 @@ def add_ReconstructionServiceServicer_to_server(servicer, server):
                     servicer.DeleteJob,
                     request_deserializer=synchuman_dot_v1_dot_reconstruction__pb2.DeleteJobRequest.FromString,
                     response_serializer=synchuman_dot_v1_dot_reconstruction__pb2.DeleteJobResponse.SerializeToString,
+            ),
+            'ListProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProfiles,
+                    request_deserializer=synchuman_dot_v1_dot_reconstruction__pb2.ListProfilesRequest.FromString,
+                    response_serializer=synchuman_dot_v1_dot_reconstruction__pb2.ListProfilesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -378,6 +397,33 @@ class ReconstructionService:
             '/synchuman.v1.ReconstructionService/DeleteJob',
             synchuman_dot_v1_dot_reconstruction__pb2.DeleteJobRequest.SerializeToString,
             synchuman_dot_v1_dot_reconstruction__pb2.DeleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/synchuman.v1.ReconstructionService/ListProfiles',
+            synchuman_dot_v1_dot_reconstruction__pb2.ListProfilesRequest.SerializeToString,
+            synchuman_dot_v1_dot_reconstruction__pb2.ListProfilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

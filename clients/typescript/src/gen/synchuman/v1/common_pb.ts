@@ -35,7 +35,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file synchuman/v1/common.proto.
  */
 export const file_synchuman_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChlzeW5jaHVtYW4vdjEvY29tbW9uLnByb3RvEgxzeW5jaHVtYW4udjEiUgoKQmxvYkhlYWRlchIMCgRuYW1lGAEgASgJEhIKCm1lZGlhX3R5cGUYAiABKAkSEgoKc2l6ZV9ieXRlcxgDIAEoBBIOCgZzaGEyNTYYBCABKAkiNwoJQmxvYkNodW5rEgwKBG5hbWUYASABKAkSDgoGb2Zmc2V0GAIgASgEEgwKBGRhdGEYAyABKAwijwEKDVByb2dyZXNzRXZlbnQSIgoFc3RhZ2UYASABKA4yEy5zeW5jaHVtYW4udjEuU3RhZ2USDQoFcGhhc2UYAiABKAkSDAoEc3RlcBgDIAEoDRITCgt0b3RhbF9zdGVwcxgEIAEoDRIXCg9lbGFwc2VkX3NlY29uZHMYBSABKAESDwoHbWVzc2FnZRgGIAEoCSJXCgxRdWFsaXR5SXNzdWUSKAoIc2V2ZXJpdHkYASABKA4yFi5zeW5jaHVtYW4udjEuU2V2ZXJpdHkSDAoEY29kZRgCIAEoCRIPCgdtZXNzYWdlGAMgASgJIu0BChJJbnB1dFF1YWxpdHlSZXBvcnQSDQoFd2lkdGgYASABKA0SDgoGaGVpZ2h0GAIgASgNEhMKC21hc2tfc291cmNlGAMgASgJEhUKDW1hc2tfY292ZXJhZ2UYBCABKAISFQoNYmJveF9mcmFjdGlvbhgFIAEoAhIVCg10b3VjaGVkX2VkZ2VzGAYgAygJEhkKEXBlcnNvbl9jb21wb25lbnRzGAcgASgNEhcKD21hc2tfY29uZmlkZW5jZRgIIAEoAhIqCgZpc3N1ZXMYCSADKAsyGi5zeW5jaHVtYW4udjEuUXVhbGl0eUlzc3VlIsEBChNPdXRwdXRRdWFsaXR5UmVwb3J0EhQKDHZlcnRleF9jb3VudBgBIAEoDRISCgpmYWNlX2NvdW50GAIgASgNEhgKEHRleHR1cmVfY292ZXJhZ2UYAyABKAISIgoabm9uX21hbmlmb2xkX2VkZ2VfZnJhY3Rpb24YBCABKAISFgoOZ2xiX3NpemVfYnl0ZXMYBSABKAQSKgoGaXNzdWVzGAYgAygLMhouc3luY2h1bWFuLnYxLlF1YWxpdHlJc3N1ZSJTChFQcmVwcm9jZXNzT3B0aW9ucxIRCglzZWdtZW50ZXIYASABKAkSFAoMaWdub3JlX2FscGhhGAIgASgIEhUKDWFscGhhX21hdHRpbmcYAyABKAgifAoQTXVsdGl2aWV3T3B0aW9ucxIRCgRzZWVkGAEgASgESACIAQESEgoFc3RlcHMYAiABKA1IAYgBARIbCg5ndWlkYW5jZV9zY2FsZRgDIAEoAkgCiAEBQgcKBV9zZWVkQggKBl9zdGVwc0IRCg9fZ3VpZGFuY2Vfc2NhbGUikQMKFVJlY29uc3RydWN0aW9uT3B0aW9ucxIRCgRzZWVkGAEgASgESACIAQESEgoFc3RlcHMYAiABKA1IAYgBARIbCg5ndWlkYW5jZV9zY2FsZRgDIAEoAkgCiAEBEhkKDHRleHR1cmVfc2l6ZRgEIAEoDUgDiAEBEhsKDnNpbXBsaWZ5X3JhdGlvGAUgASgCSASIAQESFwoKYmFrZV9zdGVwcxgGIAEoDUgFiAEBEh0KEHZpc2liaWxpdHlfdmlld3MYByABKA1IBogBARIrCgdvdXRwdXRzGAggAygOMhouc3luY2h1bWFuLnYxLk91dHB1dEZvcm1hdBIpCgliYWtlX21vZGUYCSABKA4yFi5zeW5jaHVtYW4udjEuQmFrZU1vZGVCBwoFX3NlZWRCCAoGX3N0ZXBzQhEKD19ndWlkYW5jZV9zY2FsZUIPCg1fdGV4dHVyZV9zaXplQhEKD19zaW1wbGlmeV9yYXRpb0INCgtfYmFrZV9zdGVwc0ITChFfdmlzaWJpbGl0eV92aWV3cyKxAQoKSm9iT3B0aW9ucxIzCgpwcmVwcm9jZXNzGAEgASgLMh8uc3luY2h1bWFuLnYxLlByZXByb2Nlc3NPcHRpb25zEjEKCW11bHRpdmlldxgCIAEoCzIeLnN5bmNodW1hbi52MS5NdWx0aXZpZXdPcHRpb25zEjsKDnJlY29uc3RydWN0aW9uGAMgASgLMiMuc3luY2h1bWFuLnYxLlJlY29uc3RydWN0aW9uT3B0aW9ucyJNCg5Wb3hlbFN0cnVjdHVyZRISCgpyZXNvbHV0aW9uGAEgASgNEg0KBWNvdW50GAIgASgNEhgKEGNvb3Jkc194eXpfdTE2bGUYAyABKAwiewoJTW9kZWxJbmZvEhYKDmNoZWNrcG9pbnRfZGlyGAEgASgJEg8KB3dlaWdodHMYAiABKAkSDgoGZGV2aWNlGAMgASgJEg0KBWR0eXBlGAQgASgJEhMKC2NvbmN1cnJlbmN5GAUgASgNEhEKCW1heF9xdWV1ZRgGIAEoDSpjCgVTdGFnZRIVChFTVEFHRV9VTlNQRUNJRklFRBAAEhQKEFNUQUdFX1BSRVBST0NFU1MQARITCg9TVEFHRV9NVUxUSVZJRVcQAhIYChRTVEFHRV9SRUNPTlNUUlVDVElPThADKmEKCFNldmVyaXR5EhgKFFNFVkVSSVRZX1VOU1BFQ0lGSUVEEAASEQoNU0VWRVJJVFlfSU5GTxABEhQKEFNFVkVSSVRZX1dBUk5JTkcQAhISCg5TRVZFUklUWV9FUlJPUhADKpwBCgxPdXRwdXRGb3JtYXQSHQoZT1VUUFVUX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhUKEU9VVFBVVF9GT1JNQVRfR0xCEAESHgoaT1VUUFVUX0ZPUk1BVF9HQVVTU0lBTl9QTFkQAhIVChFPVVRQVVRfRk9STUFUX09CShADEh8KG09VVFBVVF9GT1JNQVRfTVVMVElWSUVXX1BORxAEKlEKCEJha2VNb2RlEhkKFUJBS0VfTU9ERV9VTlNQRUNJRklFRBAAEhIKDkJBS0VfTU9ERV9GQVNUEAESFgoSQkFLRV9NT0RFX09QVElNSVpFEAJCPFo6Z2l0aHViLmNvbS9zeW5jaHVtYW4vc2VydmUvZ2VuL2dvL3N5bmNodW1hbi92MTtzeW5jaHVtYW52MWIGcHJvdG8z");
+  fileDesc("ChlzeW5jaHVtYW4vdjEvY29tbW9uLnByb3RvEgxzeW5jaHVtYW4udjEiUgoKQmxvYkhlYWRlchIMCgRuYW1lGAEgASgJEhIKCm1lZGlhX3R5cGUYAiABKAkSEgoKc2l6ZV9ieXRlcxgDIAEoBBIOCgZzaGEyNTYYBCABKAkiNwoJQmxvYkNodW5rEgwKBG5hbWUYASABKAkSDgoGb2Zmc2V0GAIgASgEEgwKBGRhdGEYAyABKAwijwEKDVByb2dyZXNzRXZlbnQSIgoFc3RhZ2UYASABKA4yEy5zeW5jaHVtYW4udjEuU3RhZ2USDQoFcGhhc2UYAiABKAkSDAoEc3RlcBgDIAEoDRITCgt0b3RhbF9zdGVwcxgEIAEoDRIXCg9lbGFwc2VkX3NlY29uZHMYBSABKAESDwoHbWVzc2FnZRgGIAEoCSJXCgxRdWFsaXR5SXNzdWUSKAoIc2V2ZXJpdHkYASABKA4yFi5zeW5jaHVtYW4udjEuU2V2ZXJpdHkSDAoEY29kZRgCIAEoCRIPCgdtZXNzYWdlGAMgASgJIu0BChJJbnB1dFF1YWxpdHlSZXBvcnQSDQoFd2lkdGgYASABKA0SDgoGaGVpZ2h0GAIgASgNEhMKC21hc2tfc291cmNlGAMgASgJEhUKDW1hc2tfY292ZXJhZ2UYBCABKAISFQoNYmJveF9mcmFjdGlvbhgFIAEoAhIVCg10b3VjaGVkX2VkZ2VzGAYgAygJEhkKEXBlcnNvbl9jb21wb25lbnRzGAcgASgNEhcKD21hc2tfY29uZmlkZW5jZRgIIAEoAhIqCgZpc3N1ZXMYCSADKAsyGi5zeW5jaHVtYW4udjEuUXVhbGl0eUlzc3VlIsEBChNPdXRwdXRRdWFsaXR5UmVwb3J0EhQKDHZlcnRleF9jb3VudBgBIAEoDRISCgpmYWNlX2NvdW50GAIgASgNEhgKEHRleHR1cmVfY292ZXJhZ2UYAyABKAISIgoabm9uX21hbmlmb2xkX2VkZ2VfZnJhY3Rpb24YBCABKAISFgoOZ2xiX3NpemVfYnl0ZXMYBSABKAQSKgoGaXNzdWVzGAYgAygLMhouc3luY2h1bWFuLnYxLlF1YWxpdHlJc3N1ZSJTChFQcmVwcm9jZXNzT3B0aW9ucxIRCglzZWdtZW50ZXIYASABKAkSFAoMaWdub3JlX2FscGhhGAIgASgIEhUKDWFscGhhX21hdHRpbmcYAyABKAgifAoQTXVsdGl2aWV3T3B0aW9ucxIRCgRzZWVkGAEgASgESACIAQESEgoFc3RlcHMYAiABKA1IAYgBARIbCg5ndWlkYW5jZV9zY2FsZRgDIAEoAkgCiAEBQgcKBV9zZWVkQggKBl9zdGVwc0IRCg9fZ3VpZGFuY2Vfc2NhbGUi5wMKFVJlY29uc3RydWN0aW9uT3B0aW9ucxIRCgRzZWVkGAEgASgESACIAQESEgoFc3RlcHMYAiABKA1IAYgBARIbCg5ndWlkYW5jZV9zY2FsZRgDIAEoAkgCiAEBEhkKDHRleHR1cmVfc2l6ZRgEIAEoDUgDiAEBEhsKDnNpbXBsaWZ5X3JhdGlvGAUgASgCSASIAQESFwoKYmFrZV9zdGVwcxgGIAEoDUgFiAEBEh0KEHZpc2liaWxpdHlfdmlld3MYByABKA1IBogBARIrCgdvdXRwdXRzGAggAygOMhouc3luY2h1bWFuLnYxLk91dHB1dEZvcm1hdBIpCgliYWtlX21vZGUYCSABKA4yFi5zeW5jaHVtYW4udjEuQmFrZU1vZGUSGQoMdGFyZ2V0X2ZhY2VzGAogASgNSAeIAQESGAoLcXVhZF9yZW1lc2gYCyABKAhICIgBAUIHCgVfc2VlZEIICgZfc3RlcHNCEQoPX2d1aWRhbmNlX3NjYWxlQg8KDV90ZXh0dXJlX3NpemVCEQoPX3NpbXBsaWZ5X3JhdGlvQg0KC19iYWtlX3N0ZXBzQhMKEV92aXNpYmlsaXR5X3ZpZXdzQg8KDV90YXJnZXRfZmFjZXNCDgoMX3F1YWRfcmVtZXNoIsIBCgpKb2JPcHRpb25zEjMKCnByZXByb2Nlc3MYASABKAsyHy5zeW5jaHVtYW4udjEuUHJlcHJvY2Vzc09wdGlvbnMSMQoJbXVsdGl2aWV3GAIgASgLMh4uc3luY2h1bWFuLnYxLk11bHRpdmlld09wdGlvbnMSOwoOcmVjb25zdHJ1Y3Rpb24YAyABKAsyIy5zeW5jaHVtYW4udjEuUmVjb25zdHJ1Y3Rpb25PcHRpb25zEg8KB3Byb2ZpbGUYBCABKAkiTQoOVm94ZWxTdHJ1Y3R1cmUSEgoKcmVzb2x1dGlvbhgBIAEoDRINCgVjb3VudBgCIAEoDRIYChBjb29yZHNfeHl6X3UxNmxlGAMgASgMInsKCU1vZGVsSW5mbxIWCg5jaGVja3BvaW50X2RpchgBIAEoCRIPCgd3ZWlnaHRzGAIgASgJEg4KBmRldmljZRgDIAEoCRINCgVkdHlwZRgEIAEoCRITCgtjb25jdXJyZW5jeRgFIAEoDRIRCgltYXhfcXVldWUYBiABKA0qYwoFU3RhZ2USFQoRU1RBR0VfVU5TUEVDSUZJRUQQABIUChBTVEFHRV9QUkVQUk9DRVNTEAESEwoPU1RBR0VfTVVMVElWSUVXEAISGAoUU1RBR0VfUkVDT05TVFJVQ1RJT04QAyphCghTZXZlcml0eRIYChRTRVZFUklUWV9VTlNQRUNJRklFRBAAEhEKDVNFVkVSSVRZX0lORk8QARIUChBTRVZFUklUWV9XQVJOSU5HEAISEgoOU0VWRVJJVFlfRVJST1IQAyrPAQoMT3V0cHV0Rm9ybWF0Eh0KGU9VVFBVVF9GT1JNQVRfVU5TUEVDSUZJRUQQABIVChFPVVRQVVRfRk9STUFUX0dMQhABEh4KGk9VVFBVVF9GT1JNQVRfR0FVU1NJQU5fUExZEAISFQoRT1VUUFVUX0ZPUk1BVF9PQkoQAxIfChtPVVRQVVRfRk9STUFUX01VTFRJVklFV19QTkcQBBIWChJPVVRQVVRfRk9STUFUX1VTRFoQBRIZChVPVVRQVVRfRk9STUFUX1BSRVZJRVcQBipRCghCYWtlTW9kZRIZChVCQUtFX01PREVfVU5TUEVDSUZJRUQQABISCg5CQUtFX01PREVfRkFTVBABEhYKEkJBS0VfTU9ERV9PUFRJTUlaRRACQjxaOmdpdGh1Yi5jb20vc3luY2h1bWFuL3NlcnZlL2dlbi9nby9zeW5jaHVtYW4vdjE7c3luY2h1bWFudjFiBnByb3RvMw");
 
 /**
  * Announces a binary blob that follows as `BlobChunk` messages.
@@ -211,7 +211,7 @@ export type QualityIssue = Message<"synchuman.v1.QualityIssue"> & {
   /**
    * Stable machine-readable code, e.g. "EMPTY_MASK", "PERSON_CUT_OFF",
    * "MULTIPLE_PEOPLE", "LOW_MASK_CONFIDENCE", "SMALL_PERSON", "TINY_MESH",
-   * "LOW_TEXTURE_COVERAGE", "NON_MANIFOLD".
+   * "LOW_TEXTURE_COVERAGE", "NON_MANIFOLD", "FACE_TARGET_UNREACHED".
    *
    * @generated from field: string code = 2;
    */
@@ -483,6 +483,7 @@ export type ReconstructionOptions = Message<"synchuman.v1.ReconstructionOptions"
 
   /**
    * Fraction of faces removed by decimation, in [0, 0.99]. Default 0.7.
+   * Not together with `target_faces` (INVALID_ARGUMENT naming both).
    *
    * @generated from field: optional float simplify_ratio = 5;
    */
@@ -516,6 +517,26 @@ export type ReconstructionOptions = Message<"synchuman.v1.ReconstructionOptions"
    * @generated from field: synchuman.v1.BakeMode bake_mode = 9;
    */
   bakeMode: BakeMode;
+
+  /**
+   * Polygon budget: the finished mesh has this many faces (within 2 %),
+   * 5000 to 500000; the alternative to `simplify_ratio` (setting both is
+   * INVALID_ARGUMENT). A surface with fewer faces keeps them all and the
+   * output report says so (INFO finding FACE_TARGET_UNREACHED). Unset: the
+   * mesh is decimated by `simplify_ratio`.
+   *
+   * @generated from field: optional uint32 target_faces = 10;
+   */
+  targetFaces?: number | undefined;
+
+  /**
+   * Remesh to quad-dominant topology before the UV atlas and the bake. The
+   * OBJ and USDZ outputs keep the quads; the GLB is triangulated (glTF has
+   * triangles only). Default false.
+   *
+   * @generated from field: optional bool quad_remesh = 11;
+   */
+  quadRemesh?: boolean | undefined;
 };
 
 /**
@@ -552,6 +573,19 @@ export type JobOptions = Message<"synchuman.v1.JobOptions"> & {
    * @generated from field: synchuman.v1.ReconstructionOptions reconstruction = 3;
    */
   reconstruction?: ReconstructionOptions | undefined;
+
+  /**
+   * Named output profile of the gateway (see
+   * `ReconstructionService.ListProfiles`), e.g. "standard", "web", "game",
+   * "ar", "preview-only". Its options apply where the job's own fields are
+   * unset: a set field overrides the profile's (a set `outputs` list
+   * replaces the profile's; `simplify_ratio` and `target_faces` replace each
+   * other). Empty: "standard" (the server defaults). An unknown name is
+   * INVALID_ARGUMENT naming the known ones.
+   *
+   * @generated from field: string profile = 4;
+   */
+  profile: string;
 };
 
 /**
@@ -783,6 +817,23 @@ export enum OutputFormat {
    * @generated from enum value: OUTPUT_FORMAT_MULTIVIEW_PNG = 4;
    */
   MULTIVIEW_PNG = 4,
+
+  /**
+   * Universal Scene Description for AR ("person.usdz", `model/vnd.usdz+zip`):
+   * textured, metres, y-up, as `usdchecker --arkit` accepts it.
+   *
+   * @generated from enum value: OUTPUT_FORMAT_USDZ = 5;
+   */
+  USDZ = 5,
+
+  /**
+   * Previews rendered from the textured mesh: a 512x512 thumbnail, front
+   * three-quarter view ("preview.png") and a turntable of about 3 s as
+   * H.264 MP4 ("turntable.mp4") and animated WebP ("turntable.webp").
+   *
+   * @generated from enum value: OUTPUT_FORMAT_PREVIEW = 6;
+   */
+  PREVIEW = 6,
 }
 
 /**

@@ -33,7 +33,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file synchuman/v1/reconstruction.proto.
  */
 export const file_synchuman_v1_reconstruction: GenFile = /*@__PURE__*/
-  fileDesc("CiFzeW5jaHVtYW4vdjEvcmVjb25zdHJ1Y3Rpb24ucHJvdG8SDHN5bmNodW1hbi52MSKHAQoIQXJ0aWZhY3QSJgoEYmxvYhgBIAEoCzIYLnN5bmNodW1hbi52MS5CbG9iSGVhZGVyEiIKBXN0YWdlGAIgASgOMhMuc3luY2h1bWFuLnYxLlN0YWdlEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK4BQoDSm9iEgoKAmlkGAEgASgJEiUKBXN0YXRlGAIgASgOMhYuc3luY2h1bWFuLnYxLkpvYlN0YXRlEiIKBXN0YWdlGAMgASgOMhMuc3luY2h1bWFuLnYxLlN0YWdlEi0KCHByb2dyZXNzGAQgASgLMhsuc3luY2h1bWFuLnYxLlByb2dyZXNzRXZlbnQSKQoHb3B0aW9ucxgFIAEoCzIYLnN5bmNodW1hbi52MS5Kb2JPcHRpb25zEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCglhcnRpZmFjdHMYCiADKAsyFi5zeW5jaHVtYW4udjEuQXJ0aWZhY3QSNgoMaW5wdXRfcmVwb3J0GAsgASgLMiAuc3luY2h1bWFuLnYxLklucHV0UXVhbGl0eVJlcG9ydBI4Cg1vdXRwdXRfcmVwb3J0GAwgASgLMiEuc3luY2h1bWFuLnYxLk91dHB1dFF1YWxpdHlSZXBvcnQSIQoFZXJyb3IYDSABKAsyEi5nb29nbGUucnBjLlN0YXR1cxIxCghhdHRlbXB0cxgOIAMoCzIfLnN5bmNodW1hbi52MS5Kb2IuQXR0ZW1wdHNFbnRyeRIzChFlZmZlY3RpdmVfb3B0aW9ucxgPIAEoCzIYLnN5bmNodW1hbi52MS5Kb2JPcHRpb25zGi8KDUF0dGVtcHRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgNOgI4ASJ2ChBTdWJtaXRKb2JSZXF1ZXN0Ei0KBXN0YXJ0GAEgASgLMhwuc3luY2h1bWFuLnYxLlN1Ym1pdEpvYlN0YXJ0SAASKAoFY2h1bmsYAiABKAsyFy5zeW5jaHVtYW4udjEuQmxvYkNodW5rSABCCQoHcGF5bG9hZCJ9Cg5TdWJtaXRKb2JTdGFydBIpCgdvcHRpb25zGAEgASgLMhguc3luY2h1bWFuLnYxLkpvYk9wdGlvbnMSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEicKBWltYWdlGAMgASgLMhguc3luY2h1bWFuLnYxLkJsb2JIZWFkZXIiSQoRU3VibWl0Sm9iUmVzcG9uc2USHgoDam9iGAEgASgLMhEuc3luY2h1bWFuLnYxLkpvYhIUCgxkZWR1cGxpY2F0ZWQYAiABKAgiOQoPV2F0Y2hKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBCKuAgoQV2F0Y2hKb2JSZXNwb25zZRIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgVzdGF0ZRgDIAEoDjIWLnN5bmNodW1hbi52MS5Kb2JTdGF0ZRIvCghwcm9ncmVzcxgEIAEoCzIbLnN5bmNodW1hbi52MS5Qcm9ncmVzc0V2ZW50SAASLgoPc3RhZ2VfY29tcGxldGVkGAUgASgOMhMuc3luY2h1bWFuLnYxLlN0YWdlSAASJgoIcmV0cnlpbmcYBiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAEiUKCGZpbmlzaGVkGAcgASgLMhEuc3luY2h1bWFuLnYxLkpvYkgAQgcKBWV2ZW50Ih8KDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjAKDkdldEpvYlJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLnN5bmNodW1hbi52MS5Kb2IiXwoPTGlzdEpvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEiUKBXN0YXRlGAMgASgOMhYuc3luY2h1bWFuLnYxLkpvYlN0YXRlIkwKEExpc3RKb2JzUmVzcG9uc2USHwoEam9icxgBIAMoCzIRLnN5bmNodW1hbi52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjMKEUNhbmNlbEpvYlJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLnN5bmNodW1hbi52MS5Kb2IiIgoQRGVsZXRlSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiLgoRRGVsZXRlSm9iUmVzcG9uc2USGQoRZGVsZXRlZF9hcnRpZmFjdHMYASABKA0iMgoSR2V0QXJ0aWZhY3RSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJInYKE0dldEFydGlmYWN0UmVzcG9uc2USKgoGaGVhZGVyGAEgASgLMhguc3luY2h1bWFuLnYxLkJsb2JIZWFkZXJIABIoCgVjaHVuaxgCIAEoCzIXLnN5bmNodW1hbi52MS5CbG9iQ2h1bmtIAEIJCgdwYXlsb2FkKpoBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBTK2BAoVUmVjb25zdHJ1Y3Rpb25TZXJ2aWNlEk4KCVN1Ym1pdEpvYhIeLnN5bmNodW1hbi52MS5TdWJtaXRKb2JSZXF1ZXN0Gh8uc3luY2h1bWFuLnYxLlN1Ym1pdEpvYlJlc3BvbnNlKAESSwoIV2F0Y2hKb2ISHS5zeW5jaHVtYW4udjEuV2F0Y2hKb2JSZXF1ZXN0Gh4uc3luY2h1bWFuLnYxLldhdGNoSm9iUmVzcG9uc2UwARJDCgZHZXRKb2ISGy5zeW5jaHVtYW4udjEuR2V0Sm9iUmVxdWVzdBocLnN5bmNodW1hbi52MS5HZXRKb2JSZXNwb25zZRJJCghMaXN0Sm9icxIdLnN5bmNodW1hbi52MS5MaXN0Sm9ic1JlcXVlc3QaHi5zeW5jaHVtYW4udjEuTGlzdEpvYnNSZXNwb25zZRJMCglDYW5jZWxKb2ISHi5zeW5jaHVtYW4udjEuQ2FuY2VsSm9iUmVxdWVzdBofLnN5bmNodW1hbi52MS5DYW5jZWxKb2JSZXNwb25zZRJUCgtHZXRBcnRpZmFjdBIgLnN5bmNodW1hbi52MS5HZXRBcnRpZmFjdFJlcXVlc3QaIS5zeW5jaHVtYW4udjEuR2V0QXJ0aWZhY3RSZXNwb25zZTABEkwKCURlbGV0ZUpvYhIeLnN5bmNodW1hbi52MS5EZWxldGVKb2JSZXF1ZXN0Gh8uc3luY2h1bWFuLnYxLkRlbGV0ZUpvYlJlc3BvbnNlQjxaOmdpdGh1Yi5jb20vc3luY2h1bWFuL3NlcnZlL2dlbi9nby9zeW5jaHVtYW4vdjE7c3luY2h1bWFudjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_google_rpc_status, file_synchuman_v1_common]);
+  fileDesc("CiFzeW5jaHVtYW4vdjEvcmVjb25zdHJ1Y3Rpb24ucHJvdG8SDHN5bmNodW1hbi52MSKHAQoIQXJ0aWZhY3QSJgoEYmxvYhgBIAEoCzIYLnN5bmNodW1hbi52MS5CbG9iSGVhZGVyEiIKBXN0YWdlGAIgASgOMhMuc3luY2h1bWFuLnYxLlN0YWdlEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK4BQoDSm9iEgoKAmlkGAEgASgJEiUKBXN0YXRlGAIgASgOMhYuc3luY2h1bWFuLnYxLkpvYlN0YXRlEiIKBXN0YWdlGAMgASgOMhMuc3luY2h1bWFuLnYxLlN0YWdlEi0KCHByb2dyZXNzGAQgASgLMhsuc3luY2h1bWFuLnYxLlByb2dyZXNzRXZlbnQSKQoHb3B0aW9ucxgFIAEoCzIYLnN5bmNodW1hbi52MS5Kb2JPcHRpb25zEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCglhcnRpZmFjdHMYCiADKAsyFi5zeW5jaHVtYW4udjEuQXJ0aWZhY3QSNgoMaW5wdXRfcmVwb3J0GAsgASgLMiAuc3luY2h1bWFuLnYxLklucHV0UXVhbGl0eVJlcG9ydBI4Cg1vdXRwdXRfcmVwb3J0GAwgASgLMiEuc3luY2h1bWFuLnYxLk91dHB1dFF1YWxpdHlSZXBvcnQSIQoFZXJyb3IYDSABKAsyEi5nb29nbGUucnBjLlN0YXR1cxIxCghhdHRlbXB0cxgOIAMoCzIfLnN5bmNodW1hbi52MS5Kb2IuQXR0ZW1wdHNFbnRyeRIzChFlZmZlY3RpdmVfb3B0aW9ucxgPIAEoCzIYLnN5bmNodW1hbi52MS5Kb2JPcHRpb25zGi8KDUF0dGVtcHRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgNOgI4ASJ2ChBTdWJtaXRKb2JSZXF1ZXN0Ei0KBXN0YXJ0GAEgASgLMhwuc3luY2h1bWFuLnYxLlN1Ym1pdEpvYlN0YXJ0SAASKAoFY2h1bmsYAiABKAsyFy5zeW5jaHVtYW4udjEuQmxvYkNodW5rSABCCQoHcGF5bG9hZCJ9Cg5TdWJtaXRKb2JTdGFydBIpCgdvcHRpb25zGAEgASgLMhguc3luY2h1bWFuLnYxLkpvYk9wdGlvbnMSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEicKBWltYWdlGAMgASgLMhguc3luY2h1bWFuLnYxLkJsb2JIZWFkZXIiSQoRU3VibWl0Sm9iUmVzcG9uc2USHgoDam9iGAEgASgLMhEuc3luY2h1bWFuLnYxLkpvYhIUCgxkZWR1cGxpY2F0ZWQYAiABKAgiOQoPV2F0Y2hKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBCKuAgoQV2F0Y2hKb2JSZXNwb25zZRIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgVzdGF0ZRgDIAEoDjIWLnN5bmNodW1hbi52MS5Kb2JTdGF0ZRIvCghwcm9ncmVzcxgEIAEoCzIbLnN5bmNodW1hbi52MS5Qcm9ncmVzc0V2ZW50SAASLgoPc3RhZ2VfY29tcGxldGVkGAUgASgOMhMuc3luY2h1bWFuLnYxLlN0YWdlSAASJgoIcmV0cnlpbmcYBiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAEiUKCGZpbmlzaGVkGAcgASgLMhEuc3luY2h1bWFuLnYxLkpvYkgAQgcKBWV2ZW50Ih8KDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjAKDkdldEpvYlJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLnN5bmNodW1hbi52MS5Kb2IiXwoPTGlzdEpvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEiUKBXN0YXRlGAMgASgOMhYuc3luY2h1bWFuLnYxLkpvYlN0YXRlIkwKEExpc3RKb2JzUmVzcG9uc2USHwoEam9icxgBIAMoCzIRLnN5bmNodW1hbi52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjMKEUNhbmNlbEpvYlJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLnN5bmNodW1hbi52MS5Kb2IiIgoQRGVsZXRlSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiLgoRRGVsZXRlSm9iUmVzcG9uc2USGQoRZGVsZXRlZF9hcnRpZmFjdHMYASABKA0iMgoSR2V0QXJ0aWZhY3RSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJInYKE0dldEFydGlmYWN0UmVzcG9uc2USKgoGaGVhZGVyGAEgASgLMhguc3luY2h1bWFuLnYxLkJsb2JIZWFkZXJIABIoCgVjaHVuaxgCIAEoCzIXLnN5bmNodW1hbi52MS5CbG9iQ2h1bmtIAEIJCgdwYXlsb2FkIhUKE0xpc3RQcm9maWxlc1JlcXVlc3QijAEKB1Byb2ZpbGUSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIpCgdvcHRpb25zGAMgASgLMhguc3luY2h1bWFuLnYxLkpvYk9wdGlvbnMSMwoRZWZmZWN0aXZlX29wdGlvbnMYBCABKAsyGC5zeW5jaHVtYW4udjEuSm9iT3B0aW9ucyI/ChRMaXN0UHJvZmlsZXNSZXNwb25zZRInCghwcm9maWxlcxgBIAMoCzIVLnN5bmNodW1hbi52MS5Qcm9maWxlKpoBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBTKNBQoVUmVjb25zdHJ1Y3Rpb25TZXJ2aWNlEk4KCVN1Ym1pdEpvYhIeLnN5bmNodW1hbi52MS5TdWJtaXRKb2JSZXF1ZXN0Gh8uc3luY2h1bWFuLnYxLlN1Ym1pdEpvYlJlc3BvbnNlKAESSwoIV2F0Y2hKb2ISHS5zeW5jaHVtYW4udjEuV2F0Y2hKb2JSZXF1ZXN0Gh4uc3luY2h1bWFuLnYxLldhdGNoSm9iUmVzcG9uc2UwARJDCgZHZXRKb2ISGy5zeW5jaHVtYW4udjEuR2V0Sm9iUmVxdWVzdBocLnN5bmNodW1hbi52MS5HZXRKb2JSZXNwb25zZRJJCghMaXN0Sm9icxIdLnN5bmNodW1hbi52MS5MaXN0Sm9ic1JlcXVlc3QaHi5zeW5jaHVtYW4udjEuTGlzdEpvYnNSZXNwb25zZRJMCglDYW5jZWxKb2ISHi5zeW5jaHVtYW4udjEuQ2FuY2VsSm9iUmVxdWVzdBofLnN5bmNodW1hbi52MS5DYW5jZWxKb2JSZXNwb25zZRJUCgtHZXRBcnRpZmFjdBIgLnN5bmNodW1hbi52MS5HZXRBcnRpZmFjdFJlcXVlc3QaIS5zeW5jaHVtYW4udjEuR2V0QXJ0aWZhY3RSZXNwb25zZTABEkwKCURlbGV0ZUpvYhIeLnN5bmNodW1hbi52MS5EZWxldGVKb2JSZXF1ZXN0Gh8uc3luY2h1bWFuLnYxLkRlbGV0ZUpvYlJlc3BvbnNlElUKDExpc3RQcm9maWxlcxIhLnN5bmNodW1hbi52MS5MaXN0UHJvZmlsZXNSZXF1ZXN0GiIuc3luY2h1bWFuLnYxLkxpc3RQcm9maWxlc1Jlc3BvbnNlQjxaOmdpdGh1Yi5jb20vc3luY2h1bWFuL3NlcnZlL2dlbi9nby9zeW5jaHVtYW4vdjE7c3luY2h1bWFudjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_google_rpc_status, file_synchuman_v1_common]);
 
 /**
  * A stored file of a job.
@@ -105,7 +105,9 @@ export type Job = Message<"synchuman.v1.Job"> & {
   progress?: ProgressEvent | undefined;
 
   /**
-   * Options as submitted (unset fields use server defaults).
+   * Options as submitted, laid over the named profile's at submission: the
+   * profile's options fill the fields the job left unset (`profile` names
+   * it; unset fields use server defaults).
    *
    * @generated from field: synchuman.v1.JobOptions options = 5;
    */
@@ -180,7 +182,8 @@ export type Job = Message<"synchuman.v1.Job"> & {
    * The options the stages actually used: every field set, unset ones with
    * the stage's default on its device (stage 2 on a CPU defaults to fewer
    * visibility views and a smaller texture). Filled in as each of stage 1
-   * (multiview) and stage 2 (reconstruction) finishes.
+   * (multiview) and stage 2 (reconstruction) finishes; `profile` is the
+   * profile the job ran with ("standard" when it named none) from submission.
    *
    * @generated from field: synchuman.v1.JobOptions effective_options = 15;
    */
@@ -658,6 +661,89 @@ export const GetArtifactResponseSchema: GenMessage<GetArtifactResponse> = /*@__P
   messageDesc(file_synchuman_v1_reconstruction, 16);
 
 /**
+ * Request of `ListProfiles`.
+ *
+ * @generated from message synchuman.v1.ListProfilesRequest
+ */
+export type ListProfilesRequest = Message<"synchuman.v1.ListProfilesRequest"> & {
+};
+
+/**
+ * Describes the message synchuman.v1.ListProfilesRequest.
+ * Use `create(ListProfilesRequestSchema)` to create a new message.
+ */
+export const ListProfilesRequestSchema: GenMessage<ListProfilesRequest> = /*@__PURE__*/
+  messageDesc(file_synchuman_v1_reconstruction, 17);
+
+/**
+ * A named output profile: options a job gets by naming it in
+ * `JobOptions.profile`.
+ *
+ * @generated from message synchuman.v1.Profile
+ */
+export type Profile = Message<"synchuman.v1.Profile"> & {
+  /**
+   * The name a job gives in `JobOptions.profile`, e.g. "web".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * What the profile is for and what it gives, for a person to read.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * The options the profile sets; a job's own set fields override them.
+   *
+   * @generated from field: synchuman.v1.JobOptions options = 3;
+   */
+  options?: JobOptions | undefined;
+
+  /**
+   * Every option a job naming the profile (and setting nothing else) runs
+   * with: the profile's options over the server defaults. Stage 2 on a CPU
+   * uses its device's smaller defaults for the visibility views and texture
+   * size when neither the profile nor the job sets them (`Job.effective_options`
+   * shows what ran).
+   *
+   * @generated from field: synchuman.v1.JobOptions effective_options = 4;
+   */
+  effectiveOptions?: JobOptions | undefined;
+};
+
+/**
+ * Describes the message synchuman.v1.Profile.
+ * Use `create(ProfileSchema)` to create a new message.
+ */
+export const ProfileSchema: GenMessage<Profile> = /*@__PURE__*/
+  messageDesc(file_synchuman_v1_reconstruction, 18);
+
+/**
+ * Response of `ListProfiles`.
+ *
+ * @generated from message synchuman.v1.ListProfilesResponse
+ */
+export type ListProfilesResponse = Message<"synchuman.v1.ListProfilesResponse"> & {
+  /**
+   * The profiles, "standard" (the server defaults) first.
+   *
+   * @generated from field: repeated synchuman.v1.Profile profiles = 1;
+   */
+  profiles: Profile[];
+};
+
+/**
+ * Describes the message synchuman.v1.ListProfilesResponse.
+ * Use `create(ListProfilesResponseSchema)` to create a new message.
+ */
+export const ListProfilesResponseSchema: GenMessage<ListProfilesResponse> = /*@__PURE__*/
+  messageDesc(file_synchuman_v1_reconstruction, 19);
+
+/**
  * The lifecycle of a job.
  *
  * @generated from enum synchuman.v1.JobState
@@ -789,6 +875,7 @@ export const ReconstructionService: GenService<{
    * listed in `Job.artifacts`: "input", "framed.png", "conditioning.png",
    * "mask.png", "input_report.json", "color_<i>.png", "normal_<i>.png",
    * "voxels.bin", "person.glb", "gaussians.ply", "mesh_obj.zip",
+   * "person.usdz", "preview.png", "turntable.mp4", "turntable.webp",
    * "output_report.json". NOT_FOUND if the job or file does not exist (yet).
    *
    * @generated from rpc synchuman.v1.ReconstructionService.GetArtifact
@@ -811,6 +898,17 @@ export const ReconstructionService: GenService<{
     methodKind: "unary";
     input: typeof DeleteJobRequestSchema;
     output: typeof DeleteJobResponseSchema;
+  },
+  /**
+   * List the gateway's named output profiles (`JobOptions.profile`), each
+   * with the options it sets and its effective options.
+   *
+   * @generated from rpc synchuman.v1.ReconstructionService.ListProfiles
+   */
+  listProfiles: {
+    methodKind: "unary";
+    input: typeof ListProfilesRequestSchema;
+    output: typeof ListProfilesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_synchuman_v1_reconstruction, 0);
