@@ -5,6 +5,9 @@
  *   const job = await client.submit(await readFile("photo.jpg"));
  *   for await (const event of client.watch(job.id)) console.log(event.sequence, event.event.case);
  *   await writeFile("person.glb", await client.download(job.id, "person.glb"));
+ *
+ * A named output profile of the gateway (`await client.profiles()` lists them) gives a job its options; set fields
+ * override single ones: `client.submit(photo, { options: { profile: "web", reconstruction: { textureSize: 2048 } } })`.
  */
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
@@ -18,6 +21,7 @@ import {
   ReconstructionService,
   SubmitJobRequestSchema,
   type Job,
+  type Profile,
   type WatchJobResponse,
 } from "./gen/synchuman/v1/reconstruction_pb.js";
 import { SyncHumanError } from "./errors.js";
@@ -53,7 +57,10 @@ export interface CallOptions {
 }
 
 export interface SubmitOptions extends CallOptions {
-  /** Options for every stage; unset fields use the server's defaults. */
+  /**
+   * Options for every stage; unset fields take the named profile's options (`profile`, see
+   * {@link SyncHumanClient.profiles}; default "standard"), then the server's defaults.
+   */
   options?: MessageInitShape<typeof JobOptionsSchema>;
   /** Makes submission idempotent: the same key returns the same job (up to 128 printable characters). */
   idempotencyKey?: string;
@@ -225,6 +232,19 @@ export class SyncHumanClient {
     try {
       const response = await this.raw.getJob({ jobId }, this.call(options));
       return response.job!;
+    } catch (error) {
+      throw SyncHumanError.fromCall(error);
+    }
+  }
+
+  /**
+   * The gateway's named output profiles ("standard" first), each with the options it sets and its effective
+   * options; a job names one in `options.profile`.
+   */
+  async profiles(options?: CallOptions): Promise<Profile[]> {
+    try {
+      const response = await this.raw.listProfiles({}, this.call(options));
+      return response.profiles;
     } catch (error) {
       throw SyncHumanError.fromCall(error);
     }

@@ -60,6 +60,11 @@ export async function submitJob(file, optionsJson) {
   return (await response.json()).job;
 }
 
+/** The gateway's named output profiles (standard first), each with its options and effective options. */
+export async function listProfiles() {
+  return (await (await request("/v1/profiles")).json()).profiles ?? [];
+}
+
 export async function getJob(id) {
   return (await (await request(`/v1/jobs/${encodeURIComponent(id)}`)).json()).job;
 }

@@ -3,12 +3,19 @@
 import "@google/model-viewer";
 import { ApiError, artifact, cancelJob, getJob, setToken, submitJob, token } from "./api.js";
 import { followEvents } from "./events.js";
+import { loadProfiles, optionsJson, wireOutputs } from "./outputs.js";
 
 const $ = (id) => document.getElementById(id);
 const STAGES = { STAGE_PREPROCESS: "preprocess", STAGE_MULTIVIEW: "multiview", STAGE_RECONSTRUCTION: "reconstruction" };
 const STAGE_TITLES = { preprocess: "Preparing the photo", multiview: "Generating views", reconstruction: "Building the 3D model" };
 const DOWNLOAD_TITLES = {
   "person.glb": "3D model (GLB)",
+  "person.usdz": "AR model (USDZ)",
+  "preview.png": "Thumbnail (PNG)",
+  "turntable.mp4": "Turntable video (MP4)",
+  "turntable.webp": "Turntable animation (WebP)",
+  "mesh_obj.zip": "OBJ with texture (ZIP)",
+  "gaussians.ply": "3D Gaussians (PLY)",
   "input_report.json": "Photo quality report (JSON)",
   "output_report.json": "Model quality report (JSON)",
 };
@@ -64,6 +71,14 @@ function resetJobView() {
   $("views").replaceChildren();
   $("downloads").replaceChildren();
   $("framed-figure").hidden = true;
+  $("thumbnail-figure").hidden = true;
+  delete $("thumbnail-figure").dataset.jobId;
+  $("turntable-figure").hidden = true;
+  const video = Object.assign(document.createElement("video"), {
+    id: "turntable", muted: true, loop: true, autoplay: true, playsInline: true,
+  });
+  video.setAttribute("aria-label", "Turntable of the 3D person");
+  $("turntable").replaceWith(video);
   for (const stage of Object.values(STAGES)) Object.assign($(`progress-${stage}`), { max: 1, value: 0 });
 }
 
@@ -105,6 +120,8 @@ async function afterStage(jobId, stageName) {
       await showImage(jobId, "framed.png", $("framed"));
       $("framed-figure").hidden = false;
     }
+  } else if (stageName === "STAGE_RECONSTRUCTION") {
+    await showThumbnail(jobId, names);
   } else if (stageName === "STAGE_MULTIVIEW") {
     const views = [...names].filter((n) => /^(color|normal)_\d+\.png$/.test(n)).sort();
     for (const name of views) {
@@ -112,6 +129,36 @@ async function afterStage(jobId, stageName) {
       await showImage(jobId, name, $("views"), `Generated ${kind} view ${Number(index) + 1}`);
     }
   }
+}
+
+/** The preview thumbnail, as soon as the job lists it (once). */
+async function showThumbnail(jobId, names) {
+  const figure = $("thumbnail-figure");
+  if (!names.has("preview.png") || figure.dataset.jobId === jobId) return;
+  figure.dataset.jobId = jobId;
+  await showImage(jobId, "preview.png", $("thumbnail"));
+  figure.hidden = false;
+}
+
+/** The turntable beside the 3D viewer: the MP4, or the animated WebP where the browser cannot play H.264. */
+async function showTurntable(jobId, names) {
+  if (!names.has("turntable.mp4") && !names.has("turntable.webp")) return;
+  const video = $("turntable");
+  const asImage = async () => {
+    if (!names.has("turntable.webp")) return;
+    const img = document.createElement("img");
+    img.alt = "Turntable of the 3D person";
+    img.src = objectUrl(await artifact(jobId, "turntable.webp"));
+    video.replaceWith(img);
+    img.id = "turntable";
+  };
+  if (names.has("turntable.mp4") && video.canPlayType?.("video/mp4; codecs=avc1.42E01E")) {
+    video.addEventListener("error", () => asImage().catch(showError), { once: true });
+    video.src = objectUrl(await artifact(jobId, "turntable.mp4"));
+  } else {
+    await asImage();
+  }
+  $("turntable-figure").hidden = false;
 }
 
 function downloadLink(jobId, name, blobUrl) {
@@ -135,6 +182,8 @@ function downloadLink(jobId, name, blobUrl) {
 }
 
 async function showResult(job) {
+  const listed = new Set((job.artifacts ?? []).map((a) => a.blob.name));
+  await showThumbnail(job.id, listed);
   status("Loading the 3D model...");
   const glbUrl = objectUrl(await artifact(job.id, "person.glb"));
   const viewer = $("viewer");
@@ -149,6 +198,7 @@ async function showResult(job) {
   const first = ["person.glb", "output_report.json", "input_report.json"].filter((n) => names.includes(n));
   const rest = names.filter((n) => !first.includes(n)).sort();
   $("downloads").replaceChildren(...[...first, ...rest].map((n) => downloadLink(job.id, n, n === "person.glb" ? glbUrl : undefined)));
+  await showTurntable(job.id, listed);
   await loaded;
   viewer.dataset.loaded = "true";
   status("Done: drag the model (or focus it and use the arrow keys) to turn it.");
@@ -165,10 +215,10 @@ function jobFailed(job) {
   status("The job failed.");
 }
 
-async function run(file, optionsJson) {
+async function run(file, options) {
   resetJobView();
   status("Uploading the photo...");
-  const job = await submitJob(file, optionsJson);
+  const job = await submitJob(file, options);
   history.replaceState(null, "", `#job=${encodeURIComponent(job.id)}`); // a reload shows this job again
   status("Queued.");
   await follow(job.id);
@@ -221,7 +271,7 @@ async function onSubmit(event) {
     showError(new Error("Choose a photo first."));
     return;
   }
-  await guarded(() => run(file, $("options").value), () => $("upload-form").requestSubmit());
+  await guarded(() => run(file, optionsJson($("options").value)), () => $("upload-form").requestSubmit());
 }
 
 /** `#job=<id>` in the address: show that job (after a reload, or from a shared link in the same tab). */
@@ -249,6 +299,8 @@ function wireDropZone() {
 
 function init() {
   wireDropZone();
+  wireOutputs();
+  loadProfiles();
   $("photo").addEventListener("change", () => choose($("photo").files[0]));
   $("upload-form").addEventListener("submit", onSubmit);
   $("cancel").addEventListener("click", async () => {
@@ -270,6 +322,7 @@ function init() {
     $("token-form").hidden = true;
     const retry = pendingRetry;
     pendingRetry = null;
+    loadProfiles();
     retry?.();
   });
   document.body.dataset.ready = "true";
