@@ -23,7 +23,7 @@ from services.common.conversions import (
 )
 from services.common.rpc_status import bad_request
 from services.common.stage_io import InvalidInput
-from synchuman.options import PreprocessOptions, Range, Stage1Options, Stage2Options
+from synchuman.options import TARGET_FACES, PreprocessOptions, Range, Stage1Options, Stage2Options
 from synchuman.stage_catalog import MULTIVIEW, PREPROCESS, RECONSTRUCTION, StageEntry
 from synchuman.v1 import common_pb2
 
@@ -34,7 +34,7 @@ DEFAULTS = PreprocessOptions()
 _STAGE_OPTIONS: tuple[tuple[StageEntry, Callable[[Any, str], object], tuple[Range, ...]], ...] = (
     (PREPROCESS, lambda message, field: preprocess_options_from_proto(message, DEFAULTS, field), ()),
     (MULTIVIEW, stage1_options_from_proto, Stage1Options.RANGES),
-    (RECONSTRUCTION, stage2_options_from_proto, Stage2Options.RANGES),
+    (RECONSTRUCTION, stage2_options_from_proto, (*Stage2Options.RANGES, TARGET_FACES)),
 )
 
 
@@ -46,7 +46,7 @@ def _refusal(error: InvalidInput, message: Any, ranges: tuple[Range, ...]) -> Jo
     """INVALID_ARGUMENT naming ``error.field``; for an out-of-range number, its value and allowed range."""
     name = error.field.rsplit(".", 1)[-1]
     bounds = next(((low, high) for option, low, high, _ in ranges if option == name), None)
-    if bounds is None:
+    if bounds is None or bounds[0] <= getattr(message, name) <= bounds[1]:  # in range: wrong otherwise
         return JobError(
             grpc.StatusCode.INVALID_ARGUMENT, f"{error.field}: {error}", bad_request(error.field, str(error))
         )

@@ -118,6 +118,10 @@ RECONSTRUCTION = StageEntry(
         StageFile("person.glb", "model/gltf-binary"),
         StageFile("gaussians.ply", "application/x-ply"),
         StageFile("mesh_obj.zip", "application/zip"),
+        StageFile("person.usdz", "model/vnd.usdz+zip"),
+        StageFile("preview.png", PNG),
+        StageFile("turntable.mp4", "video/mp4"),
+        StageFile("turntable.webp", "image/webp"),
     ),
     result_file=StageFile("output_report.json", JSON),
     phases=(
@@ -135,7 +139,9 @@ RECONSTRUCTION = StageEntry(
     ),
     options_message="ReconstructionOptions",
     checkpoint_sections=("dinov2", "stage2"),
-    optional_outputs=frozenset({"gaussians.ply", "mesh_obj.zip"}),
+    optional_outputs=frozenset(
+        {"gaussians.ply", "mesh_obj.zip", "person.usdz", "preview.png", "turntable.mp4", "turntable.webp"}
+    ),
 )
 
 #: The stages in the order a job runs them.

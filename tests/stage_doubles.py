@@ -25,7 +25,7 @@ from services.common.stage_server import StageAccess, StageServer, StageSpec
 from services.stage1.backend import Stage1Inputs
 from services.stage1.service import Stage1Servicer
 from services.stage2.service import Stage2Servicer
-from synchuman.options import Stage1Options, Stage2Options
+from synchuman.options import PREVIEW_FILES, Stage1Options, Stage2Options
 from synchuman.pipelines.handoff import Stage1Output, Stage2Inputs
 from synchuman.pipelines.info import PipelineInfo
 from synchuman.pipelines.stage2_types import (
@@ -182,7 +182,10 @@ class FakeStage2:
             glb_size_bytes=len(glb),
             findings=findings,
         )
-        extra = {name: name.encode() * 10 for name in options.outputs}
+        files = [
+            name for out in options.outputs for name in (PREVIEW_FILES if out == "preview.png" else (out,))
+        ]
+        extra = {name: name.encode() * 10 for name in files}  # "preview.png" asks for the turntables too
         return Stage2Result(glb=glb, extra_files=extra, report=report, phase_seconds={"sampling": 0.1})
 
 

@@ -23,7 +23,7 @@ from gateway.stages import StageFailure
 from services.common.endpoints import DEFAULT_PORTS, HEALTH_SERVICES, STAGE_SERVICES
 from services.common.stage_runtime import StageLimits
 from synchuman.checkpoints.verify import SECTIONS
-from synchuman.options import EXTRA_OUTPUTS
+from synchuman.options import EXTRA_OUTPUTS, PREVIEW_FILES
 from synchuman.stage_catalog import MULTIVIEW, PREPROCESS, RECONSTRUCTION, STAGES, StageEntry, stage_entry
 from synchuman.v1 import (
     common_pb2,
@@ -59,7 +59,7 @@ def test_checkpoint_sections_inputs_and_optional_outputs_are_consistent():
     for entry in STAGES:
         assert {f.name for f in entry.inputs} <= produced, entry.name
         produced |= {f.name for f in entry.stored_files}
-    assert RECONSTRUCTION.optional_outputs == set(EXTRA_OUTPUTS)
+    assert RECONSTRUCTION.optional_outputs == set(EXTRA_OUTPUTS) | set(PREVIEW_FILES)
     assert all(not entry.optional_outputs for entry in (PREPROCESS, MULTIVIEW))
 
 
@@ -95,7 +95,7 @@ def test_stage1_sends_the_catalogued_files():
 
 def test_stage2_sends_the_catalogued_files_every_extra_included():
     server = start_server("stage2", FakeStage2(glb_bytes=1000), StageLimits())
-    formats = [common_pb2.OUTPUT_FORMAT_GAUSSIAN_PLY, common_pb2.OUTPUT_FORMAT_OBJ]
+    formats = [v for v in common_pb2.OutputFormat.values() if v]  # every format: GLB and views ask nothing
     options = common_pb2.ReconstructionOptions(steps=1, outputs=formats)
     try:
         stub = stage2_pb2_grpc.Stage2ServiceStub(channel(server))

@@ -31,6 +31,7 @@ from services.common.stage_io import (
 from synchuman.options import OptionError, PreprocessOptions, Stage1Options, Stage2Options
 from synchuman.pipelines.handoff import VIEW_FILES, VIEW_SIZE, Stage1Output
 from synchuman.pipelines.stage2_types import OutputReport
+from synchuman.postprocess.defaults import DEFAULT_SIMPLIFY
 from synchuman.preprocess.errors import PreprocessError, QualityGateError
 from synchuman.preprocess.quality import QualityReport
 from synchuman.v1 import common_pb2
@@ -43,11 +44,13 @@ _SEVERITY = {
     "warning": common_pb2.SEVERITY_WARNING,
     "error": common_pb2.SEVERITY_ERROR,
 }
-#: Extra stage-2 output file by wire format; the GLB is always made and the multiview PNGs are stage-1
-#: outputs that the caller already holds.
+#: Extra stage-2 output (:data:`~synchuman.options.EXTRA_OUTPUTS`) by wire format; the GLB is always made and
+#: the multiview PNGs are stage-1 outputs that the caller already holds.
 _EXTRA_BY_FORMAT = {
     common_pb2.OUTPUT_FORMAT_GAUSSIAN_PLY: "gaussians.ply",
     common_pb2.OUTPUT_FORMAT_OBJ: "mesh_obj.zip",
+    common_pb2.OUTPUT_FORMAT_USDZ: "person.usdz",
+    common_pb2.OUTPUT_FORMAT_PREVIEW: "preview.png",
 }
 _FORMAT_BY_EXTRA = {name: fmt for fmt, name in _EXTRA_BY_FORMAT.items()}
 _PASSIVE_FORMATS = (common_pb2.OUTPUT_FORMAT_GLB, common_pb2.OUTPUT_FORMAT_MULTIVIEW_PNG)
@@ -84,6 +87,8 @@ _STAGE2_FIELDS = (
     "simplify_ratio",
     "bake_steps",
     "visibility_views",
+    "target_faces",
+    "quad_remesh",
 )
 
 
@@ -164,9 +169,14 @@ def stage2_options_from_proto(
 
 
 def stage2_options_to_proto(options: Stage2Options) -> common_pb2.ReconstructionOptions:
-    """The effective stage-2 options as sent back in the result."""
+    """The effective stage-2 options as sent back in the result: ``target_faces`` when the options have a
+    polygon budget, else ``simplify_ratio`` (its default when unset): one face count, as a request gives
+    it."""
+    values = _values(options, _STAGE2_FIELDS)
+    if options.target_faces is None and options.simplify_ratio is None:
+        values["simplify_ratio"] = DEFAULT_SIMPLIFY
     return common_pb2.ReconstructionOptions(
-        **_values(options, _STAGE2_FIELDS),
+        **values,
         bake_mode=next(k for k, v in _BAKE_MODES.items() if v == options.bake_mode),
         outputs=[common_pb2.OUTPUT_FORMAT_GLB] + [_FORMAT_BY_EXTRA[name] for name in options.outputs],
     )
