@@ -92,6 +92,11 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
             _fail(context, error)
         raise AssertionError("unreachable")
 
+    def ListProfiles(
+        self, request: reconstruction_pb2.ListProfilesRequest, context: grpc.ServicerContext
+    ) -> reconstruction_pb2.ListProfilesResponse:
+        return self.manager.profiles()
+
     def GetArtifact(
         self, request: reconstruction_pb2.GetArtifactRequest, context: grpc.ServicerContext
     ) -> Iterator[reconstruction_pb2.GetArtifactResponse]:

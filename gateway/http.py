@@ -8,6 +8,7 @@ Same operations as the gRPC ReconstructionService, on the same :class:`~gateway.
   for both. 201 with ``{"job": ..., "deduplicated": false}``, 200 when deduplicated.
 * ``GET /v1/jobs`` (``page_size``, ``page_token``, ``state``), ``GET /v1/jobs/{id}``,
   ``POST /v1/jobs/{id}/cancel``.
+* ``GET /v1/profiles`` - the named output profiles (``options.profile``) with their effective options.
 * ``GET /v1/jobs/{id}/events`` - server-sent events (``id`` = sequence; resume with ``Last-Event-ID`` or
   ``?after=N``), one per job event, the stream closes after the ``finished`` event.
 * ``GET /v1/jobs/{id}/artifacts/{name}`` - a file with its media type, streamed, ``ETag`` = SHA-256, resumable
@@ -47,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.errors import JobError
 from gateway.http_download import RANGE_FORMS, artifact_response
 from gateway.manager import JobManager
-from gateway.openapi_doc import download_responses, error_responses, upload_doc
+from gateway.openapi_doc import download_responses, error_responses, profiles_responses, upload_doc
 from gateway.paging import PAGE_TOKEN
 from gateway.request_fields import JOB_ID_PATTERN, MAX_NAME_CHARS, MAX_SEQUENCE
 from gateway.store import Event, StoreError
@@ -301,7 +302,7 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
         tags=["jobs"],
         dependencies=auth,
         status_code=201,
-        openapi_extra=upload_doc(),
+        openapi_extra=upload_doc(manager.settings.profiles.names),
         responses={
             200: {"description": "Deduplicated: the job submitted earlier with this idempotency key"},
             **error_responses(413, 429),
@@ -348,6 +349,12 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
     ) -> dict:
         jobs, token = manager.list(page_size, page_token, _parse_state(state))
         return {"jobs": [_to_dict(j) for j in jobs], "next_page_token": token}
+
+    @app.get("/v1/profiles", tags=["profiles"], dependencies=auth, responses=profiles_responses())
+    def list_profiles() -> dict:
+        """The named output profiles a job may give in ``options.profile``, each with the options it sets
+        and its effective options (``ListProfiles``)."""
+        return _to_dict(manager.profiles())
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], dependencies=auth, responses=error_responses(404))
     def get_job(job_id: str = _JOB_ID) -> dict:

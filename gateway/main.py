@@ -4,8 +4,9 @@ Options may also come from the environment: ``SYNCHUMAN_GATEWAY_AUTH_TOKEN`` (be
 bridge; preferred over ``--auth-token``, which shows up in process listings), ``SYNCHUMAN_GATEWAY_JOB_STORE``
 (``--job-store``; holds the database password, so keep it out of the command line; the older
 ``SYNCHUMAN_GATEWAY_DATABASE_URL`` is read too), ``SYNCHUMAN_GATEWAY_ARTIFACT_STORE``,
-``SYNCHUMAN_STAGE_TOKEN`` (``--stage-token``) and the TLS files (``SYNCHUMAN_GATEWAY_TLS_CERT`` /
-``_KEY``: gRPC over TLS; ``SYNCHUMAN_GATEWAY_STAGE_TLS_CA`` / ``_CERT`` / ``_KEY``: (m)TLS to the stages).
+``SYNCHUMAN_STAGE_TOKEN`` (``--stage-token``), ``SYNCHUMAN_GATEWAY_PROFILES`` (``--profiles``) and the TLS
+files (``SYNCHUMAN_GATEWAY_TLS_CERT`` / ``_KEY``: gRPC over TLS; ``SYNCHUMAN_GATEWAY_STAGE_TLS_CA`` /
+``_CERT`` / ``_KEY``: (m)TLS to the stages).
 """
 
 from __future__ import annotations
@@ -125,6 +126,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-attempts", type=int, default=20, help="attempts per stage before a job fails")
     parser.add_argument(
+        "--profiles",
+        default=os.environ.get("SYNCHUMAN_GATEWAY_PROFILES", ""),
+        metavar="FILE",
+        help="named output profiles (TOML, checked at start-up; format: the shipped gateway/profiles.toml, "
+        "which is the default: standard, web, game, ar, preview-only; default: $SYNCHUMAN_GATEWAY_PROFILES)",
+    )
+    parser.add_argument(
         "--retention-hours",
         type=float,
         default=168.0,
@@ -172,6 +180,12 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201 - gateway.server
             "set SYNCHUMAN_GATEWAY_AUTH_TOKEN (or --auth-token), or publish on 127.0.0.1 (SYNCHUMAN_BIND)"
         )
 
+    from gateway.profile_file import ProfileFileError, load_profiles
+
+    try:
+        load_profiles(args.profiles or None)  # a mistake in the file stops the start, naming file and key
+    except ProfileFileError as exc:
+        raise CommandLineError(f"--profiles: {exc}") from None
     http = "" if args.http in ("", "off") else _with_port(args.http, args.http_port)
     return GatewayConfig(
         address=_with_port(args.address, args.grpc_port),
@@ -195,6 +209,7 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201 - gateway.server
         tls=server_tls_from_args(args),
         stage_token=args.stage_token,
         stage_tls=client_tls_from_args(args, "stage-tls"),
+        profiles=args.profiles,
     )
 
 

@@ -24,6 +24,8 @@ from gateway.job_loop import JobLoop, LeaseSettings
 from gateway.metrics import JOB_STATES, JOBS_SUBMITTED
 from gateway.option_validation import validate_options
 from gateway.paging import list_page
+from gateway.profile_file import DEFAULT_FILE, load_profiles
+from gateway.profiles import Profiles
 from gateway.readiness import ReadinessMonitor, StageReadiness
 from gateway.request_fields import check_artifact_name, check_job_id, check_sequence
 from gateway.retention import RetentionSweeper, delete_expired
@@ -45,7 +47,8 @@ class ManagerSettings:
     jobs worked on at once (each waits in the stage services' own queues); ``max_upload_bytes``: photo limit;
     ``retention_s``: finished jobs (record, events, files, the photo included) are deleted this many seconds
     after their creation (0: kept until deleted with ``DeleteJob``); ``leases``: how jobs are shared with
-    the other gateways of the store.
+    the other gateways of the store; ``profiles``: the named output profiles jobs may name (default: the
+    shipped ``gateway/profiles.toml``).
     """
 
     max_pending_jobs: int = 64
@@ -54,6 +57,7 @@ class ManagerSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     retention_s: float = 7 * 24 * 3600.0
     leases: LeaseSettings = field(default_factory=LeaseSettings)
+    profiles: Profiles = field(default_factory=lambda: load_profiles(DEFAULT_FILE))
 
 
 class JobManager:
@@ -115,9 +119,14 @@ class JobManager:
     def submit(
         self, image: bytes, options: common_pb2.JobOptions, idempotency_key: str = ""
     ) -> tuple[Job, bool]:
-        """Store and queue a job; returns ``(job, deduplicated)``. See ``ReconstructionService.SubmitJob``."""
+        """Store and queue a job; returns ``(job, deduplicated)``. See ``ReconstructionService.SubmitJob``.
+        The job's options are laid over its profile's (:meth:`~gateway.profiles.Profiles.apply`), and stored
+        so."""
         check_idempotency_key(idempotency_key)
-        validate_options(options)  # before the key's job is looked up: a bad request is refused, not replayed
+        # before the key's job is looked up: a bad request is refused, not replayed
+        validate_options(options)  # the job's own fields, named as sent (e.g. both face-count fields set)
+        options = self.settings.profiles.apply(options)
+        validate_options(options)
         media = checked_photo_media_type(image, self.settings.max_upload_bytes)
         release_heap()  # the photo was decoded in full: give the decoder's freed buffers back
         if idempotency_key:
@@ -137,6 +146,7 @@ class JobManager:
             id=job_id,
             state=reconstruction_pb2.JOB_STATE_QUEUED,
             options=options,
+            effective_options=common_pb2.JobOptions(profile=options.profile),
             idempotency_key=key,
             create_time=now,
             update_time=now,
@@ -161,6 +171,10 @@ class JobManager:
                 grpc.StatusCode.NOT_FOUND, f"no job with id {job_id!r}", error_info("JOB_NOT_FOUND")
             )
         return job
+
+    def profiles(self) -> reconstruction_pb2.ListProfilesResponse:
+        """The named output profiles with their effective options (``ListProfiles``)."""
+        return self.settings.profiles.to_proto()
 
     def list(self, page_size: int = 0, page_token: str = "", state: int = 0) -> tuple[list[Job], str]:
         """One page of jobs, newest first, and the token of the next page ("" on the last page)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.upload_checks import KEY_PATTERN, MAX_KEY_CHARS
-from synchuman.options import Range, Stage1Options, Stage2Options
+from synchuman.options import TARGET_FACES, Range, Stage1Options, Stage2Options
 from synchuman.preprocess.segment import SEGMENTER_NAME
 from synchuman.v1 import common_pb2
 
@@ -110,20 +110,26 @@ def _enum_names(enum: Any) -> list[str]:
     return [name for name in enum.keys() if not name.endswith("_UNSPECIFIED")]
 
 
-def job_options_schema() -> dict[str, Any]:
-    """The ``JobOptions`` message as JSON (proto field names), with the accepted ranges and enum names."""
+def job_options_schema(profiles: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The ``JobOptions`` message as JSON (proto field names), with the accepted ranges and enum names;
+    ``profiles``: the names ``profile`` accepts (empty: any string)."""
     multiview = _ranged(
         Stage1Options.RANGES, {"seed": "integer", "steps": "integer", "guidance_scale": "number"}
     )
     kinds = {name: "integer" for name, *_ in Stage2Options.RANGES}
     kinds.update(guidance_scale="number", simplify_ratio="number")
-    stage2 = _ranged(Stage2Options.RANGES, kinds)
+    kinds.update(target_faces="integer")
+    stage2 = _ranged((*Stage2Options.RANGES, TARGET_FACES), kinds)
     stage2["outputs"] = {
         "type": "array",
         "items": {"type": "string", "enum": _enum_names(common_pb2.OutputFormat)},
         "description": "extra outputs besides the GLB",
     }
     stage2["bake_mode"] = {"type": "string", "enum": _enum_names(common_pb2.BakeMode)}
+    stage2["quad_remesh"] = {
+        "type": "boolean",
+        "description": "quad-dominant remesh (OBJ and USDZ keep quads)",
+    }
     preprocess = {
         "segmenter": {
             "type": "string",
@@ -135,14 +141,54 @@ def job_options_schema() -> dict[str, Any]:
     }
     # "reconstruction": the wire name of the stage-2 options
     groups = {"preprocess": preprocess, "multiview": multiview, "reconstruction": stage2}
+    properties: dict[str, Any] = {
+        group: {"type": "object", "additionalProperties": False, "properties": fields}
+        for group, fields in groups.items()
+    }
+    # a face count is given one way: decimation ratio or target
+    properties["reconstruction"]["not"] = {"required": ["simplify_ratio", "target_faces"]}
+    profile: dict[str, Any] = {"type": "string", "description": "named output profile (GET /v1/profiles)"}
+    if profiles:
+        profile["enum"] = ["", *profiles]
+    properties["profile"] = profile
     return {
         "type": "object",
-        "description": "synchuman.v1.JobOptions as JSON; unset fields take the server defaults",
+        "description": "synchuman.v1.JobOptions as JSON; unset fields take the named profile's options, "
+        "then the server defaults",
         "additionalProperties": False,
+        "properties": properties,
+    }
+
+
+def profiles_responses() -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses=`` of ``GET /v1/profiles``: the ``ListProfilesResponse`` message as JSON (where
+    64-bit integers, the seeds, are decimal strings)."""
+    options = job_options_schema()
+    for group in ("multiview", "reconstruction"):
+        seed = options["properties"][group]["properties"]["seed"]
+        seed.update(type="string", pattern="^[0-9]{1,19}$")
+        del seed["minimum"], seed["maximum"]
+    profile = {
+        "type": "object",
+        "required": ["name", "description"],
         "properties": {
-            group: {"type": "object", "additionalProperties": False, "properties": properties}
-            for group, properties in groups.items()
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "options": {**options, "description": "the options the profile sets"},
+            "effective_options": {
+                **options,
+                "description": "every option a job naming the profile runs with (the server defaults where "
+                "the profile sets none; stage 2 on a CPU uses smaller visibility_views and texture_size)",
+            },
         },
+    }
+    body = {"type": "object", "properties": {"profiles": {"type": "array", "items": profile}}}
+    return {
+        200: {
+            "description": "The profiles, standard first",
+            "content": {"application/json": {"schema": body}},
+        },
+        **error_responses(),
     }
 
 
@@ -151,9 +197,9 @@ def job_options_schema() -> dict[str, Any]:
 RAW_UPLOAD_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 
 
-def upload_doc() -> dict[str, Any]:
+def upload_doc(profiles: tuple[str, ...] = ()) -> dict[str, Any]:
     """``openapi_extra`` of ``POST /v1/jobs``: a multipart form (``image``, ``options``, ``idempotency_key``)
-    or the raw photo as the body."""
+    or the raw photo as the body; ``profiles``: the profile names the gateway knows."""
     photo = {"type": "string", "format": "binary", "description": "the photo: JPEG, PNG, WebP ..."}
     return {
         "requestBody": {
@@ -165,7 +211,7 @@ def upload_doc() -> dict[str, Any]:
                         "required": ["image"],
                         "properties": {
                             "image": photo,
-                            "options": job_options_schema(),
+                            "options": job_options_schema(profiles),
                             "idempotency_key": {
                                 "type": "string",
                                 "maxLength": MAX_KEY_CHARS,

@@ -18,6 +18,7 @@ from gateway.artifacts import open_artifact_store
 from gateway.grpc_servicer import ReconstructionServicer
 from gateway.job_loop import LeaseSettings
 from gateway.manager import JobManager, ManagerSettings
+from gateway.profile_file import load_profiles
 from gateway.retry import RetryPolicy
 from gateway.stages import StageClients, StageTargets
 from gateway.store import open_job_store
@@ -39,6 +40,8 @@ class GatewayConfig:
     how often an idle worker looks for jobs unwoken (see :class:`~gateway.job_loop.LeaseSettings`). ``tls``:
     serve gRPC and the HTTP bridge over TLS (None: plaintext); ``stage_token`` / ``stage_tls``: the bearer
     token and TLS (with the gateway's client certificate for mTLS) of the calls to the stage services.
+    ``profiles``: the named output profiles' TOML file (empty: ``$SYNCHUMAN_GATEWAY_PROFILES``, else the
+    shipped ``gateway/profiles.toml``; see :mod:`gateway.profile_file`).
     """
 
     address: str = default_address("gateway")
@@ -62,6 +65,7 @@ class GatewayConfig:
     tls: ServerTls | None = None
     stage_token: str = ""
     stage_tls: ClientTls | None = None
+    profiles: str = ""
 
 
 class Gateway:
@@ -86,6 +90,7 @@ class Gateway:
                 config.retry,
                 config.retention_s,
                 LeaseSettings(lease_s=config.lease_s, poll_s=config.poll_s),
+                load_profiles(config.profiles or None),
             ),
         )
         self.grpc_server = ServiceServer(

@@ -242,6 +242,7 @@ class Stage1Double(_Double, stage1_pb2_grpc.Stage1ServiceServicer):
 class Stage2Double(_Double, stage2_pb2_grpc.Stage2ServiceServicer):
     def __init__(self, behaviour: Behaviour) -> None:
         super().__init__("stage2", behaviour)
+        self.options: list[common_pb2.ReconstructionOptions] = []  # of each finished call
 
     def Reconstruct(self, request_iterator, context):
         start = next(request_iterator).start
@@ -254,12 +255,21 @@ class Stage2Double(_Double, stage2_pb2_grpc.Stage2ServiceServicer):
         outputs = {"person.glb": mesh}
         if common_pb2.OUTPUT_FORMAT_GAUSSIAN_PLY in start.options.outputs:
             outputs["gaussians.ply"] = b"ply\nformat binary_little_endian 1.0\nend_header\n"
+        if common_pb2.OUTPUT_FORMAT_USDZ in start.options.outputs:
+            outputs["person.usdz"] = b"PK\x03\x04 usdz stand-in"
+        if common_pb2.OUTPUT_FORMAT_PREVIEW in start.options.outputs:
+            outputs["preview.png"] = png((200, 180, 160))
+            outputs["turntable.mp4"] = b"\x00\x00\x00\x18ftypmp42 stand-in"
+            outputs["turntable.webp"] = b"RIFF\x00\x00\x00\x00WEBP stand-in"
         for name, data in outputs.items():  # typed as the real stage 2 types them
             yield from _blob_messages(stage2_pb2.ReconstructResponse, {name: data}, media_type(name))
         report = common_pb2.OutputQualityReport(vertex_count=8, face_count=12, glb_size_bytes=len(mesh))
         done.set()
         self.record(start.job_id, "ok")
-        yield stage2_pb2.ReconstructResponse(result=stage2_pb2.ReconstructResult(report=report))
+        self.options.append(start.options)
+        yield stage2_pb2.ReconstructResponse(
+            result=stage2_pb2.ReconstructResult(report=report, effective_options=start.options)
+        )
 
 
 DOUBLES = {"preprocess": PreprocessDouble, "stage1": Stage1Double, "stage2": Stage2Double}

@@ -330,7 +330,10 @@ def test_gateway_submit_job(gateway, start, honest, tail):
             preprocess_options_from_proto(start.options.preprocess, PreprocessOptions())
             stage1_options_from_proto(start.options.multiview)
             stage2_options_from_proto(start.options.reconstruction)
-        except InvalidInput:
+            profiles = gateway.gateway.manager.settings.profiles
+            merged = profiles.apply(start.options)  # JobError for an unknown profile
+            stage2_options_from_proto(merged.reconstruction)
+        except (InvalidInput, JobError):
             assert code == grpc.StatusCode.INVALID_ARGUMENT
         else:
             key_ok = len(start.idempotency_key) <= 128 and all(" " <= c <= "~" for c in start.idempotency_key)
