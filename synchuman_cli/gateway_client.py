@@ -45,6 +45,8 @@ class Outcome:
         """Human-readable summary: files, output report, warnings."""
         state = reconstruction_pb2.JobState.Name(self.job.state)
         title = f"job {self.job.id}: {state} in {self.seconds:.1f} s"
+        if self.job.options.profile:
+            title += f" (profile {self.job.options.profile})"
         return summary_lines(title, self.job.input_report, self.job.output_report, self.written)
 
 

@@ -1,9 +1,9 @@
 """``synchuman reconstruct --in-process``: the photo -> GLB pipeline of the core
 (:class:`synchuman.SyncHumanPipeline`) in this process, without servers.
 
-It takes the same wire options as a served job (converted and range-checked by the same functions the
-services use), shows the same progress bars and writes the same files: the GLB, the requested extras beside
-it and ``<stem>.report.json``.
+It takes the same wire options as a served job (laid over the same named profile, from the gateway's
+profiles file, and converted and range-checked by the same functions the services use), shows the same
+progress bars and writes the same files: the GLB, the requested extras beside it and ``<stem>.report.json``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.profile_file import load_profiles
 from services.common.conversions import (
     input_report_to_proto,
     output_report_to_proto,
@@ -57,11 +58,17 @@ def reconstruct_in_process(
     on the CPU), reconstruct ``photo`` with ``options`` and write the GLB to ``output``, and beside it the
     ``extras`` (``gaussians.ply``, ``mesh_obj.zip``, ``multiview``: the generated views) and the report.
 
-    Raises :class:`~services.common.stage_io.InvalidInput` for an out-of-range option, and what
+    ``options.profile`` names a profile of the gateway's profiles file (``$SYNCHUMAN_GATEWAY_PROFILES``, else
+    the shipped one); the options set override its options, as for a served job.
+
+    Raises :class:`~services.common.stage_io.InvalidInput` for an out-of-range option,
+    :class:`~gateway.errors.JobError` for an unknown profile,
+    :class:`~gateway.profile_file.ProfileFileError` for a wrong profiles file, and what
     :class:`~synchuman.SyncHumanPipeline` raises for missing checkpoints or an unusable photo or result.
     """
     from synchuman import SyncHumanPipeline
 
+    options = load_profiles().apply(options)
     stage1_options = stage1_options_from_proto(options.multiview, "options.multiview")
     stage2_options = stage2_options_from_proto(options.reconstruction, "options.reconstruction")
     device, dtype = resolve_device(device, "auto")

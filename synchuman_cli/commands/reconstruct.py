@@ -16,7 +16,16 @@ from services.common.arguments import CommandLineError
 from services.common.endpoints import default_address
 from services.common.tls import add_client_tls_arguments, client_tls_from_args
 
-OUTPUT_CHOICES = {"ply": "gaussians.ply", "obj": "mesh_obj.zip", "views": "multiview"}
+#: ``--format`` choice -> the ``synchuman.v1.OutputFormat`` it asks for. Every extra file the job made is
+#: written beside the GLB (:func:`download_names`): ply gaussians.ply, obj mesh_obj.zip, usdz person.usdz,
+#: preview preview.png + turntable.mp4 + turntable.webp, views the 10 generated PNGs.
+FORMATS = {
+    "ply": "OUTPUT_FORMAT_GAUSSIAN_PLY",
+    "obj": "OUTPUT_FORMAT_OBJ",
+    "usdz": "OUTPUT_FORMAT_USDZ",
+    "preview": "OUTPUT_FORMAT_PREVIEW",
+    "views": "OUTPUT_FORMAT_MULTIVIEW_PNG",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,7 +73,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--guidance2", type=float, metavar="W", help="structured-latent guidance (default 5.0)"
     )
     parser.add_argument("--texture-size", type=int, metavar="PX", help="baked texture edge (default 1024)")
+    parser.add_argument(
+        "--profile",
+        default="",
+        metavar="NAME",
+        help="named output profile of the gateway: standard (default), web, game, ar, preview-only (`GET "
+        "/v1/profiles` lists a gateway's); the other flags override single options of it",
+    )
     parser.add_argument("--simplify", type=float, metavar="R", help="fraction of faces removed (default 0.7)")
+    parser.add_argument(
+        "--faces",
+        type=int,
+        metavar="N",
+        help="polygon budget: N faces (5000 to 500000, within 2 %%) instead of --simplify",
+    )
+    parser.add_argument(
+        "--quads",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="quad-dominant remesh (OBJ and USDZ keep the quads; the GLB is triangulated)",
+    )
     parser.add_argument(
         "--bake-mode",
         choices=("fast", "optimize"),
@@ -75,11 +103,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--visibility-views", type=int, metavar="N", help="hidden-face views (default 1000)")
     parser.add_argument(
+        "--format",
         "--extra",
+        dest="extra",
         action="append",
         default=[],
-        choices=sorted(OUTPUT_CHOICES),
-        help="also download: ply (Gaussians), obj (zipped OBJ), views (the 10 generated PNGs); repeatable",
+        choices=sorted(FORMATS),
+        help="also make and download: ply (Gaussians), obj (zipped OBJ), usdz (AR), preview (thumbnail and "
+        "turntable MP4 + WebP), views (the 10 generated PNGs); repeatable",
     )
     parser.add_argument("--segmenter", default="", help="segmentation model name (default u2netp)")
     parser.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up after S seconds")
@@ -106,6 +137,8 @@ def job_options(args: argparse.Namespace):  # noqa: ANN201 - synchuman.v1.common
                 ("guidance_scale", args.guidance2),
                 ("texture_size", args.texture_size),
                 ("simplify_ratio", args.simplify),
+                ("target_faces", args.faces),
+                ("quad_remesh", args.quads),
                 ("bake_steps", args.bake_steps),
                 ("visibility_views", args.visibility_views),
             ),
@@ -114,18 +147,25 @@ def job_options(args: argparse.Namespace):  # noqa: ANN201 - synchuman.v1.common
         for name, value in pairs:
             if value is not None:
                 setattr(target, name, value)
-    formats = {
-        "ply": common_pb2.OUTPUT_FORMAT_GAUSSIAN_PLY,
-        "obj": common_pb2.OUTPUT_FORMAT_OBJ,
-        "views": common_pb2.OUTPUT_FORMAT_MULTIVIEW_PNG,
-    }
+    options.profile = args.profile
     if args.bake_mode:
         options.reconstruction.bake_mode = {
             "fast": common_pb2.BAKE_MODE_FAST,
             "optimize": common_pb2.BAKE_MODE_OPTIMIZE,
         }[args.bake_mode]
-    options.reconstruction.outputs.extend(formats[name] for name in dict.fromkeys(args.extra))
+    options.reconstruction.outputs.extend(
+        common_pb2.OutputFormat.Value(FORMATS[name]) for name in dict.fromkeys(args.extra)
+    )
     return options
+
+
+def download_names(args: argparse.Namespace) -> list[str]:
+    """What to write beside the GLB: every extra file of stage 2 the job made (asked for with ``--format`` or
+    by the profile), and ``multiview`` (the generated views) for ``--format views``."""
+    from synchuman.stage_catalog import RECONSTRUCTION
+
+    names = [file.name for file in RECONSTRUCTION.outputs if file.name in RECONSTRUCTION.optional_outputs]
+    return names + (["multiview"] if "views" in args.extra else [])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
                     data,
                     job_options(args),
                     Path(args.output),
-                    extras=[OUTPUT_CHOICES[name] for name in dict.fromkeys(args.extra)],
+                    extras=download_names(args),
                     timeout_s=args.timeout,
                     progress=not args.quiet,
                     token=args.token,
@@ -185,6 +225,8 @@ def _run_in_process(args: argparse.Namespace, photo: bytes) -> int:
     """``--in-process``: the pipeline in this process; problems the user can fix become UserError."""
     from pathlib import Path
 
+    from gateway.errors import JobError
+    from gateway.profile_file import ProfileFileError
     from services.common.stage_io import InvalidInput
     from synchuman.checkpoints.loading import CheckpointError
     from synchuman.pipelines.stage2_types import Stage2OutputRejected
@@ -197,13 +239,17 @@ def _run_in_process(args: argparse.Namespace, photo: bytes) -> int:
             photo,
             job_options(args),
             Path(args.output),
-            extras=[OUTPUT_CHOICES[name] for name in dict.fromkeys(args.extra)],
+            extras=download_names(args),
             ckpts=Path(args.ckpts) if args.ckpts else None,
             device=args.device,
             progress=not args.quiet,
         )
     except InvalidInput as exc:
         raise UserError(f"{exc.field}: {exc}") from None
+    except JobError as exc:
+        raise UserError(exc.message) from None
+    except ProfileFileError as exc:
+        raise UserError(str(exc)) from None
     except (CheckpointError, PreprocessError, Stage2OutputRejected) as exc:
         raise UserError(str(exc)) from None
     for line in outcome.summary_lines():
