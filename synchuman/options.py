@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from synchuman.postprocess.defaults import BAKE_STEPS
+from synchuman.postprocess.defaults import BAKE_STEPS, DEFAULT_SIMPLIFY, TARGET_FACES_RANGE
 from synchuman.preprocess.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, MIN_SIDE
 from synchuman.preprocess.errors import SegmenterError
 
@@ -49,16 +49,19 @@ class OptionError(ValueError):
 
 
 def check_ranges(options: object, ranges: Iterable[Range]) -> None:
-    """Raise :class:`OptionError` for the first attribute of ``options`` outside its range."""
+    """Raise :class:`OptionError` for the first attribute of ``options`` outside its range (``None``: unset,
+    not checked)."""
     for name, low, high, allowed in ranges:
         value = getattr(options, name)
-        if not low <= value <= high:
+        if value is not None and not low <= value <= high:
             raise OptionError(name, f"{name}={value} is out of range ({allowed})")
 
 
 SEED_RANGE: Range = ("seed", 0, MAX_SEED, "0 to 2^63-1")
 STEPS_RANGE: Range = ("steps", 1, 200, "1 to 200")
 GUIDANCE_RANGE: Range = ("guidance_scale", 1.0, 20.0, "1 to 20")
+SIMPLIFY_RANGE: Range = ("simplify_ratio", 0.0, 0.99, "0 to 0.99")
+TARGET_FACES: Range = ("target_faces", *TARGET_FACES_RANGE, "5,000 to 500,000")
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,44 @@ class Stage1Options:
         return self
 
 
-#: Extra output file names (besides "person.glb") that :class:`Stage2Options.outputs` may request.
-EXTRA_OUTPUTS = ("gaussians.ply", "mesh_obj.zip")
+#: Files of the preview output: a 512x512 front 3/4 thumbnail, a turntable as MP4 (H.264) and animated WebP.
+PREVIEW_FILES = ("preview.png", "turntable.mp4", "turntable.webp")
+#: Extra output file names (besides "person.glb") that :class:`Stage2Options.outputs` may request;
+#: "preview.png" requests all of :data:`PREVIEW_FILES` (one render of the turntable makes all three).
+EXTRA_OUTPUTS = ("gaussians.ply", "mesh_obj.zip", "person.usdz", "preview.png")
+#: Post-processing extra (:attr:`PostprocessOptions.extras`) that makes each extra output file.
+POSTPROCESS_EXTRAS = {
+    "gaussians.ply": "gaussian_ply",
+    "mesh_obj.zip": "obj",
+    "person.usdz": "usdz",
+    "preview.png": "preview",
+}
+#: Every post-processing extra: the Gaussian PLY, the OBJ files, the generated views, the USDZ, the previews.
+POSTPROCESS_EXTRA_NAMES = ("gaussian_ply", "obj", "views", "usdz", "preview")
+
+
+def check_face_budget(
+    simplify: float | None, target_faces: int | None, quad_remesh: object, simplify_field: str
+) -> None:
+    """Raise :class:`OptionError` for a polygon budget that cannot run: ``target_faces`` outside
+    :data:`TARGET_FACES_RANGE` or set together with a decimation ratio (``simplify_field`` names the ratio's
+    option), or a ``quad_remesh`` that is not a bool."""
+    if not isinstance(quad_remesh, bool):
+        raise OptionError("quad_remesh", f"quad_remesh={quad_remesh!r} must be true or false")
+    if target_faces is None:
+        return
+    low, high = TARGET_FACES_RANGE
+    if isinstance(target_faces, bool) or not isinstance(target_faces, int) or not low <= target_faces <= high:
+        raise OptionError(
+            "target_faces", f"target_faces={target_faces!r} is out of range ({low:,} to {high:,} faces)"
+        )
+    if simplify is not None:
+        raise OptionError(
+            "target_faces",
+            f"target_faces={target_faces} and {simplify_field}={simplify:g} are both set; they are "
+            f"alternatives (a face count or a decimation ratio): leave {simplify_field} unset to get "
+            f"{target_faces} faces",
+        )
 
 
 @dataclass(frozen=True)
@@ -94,19 +133,27 @@ class Stage2Options:
     steps: int = 25
     guidance_scale: float = 5.0
     texture_size: int = 1024
-    simplify_ratio: float = 0.7
+    #: Fraction of faces removed by decimation; None: :data:`DEFAULT_SIMPLIFY` (0.7) unless ``target_faces``
+    #: is set (the two are alternatives: setting both is an :class:`OptionError` on ``target_faces``).
+    simplify_ratio: float | None = None
     bake_mode: str = "fast"  # "fast" | "opt" (upstream); see synchuman.postprocess.bake
     bake_steps: int | None = None  # None: the mode's default (fast 100, opt 1000); validate() fills it
     visibility_views: int = 1000
     outputs: tuple[str, ...] = ()
+    #: Polygon budget: faces of the finished mesh (5,000 to 500,000; see PostprocessOptions.target_faces).
+    target_faces: int | None = None
+    #: Quad-dominant remesh (Instant Meshes) before the UV atlas and the bake; OBJ and USDZ keep the quads.
+    quad_remesh: bool = False
 
-    #: The allowed ranges (inclusive); ``bake_mode`` and ``outputs`` are checked against their names.
+    #: The allowed ranges (inclusive); ``bake_mode`` and ``outputs`` are checked against their names,
+    #: ``target_faces`` (:data:`TARGET_FACES`; also refused together with ``simplify_ratio``) and
+    #: ``quad_remesh`` by :func:`check_face_budget`.
     RANGES: ClassVar[tuple[Range, ...]] = (
         SEED_RANGE,
         STEPS_RANGE,
         GUIDANCE_RANGE,
         ("texture_size", 256, 4096, "256 to 4096"),
-        ("simplify_ratio", 0.0, 0.99, "0 to 0.99"),
+        SIMPLIFY_RANGE,
         ("bake_steps", 0, 5000, "0 to 5000"),
         ("visibility_views", 8, 4000, "8 to 4000"),
     )
@@ -121,6 +168,7 @@ class Stage2Options:
         if self.bake_steps is None:
             return dataclasses.replace(self, bake_steps=BAKE_STEPS[self.bake_mode]).validate()
         check_ranges(self, self.RANGES)
+        check_face_budget(self.simplify_ratio, self.target_faces, self.quad_remesh, "simplify_ratio")
         unknown = [o for o in self.outputs if o not in EXTRA_OUTPUTS]
         if unknown:
             raise OptionError("outputs", f"unknown outputs {unknown}; choose from {EXTRA_OUTPUTS}")
@@ -179,7 +227,15 @@ class PostprocessOptions:
     lower view error than upstream's 1000 single-view steps (``bake_mode="opt"``) in ``bench_postprocess``.
     """
 
-    simplify: float = 0.7
+    #: Fraction of faces removed by decimation; None: :data:`DEFAULT_SIMPLIFY` (0.7) unless ``target_faces``.
+    simplify: float | None = None
+    #: Polygon budget: the finished mesh has this many faces within 2 % (fewer when the surface has fewer:
+    #: an info check "face_target", finding FACE_TARGET_UNREACHED). With ``quad_remesh`` it counts the
+    #: quads (the GLB then has about twice as many triangles). Alternative to ``simplify``.
+    target_faces: int | None = None
+    #: Quad remesh (Instant Meshes, pure quads) after the hidden-face removal; the atlas and the bake run on
+    #: its triangulation; "obj" and "usdz" extras keep the quads, the GLB is triangulated.
+    quad_remesh: bool = False
     fill_holes: bool = True
     max_hole_size: float = 0.04
     max_hole_edges: int | None = None  # None: int(250 * sqrt(1 - simplify)), as upstream
@@ -196,7 +252,7 @@ class PostprocessOptions:
     atlas_fast: bool = True
     metallic: float = 0.0
     limits: CheckLimits = field(default_factory=_default_check_limits)
-    extras: tuple[str, ...] = ()  # any of "gaussian_ply", "obj", "views"
+    extras: tuple[str, ...] = ()  # any of POSTPROCESS_EXTRA_NAMES
     raster_candidates: int = 1 << 25  # candidate pixels per rasteriser chunk (~40 B each; torch backend)
     #: Cap on the faces the expensive phases (visibility, cut + fill, atlas, bake) work on: when ``simplify``
     #: would keep more, the mesh is decimated to about this many instead and the report gets a warning check
@@ -206,3 +262,26 @@ class PostprocessOptions:
     max_working_faces: int = 200_000
     raster_backend: str = "torch"  # visibility and bake views: torch | nvdiffrast | open3d | auto
     seed: int = 0
+    #: Turntable frames of the "preview" extra (about 3 s at 10 fps) and its thumbnail's edge in pixels.
+    preview_frames: int = 30
+    preview_size: int = 512
+
+    @property
+    def decimation(self) -> float:
+        """The decimation ratio ``simplify`` resolves to (its default when unset)."""
+        return DEFAULT_SIMPLIFY if self.simplify is None else self.simplify
+
+    def validate(self) -> PostprocessOptions:
+        """Return ``self`` or raise :class:`OptionError` naming the option (``simplify``, ``target_faces``,
+        ``quad_remesh``, ``extras``, ``preview_frames``) that cannot run."""
+        if self.simplify is not None and not 0.0 <= self.simplify <= 0.99:
+            raise OptionError("simplify", f"simplify={self.simplify} is out of range (0 to 0.99)")
+        check_face_budget(self.simplify, self.target_faces, self.quad_remesh, "simplify")
+        unknown = sorted(set(self.extras) - set(POSTPROCESS_EXTRA_NAMES))
+        if unknown:
+            raise OptionError("extras", f"unknown extras {unknown}; choose from {POSTPROCESS_EXTRA_NAMES}")
+        if not 24 <= self.preview_frames <= 360:
+            raise OptionError(
+                "preview_frames", f"preview_frames={self.preview_frames} is out of range (24 to 360)"
+            )
+        return self

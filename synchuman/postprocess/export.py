@@ -6,6 +6,8 @@ import io
 
 import numpy as np
 
+from synchuman.postprocess.polymesh import PolyMesh
+
 # z-up (model space) to y-up (glTF): (x, y, z) -> (x, z, -y)
 Z_UP_TO_Y_UP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float32)
 #: zlib level of embedded PNG textures (1 = fastest; lossless at every level)
@@ -56,26 +58,46 @@ def glb_bytes(
     return mesh.export(file_type="glb")
 
 
-def obj_files(
-    vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray, name: str = "model"
-) -> dict[str, bytes]:
-    """OBJ + MTL + PNG (y-up) as ``{file name: bytes}``."""
-    from trimesh.exchange.obj import export_obj
+def polygon_obj_files(mesh: PolyMesh, texture: np.ndarray, name: str = "model") -> dict[str, bytes]:
+    """OBJ + MTL + PNG (y-up) of a textured polygon mesh (its quads stay quads) as ``{file name: bytes}``.
 
-    mesh = _textured_trimesh(vertices, faces, uvs, texture, 0.0, 1.0)
-    text, files = export_obj(mesh, include_texture=True, return_texture=True, mtl_name=f"{name}.mtl")
-    out = {f"{name}.obj": text.encode()}
-    out.update({k: bytes(v) for k, v in files.items()})
-    return out
+    Args:
+        mesh: welded positions, per-corner UVs, faces of 3 or 4 corners (z-up; rotated to y-up here).
+        texture: ``[T, T, 3]`` uint8, row 0 at ``v = 1`` (OBJ's convention).
+    """
+    positions = mesh.positions @ Z_UP_TO_Y_UP
+    lines = [f"mtllib {name}.mtl", f"o {name}"]
+    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in positions.tolist()]
+    lines += [f"vt {u:.6f} {v:.6f}" for u, v in mesh.uvs.tolist()]
+    lines.append(f"usemtl {name}")
+    pos = (mesh.corner_positions + 1).tolist()
+    uv = (mesh.corner_uvs + 1).tolist()
+    start = 0
+    for count in mesh.counts.tolist():
+        corners = " ".join(f"{pos[k]}/{uv[k]}" for k in range(start, start + count))
+        lines.append(f"f {corners}")
+        start += count
+    mtl = f"newmtl {name}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {name}.png\n"
+    return {
+        f"{name}.obj": ("\n".join(lines) + "\n").encode(),
+        f"{name}.mtl": mtl.encode(),
+        f"{name}.png": png_bytes(texture),
+    }
 
 
 def gaussian_ply(
     xyz: np.ndarray, features_dc: np.ndarray, scales: np.ndarray, quats: np.ndarray, opacities: np.ndarray
 ) -> bytes:
-    """Binary little-endian 3DGS PLY (the layout 3DGS viewers read): raw log-scales and opacity logits.
+    """Binary little-endian 3DGS PLY in the layout of the reference 3DGS code, which the common viewers read:
+    ``x y z nx ny nz f_dc_0..2 opacity scale_0..2 rot_0..3``, all float32, no ``f_rest_*`` (degree-0 colour).
+
+    Stored values are the pre-activation ones the viewers activate: ``opacity`` as a logit (sigmoid gives
+    the opacity), ``scale_*`` as natural logs of the standard deviations (exp gives them), ``rot_*`` a unit
+    quaternion ``(w, x, y, z)``, ``f_dc_*`` the degree-0 SH coefficients (colour = 0.5 + 0.2821 f_dc),
+    normals 0. Positions are in the mesh's space (z-up, box units).
 
     Inputs are activated values: ``xyz [N, 3]``, ``features_dc [N, 3]``, ``scales [N, 3]`` (std-devs),
-    ``quats [N, 4]`` wxyz, ``opacities [N, 1]`` in (0, 1).
+    ``quats [N, 4]`` wxyz (normalised here), ``opacities [N, 1]`` in (0, 1).
     """
     n = len(xyz)
     names = [
@@ -98,6 +120,8 @@ def gaussian_ply(
         "rot_3",
     ]
     op = np.clip(np.asarray(opacities, dtype=np.float64).reshape(n), 1e-6, 1 - 1e-6)
+    quats = np.asarray(quats, dtype=np.float64)
+    quats = quats / np.maximum(np.linalg.norm(quats, axis=1, keepdims=True), 1e-12)
     data = np.concatenate(
         [
             xyz,

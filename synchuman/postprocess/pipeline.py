@@ -18,12 +18,13 @@ from synchuman.models.gaussians import Gaussians
 from synchuman.options import PostprocessOptions
 from synchuman.phases import PhaseTimer
 from synchuman.postprocess import bake as bake_mod
+from synchuman.postprocess import budget, export, polymesh, preview, quads
 from synchuman.postprocess import checks as checks_mod
-from synchuman.postprocess import export
 from synchuman.postprocess.decimate import decimate
 from synchuman.postprocess.defaults import BAKE_STEPS
 from synchuman.postprocess.gaussian_render import render_gaussians
-from synchuman.postprocess.uv_atlas import Atlas, parametrize
+from synchuman.postprocess.outputs import make_extras
+from synchuman.postprocess.uv_atlas import parametrize
 from synchuman.postprocess.visibility import face_visibility, remove_invisible_faces
 from synchuman.progress_phases import ProgressCallback
 
@@ -35,6 +36,8 @@ FACE_CROP = (256 / 768, 512 / 768, 0.0, 256 / 768)
 
 T = TypeVar("T")
 
+#: Rendered previews: the thumbnail ``[S, S, 3]`` and the turntable frames ``[N, S', S', 3]`` (uint8).
+Previews = tuple[np.ndarray, np.ndarray]
 #: ``on_step(done, total)`` as the post-processing functions call it.
 StepFn = Callable[[int, int], None]
 #: Shortest interval between two step reports of one phase (the last step is always reported).
@@ -76,7 +79,15 @@ class _Phases:
     """Runs the phases through a :class:`~synchuman.phases.PhaseTimer` (time and peak GPU memory into the
     report) and reports their start and steps."""
 
-    names = ("decimate", "visibility", "cut_fill", "uv_atlas", "gaussian_render", "bake", "export")
+    names = (
+        "decimate",
+        "visibility",
+        "cut_fill",
+        "uv_atlas",
+        "gaussian_render",
+        "bake",
+        "export",
+    )
 
     def __init__(
         self, report: PostprocessReport, device: torch.device, progress: ProgressCallback | None
@@ -174,6 +185,10 @@ def to_glb(
 
     Steps (upstream order): decimate -> per-face visibility -> interior cut + small-hole fill -> UV atlas ->
     Gaussian renders -> texture bake -> z-up to y-up -> GLB. The mesh is z-up in the ``[-0.5, 0.5]`` box.
+    With ``options.target_faces`` the mesh is decimated to the budget after the cut (in the "decimate"
+    phase; :mod:`~synchuman.postprocess.budget`); with ``options.quad_remesh`` it is remeshed to quads
+    after the cut (phase "remesh"), and the atlas, the bake and the GLB use the quads' triangles. Extras
+    (``options.extras``) are written in "export", the previews rendered in "preview".
     ``progress``: a :data:`~synchuman.progress_phases.ProgressCallback`: ``(phase, 0, 0)`` as a phase starts,
     then ``step`` of ``total`` done for the phases with steps (visibility view batches, cut passes, Gaussian
     render batches, bake steps), at most every :data:`STEP_REPORT_S` seconds plus the last step (an
@@ -189,6 +204,7 @@ def to_glb(
         )
     if options.bake_mode not in BAKE_STEPS:
         raise ValueError(f"bake_mode must be one of {sorted(BAKE_STEPS)}; got {options.bake_mode!r}")
+    options.validate()
     bake_steps = BAKE_STEPS[options.bake_mode] if options.bake_steps is None else options.bake_steps
     device = mesh.vertices.device
     raster = resolve_backend(options.raster_backend, device)
@@ -196,7 +212,9 @@ def to_glb(
     timer = _Phases(report, device, progress)
     report.checks += checks_mod.check_input_mesh(mesh.vertices, mesh.faces, options.limits)
     report.counts["faces_in"] = int(mesh.faces.shape[0])
-    ratio = working_ratio(int(mesh.faces.shape[0]), options, report)
+    ratio = budget.working_ratio(int(mesh.faces.shape[0]), options, report.checks)
+    if report.checks and report.checks[-1].name == "dense_mesh":
+        report.counts["faces_capped_from"] = round(report.checks[-1].value)
 
     verts_np, faces_np = timer.run(
         "decimate",
@@ -230,9 +248,28 @@ def to_glb(
         report.counts["cut_passes"] = cut.passes
         report.backends["visibility"] = f"{raster} rasteriser ({device.type})"
         report.backends["cut_fill"] = "python-igraph mincut + pymeshfix"
+    if options.target_faces is not None and not options.quad_remesh:
+        target = options.target_faces
+        verts_np, faces_np = timer.run(
+            "decimate", lambda on_step: budget.meet_target(verts_np, faces_np, target, report.checks)
+        )
+        report.counts["face_target"] = target
+    if options.quad_remesh:
+        wanted = budget.quad_target(options, len(faces_np))
+        # the remesh is timed and reported as part of "uv_atlas" (the stage catalog's phase list is closed)
+        quad_mesh = timer.run("uv_atlas", lambda on_step: quads.remesh(verts_np, faces_np, wanted))
+        verts_np, faces_np = quad_mesh.vertices, quads.triangulate(quad_mesh.quads)
+        report.counts.update(face_target=wanted, quads_remeshed=len(quad_mesh.quads))
+        report.backends["remesh"] = "Instant Meshes (pyinstantmeshes, pure quads)"
+    group = 2 if options.quad_remesh else 1
     atlas = timer.run(
-        "uv_atlas", lambda on_step: parametrize(verts_np, faces_np, options.texture_size, options.atlas_fast)
+        "uv_atlas",
+        lambda on_step: parametrize(
+            verts_np, faces_np, options.texture_size, options.atlas_fast, group=group
+        ),
     )
+    poly = polymesh.from_atlas(atlas, verts_np, quad_pairs=options.quad_remesh)
+    report.counts.update(polygons_out=len(poly.counts), quads_out=int((poly.counts == 4).sum()))
     report.atlas_utilization = atlas.utilization
     report.counts["charts"] = atlas.charts
     report.backends["uv_atlas"] = "xatlas (fast pack)" if options.atlas_fast else "xatlas (defaults)"
@@ -248,7 +285,7 @@ def to_glb(
         bake_views += g_views
         report.backends["gaussian_render"] = backend
 
-    def _bake(on_step: StepFn) -> tuple[np.ndarray, bake_mod.BakeStats]:
+    def _bake(on_step: StepFn) -> tuple[np.ndarray, bake_mod.BakeStats, Previews | None]:
         v = torch.from_numpy(atlas.vertices).to(device)
         f = torch.from_numpy(atlas.faces).to(device)
         uv = torch.from_numpy(atlas.uvs).to(device)
@@ -265,83 +302,31 @@ def to_glb(
             raster_backend=raster,
             on_step=on_step,
         )
-        return bake_mod.to_uint8(tex), stats
+        texture = bake_mod.to_uint8(tex)
+        if "preview" not in options.extras:
+            return texture, stats, None
+        # the previews are rendered here, on the device (a GPU phase), and encoded in "export"
+        shown = preview.preview_mesh(
+            atlas.vertices, atlas.faces, atlas.uvs, texture, atlas.vertex_map, device
+        )
+        frames = preview.render_previews(shown, options.preview_size, options.preview_frames, raster)
+        return texture, stats, frames
 
-    texture, stats = timer.run("bake", _bake)
+    texture, stats, previews = timer.run("bake", _bake)
     report.bake = stats
     report.backends["bake"] = f"torch grid_sample ({options.bake_mode}, {device.type}; {raster} rasteriser)"
+    if previews is not None:
+        report.backends["preview"] = f"{raster} rasteriser ({device.type}); PyAV libx264, Pillow WebP"
+    view_colors = views.colors if views is not None else None
 
     def _export(on_step: StepFn) -> bytes:
         report.checks += checks_mod.check_output(atlas.faces, stats.coverage, options.limits)
         glb = export.glb_bytes(atlas.vertices, atlas.faces, atlas.uvs, texture, metallic=options.metallic)
-        _extras(report, options, atlas, texture, gaussians, views, renders)
+        made = make_extras(options, poly, texture, gaussians, view_colors, renders, previews)
+        report.extras.update(made)
         return glb
 
     glb = timer.run("export", _export)
     report.counts.update(faces_out=len(atlas.faces), vertices_out=len(atlas.vertices), glb_bytes=len(glb))
-    report.warnings += [c.message for c in report.checks if not c.ok]
+    report.warnings += [c.message for c in report.checks if not c.ok and c.severity != "info"]
     return glb, report
-
-
-def working_ratio(faces_in: int, options: PostprocessOptions, report: PostprocessReport) -> float:
-    """The decimation ratio: ``options.simplify``, or more when that would keep over
-    ``options.max_working_faces`` faces; then a failed warning check ``"dense_mesh"`` goes into ``report``
-    (the stage-2 output report's finding ``DENSE_MESH``)."""
-    cap = options.max_working_faces
-    kept = faces_in * (1 - options.simplify)
-    if cap <= 0 or kept <= cap:
-        return options.simplify
-    ratio = 1 - cap / faces_in
-    report.checks.append(
-        checks_mod.Check(
-            "dense_mesh",
-            round(kept),
-            cap,
-            False,
-            "warning",
-            f"the decoded mesh has {faces_in} faces, {round(kept)} after simplify {options.simplify:g}: "
-            f"decimated to {cap} instead (max_working_faces) to bound post-processing time and GPU memory; "
-            "such dense meshes are usually noise (random or mismatched weights)",
-        )
-    )
-    report.counts["faces_capped_from"] = round(kept)
-    return ratio
-
-
-def _extras(
-    report: PostprocessReport,
-    options: PostprocessOptions,
-    atlas: Atlas,
-    texture: np.ndarray,
-    gaussians: Gaussians | None,
-    views: GeneratedViews | None,
-    renders: torch.Tensor | None,
-) -> None:
-    """Optional outputs named in ``options.extras``."""
-    unknown = set(options.extras) - {"gaussian_ply", "obj", "views"}
-    if unknown:
-        raise ValueError(f"unknown extras {sorted(unknown)}; use gaussian_ply, obj, views")
-    if "obj" in options.extras:
-        report.extras.update(export.obj_files(atlas.vertices, atlas.faces, atlas.uvs, texture))
-    if "gaussian_ply" in options.extras and gaussians is not None:
-        g = [
-            t.detach().cpu().numpy()
-            for t in (
-                gaussians.xyz,
-                gaussians.features_dc,
-                gaussians.scales,
-                gaussians.quats,
-                gaussians.opacities,
-            )
-        ]
-        report.extras["gaussians.ply"] = export.gaussian_ply(*g)
-    if "views" in options.extras and views is not None:
-        for i, image in enumerate(views.colors):
-            report.extras[f"view_{i}.png"] = export.png_bytes(np.asarray(image))
-    if "views" in options.extras and renders is not None:
-        for i, image in enumerate(
-            bake_mod.to_uint8(renders[: min(8, len(renders))].reshape(-1, *renders.shape[2:])).reshape(
-                -1, *renders.shape[1:]
-            )
-        ):
-            report.extras[f"gaussian_view_{i}.png"] = export.png_bytes(image)

@@ -56,6 +56,7 @@ def parametrize(
     fast: bool = True,
     pieces: int = 16,
     padding: int = 2,
+    group: int = 1,
 ) -> Atlas:
     """Cut the mesh into charts and pack them into one ``texture_size`` square atlas.
 
@@ -63,6 +64,8 @@ def parametrize(
         vertices: ``[V, 3]`` float; faces: ``[F, 3]`` int.
         fast: pack at ``texture_size`` with block alignment; False = xatlas pack defaults (upstream).
         pieces: number of mesh parts charted in parallel (1 = whole mesh, upstream).
+        group: faces ``[group k, group (k + 1))`` stay in one part (2: the two triangles of each quad, so that
+            no quad is cut by a part boundary); ``len(faces)`` must be a multiple of it.
     """
     import xatlas
 
@@ -70,8 +73,14 @@ def parametrize(
         raise ValueError("parametrize: the mesh has no faces")
     vertices = np.asarray(vertices, dtype=np.float32)
     faces = np.asarray(faces, dtype=np.int64)
-    order = np.argsort(morton_codes(vertices[faces].mean(axis=1)), kind="stable")
-    parts = [p for p in np.array_split(order, max(1, min(pieces, len(faces) // 64 or 1))) if len(p)]
+    if len(faces) % group:
+        raise ValueError(f"parametrize: {len(faces)} faces are not groups of {group}")
+    centres = vertices[faces].mean(axis=1).reshape(-1, group, 3).mean(axis=1)
+    groups = np.argsort(morton_codes(centres), kind="stable")
+    order = (groups[:, None] * group + np.arange(group)).reshape(-1)
+    count = max(1, min(pieces, len(groups) // 64 or 1))
+    parts = [order.reshape(-1, group)[p].reshape(-1) for p in np.array_split(np.arange(len(groups)), count)]
+    parts = [p for p in parts if len(p)]
     atlas = xatlas.Atlas()
     used_per_part = []
     for part in parts:
