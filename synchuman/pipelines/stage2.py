@@ -20,8 +20,6 @@ phases (raising :class:`Stage2Cancelled`).
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -32,7 +30,7 @@ import torch
 
 from synchuman.checkpoints.layout import CheckpointLayout, default_root
 from synchuman.checkpoints.verify import weights_label
-from synchuman.options import OptionError, PostprocessOptions, Stage2Options
+from synchuman.options import POSTPROCESS_EXTRAS, OptionError, PostprocessOptions, Stage2Options
 from synchuman.phases import PhaseTimer
 from synchuman.pipelines.handoff import Stage2InputError, Stage2Inputs
 from synchuman.pipelines.info import PipelineInfo
@@ -48,6 +46,7 @@ from synchuman.pipelines.stage2_types import (
     device_defaults,
 )
 from synchuman.postprocess.checks import PostprocessError
+from synchuman.postprocess.outputs import extra_files
 from synchuman.postprocess.pipeline import GeneratedViews, PostprocessReport, gaussian_bake_views, to_glb
 from synchuman.progress_phases import ProgressCallback
 from synchuman.samplers.flow_euler import SamplingCancelled
@@ -161,6 +160,8 @@ class Stage2Pipeline:
                 GeneratedViews(colors=np.stack(inputs.colors), normals=np.stack(inputs.normals)),
                 PostprocessOptions(
                     simplify=options.simplify_ratio,
+                    target_faces=options.target_faces,
+                    quad_remesh=options.quad_remesh,
                     visibility_views=options.visibility_views,
                     visibility_resolution=self.visibility_resolution,
                     texture_size=options.texture_size,
@@ -168,7 +169,7 @@ class Stage2Pipeline:
                     bake_steps=options.bake_steps,
                     gaussian_views=self.render_views,
                     gaussian_resolution=self.render_resolution,
-                    extras=tuple(_POSTPROCESS_EXTRAS[name] for name in options.outputs),
+                    extras=tuple(POSTPROCESS_EXTRAS[name] for name in options.outputs),
                     seed=options.seed,
                 ),
                 progress=lambda phase, step, total: _progress_step(phase, step, total, progress, should_stop),
@@ -181,7 +182,7 @@ class Stage2Pipeline:
         timer.peak_gib.update(post.phase_peak_gib)
         return Stage2Result(
             glb=glb,
-            extra_files=_extra_files(post.extras, options.outputs),
+            extra_files=extra_files(post.extras, options.outputs),
             report=output_report(post, len(glb)),
             phase_seconds=timer.seconds,
             phase_peak_gib=timer.peak_gib,
@@ -234,8 +235,6 @@ class Stage2Pipeline:
             gaussian_bake_views(gaussians, PostprocessOptions(gaussian_views=1, gaussian_resolution=16))
 
 
-#: Stage-2 output file -> the post-processing extra that produces it.
-_POSTPROCESS_EXTRAS = {"gaussians.ply": "gaussian_ply", "mesh_obj.zip": "obj"}
 #: Post-processing check name -> stable finding code of the output report.
 _CHECK_CODES = {
     "faces": "TINY_MESH",
@@ -243,6 +242,7 @@ _CHECK_CODES = {
     "faces_out": "TINY_MESH",
     "texture_coverage": "LOW_TEXTURE_COVERAGE",
     "non_manifold_edges": "NON_MANIFOLD",
+    "face_target_unreached": "FACE_TARGET_UNREACHED",
 }
 
 
@@ -258,27 +258,12 @@ def _rejection_code(message: str) -> str:
     return "EMPTY_MESH" if "empty" in message else "TINY_MESH"
 
 
-def _extra_files(extras: dict[str, bytes], outputs: tuple[str, ...]) -> dict[str, bytes]:
-    """The requested extra outputs: the Gaussian PLY as is, the OBJ + MTL + texture zipped."""
-    files: dict[str, bytes] = {}
-    if "gaussians.ply" in outputs:
-        files["gaussians.ply"] = extras["gaussians.ply"]
-    if "mesh_obj.zip" in outputs:
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for name, data in sorted(extras.items()):
-                if name != "gaussians.ply":  # the OBJ, its MTL and texture
-                    archive.writestr(name, data)
-        files["mesh_obj.zip"] = buffer.getvalue()
-    return files
-
-
 def output_report(post: PostprocessReport, glb_size: int) -> OutputReport:
     """The output quality report from the post-processing report (failed checks become findings)."""
     checks = {c.name: c for c in post.checks}
     findings = tuple(
         QualityFinding(
-            Severity.ERROR if c.severity == "error" else Severity.WARNING,
+            Severity(c.severity),
             _CHECK_CODES.get(c.name, c.name.upper()),
             c.message,
         )
