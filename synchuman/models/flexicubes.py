@@ -134,6 +134,14 @@ def _lookup(sorted_keys: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tenso
     return pos, sorted_keys[pos] == query
 
 
+#: Cubes handled per pass of the chunked extraction. A pass holds ``[K, 8]`` corner lookups and up to 12 cut
+#: edges per cube with ~200 bytes of temporaries each, so ~0.7 GiB at 2^18 cubes, whatever the mesh (the whole
+#: noisy 1.4 M-cube grid of random weights at once took 11.4 GiB).
+CUBE_CHUNK = 1 << 18
+# Per cut-edge axis: the local edge that starts at a cube's corner 0 (its quad is counted from that cube).
+_LOWER_EDGE = (0, 8, 3)
+
+
 def flexicubes(
     vertex_ids: torch.Tensor,
     positions: torch.Tensor,
@@ -143,8 +151,9 @@ def flexicubes(
     cube_weights: torch.Tensor,
     resolution: int,
     weight_scale: float = 0.99,
+    chunk: int = CUBE_CHUNK,
 ) -> Mesh:
-    """Extract the FlexiCubes surface of a sparse grid.
+    """Extract the FlexiCubes surface of a sparse grid, ``chunk`` cubes at a time (bounded temporaries).
 
     Args:
         vertex_ids: long ``[M]`` sorted unique linear ids of the given grid vertices (others: SDF 1, outside).
@@ -156,86 +165,175 @@ def flexicubes(
         cube_weights: fp32 ``[K, 21]`` raw ``beta`` (12) | ``alpha`` (8) | ``gamma`` (1).
         resolution: ``R`` cubes per axis.
         weight_scale: FlexiCubes weight scale.
+        chunk: cubes per pass; the result does not depend on it (bit for bit on a CPU).
     Returns:
         the :class:`Mesh` (``vertex_attrs`` = sigmoid colours interpolated like the vertices).
     """
-    device = positions.device
-    r, rv = resolution, resolution + 1
+    grid = _Grid(vertex_ids, sdf, resolution, max(1, int(chunk)))
     if vertex_ids.numel() == 0:
-        attrs = None if colors is None else positions.new_zeros(0, colors.shape[1])
-        return Mesh(positions.new_zeros(0, 3), torch.zeros(0, 3, dtype=torch.long, device=device), attrs)
-    patch_of_edge, num_patches, problem_dir = _build_tables(device)
-    corner = torch.tensor(CORNERS, dtype=torch.long, device=device)  # [8, 3]
-    edges = torch.tensor(EDGES, dtype=torch.long, device=device)  # [12, 2]
-
-    # candidate cubes: every cube with a given vertex as a corner, inside the grid
-    vx = torch.stack([vertex_ids // (rv * rv), vertex_ids // rv % rv, vertex_ids % rv], dim=1)
-    cand = (vx[:, None, :] - corner[None]).reshape(-1, 3)
-    cand = cand[((cand >= 0) & (cand < r)).all(dim=1)]
-    cubes = torch.unique((cand[:, 0] * r + cand[:, 1]) * r + cand[:, 2])
-    cube_xyz = torch.stack([cubes // (r * r), cubes // r % r, cubes % r], dim=1)
-
-    # corner SDF and occupancy
-    corner_xyz = cube_xyz[:, None, :] + corner[None]  # [C, 8, 3]
-    corner_ids = (corner_xyz[..., 0] * rv + corner_xyz[..., 1]) * rv + corner_xyz[..., 2]
-    pos, found = _lookup(vertex_ids, corner_ids)
-    corner_sdf = torch.where(found, sdf[pos], torch.ones((), device=device))
-    inside = corner_sdf < 0
-    n_inside = inside.sum(dim=1)
-    surf = (n_inside > 0) & (n_inside < 8)
-    cubes, cube_xyz, inside = cubes[surf], cube_xyz[surf], inside[surf]
-    corner_ids, corner_pos, corner_found = corner_ids[surf], pos[surf], found[surf]
+        return _empty_mesh(positions, colors)
+    cubes, case = grid.surface_cubes(_candidate_cubes(vertex_ids, resolution))
     if cubes.numel() == 0:
-        attrs = None if colors is None else positions.new_zeros(0, colors.shape[1])
-        return Mesh(positions.new_zeros(0, 3), torch.zeros(0, 3, dtype=torch.long, device=device), attrs)
-    case = (inside.long() << torch.arange(8, device=device)).sum(dim=1)
-
-    # problem cases: switch to the complementary resolution when the neighbour is a problem cube too
-    direction = problem_dir[case]
-    is_problem = direction.abs().sum(dim=1) > 0
-    nb = cube_xyz + direction
-    nb_ok = is_problem & ((nb >= 0) & (nb < r)).all(dim=1)
-    nb_pos, nb_found = _lookup(cubes, (nb[:, 0] * r + nb[:, 1]) * r + nb[:, 2])
-    nb_problem = nb_found & (problem_dir[case[nb_pos]].abs().sum(dim=1) > 0)
-    case = torch.where(nb_ok & nb_problem, 255 - case, case)
-
-    # per-cube weights
-    w_pos, w_found = _lookup(cube_ids, cubes)
-    weights = torch.where(w_found[:, None], cube_weights[w_pos], torch.zeros((), device=device))
-    beta = torch.tanh(weights[:, :12]) * weight_scale + 1
-    alpha = torch.tanh(weights[:, 12:20]) * weight_scale + 1
-    gamma = torch.sigmoid(weights[:, 20]) * weight_scale + (1 - weight_scale) / 2
-
-    # dual vertices: one per patch, numbered cube by cube
-    patches = patch_of_edge[case]  # [C, 12]
+        return _empty_mesh(positions, colors)
+    case = grid.resolve_problem_cases(cubes, case)
+    patch_of_edge, num_patches, _ = _build_tables(positions.device)
     counts = num_patches[case]
     first_vd = torch.cumsum(counts, 0) - counts
     num_vd = int(counts.sum())
-    cube_row, local_edge = torch.nonzero(patches >= 0, as_tuple=True)
-    vd_of = first_vd[cube_row] + patches[cube_row, local_edge]
-    ends = edges[local_edge]  # [E, 2] corners
-    end_pos = corner_pos[cube_row[:, None], ends]
-    end_found = corner_found[cube_row[:, None], ends]
-    end_sdf = torch.where(end_found, sdf[end_pos], torch.ones((), device=device))
-    # an untouched vertex (SDF 1) can end a cut edge: its position is the undeformed grid point
-    grid_x = _grid_position(corner_ids[cube_row[:, None], ends], rv, r)
-    end_x = torch.where(end_found[..., None], positions[end_pos], grid_x)
-    ws = end_sdf * alpha[cube_row[:, None], ends]  # [E, 2]
-    lam = torch.stack([ws[:, 1], -ws[:, 0]], dim=1)
-    crossing = (end_x * lam[..., None]).sum(1) / lam.sum(1, keepdim=True)
-    b = beta[cube_row, local_edge][:, None]
-    beta_sum = positions.new_zeros(num_vd, 1).index_add_(0, vd_of, b)
-    vertices = positions.new_zeros(num_vd, 3).index_add_(0, vd_of, crossing * b) / beta_sum
-    attrs = None
-    if colors is not None:
-        c = torch.sigmoid(colors)[end_pos]
-        c = torch.where(end_found[..., None], c, torch.full((), 0.5, device=device))
-        crossing_c = (c * lam[..., None]).sum(1) / lam.sum(1, keepdim=True)
-        attrs = colors.new_zeros(num_vd, colors.shape[1]).index_add_(0, vd_of, crossing_c * b) / beta_sum
+    acc = _DualAccumulator(num_vd, positions, colors)
+    gamma = positions.new_empty(cubes.numel())
+    quads: list[list[torch.Tensor]] = [[], [], []]
+    flips: list[list[torch.Tensor]] = [[], [], []]
+    for start in range(0, cubes.numel(), grid.chunk):
+        rows = slice(start, start + grid.chunk)
+        corner_ids, corner_pos, corner_found, _ = grid.corners(cubes[rows])
+        weights = _cube_weights(cube_ids, cube_weights, cubes[rows])
+        beta = torch.tanh(weights[:, :12]) * weight_scale + 1
+        alpha = torch.tanh(weights[:, 12:20]) * weight_scale + 1
+        gamma[rows] = torch.sigmoid(weights[:, 20]) * weight_scale + (1 - weight_scale) / 2
+        patches = patch_of_edge[case[rows]]  # [k, 12]
+        cube_row, local_edge = torch.nonzero(patches >= 0, as_tuple=True)
+        ends = _EDGE_TABLE.to(positions.device)[local_edge]  # [E, 2] corners
+        end_pos = corner_pos[cube_row[:, None], ends]
+        end_found = corner_found[cube_row[:, None], ends]
+        end_sdf = torch.where(end_found, sdf[end_pos], torch.ones((), device=sdf.device))
+        # an untouched vertex (SDF 1) can end a cut edge: its position is the undeformed grid point
+        grid_x = _grid_position(corner_ids[cube_row[:, None], ends], resolution + 1, resolution)
+        end_x = torch.where(end_found[..., None], positions[end_pos], grid_x)
+        ws = end_sdf * alpha[cube_row[:, None], ends]  # [E, 2]
+        lam = torch.stack([ws[:, 1], -ws[:, 0]], dim=1)
+        vd_of = first_vd[rows][cube_row] + patches[cube_row, local_edge]
+        acc.add(vd_of, end_x, end_pos, end_found, lam, beta[cube_row, local_edge][:, None])
+        cube_xyz = _cube_xyz(cubes[rows], resolution)
+        for axis, local in enumerate(_LOWER_EDGE):
+            sel = local_edge == local
+            q, flip = _quads_of_edges(
+                cubes, case, first_vd, cube_xyz[cube_row[sel]], end_sdf[sel, 0], axis, resolution
+            )
+            quads[axis].append(q)
+            flips[axis].append(flip)
+    vertices, attrs = acc.result()
     vd_gamma = torch.repeat_interleave(gamma, counts)
-
-    faces = _quads_to_triangles(cubes, patches, first_vd, cube_row, local_edge, end_sdf, vd_gamma, r)
+    faces = _triangulate(torch.cat(sum(quads, [])), torch.cat(sum(flips, [])), vd_gamma)
     return Mesh(vertices, faces, attrs)
+
+
+_EDGE_TABLE = torch.tensor(EDGES, dtype=torch.long)
+_CORNER_TABLE = torch.tensor(CORNERS, dtype=torch.long)
+
+
+def _empty_mesh(positions: torch.Tensor, colors: torch.Tensor | None) -> Mesh:
+    attrs = None if colors is None else positions.new_zeros(0, colors.shape[1])
+    return Mesh(
+        positions.new_zeros(0, 3), torch.zeros(0, 3, dtype=torch.long, device=positions.device), attrs
+    )
+
+
+def _cube_xyz(cubes: torch.Tensor, r: int) -> torch.Tensor:
+    """Linear cube ids ``[K]`` -> long ``[K, 3]`` cube coordinates."""
+    return torch.stack([cubes // (r * r), cubes // r % r, cubes % r], dim=1)
+
+
+def _candidate_cubes(vertex_ids: torch.Tensor, r: int) -> torch.Tensor:
+    """Sorted unique ids of the in-grid cubes that have a given vertex as a corner (``[C]`` long); built one
+    corner offset at a time, so the temporaries stay ``O(M + C)``."""
+    rv = r + 1
+    vx = torch.stack([vertex_ids // (rv * rv), vertex_ids // rv % rv, vertex_ids % rv], dim=1)
+    cubes = vertex_ids.new_zeros(0)
+    for offset in CORNERS:
+        xyz = vx - torch.tensor(offset, dtype=torch.long, device=vx.device)
+        xyz = xyz[((xyz >= 0) & (xyz < r)).all(dim=1)]
+        cubes = torch.unique(torch.cat([cubes, (xyz[:, 0] * r + xyz[:, 1]) * r + xyz[:, 2]]))
+    return cubes
+
+
+def _cube_weights(cube_ids: torch.Tensor, cube_weights: torch.Tensor, cubes: torch.Tensor) -> torch.Tensor:
+    """Raw weights ``[k, 21]`` of ``cubes`` (zeros for cubes without given weights)."""
+    w_pos, w_found = _lookup(cube_ids, cubes)
+    return torch.where(w_found[:, None], cube_weights[w_pos], torch.zeros((), device=cube_weights.device))
+
+
+class _Grid:
+    """The given vertices' SDF on the ``R^3`` grid and the chunked per-cube passes over it."""
+
+    def __init__(self, vertex_ids: torch.Tensor, sdf: torch.Tensor, r: int, chunk: int) -> None:
+        self.vertex_ids, self.sdf, self.r, self.chunk = vertex_ids, sdf, r, chunk
+
+    def corners(self, cubes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Corner vertex ids, rows in the given vertices, whether given, SDF (1 if not): each ``[k, 8]``."""
+        rv = self.r + 1
+        corner_xyz = _cube_xyz(cubes, self.r)[:, None, :] + _CORNER_TABLE.to(cubes.device)[None]
+        corner_ids = (corner_xyz[..., 0] * rv + corner_xyz[..., 1]) * rv + corner_xyz[..., 2]
+        del corner_xyz
+        pos, found = _lookup(self.vertex_ids, corner_ids)
+        corner_sdf = torch.where(found, self.sdf[pos], torch.ones((), device=self.sdf.device))
+        return corner_ids, pos, found, corner_sdf
+
+    def surface_cubes(self, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The candidates with inside and outside corners (sorted ``[S]``) and their case ids ``[S]``."""
+        bits = torch.arange(8, device=candidates.device)
+        kept, cases = [], []
+        for start in range(0, candidates.numel(), self.chunk):
+            ids = candidates[start : start + self.chunk]
+            inside = self.corners(ids)[3] < 0
+            n_inside = inside.sum(dim=1)
+            surf = (n_inside > 0) & (n_inside < 8)
+            kept.append(ids[surf])
+            cases.append((inside[surf].long() << bits).sum(dim=1))
+        return torch.cat(kept), torch.cat(cases)
+
+    def resolve_problem_cases(self, cubes: torch.Tensor, case: torch.Tensor) -> torch.Tensor:
+        """Switch a problem case to its complementary resolution when its neighbour across the ambiguous face
+        is a problem cube too (decided on the unswitched cases) -> ``[S]``."""
+        _, _, problem_dir = _build_tables(cubes.device)
+        r = self.r
+        resolved = case.clone()
+        for start in range(0, cubes.numel(), self.chunk):
+            rows = slice(start, start + self.chunk)
+            own = case[rows]
+            direction = problem_dir[own]
+            is_problem = direction.abs().sum(dim=1) > 0
+            nb = _cube_xyz(cubes[rows], r) + direction
+            nb_ok = is_problem & ((nb >= 0) & (nb < r)).all(dim=1)
+            nb_pos, nb_found = _lookup(cubes, (nb[:, 0] * r + nb[:, 1]) * r + nb[:, 2])
+            nb_problem = nb_found & (problem_dir[case[nb_pos]].abs().sum(dim=1) > 0)
+            resolved[rows] = torch.where(nb_ok & nb_problem, 255 - own, own)
+        return resolved
+
+
+class _DualAccumulator:
+    """Sums of the ``beta``-weighted edge crossings per dual vertex (positions and sigmoid colours)."""
+
+    def __init__(self, num_vd: int, positions: torch.Tensor, colors: torch.Tensor | None) -> None:
+        self.positions = positions
+        self.beta_sum = positions.new_zeros(num_vd, 1)
+        self.vertices = positions.new_zeros(num_vd, 3)
+        self.colors = None if colors is None else torch.sigmoid(colors)
+        self.attrs = None if colors is None else colors.new_zeros(num_vd, colors.shape[1])
+
+    def add(
+        self,
+        vd_of: torch.Tensor,
+        end_x: torch.Tensor,
+        end_pos: torch.Tensor,
+        end_found: torch.Tensor,
+        lam: torch.Tensor,
+        b: torch.Tensor,
+    ) -> None:
+        """Cut edges ``[E]`` of dual vertices ``vd_of``: end positions ``[E, 2, 3]``, end rows / given
+        ``[E, 2]``, crossing weights ``lam`` ``[E, 2]``, ``beta`` ``[E, 1]``."""
+        crossing = (end_x * lam[..., None]).sum(1) / lam.sum(1, keepdim=True)
+        self.beta_sum.index_add_(0, vd_of, b)
+        self.vertices.index_add_(0, vd_of, crossing * b)
+        if self.colors is not None and self.attrs is not None:
+            c = torch.where(end_found[..., None], self.colors[end_pos], torch.full((), 0.5, device=b.device))
+            crossing_c = (c * lam[..., None]).sum(1) / lam.sum(1, keepdim=True)
+            self.attrs.index_add_(0, vd_of, crossing_c * b)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Dual vertex positions ``[V, 3]`` and attributes ``[V, C]`` (or ``None``)."""
+        attrs = None if self.attrs is None else self.attrs / self.beta_sum
+        return self.vertices / self.beta_sum, attrs
 
 
 def _grid_position(vertex_ids: torch.Tensor, rv: int, r: int) -> torch.Tensor:
@@ -251,49 +349,39 @@ _AROUND = {
     1: ([(-1, 0, -1), (-1, 0, 0), (0, 0, -1), (0, 0, 0)], [10, 9, 11, 8]),
     2: ([(-1, -1, 0), (-1, 0, 0), (0, -1, 0), (0, 0, 0)], [5, 1, 7, 3]),
 }
-_EDGE_AXIS = (0, 2, 0, 2, 0, 2, 0, 2, 1, 1, 1, 1)
 
 
-def _quads_to_triangles(
+def _quads_of_edges(
     cubes: torch.Tensor,
-    patches: torch.Tensor,
+    case: torch.Tensor,
     first_vd: torch.Tensor,
-    cube_row: torch.Tensor,
-    local_edge: torch.Tensor,
-    end_sdf: torch.Tensor,
-    vd_gamma: torch.Tensor,
+    lower: torch.Tensor,
+    s0: torch.Tensor,
+    axis: int,
     r: int,
-) -> torch.Tensor:
-    """Quads of the 4 dual vertices around every interior cut edge, split into triangles -> ``[F, 3]``."""
-    device = cubes.device
-    cube_xyz = torch.stack([cubes // (r * r), cubes // r % r, cubes % r], dim=1)
-    corner = torch.tensor(CORNERS, dtype=torch.long, device=device)
-    edges = torch.tensor(EDGES, dtype=torch.long, device=device)
-    # canonical description of each (cube, cut edge): lower grid vertex + axis; sdf at the edge's first corner
-    lower = cube_xyz[cube_row] + torch.minimum(corner[edges[local_edge, 0]], corner[edges[local_edge, 1]])
-    axis = torch.tensor(_EDGE_AXIS, device=device)[local_edge]
-    key = ((lower[:, 0] * (r + 1) + lower[:, 1]) * (r + 1) + lower[:, 2]) * 3 + axis
-    key, first = torch.unique(key, return_inverse=True)
-    pick = torch.zeros_like(key).scatter_(0, first, torch.arange(first.numel(), device=device))
-    s0 = end_sdf[pick, 0]
-    p, ax = lower[pick], axis[pick]
-    all_quads, all_flip = [], []
-    for a, (offsets, locals_) in _AROUND.items():
-        sel = ax == a
-        if not bool(sel.any()):
-            continue
-        base = p[sel]
-        off = torch.tensor(offsets, dtype=torch.long, device=device)
-        around = base[:, None, :] + off[None]  # [Q, 4, 3]
-        valid = ((around >= 0) & (around < r)).all(dim=2).all(dim=1)
-        around, s = around[valid], s0[sel][valid]
-        ids = (around[..., 0] * r + around[..., 1]) * r + around[..., 2]
-        rows, _ = _lookup(cubes, ids)
-        loc = torch.tensor(locals_, dtype=torch.long, device=device)
-        all_quads.append(first_vd[rows] + patches[rows, loc[None].expand_as(rows)])
-        all_flip.append(s > 0)
-    quads = torch.cat(all_quads)
-    flip = torch.cat(all_flip)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quads of the cut grid edges along ``axis`` that start at grid vertices ``lower`` ``[Q, 3]``.
+
+    Every such edge is counted once, from the cube whose corner 0 it starts at (the last of its 4 cubes);
+    edges with a cube around them outside the grid give no quad. ``s0`` ``[Q]``: SDF at the edge's first
+    corner (the same corner of the grid edge in all 4 cubes). Returns the 4 dual-vertex ids of each quad in
+    the order of :data:`_AROUND` ``[Q', 4]`` and whether the SDF there is positive ``[Q']``.
+    """
+    patch_of_edge, _, _ = _build_tables(cubes.device)
+    offsets, locals_ = _AROUND[axis]
+    off = torch.tensor(offsets, dtype=torch.long, device=cubes.device)
+    around = lower[:, None, :] + off[None]  # [Q, 4, 3]
+    valid = ((around >= 0) & (around < r)).all(dim=2).all(dim=1)
+    around, s = around[valid], s0[valid]
+    rows, _ = _lookup(cubes, (around[..., 0] * r + around[..., 1]) * r + around[..., 2])
+    loc = torch.tensor(locals_, dtype=torch.long, device=cubes.device)
+    return first_vd[rows] + patch_of_edge[case[rows], loc[None].expand_as(rows)], s > 0
+
+
+def _triangulate(quads: torch.Tensor, flip: torch.Tensor, vd_gamma: torch.Tensor) -> torch.Tensor:
+    """Quads ``[Q, 4]`` (outward order chosen by ``flip``) split along the diagonal with the larger
+    product of ``gamma`` -> triangles ``[2Q, 3]``."""
+    device = quads.device
     quads = torch.cat([quads[flip][:, [0, 1, 3, 2]], quads[~flip][:, [2, 3, 1, 0]]])
     g = vd_gamma[quads]
     split_02 = (g[:, 0] * g[:, 2]) > (g[:, 1] * g[:, 3])
@@ -309,7 +397,11 @@ COLOR_START = 53
 
 
 def mesh_from_features(
-    coords: torch.Tensor, feats: torch.Tensor, resolution: int, use_color: bool = True
+    coords: torch.Tensor,
+    feats: torch.Tensor,
+    resolution: int,
+    use_color: bool = True,
+    chunk: int = CUBE_CHUNK,
 ) -> Mesh:
     """Mesh of one object from the mesh decoder's per-voxel features.
 
@@ -318,6 +410,8 @@ def mesh_from_features(
         feats: ``[N, 53 (+48 with colour)]`` raw features (the SDF bias ``-1/R`` is added here).
         resolution: ``R`` (4x the latent resolution).
         use_color: interpret channels 53..100 as 8 corners x 6 attributes.
+        chunk: voxels per pass here and cubes per pass in :func:`flexicubes` (the result does not depend on
+            it; the temporaries do).
     Returns:
         the extracted :class:`Mesh`. Corner values shared by several voxels are averaged.
     """
@@ -330,25 +424,38 @@ def mesh_from_features(
     feats = feats.float()
     n = feats.shape[0]
     r, rv = resolution, resolution + 1
-    per_corner = [feats[:, SDF].reshape(n, 8, 1) + (-1.0 / r), feats[:, DEFORM].reshape(n, 8, 3)]
-    if use_color:
-        per_corner.append(feats[:, COLOR_START:].reshape(n, 8, 6))
-    values = torch.cat(per_corner, dim=-1).reshape(n * 8, -1)
-    corner = torch.tensor(CORNERS, dtype=torch.long, device=feats.device)
-    xyz = coords.long()[:, None, :] + corner[None]
-    ids = ((xyz[..., 0] * rv + xyz[..., 1]) * rv + xyz[..., 2]).reshape(-1)
-    vertex_ids, inverse = torch.unique(ids, return_inverse=True)
-    counts = torch.bincount(inverse, minlength=vertex_ids.numel()).to(values.dtype)[:, None]
-    mean = values.new_zeros(vertex_ids.numel(), values.shape[1]).index_add_(0, inverse, values) / counts
+    corner = _CORNER_TABLE.to(feats.device)
+    c = coords.long()
+    ids = (
+        ((c[:, None, 0] + corner[:, 0]) * rv + c[:, None, 1] + corner[:, 1]) * rv
+        + c[:, None, 2]
+        + corner[:, 2]
+    )
+    vertex_ids, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+    del ids
+    counts = torch.bincount(inverse, minlength=vertex_ids.numel()).to(feats.dtype)[:, None]
+    width = 4 + (6 if use_color else 0)
+    mean = feats.new_zeros(vertex_ids.numel(), width)
+    for start in range(0, n, chunk):  # corner rows in cube-major order, as one pass would add them
+        part = feats[start : start + chunk]
+        k = part.shape[0]
+        per_corner = [part[:, SDF].reshape(k, 8, 1) + (-1.0 / r), part[:, DEFORM].reshape(k, 8, 3)]
+        if use_color:
+            per_corner.append(part[:, COLOR_START:].reshape(k, 8, 6))
+        mean.index_add_(
+            0, inverse[start * 8 : (start + k) * 8], torch.cat(per_corner, dim=-1).reshape(k * 8, -1)
+        )
+    mean /= counts
+    del inverse, counts
     positions = _grid_position(vertex_ids, rv, r) + (1 - 1e-8) / (2 * r) * torch.tanh(mean[:, 1:4])
-    cube_ids = (coords[:, 0].long() * r + coords[:, 1].long()) * r + coords[:, 2].long()
-    cube_ids, order = torch.sort(cube_ids)
+    cube_ids, order = torch.sort((c[:, 0] * r + c[:, 1]) * r + c[:, 2])
     return flexicubes(
         vertex_ids,
         positions,
         mean[:, 0],
         mean[:, 4:] if use_color else None,
         cube_ids,
-        feats[order][:, WEIGHTS],
+        feats[:, WEIGHTS].index_select(0, order),
         resolution,
+        chunk=chunk,
     )

@@ -249,10 +249,11 @@ class SparseSubdivideBlock3d(nn.Module):
         """``[N, channels]`` -> ``[8N, out_channels]`` at twice the resolution."""
         h = self.act_layers[0](x)
         h = subdivide(h.replace(functional.silu(h.feats)))
-        x = subdivide(x)
         h = self.out_layers[1](self.out_layers[0](h))
         h = self.out_layers[3](h.replace(self.out_layers[2](h.feats)))
-        skip = self.skip_connection(x)
+        # the skip (identity or 1x1 conv) acts per voxel and subdivision copies rows, so it runs before the
+        # subdivision: 8x fewer rows, and no [8N, channels] copy of x held through the convs above
+        skip = subdivide(self.skip_connection(x))
         return h.replace(h.feats + skip.feats)
 
 
