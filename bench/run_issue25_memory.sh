@@ -4,7 +4,7 @@
 # Run from the repository root of the device copy, with the wheels carried in .whl/ and two clean trees
 # exported here first (so that uncommitted work of others in the checkout does not travel into the numbers):
 #   git archive HEAD | tar -x -C .clean            # "after" (the whole repo: bench/ + package)
-#   git archive <commit before> synchuman | tar -x -C .before
+#   git archive HEAD synchuman | tar -x -C .before, then the changed files from the commit before the change
 # Usage: bench/run_issue25_memory.sh [STEP ...]   steps: decode, or a bench_stage2_memory run (noisy, stick,
 # realistic; RUN@after = that code tree only); default: noisy decode stick realistic@after
 # Logs and JSON go to $OUT (when set).
