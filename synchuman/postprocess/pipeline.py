@@ -248,27 +248,32 @@ def to_glb(
         report.counts["cut_passes"] = cut.passes
         report.backends["visibility"] = f"{raster} rasteriser ({device.type})"
         report.backends["cut_fill"] = "python-igraph mincut + pymeshfix"
-    if options.target_faces is not None and not options.quad_remesh:
+    quad_mesh = None
+    if options.quad_remesh:
+        wanted = budget.quad_target(options, len(faces_np))
+        # the remesh is timed and reported as part of "uv_atlas" (the stage catalog's phase list is closed)
+        quad_mesh = timer.run(
+            "uv_atlas", lambda on_step: quads.remesh_or_none(verts_np, faces_np, wanted, report.checks)
+        )
+        report.counts["face_target"] = wanted
+        report.backends["remesh"] = "Instant Meshes (pyinstantmeshes, pure quads)"
+    if quad_mesh is not None:
+        verts_np, faces_np = quad_mesh.vertices, quads.triangulate(quad_mesh.quads)
+        report.counts["quads_remeshed"] = len(quad_mesh.quads)
+    elif options.target_faces is not None:
         target = options.target_faces
         verts_np, faces_np = timer.run(
             "decimate", lambda on_step: budget.meet_target(verts_np, faces_np, target, report.checks)
         )
         report.counts["face_target"] = target
-    if options.quad_remesh:
-        wanted = budget.quad_target(options, len(faces_np))
-        # the remesh is timed and reported as part of "uv_atlas" (the stage catalog's phase list is closed)
-        quad_mesh = timer.run("uv_atlas", lambda on_step: quads.remesh(verts_np, faces_np, wanted))
-        verts_np, faces_np = quad_mesh.vertices, quads.triangulate(quad_mesh.quads)
-        report.counts.update(face_target=wanted, quads_remeshed=len(quad_mesh.quads))
-        report.backends["remesh"] = "Instant Meshes (pyinstantmeshes, pure quads)"
-    group = 2 if options.quad_remesh else 1
+    group = 2 if quad_mesh is not None else 1
     atlas = timer.run(
         "uv_atlas",
         lambda on_step: parametrize(
             verts_np, faces_np, options.texture_size, options.atlas_fast, group=group
         ),
     )
-    poly = polymesh.from_atlas(atlas, verts_np, quad_pairs=options.quad_remesh)
+    poly = polymesh.from_atlas(atlas, verts_np, quad_pairs=quad_mesh is not None)
     report.counts.update(polygons_out=len(poly.counts), quads_out=int((poly.counts == 4).sum()))
     report.atlas_utilization = atlas.utilization
     report.counts["charts"] = atlas.charts

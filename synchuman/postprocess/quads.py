@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from synchuman.postprocess import checks as checks_mod
+
 log = logging.getLogger(__name__)
 
 #: The child process: ``remesh_file(input PLY, output OBJ, target faces)``, pure quads, deterministic.
@@ -28,6 +30,11 @@ _CHILD = (
     "im.remesh_file(sys.argv[1], sys.argv[2], target_face_count=int(sys.argv[3]), pure_quad=True, "
     "deterministic=True)"
 )
+#: Fewest quads, as a share of the wanted count, that make a usable remesh (fewer: Instant Meshes dropped
+#: most of a fragmented surface, e.g. the noise random weights decode).
+MIN_QUAD_SHARE = 0.5
+#: Check name (finding code ``QUAD_REMESH_FAILED``) of a remesh that was not used.
+QUAD_REMESH_CHECK = "quad_remesh_failed"
 #: Longest a remesh may take (seconds); Instant Meshes needs ~20 s for 80k quads on 2 CPU cores.
 REMESH_TIMEOUT_S = 900.0
 
@@ -131,3 +138,30 @@ def triangulate(quads: np.ndarray) -> np.ndarray:
     first = quads[:, [0, 1, 2]]
     second = quads[:, [0, 2, 3]]
     return np.stack([first, second], axis=1).reshape(-1, 3)
+
+
+def remesh_or_none(
+    vertices: np.ndarray, faces: np.ndarray, target_quads: int, checks: list[checks_mod.Check]
+) -> QuadMesh | None:
+    """:func:`remesh`, or ``None`` with a failed warning check :data:`QUAD_REMESH_CHECK` appended to
+    ``checks`` when it fails or keeps under :data:`MIN_QUAD_SHARE` of ``target_quads`` (the caller then
+    goes on with the triangles)."""
+    try:
+        result = remesh(vertices, faces, target_quads)
+        reason = f"it gave {len(result.quads)} of {target_quads} quads (the surface is fragmented)"
+        if len(result.quads) >= MIN_QUAD_SHARE * target_quads:
+            return result
+    except QuadRemeshError as exc:
+        reason = str(exc)[:300]
+    log.warning("quad remesh not used", extra={"reason": reason, "target_quads": int(target_quads)})
+    checks.append(
+        checks_mod.Check(
+            QUAD_REMESH_CHECK,
+            0,
+            target_quads,
+            False,
+            "warning",
+            f"the quad remesh was not used: {reason}; the mesh stays triangles",
+        )
+    )
+    return None
