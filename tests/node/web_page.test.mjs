@@ -62,10 +62,12 @@ async function openPage(viewport = { width: 1280, height: 1000 }) {
   return page;
 }
 
-async function submitPhoto(page, photo) {
+/** Upload `photo` with the small options (and the extra files `formats`, e.g. "OUTPUT_FORMAT_PREVIEW"). */
+async function submitPhoto(page, photo, formats = []) {
   const input = await page.$("#photo");
   await input.uploadFile(photo);
   await page.$eval("#options", (el, json) => { el.value = json; }, JSON.stringify(SMALL_OPTIONS_JSON));
+  for (const format of formats) await page.click(`input[name=format][value=${format}]`);
   await page.click("#submit");
 }
 
@@ -127,14 +129,14 @@ describe("the web page in headless Chromium", { timeout: 900_000 }, () => {
     await deployment?.stop();
   });
 
-  test("a photo becomes a 3D model drawn in the viewer, with views, token asked once, downloads", async () => {
+  test("a photo becomes a 3D model drawn in the viewer, with views, previews, token asked once, downloads", async () => {
     page = await openPage();
     // Control: the empty viewer (no model) must not pass the "model is drawn" check below.
     await page.$eval("#result", (section) => { section.hidden = false; });
     const empty = await differingFraction(page, "#viewer", VIEWER_BACKGROUND);
     await page.$eval("#result", (section) => { section.hidden = true; });
     assert.ok(empty < 0.001, `the empty viewer already differs from its background (${empty})`);
-    await submitPhoto(page, PHOTO);
+    await submitPhoto(page, PHOTO, ["OUTPUT_FORMAT_PREVIEW"]);
     await page.waitForSelector("#token-form:not([hidden])", { visible: true, timeout: 30_000 });
     await page.type("#token", deployment.token);
     await page.keyboard.press("Enter"); // keyboard only: the token form submits, the upload resumes
@@ -145,7 +147,28 @@ describe("the web page in headless Chromium", { timeout: 900_000 }, () => {
     const progress = await page.$$eval("progress", (bars) => bars.map((b) => b.value / b.max));
     assert.deepEqual(progress, [1, 1, 1]);
     const downloads = await page.$$eval("#downloads a", (links) => links.map((a) => a.textContent));
-    assert.ok(downloads.includes("3D model (GLB)"), `downloads: ${downloads}`);
+    for (const title of ["3D model (GLB)", "Thumbnail (PNG)", "Turntable video (MP4)", "Turntable animation (WebP)"]) {
+      assert.ok(downloads.includes(title), `downloads: ${downloads}`);
+    }
+    // The thumbnail (shown once the job lists preview.png) and the turntable beside the viewer, both decoded.
+    assert.equal(await page.$eval("#thumbnail", (img) => img.complete && img.naturalWidth), 512);
+    await waitOrExplain(page, "#turntable-figure:not([hidden])", 30_000, "web_turntable_timeout.png");
+    await page.waitForFunction(() => {
+      const shown = document.getElementById("turntable");
+      return shown.tagName === "VIDEO" ? shown.readyState >= 2 && shown.videoWidth > 0 : shown.naturalWidth > 0;
+    }, { timeout: 30_000 });
+    // The profile picker, filled from GET /v1/profiles once the token was given; a profile fills the fields.
+    await page.waitForSelector("#profile[data-loaded=true]", { timeout: 30_000 });
+    const profiles = await page.$$eval("#profile option", (options) => options.map((o) => o.value));
+    assert.deepEqual(profiles, ["standard", "web", "game", "ar", "preview-only"]);
+    await page.select("#profile", "game");
+    const game = await page.evaluate(() => ({
+      faces: document.getElementById("faces").placeholder,
+      formats: [...document.querySelectorAll("input[name=format]:checked")].map((box) => box.value),
+      said: document.getElementById("profile-description").textContent,
+    }));
+    assert.deepEqual([game.faces, game.formats], ["20000", ["OUTPUT_FORMAT_OBJ"]]);
+    assert.match(game.said, /game engine/);
     await page.$eval("#viewer", (viewer) => viewer.scrollIntoView());
     await new Promise((resolve) => setTimeout(resolve, 1500)); // let the viewer render a few frames
     const drawn = await differingFraction(page, "#viewer", VIEWER_BACKGROUND);

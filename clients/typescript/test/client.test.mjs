@@ -8,6 +8,7 @@ import { ConnectError } from "@connectrpc/connect";
 import {
   Code,
   JobState,
+  OutputFormat,
   Stage,
   SyncHumanClient,
   SyncHumanError,
@@ -175,6 +176,31 @@ describe("SyncHumanClient against a live gateway", { timeout: 900_000 }, () => {
     assert.ok((await client.delete(job.id)) >= 1, "the photo at least");
     const gone = await rejectsWith(client.get(job.id), Code.NotFound);
     assert.equal(gone.details.errorInfo?.reason, "JOB_NOT_FOUND");
+  });
+
+  test("profiles are listed with their effective options; a job runs with one, an unknown one is refused", async () => {
+    const profiles = await client.profiles();
+    const names = profiles.map((p) => p.name);
+    assert.equal(names[0], "standard");
+    for (const name of ["web", "game", "ar", "preview-only"]) assert.ok(names.includes(name), `profiles: ${names}`);
+    const game = profiles.find((p) => p.name === "game");
+    assert.ok(game.description.length > 20, game.description);
+    assert.equal(game.options.reconstruction.targetFaces, 20000);
+    assert.equal(game.effectiveOptions.reconstruction.targetFaces, 20000);
+    assert.equal(game.effectiveOptions.reconstruction.textureSize, 2048);
+    assert.ok(game.effectiveOptions.reconstruction.outputs.includes(OutputFormat.OBJ));
+    assert.ok(game.effectiveOptions.multiview.steps > 0, "unset options show the server defaults");
+    assert.ok(finished, "needs the first test's job");
+    assert.equal(finished.job.options.profile, "standard", "a job that names none runs with standard");
+    assert.equal(finished.job.effectiveOptions.profile, "standard");
+    const refused = await rejectsWith(client.submit(PHOTO, { options: { profile: "no-such-profile" } }),
+      Code.InvalidArgument);
+    assert.match(refused.serverMessage, /standard, web/);
+    assert.equal(refused.details.badRequest?.fieldViolations[0]?.field, "options.profile");
+    const both = await rejectsWith(client.submit(PHOTO, {
+      options: { reconstruction: { targetFaces: 20000, simplifyRatio: 0.5 } },
+    }), Code.InvalidArgument);
+    assert.match(both.serverMessage, /target_faces/);
   });
 
   test("the bearer token is required and checked", async () => {
