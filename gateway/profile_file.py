@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,6 @@ from gateway.errors import JobError
 from gateway.option_validation import validate_options
 from gateway.profiles import DEFAULT_PROFILE, Profile, Profiles
 from synchuman.v1 import common_pb2
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10 (the images run 3.11+)
-    import tomli as tomllib  # type: ignore[no-redef]
 
 #: The profiles shipped with the gateway.
 DEFAULT_FILE = Path(__file__).with_name("profiles.toml")

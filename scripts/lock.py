@@ -28,9 +28,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LOCK_DIR = REPO / "requirements"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
-import tomllib
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -55,9 +55,14 @@ def test_docs_use_the_local_swagger_ui(tmp_path) -> None:
 
 
 def test_the_gateway_app_serves_no_cdn_docs() -> None:
-    from gateway.http import build_app
+    from types import SimpleNamespace
 
-    app = build_app(manager=None)  # type: ignore[arg-type]  # routes are only declared, not called
+    from gateway.http import build_app
+    from gateway.profile_file import load_profiles
+
+    # Routes are only declared, not called: the app reads the profile names (OpenAPI) and nothing else.
+    manager = SimpleNamespace(settings=SimpleNamespace(profiles=load_profiles()))
+    app = build_app(manager=manager)  # type: ignore[arg-type]
     client = TestClient(app)
     assert client.get("/redoc").status_code == 404
     docs = client.get("/docs")
