@@ -83,6 +83,18 @@ def meet_target(
     return np.asarray(vertices, dtype=np.float32), np.asarray(faces, dtype=np.int64)
 
 
+def visibility_resolution(options: PostprocessOptions, working_faces: int) -> int:
+    """The visibility render size for ``working_faces`` faces under a budget: at least
+    ``options.visibility_resolution``, and at least ``2^ceil(log2(sqrt(4 * faces)))`` pixels (about four
+    pixels of a view per face), up to 2048. A face no view's pixel centre hits counts as hidden and the cut
+    removes it: on the 241,812-face body decimated to 125,000 faces, 64 views at 256^2 left 11,732 faces.
+    Without a budget the option is used as it is."""
+    if options.target_faces is None:
+        return options.visibility_resolution
+    needed = 2 ** math.ceil(math.log2(math.sqrt(4 * max(1, working_faces))))
+    return max(options.visibility_resolution, min(2048, needed))
+
+
 def quad_target(options: PostprocessOptions, faces: int) -> int:
     """Quads the remesh is asked for: ``target_faces``, else half the triangles (the GLB then keeps about
     as many triangles as without the remesh)."""

@@ -225,13 +225,15 @@ def to_glb(
     report.counts["faces_decimated"] = len(faces_np)
     report.backends["decimate"] = "fast-simplification"
     if options.fill_holes:
+        resolution = budget.visibility_resolution(options, len(faces_np))
+        report.counts["visibility_resolution"] = resolution
         vis = timer.run(
             "visibility",
             lambda on_step: face_visibility(
                 torch.from_numpy(verts_np).to(device),
                 torch.from_numpy(faces_np).to(device),
                 options.visibility_views,
-                options.visibility_resolution,
+                resolution,
                 max_candidates=options.raster_candidates,
                 backend=raster,
                 on_step=on_step,
