@@ -8,6 +8,10 @@ The decode phase of a stage-2 request on the noisy mesh random weights produce (
   scattered voxel subdivided into its 4x4x4 cubes at 256^3 (~1.44 M cubes), features ``N(0, 1)`` (seeded), so
   the SDF signs are as noisy as random weights make them. Runs on ``--device`` (``cpu`` works: the peak is
   then the growth of the process's resident set, VmHWM reset through ``/proc/self/clear_refs``).
+- ``upsample``: the full-size mesh decoder's two subdivision blocks and output layer (built from the release
+  config with random weights; fp16 on CUDA, fp32 on a CPU) on a ``N(0, 1)`` trunk output ``[N, 768]`` on the
+  scattered voxels -> ``[64 N, 101]`` features at 256^3: where the network's memory goes (the trunk works on
+  the ``N`` voxels only). Runs on ``--device`` (a CPU takes minutes: ~4 TFLOP of sparse convolutions).
 - ``decoder``: the full-size mesh decoder (``--ckpts``: the random tree ``bench_stage2_memory.py
   --make-random`` writes; fp16, CUDA only) on a ``N(0, 1)`` latent on the scattered voxels and ``N(0, 1)``
   multiview features ``[1, 4, 64, 64, 4096]``: the network (``decode_features``) and the extraction
@@ -118,6 +122,34 @@ def child_extract(args: argparse.Namespace) -> dict:
     }
 
 
+def child_upsample(args: argparse.Namespace) -> dict:
+    import torch
+
+    from synchuman.checkpoints.full_size import DECODER_MESH_CONFIG
+    from synchuman.checkpoints.tiny_common import randomize_
+    from synchuman.models.slat_decoders import SLatMeshDecoder
+    from synchuman.sparse import SparseTensor
+
+    device = torch.device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    decoder = SLatMeshDecoder(**DECODER_MESH_CONFIG["args"]).to(device)
+    decoder = randomize_(decoder, 0, device).to(dtype).eval()
+    coords = torch.as_tensor(scattered_coords(args.voxels), dtype=torch.int32)
+    coords = torch.cat([torch.zeros_like(coords[:, :1]), coords], dim=1).to(device)
+    generator = torch.Generator().manual_seed(0)
+    h = SparseTensor(torch.randn(coords.shape[0], 768, generator=generator).to(device, dtype), coords)
+    with torch.inference_mode(), PeakAbove(device) as peak:
+        for block in decoder.upsample:
+            h = block(h)
+        out = decoder.out_layer(h.feats).float()
+    return {
+        "cubes": int(out.shape[0]),
+        "parts": {"upsample + out_layer": {"s": peak.seconds, "peak_gib": peak.gib}},
+        "vertices": 0,
+        "faces": 0,
+    }
+
+
 def child_decoder(args: argparse.Namespace) -> dict:
     import torch
 
@@ -168,7 +200,8 @@ def child(args: argparse.Namespace) -> None:
     sys.path.insert(1 if args.code_dir else 0, str(ROOT))
     import synchuman
 
-    result = {"extract": child_extract, "decoder": child_decoder}[args.child](args)
+    run = {"extract": child_extract, "upsample": child_upsample, "decoder": child_decoder}[args.child]
+    result = run(args)
     result["synchuman"] = str(Path(synchuman.__file__).parent)
     print("RESULT " + json.dumps(result), flush=True)
 
