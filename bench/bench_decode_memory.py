@@ -13,8 +13,9 @@ The decode phase of a stage-2 request on the noisy mesh random weights produce (
   scattered voxels -> ``[64 N, 101]`` features at 256^3: where the network's memory goes (the trunk works on
   the ``N`` voxels only). Runs on ``--device`` (a CPU takes minutes: ~4 TFLOP of sparse convolutions).
 - ``decoder``: the full-size mesh decoder (``--ckpts``: the random tree ``bench_stage2_memory.py
-  --make-random`` writes; fp16, CUDA only) on a ``N(0, 1)`` latent on the scattered voxels and ``N(0, 1)``
-  multiview features ``[1, 4, 64, 64, 4096]``: the network (``decode_features``) and the extraction
+  --make-random`` writes; fp16 on CUDA, fp32 on a CPU, where only a few hundred ``--voxels`` are practical)
+  on a ``N(0, 1)`` latent on the scattered voxels and ``N(0, 1)`` multiview features
+  ``[1, 4, 64, 64, 4096]``: the network (``decode_features``) and the extraction
   (``to_meshes``) measured separately, then ``Stage2Models.decode``-like both decoders together.
 
 Per part: seconds, the peak *above the memory held at its start* (CUDA: ``max_memory_allocated`` after a
@@ -158,16 +159,17 @@ def child_decoder(args: argparse.Namespace) -> dict:
     from synchuman.models.slat_decoders import SLatGaussianDecoder, SLatMeshDecoder
     from synchuman.sparse import SparseTensor
 
-    device = torch.device("cuda")
+    device = torch.device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
     layout = CheckpointLayout(Path(args.ckpts))
-    mesh_decoder = from_pretrained(layout.decoder_mesh, SLatMeshDecoder, dtype=torch.float16, device=device)
-    gs_decoder = from_pretrained(layout.decoder_gs, SLatGaussianDecoder, dtype=torch.float16, device=device)
+    mesh_decoder = from_pretrained(layout.decoder_mesh, SLatMeshDecoder, dtype=dtype, device=device)
+    gs_decoder = from_pretrained(layout.decoder_gs, SLatGaussianDecoder, dtype=dtype, device=device)
     coords = torch.as_tensor(scattered_coords(args.voxels), dtype=torch.int32)
     coords = torch.cat([torch.zeros_like(coords[:, :1]), coords], dim=1).to(device)
     generator = torch.Generator().manual_seed(0)
     latent = SparseTensor(torch.randn(coords.shape[0], 8, generator=generator).to(device), coords)
-    mv_color = torch.randn(1, 4, 64, 64, 4096, generator=generator).to(device, torch.float16)
-    mv_normal = torch.randn(1, 4, 64, 64, 4096, generator=generator).to(device, torch.float16)
+    mv_color = torch.randn(1, 4, 64, 64, 4096, generator=generator).to(device, dtype)
+    mv_normal = torch.randn(1, 4, 64, 64, 4096, generator=generator).to(device, dtype)
     parts = {}
     with torch.inference_mode():
         gs_decoder(latent, mv_color, mv_normal)  # warm-up: kernels, attention layouts
