@@ -19,7 +19,9 @@ stages on one GPU"); CUDA stream priorities act only inside one process. The tur
   bounded by ``STAGE1_MAX_WAIT_S``). So a GPU section of stage 2 yields to the stage-1 requests already
   running, never to a backlog: under a burst the two stages alternate on the GPU and older jobs finish first
   (a job at stage 2 was admitted before any job that is only starting stage 1), while a lone job's stage 1
-  still goes first, and stage 2's CPU phases run on while stage 1 holds the GPU.
+  still goes first, and stage 2's CPU phases run on while stage 1 holds the GPU. A stage-2 request waits for
+  stage 1 once: after that, stage-1 requests started during its CPU phases (younger jobs) no longer hold
+  up its later GPU sections, which run beside them (:class:`YieldingStopCheck`).
 
 Seconds yielded go to the Prometheus counter ``synchuman_gpu_share_yield_seconds_total`` (label ``stage``:
 ``stage2`` for the pauses at its check points, ``stage1`` for new requests held back by a claim).
@@ -157,7 +159,13 @@ class YieldingStopCheck:
     The first time a GPU section (the check points between two CPU phases) finds stage 1 busy, the request
     claims the GPU (:meth:`GpuTurn.claim`): stage 1 then starts no new request, so the section waits only for
     the stage-1 requests already running. The claim ends when a CPU phase starts (:attr:`host_only` set), when
-    the request is to stop, at :meth:`release`, or when this object goes away."""
+    the request is to stop, at :meth:`release`, or when this object goes away.
+
+    A request waits once (:attr:`has_yielded`): after the stage-1 requests running at its first wait have
+    finished, its later GPU sections still claim the GPU when stage 1 is busy but run beside that stage-1
+    request instead of waiting for it. Those requests started during one of its CPU phases, for younger jobs;
+    waiting for each of them cost a job at the front of a burst a whole stage-1 request per GPU section
+    (``bench/bench_gpu_share_sim.py``: 2.99 x a lone job's latency on the realistic mesh)."""
 
     def __init__(
         self, turn: GpuTurn, should_stop: Callable[[], bool], max_wait_s: float, stage: str = "stage2"
@@ -169,6 +177,9 @@ class YieldingStopCheck:
         self._host_only = False
         self._claim: int | None = None
         self.yielded_s = 0.0
+        #: Set once a wait has ended with stage 1 free: the request has let the stage-1 requests that were
+        #: running at its first wait finish, and it waits for no later (younger jobs') stage-1 request.
+        self.has_yielded = False
 
     @property
     def host_only(self) -> bool:
@@ -202,9 +213,13 @@ class YieldingStopCheck:
         left = self.max_wait_s - self.yielded_s
         if self.host_only or left <= 0:
             return False
-        if self._claim is None and self.turn.busy():
+        busy = self.turn.busy()
+        if self._claim is None and busy:
             self._claim = self.turn.claim()  # no new stage-1 request until this GPU section ends
+        if not busy or self.has_yielded:
+            return self._stop_now()
         waited = self.turn.wait_while_busy(self.should_stop, left)
+        self.has_yielded = not self.turn.busy()
         if waited > 0:
             self.yielded_s += waited
             YIELD_SECONDS.labels(self.stage).inc(waited)
@@ -214,6 +229,9 @@ class YieldingStopCheck:
                     "GPU-share wait bound reached; running on while stage 1 works",
                     extra={"stage": self.stage, "yielded_s": round(self.yielded_s, 3)},
                 )
+        return self._stop_now()
+
+    def _stop_now(self) -> bool:
         if self.should_stop():
             self.release()
             return True
