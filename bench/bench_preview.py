@@ -88,8 +88,8 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}")
     spin_size = max(64, args.size // 4 * 2)
     print(
-        f"\n| faces | thumbnail {args.size}^2: s / peak MiB | turntable {args.frames} x {spin_size}^2 "
-        "(CPU: no supersampling): s / peak MiB | MP4 encode: s / KB | WebP encode: s / KB |"
+        f"\n| faces | thumbnail {args.size}^2: s / peak MiB | turntable {args.frames} x {spin_size}^2: "
+        "s / peak MiB | MP4 encode: s / KB | WebP encode: s / KB |"
     )
     print("|---|---|---|---|---|")
     for count in args.faces:

@@ -5,7 +5,7 @@ encoded as PNG, MP4 (H.264, PyAV) and animated WebP (Pillow).
 Look: perspective camera (30 degree field of view) framing the mesh's bounding sphere, pitched 10 degrees
 down; texture colour times soft light (ambient 0.45 + 0.55 Lambert from a light above the camera, on smooth
 vertex normals), on a neutral light grey background; rendered at twice the size and averaged down
-(anti-aliasing; the turntable on a CPU without, :data:`SUPERSAMPLE`).
+(anti-aliasing).
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ FRONT_YAW = -math.pi
 THREE_QUARTER = math.pi / 4
 PITCH = math.radians(10.0)
 FOV = math.radians(30.0)
-#: Render scale before averaging down (anti-aliasing): the thumbnail always, the turntable on a GPU only (on a
-#: CPU its 30 views at 2x cost ~20 s on 2 cores instead of ~8 s).
 SUPERSAMPLE = 2
 #: Turntable frame rate (frames per second); 30 frames make a 3 s turn.
 FPS = 10
@@ -100,20 +98,15 @@ def cameras(mesh: PreviewMesh, yaws: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def render(
-    mesh: PreviewMesh,
-    yaws: torch.Tensor,
-    size: int,
-    batch: int = 4,
-    backend: str = "torch",
-    supersample: int = SUPERSAMPLE,
+    mesh: PreviewMesh, yaws: torch.Tensor, size: int, batch: int = 4, backend: str = "torch"
 ) -> np.ndarray:
     """Render ``[N, size, size, 3]`` uint8 frames from the cameras of :func:`cameras`.
 
     ``batch``: views rasterised together (memory: about ``batch * (2 size)^2 * 60`` bytes); ``backend``: the
-    rasteriser (:func:`~synchuman.geometry.raster.rasterize`); ``supersample``: render scale averaged down.
+    rasteriser (:func:`~synchuman.geometry.raster.rasterize`).
     """
     extrinsics, intrinsics, light = cameras(mesh, yaws)
-    big = size * supersample
+    big = size * SUPERSAMPLE
     background = torch.tensor(BACKGROUND, device=mesh.vertices.device)
     frames = []
     for start in range(0, len(yaws), batch):
@@ -129,7 +122,7 @@ def render(
         shaded = colour * (AMBIENT + (1 - AMBIENT) * lambert)[:, None]
         image = background.expand(*hit.shape, 3).clone()
         image[hit] = shaded
-        small = functional.avg_pool2d(image.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)
+        small = functional.avg_pool2d(image.permute(0, 3, 1, 2), SUPERSAMPLE).permute(0, 2, 3, 1)
         frames.append((small.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
         del out, uv, normal, image
     return np.concatenate(frames)
@@ -141,10 +134,9 @@ def thumbnail(mesh: PreviewMesh, size: int = 512, backend: str = "torch") -> np.
 
 
 def turntable(mesh: PreviewMesh, frames: int = 30, size: int = 256, backend: str = "torch") -> np.ndarray:
-    """``[frames, size, size, 3]`` uint8: one turn, starting at the front view (anti-aliased on a GPU)."""
+    """``[frames, size, size, 3]`` uint8: one turn, starting at the front view."""
     yaws = FRONT_YAW + 2 * math.pi * torch.arange(frames, dtype=torch.float32) / frames
-    scale = 1 if mesh.vertices.device.type == "cpu" else SUPERSAMPLE
-    return render(mesh, yaws, size, backend=backend, supersample=scale)
+    return render(mesh, yaws, size, backend=backend)
 
 
 def mp4_bytes(frames: np.ndarray, fps: int = FPS, crf: int = 23) -> bytes:
