@@ -13,9 +13,12 @@ atlas 1.4, GPU renders + bake 0.9, CPU export 0.3.
 
 Prints, in real seconds (simulated x ``--scale``): each job's latency, the completion order, jobs/min, the
 lone job's latency (its stage 1 + stage 2 with nothing else running) and the issue's two targets: first
-job <= 1.5 x lone, jobs/min >= 60 / (stage 1 + stage-2 GPU phases). Command::
+job <= 1.5 x lone, jobs/min >= 60 / (stage 1 + stage-2 GPU phases). Commands (the second with the GPU turn of
+an older commit)::
 
     python bench/bench_gpu_share_sim.py --jobs 8 --mesh noisy
+    mkdir -p /tmp/gs_before && git archive 17d00fd^ services | tar -x -C /tmp/gs_before
+    python bench/bench_gpu_share_sim.py --jobs 8 --mesh realistic --code-dir=/tmp/gs_before
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
+# --code-dir=DIR: a tree whose services/ (e.g. an older gpu_share.py) is imported instead of this checkout's
+_CODE_DIR = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--code-dir=")), None)
+sys.path[:0] = [p for p in (_CODE_DIR, str(ROOT)) if p]
 
 from services.common.gpu_share import GpuTurn, TurnHoldingBackend  # noqa: E402
 from services.stage2.backend import HOST_PHASES, Stage2PipelineBackend  # noqa: E402
@@ -121,7 +126,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--mesh", choices=sorted(MESHES), default="noisy")
     parser.add_argument("--scale", type=float, default=50.0, help="simulated time = real time / scale")
+    parser.add_argument("--code-dir", default=None, help="=DIR: import services/ from DIR (before rows)")
     args = parser.parse_args()
+    import services.common.gpu_share as gpu_share
+
+    print(f"gpu_share: {gpu_share.__file__}")
     phases = MESHES[args.mesh]
     lone, _ = simulate(1, phases, args.scale)
     done, order = simulate(args.jobs, phases, args.scale)
