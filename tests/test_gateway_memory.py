@@ -6,7 +6,13 @@ so each job moves ~25 MB through the gateway. Every other job is cancelled while
 call that ends in an error used to leave its inputs in a reference cycle (the grpc call object is the
 exception, its traceback holds the frames that reference it), freed only by a rare full garbage collection,
 and the soak's gateway grew +46 % over 30 jobs. RSS is read when no job is in flight (the least of a
-second's samples), after 10 warm-up jobs and after 50 more.
+second's samples) after every 10 jobs. How much of the freed memory the allocator has handed back when it is
+read moves one reading by up to ~10 MiB either way (measured over 130 jobs: 113.8, 103.4, 105.3, 102.7, 104.0,
+103.1, 103.6, 104.0, 111.4 MiB, no trend), so the level at the start is the lower of the readings after jobs 10
+and 20, the level at the end the lower of those after jobs 50 and 60: a leak raises both of the last two.
+The allocator also moves the level in steps of ~12 MiB that stay (on a clean clone: 102.2, 101.9, 114.9, 115.8,
+114.6, 116.9 MiB; again 102.0, 107.4, 106.2, 105.9, 108.4, 107.6), which 10 % of ~100 MiB does not hold (CI
+failed once at +11 %), so the bound is 15 %: the leak this test was written for grew the gateway 46 % in 30 jobs.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from services.supervisor import health_status
 from synchuman.v1 import common_pb2, reconstruction_pb2
 
 WARM_UP_JOBS, MEASURED_JOBS, IN_FLIGHT = 10, 50, 3
-MAX_GROWTH = 0.10
+#: RSS is read after every this many jobs.
+BATCH = 10
+MAX_GROWTH = 0.15
 #: Views of real size (stage 1 at 640^2: ~1.2 MB each) and a stage 2 slow enough to be cancelled in.
 BEHAVIOUR = Behaviour(steps=3, step_s=0.05, view_size=640)
 
@@ -96,9 +104,12 @@ def gateway_process(tmp_path):
 def test_gateway_rss_is_flat_over_50_jobs_after_warm_up(gateway_process) -> None:
     stub, pid = gateway_process
     run_jobs(stub, 0, WARM_UP_JOBS)
-    warm = settled_rss_mib(pid)
-    states = run_jobs(stub, WARM_UP_JOBS, MEASURED_JOBS)
-    end = settled_rss_mib(pid)
+    readings, states = [settled_rss_mib(pid)], []
+    for first in range(WARM_UP_JOBS, WARM_UP_JOBS + MEASURED_JOBS, BATCH):
+        states += run_jobs(stub, first, BATCH)
+        readings.append(settled_rss_mib(pid))
+    warm, end = min(readings[:2]), min(readings[-2:])
+    print("gateway RSS readings (MiB):", [round(r, 1) for r in readings])
     cancelled = states.count(reconstruction_pb2.JOB_STATE_CANCELLED)
     assert states.count(reconstruction_pb2.JOB_STATE_SUCCEEDED) + cancelled == MEASURED_JOBS
     assert cancelled >= MEASURED_JOBS // 4  # the cancels landed (in stage 2)
