@@ -1,18 +1,19 @@
 """The gateway's resident memory stays flat after warm-up (issue 17: "RSS within 10 % over 50 jobs").
 
 A real ``python -m gateway`` process (its RSS is what is measured) in front of the stage doubles of
-tests/gateway_doubles.py in this process, with views as large as real ones (10 x ~1.2 MB of random pixels),
-so each job moves ~25 MB through the gateway. Every other job is cancelled while stage 2 works on it: a stage
+tests/gateway_doubles.py in this process, with views as large as real ones (10 x ~1.2 MB of random pixels), so
+each job moves ~25 MB through the gateway. Every other job is cancelled while stage 2 works on it: a stage
 call that ends in an error used to leave its inputs in a reference cycle (the grpc call object is the
 exception, its traceback holds the frames that reference it), freed only by a rare full garbage collection,
-and the soak's gateway grew +46 % over 30 jobs. RSS is read when no job is in flight (the least of a
-second's samples) after every 10 jobs. How much of the freed memory the allocator has handed back when it is
-read moves one reading by up to ~10 MiB either way (measured over 130 jobs: 113.8, 103.4, 105.3, 102.7, 104.0,
-103.1, 103.6, 104.0, 111.4 MiB, no trend), so the level at the start is the lower of the readings after jobs 10
-and 20, the level at the end the lower of those after jobs 50 and 60: a leak raises both of the last two.
-The allocator also moves the level in steps of ~12 MiB that stay (on a clean clone: 102.2, 101.9, 114.9, 115.8,
+and the soak's gateway grew +46 % over 30 jobs. RSS is read when no job is in flight (the least of a second's
+samples) after every 10 jobs. How much of the freed memory the allocator has handed back when it is read moves
+one reading by up to ~10 MiB either way (measured over 130 jobs: 113.8, 103.4, 105.3, 102.7, 104.0, 103.1,
+103.6, 104.0, 111.4 MiB, no trend), so the level at the start is the lower of the readings after jobs 10 and
+20, the level at the end the lower of those after jobs 50 and 60: a leak raises both of the last two. The
+allocator also moves the level in steps of ~12 MiB that stay (on a clean clone: 102.2, 101.9, 114.9, 115.8,
 114.6, 116.9 MiB; again 102.0, 107.4, 106.2, 105.9, 108.4, 107.6), which 10 % of ~100 MiB does not hold (CI
-failed once at +11 %), so the bound is 15 %: the leak this test was written for grew the gateway 46 % in 30 jobs.
+failed once at +11 %), so the bound is 15 %: the leak this test was written for grew the gateway 46 % in 30
+jobs.
 """
 
 from __future__ import annotations
