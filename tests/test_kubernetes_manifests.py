@@ -24,6 +24,7 @@ from services.common import gpu_share
 
 KUSTOMIZE_ROOT = REPO_ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("one-gpu-node", "many-gpu-nodes")
+NAMESPACE = "synchuman"
 #: Native gRPC probes are GA since 1.27; the schemas of the newest version kubernetes-validate ships too.
 VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 STAGES = {"preprocess": 50052, "stage1": 50053, "stage2": 50054}
@@ -55,6 +56,8 @@ def kustomize_with_component(overlay: str, component: str, folder: Path) -> list
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
+        # As in the overlays: a generated object's hashed name reaches its users only in one namespace.
+        "namespace": NAMESPACE,
         "resources": [os.path.relpath(KUSTOMIZE_ROOT / "overlays" / overlay, folder)],  # must be relative
         "components": [os.path.relpath(KUSTOMIZE_ROOT / "components" / component, folder)],
     }
@@ -212,3 +215,37 @@ def test_gpu_share_component_gives_both_gpu_stages_one_lock_folder(tmp_path: Pat
     for name in ("preprocess", "gateway"):
         env = by_key[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0].get("env", [])
         assert gpu_share.ENV_DIR not in {e["name"] for e in env}, name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_profiles_component_gives_the_gateways_the_checked_profiles_file(
+    overlay: str, tmp_path: Path
+) -> None:
+    """components/profiles: the gateway pods read the output profiles from the generated ConfigMap (its
+    hashed name in the volume), at the path ``SYNCHUMAN_GATEWAY_PROFILES`` names; the file loads as the
+    gateway loads it and starts as the shipped defaults."""
+    from gateway.profile_file import DEFAULT_FILE, ENV, load_profiles
+
+    objects = kustomize_with_component(overlay, "profiles", tmp_path)
+    (config,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("synchuman-profiles")
+    ]
+    text = config["data"]["profiles.toml"]
+    assert text == DEFAULT_FILE.read_text(), (
+        "components/profiles/profiles.toml drifted from gateway/profiles.toml"
+    )
+    copy = tmp_path / "profiles.toml"
+    copy.write_text(text)
+    assert load_profiles(copy).names == load_profiles().names
+    pod = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "gateway")
+    spec = pod["spec"]["template"]["spec"]
+    main = spec["containers"][0]
+    path = Path({e["name"]: e.get("value") for e in main["env"]}[ENV])
+    (mount,) = [m for m in main["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == config["metadata"]["name"] and path.name == "profiles.toml"
+    for other in (o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] != "gateway"):
+        env = other["spec"]["template"]["spec"]["containers"][0].get("env", [])
+        assert ENV not in {e["name"] for e in env}, other["metadata"]["name"]
