@@ -61,5 +61,19 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && ! command -v postg
     echo "bootstrap: PostgreSQL not installed (apt-get install postgresql); its tests will skip (fail under CI)" >&2
   fi
 fi
+# promtool (checks and unit-tests deploy/observability's alert rules): taken out of Debian's prometheus package
+# into .cache/tools/ without installing it (installing would register a Prometheus server to start).
+if [ ! -x .cache/tools/promtool ] && ! command -v promtool >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then
+    deb_dir=$(mktemp -d) && chmod a+rwx "$deb_dir"  # apt downloads as its own user _apt
+    { { [ "$(id -u)" != 0 ] || apt-get update -qq; } && (cd "$deb_dir" && apt-get download -qq prometheus >/dev/null) \
+      && dpkg-deb -x "$deb_dir"/prometheus_*.deb "$deb_dir/root" && mkdir -p .cache/tools \
+      && cp "$deb_dir/root/usr/bin/promtool" .cache/tools/promtool; } \
+      || echo "bootstrap: promtool not installed; the alert-rule tests will skip (fail under CI)" >&2
+    rm -rf "$deb_dir"
+  else
+    echo "bootstrap: promtool not installed (Debian's prometheus package has it); its tests will skip (fail under CI)" >&2
+  fi
+fi
 "$py" scripts/fetch_segmenter.py
 "$py" scripts/fetch_compose.py || echo "bootstrap: docker-compose not installed; compose.yaml tests will skip (fail under CI)" >&2

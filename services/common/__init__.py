@@ -29,7 +29,7 @@ Modules and their main entry points:
   their ``synchuman.v1`` form and back.
 * :mod:`services.common.observability` - :class:`ObservabilityInterceptor` (JSON log line, Prometheus
   counters / latency histogram / in-flight gauge per RPC, refusal of calls whose deadline already passed)
-  and :func:`start_metrics_server`.
+  and :func:`start_metrics_server`; :mod:`services.common.gpu_metrics` - the process's GPU memory gauges.
 * :mod:`services.common.auth` - the bearer-token interceptor and :func:`authorized_channel`.
 * :mod:`services.common.arguments` - the service mains' argument-error convention.
 * :mod:`services.common.gpu_queue`, :mod:`services.common.worker` - the slot limiter and worker-thread

@@ -24,6 +24,7 @@ import grpc
 from services.common.auth import STAGE_TOKEN_HINT
 from services.common.backend import StageBackend
 from services.common.endpoints import default_address
+from services.common.gpu_metrics import register_gpu_memory_metrics
 from services.common.grpc_server import ServiceServer
 from services.common.observability import start_metrics_server
 from services.common.stage_runtime import StageLimits, StageRuntime
@@ -210,6 +211,7 @@ def serve_forever(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     server = StageServer(spec, address, limits, access)
+    register_gpu_memory_metrics()
     start_metrics_server(metrics_port)
     service = spec.stage.service
     print(f"{service}: listening on {server.address} (loading checkpoints)", file=sys.stderr, flush=True)
