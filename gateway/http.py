@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.errors import JobError
 from gateway.http_download import RANGE_FORMS, artifact_response
 from gateway.manager import JobManager
-from gateway.openapi_doc import download_responses, error_responses, profiles_responses, upload_doc
+from gateway.openapi_doc import download_responses, error_responses, job_links, profiles_responses, upload_doc
 from gateway.paging import PAGE_TOKEN
 from gateway.request_fields import JOB_ID_PATTERN, MAX_NAME_CHARS, MAX_SEQUENCE
 from gateway.store import Event, StoreError
@@ -303,8 +303,13 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
         dependencies=auth,
         status_code=201,
         openapi_extra=upload_doc(manager.settings.profiles.names),
+        operation_id="submit_job",
         responses={
-            200: {"description": "Deduplicated: the job submitted earlier with this idempotency key"},
+            201: {"description": "The job, created", "links": job_links()},
+            200: {
+                "description": "Deduplicated: the job submitted earlier with this idempotency key",
+                "links": job_links(),
+            },
             **error_responses(413, 429),
         },
     )
@@ -356,15 +361,33 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
         and its effective options (``ListProfiles``)."""
         return _to_dict(manager.profiles())
 
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"], dependencies=auth, responses=error_responses(404))
+    @app.get(
+        "/v1/jobs/{job_id}",
+        tags=["jobs"],
+        dependencies=auth,
+        operation_id="get_job",
+        responses=error_responses(404),
+    )
     def get_job(job_id: str = _JOB_ID) -> dict:
         return {"job": _to_dict(manager.get(job_id))}
 
-    @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"], dependencies=auth, responses=error_responses(404))
+    @app.post(
+        "/v1/jobs/{job_id}/cancel",
+        tags=["jobs"],
+        dependencies=auth,
+        operation_id="cancel_job",
+        responses=error_responses(404),
+    )
     def cancel_job(job_id: str = _JOB_ID) -> dict:
         return {"job": _to_dict(manager.cancel(job_id))}
 
-    @app.delete("/v1/jobs/{job_id}", tags=["jobs"], dependencies=auth, responses=error_responses(404, 409))
+    @app.delete(
+        "/v1/jobs/{job_id}",
+        tags=["jobs"],
+        dependencies=auth,
+        operation_id="delete_job",
+        responses=error_responses(404, 409),
+    )
     def delete_job(job_id: str = _JOB_ID) -> dict:
         """Delete a finished job, its events and files (409 while it is queued or running)."""
         return {"deleted_artifacts": manager.delete(job_id)}
@@ -373,6 +396,7 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
         "/v1/jobs/{job_id}/artifacts/{name}",
         tags=["jobs"],
         dependencies=auth,
+        operation_id="get_artifact",
         response_class=Response,
         responses=download_responses(),
     )
@@ -391,6 +415,7 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
         "/v1/jobs/{job_id}/events",
         tags=["jobs"],
         dependencies=auth,
+        operation_id="job_events",
         response_class=StreamingResponse,
         responses=error_responses(404),
     )

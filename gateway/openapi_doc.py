@@ -60,6 +60,28 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def job_links() -> dict[str, dict[str, Any]]:
+    """OpenAPI links from a response holding ``{"job": Job}`` to the operations that take its id (so that
+    client generators and stateful API fuzzers follow a submitted job: get, events, the GLB, cancel,
+    delete)."""
+    job_id = {"job_id": "$response.body#/job/id"}
+    links = {
+        "GetJob": ("get_job", job_id, "the job's state, progress and files"),
+        "WatchJobEvents": ("job_events", job_id, "the job's events as server-sent events"),
+        "DownloadModel": (
+            "get_artifact",
+            {**job_id, "name": "person.glb"},
+            "the GLB, once the job succeeded",
+        ),
+        "CancelJob": ("cancel_job", job_id, "cancel the job"),
+        "DeleteJob": ("delete_job", job_id, "delete the job once it has ended"),
+    }
+    return {
+        name: {"operationId": operation, "parameters": parameters, "description": description}
+        for name, (operation, parameters, description) in links.items()
+    }
+
+
 def _header(description: str, kind: str = "string") -> dict[str, Any]:
     """An OpenAPI response header."""
     return {"description": description, "schema": {"type": kind}}

@@ -59,4 +59,26 @@ def test_schemathesis_finds_no_failure(stack, tmp_path):
     assert result.returncode == 0, output[-12000:]
     generated = re.search(r"(\d+) generated", output)
     assert generated and int(generated[1]) >= 100, output[-3000:]
-    print(f"schemathesis: {generated[1]} test cases, --checks all, 0 failures")
+    # The stateful phase follows the links of POST /v1/jobs to the operations that take a job id.
+    links = re.search(r"API Links:\s+(\d+) covered", output)
+    scenarios = re.search(r"Stateful \(in [^)]*\)\s+Scenarios:\s+(\d+)", output)
+    assert links and int(links[1]) >= 5 and scenarios and int(scenarios[1]) >= 5, output[-3000:]
+    print(
+        f"schemathesis: {generated[1]} test cases, --checks all, 0 failures; "
+        f"stateful: {scenarios[1]} scenarios, {links[1]} links covered"
+    )
+
+
+def test_a_submitted_job_links_to_every_operation_on_its_id(stack):
+    """``POST /v1/jobs`` links (OpenAPI ``links``) to get, events, download, cancel and delete with the new
+    job's id, by operation ids that exist."""
+    import httpx
+
+    document = httpx.get(f"http://127.0.0.1:{stack.gateway.http_port}/openapi.json", timeout=10).json()
+    operations = {op["operationId"] for path in document["paths"].values() for op in path.values()}
+    for status in ("200", "201"):
+        links = document["paths"]["/v1/jobs"]["post"]["responses"][status]["links"]
+        targets = {link["operationId"] for link in links.values()}
+        assert targets == {"get_job", "job_events", "get_artifact", "cancel_job", "delete_job"}
+        assert targets <= operations
+        assert all(link["parameters"]["job_id"] == "$response.body#/job/id" for link in links.values())
