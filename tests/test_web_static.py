@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import tomllib
 from pathlib import Path, PurePosixPath
 
@@ -88,3 +89,36 @@ def test_every_built_file_is_package_data() -> None:
 
     missed = [name for name in files if not installed(name)]
     assert files and not missed, f"not installed with the gateway: {missed}"
+
+
+def test_every_data_file_of_the_packages_is_package_data() -> None:
+    """An installed package (a wheel, the Docker images) carries the data files it reads at run time: every
+    tracked file inside the Python packages that is not Python (the web page's sources aside: they are built
+    into gateway/web/dist, checked above) matches a package-data pattern of its package. The images once
+    shipped a gateway without gateway/profiles.toml, which then could not start."""
+    root = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(
+        ["git", "ls-files", "gateway", "synchuman", "services", "synchuman_cli"],
+        cwd=root, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    data = [
+        name
+        for name in listed
+        if not name.endswith((".py", ".pyi")) and not name.startswith("gateway/web/") and "/" in name
+    ]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+
+    def installed(name: str) -> bool:  # the pattern is relative to the package folder holding the file
+        path = PurePosixPath(name)
+        for package, patterns in package_data.items():
+            folder = PurePosixPath(*package.split("."))
+            if folder in path.parents:
+                relative = path.relative_to(folder)
+                depth = len(relative.parts)
+                if any(depth == len(PurePosixPath(p).parts) and relative.match(p) for p in patterns):
+                    return True
+        return False
+
+    assert "gateway/profiles.toml" in data
+    missed = [name for name in data if not installed(name)]
+    assert not missed, f"not installed with the packages (add to [tool.setuptools.package-data]): {missed}"
