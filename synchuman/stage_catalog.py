@@ -107,6 +107,9 @@ MULTIVIEW = StageEntry(
     checkpoint_sections=("dinov2", "stage1"),
 )
 
+#: The phases of the post-processing (:mod:`synchuman.postprocess.pipeline`), the last of stage 2's.
+POSTPROCESS_PHASES = ("decimate", "visibility", "cut_fill", "uv_atlas", "gaussian_render", "bake", "export")
+
 RECONSTRUCTION = StageEntry(
     name="reconstruction",
     stage=3,
@@ -124,19 +127,7 @@ RECONSTRUCTION = StageEntry(
         StageFile("turntable.webp", "image/webp"),
     ),
     result_file=StageFile("output_report.json", JSON),
-    phases=(
-        "condition",
-        "sampling",
-        "multiview_features",
-        "decode",
-        "decimate",
-        "visibility",
-        "cut_fill",
-        "uv_atlas",
-        "gaussian_render",
-        "bake",
-        "export",
-    ),
+    phases=("condition", "sampling", "multiview_features", "decode", *POSTPROCESS_PHASES),
     options_message="ReconstructionOptions",
     checkpoint_sections=("dinov2", "stage2"),
     optional_outputs=frozenset(

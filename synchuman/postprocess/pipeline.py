@@ -27,6 +27,7 @@ from synchuman.postprocess.outputs import make_extras
 from synchuman.postprocess.uv_atlas import parametrize
 from synchuman.postprocess.visibility import face_visibility, remove_invisible_faces
 from synchuman.progress_phases import ProgressCallback
+from synchuman.stage_catalog import POSTPROCESS_PHASES
 
 # generated body views: azimuths of the front, right, back and left orthographic cameras (pitch 0, radius 2)
 VIEW_YAWS = (-math.pi, -3 * math.pi / 2, 0.0, -math.pi / 2)
@@ -79,15 +80,7 @@ class _Phases:
     """Runs the phases through a :class:`~synchuman.phases.PhaseTimer` (time and peak GPU memory into the
     report) and reports their start and steps."""
 
-    names = (
-        "decimate",
-        "visibility",
-        "cut_fill",
-        "uv_atlas",
-        "gaussian_render",
-        "bake",
-        "export",
-    )
+    names = POSTPROCESS_PHASES
 
     def __init__(
         self, report: PostprocessReport, device: torch.device, progress: ProgressCallback | None
