@@ -38,7 +38,7 @@ class Artifact(_message.Message):
     def __init__(self, blob: _Optional[_Union[_common_pb2.BlobHeader, _Mapping]] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "stage", "progress", "options", "idempotency_key", "create_time", "update_time", "end_time", "artifacts", "input_report", "output_report", "error", "attempts", "effective_options")
+    __slots__ = ("id", "state", "stage", "progress", "options", "idempotency_key", "create_time", "update_time", "end_time", "artifacts", "input_report", "output_report", "error", "attempts", "effective_options", "webhook")
     class AttemptsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class Job(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     EFFECTIVE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: JobState
     stage: _common_pb2.Stage
@@ -76,7 +77,38 @@ class Job(_message.Message):
     error: _status_pb2.Status
     attempts: _containers.ScalarMap[str, int]
     effective_options: _common_pb2.JobOptions
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., progress: _Optional[_Union[_common_pb2.ProgressEvent, _Mapping]] = ..., options: _Optional[_Union[_common_pb2.JobOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., input_report: _Optional[_Union[_common_pb2.InputQualityReport, _Mapping]] = ..., output_report: _Optional[_Union[_common_pb2.OutputQualityReport, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., attempts: _Optional[_Mapping[str, int]] = ..., effective_options: _Optional[_Union[_common_pb2.JobOptions, _Mapping]] = ...) -> None: ...
+    webhook: WebhookDelivery
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., progress: _Optional[_Union[_common_pb2.ProgressEvent, _Mapping]] = ..., options: _Optional[_Union[_common_pb2.JobOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., input_report: _Optional[_Union[_common_pb2.InputQualityReport, _Mapping]] = ..., output_report: _Optional[_Union[_common_pb2.OutputQualityReport, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., attempts: _Optional[_Mapping[str, int]] = ..., effective_options: _Optional[_Union[_common_pb2.JobOptions, _Mapping]] = ..., webhook: _Optional[_Union[WebhookDelivery, _Mapping]] = ...) -> None: ...
+
+class WebhookDelivery(_message.Message):
+    __slots__ = ("url", "event_id", "delivered", "abandoned", "attempts", "next_attempt_time")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    ABANDONED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    event_id: str
+    delivered: bool
+    abandoned: bool
+    attempts: _containers.RepeatedCompositeFieldContainer[WebhookAttempt]
+    next_attempt_time: _timestamp_pb2.Timestamp
+    def __init__(self, url: _Optional[str] = ..., event_id: _Optional[str] = ..., delivered: _Optional[bool] = ..., abandoned: _Optional[bool] = ..., attempts: _Optional[_Iterable[_Union[WebhookAttempt, _Mapping]]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class WebhookAttempt(_message.Message):
+    __slots__ = ("number", "time", "http_status", "error", "duration_s")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    time: _timestamp_pb2.Timestamp
+    http_status: int
+    error: str
+    duration_s: float
+    def __init__(self, number: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., http_status: _Optional[int] = ..., error: _Optional[str] = ..., duration_s: _Optional[float] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("start", "chunk")
@@ -87,14 +119,16 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, start: _Optional[_Union[SubmitJobStart, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.BlobChunk, _Mapping]] = ...) -> None: ...
 
 class SubmitJobStart(_message.Message):
-    __slots__ = ("options", "idempotency_key", "image")
+    __slots__ = ("options", "idempotency_key", "image", "callback_url")
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_URL_FIELD_NUMBER: _ClassVar[int]
     options: _common_pb2.JobOptions
     idempotency_key: str
     image: _common_pb2.BlobHeader
-    def __init__(self, options: _Optional[_Union[_common_pb2.JobOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.BlobHeader, _Mapping]] = ...) -> None: ...
+    callback_url: str
+    def __init__(self, options: _Optional[_Union[_common_pb2.JobOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.BlobHeader, _Mapping]] = ..., callback_url: _Optional[str] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ("job", "deduplicated")

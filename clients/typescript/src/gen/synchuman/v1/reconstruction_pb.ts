@@ -33,7 +33,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file synchuman/v1/reconstruction.proto.
  */
 export const file_synchuman_v1_reconstruction: GenFile = /*@__PURE__*/
-  fileDesc("CiFzeW5jaHVtYW4vdjEvcmVjb25zdHJ1Y3Rpb24ucHJvdG8SDHN5bmNodW1hbi52MSKHAQoIQXJ0aWZhY3QSJgoEYmxvYhgBIAEoCzIYLnN5bmNodW1hbi52MS5CbG9iSGVhZGVyEiIKBXN0YWdlGAIgASgOMhMuc3luY2h1bWFuLnYxLlN0YWdlEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK4BQoDSm9iEgoKAmlkGAEgASgJEiUKBXN0YXRlGAIgASgOMhYuc3luY2h1bWFuLnYxLkpvYlN0YXRlEiIKBXN0YWdlGAMgASgOMhMuc3luY2h1bWFuLnYxLlN0YWdlEi0KCHByb2dyZXNzGAQgASgLMhsuc3luY2h1bWFuLnYxLlByb2dyZXNzRXZlbnQSKQoHb3B0aW9ucxgFIAEoCzIYLnN5bmNodW1hbi52MS5Kb2JPcHRpb25zEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCglhcnRpZmFjdHMYCiADKAsyFi5zeW5jaHVtYW4udjEuQXJ0aWZhY3QSNgoMaW5wdXRfcmVwb3J0GAsgASgLMiAuc3luY2h1bWFuLnYxLklucHV0UXVhbGl0eVJlcG9ydBI4Cg1vdXRwdXRfcmVwb3J0GAwgASgLMiEuc3luY2h1bWFuLnYxLk91dHB1dFF1YWxpdHlSZXBvcnQSIQoFZXJyb3IYDSABKAsyEi5nb29nbGUucnBjLlN0YXR1cxIxCghhdHRlbXB0cxgOIAMoCzIfLnN5bmNodW1hbi52MS5Kb2IuQXR0ZW1wdHNFbnRyeRIzChFlZmZlY3RpdmVfb3B0aW9ucxgPIAEoCzIYLnN5bmNodW1hbi52MS5Kb2JPcHRpb25zGi8KDUF0dGVtcHRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgNOgI4ASJ2ChBTdWJtaXRKb2JSZXF1ZXN0Ei0KBXN0YXJ0GAEgASgLMhwuc3luY2h1bWFuLnYxLlN1Ym1pdEpvYlN0YXJ0SAASKAoFY2h1bmsYAiABKAsyFy5zeW5jaHVtYW4udjEuQmxvYkNodW5rSABCCQoHcGF5bG9hZCJ9Cg5TdWJtaXRKb2JTdGFydBIpCgdvcHRpb25zGAEgASgLMhguc3luY2h1bWFuLnYxLkpvYk9wdGlvbnMSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEicKBWltYWdlGAMgASgLMhguc3luY2h1bWFuLnYxLkJsb2JIZWFkZXIiSQoRU3VibWl0Sm9iUmVzcG9uc2USHgoDam9iGAEgASgLMhEuc3luY2h1bWFuLnYxLkpvYhIUCgxkZWR1cGxpY2F0ZWQYAiABKAgiOQoPV2F0Y2hKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBCKuAgoQV2F0Y2hKb2JSZXNwb25zZRIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgVzdGF0ZRgDIAEoDjIWLnN5bmNodW1hbi52MS5Kb2JTdGF0ZRIvCghwcm9ncmVzcxgEIAEoCzIbLnN5bmNodW1hbi52MS5Qcm9ncmVzc0V2ZW50SAASLgoPc3RhZ2VfY29tcGxldGVkGAUgASgOMhMuc3luY2h1bWFuLnYxLlN0YWdlSAASJgoIcmV0cnlpbmcYBiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAEiUKCGZpbmlzaGVkGAcgASgLMhEuc3luY2h1bWFuLnYxLkpvYkgAQgcKBWV2ZW50Ih8KDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjAKDkdldEpvYlJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLnN5bmNodW1hbi52MS5Kb2IiXwoPTGlzdEpvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEiUKBXN0YXRlGAMgASgOMhYuc3luY2h1bWFuLnYxLkpvYlN0YXRlIkwKEExpc3RKb2JzUmVzcG9uc2USHwoEam9icxgBIAMoCzIRLnN5bmNodW1hbi52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjMKEUNhbmNlbEpvYlJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLnN5bmNodW1hbi52MS5Kb2IiIgoQRGVsZXRlSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiLgoRRGVsZXRlSm9iUmVzcG9uc2USGQoRZGVsZXRlZF9hcnRpZmFjdHMYASABKA0iMgoSR2V0QXJ0aWZhY3RSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJInYKE0dldEFydGlmYWN0UmVzcG9uc2USKgoGaGVhZGVyGAEgASgLMhguc3luY2h1bWFuLnYxLkJsb2JIZWFkZXJIABIoCgVjaHVuaxgCIAEoCzIXLnN5bmNodW1hbi52MS5CbG9iQ2h1bmtIAEIJCgdwYXlsb2FkIhUKE0xpc3RQcm9maWxlc1JlcXVlc3QijAEKB1Byb2ZpbGUSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIpCgdvcHRpb25zGAMgASgLMhguc3luY2h1bWFuLnYxLkpvYk9wdGlvbnMSMwoRZWZmZWN0aXZlX29wdGlvbnMYBCABKAsyGC5zeW5jaHVtYW4udjEuSm9iT3B0aW9ucyI/ChRMaXN0UHJvZmlsZXNSZXNwb25zZRInCghwcm9maWxlcxgBIAMoCzIVLnN5bmNodW1hbi52MS5Qcm9maWxlKpoBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBTKNBQoVUmVjb25zdHJ1Y3Rpb25TZXJ2aWNlEk4KCVN1Ym1pdEpvYhIeLnN5bmNodW1hbi52MS5TdWJtaXRKb2JSZXF1ZXN0Gh8uc3luY2h1bWFuLnYxLlN1Ym1pdEpvYlJlc3BvbnNlKAESSwoIV2F0Y2hKb2ISHS5zeW5jaHVtYW4udjEuV2F0Y2hKb2JSZXF1ZXN0Gh4uc3luY2h1bWFuLnYxLldhdGNoSm9iUmVzcG9uc2UwARJDCgZHZXRKb2ISGy5zeW5jaHVtYW4udjEuR2V0Sm9iUmVxdWVzdBocLnN5bmNodW1hbi52MS5HZXRKb2JSZXNwb25zZRJJCghMaXN0Sm9icxIdLnN5bmNodW1hbi52MS5MaXN0Sm9ic1JlcXVlc3QaHi5zeW5jaHVtYW4udjEuTGlzdEpvYnNSZXNwb25zZRJMCglDYW5jZWxKb2ISHi5zeW5jaHVtYW4udjEuQ2FuY2VsSm9iUmVxdWVzdBofLnN5bmNodW1hbi52MS5DYW5jZWxKb2JSZXNwb25zZRJUCgtHZXRBcnRpZmFjdBIgLnN5bmNodW1hbi52MS5HZXRBcnRpZmFjdFJlcXVlc3QaIS5zeW5jaHVtYW4udjEuR2V0QXJ0aWZhY3RSZXNwb25zZTABEkwKCURlbGV0ZUpvYhIeLnN5bmNodW1hbi52MS5EZWxldGVKb2JSZXF1ZXN0Gh8uc3luY2h1bWFuLnYxLkRlbGV0ZUpvYlJlc3BvbnNlElUKDExpc3RQcm9maWxlcxIhLnN5bmNodW1hbi52MS5MaXN0UHJvZmlsZXNSZXF1ZXN0GiIuc3luY2h1bWFuLnYxLkxpc3RQcm9maWxlc1Jlc3BvbnNlQjxaOmdpdGh1Yi5jb20vc3luY2h1bWFuL3NlcnZlL2dlbi9nby9zeW5jaHVtYW4vdjE7c3luY2h1bWFudjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_google_rpc_status, file_synchuman_v1_common]);
+  fileDesc("CiFzeW5jaHVtYW4vdjEvcmVjb25zdHJ1Y3Rpb24ucHJvdG8SDHN5bmNodW1hbi52MSKHAQoIQXJ0aWZhY3QSJgoEYmxvYhgBIAEoCzIYLnN5bmNodW1hbi52MS5CbG9iSGVhZGVyEiIKBXN0YWdlGAIgASgOMhMuc3luY2h1bWFuLnYxLlN0YWdlEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLoBQoDSm9iEgoKAmlkGAEgASgJEiUKBXN0YXRlGAIgASgOMhYuc3luY2h1bWFuLnYxLkpvYlN0YXRlEiIKBXN0YWdlGAMgASgOMhMuc3luY2h1bWFuLnYxLlN0YWdlEi0KCHByb2dyZXNzGAQgASgLMhsuc3luY2h1bWFuLnYxLlByb2dyZXNzRXZlbnQSKQoHb3B0aW9ucxgFIAEoCzIYLnN5bmNodW1hbi52MS5Kb2JPcHRpb25zEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRIvCgtjcmVhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCglhcnRpZmFjdHMYCiADKAsyFi5zeW5jaHVtYW4udjEuQXJ0aWZhY3QSNgoMaW5wdXRfcmVwb3J0GAsgASgLMiAuc3luY2h1bWFuLnYxLklucHV0UXVhbGl0eVJlcG9ydBI4Cg1vdXRwdXRfcmVwb3J0GAwgASgLMiEuc3luY2h1bWFuLnYxLk91dHB1dFF1YWxpdHlSZXBvcnQSIQoFZXJyb3IYDSABKAsyEi5nb29nbGUucnBjLlN0YXR1cxIxCghhdHRlbXB0cxgOIAMoCzIfLnN5bmNodW1hbi52MS5Kb2IuQXR0ZW1wdHNFbnRyeRIzChFlZmZlY3RpdmVfb3B0aW9ucxgPIAEoCzIYLnN5bmNodW1hbi52MS5Kb2JPcHRpb25zEi4KB3dlYmhvb2sYECABKAsyHS5zeW5jaHVtYW4udjEuV2ViaG9va0RlbGl2ZXJ5Gi8KDUF0dGVtcHRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgNOgI4ASK9AQoPV2ViaG9va0RlbGl2ZXJ5EgsKA3VybBgBIAEoCRIQCghldmVudF9pZBgCIAEoCRIRCglkZWxpdmVyZWQYAyABKAgSEQoJYWJhbmRvbmVkGAQgASgIEi4KCGF0dGVtcHRzGAUgAygLMhwuc3luY2h1bWFuLnYxLldlYmhvb2tBdHRlbXB0EjUKEW5leHRfYXR0ZW1wdF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKCAQoOV2ViaG9va0F0dGVtcHQSDgoGbnVtYmVyGAEgASgNEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2h0dHBfc3RhdHVzGAMgASgNEg0KBWVycm9yGAQgASgJEhIKCmR1cmF0aW9uX3MYBSABKAEidgoQU3VibWl0Sm9iUmVxdWVzdBItCgVzdGFydBgBIAEoCzIcLnN5bmNodW1hbi52MS5TdWJtaXRKb2JTdGFydEgAEigKBWNodW5rGAIgASgLMhcuc3luY2h1bWFuLnYxLkJsb2JDaHVua0gAQgkKB3BheWxvYWQikwEKDlN1Ym1pdEpvYlN0YXJ0EikKB29wdGlvbnMYASABKAsyGC5zeW5jaHVtYW4udjEuSm9iT3B0aW9ucxIXCg9pZGVtcG90ZW5jeV9rZXkYAiABKAkSJwoFaW1hZ2UYAyABKAsyGC5zeW5jaHVtYW4udjEuQmxvYkhlYWRlchIUCgxjYWxsYmFja191cmwYBCABKAkiSQoRU3VibWl0Sm9iUmVzcG9uc2USHgoDam9iGAEgASgLMhEuc3luY2h1bWFuLnYxLkpvYhIUCgxkZWR1cGxpY2F0ZWQYAiABKAgiOQoPV2F0Y2hKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBCKuAgoQV2F0Y2hKb2JSZXNwb25zZRIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgVzdGF0ZRgDIAEoDjIWLnN5bmNodW1hbi52MS5Kb2JTdGF0ZRIvCghwcm9ncmVzcxgEIAEoCzIbLnN5bmNodW1hbi52MS5Qcm9ncmVzc0V2ZW50SAASLgoPc3RhZ2VfY29tcGxldGVkGAUgASgOMhMuc3luY2h1bWFuLnYxLlN0YWdlSAASJgoIcmV0cnlpbmcYBiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAEiUKCGZpbmlzaGVkGAcgASgLMhEuc3luY2h1bWFuLnYxLkpvYkgAQgcKBWV2ZW50Ih8KDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjAKDkdldEpvYlJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLnN5bmNodW1hbi52MS5Kb2IiXwoPTGlzdEpvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEiUKBXN0YXRlGAMgASgOMhYuc3luY2h1bWFuLnYxLkpvYlN0YXRlIkwKEExpc3RKb2JzUmVzcG9uc2USHwoEam9icxgBIAMoCzIRLnN5bmNodW1hbi52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjMKEUNhbmNlbEpvYlJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLnN5bmNodW1hbi52MS5Kb2IiIgoQRGVsZXRlSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiLgoRRGVsZXRlSm9iUmVzcG9uc2USGQoRZGVsZXRlZF9hcnRpZmFjdHMYASABKA0iMgoSR2V0QXJ0aWZhY3RSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJInYKE0dldEFydGlmYWN0UmVzcG9uc2USKgoGaGVhZGVyGAEgASgLMhguc3luY2h1bWFuLnYxLkJsb2JIZWFkZXJIABIoCgVjaHVuaxgCIAEoCzIXLnN5bmNodW1hbi52MS5CbG9iQ2h1bmtIAEIJCgdwYXlsb2FkIhUKE0xpc3RQcm9maWxlc1JlcXVlc3QijAEKB1Byb2ZpbGUSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIpCgdvcHRpb25zGAMgASgLMhguc3luY2h1bWFuLnYxLkpvYk9wdGlvbnMSMwoRZWZmZWN0aXZlX29wdGlvbnMYBCABKAsyGC5zeW5jaHVtYW4udjEuSm9iT3B0aW9ucyI/ChRMaXN0UHJvZmlsZXNSZXNwb25zZRInCghwcm9maWxlcxgBIAMoCzIVLnN5bmNodW1hbi52MS5Qcm9maWxlKpoBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBTKNBQoVUmVjb25zdHJ1Y3Rpb25TZXJ2aWNlEk4KCVN1Ym1pdEpvYhIeLnN5bmNodW1hbi52MS5TdWJtaXRKb2JSZXF1ZXN0Gh8uc3luY2h1bWFuLnYxLlN1Ym1pdEpvYlJlc3BvbnNlKAESSwoIV2F0Y2hKb2ISHS5zeW5jaHVtYW4udjEuV2F0Y2hKb2JSZXF1ZXN0Gh4uc3luY2h1bWFuLnYxLldhdGNoSm9iUmVzcG9uc2UwARJDCgZHZXRKb2ISGy5zeW5jaHVtYW4udjEuR2V0Sm9iUmVxdWVzdBocLnN5bmNodW1hbi52MS5HZXRKb2JSZXNwb25zZRJJCghMaXN0Sm9icxIdLnN5bmNodW1hbi52MS5MaXN0Sm9ic1JlcXVlc3QaHi5zeW5jaHVtYW4udjEuTGlzdEpvYnNSZXNwb25zZRJMCglDYW5jZWxKb2ISHi5zeW5jaHVtYW4udjEuQ2FuY2VsSm9iUmVxdWVzdBofLnN5bmNodW1hbi52MS5DYW5jZWxKb2JSZXNwb25zZRJUCgtHZXRBcnRpZmFjdBIgLnN5bmNodW1hbi52MS5HZXRBcnRpZmFjdFJlcXVlc3QaIS5zeW5jaHVtYW4udjEuR2V0QXJ0aWZhY3RSZXNwb25zZTABEkwKCURlbGV0ZUpvYhIeLnN5bmNodW1hbi52MS5EZWxldGVKb2JSZXF1ZXN0Gh8uc3luY2h1bWFuLnYxLkRlbGV0ZUpvYlJlc3BvbnNlElUKDExpc3RQcm9maWxlcxIhLnN5bmNodW1hbi52MS5MaXN0UHJvZmlsZXNSZXF1ZXN0GiIuc3luY2h1bWFuLnYxLkxpc3RQcm9maWxlc1Jlc3BvbnNlQjxaOmdpdGh1Yi5jb20vc3luY2h1bWFuL3NlcnZlL2dlbi9nby9zeW5jaHVtYW4vdjE7c3luY2h1bWFudjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_google_rpc_status, file_synchuman_v1_common]);
 
 /**
  * A stored file of a job.
@@ -188,6 +188,16 @@ export type Job = Message<"synchuman.v1.Job"> & {
    * @generated from field: synchuman.v1.JobOptions effective_options = 15;
    */
   effectiveOptions?: JobOptions | undefined;
+
+  /**
+   * The job's webhook, when it was submitted with a `callback_url`: the
+   * URL, and once the job has ended, the delivery of its event and every
+   * attempt made so far (`GetJob` only; `ListJobs` and `WatchJob` carry the
+   * URL alone).
+   *
+   * @generated from field: synchuman.v1.WebhookDelivery webhook = 16;
+   */
+  webhook?: WebhookDelivery | undefined;
 };
 
 /**
@@ -196,6 +206,121 @@ export type Job = Message<"synchuman.v1.Job"> & {
  */
 export const JobSchema: GenMessage<Job> = /*@__PURE__*/
   messageDesc(file_synchuman_v1_reconstruction, 1);
+
+/**
+ * A job's webhook: when the job ends (SUCCEEDED, FAILED or CANCELLED) the
+ * gateway POSTs one JSON event to `url`, signed per the Standard Webhooks
+ * specification (headers `webhook-id`, `webhook-timestamp`,
+ * `webhook-signature`: "v1," + base64 HMAC-SHA256 with the deployment's
+ * secret). A delivery is attempted until the receiver answers 2xx; other
+ * answers (redirects included: they are not followed), connection errors and
+ * timeouts are retried with exponential back-off (5 s, 30 s, 3 min, 18 min,
+ * 1.8 h, then every 6 h) for at least 24 hours. Delivery is at least once:
+ * a receiver deduplicates by `event_id`, the same on every attempt.
+ *
+ * @generated from message synchuman.v1.WebhookDelivery
+ */
+export type WebhookDelivery = Message<"synchuman.v1.WebhookDelivery"> & {
+  /**
+   * The callback URL given at submission.
+   *
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * The event's id (the `webhook-id` header), set when the job ended.
+   *
+   * @generated from field: string event_id = 2;
+   */
+  eventId: string;
+
+  /**
+   * True once the receiver answered 2xx.
+   *
+   * @generated from field: bool delivered = 3;
+   */
+  delivered: boolean;
+
+  /**
+   * True when the gateway stopped trying (the retry period passed without
+   * a 2xx answer).
+   *
+   * @generated from field: bool abandoned = 4;
+   */
+  abandoned: boolean;
+
+  /**
+   * Attempts made so far, oldest first.
+   *
+   * @generated from field: repeated synchuman.v1.WebhookAttempt attempts = 5;
+   */
+  attempts: WebhookAttempt[];
+
+  /**
+   * When the next attempt is due (unset once delivered or abandoned).
+   *
+   * @generated from field: google.protobuf.Timestamp next_attempt_time = 6;
+   */
+  nextAttemptTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message synchuman.v1.WebhookDelivery.
+ * Use `create(WebhookDeliverySchema)` to create a new message.
+ */
+export const WebhookDeliverySchema: GenMessage<WebhookDelivery> = /*@__PURE__*/
+  messageDesc(file_synchuman_v1_reconstruction, 2);
+
+/**
+ * One attempt to deliver a webhook event.
+ *
+ * @generated from message synchuman.v1.WebhookAttempt
+ */
+export type WebhookAttempt = Message<"synchuman.v1.WebhookAttempt"> & {
+  /**
+   * 1 for the first attempt.
+   *
+   * @generated from field: uint32 number = 1;
+   */
+  number: number;
+
+  /**
+   * When the attempt was made.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 2;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * The receiver's HTTP status (0 when none came: connection error,
+   * timeout, or an address refused by the gateway's policy).
+   *
+   * @generated from field: uint32 http_status = 3;
+   */
+  httpStatus: number;
+
+  /**
+   * Why the attempt failed ("" when it succeeded).
+   *
+   * @generated from field: string error = 4;
+   */
+  error: string;
+
+  /**
+   * Seconds from sending the request to the answer (or the failure).
+   *
+   * @generated from field: double duration_s = 5;
+   */
+  durationS: number;
+};
+
+/**
+ * Describes the message synchuman.v1.WebhookAttempt.
+ * Use `create(WebhookAttemptSchema)` to create a new message.
+ */
+export const WebhookAttemptSchema: GenMessage<WebhookAttempt> = /*@__PURE__*/
+  messageDesc(file_synchuman_v1_reconstruction, 3);
 
 /**
  * A message of the upload stream of `SubmitJob`.
@@ -232,7 +357,7 @@ export type SubmitJobRequest = Message<"synchuman.v1.SubmitJobRequest"> & {
  * Use `create(SubmitJobRequestSchema)` to create a new message.
  */
 export const SubmitJobRequestSchema: GenMessage<SubmitJobRequest> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 2);
+  messageDesc(file_synchuman_v1_reconstruction, 4);
 
 /**
  * First message of a `SubmitJob` upload.
@@ -261,6 +386,18 @@ export type SubmitJobStart = Message<"synchuman.v1.SubmitJobStart"> & {
    * @generated from field: synchuman.v1.BlobHeader image = 3;
    */
   image?: BlobHeader | undefined;
+
+  /**
+   * Optional http(s) URL the gateway POSTs the job's end event to (see
+   * `WebhookDelivery`); at most 2048 characters, no user name or password.
+   * Its host must be on the gateway's allow-list (`--webhook-allow-hosts`)
+   * and resolve to public addresses only, unless the operator allowed
+   * private ones: INVALID_ARGUMENT otherwise, and on a gateway without
+   * webhooks.
+   *
+   * @generated from field: string callback_url = 4;
+   */
+  callbackUrl: string;
 };
 
 /**
@@ -268,7 +405,7 @@ export type SubmitJobStart = Message<"synchuman.v1.SubmitJobStart"> & {
  * Use `create(SubmitJobStartSchema)` to create a new message.
  */
 export const SubmitJobStartSchema: GenMessage<SubmitJobStart> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 3);
+  messageDesc(file_synchuman_v1_reconstruction, 5);
 
 /**
  * Response of `SubmitJob`.
@@ -296,7 +433,7 @@ export type SubmitJobResponse = Message<"synchuman.v1.SubmitJobResponse"> & {
  * Use `create(SubmitJobResponseSchema)` to create a new message.
  */
 export const SubmitJobResponseSchema: GenMessage<SubmitJobResponse> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 4);
+  messageDesc(file_synchuman_v1_reconstruction, 6);
 
 /**
  * Request of `WatchJob`.
@@ -325,7 +462,7 @@ export type WatchJobRequest = Message<"synchuman.v1.WatchJobRequest"> & {
  * Use `create(WatchJobRequestSchema)` to create a new message.
  */
 export const WatchJobRequestSchema: GenMessage<WatchJobRequest> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 5);
+  messageDesc(file_synchuman_v1_reconstruction, 7);
 
 /**
  * One event of a job.
@@ -402,7 +539,7 @@ export type WatchJobResponse = Message<"synchuman.v1.WatchJobResponse"> & {
  * Use `create(WatchJobResponseSchema)` to create a new message.
  */
 export const WatchJobResponseSchema: GenMessage<WatchJobResponse> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 6);
+  messageDesc(file_synchuman_v1_reconstruction, 8);
 
 /**
  * Request of `GetJob`.
@@ -423,7 +560,7 @@ export type GetJobRequest = Message<"synchuman.v1.GetJobRequest"> & {
  * Use `create(GetJobRequestSchema)` to create a new message.
  */
 export const GetJobRequestSchema: GenMessage<GetJobRequest> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 7);
+  messageDesc(file_synchuman_v1_reconstruction, 9);
 
 /**
  * Response of `GetJob`.
@@ -444,7 +581,7 @@ export type GetJobResponse = Message<"synchuman.v1.GetJobResponse"> & {
  * Use `create(GetJobResponseSchema)` to create a new message.
  */
 export const GetJobResponseSchema: GenMessage<GetJobResponse> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 8);
+  messageDesc(file_synchuman_v1_reconstruction, 10);
 
 /**
  * Request of `ListJobs`.
@@ -481,7 +618,7 @@ export type ListJobsRequest = Message<"synchuman.v1.ListJobsRequest"> & {
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 9);
+  messageDesc(file_synchuman_v1_reconstruction, 11);
 
 /**
  * Response of `ListJobs`.
@@ -509,7 +646,7 @@ export type ListJobsResponse = Message<"synchuman.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 10);
+  messageDesc(file_synchuman_v1_reconstruction, 12);
 
 /**
  * Request of `CancelJob`.
@@ -530,7 +667,7 @@ export type CancelJobRequest = Message<"synchuman.v1.CancelJobRequest"> & {
  * Use `create(CancelJobRequestSchema)` to create a new message.
  */
 export const CancelJobRequestSchema: GenMessage<CancelJobRequest> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 11);
+  messageDesc(file_synchuman_v1_reconstruction, 13);
 
 /**
  * Response of `CancelJob`.
@@ -551,7 +688,7 @@ export type CancelJobResponse = Message<"synchuman.v1.CancelJobResponse"> & {
  * Use `create(CancelJobResponseSchema)` to create a new message.
  */
 export const CancelJobResponseSchema: GenMessage<CancelJobResponse> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 12);
+  messageDesc(file_synchuman_v1_reconstruction, 14);
 
 /**
  * Request of `DeleteJob`.
@@ -572,7 +709,7 @@ export type DeleteJobRequest = Message<"synchuman.v1.DeleteJobRequest"> & {
  * Use `create(DeleteJobRequestSchema)` to create a new message.
  */
 export const DeleteJobRequestSchema: GenMessage<DeleteJobRequest> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 13);
+  messageDesc(file_synchuman_v1_reconstruction, 15);
 
 /**
  * Response of `DeleteJob`.
@@ -593,7 +730,7 @@ export type DeleteJobResponse = Message<"synchuman.v1.DeleteJobResponse"> & {
  * Use `create(DeleteJobResponseSchema)` to create a new message.
  */
 export const DeleteJobResponseSchema: GenMessage<DeleteJobResponse> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 14);
+  messageDesc(file_synchuman_v1_reconstruction, 16);
 
 /**
  * Request of `GetArtifact`.
@@ -621,7 +758,7 @@ export type GetArtifactRequest = Message<"synchuman.v1.GetArtifactRequest"> & {
  * Use `create(GetArtifactRequestSchema)` to create a new message.
  */
 export const GetArtifactRequestSchema: GenMessage<GetArtifactRequest> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 15);
+  messageDesc(file_synchuman_v1_reconstruction, 17);
 
 /**
  * A message of the `GetArtifact` stream: first `header`, then `chunk`s.
@@ -658,7 +795,7 @@ export type GetArtifactResponse = Message<"synchuman.v1.GetArtifactResponse"> & 
  * Use `create(GetArtifactResponseSchema)` to create a new message.
  */
 export const GetArtifactResponseSchema: GenMessage<GetArtifactResponse> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 16);
+  messageDesc(file_synchuman_v1_reconstruction, 18);
 
 /**
  * Request of `ListProfiles`.
@@ -673,7 +810,7 @@ export type ListProfilesRequest = Message<"synchuman.v1.ListProfilesRequest"> & 
  * Use `create(ListProfilesRequestSchema)` to create a new message.
  */
 export const ListProfilesRequestSchema: GenMessage<ListProfilesRequest> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 17);
+  messageDesc(file_synchuman_v1_reconstruction, 19);
 
 /**
  * A named output profile: options a job gets by naming it in
@@ -720,7 +857,7 @@ export type Profile = Message<"synchuman.v1.Profile"> & {
  * Use `create(ProfileSchema)` to create a new message.
  */
 export const ProfileSchema: GenMessage<Profile> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 18);
+  messageDesc(file_synchuman_v1_reconstruction, 20);
 
 /**
  * Response of `ListProfiles`.
@@ -741,7 +878,7 @@ export type ListProfilesResponse = Message<"synchuman.v1.ListProfilesResponse"> 
  * Use `create(ListProfilesResponseSchema)` to create a new message.
  */
 export const ListProfilesResponseSchema: GenMessage<ListProfilesResponse> = /*@__PURE__*/
-  messageDesc(file_synchuman_v1_reconstruction, 19);
+  messageDesc(file_synchuman_v1_reconstruction, 21);
 
 /**
  * The lifecycle of a job.
