@@ -1,0 +1,172 @@
+"""Skin weights by bone-heat diffusion (Baran & Popovic 2007, "Automatic rigging and animation of 3D
+characters"), on a welded copy of the mesh.
+
+Per bone ``j`` the weights ``w_j`` (one per vertex) solve ``(-L + M H) w_j = M H p_j``: ``L`` the cotangent
+Laplacian, ``M`` the lumped (barycentric) vertex areas, ``H = diag(1 / d_i^2)`` with ``d_i`` the distance of
+vertex ``i`` to its nearest *visible* bone (the segment from the vertex to the bone's nearest point stays
+inside the body: sampled on a voxel grid of the inside), and ``p_j[i] = 1`` when that bone is ``j``. One
+sparse LU factorisation serves every bone. Then: weights clipped to ``[0, 1]``; no vertex keeps weight on a
+limb of the other side (its side is its nearest visible bone's, or for a trunk vertex the side of the body's
+midplane it lies on); the 4 largest kept, normalised to sum 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from synchuman.rig import raycast, skeleton
+
+#: Influences kept per vertex (glTF's one JOINTS_0/WEIGHTS_0 set).
+MAX_INFLUENCES = 4
+#: Voxel edge of the visibility grid, as a share of the body's height.
+CELL_SHARE = 1 / 160
+#: Samples along each vertex-to-bone segment in the visibility test.
+SEGMENT_SAMPLES = 16
+#: Nearest bones tried, in distance order, for each vertex's nearest visible bone.
+CANDIDATES = 4
+#: Vertices processed per block (bounds the memory of the distance and visibility arrays).
+BLOCK = 8192
+
+
+def weld(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge vertices at identical positions (a UV atlas splits the mesh along its seams): welded vertices
+    ``[W, 3]``, faces ``[F, 3]`` on them, and ``index [V]`` of each input vertex's welded vertex."""
+    welded, index = np.unique(np.asarray(vertices, dtype=np.float64), axis=0, return_inverse=True)
+    index = index.reshape(-1)
+    return welded, index[faces], index
+
+
+def cotangent_laplacian(vertices: np.ndarray, faces: np.ndarray) -> tuple[sp.csc_matrix, np.ndarray]:
+    """Cotangent Laplacian ``L [V, V]`` (``L_ij = (cot a + cot b) / 2``, rows summing to 0, negative
+    semi-definite) and lumped vertex areas ``[V]`` (a third of each adjacent triangle's area)."""
+    v = vertices[faces]  # [F, 3 corners, 3]
+    num = len(vertices)
+    rows, cols, vals = [], [], []
+    for k in range(3):
+        i, j, o = (k + 1) % 3, (k + 2) % 3, k  # the edge (i, j) opposite corner o
+        a, b = v[:, i] - v[:, o], v[:, j] - v[:, o]
+        cross = np.linalg.norm(np.cross(a, b), axis=1)
+        cot = (a * b).sum(1) / np.maximum(cross, 1e-20)
+        rows += [faces[:, i], faces[:, j]]
+        cols += [faces[:, j], faces[:, i]]
+        vals += [cot / 2, cot / 2]
+    off = sp.csc_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(num, num)
+    )
+    laplacian = off - sp.diags(np.asarray(off.sum(axis=1)).reshape(-1))
+    area = np.linalg.norm(np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), axis=1) / 2
+    mass = np.bincount(faces.reshape(-1), np.repeat(area / 3, 3), minlength=num)
+    return laplacian.tocsc(), mass
+
+
+def segment_points(points: np.ndarray, heads: np.ndarray, tails: np.ndarray) -> np.ndarray:
+    """Nearest points ``[N, J, 3]`` on the bone segments (``heads``/``tails [J, 3]``) to ``points [N, 3]``."""
+    axis = tails - heads
+    t = ((points[:, None] - heads[None]) * axis[None]).sum(-1) / np.maximum((axis * axis).sum(-1), 1e-20)
+    return heads[None] + np.clip(t, 0, 1)[..., None] * axis[None]
+
+
+def nearest_visible_bone(
+    vertices: np.ndarray,
+    heads: np.ndarray,
+    tails: np.ndarray,
+    grid: raycast.Occupancy,
+    check: Callable[[], None],
+) -> tuple[np.ndarray, np.ndarray]:
+    """For every vertex: the nearest bone whose segment to it stays inside (``[V]`` int, the nearest bone of
+    all when none of the :data:`CANDIDATES` nearest is visible) and the distance to it ``[V]``."""
+    bone = np.empty(len(vertices), dtype=np.int64)
+    dist = np.empty(len(vertices))
+    t = np.linspace(0, 1, SEGMENT_SAMPLES + 1)[1:]
+    for start in range(0, len(vertices), BLOCK):
+        check()
+        p = vertices[start : start + BLOCK]
+        near = segment_points(p, heads, tails)  # [N, J, 3]
+        d = np.linalg.norm(near - p[:, None], axis=-1)
+        order = np.argsort(d, axis=1)[:, :CANDIDATES]
+        chosen = order[:, 0].copy()
+        found = np.zeros(len(p), dtype=bool)
+        for c in range(order.shape[1]):
+            j = order[:, c]
+            q = near[np.arange(len(p)), j]
+            length = d[np.arange(len(p)), j]
+            # samples from the vertex to the bone, skipping the vertex's own surface layer (1.5 voxels)
+            skip = np.minimum(1.5 * grid.cell / np.maximum(length, 1e-12), 1.0)
+            s = skip[:, None] + (1 - skip[:, None]) * t[None]
+            samples = p[:, None] + s[..., None] * (q - p)[:, None]
+            visible = grid.lookup(samples).all(axis=1) & ~found
+            chosen[visible] = j[visible]
+            found |= visible
+        bone[start : start + len(p)] = chosen
+        dist[start : start + len(p)] = d[np.arange(len(p)), chosen]
+    return bone, dist
+
+
+def _sides(vertices: np.ndarray, bone: np.ndarray, joints: dict[str, np.ndarray]) -> np.ndarray:
+    """Side ``[V]`` (+1 left, -1 right) of every vertex: its nearest visible bone's, or for a trunk bone the
+    side of the midplane through the hips, normal to the right-to-left upper-leg line, it lies on."""
+    bone_side = np.array([skeleton.side(name) for name in skeleton.JOINTS])
+    lateral = joints["leftUpperLeg"] - joints["rightUpperLeg"]
+    lateral = lateral / max(np.linalg.norm(lateral), 1e-12)
+    offset = (vertices - joints["hips"]) @ lateral
+    side = bone_side[bone]
+    return np.where(side != 0, side, np.where(offset >= 0, 1, -1))
+
+
+def top_influences(weights: np.ndarray, count: int = MAX_INFLUENCES) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` largest weights per vertex, normalised in float32 to sum 1: joint indices ``[V, count]``
+    uint16 (0 where the weight is 0) and weights ``[V, count]`` float32, largest first."""
+    order = np.argsort(-weights, axis=1)[:, :count]
+    kept = np.take_along_axis(weights, order, axis=1).astype(np.float64)
+    total = kept.sum(1, keepdims=True)
+    kept = np.where(total > 0, kept / np.where(total > 0, total, 1), np.eye(count)[0])
+    kept = kept.astype(np.float32)
+    kept[:, 0] += np.float32(1) - kept.sum(1, dtype=np.float32)  # the float32 sum is exactly 1 (or 1 ulp off)
+    index = np.where(kept > 0, order, 0).astype(np.uint16)
+    return index, kept
+
+
+def bone_heat(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    joints: dict[str, np.ndarray],
+    check: Callable[[], None] = lambda: None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Skin weights of the mesh ``vertices [V, 3]``, ``faces [F, 3]`` for the skeleton ``joints`` (joint and
+    bone-end positions, same frame and units as the vertices): joint indices ``[V, 4]`` uint16 into
+    :data:`~.skeleton.JOINTS` and weights ``[V, 4]`` float32 summing to 1. ``check()`` is called between the
+    steps and blocks (it raises to stop)."""
+    welded, wfaces, index = weld(vertices, faces)
+    heads, tails = skeleton.bones(joints)
+    height = float(np.ptp(welded[:, 2])) if len(welded) else 1.0
+    check()
+    triangles = welded[wfaces]
+    grid = raycast.occupancy(triangles, max(height * CELL_SHARE, 1e-6))
+    check()
+    bone, dist = nearest_visible_bone(welded, heads, tails, grid, check)
+    laplacian, mass = cotangent_laplacian(welded, wfaces)
+    heat = mass / np.maximum(dist, 1e-3 * height) ** 2
+    check()
+    system = (-laplacian + sp.diags(heat)).tocsc()
+    solve = spla.splu(system, permc_spec="MMD_AT_PLUS_A")
+    check()
+    num_bones = len(skeleton.JOINTS)
+    rhs = np.zeros((len(welded), num_bones))
+    rhs[np.arange(len(welded)), bone] = heat
+    weights = np.empty_like(rhs)
+    for j in range(num_bones):
+        check()
+        weights[:, j] = solve.solve(rhs[:, j])
+    weights = np.clip(weights, 0.0, 1.0)
+    bone_side = np.array([skeleton.side(name) for name in skeleton.JOINTS])
+    sides = _sides(welded, bone, joints)
+    weights[(bone_side[None] != 0) & (bone_side[None] != sides[:, None])] = 0.0
+    # a vertex whose weights all vanished (far off every bone of its side) follows its nearest visible bone
+    empty = weights.sum(1) <= 1e-12
+    weights[empty, bone[empty]] = 1.0
+    joint_index, joint_weight = top_influences(weights)
+    return joint_index[index], joint_weight[index]
