@@ -54,6 +54,7 @@ from gateway.request_fields import JOB_ID_PATTERN, MAX_NAME_CHARS, MAX_SEQUENCE
 from gateway.store import Event, StoreError
 from gateway.store_errors import as_job_error
 from gateway.web import add_web_page
+from services.common import tracing
 from services.common.endpoints import DEFAULT_HOST
 from services.common.rpc_status import bad_request
 from services.common.tls import ServerTls
@@ -248,6 +249,8 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
         description="One photo of a person to a textured 3D human (GLB). HTTP/JSON bridge of the gRPC "
         "synchuman.v1.ReconstructionService.",
     )
+    if tracing.enabled():  # a submission's job span continues the caller's trace (W3C headers)
+        app.add_middleware(tracing.HttpTraceContext)
 
     @app.exception_handler(JobError)
     async def job_error(_: Request, error: JobError) -> JSONResponse:

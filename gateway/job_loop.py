@@ -42,6 +42,7 @@ from gateway.stage_comeback import StageComeback
 from gateway.stage_table import STAGE_TABLE, StageStep, stage_name
 from gateway.stages import CallHandle, StageClients, StageFailure, StageOutput
 from gateway.store import TERMINAL_STATES, Event, Job, JobStore, LeaseLost, Listener, StoreUnavailable
+from services.common import tracing
 from services.common.conversions import progress_event
 from services.common.rpc_status import error_info, retry_info
 from services.common.worker import release_heap
@@ -197,13 +198,14 @@ class JobLoop:
             with self._lock:
                 self._reserved -= 1
 
-    def create(self, job: Job, event: Event) -> tuple[Job, bool]:
-        """Store a new job with its first event (see :meth:`gateway.store.JobStore.create`): leased to this
-        gateway and handed to a worker here when one is idle, else queued for any gateway (the store
-        notifies them); see :mod:`gateway.job_dispatch`."""
+    def create(self, job: Job, event: Event, trace_context: str = "") -> tuple[Job, bool]:
+        """Store a new job with its first event and ``trace_context`` (see
+        :meth:`gateway.store.JobStore.create`): leased to this gateway and handed to a worker here when one
+        is idle, else queued for any gateway (the store notifies them); see :mod:`gateway.job_dispatch`."""
 
         def store(keep: bool) -> tuple[Job, bool]:
-            return self._store.create(job, event, self._owner if keep else "", self._leases.lease_s)
+            owner = self._owner if keep else ""
+            return self._store.create(job, event, owner, self._leases.lease_s, trace_context=trace_context)
 
         return self._dispatch.create(store)
 
@@ -346,12 +348,14 @@ class JobLoop:
         if job.state in TERMINAL_STATES:
             return FINISHED
         try:
-            for step in STAGE_TABLE:
-                if self._artifacts.has(job_id, step.result_file):
-                    step.adopt_outputs(job, self._artifacts)
-                    continue
-                self._run_step(job, step, handle)
-            return self._end(job, reconstruction_pb2.JOB_STATE_SUCCEEDED)
+            # the stage calls are traced as children of the job's span (stored with it by the submission)
+            with tracing.continued(self._store.trace_context(job_id) if tracing.enabled() else ""):
+                for step in STAGE_TABLE:
+                    if self._artifacts.has(job_id, step.result_file):
+                        step.adopt_outputs(job, self._artifacts)
+                        continue
+                    self._run_step(job, step, handle)
+                return self._end(job, reconstruction_pb2.JOB_STATE_SUCCEEDED)
         except _Backoff as backoff:
             with self._lock:  # from here on the heartbeat does not take the released lease for a lost one
                 self._taken_at.pop(job_id, None)

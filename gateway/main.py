@@ -6,7 +6,8 @@ bridge; preferred over ``--auth-token``, which shows up in process listings), ``
 ``SYNCHUMAN_GATEWAY_DATABASE_URL`` is read too), ``SYNCHUMAN_GATEWAY_ARTIFACT_STORE``,
 ``SYNCHUMAN_STAGE_TOKEN`` (``--stage-token``), ``SYNCHUMAN_GATEWAY_PROFILES`` (``--profiles``) and the TLS
 files (``SYNCHUMAN_GATEWAY_TLS_CERT`` / ``_KEY``: gRPC over TLS; ``SYNCHUMAN_GATEWAY_STAGE_TLS_CA`` /
-``_CERT`` / ``_KEY``: (m)TLS to the stages).
+``_CERT`` / ``_KEY``: (m)TLS to the stages); traces go where ``OTEL_EXPORTER_OTLP_ENDPOINT`` says
+(``--otlp-endpoint``; :mod:`services.common.tracing`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ipaddress
 import os
 from pathlib import Path
 
+from services.common import tracing
 from services.common.arguments import CommandLineError
 from services.common.endpoints import default_address
 from services.common.tls import (
@@ -139,6 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="delete finished jobs (record, photo, outputs) this long after submission (default 168 = "
         "7 days; 0: keep until DeleteJob)",
     )
+    tracing.add_tracing_arguments(parser)
 
 
 def _with_port(address: str, port: int | None) -> str:
@@ -214,7 +217,9 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201 - gateway.server
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM."""
+    """Serve until SIGINT/SIGTERM (traced when ``--otlp-endpoint`` or the OTLP variables say so)."""
     from gateway.server import serve
 
-    return serve(config_from_args(args))
+    config = config_from_args(args)
+    tracing.configure("gateway", args.otlp_endpoint)
+    return serve(config)

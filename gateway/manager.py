@@ -34,6 +34,7 @@ from gateway.stage_deadlines import StageDeadlines
 from gateway.stages import StageClients
 from gateway.store import TERMINAL_STATES, Event, Job, JobStore, StoreUnavailable
 from gateway.upload_checks import check_idempotency_key, checked_photo_media_type
+from services.common import tracing
 from services.common.rpc_status import error_info
 from services.common.worker import release_heap
 from synchuman.v1 import common_pb2, reconstruction_pb2
@@ -152,9 +153,9 @@ class JobManager:
             update_time=now,
             artifacts=[reconstruction_pb2.Artifact(blob=header, create_time=now)],
         )
-        stored, created = self.loop.create(
-            job, Event(sequence=1, time=now, state=reconstruction_pb2.JOB_STATE_QUEUED)
-        )
+        first = Event(sequence=1, time=now, state=reconstruction_pb2.JOB_STATE_QUEUED)
+        with tracing.job_span(job_id):  # the root of the job's spans; its context is stored with the job
+            stored, created = self.loop.create(job, first, tracing.traceparent())
         if not created:
             self.artifacts.remove_job(job_id)
             return stored, True

@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from gateway.replicas import ReplicaHealth
+from services.common import tracing
 from services.common.auth import authorized_channel
 from services.common.rpc_status import retry_delay_s
 from services.common.stage_io import BlobAssembler, BlobMismatch, blob_header, upload_messages
@@ -274,7 +275,8 @@ class StageClients:
     ) -> StageOutput:
         """One call of ``entry``'s stage service for job ``job_id``: uploads ``files`` (its stored inputs, by
         name) with the stage's part of ``options``, relays its progress to ``on_event`` and returns its output
-        blobs and result message; :class:`StageFailure` when the call fails."""
+        blobs and result message; :class:`StageFailure` when the call fails. Traced as a child of the current
+        context (the job's), which travels in the call's metadata."""
         rpc = self._rpcs[entry.stage]
         start, uploads = rpc.start(job_id, getattr(options, entry.name), files)
         requests = upload_messages(rpc.request_type, start, uploads)
@@ -282,21 +284,22 @@ class StageClients:
         assembler = BlobAssembler()
         result = None
         try:
-            call = rpc.method(iter(requests), timeout=timeout_s)
-            handle.attach(call)
-            try:
-                for message in call:
-                    kind = message.WhichOneof("payload")
-                    if kind == "progress":
-                        on_event(message.progress)
-                    elif kind == "blob":
-                        assembler.add_header(message.blob)
-                    elif kind == "chunk":
-                        assembler.add_chunk(message.chunk)
-                    elif kind == "result":
-                        result = message.result
-            finally:
-                handle.detach()
+            with tracing.stage_call_span(job_id, entry.name) as trace_metadata:
+                call = rpc.method(iter(requests), timeout=timeout_s, metadata=trace_metadata or None)
+                handle.attach(call)
+                try:
+                    for message in call:
+                        kind = message.WhichOneof("payload")
+                        if kind == "progress":
+                            on_event(message.progress)
+                        elif kind == "blob":
+                            assembler.add_header(message.blob)
+                        elif kind == "chunk":
+                            assembler.add_chunk(message.chunk)
+                        elif kind == "result":
+                            result = message.result
+                finally:
+                    handle.detach()
             if result is None:
                 raise StageFailure.broken_stream(entry.name, "the stream ended without a result")
             return StageOutput(assembler.finish(), assembler.media_types, result)

@@ -88,9 +88,12 @@ class JobStore(Protocol):
     the server's), so gateways with skewed clocks agree.
     """
 
-    def create(self, job: Job, event: Event, lease_owner: str = "", lease_s: float = 0.0) -> tuple[Job, bool]:
-        """Insert ``job`` with its first event, leased to ``lease_owner`` for ``lease_s`` when given; when its
-        idempotency key is taken, return that job and False.
+    def create(
+        self, job: Job, event: Event, lease_owner: str = "", lease_s: float = 0.0, trace_context: str = ""
+    ) -> tuple[Job, bool]:
+        """Insert ``job`` with its first event, leased to ``lease_owner`` for ``lease_s`` when given, with the
+        W3C ``traceparent`` of its span (``trace_context``, "" when not traced); when its idempotency key is
+        taken, return that job and False.
         """
 
     def save(self, job: Job, event: Event | None = None, lease_owner: str = "") -> None:
@@ -101,6 +104,9 @@ class JobStore(Protocol):
 
     def get(self, job_id: str) -> Job | None:
         """The job, or None."""
+
+    def trace_context(self, job_id: str) -> str:
+        """The ``trace_context`` the job was created with ("" when none, or no such job)."""
 
     def find_by_key(self, idempotency_key: str) -> Job | None:
         """The job submitted with ``idempotency_key``, or None."""

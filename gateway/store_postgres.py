@@ -55,6 +55,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN run_after TIMESTAMPTZ NOT NULL DEFAULT '-infinity';
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN trace_context TEXT;
+    """,
 )
 #: Key of the advisory lock held while migrating (any constant unique to this application).
 _MIGRATION_LOCK = 0x5359_4E43_4855_4D31

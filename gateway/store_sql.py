@@ -14,6 +14,8 @@ migrating is one transaction, serialized between gateways starting together):
 1. ``jobs`` (serialized Job + state, creation time, idempotency key) and ``events``.
 2. leases: lease owner, lease expiry and ``cancel_requested`` on ``jobs``.
 3. ``run_after`` on ``jobs``: a job released for a retry's back-off is acquired by nobody before it.
+4. ``trace_context`` on ``jobs``: the W3C ``traceparent`` of the job's span (tracing on), so whichever
+   gateway runs the job traces its stage calls into the submission's trace.
 """
 
 from __future__ import annotations
@@ -190,13 +192,15 @@ class SqlJobStore:
 
     # -- records ---------------------------------------------------------------------------------------------
 
-    def create(self, job: Job, event: Event, lease_owner: str = "", lease_s: float = 0.0) -> tuple[Job, bool]:
+    def create(
+        self, job: Job, event: Event, lease_owner: str = "", lease_s: float = 0.0, trace_context: str = ""
+    ) -> tuple[Job, bool]:
         d, key = self._dialect, job.idempotency_key or None
         expires, lease = (d.later, (lease_s,)) if lease_owner else (d.never, ())
         with d.transaction() as session:
             inserted = session.execute(
-                "INSERT INTO jobs (id, state, create_ns, idempotency_key, job, lease_owner, "
-                f"{d.lease_expires}) VALUES (?, ?, ?, ?, ?, ?, {expires}) "
+                "INSERT INTO jobs (id, state, create_ns, idempotency_key, job, lease_owner, trace_context, "
+                f"{d.lease_expires}) VALUES (?, ?, ?, ?, ?, ?, ?, {expires}) "
                 "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
                 (
                     job.id,
@@ -205,6 +209,7 @@ class SqlJobStore:
                     key,
                     job.SerializeToString(),
                     lease_owner or None,
+                    trace_context or None,
                     *lease,
                 ),
             ).fetchall()
@@ -240,6 +245,10 @@ class SqlJobStore:
     def get(self, job_id: str) -> Job | None:
         found = _jobs(self._rows("SELECT job FROM jobs WHERE id = ?", (job_id,)))
         return found[0] if found else None
+
+    def trace_context(self, job_id: str) -> str:
+        rows = self._rows("SELECT trace_context FROM jobs WHERE id = ?", (job_id,))
+        return str(rows[0][0] or "") if rows else ""
 
     def find_by_key(self, idempotency_key: str) -> Job | None:
         found = _jobs(self._rows("SELECT job FROM jobs WHERE idempotency_key = ?", (idempotency_key,)))

@@ -27,6 +27,8 @@ from gateway.store_sql import current_version, migrate
 from synchuman.v1 import reconstruction_pb2
 
 _names = itertools.count()
+#: The schema version a store is migrated to (both dialects have the same migrations).
+LATEST = len(store_sqlite.MIGRATIONS)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +71,15 @@ def first_event() -> Event:
     return Event(sequence=1, state=reconstruction_pb2.JOB_STATE_QUEUED)
 
 
+def test_trace_context_is_stored_with_the_job(store):
+    assert len(store_postgres.MIGRATIONS) == LATEST
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    store.create(make_job("traced", 100), first_event(), trace_context=traceparent)
+    store.create(make_job("plain", 101), first_event(), lease_owner="gw", lease_s=30.0)
+    assert store.trace_context("traced") == traceparent
+    assert store.trace_context("plain") == "" and store.trace_context("missing") == ""
+
+
 def test_records_events_paging_and_deletion(store):
     for i in range(5):
         store.create(make_job(f"job{i}", 100 + i, key=f"k{i}"), first_event())
@@ -107,7 +118,7 @@ def test_records_events_paging_and_deletion(store):
     with pytest.raises(JobNotFound):
         store.save(make_job("missing", 1))
     store.ping()
-    assert store.schema_version() == 3
+    assert store.schema_version() == LATEST
 
 
 def test_leases_hand_each_job_to_one_owner_and_expire(store):
@@ -254,7 +265,7 @@ def _v1_job_rows(insert) -> None:
 
 
 def _check_upgraded(store) -> None:
-    assert store.schema_version() == 3
+    assert store.schema_version() == LATEST
     assert store.find_by_key("k").id == "old-done"
     assert [e.sequence for e in store.events("old-queued")] == [1]
     assert [j.id for j in store.acquire("gw", 30.0, 10)] == ["old-queued"]  # leases work on old rows
@@ -279,7 +290,7 @@ def test_sqlite_upgrades_from_an_older_version(tmp_path, old):
     finally:
         store.close()
     reopened = open_job_store(f"sqlite:///{path}", tmp_path)  # migrating again is a no-op
-    assert reopened.schema_version() == 3
+    assert reopened.schema_version() == LATEST
     reopened.close()
 
 
@@ -317,7 +328,7 @@ def test_postgres_gateways_starting_together_migrate_once(postgres_url, tmp_path
         thread.join(60)
     try:
         assert not errors and len(opened) == 4
-        assert all(s.schema_version() == 3 for s in opened)
+        assert all(s.schema_version() == LATEST for s in opened)
     finally:
         for store in opened:
             store.close()

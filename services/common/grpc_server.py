@@ -2,7 +2,8 @@
 
 :class:`ServiceServer` binds a ``grpc.Server`` with the service's servicer, grpc.health.v1, server
 reflection under both ``grpc.reflection.v1`` and ``grpc.reflection.v1alpha`` (clients such as grpcurl and
-``buf curl`` try v1 first; grpcio-reflection 1.x registers only v1alpha), the observability interceptor,
+``buf curl`` try v1 first; grpcio-reflection 1.x registers only v1alpha), the tracing interceptor (when
+:mod:`services.common.tracing` is on: a server span per call), the observability interceptor,
 4 MiB message limits, and optionally a bearer token (:mod:`services.common.auth`: health and reflection stay
 open) and TLS or mutual TLS (:mod:`services.common.tls`). It is bound to its port when constructed and
 answers after :meth:`start`.
@@ -19,6 +20,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from services.common import tracing
 from services.common.auth import GATEWAY_TOKEN_HINT, BearerTokenInterceptor
 from services.common.observability import ObservabilityInterceptor
 from services.common.tls import ServerTls
@@ -112,6 +114,7 @@ class ServiceServer:
             ],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             interceptors=(
+                *((tracing.TracingInterceptor(),) if tracing.enabled() else ()),
                 ObservabilityInterceptor(name),
                 *((BearerTokenInterceptor(auth_token, token_hint),) if auth_token else ()),
             ),

@@ -62,6 +62,26 @@ def _request_id(context: grpc.ServicerContext) -> str:
     return ""
 
 
+Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def wrap_handler(handler: grpc.RpcMethodHandler, unary: Wrap, stream: Wrap) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour wrapped (what a server interceptor returns): by ``unary`` when the
+    response is one message (unary-unary, stream-unary), by ``stream`` when it is a stream (the wrapper is
+    then a generator); the (de)serializers kept."""
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **serializers)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), **serializers)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **serializers)
+    return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), **serializers)
+
+
 class ObservabilityInterceptor(grpc.ServerInterceptor):
     """Deadline check, metrics and one log line per RPC (see the module docstring).
 
@@ -82,28 +102,8 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(handler.stream_stream, method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        return wrap_handler(
+            handler, lambda b: self._wrap_unary(b, method), lambda b: self._wrap_stream(b, method)
         )
 
     def _check_deadline(self, context: grpc.ServicerContext) -> None:

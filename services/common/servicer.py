@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from services.common import tracing
 from services.common.conversions import progress_event
 from services.common.stage_io import InvalidInput, read_start, send_blobs, upload_chunks
 from services.common.stage_runtime import StageRuntime, guard
@@ -78,10 +79,18 @@ class StageCall:
 
     def run(self, inputs: Any, options: Any) -> Generator[Any, None, Any]:
         """Run ``backend.run(inputs, options, ...)`` in a slot of the runtime, yielding a progress response
-        per progress report; return the backend's output (the call is aborted when it did not complete)."""
+        per progress report (each phase traced as a span when tracing is on); return the backend's output (the
+        call is aborted when it did not complete)."""
+
+        phases = tracing.PhaseSpans(self.job_id, self.rpc.stage.name)  # children of the call's span
 
         def work(report: Callable[[Any], None], should_stop: Callable[[], bool]) -> Any:
-            return self.backend.run(inputs, options, lambda *event: report(event), should_stop)
+            def relay(*event: Any) -> None:
+                phases.entered(event[0])
+                report(event)
+
+            with phases:
+                return self.backend.run(inputs, options, relay, should_stop)
 
         def to_message(event: tuple[str, int, int] | Heartbeat, elapsed_s: float) -> Any:
             message = ""
@@ -111,7 +120,7 @@ def checked_id(start: Any, id_field: str) -> str:
 
 def _serve(rpc: UploadRpc, runtime: StageRuntime, requests: Iterator[Any], context: Any) -> Iterator[Any]:
     start = read_start(requests, rpc.start_holds)
-    checked_id(start, rpc.id_field)
+    tracing.annotate(checked_id(start, rpc.id_field), rpc.stage.name)
     yield from rpc.handler(StageCall(rpc, runtime, context, start, requests, runtime.backend(context)))
 
 

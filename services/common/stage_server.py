@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from services.common import tracing
 from services.common.auth import STAGE_TOKEN_HINT
 from services.common.backend import StageBackend
 from services.common.endpoints import default_address
@@ -124,7 +125,7 @@ def add_server_arguments(
     parser: argparse.ArgumentParser, name: str, concurrency: int = 1, max_queue: int = 4
 ) -> None:
     """The command-line options of every service process: address (default: service ``name``'s default
-    address), admission limits, grace, metrics.
+    address), admission limits, grace, metrics, access, tracing (``--otlp-endpoint``).
     """
     parser.add_argument("--address", default=default_address(name), help="host:port to listen on")
     parser.add_argument(
@@ -151,6 +152,7 @@ def add_server_arguments(
         "(default: $SYNCHUMAN_STAGE_TOKEN, preferred: a flag shows in process listings; empty: none)",
     )
     add_server_tls_arguments(parser, "SYNCHUMAN_STAGE", client_ca=True)
+    tracing.add_tracing_arguments(parser)
 
 
 def add_stage_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -202,11 +204,14 @@ def serve_forever(
     limits: StageLimits,
     metrics_port: int = 0,
     access: StageAccess = StageAccess(),
+    otlp_endpoint: str = "",
 ) -> int:
     """Run a stage service until SIGINT/SIGTERM; return the process exit status (3: checkpoints unusable).
 
-    ``metrics_port``: serve Prometheus metrics there (0: off); ``access``: token and TLS.
+    ``metrics_port``: serve Prometheus metrics there (0: off); ``access``: token and TLS; ``otlp_endpoint``:
+    where traces go (``--otlp-endpoint``; "" : the standard ``OTEL_EXPORTER_OTLP_*`` variables, or off).
     """
+    tracing.configure(spec.stage.service, otlp_endpoint)  # before the server: its interceptors depend on it
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

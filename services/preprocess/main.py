@@ -56,4 +56,6 @@ def build_spec(args: argparse.Namespace) -> StageSpec:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; exit status 3 when the default segmenter cannot be loaded."""
     limits = limits_from_args(args, typical_job_s=1.0)
-    return serve_forever(build_spec(args), args.address, limits, args.metrics_port, access_from_args(args))
+    return serve_forever(
+        build_spec(args), args.address, limits, args.metrics_port, access_from_args(args), args.otlp_endpoint
+    )

@@ -86,4 +86,5 @@ def run(args: argparse.Namespace) -> int:
         limits_from_args(args, typical_job_s=20.0),
         args.metrics_port,
         access_from_args(args),
+        args.otlp_endpoint,
     )
