@@ -1,4 +1,6 @@
-"""ReconstructionService over gRPC: a thin mapping of the RPCs onto :class:`gateway.manager.JobManager`."""
+"""ReconstructionService over gRPC: a thin mapping of the RPCs onto :class:`gateway.manager.JobManager`, as
+the caller's tenant sees it (:mod:`gateway.tenants`: every call but health and reflection authenticates its
+``authorization: Bearer`` metadata, the shared token or an API key)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from gateway.errors import JobError
 from gateway.manager import JobManager
 from gateway.store import StoreError
 from gateway.store_errors import REQUEST_ERRORS, as_job_error
+from gateway.tenants import TenantAccess, TenantJobs
+from services.common.auth import HEADER
 from services.common.rpc_status import abort, bad_request
 from services.common.stage_io import InvalidInput, piece_chunks, read_start, receive_blobs, upload_chunks
 from synchuman.v1 import reconstruction_pb2, reconstruction_pb2_grpc
@@ -25,13 +29,20 @@ def _fail(context: grpc.ServicerContext, error: JobError | StoreError) -> None:
 class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServicer):
     """The public API of the gateway (see ``reconstruction.proto``)."""
 
-    def __init__(self, manager: JobManager) -> None:
+    def __init__(self, manager: JobManager, auth_token: str = "") -> None:
         self.manager = manager
+        self.access = TenantAccess(manager, auth_token)
+
+    def _jobs(self, context: grpc.ServicerContext) -> TenantJobs:
+        """The jobs of the call's tenant (UNAUTHENTICATED: a :class:`JobError`)."""
+        sent = next((v for k, v in context.invocation_metadata() or () if k.lower() == HEADER), "")
+        return self.access.jobs(sent if isinstance(sent, str) else sent.decode(errors="replace"))
 
     def SubmitJob(
         self, request_iterator: Iterator[Any], context: grpc.ServicerContext
     ) -> reconstruction_pb2.SubmitJobResponse:
         try:
+            jobs = self._jobs(context)  # before the upload is read
             start = read_start(request_iterator, "options and the photo's header")
             if start.image.name != "input":
                 raise InvalidInput(
@@ -41,7 +52,9 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
             blobs = receive_blobs(
                 [start.image], upload_chunks(request_iterator), ("input",), limit, "start.image"
             )
-            job, deduplicated = self.manager.submit(blobs["input"], start.options, start.idempotency_key)
+            job, deduplicated = jobs.submit(
+                blobs["input"], start.options, start.idempotency_key, start.callback_url
+            )
         except InvalidInput as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), bad_request(exc.field, str(exc)))
         except REQUEST_ERRORS as error:
@@ -52,7 +65,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
         self, request: reconstruction_pb2.WatchJobRequest, context: grpc.ServicerContext
     ) -> Iterator[reconstruction_pb2.WatchJobResponse]:
         try:
-            yield from self.manager.watch(request.job_id, request.after_sequence, context.is_active)
+            yield from self._jobs(context).watch(request.job_id, request.after_sequence, context.is_active)
         except REQUEST_ERRORS as error:
             _fail(context, error)
 
@@ -60,7 +73,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
         self, request: reconstruction_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> reconstruction_pb2.GetJobResponse:
         try:
-            return reconstruction_pb2.GetJobResponse(job=self.manager.get(request.job_id))
+            return reconstruction_pb2.GetJobResponse(job=self._jobs(context).get(request.job_id))
         except REQUEST_ERRORS as error:
             _fail(context, error)
         raise AssertionError("unreachable")
@@ -69,7 +82,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
         self, request: reconstruction_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> reconstruction_pb2.ListJobsResponse:
         try:
-            jobs, token = self.manager.list(request.page_size, request.page_token, request.state)
+            jobs, token = self._jobs(context).list(request.page_size, request.page_token, request.state)
         except REQUEST_ERRORS as error:
             _fail(context, error)
         return reconstruction_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
@@ -78,7 +91,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
         self, request: reconstruction_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> reconstruction_pb2.CancelJobResponse:
         try:
-            return reconstruction_pb2.CancelJobResponse(job=self.manager.cancel(request.job_id))
+            return reconstruction_pb2.CancelJobResponse(job=self._jobs(context).cancel(request.job_id))
         except REQUEST_ERRORS as error:
             _fail(context, error)
         raise AssertionError("unreachable")
@@ -87,7 +100,8 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
         self, request: reconstruction_pb2.DeleteJobRequest, context: grpc.ServicerContext
     ) -> reconstruction_pb2.DeleteJobResponse:
         try:
-            return reconstruction_pb2.DeleteJobResponse(deleted_artifacts=self.manager.delete(request.job_id))
+            removed = self._jobs(context).delete(request.job_id)
+            return reconstruction_pb2.DeleteJobResponse(deleted_artifacts=removed)
         except REQUEST_ERRORS as error:
             _fail(context, error)
         raise AssertionError("unreachable")
@@ -95,13 +109,17 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServiceServic
     def ListProfiles(
         self, request: reconstruction_pb2.ListProfilesRequest, context: grpc.ServicerContext
     ) -> reconstruction_pb2.ListProfilesResponse:
-        return self.manager.profiles()
+        try:
+            return self._jobs(context).profiles()
+        except REQUEST_ERRORS as error:
+            _fail(context, error)
+        raise AssertionError("unreachable")
 
     def GetArtifact(
         self, request: reconstruction_pb2.GetArtifactRequest, context: grpc.ServicerContext
     ) -> Iterator[reconstruction_pb2.GetArtifactResponse]:
         try:
-            header, pieces = self.manager.artifact_pieces(request.job_id, request.name)
+            header, pieces = self._jobs(context).artifact_pieces(request.job_id, request.name)
         except REQUEST_ERRORS as error:
             _fail(context, error)
         yield reconstruction_pb2.GetArtifactResponse(header=header)

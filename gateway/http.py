@@ -5,7 +5,8 @@ Same operations as the gRPC ReconstructionService, on the same :class:`~gateway.
 * ``POST /v1/jobs`` - submit: ``multipart/form-data`` (file field ``image``, optional fields ``options`` (the
   ``JobOptions`` message as JSON) and ``idempotency_key``) or the raw photo as the body (``image/*`` or
   ``application/octet-stream``; options as the ``options`` query parameter). ``Idempotency-Key`` header works
-  for both. 201 with ``{"job": ..., "deduplicated": false}``, 200 when deduplicated.
+  for both; ``callback_url`` (form field or query parameter): the job's webhook (:mod:`gateway.webhooks`).
+  201 with ``{"job": ..., "deduplicated": false}``, 200 when deduplicated.
 * ``GET /v1/jobs`` (``page_size``, ``page_token``, ``state``), ``GET /v1/jobs/{id}``,
   ``POST /v1/jobs/{id}/cancel``.
 * ``GET /v1/profiles`` - the named output profiles (``options.profile``) with their effective options.
@@ -18,8 +19,9 @@ Same operations as the gRPC ReconstructionService, on the same :class:`~gateway.
 * ``GET /`` - the web page, ``GET /docs`` - Swagger UI, both from local files (:mod:`gateway.web`).
 
 Errors are JSON ``{"error": {"code", "message", "details"}}`` with the gRPC code mapped to an HTTP status
-(see :data:`HTTP_STATUS`); RESOURCE_EXHAUSTED carries ``Retry-After``. When a token is configured every
-``/v1`` route requires ``Authorization: Bearer <token>``.
+(see :data:`HTTP_STATUS`); RESOURCE_EXHAUSTED carries ``Retry-After``. When a token is configured or API keys
+exist, every ``/v1`` route requires ``Authorization: Bearer <token or API key>``; a key sees only its own jobs
+(:mod:`gateway.tenants`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import secrets
 import socket
 import threading
 from collections.abc import AsyncIterator
@@ -53,6 +54,7 @@ from gateway.paging import PAGE_TOKEN
 from gateway.request_fields import JOB_ID_PATTERN, MAX_NAME_CHARS, MAX_SEQUENCE
 from gateway.store import Event, StoreError
 from gateway.store_errors import as_job_error
+from gateway.tenants import TenantAccess, TenantJobs
 from gateway.web import add_web_page
 from services.common import tracing
 from services.common.endpoints import DEFAULT_HOST
@@ -201,12 +203,12 @@ def _sse_message(event: Event) -> str:
     return f"id: {event.sequence}\nevent: {kind}\ndata: {json.dumps(_to_dict(event))}\n\n"
 
 
-async def _event_stream(manager: JobManager, job_id: str, after: int) -> AsyncIterator[str]:
+async def _event_stream(jobs: TenantJobs, job_id: str, after: int) -> AsyncIterator[str]:
     """The job's events after sequence ``after`` as server-sent events, read from :meth:`JobManager.watch` in
     worker threads until the job's ``finished`` event, with a comment after every :data:`KEEP_ALIVE_S`
     seconds without one; the watch ends when the client goes."""
     gone = threading.Event()
-    events = iterate_in_threadpool(manager.watch(job_id, after, lambda: not gone.is_set()))
+    events = iterate_in_threadpool(jobs.watch(job_id, after, lambda: not gone.is_set()))
     pending = asyncio.ensure_future(anext(events))
     try:
         while True:
@@ -264,18 +266,14 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
     async def invalid_parameter(_: Request, error: RequestValidationError) -> JSONResponse:
         return _error_response(_validation_error(error))
 
-    def authorize(request: Request) -> None:
-        if not auth_token:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), auth_token):
-            raise JobError(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "send the header 'Authorization: Bearer <token>' of this server",
-            )
+    access = TenantAccess(manager, auth_token)
 
-    auth = [Depends(authorize)]
+    def tenant_jobs(request: Request) -> TenantJobs:
+        """The jobs of the request's tenant (its ``Authorization: Bearer``); 401 otherwise."""
+        return access.jobs(request.headers.get("authorization", ""))
+
+    caller = Depends(tenant_jobs)
+    auth = [caller]
 
     not_ready = {503: {"description": "Not ready: a stage is not SERVING or the job store is unreachable"}}
 
@@ -303,7 +301,6 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
     @app.post(
         "/v1/jobs",
         tags=["jobs"],
-        dependencies=auth,
         status_code=201,
         openapi_extra=upload_doc(manager.settings.profiles.names),
         operation_id="submit_job",
@@ -316,10 +313,11 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
             **error_responses(413, 429),
         },
     )
-    async def submit(request: Request) -> JSONResponse:
+    async def submit(request: Request, jobs: TenantJobs = caller) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
         body = await _read_limited(request, max_upload_bytes)
         key = request.headers.get("idempotency-key", "")
+        callback_url = request.query_params.get("callback_url", "")
         if content_type.startswith("multipart/form-data"):
             request._body = body  # the form parser reads the already received (size-checked) body
             try:
@@ -332,6 +330,7 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
             data = await image.read()
             options = _parse_options(form.get("options"))  # type: ignore[arg-type]
             key = str(form.get("idempotency_key") or key)
+            callback_url = str(form.get("callback_url") or callback_url)
         elif content_type.startswith(UPLOAD_TYPES) or not content_type:
             data = body
             options = _parse_options(request.query_params.get("options"))
@@ -340,23 +339,24 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
                 "content-type",
                 f"unsupported content type {content_type!r}; send multipart/form-data or image/*",
             )
-        job, deduplicated = await run_in_threadpool(manager.submit, data, options, key)
+        job, deduplicated = await run_in_threadpool(jobs.submit, data, options, key, callback_url)
         return JSONResponse(
             {"job": _to_dict(job), "deduplicated": deduplicated},
             status_code=200 if deduplicated else 201,
             headers={"Location": f"/v1/jobs/{job.id}"},
         )
 
-    @app.get("/v1/jobs", tags=["jobs"], dependencies=auth, responses=error_responses())
+    @app.get("/v1/jobs", tags=["jobs"], responses=error_responses())
     def list_jobs(
+        jobs: TenantJobs = caller,
         page_size: int = Query(0, ge=0, le=1000, description="0: the default page size (50)"),
         page_token: str = Query(
             "", pattern=f"^({PAGE_TOKEN.pattern})?$", description="next_page_token of the previous page"
         ),
         state: str = Query("", pattern=_STATE_PATTERN, description="only jobs in this state, e.g. queued"),
     ) -> dict:
-        jobs, token = manager.list(page_size, page_token, _parse_state(state))
-        return {"jobs": [_to_dict(j) for j in jobs], "next_page_token": token}
+        page, token = jobs.list(page_size, page_token, _parse_state(state))
+        return {"jobs": [_to_dict(j) for j in page], "next_page_token": token}
 
     @app.get("/v1/profiles", tags=["profiles"], dependencies=auth, responses=profiles_responses())
     def list_profiles() -> dict:
@@ -367,43 +367,40 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
     @app.get(
         "/v1/jobs/{job_id}",
         tags=["jobs"],
-        dependencies=auth,
         operation_id="get_job",
         responses=error_responses(404),
     )
-    def get_job(job_id: str = _JOB_ID) -> dict:
-        return {"job": _to_dict(manager.get(job_id))}
+    def get_job(jobs: TenantJobs = caller, job_id: str = _JOB_ID) -> dict:
+        return {"job": _to_dict(jobs.get(job_id))}
 
     @app.post(
         "/v1/jobs/{job_id}/cancel",
         tags=["jobs"],
-        dependencies=auth,
         operation_id="cancel_job",
         responses=error_responses(404),
     )
-    def cancel_job(job_id: str = _JOB_ID) -> dict:
-        return {"job": _to_dict(manager.cancel(job_id))}
+    def cancel_job(jobs: TenantJobs = caller, job_id: str = _JOB_ID) -> dict:
+        return {"job": _to_dict(jobs.cancel(job_id))}
 
     @app.delete(
         "/v1/jobs/{job_id}",
         tags=["jobs"],
-        dependencies=auth,
         operation_id="delete_job",
         responses=error_responses(404, 409),
     )
-    def delete_job(job_id: str = _JOB_ID) -> dict:
+    def delete_job(jobs: TenantJobs = caller, job_id: str = _JOB_ID) -> dict:
         """Delete a finished job, its events and files (409 while it is queued or running)."""
-        return {"deleted_artifacts": manager.delete(job_id)}
+        return {"deleted_artifacts": jobs.delete(job_id)}
 
     @app.get(
         "/v1/jobs/{job_id}/artifacts/{name}",
         tags=["jobs"],
-        dependencies=auth,
         operation_id="get_artifact",
         response_class=Response,
         responses=download_responses(),
     )
     def artifact(
+        jobs: TenantJobs = caller,
         job_id: str = _JOB_ID,
         name: str = Path(min_length=1, max_length=MAX_NAME_CHARS),
         asked_range: str = Header("", alias="Range", max_length=100, description=f"one of {RANGE_FORMS}"),
@@ -412,17 +409,17 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
     ) -> Response:
         """The file, streamed; resumable with ``Range``, ``If-Range`` and ``If-None-Match`` on the ``ETag``
         (the SHA-256 in ``Job.artifacts``); a 307 to a presigned URL with ``--s3-presigned-downloads``."""
-        return artifact_response(manager, job_id, name, asked_range, if_none_match, if_range)
+        return artifact_response(jobs, job_id, name, asked_range, if_none_match, if_range)
 
     @app.get(
         "/v1/jobs/{job_id}/events",
         tags=["jobs"],
-        dependencies=auth,
         operation_id="job_events",
         response_class=StreamingResponse,
         responses=error_responses(404),
     )
     async def events(
+        jobs: TenantJobs = caller,
         job_id: str = _JOB_ID,
         after: int = Query(0, ge=0, le=MAX_SEQUENCE, description="events after this sequence"),
         last_event_id: str = Header(
@@ -430,9 +427,9 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
         ),
     ) -> StreamingResponse:
         start = int(last_event_id) if last_event_id else after
-        await run_in_threadpool(manager.get, job_id)  # NOT_FOUND before the stream starts
+        await run_in_threadpool(jobs.get, job_id)  # NOT_FOUND before the stream starts
         return StreamingResponse(
-            _event_stream(manager, job_id, start),
+            _event_stream(jobs, job_id, start),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )

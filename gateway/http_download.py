@@ -22,8 +22,8 @@ import grpc
 from fastapi.responses import Response, StreamingResponse
 
 from gateway.errors import JobError
-from gateway.manager import JobManager
 from gateway.request_fields import invalid
+from gateway.tenants import TenantJobs
 from synchuman.v1 import common_pb2
 
 #: The forms of ``Range`` served: one byte range (offsets in bytes, up to 18 digits).
@@ -76,7 +76,7 @@ def names_etag(if_none_match: str, etag: str) -> bool:
     return bool(tags & {"*", etag})
 
 
-def _listed(manager: JobManager, job_id: str, name: str) -> common_pb2.BlobHeader:
+def _listed(manager: TenantJobs, job_id: str, name: str) -> common_pb2.BlobHeader:
     """The header (size, SHA-256, media type) of the job's file ``name`` as the job lists it."""
     for artifact in manager.get(job_id).artifacts:
         if artifact.blob.name == name:
@@ -85,7 +85,7 @@ def _listed(manager: JobManager, job_id: str, name: str) -> common_pb2.BlobHeade
     return manager.artifact_pieces(job_id, name)[0]
 
 
-def _pieces(manager: JobManager, job_id: str, name: str, span: tuple[int, int] | None) -> Iterator[bytes]:
+def _pieces(manager: TenantJobs, job_id: str, name: str, span: tuple[int, int] | None) -> Iterator[bytes]:
     """The file, or bytes ``span`` of it, from the artifact store; NOT_FOUND when it went in the meantime."""
     start, stop = span or (0, None)
     try:
@@ -97,7 +97,7 @@ def _pieces(manager: JobManager, job_id: str, name: str, span: tuple[int, int] |
 
 
 def artifact_response(
-    manager: JobManager, job_id: str, name: str, asked_range: str, if_none_match: str, if_range: str
+    manager: TenantJobs, job_id: str, name: str, asked_range: str, if_none_match: str, if_range: str
 ) -> Response:
     """The answer to a download of the file ``name`` of job ``job_id`` with the request's ``Range``,
     ``If-None-Match`` and ``If-Range`` headers ("": absent); see the module docstring. Blocking: call it

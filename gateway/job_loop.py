@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import grpc
 from google.rpc import code_pb2, status_pb2
 
+from gateway.api_keys import ApiKey
 from gateway.artifacts import ArtifactStore
 from gateway.errors import JobError
 from gateway.events import JobEvents
@@ -198,14 +199,19 @@ class JobLoop:
             with self._lock:
                 self._reserved -= 1
 
-    def create(self, job: Job, event: Event, trace_context: str = "") -> tuple[Job, bool]:
-        """Store a new job with its first event and ``trace_context`` (see
-        :meth:`gateway.store.JobStore.create`): leased to this gateway and handed to a worker here when one
-        is idle, else queued for any gateway (the store notifies them); see :mod:`gateway.job_dispatch`."""
+    def create(
+        self, job: Job, event: Event, trace_context: str = "", owner: ApiKey | None = None
+    ) -> tuple[Job, bool]:
+        """Store a new job with its first event, ``trace_context`` and ``owner`` (the API key it belongs to;
+        see :meth:`gateway.store.JobStore.create`): leased to this gateway and handed to a worker here when
+        one is idle, else queued for any gateway (the store notifies them); see
+        :mod:`gateway.job_dispatch`."""
 
         def store(keep: bool) -> tuple[Job, bool]:
-            owner = self._owner if keep else ""
-            return self._store.create(job, event, owner, self._leases.lease_s, trace_context=trace_context)
+            lease_owner = self._owner if keep else ""
+            return self._store.create(
+                job, event, lease_owner, self._leases.lease_s, trace_context=trace_context, owner=owner
+            )
 
         return self._dispatch.create(store)
 

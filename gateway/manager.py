@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from gateway.api_keys import ApiKey
 from gateway.artifacts import ArtifactCorrupted, ArtifactStore
 from gateway.errors import JobError
 from gateway.events import JobEvents, now_timestamp
@@ -32,14 +33,21 @@ from gateway.retention import RetentionSweeper, delete_expired
 from gateway.retry import RetryPolicy
 from gateway.stage_deadlines import StageDeadlines
 from gateway.stages import StageClients
-from gateway.store import TERMINAL_STATES, Event, Job, JobStore, StoreUnavailable
+from gateway.store import TERMINAL_STATES, Event, Job, JobStore, StoreError, StoreUnavailable
 from gateway.upload_checks import check_idempotency_key, checked_photo_media_type
+from gateway.webhooks import WebhookDispatcher, WebhookSettings
+from gateway.webhooks_policy import WebhookRefused
 from services.common import tracing
-from services.common.rpc_status import error_info
+from services.common.rpc_status import bad_request, error_info
 from services.common.worker import release_heap
 from synchuman.v1 import common_pb2, reconstruction_pb2
 
 log = logging.getLogger(__name__)
+
+
+def job_not_found(job_id: str) -> JobError:
+    """NOT_FOUND for a job id: the same answer whether no job has it or another API key's job does."""
+    return JobError(grpc.StatusCode.NOT_FOUND, f"no job with id {job_id!r}", error_info("JOB_NOT_FOUND"))
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,8 @@ class ManagerSettings:
     ``retention_s``: finished jobs (record, events, files, the photo included) are deleted this many seconds
     after their creation (0: kept until deleted with ``DeleteJob``); ``leases``: how jobs are shared with
     the other gateways of the store; ``profiles``: the named output profiles jobs may name (default: the
-    shipped ``gateway/profiles.toml``).
+    shipped ``gateway/profiles.toml``); ``webhooks``: signing secret, SSRF policy and retry schedule of the
+    jobs' callback URLs (default: off, callback URLs refused).
     """
 
     max_pending_jobs: int = 64
@@ -59,6 +68,7 @@ class ManagerSettings:
     retention_s: float = 7 * 24 * 3600.0
     leases: LeaseSettings = field(default_factory=LeaseSettings)
     profiles: Profiles = field(default_factory=lambda: load_profiles(DEFAULT_FILE))
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
 
 class JobManager:
@@ -86,6 +96,7 @@ class JobManager:
             settings.leases,
         )
         self._sweeper = RetentionSweeper(self.delete_expired, settings.retention_s)
+        self.webhooks = WebhookDispatcher(store, settings.webhooks)  # type: ignore[arg-type]  # SqlJobStore
         for state, gauge in JOB_STATES.items():
             gauge.set_function(lambda state=state: self._count(state))
 
@@ -104,6 +115,7 @@ class JobManager:
         retention sweep; returns the number of unfinished jobs found."""
         self.events.owner = owner
         resumed = self.loop.start(owner)
+        self.webhooks.start(owner)
         if self.settings.retention_s > 0:
             self._sweeper.start()
         return resumed
@@ -112,18 +124,26 @@ class JobManager:
         """Stop the workers; running jobs keep their stored state and resume at the next start."""
         deadline = time.monotonic() + timeout_s
         self.loop.stop(timeout_s)
+        self.webhooks.stop(max(0.0, deadline - time.monotonic()))
         self._sweeper.stop(max(0.0, deadline - time.monotonic()))
         self.stages.close()
 
     # -- requests --------------------------------------------------------------------------------------------
 
     def submit(
-        self, image: bytes, options: common_pb2.JobOptions, idempotency_key: str = ""
+        self,
+        image: bytes,
+        options: common_pb2.JobOptions,
+        idempotency_key: str = "",
+        owner: ApiKey | None = None,
+        callback_url: str = "",
     ) -> tuple[Job, bool]:
         """Store and queue a job; returns ``(job, deduplicated)``. See ``ReconstructionService.SubmitJob``.
         The job's options are laid over its profile's (:meth:`~gateway.profiles.Profiles.apply`), and stored
-        so."""
+        so. With ``owner``, the job belongs to that API key (its idempotency keys are its own) and counts
+        against its quota (:class:`gateway.api_keys.QuotaExceeded`)."""
         check_idempotency_key(idempotency_key)
+        self._check_callback(callback_url)
         # before the key's job is looked up: a bad request is refused, not replayed
         validate_options(options)  # the job's own fields, named as sent (e.g. both face-count fields set)
         options = self.settings.profiles.apply(options)
@@ -131,15 +151,44 @@ class JobManager:
         media = checked_photo_media_type(image, self.settings.max_upload_bytes)
         release_heap()  # the photo was decoded in full: give the decoder's freed buffers back
         if idempotency_key:
-            existing = self.store.find_by_key(idempotency_key)
+            existing = self.store.find_by_key(idempotency_key, owner.key_id if owner else "")
             if existing is not None:
                 return existing, True
         self.readiness.stages.require_ready()
         self.deadlines.check_fits(options)  # options that cannot finish on the stages' devices: refused now
         with self.loop.admission():
-            return self._create(image, media, options, idempotency_key)
+            return self._create(image, media, options, idempotency_key, owner, callback_url)
 
-    def _create(self, image: bytes, media: str, options: common_pb2.JobOptions, key: str) -> tuple[Job, bool]:
+    def _check_callback(self, callback_url: str) -> None:
+        """INVALID_ARGUMENT for a callback URL the webhook policy refuses (see
+        :mod:`gateway.webhooks_policy`), webhooks off included."""
+        if not callback_url:
+            return
+        policy = self.settings.webhooks.policy if self.settings.webhooks.enabled else None
+        try:
+            if policy is None:
+                raise WebhookRefused(
+                    "this gateway sends no webhooks (its operator configured no webhook secret or allowed "
+                    "no callback host); submit without callback_url"
+                )
+            policy.check_submitted(callback_url)
+        except WebhookRefused as refused:
+            raise JobError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                str(refused),
+                bad_request("callback_url", str(refused)),
+                error_info("CALLBACK_URL_REFUSED"),
+            ) from None
+
+    def _create(
+        self,
+        image: bytes,
+        media: str,
+        options: common_pb2.JobOptions,
+        key: str,
+        owner: ApiKey | None,
+        callback_url: str,
+    ) -> tuple[Job, bool]:
         job_id = secrets.token_urlsafe(12)
         now = now_timestamp()
         header = self.artifacts.put(job_id, "input", image, media)
@@ -152,10 +201,15 @@ class JobManager:
             create_time=now,
             update_time=now,
             artifacts=[reconstruction_pb2.Artifact(blob=header, create_time=now)],
+            webhook=reconstruction_pb2.WebhookDelivery(url=callback_url) if callback_url else None,
         )
         first = Event(sequence=1, time=now, state=reconstruction_pb2.JOB_STATE_QUEUED)
         with tracing.job_span(job_id):  # the root of the job's spans; its context is stored with the job
-            stored, created = self.loop.create(job, first, tracing.traceparent())
+            try:
+                stored, created = self.loop.create(job, first, tracing.traceparent(), owner)
+            except StoreError:  # e.g. over the key's quota: the photo goes with the refused job
+                self.artifacts.remove_job(job_id)
+                raise
         if not created:
             self.artifacts.remove_job(job_id)
             return stored, True
@@ -168,18 +222,23 @@ class JobManager:
         """The job, or NOT_FOUND (INVALID_ARGUMENT for a malformed id)."""
         job = self.store.get(check_job_id(job_id))
         if job is None:
-            raise JobError(
-                grpc.StatusCode.NOT_FOUND, f"no job with id {job_id!r}", error_info("JOB_NOT_FOUND")
-            )
+            raise job_not_found(job_id)
+        if job.webhook.url:
+            delivery = self.store.webhook_delivery(job.id)  # type: ignore[attr-defined]  # SqlJobStore
+            if delivery is not None:
+                job.webhook.CopyFrom(delivery)
         return job
 
     def profiles(self) -> reconstruction_pb2.ListProfilesResponse:
         """The named output profiles with their effective options (``ListProfiles``)."""
         return self.settings.profiles.to_proto()
 
-    def list(self, page_size: int = 0, page_token: str = "", state: int = 0) -> tuple[list[Job], str]:
-        """One page of jobs, newest first, and the token of the next page ("" on the last page)."""
-        return list_page(self.store, page_size, page_token, state)
+    def list(
+        self, page_size: int = 0, page_token: str = "", state: int = 0, owner_key: str | None = None
+    ) -> tuple[list[Job], str]:
+        """One page of jobs (only the API key ``owner_key``'s unless None), newest first, and the token of
+        the next page ("" on the last page)."""
+        return list_page(self.store, page_size, page_token, state, owner_key)
 
     def cancel(self, job_id: str, wait_s: float = 30.0) -> Job:
         """Cancel a queued or running job (a finished job is returned as is); waits up to ``wait_s`` for a

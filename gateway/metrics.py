@@ -26,3 +26,24 @@ STAGE_RETRIES = Counter(
     "Stage calls sent again after a failure, by stage and code.",
     ["stage", "code"],
 )
+QUOTA_REFUSALS = Counter(
+    "synchuman_gateway_quota_refusals_total",
+    "Submissions refused by an API key's quota (RESOURCE_EXHAUSTED), by limit: max_concurrent_jobs, "
+    "max_jobs_per_day or max_upload_bytes.",
+    ["metric"],
+)
+AUTH_REFUSALS = Counter(
+    "synchuman_gateway_auth_refusals_total",
+    "Calls refused UNAUTHENTICATED, by reason: no_token, wrong_token, revoked_key.",
+    ["reason"],
+)
+WEBHOOK_BACKLOG = Gauge(
+    "synchuman_gateway_webhook_backlog",
+    "Webhook events of ended jobs not delivered yet (waiting for an attempt or a retry), in the job store.",
+)
+WEBHOOK_DELIVERIES = Counter(
+    "synchuman_gateway_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome: delivered (2xx), retry (failed; tried again later), abandoned "
+    "(failed after the retry period).",
+    ["outcome"],
+)

@@ -36,9 +36,12 @@ def parse_page_token(token: str) -> tuple[int, str]:
     return int(match[1], 16), match[2]
 
 
-def list_page(store: JobStore, page_size: int, token: str, state: int) -> tuple[list[Job], str]:
-    """One page of ``page_size`` jobs (0: :data:`DEFAULT_PAGE_SIZE`), only in ``state`` unless 0, after the
-    page of ``token`` (""; the first page); with the next page's token ("" on the last page)."""
+def list_page(
+    store: JobStore, page_size: int, token: str, state: int, owner_key: str | None = None
+) -> tuple[list[Job], str]:
+    """One page of ``page_size`` jobs (0: :data:`DEFAULT_PAGE_SIZE`), only in ``state`` unless 0, only the API
+    key ``owner_key``'s unless None, after the page of ``token`` (""; the first page); with the next page's
+    token ("" on the last page)."""
     if page_size > MAX_PAGE_SIZE:
         raise JobError(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -48,7 +51,7 @@ def list_page(store: JobStore, page_size: int, token: str, state: int) -> tuple[
     check_state(state)
     size = page_size or DEFAULT_PAGE_SIZE
     before = parse_page_token(token) if token else None
-    jobs = store.list(size + 1, state, before)
+    jobs = store.list(size + 1, state, before, owner_key)
     more = len(jobs) > size
     jobs = jobs[:size]
     return jobs, page_token(jobs[-1]) if more else ""

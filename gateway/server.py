@@ -22,6 +22,7 @@ from gateway.profile_file import load_profiles
 from gateway.retry import RetryPolicy
 from gateway.stages import StageClients, StageTargets
 from gateway.store import open_job_store
+from gateway.webhooks import WebhookSettings
 from services.common.endpoints import RECONSTRUCTION_SERVICE, default_address
 from services.common.grpc_server import ServiceServer
 from services.common.tls import ClientTls, ServerTls
@@ -34,14 +35,16 @@ log = logging.getLogger(__name__)
 class GatewayConfig:
     """Everything the gateway needs. ``http_address`` empty: no HTTP bridge. ``database_url`` (the job store)
     empty: ``DATA_DIR/jobs.sqlite3``; ``artifact_store`` empty: ``DATA_DIR/artifacts``. ``auth_token``: bearer
-    token required on gRPC (health and reflection excepted) and by the HTTP bridge (empty: open).
+    token required on gRPC (health and reflection excepted) and by the HTTP bridge, the admin of every job;
+    API keys in the job store are tenants (:mod:`gateway.tenants`; empty and no keys: open).
     ``gateway_id``: this gateway's name on its job leases (empty: ``HOSTNAME:GRPC_PORT``; unique among the
     gateways of one store, the same across restarts); ``lease_s``: job lease length in seconds; ``poll_s``:
     how often an idle worker looks for jobs unwoken (see :class:`~gateway.job_loop.LeaseSettings`). ``tls``:
     serve gRPC and the HTTP bridge over TLS (None: plaintext); ``stage_token`` / ``stage_tls``: the bearer
     token and TLS (with the gateway's client certificate for mTLS) of the calls to the stage services.
     ``profiles``: the named output profiles' TOML file (empty: ``$SYNCHUMAN_GATEWAY_PROFILES``, else the
-    shipped ``gateway/profiles.toml``; see :mod:`gateway.profile_file`).
+    shipped ``gateway/profiles.toml``; see :mod:`gateway.profile_file`). ``webhooks``: the jobs' callback URLs
+    (secret, allowed hosts, retry schedule; default off: see :mod:`gateway.webhooks`).
     """
 
     address: str = default_address("gateway")
@@ -66,6 +69,7 @@ class GatewayConfig:
     stage_token: str = ""
     stage_tls: ClientTls | None = None
     profiles: str = ""
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
 
 class Gateway:
@@ -91,6 +95,7 @@ class Gateway:
                 config.retention_s,
                 LeaseSettings(lease_s=config.lease_s, poll_s=config.poll_s),
                 load_profiles(config.profiles or None),
+                webhooks=config.webhooks,
             ),
         )
         self.grpc_server = ServiceServer(
@@ -98,11 +103,10 @@ class Gateway:
             RECONSTRUCTION_SERVICE,
             config.address,
             lambda server: reconstruction_pb2_grpc.add_ReconstructionServiceServicer_to_server(
-                ReconstructionServicer(self.manager), server
-            ),
+                ReconstructionServicer(self.manager, config.auth_token), server
+            ),  # the servicer authenticates its calls itself (gateway.tenants: the token or an API key)
             workers=64,
             max_concurrent_rpcs=256,
-            auth_token=config.auth_token,
             tls=config.tls,
         )
         self.port = self.grpc_server.port

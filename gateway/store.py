@@ -24,9 +24,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from synchuman.v1 import reconstruction_pb2
+
+if TYPE_CHECKING:
+    from gateway.api_keys import ApiKey, SqlKeyStore
 
 Job = reconstruction_pb2.Job
 Event = reconstruction_pb2.WatchJobResponse
@@ -85,15 +88,26 @@ class JobStore(Protocol):
     """Where jobs and their events live. Implementations must be safe to call from several threads.
 
     Lease durations and ``run_after`` delays are seconds; times are judged by the store's clock (PostgreSQL:
-    the server's), so gateways with skewed clocks agree.
+    the server's), so gateways with skewed clocks agree. ``api_keys``: the API keys kept in the same
+    database (:mod:`gateway.api_keys`).
     """
 
+    api_keys: SqlKeyStore
+
     def create(
-        self, job: Job, event: Event, lease_owner: str = "", lease_s: float = 0.0, trace_context: str = ""
+        self,
+        job: Job,
+        event: Event,
+        lease_owner: str = "",
+        lease_s: float = 0.0,
+        trace_context: str = "",
+        owner: ApiKey | None = None,
     ) -> tuple[Job, bool]:
         """Insert ``job`` with its first event, leased to ``lease_owner`` for ``lease_s`` when given, with the
         W3C ``traceparent`` of its span (``trace_context``, "" when not traced); when its idempotency key is
-        taken, return that job and False.
+        taken, return that job and False. With ``owner``, the job belongs to that API key, whose idempotency
+        keys are its own, and is charged to its quota (:class:`gateway.api_keys.QuotaExceeded`: nothing
+        stored).
         """
 
     def save(self, job: Job, event: Event | None = None, lease_owner: str = "") -> None:
@@ -108,12 +122,18 @@ class JobStore(Protocol):
     def trace_context(self, job_id: str) -> str:
         """The ``trace_context`` the job was created with ("" when none, or no such job)."""
 
-    def find_by_key(self, idempotency_key: str) -> Job | None:
-        """The job submitted with ``idempotency_key``, or None."""
+    def find_by_key(self, idempotency_key: str, owner_key: str = "") -> Job | None:
+        """The job submitted with ``idempotency_key`` (by the API key ``owner_key``; "": the shared token),
+        or None."""
 
-    def list(self, limit: int, state: int = 0, before: tuple[int, str] | None = None) -> list[Job]:
-        """Up to ``limit`` jobs, newest first, optionally only in ``state`` and strictly older than ``before``
-        (``(create_time_ns, id)`` of the last job of the previous page).
+    def get_owned(self, job_id: str, owner_key: str) -> Job | None:
+        """The job when it belongs to the API key ``owner_key``, else None."""
+
+    def list(
+        self, limit: int, state: int = 0, before: tuple[int, str] | None = None, owner_key: str | None = None
+    ) -> list[Job]:
+        """Up to ``limit`` jobs, newest first, optionally only in ``state``, only of the API key ``owner_key``
+        and strictly older than ``before`` (``(create_time_ns, id)`` of the last job of the previous page).
         """
 
     def events(self, job_id: str, after_sequence: int = 0) -> list[Event]:

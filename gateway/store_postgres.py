@@ -58,6 +58,41 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN trace_context TEXT;
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN owner_key TEXT;
+    CREATE INDEX jobs_by_owner ON jobs (owner_key, create_ns DESC, id DESC);
+    CREATE TABLE api_keys (
+        key_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        key_sha256 TEXT NOT NULL,
+        admin BOOLEAN NOT NULL DEFAULT FALSE,
+        max_concurrent_jobs INTEGER NOT NULL DEFAULT 0,
+        max_jobs_per_day INTEGER NOT NULL DEFAULT 0,
+        max_upload_bytes BIGINT NOT NULL DEFAULT 0,
+        create_ns BIGINT NOT NULL,
+        revoke_ns BIGINT
+    );
+    CREATE TABLE api_key_usage (
+        key_id TEXT NOT NULL,
+        day TEXT NOT NULL,
+        jobs INTEGER NOT NULL,
+        PRIMARY KEY (key_id, day)
+    );
+    """,
+    """
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        done BOOLEAN NOT NULL DEFAULT FALSE,
+        run_after TIMESTAMPTZ NOT NULL DEFAULT '-infinity',
+        lease_owner TEXT,
+        lease_expires TIMESTAMPTZ NOT NULL DEFAULT '-infinity',
+        delivery BYTEA NOT NULL,
+        job BYTEA NOT NULL
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (done, run_after);
+    CREATE INDEX webhook_deliveries_by_job ON webhook_deliveries (job_id);
+    """,
 )
 #: Key of the advisory lock held while migrating (any constant unique to this application).
 _MIGRATION_LOCK = 0x5359_4E43_4855_4D31

@@ -16,6 +16,11 @@ migrating is one transaction, serialized between gateways starting together):
 3. ``run_after`` on ``jobs``: a job released for a retry's back-off is acquired by nobody before it.
 4. ``trace_context`` on ``jobs``: the W3C ``traceparent`` of the job's span (tracing on), so whichever
    gateway runs the job traces its stage calls into the submission's trace.
+5. API keys (:mod:`gateway.api_keys`): ``api_keys``, ``api_key_usage`` and ``owner_key`` on ``jobs``, the key
+   a job belongs to (NULL: the shared token's); a key's idempotency keys are its own (stored as
+   ``KEY_ID<TAB>KEY``).
+6. ``webhook_deliveries``: the webhook outbox (:mod:`gateway.webhooks_store`), a row queued with the end of
+   every job that has a callback URL.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from gateway.api_keys import ApiKey, SqlKeyStore, charge_job
 from gateway.store import (
     TERMINAL_STATES,
     Event,
@@ -37,8 +43,17 @@ from gateway.store import (
     create_ns,
     terminal_list,
 )
+from gateway.webhooks_store import WebhookOutbox
 
 UNFINISHED = f"state NOT IN ({terminal_list()})"
+
+
+def scoped_key(idempotency_key: str, owner_key: str) -> str | None:
+    """The stored form of an idempotency key: as sent for the shared token's jobs, ``OWNER<TAB>KEY`` for an
+    API key's (a key holds printable characters only, so the two never collide); None for no key."""
+    if not idempotency_key:
+        return None
+    return f"{owner_key}\t{idempotency_key}" if owner_key else idempotency_key
 
 
 class Cursor(Protocol):
@@ -152,8 +167,9 @@ def _oldest_first(jobs: list[Job]) -> list[Job]:
     return sorted(jobs, key=lambda job: (create_ns(job), job.id))
 
 
-class SqlJobStore:
-    """:class:`~gateway.store.JobStore` on ``dialect`` (migrated to the latest schema on opening)."""
+class SqlJobStore(WebhookOutbox):
+    """:class:`~gateway.store.JobStore` on ``dialect`` (migrated to the latest schema on opening), with the
+    webhook outbox of :class:`~gateway.webhooks_store.WebhookOutbox`."""
 
     def __init__(self, dialect: Dialect) -> None:
         self._dialect = d = dialect
@@ -166,6 +182,7 @@ class SqlJobStore:
         except BaseException:
             dialect.close()
             raise
+        self.api_keys = SqlKeyStore(dialect)
 
     def close(self) -> None:
         self._dialect.close()
@@ -193,14 +210,20 @@ class SqlJobStore:
     # -- records ---------------------------------------------------------------------------------------------
 
     def create(
-        self, job: Job, event: Event, lease_owner: str = "", lease_s: float = 0.0, trace_context: str = ""
+        self,
+        job: Job,
+        event: Event,
+        lease_owner: str = "",
+        lease_s: float = 0.0,
+        trace_context: str = "",
+        owner: ApiKey | None = None,
     ) -> tuple[Job, bool]:
-        d, key = self._dialect, job.idempotency_key or None
+        d, key = self._dialect, scoped_key(job.idempotency_key, owner.key_id if owner else "")
         expires, lease = (d.later, (lease_s,)) if lease_owner else (d.never, ())
         with d.transaction() as session:
             inserted = session.execute(
                 "INSERT INTO jobs (id, state, create_ns, idempotency_key, job, lease_owner, trace_context, "
-                f"{d.lease_expires}) VALUES (?, ?, ?, ?, ?, ?, ?, {expires}) "
+                f"owner_key, {d.lease_expires}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {expires}) "
                 "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
                 (
                     job.id,
@@ -210,12 +233,15 @@ class SqlJobStore:
                     job.SerializeToString(),
                     lease_owner or None,
                     trace_context or None,
+                    owner.key_id if owner else None,
                     *lease,
                 ),
             ).fetchall()
             if not inserted:
                 row = session.execute("SELECT job FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
                 return Job.FromString(bytes(row[0])), False
+            if owner is not None:
+                charge_job(session, owner, UNFINISHED)  # QuotaExceeded: nothing stored
             self._append(session, job.id, event)
             if not lease_owner:
                 d.notify(session)
@@ -241,6 +267,8 @@ class SqlJobStore:
                 raise JobNotFound(job.id)
             if event is not None:
                 self._append(session, job.id, event)
+                if event.WhichOneof("event") == "finished":
+                    self._enqueue_webhook(session, event.finished)
 
     def get(self, job_id: str) -> Job | None:
         found = _jobs(self._rows("SELECT job FROM jobs WHERE id = ?", (job_id,)))
@@ -250,12 +278,25 @@ class SqlJobStore:
         rows = self._rows("SELECT trace_context FROM jobs WHERE id = ?", (job_id,))
         return str(rows[0][0] or "") if rows else ""
 
-    def find_by_key(self, idempotency_key: str) -> Job | None:
-        found = _jobs(self._rows("SELECT job FROM jobs WHERE idempotency_key = ?", (idempotency_key,)))
+    def find_by_key(self, idempotency_key: str, owner_key: str = "") -> Job | None:
+        found = _jobs(
+            self._rows(
+                "SELECT job FROM jobs WHERE idempotency_key = ?", (scoped_key(idempotency_key, owner_key),)
+            )
+        )
         return found[0] if found else None
 
-    def list(self, limit: int, state: int = 0, before: tuple[int, str] | None = None) -> list[Job]:
+    def get_owned(self, job_id: str, owner_key: str) -> Job | None:
+        found = _jobs(self._rows("SELECT job FROM jobs WHERE id = ? AND owner_key = ?", (job_id, owner_key)))
+        return found[0] if found else None
+
+    def list(
+        self, limit: int, state: int = 0, before: tuple[int, str] | None = None, owner_key: str | None = None
+    ) -> list[Job]:
         where, args = [], []
+        if owner_key is not None:
+            where.append("owner_key = ?")
+            args.append(owner_key)
         if state:
             where.append("state = ?")
             args.append(state)

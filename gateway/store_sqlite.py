@@ -50,6 +50,41 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN trace_context TEXT;
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN owner_key TEXT;
+    CREATE INDEX jobs_by_owner ON jobs (owner_key, create_ns DESC, id DESC);
+    CREATE TABLE api_keys (
+        key_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        key_sha256 TEXT NOT NULL,
+        admin INTEGER NOT NULL DEFAULT 0,
+        max_concurrent_jobs INTEGER NOT NULL DEFAULT 0,
+        max_jobs_per_day INTEGER NOT NULL DEFAULT 0,
+        max_upload_bytes INTEGER NOT NULL DEFAULT 0,
+        create_ns INTEGER NOT NULL,
+        revoke_ns INTEGER
+    );
+    CREATE TABLE api_key_usage (
+        key_id TEXT NOT NULL,
+        day TEXT NOT NULL,
+        jobs INTEGER NOT NULL,
+        PRIMARY KEY (key_id, day)
+    );
+    """,
+    """
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        run_after_ns INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_expires_ns INTEGER NOT NULL DEFAULT 0,
+        delivery BLOB NOT NULL,
+        job BLOB NOT NULL
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (done, run_after_ns);
+    CREATE INDEX webhook_deliveries_by_job ON webhook_deliveries (job_id);
+    """,
 )
 
 

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Order is the order of ``synchuman --help``.
-COMMANDS = ("preprocess", "reconstruct", "serve", "selftest", "ckpts", "parity")
+COMMANDS = ("preprocess", "reconstruct", "serve", "selftest", "ckpts", "parity", "keys")
 
 
 class UserError(Exception):
