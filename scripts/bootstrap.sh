@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh machine: Python venv with the project and its dev tools, the npm tools the tests
 # use (buf, gltf-validator), the TypeScript client and the web page built, Debian's chromium (browser test), the
-# offline default segmentation model and a Docker Compose v2 binary (compose.yaml validation, optional). Safe to
-# run again; fast when nothing changed.
+# offline default segmentation model, the rig step's pose model (ckpts/pose) and a Docker Compose v2 binary
+# (compose.yaml validation, optional). Safe to run again; fast when nothing changed.
 #   SYNCHUMAN_VENV   venv folder (default .venv)
 #   SYNCHUMAN_TORCH  pip requirement for torch when none is installed (default: requirements/torch.txt, the CPU
 #                    wheel here; on a GPU host install the CUDA build of that version into the venv first)
@@ -76,4 +76,5 @@ if [ ! -x .cache/tools/promtool ] && ! command -v promtool >/dev/null 2>&1; then
   fi
 fi
 "$py" scripts/fetch_segmenter.py
+"$py" scripts/fetch_pose_model.py
 "$py" scripts/fetch_compose.py || echo "bootstrap: docker-compose not installed; compose.yaml tests will skip (fail under CI)" >&2

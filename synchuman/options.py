@@ -87,10 +87,13 @@ class Stage1Options:
 
 #: Files of the preview output: a 512x512 front 3/4 thumbnail, a turntable as MP4 (H.264) and animated WebP.
 PREVIEW_FILES = ("preview.png", "turntable.mp4", "turntable.webp")
+#: The rigged GLB (:mod:`synchuman.pipelines.stage2_rig`, made after the post-processing, not by it).
+RIGGED_GLB = "person_rigged.glb"
 #: Extra output file names (besides "person.glb") that :class:`Stage2Options.outputs` may request;
 #: "preview.png" requests all of :data:`PREVIEW_FILES` (one render of the turntable makes all three).
-EXTRA_OUTPUTS = ("gaussians.ply", "mesh_obj.zip", "person.usdz", "preview.png")
-#: Post-processing extra (:attr:`PostprocessOptions.extras`) that makes each extra output file.
+EXTRA_OUTPUTS = ("gaussians.ply", "mesh_obj.zip", "person.usdz", "preview.png", RIGGED_GLB)
+#: Post-processing extra (:attr:`PostprocessOptions.extras`) that makes each extra output file (all but
+#: :data:`RIGGED_GLB`).
 POSTPROCESS_EXTRAS = {
     "gaussians.ply": "gaussian_ply",
     "mesh_obj.zip": "obj",

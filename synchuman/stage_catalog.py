@@ -107,8 +107,10 @@ MULTIVIEW = StageEntry(
     checkpoint_sections=("dinov2", "stage1"),
 )
 
-#: The phases of the post-processing (:mod:`synchuman.postprocess.pipeline`), the last of stage 2's.
+#: The phases of the post-processing (:mod:`synchuman.postprocess.pipeline`), near the end of stage 2's.
 POSTPROCESS_PHASES = ("decimate", "visibility", "cut_fill", "uv_atlas", "gaussian_render", "bake", "export")
+#: Stage 2's last phase, run only when the rigged GLB is asked for (:mod:`synchuman.pipelines.stage2_rig`).
+RIG_PHASE = "rig"
 
 RECONSTRUCTION = StageEntry(
     name="reconstruction",
@@ -125,13 +127,22 @@ RECONSTRUCTION = StageEntry(
         StageFile("preview.png", PNG),
         StageFile("turntable.mp4", "video/mp4"),
         StageFile("turntable.webp", "image/webp"),
+        StageFile("person_rigged.glb", "model/gltf-binary"),
     ),
     result_file=StageFile("output_report.json", JSON),
-    phases=("condition", "sampling", "multiview_features", "decode", *POSTPROCESS_PHASES),
+    phases=("condition", "sampling", "multiview_features", "decode", *POSTPROCESS_PHASES, RIG_PHASE),
     options_message="ReconstructionOptions",
     checkpoint_sections=("dinov2", "stage2"),
     optional_outputs=frozenset(
-        {"gaussians.ply", "mesh_obj.zip", "person.usdz", "preview.png", "turntable.mp4", "turntable.webp"}
+        {
+            "gaussians.ply",
+            "mesh_obj.zip",
+            "person.usdz",
+            "preview.png",
+            "turntable.mp4",
+            "turntable.webp",
+            "person_rigged.glb",
+        }
     ),
 )
 

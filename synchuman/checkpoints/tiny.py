@@ -33,6 +33,23 @@ def find_segmenter(root: Path) -> Path | None:
     return None
 
 
+def copy_pose_model(layout: CheckpointLayout) -> list[str]:
+    """Copy the rig step's pose model files from the default checkpoint root into ``layout`` when missing
+    there; returns a warning when they exist nowhere (rigged-GLB requests then end with RIG_FAILED)."""
+    from synchuman.rig.pose_files import FETCH_HINT, missing_pose_files
+
+    missing = missing_pose_files(layout.pose)
+    source = CheckpointLayout(default_root()).pose
+    if not missing or source.resolve() == layout.pose.resolve():
+        return [] if not missing else [f"no pose model in {layout.pose}: {FETCH_HINT}"]
+    if missing_pose_files(source):
+        return [f"no pose model to copy into {layout.pose}: {FETCH_HINT}"]
+    layout.pose.mkdir(parents=True, exist_ok=True)
+    for target in missing:
+        shutil.copyfile(source / target.name, target)
+    return []
+
+
 def write_tiny_tree(root: Path, seed: int = 0) -> list[str]:
     """Write every tiny checkpoint below ``root``; returns warnings (e.g. no segmenter available to copy).
 
@@ -54,5 +71,6 @@ def write_tiny_tree(root: Path, seed: int = 0) -> list[str]:
     elif segmenter.resolve() != layout.segmenter.resolve():
         layout.segmentation.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(segmenter, layout.segmenter)
+    warnings += copy_pose_model(layout)
     (root / TINY_MARKER).write_text(TINY_NOTICE)
     return warnings

@@ -218,11 +218,22 @@ def _check_segmenter(c: _Checker) -> None:
                      "(run scripts/fetch_segmenter.py or `synchuman ckpts pull`)")
 
 
+def _check_pose_model(c: _Checker) -> None:
+    from synchuman.rig.pose_files import FETCH_HINT, missing_pose_files
+
+    missing = missing_pose_files(c.layout.pose)
+    if not missing:
+        c.good(c.layout.pose, "pose model present")
+    for path in missing:
+        c.warn(path, f"missing: rigged-GLB requests will end with RIG_FAILED ({FETCH_HINT})")
+
+
 SECTIONS: dict[str, Callable[[_Checker], None]] = {
     "dinov2": _check_dinov2,
     "stage1": _check_stage1,
     "stage2": _check_stage2,
     "segmentation": _check_segmenter,
+    "pose": _check_pose_model,
 }
 
 

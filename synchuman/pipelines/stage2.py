@@ -11,6 +11,8 @@ Steps (upstream ``SyncHumanTwoStagePipeline``, run without files):
 4. decode Gaussians and the FlexiCubes mesh.
 5. post-process to GLB (decimate, remove hidden faces, UV atlas, bake the texture from the views and Gaussian
    renders, export y-up) and measure the result.
+6. rig (only when ``person_rigged.glb`` is asked for, :mod:`synchuman.pipelines.stage2_rig`): a skinned GLB
+   from the body landmarks of the generated views, or a WARNING finding ``RIG_FAILED``.
 
 ``progress(phase, step, total)`` is called as every phase starts (``step`` and ``total`` 0) and after its
 steps: sampler steps, visibility view batches, min-cut passes, Gaussian render batches and bake steps (phase
@@ -20,6 +22,7 @@ phases (raising :class:`Stage2Cancelled`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -30,11 +33,12 @@ import torch
 
 from synchuman.checkpoints.layout import CheckpointLayout, default_root
 from synchuman.checkpoints.verify import weights_label
-from synchuman.options import POSTPROCESS_EXTRAS, OptionError, PostprocessOptions, Stage2Options
+from synchuman.options import POSTPROCESS_EXTRAS, RIGGED_GLB, OptionError, PostprocessOptions, Stage2Options
 from synchuman.phases import PhaseTimer
 from synchuman.pipelines.handoff import Stage2InputError, Stage2Inputs
 from synchuman.pipelines.info import PipelineInfo
 from synchuman.pipelines.stage2_models import Stage2Models, load_stage2_models
+from synchuman.pipelines.stage2_rig import rig_step
 from synchuman.pipelines.stage2_types import (
     VISIBILITY_RESOLUTION,
     OutputReport,
@@ -51,6 +55,7 @@ from synchuman.postprocess.pipeline import GeneratedViews, PostprocessReport, ga
 from synchuman.progress_phases import ProgressCallback
 from synchuman.samplers.flow_euler import SamplingCancelled
 from synchuman.sparse import SparseTensor
+from synchuman.stage_catalog import RIG_PHASE
 from synchuman.stopping import check_before_every_layer
 
 #: Views of each kind that condition the decoders (front, right, back, left).
@@ -79,17 +84,20 @@ class Stage2Pipeline:
         info: PipelineInfo,
         render_views: int = 95,
         render_resolution: int = 1024,
+        pose_dir: Path | None = None,
     ) -> None:
         """``render_views`` / ``render_resolution``: Gaussian renders added to the texture bake (upstream 95
-        at 1024^2; 0 bakes from the generated views only, e.g. on CPU-only machines). The visibility views
-        are rendered at :data:`~synchuman.pipelines.stage2_types.VISIBILITY_RESOLUTION` of the device, and
-        :attr:`defaults` are the options for the device
+        at 1024^2; 0 bakes from the generated views only, e.g. on CPU-only machines); ``pose_dir``: the rig
+        step's pose model folder (None: :func:`~synchuman.rig.pose_files.pose_model_dir`). The visibility
+        views are rendered at :data:`~synchuman.pipelines.stage2_types.VISIBILITY_RESOLUTION` of the device,
+        and :attr:`defaults` are the options for the device
         (:func:`~synchuman.pipelines.stage2_types.device_defaults`)."""
         self.models = models
         self.dinov2 = dinov2
         self.info = info
         self.render_views = render_views
         self.render_resolution = render_resolution
+        self.pose_dir = pose_dir
         self.voxel_resolution = models.resolution
         device_type = models.device.type
         self.visibility_resolution = VISIBILITY_RESOLUTION.get(device_type, VISIBILITY_RESOLUTION["cuda"])
@@ -115,7 +123,7 @@ class Stage2Pipeline:
 
         dinov2 = DinoV2Encoder.from_checkpoints(layout, device=device, dtype=dtype)
         info = PipelineInfo(str(layout.root), weights_label(layout.root), str(device), str(dtype))
-        return cls(models, dinov2, info, render_views, render_resolution)
+        return cls(models, dinov2, info, render_views, render_resolution, pose_dir=layout.pose)
 
     # -- one request ---------------------------------------------------------------------------------------
 
@@ -170,7 +178,7 @@ class Stage2Pipeline:
                     bake_steps=options.bake_steps,
                     gaussian_views=self.render_views,
                     gaussian_resolution=self.render_resolution,
-                    extras=tuple(POSTPROCESS_EXTRAS[name] for name in options.outputs),
+                    extras=tuple(POSTPROCESS_EXTRAS[n] for n in options.outputs if n in POSTPROCESS_EXTRAS),
                     seed=options.seed,
                 ),
                 progress=lambda phase, step, total: _progress_step(phase, step, total, progress, should_stop),
@@ -181,10 +189,20 @@ class Stage2Pipeline:
             raise Stage2OutputRejected(_rejection_code(str(exc)), str(exc)) from exc
         timer.seconds.update(post.phases)
         timer.peak_gib.update(post.phase_peak_gib)
+        files = extra_files(post.extras, options.outputs)
+        report = output_report(post, len(glb))
+        if RIGGED_GLB in options.outputs:
+            progress(RIG_PHASE, 0, 0)
+            with timer(RIG_PHASE):
+                rig = rig_step(glb, inputs.colors, should_stop, self.pose_dir)
+            if rig.glb is not None:
+                files[RIGGED_GLB] = rig.glb
+            else:
+                report = dataclasses.replace(report, findings=(*report.findings, rig.finding))
         return Stage2Result(
             glb=glb,
-            extra_files=extra_files(post.extras, options.outputs),
-            report=output_report(post, len(glb)),
+            extra_files=files,
+            report=report,
             phase_seconds=timer.seconds,
             phase_peak_gib=timer.peak_gib,
             mesh=mesh if keep_geometry else None,

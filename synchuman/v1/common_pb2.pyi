@@ -30,6 +30,7 @@ class OutputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTPUT_FORMAT_MULTIVIEW_PNG: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_USDZ: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_PREVIEW: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_RIGGED_GLB: _ClassVar[OutputFormat]
 
 class BakeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -51,6 +52,7 @@ OUTPUT_FORMAT_OBJ: OutputFormat
 OUTPUT_FORMAT_MULTIVIEW_PNG: OutputFormat
 OUTPUT_FORMAT_USDZ: OutputFormat
 OUTPUT_FORMAT_PREVIEW: OutputFormat
+OUTPUT_FORMAT_RIGGED_GLB: OutputFormat
 BAKE_MODE_UNSPECIFIED: BakeMode
 BAKE_MODE_FAST: BakeMode
 BAKE_MODE_OPTIMIZE: BakeMode

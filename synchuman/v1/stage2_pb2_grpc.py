@@ -68,9 +68,10 @@ class Stage2ServiceServicer:
         The server streams `progress` events (one per sampler step, then one per
         post-processing phase), then the outputs as blobs: always "person.glb"
         (binary glTF, y-up, PBR texture), plus "gaussians.ply", "mesh_obj.zip",
-        "person.usdz" and the previews ("preview.png", "turntable.mp4",
-        "turntable.webp") when asked for in `ReconstructionOptions.outputs`, and
-        finally a `result` with the output quality report.
+        "person.usdz", the previews ("preview.png", "turntable.mp4",
+        "turntable.webp") and "person_rigged.glb" (after a "rig" phase) when asked
+        for in `ReconstructionOptions.outputs`, and finally a `result` with the
+        output quality report.
 
         Errors: INVALID_ARGUMENT for missing or malformed inputs; FAILED_PRECONDITION
         when the output checks find the result useless (empty or tiny mesh), with

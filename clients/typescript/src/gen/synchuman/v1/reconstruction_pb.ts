@@ -1013,7 +1013,7 @@ export const ReconstructionService: GenService<{
    * "mask.png", "input_report.json", "color_<i>.png", "normal_<i>.png",
    * "voxels.bin", "person.glb", "gaussians.ply", "mesh_obj.zip",
    * "person.usdz", "preview.png", "turntable.mp4", "turntable.webp",
-   * "output_report.json". NOT_FOUND if the job or file does not exist (yet).
+   * "person_rigged.glb", "output_report.json". NOT_FOUND if the job or file does not exist (yet).
    *
    * @generated from rpc synchuman.v1.ReconstructionService.GetArtifact
    */
