@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import threading
 import time
 
 import psycopg
@@ -158,3 +159,26 @@ def test_keys_command_creates_lists_and_revokes(tmp_path):
         assert opened.api_keys.find(key_id_of(key)).revoked
     finally:
         opened.close()
+
+
+def test_simultaneous_submissions_of_one_key_never_overshoot_its_limit(store):
+    """Eight jobs of a key with room for two, stored at the same moment (several gateways' threads): exactly
+    two are stored (PostgreSQL: the usage row's lock serializes them; SQLite: one writer at a time)."""
+    key, _ = store.api_keys.create("burst", Quota(max_concurrent_jobs=2))
+    start, outcomes = threading.Barrier(8), []
+
+    def submit(i: int) -> None:
+        start.wait()
+        try:
+            store.create(*_job(f"burst{i}"), owner=key)
+            outcomes.append("stored")
+        except QuotaExceeded:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["refused"] * 6 + ["stored"] * 2
+    assert len(store.list(10, owner_key=key.key_id)) == 2 and store.api_keys.list()[0].jobs_today == 2
