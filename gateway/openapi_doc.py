@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.upload_checks import KEY_PATTERN, MAX_KEY_CHARS
+from gateway.webhooks_policy import MAX_URL_CHARS
 from synchuman.options import TARGET_FACES, Range, Stage1Options, Stage2Options
 from synchuman.preprocess.segment import SEGMENTER_NAME
 from synchuman.v1 import common_pb2
@@ -19,12 +20,13 @@ from synchuman.v1 import common_pb2
 #: What each error status of the bridge means (the body is always :data:`ERROR_SCHEMA`).
 ERROR_MEANINGS = {
     400: "Invalid request (INVALID_ARGUMENT): the message and details name the field and what to send",
-    401: "Missing or wrong bearer token (UNAUTHENTICATED)",
-    404: "No such job or file (NOT_FOUND)",
+    401: "Missing, wrong or revoked bearer token or API key (UNAUTHENTICATED)",
+    404: "No such job or file (NOT_FOUND); another API key's job answers the same",
     409: "The job is not in a state that allows this (FAILED_PRECONDITION), e.g. deleting a running job",
     413: "The upload is larger than the server's limit",
     416: "No byte of the Range lies in the file (OUT_OF_RANGE); Content-Range: bytes */SIZE gives its size",
-    429: "Too many pending jobs (RESOURCE_EXHAUSTED); retry after the Retry-After header's seconds",
+    429: "Too many pending jobs, or over the API key's quota (RESOURCE_EXHAUSTED; QuotaFailure names the "
+    "limit); retry after the Retry-After header's seconds (none when waiting cannot help: a too large photo)",
     503: "The gateway or a stage is unavailable (UNAVAILABLE)",
 }
 ERROR_SCHEMA: dict[str, Any] = {
@@ -219,11 +221,25 @@ def profiles_responses() -> dict[int | str, dict[str, Any]]:
 RAW_UPLOAD_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 
 
+#: The job's webhook URL (form field or query parameter; see gateway.webhooks_policy for what is refused).
+CALLBACK_URL_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "maxLength": MAX_URL_CHARS,
+    "description": "http(s) URL the gateway POSTs the job's end event to (Standard Webhooks signature; "
+    "retried for 24 h): its host must be on the gateway's allow-list and public (400 otherwise, and on a "
+    "gateway without webhooks); no user name or password",
+}
+
+
 def upload_doc(profiles: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``openapi_extra`` of ``POST /v1/jobs``: a multipart form (``image``, ``options``, ``idempotency_key``)
-    or the raw photo as the body; ``profiles``: the profile names the gateway knows."""
+    """``openapi_extra`` of ``POST /v1/jobs``: a multipart form (``image``, ``options``, ``idempotency_key``,
+    ``callback_url``) or the raw photo as the body (``callback_url`` then as a query parameter);
+    ``profiles``: the profile names the gateway knows."""
     photo = {"type": "string", "format": "binary", "description": "the photo: JPEG, PNG, WebP ..."}
     return {
+        "parameters": [
+            {"name": "callback_url", "in": "query", "required": False, "schema": CALLBACK_URL_SCHEMA}
+        ],
         "requestBody": {
             "required": True,
             "content": {
@@ -239,6 +255,7 @@ def upload_doc(profiles: tuple[str, ...] = ()) -> dict[str, Any]:
                                 "maxLength": MAX_KEY_CHARS,
                                 "pattern": f"^{KEY_PATTERN.pattern}$",
                             },
+                            "callback_url": CALLBACK_URL_SCHEMA,
                         },
                     },
                     "encoding": {
@@ -248,5 +265,5 @@ def upload_doc(profiles: tuple[str, ...] = ()) -> dict[str, Any]:
                 },
                 **{media_type: {"schema": photo} for media_type in RAW_UPLOAD_TYPES},
             },
-        }
+        },
     }
