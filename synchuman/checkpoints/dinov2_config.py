@@ -32,4 +32,4 @@ def dinov2_config(embed_dim: int = 1024, depth: int = 24, num_heads: int = 16) -
 
 
 REAL_DINOV2_CONFIG = dinov2_config()
-TINY_DINOV2_CONFIG = dinov2_config(embed_dim=32, depth=24, num_heads=2)
+TINY_DINOV2_CONFIG = dinov2_config(embed_dim=16, depth=24, num_heads=1)
