@@ -1,7 +1,8 @@
-"""The core library knows no service: no module of ``synchuman/`` imports ``services``, ``gateway`` or
-the CLI package ``synchuman_cli``, statically or through ``importlib.import_module`` / ``__import__`` with a
-string that names them. Only the generated stubs in ``synchuman/v1`` import gRPC or protobuf (and the rest of
-the core does not import those stubs), which is what pyproject.toml and the README say about where gRPC lives.
+"""The core library knows no service: no module of ``synchuman/`` imports ``services``, ``gateway``, the CLI
+package ``synchuman_cli`` or ``opentelemetry`` (tracing belongs to the services), statically or through
+``importlib.import_module`` / ``__import__`` with a string that names them. Only the generated stubs in
+``synchuman/v1`` import gRPC or protobuf (and the rest of the core does not import those stubs), which is what
+pyproject.toml and the README say about where gRPC lives.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 CORE = Path(__file__).resolve().parents[1] / "synchuman"
 GENERATED = CORE / "v1"
 #: Top-level packages the core must never import.
-OUTSIDE_THE_CORE = ("services", "gateway", "synchuman_cli")
+OUTSIDE_THE_CORE = ("services", "gateway", "synchuman_cli", "opentelemetry")
 #: What only the generated stubs may import.
 WIRE_ONLY = ("grpc", "grpc_health", "grpc_reflection", "grpc_status", "google.protobuf", "synchuman.v1")
 DYNAMIC_IMPORTERS = {"import_module", "__import__"}

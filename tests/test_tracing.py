@@ -1,12 +1,16 @@
 """Traces across the hops: the four real services (gateway, preprocess, stage 1, stage 2 as separate processes
 on tiny random checkpoints, CPU) export their spans over OTLP/gRPC to a real OTLP trace receiver started
-here (the ``opentelemetry-proto`` TraceService); one job must yield one trace with spans from every process,
-in the order gateway job span -> stage call span -> stage server span -> phase spans, with job id, stage and
-phase attributes.
+here (the ``opentelemetry-proto`` TraceService); one job, submitted with a client's ``traceparent``, must
+yield one trace (the client's) with spans from every process, in the order gateway SubmitJob -> job span ->
+stage call span -> stage server span -> phase spans, with job id, stage and phase attributes. Without an
+endpoint no OpenTelemetry module is loaded; a malformed endpoint is refused.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,13 +22,16 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from test_e2e_services import small_options
 
+from services.common import tracing
+from services.common.arguments import CommandLineError
 from services.common.stage_io import blob_header, upload_messages
 from services.common.tracing import JOB_ID, PHASE, STAGE
 from services.launcher import EmbeddedConfig, start_embedded
 from synchuman.stage_catalog import STAGES
 from synchuman.v1 import reconstruction_pb2, reconstruction_pb2_grpc
 
-pytestmark = pytest.mark.slow
+#: The W3C context the test's client sends with its submission: the job's trace continues it.
+CLIENT_TRACE, CLIENT_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 
 TERMINAL = {
     reconstruction_pb2.JOB_STATE_SUCCEEDED,
@@ -108,22 +115,22 @@ def traced_deployment(receiver, tiny_ckpts, tmp_path_factory) -> Iterator[Embedd
 
 
 def run_one_job(config: EmbeddedConfig, photo: bytes) -> str:
-    """Submit one small job over gRPC and wait for it to succeed; its id."""
+    """Submit one small job over gRPC with the client's ``traceparent``, wait for it to succeed; its id."""
     stub = reconstruction_pb2_grpc.ReconstructionServiceStub(grpc.insecure_channel(config.address("gateway")))
     start = reconstruction_pb2.SubmitJobStart(
         options=small_options(1, 1), image=blob_header("input", "application/octet-stream", photo)
     )
-    job = stub.SubmitJob(
-        upload_messages(reconstruction_pb2.SubmitJobRequest, start, {"input": photo}), timeout=60
-    )
-    job_id = job.job.id
+    requests = upload_messages(reconstruction_pb2.SubmitJobRequest, start, {"input": photo})
+    metadata = (("traceparent", f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"),)
+    job_id = stub.SubmitJob(requests, timeout=60, metadata=metadata).job.id
     deadline = time.monotonic() + 300
-    while (
-        found := stub.GetJob(reconstruction_pb2.GetJobRequest(job_id=job_id), timeout=10).job
-    ).state not in TERMINAL:
+    while True:
+        job = stub.GetJob(reconstruction_pb2.GetJobRequest(job_id=job_id), timeout=10).job
+        if job.state in TERMINAL:
+            break
         assert time.monotonic() < deadline, f"job {job_id} did not end"
         time.sleep(0.5)
-    assert found.state == reconstruction_pb2.JOB_STATE_SUCCEEDED, found.error.message
+    assert job.state == reconstruction_pb2.JOB_STATE_SUCCEEDED, job.error.message
     return job_id
 
 
@@ -145,6 +152,27 @@ def tree(spans: list[ReceivedSpan]) -> list[str]:
     return lines
 
 
+def test_off_without_an_endpoint_loads_no_opentelemetry():
+    code = (
+        "import sys; import services.common.stage_server, services.common.servicer, gateway.job_loop; "
+        "from services.common import tracing; assert not tracing.configure('stage1'); "
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    loaded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
+def test_an_endpoint_that_is_no_url_is_refused(monkeypatch):
+    with pytest.raises(CommandLineError, match=r"--otlp-endpoint 'collector:4317': .*http://HOST:PORT"):
+        tracing.configure("gateway", "collector:4317")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4317")
+    with pytest.raises(CommandLineError, match="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT 'collector:4317'"):
+        tracing.configure("gateway")
+    assert not tracing.enabled()
+
+
+@pytest.mark.slow
 def test_one_job_is_one_trace_across_the_four_processes(receiver, traced_deployment, small_photo):
     spans, _ = receiver
     job_id = run_one_job(traced_deployment, small_photo)
@@ -166,13 +194,16 @@ def test_one_job_is_one_trace_across_the_four_processes(receiver, traced_deploym
         assert time.monotonic() < deadline, "\n".join(tree(spans.spans))
         time.sleep(0.2)
     (job_span,) = [s for s in named if s.name == "job"]
+    assert job_span.trace_id == CLIENT_TRACE  # the client's trace, continued from its gRPC metadata
     trace = spans.trace(job_span.trace_id)
     print("\n".join(["", f"trace {job_span.trace_id} of job {job_id}: {len(trace)} spans", *tree(trace)]))
 
     assert {s.trace_id for s in named} == {job_span.trace_id}  # every span naming the job is in its trace
     assert {s.service for s in trace} == {"gateway", *(entry.service for entry in STAGES)}
     by_id = {s.span_id: s for s in trace}
-    assert job_span.service == "gateway" and by_id[job_span.parent].name.endswith("/SubmitJob")
+    submit = by_id[job_span.parent]
+    assert job_span.service == "gateway" and submit.name == "synchuman.v1.ReconstructionService/SubmitJob"
+    assert submit.parent == CLIENT_SPAN
     for entry in STAGES:
         (call,) = [s for s in trace if s.name == f"stage call {entry.name}"]
         assert (call.service, call.parent) == ("gateway", job_span.span_id)

@@ -30,6 +30,9 @@ Modules and their main entry points:
 * :mod:`services.common.observability` - :class:`ObservabilityInterceptor` (JSON log line, Prometheus
   counters / latency histogram / in-flight gauge per RPC, refusal of calls whose deadline already passed)
   and :func:`start_metrics_server`; :mod:`services.common.gpu_metrics` - the process's GPU memory gauges.
+* :mod:`services.common.tracing` - OpenTelemetry tracing, off unless an OTLP endpoint is configured (SDK
+  imported only then): :func:`~services.common.tracing.configure`, the server-span interceptor, the gateway's
+  job and stage-call spans, a span per progress phase.
 * :mod:`services.common.auth` - the bearer-token interceptor and :func:`authorized_channel`.
 * :mod:`services.common.arguments` - the service mains' argument-error convention.
 * :mod:`services.common.gpu_queue`, :mod:`services.common.worker` - the slot limiter and worker-thread

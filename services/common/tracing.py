@@ -28,9 +28,11 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlparse
 
 import grpc
 
+from services.common.arguments import CommandLineError
 from services.common.observability import QUIET_METHODS, wrap_handler
 
 log = logging.getLogger(__name__)
@@ -44,10 +46,9 @@ UNTRACED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 
 class _State:
-    """The process's tracer (None: tracing off) and its provider (flushed by :func:`shut_down`)."""
+    """The process's tracer (None: tracing off); its provider exports what is buffered at interpreter exit."""
 
     tracer: Any = None
-    provider: Any = None
 
 
 def add_tracing_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,11 +70,29 @@ def endpoint_from_environment() -> str:
     return next((os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)), "")
 
 
+def checked_endpoint(endpoint: str, source: str) -> str:
+    """``endpoint`` when it is an ``http://`` (plaintext) or ``https://`` (TLS) URL with a host;
+    :class:`~services.common.arguments.CommandLineError` naming ``source`` (the flag or variable) otherwise
+    (a bare ``host:port`` would be tried over TLS and fail at every export)."""
+    parsed = urlparse(endpoint)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise CommandLineError(
+            f"{source} {endpoint!r}: name the OTLP/gRPC receiver as http://HOST:PORT (plaintext) or "
+            "https://HOST:PORT (TLS), e.g. http://otel-collector:4317"
+        )
+    return endpoint
+
+
 def configure(service: str, endpoint: str = "") -> bool:
     """Turn tracing on for this process as ``service`` (its ``service.name``) when ``endpoint`` (the
-    ``--otlp-endpoint`` value) or the environment names an OTLP endpoint; True when on. Imports the SDK."""
+    ``--otlp-endpoint`` value) or the environment names an OTLP endpoint; True when on. Imports the SDK.
+    :class:`~services.common.arguments.CommandLineError` for an endpoint that is no http(s) URL."""
     flag = endpoint.strip()
-    if not (flag or endpoint_from_environment()):
+    if flag:
+        checked_endpoint(flag, "--otlp-endpoint")
+    elif found := endpoint_from_environment():
+        checked_endpoint(found, next(name for name in ENDPOINT_VARIABLES if os.environ.get(name)))
+    else:
         return False
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -85,7 +104,6 @@ def configure(service: str, endpoint: str = "") -> bool:
     # Without the flag the exporter reads the standard variables itself (the traces-specific one first).
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=flag or None)))
     trace.set_tracer_provider(provider)
-    _State.provider = provider
     _State.tracer = trace.get_tracer("synchuman")
     log.info("tracing on", extra={"service": service, "endpoint": flag or endpoint_from_environment()})
     return True
@@ -94,13 +112,6 @@ def configure(service: str, endpoint: str = "") -> bool:
 def enabled() -> bool:
     """Whether :func:`configure` turned tracing on in this process."""
     return _State.tracer is not None
-
-
-def shut_down() -> None:
-    """Export the spans still buffered and stop tracing (also done at interpreter exit)."""
-    provider, _State.provider, _State.tracer = _State.provider, None, None
-    if provider is not None:
-        provider.shutdown()
 
 
 def _attributes(job_id: str = "", stage: str = "", phase: str = "") -> dict[str, str]:
