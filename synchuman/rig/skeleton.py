@@ -80,6 +80,9 @@ TAILS = {
     "rightLowerLeg": "rightFoot",
     "rightFoot": "rightToes",
 }
+#: Further segments of a joint's bone for the skin weights (joint, from, to): the pelvis, between the hip
+#: joints, belongs to the hips (so the lower belly and the buttocks follow the hips, not a thigh).
+EXTRA_SEGMENTS = (("hips", "leftUpperLeg", "rightUpperLeg"),)
 #: Number of BlazePose landmarks.
 NUM_LANDMARKS = 33
 #: BlazePose landmark index pairs (left, right) (eyes, ears, mouth, body).
@@ -150,8 +153,12 @@ def key_points(landmarks: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def bones(points: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Bone segments of the joints in :data:`JOINTS` order: heads ``[J, 3]`` and tails ``[J, 3]``."""
-    heads = np.stack([points[name] for name in JOINTS])
-    tails = np.stack([points[TAILS[name]] for name in JOINTS])
-    return heads, tails
+def bones(points: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bone segments: heads ``[S, 3]``, tails ``[S, 3]`` and the index ``[S]`` into :data:`JOINTS` of the
+    joint each belongs to: every joint's bone (joint to tail, in :data:`JOINTS` order), then the
+    :data:`EXTRA_SEGMENTS`."""
+    segments = [(name, name, TAILS[name]) for name in JOINTS] + list(EXTRA_SEGMENTS)
+    heads = np.stack([points[head] for _, head, _ in segments])
+    tails = np.stack([points[tail] for _, _, tail in segments])
+    owner = np.array([JOINTS.index(joint) for joint, _, _ in segments])
+    return heads, tails, owner

@@ -77,8 +77,9 @@ def nearest_visible_bone(
     grid: raycast.Occupancy,
     check: Callable[[], None],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For every vertex: the nearest bone whose segment to it stays inside (``[V]`` int, the nearest bone of
-    all when none of the :data:`CANDIDATES` nearest is visible) and the distance to it ``[V]``."""
+    """For every vertex: the nearest bone segment (``heads``/``tails [S, 3]``) whose segment to it stays
+    inside (``[V]`` segment index, the nearest of all when none of the :data:`CANDIDATES` nearest is visible)
+    and the distance to it ``[V]``."""
     bone = np.empty(len(vertices), dtype=np.int64)
     dist = np.empty(len(vertices))
     t = np.linspace(0, 1, SEGMENT_SAMPLES + 1)[1:]
@@ -141,13 +142,14 @@ def bone_heat(
     :data:`~.skeleton.JOINTS` and weights ``[V, 4]`` float32 summing to 1. ``check()`` is called between the
     steps and blocks (it raises to stop)."""
     welded, wfaces, index = weld(vertices, faces)
-    heads, tails = skeleton.bones(joints)
+    heads, tails, owner = skeleton.bones(joints)
     height = float(np.ptp(welded[:, 2])) if len(welded) else 1.0
     check()
     triangles = welded[wfaces]
     grid = raycast.occupancy(triangles, max(height * CELL_SHARE, 1e-6))
     check()
-    bone, dist = nearest_visible_bone(welded, heads, tails, grid, check)
+    segment, dist = nearest_visible_bone(welded, heads, tails, grid, check)
+    bone = owner[segment]
     laplacian, mass = cotangent_laplacian(welded, wfaces)
     heat = mass / np.maximum(dist, 1e-3 * height) ** 2
     check()
