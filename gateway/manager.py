@@ -215,7 +215,8 @@ class JobManager:
             return stored, True
         self.events.created(job_id)
         JOBS_SUBMITTED.inc()
-        log.info("job submitted", extra={"job_id": job_id, "bytes": len(image), "media_type": media})
+        about = {"job_id": job_id, "bytes": len(image), "media_type": media}
+        log.info("job submitted", extra={**about, "key_id": owner.key_id if owner else ""})
         return job, False
 
     def get(self, job_id: str) -> Job:
