@@ -302,7 +302,7 @@ def build_app(manager: JobManager, auth_token: str = "", max_upload_bytes: int =
         "/v1/jobs",
         tags=["jobs"],
         status_code=201,
-        openapi_extra=upload_doc(manager.settings.profiles.names),
+        openapi_extra=upload_doc(manager.settings.profiles.names, manager.settings.webhooks.enabled),
         operation_id="submit_job",
         responses={
             201: {"description": "The job, created", "links": job_links()},

@@ -7,7 +7,8 @@ bridge; preferred over ``--auth-token``, which shows up in process listings), ``
 ``SYNCHUMAN_STAGE_TOKEN`` (``--stage-token``), ``SYNCHUMAN_GATEWAY_PROFILES`` (``--profiles``) and the TLS
 files (``SYNCHUMAN_GATEWAY_TLS_CERT`` / ``_KEY``: gRPC over TLS; ``SYNCHUMAN_GATEWAY_STAGE_TLS_CA`` /
 ``_CERT`` / ``_KEY``: (m)TLS to the stages); traces go where ``OTEL_EXPORTER_OTLP_ENDPOINT`` says
-(``--otlp-endpoint``; :mod:`services.common.tracing`).
+(``--otlp-endpoint``; :mod:`services.common.tracing`); the webhook options' variables are listed in
+:mod:`gateway.webhooks_config`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ipaddress
 import os
 from pathlib import Path
 
+from gateway.webhooks_config import add_webhook_arguments, webhook_settings_from_args
 from services.common import tracing
 from services.common.arguments import CommandLineError
 from services.common.endpoints import default_address
@@ -142,6 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "7 days; 0: keep until DeleteJob)",
     )
     tracing.add_tracing_arguments(parser)
+    add_webhook_arguments(parser)
 
 
 def _with_port(address: str, port: int | None) -> str:
@@ -213,6 +216,7 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201 - gateway.server
         stage_token=args.stage_token,
         stage_tls=client_tls_from_args(args, "stage-tls"),
         profiles=args.profiles,
+        webhooks=webhook_settings_from_args(args),
     )
 
 

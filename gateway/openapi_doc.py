@@ -221,25 +221,29 @@ def profiles_responses() -> dict[int | str, dict[str, Any]]:
 RAW_UPLOAD_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 
 
-#: The job's webhook URL (form field or query parameter; see gateway.webhooks_policy for what is refused).
-CALLBACK_URL_SCHEMA: dict[str, Any] = {
-    "type": "string",
-    "maxLength": MAX_URL_CHARS,
-    "description": "http(s) URL the gateway POSTs the job's end event to (Standard Webhooks signature; "
-    "retried for 24 h): its host must be on the gateway's allow-list and public (400 otherwise, and on a "
-    "gateway without webhooks); no user name or password",
-}
+def callback_url_schema(webhooks: bool) -> dict[str, Any]:
+    """The job's webhook URL (form field or query parameter; :mod:`gateway.webhooks_policy` says what is
+    refused); ``webhooks``: whether the gateway sends any (else only the empty string is valid)."""
+    if not webhooks:
+        return {"type": "string", "maxLength": 0, "description": "this gateway sends no webhooks"}
+    return {
+        "type": "string",
+        "maxLength": MAX_URL_CHARS,
+        "pattern": "^(https?://[^@#\\s]+)?$",
+        "description": "http(s) URL the gateway POSTs the job's end event to (Standard Webhooks signature; "
+        "retried for 24 h): its host must be on the gateway's allow-list and resolve to public addresses "
+        "(400 otherwise); no user name or password",
+    }
 
 
-def upload_doc(profiles: tuple[str, ...] = ()) -> dict[str, Any]:
+def upload_doc(profiles: tuple[str, ...] = (), webhooks: bool = False) -> dict[str, Any]:
     """``openapi_extra`` of ``POST /v1/jobs``: a multipart form (``image``, ``options``, ``idempotency_key``,
     ``callback_url``) or the raw photo as the body (``callback_url`` then as a query parameter);
-    ``profiles``: the profile names the gateway knows."""
+    ``profiles``: the profile names the gateway knows; ``webhooks``: whether it sends webhooks."""
+    callback_url = callback_url_schema(webhooks)
     photo = {"type": "string", "format": "binary", "description": "the photo: JPEG, PNG, WebP ..."}
     return {
-        "parameters": [
-            {"name": "callback_url", "in": "query", "required": False, "schema": CALLBACK_URL_SCHEMA}
-        ],
+        "parameters": [{"name": "callback_url", "in": "query", "required": False, "schema": callback_url}],
         "requestBody": {
             "required": True,
             "content": {
@@ -255,7 +259,7 @@ def upload_doc(profiles: tuple[str, ...] = ()) -> dict[str, Any]:
                                 "maxLength": MAX_KEY_CHARS,
                                 "pattern": f"^{KEY_PATTERN.pattern}$",
                             },
-                            "callback_url": CALLBACK_URL_SCHEMA,
+                            "callback_url": callback_url,
                         },
                     },
                     "encoding": {

@@ -154,6 +154,8 @@ def test_gateway_replicas_secrets_readiness_and_disruption_budgets(built):
     env = {e["name"]: e for e in main["env"]}
     assert env["SYNCHUMAN_GATEWAY_JOB_STORE"]["valueFrom"]["secretKeyRef"]["name"] == "synchuman-gateway"
     assert env["SYNCHUMAN_GATEWAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "auth-token"
+    webhook_secret = env["SYNCHUMAN_GATEWAY_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert webhook_secret == {"name": "synchuman-webhooks", "key": "secret", "optional": True}
     assert env["SYNCHUMAN_GATEWAY_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert main["readinessProbe"]["grpc"]["service"] == "synchuman.v1.ReconstructionService"
     # not ready while stage 1 loads (minutes): start-up and liveness only ask whether the process answers
