@@ -16,6 +16,8 @@ import itertools
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -35,12 +37,14 @@ from grpc_status import rpc_status
 from real_servers import PostgresServer, create_database
 from standardwebhooks import Webhook
 from test_gateway import Stack, photo, stub_for, upload, wait_until
+from tls_certs import CertificateAuthority
 
 from gateway.server import Gateway, GatewayConfig
 from gateway.store_sqlite import SqliteJobStore
 from gateway.webhooks import WebhookDispatcher, WebhookRetry, WebhookSettings, check_secret, event_body
 from gateway.webhooks_config import add_webhook_arguments, webhook_settings_from_args
-from gateway.webhooks_policy import MAX_URL_CHARS, WebhookPolicy, WebhookRefused, parse_allow_hosts
+from gateway.webhooks_policy import MAX_URL_CHARS, Target, WebhookPolicy, WebhookRefused, parse_allow_hosts
+from gateway.webhooks_send import post
 from services.common.arguments import CommandLineError
 from services.launcher import free_port
 from services.supervisor import health_status
@@ -75,7 +79,8 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 with lock:
                     status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
-                    receiver.got.append(Received(time.time(), self.path, dict(self.headers), body, status))
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    receiver.got.append(Received(time.time(), self.path, headers, body, status))
                 self.send_response(status)
                 if 300 <= status < 400:
                     self.send_header("location", receiver.redirect_to)
@@ -265,7 +270,7 @@ def kill_after_first_attempt(
     first.wait()
     marks = {"first gateway SIGKILLed": time.time()}
     stub = restart()
-    marks["gateway (re)started and SERVING"] = time.time()
+    marks["test saw the new gateway SERVING"] = time.time()
     return delivered_job(stub, job.id, 2), marks
 
 
@@ -408,6 +413,52 @@ def test_outbox_claims_are_leased_fenced_and_disjoint(outbox):
     outbox.delete("j2")
     assert outbox.sweep_webhooks() == 1  # j1's delivery is done; j2's is still due, job deleted or not
     assert outbox.webhook_delivery("j2") is not None and outbox.release_webhooks("c") == 0
+
+
+# -- one request: pinned address, TLS name check, deadline ---------------------------------------------
+
+
+def _tls_receiver(folder: Path, ca: CertificateAuthority, name: str) -> Receiver:
+    """A :class:`Receiver` over TLS with a certificate for ``name``."""
+    receiver = Receiver([200])
+    pem = ca.issue(name, (name,))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem.cert, pem.key)
+    receiver.server.socket = context.wrap_socket(receiver.server.socket, server_side=True)
+    return receiver
+
+
+def test_https_goes_to_the_checked_address_with_the_hosts_name_and_certificate(tmp_path):
+    ca = CertificateAuthority(tmp_path / "ca")
+    trusted = ssl.create_default_context(cafile=str(ca.pem.cert))
+    right, wrong = (
+        _tls_receiver(tmp_path, ca, "hooks.example.com"),
+        _tls_receiver(tmp_path, ca, "other.example"),
+    )
+    try:
+        for receiver, delivered in ((right, True), (wrong, False)):
+            target = Target(
+                "", "hooks.example.com", receiver.server.server_port, True, "/in"
+            )  # the name does not resolve here: only the checked address is dialled
+            result = post(target, "127.0.0.1", {"webhook-id": "msg_x"}, b"{}", 5.0, trusted)
+            assert result.delivered is delivered, result
+        assert right.got[0].headers["host"] == f"hooks.example.com:{right.server.server_port}"
+        assert "certificate" in result.error.lower() and wrong.got == []
+    finally:
+        right.close()
+        wrong.close()
+
+
+def test_a_receiver_that_never_answers_is_cut_off_at_the_deadline():
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections (backlog) and never answers
+    try:
+        target = Target("", "127.0.0.1", silent.getsockname()[1], False, "/")
+        started = time.monotonic()
+        result = post(target, "127.0.0.1", {}, b"{}", 0.5)
+        assert time.monotonic() - started < 2.0
+        assert result.http_status == 0 and result.error == "no answer within 0.5 s", result
+    finally:
+        silent.close()
 
 
 # -- the SSRF policy -------------------------------------------------------------------------------------
