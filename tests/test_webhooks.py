@@ -34,6 +34,7 @@ from conftest import REPO_ROOT
 from gateway_doubles import Behaviour, start_doubles
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 from real_servers import PostgresServer, create_database
 from standardwebhooks import Webhook
 from test_gateway import Stack, photo, stub_for, upload, wait_until
@@ -413,6 +414,42 @@ def test_outbox_claims_are_leased_fenced_and_disjoint(outbox):
     outbox.delete("j2")
     assert outbox.sweep_webhooks() == 1  # j1's delivery is done; j2's is still due, job deleted or not
     assert outbox.webhook_delivery("j2") is not None and outbox.release_webhooks("c") == 0
+
+
+def test_delivery_abandoned_once_the_retry_period_has_passed(tmp_path, receiver_factory):
+    """Retry base 0.1 ms: the schedule (0.1 ms x 6^n, at most 0.43 s) gives up once 1.73 s have passed since
+    the first attempt; the backlog gauge and the outcome counter follow."""
+    receiver = receiver_factory([500])
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    end_job(store, "doomed", receiver.url)
+    retry = WebhookRetry(base_s=0.0001)
+    before = {o: _counted(o) for o in ("retry", "abandoned")}
+    assert _metric("synchuman_gateway_webhook_backlog") is not None
+    dispatcher = WebhookDispatcher(store, WebhookSettings(SECRET, WebhookPolicy(("127.0.0.1",), True), retry,
+                                                          5.0, 1, 0.05))  # fmt: skip
+    assert _metric("synchuman_gateway_webhook_backlog") == 1
+    dispatcher.start("gw")
+    try:
+        wait_until(lambda: store.webhook_delivery("doomed").abandoned, 20, "the delivery to be abandoned")
+    finally:
+        dispatcher.stop()
+    delivery = store.webhook_delivery("doomed")
+    times = [a.time.ToNanoseconds() / 1e9 for a in delivery.attempts]
+    assert times[-1] - times[0] >= retry.window_s and times[-2] - times[0] < retry.window_s
+    assert [a.http_status for a in delivery.attempts] == [500] * len(times) == [500] * len(receiver.got)
+    assert not delivery.delivered and not delivery.HasField("next_attempt_time")
+    assert _metric("synchuman_gateway_webhook_backlog") == 0 and store.next_webhook_due_s() is None
+    assert _counted("abandoned") - before["abandoned"] == 1
+    assert _counted("retry") - before["retry"] == len(times) - 1
+    store.close()
+
+
+def _metric(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+def _counted(outcome: str) -> float:
+    return _metric("synchuman_gateway_webhook_deliveries_total", outcome=outcome) or 0.0
 
 
 # -- one request: pinned address, TLS name check, deadline ---------------------------------------------
