@@ -1,5 +1,5 @@
 # The two entry points of the README. Both install whatever is missing first (scripts/bootstrap.sh).
-.PHONY: serve test setup lock protos lint compose-test
+.PHONY: serve test setup lock protos lint compose-test client-wheel
 
 PY := .venv/bin/python
 
@@ -27,7 +27,13 @@ compose-test: setup
 	SYNCHUMAN_COMPOSE_E2E=1 $(PY) -m pytest -q -p no:cacheprovider -rs tests/test_compose.py; \
 	status=$$?; cat .cache/compose-test/report.json 2>/dev/null; exit $$status
 
-# Python (synchuman/v1) and TypeScript (clients/typescript/src/gen, buf.gen.yaml) code from protos/.
+# Python (synchuman/v1 and its client copy clients/python/src/synchuman_client/_proto) and TypeScript
+# (clients/typescript/src/gen, buf.gen.yaml) code from protos/.
 protos:
 	$(PY) scripts/gen_protos.py
 	npm run --silent generate -w clients/typescript
+
+# The Python client's wheel (clients/python: synchuman-client, no server code) into .cache/dist/. make test builds
+# and installs the same wheel into a throwaway venv (tests/test_python_client_package.py).
+client-wheel: setup
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w .cache/dist clients/python

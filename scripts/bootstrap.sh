@@ -21,10 +21,14 @@ if ! "$py" -c "import torch" 2>/dev/null; then
 fi
 # Every other Python package at the exact version and hash of the lock (make lock writes it from pyproject.toml),
 # then the project itself without resolving anything; pip check proves the set is consistent.
-if [ ! -f "$stamp" ] || [ requirements/dev.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# The Python client package (clients/python, synchuman-client) is installed the same way: the CLI uses it.
+if [ ! -f "$stamp" ] || [ requirements/dev.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+  || [ clients/python/pyproject.toml -nt "$stamp" ]; then
   "$py" -m pip install -q --require-hashes --no-deps -r requirements/dev.txt
   # The editable install's build backend prints notices about editable installs on every run: shown on failure.
-  if ! out="$("$py" -m pip install -q --no-deps --no-build-isolation -e . 2>&1)"; then echo "$out" >&2; exit 1; fi
+  if ! out="$("$py" -m pip install -q --no-deps --no-build-isolation -e . -e clients/python 2>&1)"; then
+    echo "$out" >&2; exit 1
+  fi
   "$py" -m pip check
   touch "$stamp"
 fi

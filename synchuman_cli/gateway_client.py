@@ -1,30 +1,23 @@
-"""Client side of ``synchuman reconstruct`` and ``synchuman selftest``: submit a photo to the gateway, follow
-the job with a progress bar per phase, download the GLB (and extras), report the outcome.
+"""Client side of ``synchuman reconstruct`` and ``synchuman selftest``: submit a photo to the gateway through
+the ``synchuman-client`` package (clients/python), follow the job with a progress bar per phase, download the
+GLB (and extras), report the outcome.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from synchuman_client import Client, SyncHumanError, reconstruction_pb2
 
-from services.common.auth import authorized_channel
-from services.common.stage_io import BlobAssembler, BlobMismatch, blob_header, upload_messages
-from services.common.tls import ClientTls, open_channel
+from services.common.tls import ClientTls
 from services.launcher import EmbeddedConfig, start_embedded
 from services.supervisor import Supervisor, health_status
-from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
+from synchuman.v1 import common_pb2
 from synchuman_cli.reporting import ProgressBars, beside, extra_file_names, summary_lines, write_report
-
-TERMINAL = {
-    reconstruction_pb2.JOB_STATE_SUCCEEDED,
-    reconstruction_pb2.JOB_STATE_FAILED,
-    reconstruction_pb2.JOB_STATE_CANCELLED,
-}
 
 
 class GatewayUnavailable(Exception):
@@ -50,31 +43,38 @@ class Outcome:
         return summary_lines(title, self.job.input_report, self.job.output_report, self.written)
 
 
-def _upload(photo: bytes, options: common_pb2.JobOptions) -> Iterator[reconstruction_pb2.SubmitJobRequest]:
-    start = reconstruction_pb2.SubmitJobStart(
-        options=options, image=blob_header("input", "application/octet-stream", photo)
-    )
-    return upload_messages(reconstruction_pb2.SubmitJobRequest, start, {"input": photo})
-
-
-def download(stub: reconstruction_pb2_grpc.ReconstructionServiceStub, job_id: str, name: str) -> bytes:
-    """One artifact of a job, checked against its header's size and SHA-256 (RuntimeError when it is not
-    the announced file)."""
-    assembler = BlobAssembler()
+def _download(client: Client, job_id: str, name: str, path: Path) -> Path:
+    """Write one artifact to ``path`` once its size and SHA-256 checked out (RuntimeError otherwise)."""
     try:
-        for message in stub.GetArtifact(
-            reconstruction_pb2.GetArtifactRequest(job_id=job_id, name=name), timeout=300
-        ):
-            if message.WhichOneof("payload") == "header":
-                assembler.add_header(message.header)
-            else:
-                assembler.add_chunk(message.chunk)
-        data = assembler.finish().get(name)
-    except BlobMismatch as exc:
-        raise RuntimeError(f"download of {name} was incomplete or corrupted ({exc}); try again") from None
-    if data is None:
-        raise RuntimeError(f"download of {name} was incomplete or corrupted (no header); try again")
-    return data
+        client.download(job_id, name, path, timeout_s=300)
+    except SyncHumanError as exc:
+        if exc.code != grpc.StatusCode.DATA_LOSS:
+            raise RuntimeError(f"download of {name} failed: {exc}") from None
+        reason = f"download of {name} was incomplete or corrupted ({exc.message}); try again"
+        raise RuntimeError(reason) from None
+    return path
+
+
+def _follow(client: Client, outcome: Outcome, timeout_s: float, progress: bool) -> None:
+    """Watch the job to its end (the watch resumes after a dropped stream, e.g. a gateway restart), updating
+    the progress bars; on ``timeout_s`` cancel it and set ``outcome.error``."""
+    bars = ProgressBars(progress)
+    try:
+        for event in client.watch(outcome.job.id, timeout_s=timeout_s, max_reconnects=10):
+            outcome.events.append(event)
+            kind = event.WhichOneof("event")
+            if kind == "progress":
+                bars.update(event.progress)
+            elif kind == "finished":
+                outcome.job = event.finished
+    except SyncHumanError as exc:
+        if exc.code != grpc.StatusCode.DEADLINE_EXCEEDED:
+            outcome.error = f"lost the job {outcome.job.id}: {exc}"
+            return
+        client.cancel(outcome.job.id, timeout_s=30)
+        outcome.error = f"gave up after {timeout_s:.0f} s; the job was cancelled"
+    finally:
+        bars.close()
 
 
 def reconstruct_photo(
@@ -97,55 +97,25 @@ def reconstruct_photo(
         tried = "over TLS: check --tls-ca, --tls-server-name" if tls else "plaintext; TLS gateway: --tls-ca"
         raise GatewayUnavailable(f"no gateway answers at {gateway} ({tried})")
     started = time.monotonic()
-    with open_channel(gateway, tls) as channel:
-        stub = reconstruction_pb2_grpc.ReconstructionServiceStub(authorized_channel(channel, token))
+    secure = {"credentials": tls.credentials(), "channel_options": tls.options()} if tls else {}
+    with Client(gateway, token=token or None, **secure) as client:
         try:
-            job = stub.SubmitJob(_upload(photo, options), timeout=120).job
-        except grpc.RpcError as exc:
-            return Outcome(reconstruction_pb2.Job(), error=f"the gateway refused the photo: {exc.details()}")
-        outcome = Outcome(job)
-        bars = ProgressBars(progress)
-        sequence = 0
-        deadline = started + timeout_s
-        try:
-            while job.state not in TERMINAL:
-                try:
-                    for event in stub.WatchJob(
-                        reconstruction_pb2.WatchJobRequest(job_id=job.id, after_sequence=sequence),
-                        timeout=max(1.0, deadline - time.monotonic()),
-                    ):
-                        sequence = event.sequence
-                        outcome.events.append(event)
-                        kind = event.WhichOneof("event")
-                        if kind == "progress":
-                            bars.update(event.progress)
-                        elif kind == "finished":
-                            job = event.finished
-                except grpc.RpcError as exc:
-                    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                        stub.CancelJob(reconstruction_pb2.CancelJobRequest(job_id=job.id), timeout=30)
-                        outcome.error = f"gave up after {timeout_s:.0f} s; the job was cancelled"
-                        return outcome
-                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                        raise
-                    time.sleep(1.0)  # the gateway restarts: resume from the last sequence seen
-                if job.state not in TERMINAL:
-                    job = stub.GetJob(reconstruction_pb2.GetJobRequest(job_id=job.id), timeout=30).job
-        finally:
-            bars.close()
-        outcome.job = job
+            outcome = Outcome(client.submit(photo, options, timeout_s=120))
+        except SyncHumanError as exc:
+            return Outcome(reconstruction_pb2.Job(), error=f"the gateway refused the photo: {exc.message}")
+        _follow(client, outcome, timeout_s, progress)
+        job = outcome.job
         outcome.seconds = time.monotonic() - started
+        if outcome.error:
+            return outcome
         if job.state != reconstruction_pb2.JOB_STATE_SUCCEEDED:
             state = reconstruction_pb2.JobState.Name(job.state)
             outcome.error = f"job {job.id} {state}: {job.error.message or 'no reason given'}"
             return outcome
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_bytes(download(stub, job.id, "person.glb"))
-        outcome.written.append(output)
+        outcome.written.append(_download(client, job.id, "person.glb", output))
         for name in extra_file_names(extras, {a.blob.name for a in job.artifacts}):
-            path = beside(output, name)
-            path.write_bytes(download(stub, job.id, name))
-            outcome.written.append(path)
+            outcome.written.append(_download(client, job.id, name, beside(output, name)))
         outcome.written.append(
             write_report(
                 output, job.input_report, job.output_report, job_id=job.id, attempts=dict(job.attempts)

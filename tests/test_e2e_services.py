@@ -2,7 +2,8 @@
 
 One embedded deployment (preprocess, stage 1, stage 2, gateway; each its own process under the supervisor) is
 shared by the module. Every job uses few sampler steps and small texture / visibility settings so the suite
-stays within a few minutes on 2 CPU cores.
+stays within a few minutes on 2 CPU cores. Every service exports its traces to a real OTLP receiver
+(``tests/otlp_receiver.py``): one job's trace across the four processes is checked.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from otlp_receiver import CLIENT_METADATA, check_job_trace, otlp_receiver
 from stage_doubles import details, stage1_inputs, stage1_requests
+from synchuman_client import TERMINAL_STATES, Client
+from synchuman_client.transfer import upload_requests
 from tls_certs import CertificateAuthority
 
 from services.common.auth import authorized_channel
+from services.common.stage_io import blob_header, upload_messages
 from services.common.tls import open_channel
 from services.launcher import EmbeddedConfig, TlsFiles, start_embedded
 from synchuman.progress_phases import ALL_PHASES, HEARTBEAT_MESSAGE
@@ -26,7 +31,7 @@ from synchuman.v1 import (
     reconstruction_pb2_grpc,
     stage1_pb2_grpc,
 )
-from synchuman_cli.gateway_client import TERMINAL, download, reconstruct_photo
+from synchuman_cli.gateway_client import reconstruct_photo
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +49,14 @@ def small_options(steps1: int = 2, steps2: int = 2) -> common_pb2.JobOptions:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
+def traces():
+    """The OTLP receiver the deployment's services export their spans to."""
+    with otlp_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, traces):
     from synchuman.checkpoints.tiny import write_tiny_tree
 
     root = tmp_path_factory.mktemp("e2e")
@@ -62,7 +74,7 @@ def deployment(tmp_path_factory):
         # the gateway's CPU cost model prices real weights (200 stage-1 steps: over an hour); these tiny ones
         # run them in about a minute, so the long-job tests raise the deadline ceiling (not refused)
         gateway_args=["--stage-timeout", "14400"],
-        env={"OMP_NUM_THREADS": "1"},
+        env={"OMP_NUM_THREADS": "1", **traces.environment()},
     )
     supervisor = start_embedded(config, ready_timeout_s=300)
     yield config, supervisor
@@ -86,9 +98,7 @@ def gateway_stub(config: EmbeddedConfig) -> reconstruction_pb2_grpc.Reconstructi
 
 
 def submit(config: EmbeddedConfig, photo: bytes, options: common_pb2.JobOptions) -> reconstruction_pb2.Job:
-    from synchuman_cli.gateway_client import _upload
-
-    return gateway_stub(config).SubmitJob(_upload(photo, options), timeout=60).job
+    return gateway_stub(config).SubmitJob(upload_requests(photo, options), timeout=60).job
 
 
 def wait_for_event(config: EmbeddedConfig, job_id: str, predicate, timeout_s: float = 120.0):
@@ -106,7 +116,7 @@ def wait_for_end(config: EmbeddedConfig, job_id: str, timeout_s: float = 240.0) 
     stub = gateway_stub(config)
     while time.monotonic() < deadline:
         job = stub.GetJob(reconstruction_pb2.GetJobRequest(job_id=job_id), timeout=10).job
-        if job.state in TERMINAL:
+        if job.state in TERMINAL_STATES:
             return job
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} did not end within {timeout_s} s")
@@ -157,6 +167,16 @@ def test_photo_in_glb_out_with_ordered_progress(deployment, photo, tmp_path):
     assert effective.reconstruction.guidance_scale == pytest.approx(5.0)
 
 
+def test_one_job_is_one_trace_across_the_four_processes(deployment, photo, traces):
+    config, _ = deployment
+    image = blob_header("input", "application/octet-stream", photo)
+    start = reconstruction_pb2.SubmitJobStart(options=small_options(1, 1), image=image)
+    requests = upload_messages(reconstruction_pb2.SubmitJobRequest, start, {"input": photo})
+    job = gateway_stub(config).SubmitJob(requests, timeout=60, metadata=CLIENT_METADATA).job
+    assert wait_for_end(config, job.id).state == reconstruction_pb2.JOB_STATE_SUCCEEDED
+    print("\n".join(["", *check_job_trace(traces, job.id)]))  # the trace as the receiver got it
+
+
 def test_cancel_mid_stage1_stops_the_work(deployment, photo):
     config, _ = deployment
     job = submit(config, photo, small_options(steps1=200))
@@ -180,15 +200,15 @@ def test_stage2_crash_mid_job_is_redone_without_rerunning_stage1(deployment, pho
     config, supervisor = deployment
     job = submit(config, photo, small_options(steps2=4))
     wait_for_event(config, job.id, is_progress(common_pb2.STAGE_RECONSTRUCTION))
-    stub = gateway_stub(config)
-    views_before = download(stub, job.id, "color_1.png")
+    client = Client(channel=open_channel(config.address("gateway"), config.gateway_tls()))
+    views_before = client.download(job.id, "color_1.png")
     supervisor.kill_child("stage2")  # SIGKILL mid-sampling; the supervisor restarts it
     done = wait_for_end(config, job.id, timeout_s=600)
     assert done.state == reconstruction_pb2.JOB_STATE_SUCCEEDED, done.error.message
     assert done.attempts["multiview"] == 1
     assert done.attempts["reconstruction"] >= 2
-    assert download(stub, job.id, "color_1.png") == views_before
-    assert len(download(stub, job.id, "person.glb")) > 0
+    assert client.download(job.id, "color_1.png") == views_before
+    assert len(client.download(job.id, "person.glb")) > 0
 
 
 def test_queue_overflow_on_the_real_stage1_gives_resource_exhausted(deployment):

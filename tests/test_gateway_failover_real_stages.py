@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from real_servers import postgres_server
+from synchuman_client.transfer import upload_requests
 from test_e2e_services import small_options
 from test_gateway import stub_for, wait_until
 from test_gateway_failover import (
@@ -37,7 +38,6 @@ from test_gateway_failover import (
 from services.launcher import EmbeddedConfig, child_specs
 from services.supervisor import health_status
 from synchuman.v1 import common_pb2, reconstruction_pb2
-from synchuman_cli.gateway_client import _upload
 
 pytestmark = pytest.mark.slow
 
@@ -151,7 +151,7 @@ def test_killed_gateway_jobs_are_finished_by_the_other_on_the_real_stage_service
             stub_a = stub_for(pair.a)
             watchers = []
             for _ in range(JOBS):
-                job = stub_a.SubmitJob(_upload(small_photo, OPTIONS), timeout=60).job
+                job = stub_a.SubmitJob(upload_requests(small_photo, OPTIONS), timeout=60).job
                 watchers.append(Watcher(job.id, pair.a, pair.b, timeout_s=600))
                 watchers[-1].start()
 

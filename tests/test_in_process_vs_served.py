@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synchuman_client import Client
 
 from services.common.stage_io import voxels_from_proto
 from services.launcher import EmbeddedConfig, start_embedded
 from synchuman.options import Stage1Options, Stage2Options
-from synchuman.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
-from synchuman_cli.gateway_client import download, reconstruct_photo
+from synchuman.v1 import common_pb2, reconstruction_pb2
+from synchuman_cli.gateway_client import reconstruct_photo
 
 pytestmark = pytest.mark.slow
 
@@ -68,11 +69,8 @@ def served(tiny_ckpts: Path, small_photo: bytes, tmp_path_factory) -> tuple[np.n
         )
         assert outcome.error == ""
         assert outcome.job.state == reconstruction_pb2.JOB_STATE_SUCCEEDED
-        import grpc
-
-        with grpc.insecure_channel(config.address("gateway")) as channel:
-            stub = reconstruction_pb2_grpc.ReconstructionServiceStub(channel)
-            structure = common_pb2.VoxelStructure.FromString(download(stub, outcome.job.id, "voxels.bin"))
+        with Client(config.address("gateway")) as client:
+            structure = common_pb2.VoxelStructure.FromString(client.download(outcome.job.id, "voxels.bin"))
     finally:
         supervisor.stop()
     return voxels_from_proto(structure, GRID), outcome.job.output_report.vertex_count
