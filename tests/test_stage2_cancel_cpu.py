@@ -31,11 +31,13 @@ from synchuman.v1 import common_pb2, stage2_pb2_grpc
 pytestmark = pytest.mark.slow
 
 SMALL = {"steps": 2, "texture_size": 256, "bake_steps": 5, "visibility_views": 8, "simplify_ratio": 0.95}
-#: Options that make one phase long on a CPU (the others stay small).
+RIGGED = [common_pb2.OUTPUT_FORMAT_RIGGED_GLB]
+#: Options that make one phase long on a CPU (the others stay small), or that make it run at all ("rig").
 LONG = {
     "sampling": {"steps": 200},
     "visibility": {"visibility_views": 4000},
     "bake": {"bake_steps": 5000},
+    "rig": {"outputs": RIGGED},
 }
 #: Phases a CPU stage runs (no Gaussian renders there).
 CPU_PHASES = [p for p in RECONSTRUCTION.phases if p != "gaussian_render"]
@@ -137,7 +139,7 @@ def test_cancel_in_each_phase_idles_the_service_within_2_s_and_it_serves_the_nex
 def test_progress_names_are_documented_and_no_gap_exceeds_the_heartbeat(stage2):
     _, stub = stage2
     seen: list[tuple[str, float]] = []
-    for response in call(stub, visibility_views=600, bake_steps=300):
+    for response in call(stub, visibility_views=600, bake_steps=300, outputs=RIGGED):
         if response.WhichOneof("payload") == "progress":
             seen.append((response.progress.phase, time.monotonic()))
     assert {name for name, _ in seen} <= set(RECONSTRUCTION.phases)

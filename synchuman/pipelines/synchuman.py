@@ -30,7 +30,7 @@ from PIL import Image
 
 from synchuman.checkpoints.layout import CheckpointLayout, default_root
 from synchuman.checkpoints.verify import require_verified
-from synchuman.options import PreprocessOptions, Stage1Options, Stage2Options
+from synchuman.options import RIGGED_GLB, PreprocessOptions, Stage1Options, Stage2Options
 from synchuman.pipelines.handoff import Stage1Output, stage2_inputs_from
 from synchuman.pipelines.stage1 import Stage1Pipeline
 from synchuman.pipelines.stage2 import Stage2Pipeline
@@ -107,6 +107,12 @@ class SyncHumanResult:
         """The textured mesh as binary glTF (y up)."""
         return self.stage2.glb
 
+    @property
+    def rigged_glb(self) -> bytes | None:
+        """The rigged GLB (skinned to a humanoid skeleton, with a sample animation) when it was asked for
+        (``rig=True``) and made; None otherwise (the output report then holds a RIG_FAILED warning)."""
+        return self.stage2.extra_files.get(RIGGED_GLB)
+
     def save_glb(self, path: str | Path) -> Path:
         """Write the GLB to ``path``; returns the path."""
         path = Path(path)
@@ -169,6 +175,7 @@ class SyncHumanPipeline:
         stage1_options: Stage1Options | None = None,
         stage2_options: Stage2Options | None = None,
         should_stop: Callable[[], bool] | None = None,
+        rig: bool = False,
     ) -> SyncHumanResult:
         """Turn one photo of a person into a textured 3D human.
 
@@ -182,6 +189,9 @@ class SyncHumanPipeline:
                 stage 2's are those of its device: the small CPU ones on a CPU, as the stage-2 service).
             should_stop: checked between steps and phases; true stops with ``SamplingCancelled`` (stage 1)
                 or ``Stage2Cancelled`` (stage 2).
+            rig: also rig the person for animation (the same as ``"person_rigged.glb"`` in
+                ``stage2_options.outputs``): :attr:`SyncHumanResult.rigged_glb`, or a RIG_FAILED warning in
+                the output report when no usable pose was found.
         Raises:
             OptionError: an option is out of range; PreprocessError (e.g. ``QualityGateError`` for an empty
             person mask): the photo is unusable; Stage2OutputRejected: the mesh is empty or tiny (the output
@@ -191,6 +201,9 @@ class SyncHumanPipeline:
         stop = should_stop or (lambda: False)
         multiview_options = (stage1_options or Stage1Options()).validate()
         reconstruction_options = (stage2_options or self.stage2.defaults).validate()
+        if rig and RIGGED_GLB not in reconstruction_options.outputs:
+            outputs = (*reconstruction_options.outputs, RIGGED_GLB)
+            reconstruction_options = dataclasses.replace(reconstruction_options, outputs=outputs)
         if generator is not None:
             seed = generator.initial_seed()
             multiview_options = dataclasses.replace(multiview_options, seed=seed).validate()

@@ -18,12 +18,14 @@ from services.common.tls import add_client_tls_arguments, client_tls_from_args
 
 #: ``--format`` choice -> the ``synchuman.v1.OutputFormat`` it asks for. Every extra file the job made is
 #: written beside the GLB (:func:`download_names`): ply gaussians.ply, obj mesh_obj.zip, usdz person.usdz,
-#: preview preview.png + turntable.mp4 + turntable.webp, views the 10 generated PNGs.
+#: preview preview.png + turntable.mp4 + turntable.webp, rigged person_rigged.glb (also ``--rig``), views
+#: the 10 generated PNGs.
 FORMATS = {
     "ply": "OUTPUT_FORMAT_GAUSSIAN_PLY",
     "obj": "OUTPUT_FORMAT_OBJ",
     "usdz": "OUTPUT_FORMAT_USDZ",
     "preview": "OUTPUT_FORMAT_PREVIEW",
+    "rigged": "OUTPUT_FORMAT_RIGGED_GLB",
     "views": "OUTPUT_FORMAT_MULTIVIEW_PNG",
 }
 
@@ -110,7 +112,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         choices=sorted(FORMATS),
         help="also make and download: ply (Gaussians), obj (zipped OBJ), usdz (AR), preview (thumbnail and "
-        "turntable MP4 + WebP), views (the 10 generated PNGs); repeatable",
+        "turntable MP4 + WebP), rigged (person_rigged.glb, as --rig), views (the 10 generated PNGs); "
+        "repeatable",
+    )
+    parser.add_argument(
+        "--rig",
+        action="store_true",
+        help="also rig the person for animation: person_rigged.glb beside the GLB (humanoid skeleton, skin "
+        "weights, a sample idle animation); without a usable pose the job still succeeds, with a RIG_FAILED "
+        "warning",
     )
     parser.add_argument("--segmenter", default="", help="segmentation model name (default u2netp)")
     parser.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up after S seconds")
@@ -153,8 +163,9 @@ def job_options(args: argparse.Namespace):  # noqa: ANN201 - synchuman.v1.common
             "fast": common_pb2.BAKE_MODE_FAST,
             "optimize": common_pb2.BAKE_MODE_OPTIMIZE,
         }[args.bake_mode]
+    extras = [*args.extra, *(["rigged"] if args.rig else [])]
     options.reconstruction.outputs.extend(
-        common_pb2.OutputFormat.Value(FORMATS[name]) for name in dict.fromkeys(args.extra)
+        common_pb2.OutputFormat.Value(FORMATS[name]) for name in dict.fromkeys(extras)
     )
     return options
 
