@@ -1,6 +1,7 @@
 """API keys in the job store (SQLite and a real PostgreSQL server): hashed round trip, revocation, quota
-charging in the job's transaction, per-key idempotency keys and job lists; the key format and ``--quota``;
-the ``synchuman keys`` command."""
+charging in the job's transaction (simultaneous submissions included), per-key idempotency keys and job
+lists; the key format and ``--quota``; the ``synchuman keys`` command; two gateways on one PostgreSQL store
+(keys, ownership and revocation hold on both)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import time
 import psycopg
 import pytest
 from real_servers import postgres_server
+from test_api_keys_tenants import SHARED, Caller, grpc_ops
+from test_gateway import Stack
 
 from gateway.api_keys import (
     KeyNotFound,
@@ -37,16 +40,20 @@ def postgres_url():
         yield url
 
 
+def _fresh_database(base: str) -> str:
+    """A new empty database on the test server; its URL."""
+    name = f"keys{next(_names)}_{int(time.time() * 1000) % 100000}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/jobs.sqlite3"
     else:
-        base = request.getfixturevalue("postgres_url")
-        name = f"keys{next(_names)}_{int(time.time() * 1000) % 100000}"
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        url = base.rsplit("/", 1)[0] + "/" + name
+        url = _fresh_database(request.getfixturevalue("postgres_url"))
     opened = open_job_store(url, tmp_path)
     yield opened
     opened.close()
@@ -182,3 +189,31 @@ def test_simultaneous_submissions_of_one_key_never_overshoot_its_limit(store):
         thread.join(30)
     assert sorted(outcomes) == ["refused"] * 6 + ["stored"] * 2
     assert len(store.list(10, owner_key=key.key_id)) == 2 and store.api_keys.list()[0].jobs_today == 2
+
+
+def test_keys_and_ownership_hold_on_every_gateway_of_a_postgresql_store(postgres_url, tmp_path):
+    """Two gateways on one PostgreSQL job store: a key made once works on both, its job is its own on both,
+    and a revocation (``synchuman keys --job-store URL revoke``) holds on both from the next call."""
+    url = _fresh_database(postgres_url)
+    first = Stack(tmp_path / "g1", http_address="127.0.0.1:0", auth_token=SHARED, database_url=url)
+    second = Stack(tmp_path / "g2", http_address="127.0.0.1:0", auth_token=SHARED, database_url=url)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert synchuman(["keys", "--job-store", url, "create", "--name", "a"]) == 0
+        assert synchuman(["keys", "--job-store", url, "create", "--name", "b"]) == 0
+    key_a, key_b = out.getvalue().split()
+    a1, a2, b2 = Caller(first, key_a), Caller(second, key_a), Caller(second, key_b)
+    try:
+        job_id = a1.submit_grpc()
+        assert a2.http.get(f"/v1/jobs/{job_id}").status_code == 200
+        assert b2.http.get(f"/v1/jobs/{job_id}").status_code == 404
+        assert grpc_ops(b2.grpc, job_id)["get"]() == "NOT_FOUND"
+        with contextlib.redirect_stderr(io.StringIO()):
+            assert synchuman(["keys", "--job-store", url, "revoke", key_a.split("_")[1]]) == 0
+        assert a1.http.get("/v1/jobs").status_code == 401 and a2.http.get("/v1/jobs").status_code == 401
+        assert grpc_ops(a2.grpc, job_id)["get"]() == "UNAUTHENTICATED"
+    finally:
+        for caller in (a1, a2, b2):
+            caller.close()
+        first.close()
+        second.close()

@@ -328,3 +328,4 @@ def test_gateway_without_keys_behaves_as_before_until_a_key_exists(tmp_path):
         anonymous.close()
         stale.close()
         stack.close()
+
