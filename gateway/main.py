@@ -102,8 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--auth-token",
         default=os.environ.get("SYNCHUMAN_GATEWAY_AUTH_TOKEN", ""),
-        help="bearer token that gRPC calls and the HTTP bridge require (default: "
-        "$SYNCHUMAN_GATEWAY_AUTH_TOKEN; empty: none)",
+        help="bearer token that gRPC calls and the HTTP bridge require, the admin's: it sees every job; "
+        "tenants send API keys instead (synchuman keys create; default: $SYNCHUMAN_GATEWAY_AUTH_TOKEN; "
+        "empty: none, and the gateway is open until an API key exists)",
     )
     parser.add_argument(
         "--published-on",
