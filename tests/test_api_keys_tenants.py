@@ -224,6 +224,14 @@ def test_admin_key_and_shared_token_list_every_tenants_job(callers):
     _finished(callers["admin key"], [of_a, of_b])
 
 
+def metric(caller: Caller, series: str) -> float:
+    """The value of one series of the gateway's ``/metrics`` (0 when absent)."""
+    for line in caller.http.get("/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def _quota_details(status) -> tuple[error_details_pb2.QuotaFailure | None, float]:
     failure, delay = None, 0.0
     for detail in status.details:
@@ -251,6 +259,7 @@ def test_concurrent_and_daily_quotas_on_both_apis(stack):
         assert over.status_code == 429 and over.headers["retry-after"] == "30"
         types = [d["@type"] for d in over.json()["error"]["details"]]
         assert "google.rpc.QuotaFailure" in types and "google.rpc.RetryInfo" in types
+        assert metric(caller, 'synchuman_gateway_quota_refusals_total{metric="max_concurrent_jobs"}') >= 2
         _finished(caller, [first])
         caller.submit_http()  # the second of the day; the refused ones did not count
         _finished(caller, [j.id for j in caller.grpc.ListJobs(reconstruction_pb2.ListJobsRequest()).jobs])
@@ -296,6 +305,7 @@ def test_revoked_key_is_unauthenticated_on_both_apis(stack):
             caller.grpc.ListJobs(reconstruction_pb2.ListJobsRequest(), timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "revoked" in refused.value.details()
+        assert metric(caller, 'synchuman_gateway_auth_refusals_total{reason="revoked_key"}') >= 1
         gone = caller.http.get("/v1/profiles")
         assert gone.status_code == 401 and gone.headers["www-authenticate"] == "Bearer"  # the page asks again
         forged = Caller(stack, caller.token[:-1] + ("A" if caller.token[-1] != "A" else "B"))
