@@ -67,10 +67,10 @@ def _size(text: str) -> int:
     return int(match[1]) * _SIZE_UNITS[match[2]]
 
 
-def parse_quota(text: str, base: Quota | None = None) -> Quota:
+def parse_quota(text: str) -> Quota:
     """``concurrent=N,daily=N,upload=SIZE`` (any of them, comma-separated; SIZE in bytes or with kB, KiB,
-    MB, MiB; ``none`` or 0: no limit) laid over ``base``; ValueError naming what is wrong."""
-    quota = base or Quota()
+    MB, MiB; ``none`` or 0: no limit; the ones not given: no limit); ValueError naming what is wrong."""
+    quota = Quota()
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         field = QUOTA_NAMES.get(name.strip().lower())
@@ -154,12 +154,12 @@ def seconds_to_next_day(now_s: float) -> float:
 CONCURRENT_RETRY_S = 30.0
 
 
-def charge_job(session: Session, key: ApiKey, unfinished_sql: str, now_s: float | None = None) -> None:
+def charge_job(session: Session, key: ApiKey, unfinished_sql: str) -> None:
     """In the transaction that has just stored a job of ``key``: count it in today's usage and check the
     key's daily and concurrent limits (:class:`QuotaExceeded` rolls the transaction back). The usage upsert
     comes first: on PostgreSQL its row lock makes concurrent submissions of one key wait for each other, so
     the count that follows sees them. ``unfinished_sql``: the condition of an unfinished job."""
-    now_s = time.time() if now_s is None else now_s
+    now_s = time.time()
     (used,) = session.execute(
         "INSERT INTO api_key_usage (key_id, day, jobs) VALUES (?, ?, 1) ON CONFLICT (key_id, day) "
         "DO UPDATE SET jobs = api_key_usage.jobs + 1 RETURNING jobs",
@@ -242,9 +242,9 @@ class SqlKeyStore:
             row = session.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
         return None if row is None else _key(row)
 
-    def list(self, now_s: float | None = None) -> list[ApiKey]:
-        """Every key, oldest first, with its jobs of the UTC day of ``now_s`` (default: now)."""
-        day = utc_day(time.time() if now_s is None else now_s)
+    def list(self) -> list[ApiKey]:
+        """Every key, oldest first, with its jobs of this UTC day."""
+        day = utc_day(time.time())
         columns = ", ".join(f"k.{c.strip()}" for c in _COLUMNS.split(","))
         with self._dialect.reading() as session:
             rows = session.execute(

@@ -48,11 +48,6 @@ class Tenant:
     key: ApiKey | None = None
     admin: bool = True
 
-    @property
-    def label(self) -> str:
-        """For logs: ``key <id>`` or ``shared token``."""
-        return f"key {self.key.key_id}" if self.key else "shared token"
-
 
 #: The shared token's tenant (and every caller of a gateway without token and keys).
 ADMIN = Tenant()

@@ -129,7 +129,7 @@ def test_quota_is_charged_in_the_jobs_transaction(store):
 
 def test_quota_text_and_days():
     assert parse_quota("concurrent=2, daily=100,upload=5MiB") == Quota(2, 100, 5 << 20)
-    assert parse_quota("upload=none", Quota(1, 2, 3)) == Quota(1, 2, 0)
+    assert parse_quota("daily=5,upload=none") == Quota(0, 5, 0)
     assert parse_quota("upload=20kB") == Quota(0, 0, 20_000) and parse_quota("") == Quota()
     for bad in ("speed=1", "daily", "daily=-1", "upload=5 parsecs"):
         with pytest.raises(ValueError):
