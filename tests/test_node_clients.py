@@ -78,7 +78,8 @@ def test_client_package_contents() -> None:
 
 @pytest.mark.slow
 def test_typescript_client_and_web_page_against_a_live_gateway(images_dir: Path) -> None:
-    """Both node suites on one deployment (``tests/node/run_suites.mjs``); the page's suite needs Chromium.
+    """The node suites on one deployment (``tests/node/run_suites.mjs``); the page's suites need Chromium (the
+    rigged-animation suite serves the built page itself and makes its GLB with the Python rig core).
     The suites upload the real photos of ``images_dir`` (skipped without them, failed under CI)."""
     npm = _npm()
     require_tool(NODE_MODULES / "puppeteer-core", "puppeteer-core (npm install)")
@@ -87,7 +88,7 @@ def test_typescript_client_and_web_page_against_a_live_gateway(images_dir: Path)
     assert built.returncode == 0, built.stderr
     suites = ["clients/typescript/test/"]
     if CHROMIUM.exists():
-        suites.append("tests/node/web_page.test.mjs")
+        suites += ["tests/node/web_page.test.mjs", "tests/node/rig_animation.test.mjs"]
     env = {**os.environ, "SYNCHUMAN_IMAGES_DIR": str(images_dir)}
     result = _run([_node(), "tests/node/run_suites.mjs", *suites], 1500, env)
     summary = "\n".join(line for line in result.stdout.splitlines() if line.startswith("# "))

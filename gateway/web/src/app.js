@@ -16,6 +16,7 @@ const DOWNLOAD_TITLES = {
   "turntable.webp": "Turntable animation (WebP)",
   "mesh_obj.zip": "OBJ with texture (ZIP)",
   "gaussians.ply": "3D Gaussians (PLY)",
+  "person_rigged.glb": "Rigged model with animation (GLB)",
   "input_report.json": "Photo quality report (JSON)",
   "output_report.json": "Model quality report (JSON)",
 };
@@ -74,6 +75,8 @@ function resetJobView() {
   $("thumbnail-figure").hidden = true;
   delete $("thumbnail-figure").dataset.jobId;
   $("turntable-figure").hidden = true;
+  $("rigged-figure").hidden = true;
+  delete $("rigged-viewer").dataset.loaded;
   const video = Object.assign(document.createElement("video"), {
     id: "turntable", muted: true, loop: true, autoplay: true, playsInline: true,
   });
@@ -96,8 +99,9 @@ function completeStage(stageName) {
   if (stage) Object.assign($(`progress-${stage}`), { max: 1, value: 1 });
 }
 
-function showWarnings(report) {
-  const issues = (report?.issues ?? []).filter((i) => i.severity !== "SEVERITY_INFO");
+/** The warnings of the photo's report (and, once done, the model's: e.g. RIG_FAILED) above the progress. */
+function showWarnings(...reports) {
+  const issues = reports.flatMap((report) => report?.issues ?? []).filter((i) => i.severity !== "SEVERITY_INFO");
   const list = $("warnings");
   list.replaceChildren(...issues.map((issue) =>
     Object.assign(document.createElement("li"), { textContent: issue.message, className: issue.code })));
@@ -161,6 +165,25 @@ async function showTurntable(jobId, names) {
   $("turntable-figure").hidden = false;
 }
 
+/** Resolves when `viewer` (a model-viewer) has loaded its model; rejects with a readable error. */
+function viewerLoaded(viewer) {
+  return new Promise((resolve, reject) => {
+    viewer.addEventListener("load", resolve, { once: true });
+    viewer.addEventListener("error", (e) => reject(new Error(`the 3D viewer could not show the model: ${e.detail?.type ?? "error"}`)), { once: true });
+  });
+}
+
+/** The rigged GLB beside the plain one, playing its sample animation (model-viewer's autoplay), when made. */
+async function showRigged(jobId, names) {
+  if (!names.has("person_rigged.glb")) return;
+  const viewer = $("rigged-viewer");
+  const loaded = viewerLoaded(viewer);
+  viewer.src = objectUrl(await artifact(jobId, "person_rigged.glb"));
+  $("rigged-figure").hidden = false;
+  await loaded;
+  viewer.dataset.loaded = "true";
+}
+
 function downloadLink(jobId, name, blobUrl) {
   const link = document.createElement("a");
   link.href = blobUrl ?? `/v1/jobs/${encodeURIComponent(jobId)}/artifacts/${encodeURIComponent(name)}`;
@@ -187,10 +210,7 @@ async function showResult(job) {
   status("Loading the 3D model...");
   const glbUrl = objectUrl(await artifact(job.id, "person.glb"));
   const viewer = $("viewer");
-  const loaded = new Promise((resolve, reject) => {
-    viewer.addEventListener("load", resolve, { once: true });
-    viewer.addEventListener("error", (e) => reject(new Error(`the 3D viewer could not show the model: ${e.detail?.type ?? "error"}`)), { once: true });
-  });
+  const loaded = viewerLoaded(viewer);
   $("result").hidden = false;
   viewer.src = glbUrl;
   $("result").scrollIntoView({ behavior: "smooth", block: "start" });
@@ -198,7 +218,9 @@ async function showResult(job) {
   const first = ["person.glb", "output_report.json", "input_report.json"].filter((n) => names.includes(n));
   const rest = names.filter((n) => !first.includes(n)).sort();
   $("downloads").replaceChildren(...[...first, ...rest].map((n) => downloadLink(job.id, n, n === "person.glb" ? glbUrl : undefined)));
+  showWarnings(job.input_report, job.output_report);
   await showTurntable(job.id, listed);
+  await showRigged(job.id, listed);
   await loaded;
   viewer.dataset.loaded = "true";
   status("Done: drag the model (or focus it and use the arrow keys) to turn it.");
