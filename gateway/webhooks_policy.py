@@ -1,9 +1,10 @@
 """Which callback URLs a job may carry and which addresses the gateway may send webhooks to (the SSRF
 policy).
 
-A callback URL must be ``http`` or ``https``, at most :data:`MAX_URL_CHARS` characters, without user name,
-password or fragment, and name a host on the operator's allow-list (``--webhook-allow-hosts``: exact names or
-addresses, ``*.example.com`` for any subdomain, ``*`` for any host; an empty list refuses every callback URL).
+A callback URL must be ``http`` or ``https``, ASCII, at most :data:`MAX_URL_CHARS` characters, without user
+name, password or fragment, and name a host on the operator's allow-list (``--webhook-allow-hosts``: exact
+names or addresses, ``*.example.com`` for any subdomain, ``*`` for any host; an empty list refuses every
+callback URL).
 Every address the host resolves to must be public: loopback, link-local, private (RFC 1918, ULA, CGNAT) and
 other non-global addresses are refused unless the operator allows private addresses
 (``--webhook-allow-private``); unspecified and multicast addresses are always refused. The URL is checked at
@@ -87,6 +88,11 @@ class WebhookPolicy:
             )
         if any(ord(c) < 33 or ord(c) == 127 for c in url):
             raise WebhookRefused("callback_url contains spaces or control characters; percent-encode them")
+        if not url.isascii():
+            raise WebhookRefused(
+                "callback_url must be ASCII: percent-encode the path and query, give the host in its "
+                "xn-- (punycode) form"
+            )
         try:
             parts = urlsplit(url)
             port = parts.port

@@ -529,6 +529,7 @@ def test_callback_urls_refused_at_submission(tmp_path):
             "http://user:pw@127.0.0.1/hook": "must not contain a user name or password",
             "http://127.0.0.1/" + "a" * MAX_URL_CHARS: f"at most {MAX_URL_CHARS}",
             "http://127.0.0.1/a b": "spaces or control characters",
+            "http://bücher.example.com/": "must be ASCII",
             "hooks.example.com/x": "not a relative:// one",
         }
         for url, reason in cases.items():
