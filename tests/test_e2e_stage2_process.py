@@ -94,8 +94,8 @@ def test_glb_out_with_progress_in_order(stage2):
     blobs, structure = job_blobs()
     responses = list(stub(address).Reconstruct(stage2_requests(blobs, structure, options(3)), timeout=240))
     progress = [r.progress for r in responses if r.WhichOneof("payload") == "progress"]
-    first = [(p.phase, p.step) for p in progress[:4]]
-    assert first == [("condition", 0), ("sampling", 1), ("sampling", 2), ("sampling", 3)]
+    first = [(p.phase, p.step) for p in progress[:5]]
+    assert first == [("condition", 0), ("sampling", 0), ("sampling", 1), ("sampling", 2), ("sampling", 3)]
     assert [p.elapsed_seconds for p in progress] == sorted(p.elapsed_seconds for p in progress)
     assert progress[-1].phase == "export"
     glb = collect_blobs(responses)["person.glb"]

@@ -223,7 +223,9 @@ class Stage2Pipeline:
         progress: ProgressCallback,
         should_stop: Callable[[], bool],
     ) -> SparseTensor:
-        """The de-normalised structured latent ``[N, 8]`` on ``coords``."""
+        """The de-normalised structured latent ``[N, 8]`` on ``coords``; reports ``sampling`` at 0 before the
+        first step (like every phase, at its start)."""
+        progress("sampling", 0, options.steps)
         return self.models.sample_latent(
             torch.as_tensor(coords, dtype=torch.int32),
             cond,
