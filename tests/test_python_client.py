@@ -220,10 +220,22 @@ def test_errors_carry_the_code_and_decoded_details(stack, client, finished):
     with pytest.raises(SyncHumanError) as bad_token:
         client.list_jobs(page_token="forged")
     assert _code(bad_token, grpc.StatusCode.INVALID_ARGUMENT).details.bad_request.field_violations
-    with Client(config.address("gateway"), token="wrong") as wrong:
-        with pytest.raises(SyncHumanError) as unauthenticated:
-            wrong.get(finished[0].id)
-    _code(unauthenticated, grpc.StatusCode.UNAUTHENTICATED)
+    for token in (None, "wrong"):
+        with Client(config.address("gateway"), token=token) as other:
+            with pytest.raises(SyncHumanError) as unauthenticated:
+                other.get(finished[0].id)
+        assert "token" in _code(unauthenticated, grpc.StatusCode.UNAUTHENTICATED).message
+
+    png = io.BytesIO()
+    Image.fromarray(synthetic_person(), "RGBA").save(png, format="PNG")
+    try:  # refused by SubmitJob or, inside the job, by preprocess: the same Status then is in Job.error
+        ended = client.wait(client.submit(png.getvalue()[:2000], JobOptions(**SMALL)).id, timeout_s=300)
+        truncated = job_error(ended)
+    except SyncHumanError as refused:
+        truncated = refused
+    assert truncated.code == grpc.StatusCode.INVALID_ARGUMENT and "truncat" in truncated.message.lower()
+    violations = truncated.details.bad_request.field_violations if truncated.details.bad_request else []
+    assert violations or truncated.details.input_quality, "a BadRequest or quality-report detail"
 
     blank = io.BytesIO()
     Image.new("RGB", (320, 240), (200, 200, 200)).save(blank, format="PNG")  # no person in it
@@ -233,6 +245,16 @@ def test_errors_carry_the_code_and_decoded_details(stack, client, finished):
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT, str(error)
     report = error.details.input_quality
     assert report.width == 320 and any(issue.code == "EMPTY_MASK" for issue in report.issues), report
+
+
+def test_profiles_are_listed_with_their_effective_options(client, finished):
+    profiles = {profile.name: profile for profile in client.profiles()}
+    assert next(iter(profiles)) == "standard" and {"web", "game", "ar", "preview-only"} <= set(profiles)
+    game = profiles["game"]
+    assert game.options.reconstruction.target_faces == 20000
+    assert game.effective_options.reconstruction.target_faces == 20000
+    assert game.effective_options.multiview.steps > 0, "unset options show the server defaults"
+    assert finished[0].options.profile == finished[0].effective_options.profile == "standard"
 
 
 def test_asyncio_running_job_deadline_cancel_and_delete(stack, tmp_path):
