@@ -20,7 +20,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from packaging.requirements import Requirement
 
 CLIENT = REPO_ROOT / "clients" / "python"
-#: What the wheel may weigh at most (28,407 bytes when this test was written).
+#: What the wheel may weigh at most (about 31 KB when this test was written).
 MAX_WHEEL_BYTES = 100_000
 
 

@@ -258,3 +258,12 @@ def test_bake_flags_reach_the_wire_options():
         build_parser().parse_args(["reconstruct", "p.jpg", "-o", "p.glb", "--bake-mode", "fast"])
     )
     assert fast.reconstruction.bake_mode == common_pb2.BAKE_MODE_FAST
+
+
+def test_without_the_client_package_the_error_says_what_to_install(photo, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "synchuman_client", None)  # as in an image with the server packages only
+    monkeypatch.delitem(sys.modules, "synchuman_cli.gateway_client", raising=False)
+    assert main(["reconstruct", str(photo), "-o", str(tmp_path / "x.glb"), "--start-servers", "never"]) == 2
+    assert "pip install ./clients/python" in capsys.readouterr().err

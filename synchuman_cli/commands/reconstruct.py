@@ -192,7 +192,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot read {photo}: {exc.strerror or exc}") from None
     if args.in_process:
         return _run_in_process(args, data)
-    from synchuman_cli.gateway_client import GatewayUnavailable, reconstruct_photo, start_servers_for
+    try:
+        from synchuman_cli.gateway_client import GatewayUnavailable, reconstruct_photo, start_servers_for
+    except ModuleNotFoundError as exc:  # the Docker images install the server packages only
+        raise UserError(
+            f"reconstructing through a gateway needs the synchuman-client package ({exc}): "
+            "pip install ./clients/python, or use --in-process"
+        ) from None
 
     try:
         gateway_tls = client_tls_from_args(args, "tls")  # servers this command starts serve plaintext
