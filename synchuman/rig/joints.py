@@ -141,7 +141,7 @@ def triangulate(observations: list[Observation]) -> Triangulation:
     return Triangulation(points, information, used, tuple(dropped), tuple(s for s in swapped if s in used))
 
 
-def _medial_depth(triangles: np.ndarray, point: np.ndarray, observed: bool) -> float:
+def _medial_depth(triangles: raycast.Triangles, point: np.ndarray, observed: bool) -> float:
     """Depth (model y) of the medial axis near ``point`` along the front view's line of sight."""
     stretches = raycast.intervals(raycast.line_hits(triangles, point, axis=1))
     if not len(stretches):
@@ -159,9 +159,11 @@ def _medial_depth(triangles: np.ndarray, point: np.ndarray, observed: bool) -> f
     return float(middle)
 
 
-def place_joints(triangles: np.ndarray, tri: Triangulation) -> dict[str, np.ndarray]:
+def place_joints(corners: np.ndarray, tri: Triangulation) -> dict[str, np.ndarray]:
     """Joint positions ``name -> (3,)`` (model frame) of the :data:`~.skeleton.JOINTS` and the bone ends,
-    moved onto the medial axis; :class:`RigFailure` names a joint left outside the mesh."""
+    moved onto the medial axis of the mesh ``corners [F, 3, 3]``; :class:`RigFailure` names a joint left
+    outside the mesh."""
+    triangles = raycast.Triangles.of(corners)
     points = skeleton.key_points(tri.points)
     seen_y = (tri.information[:, 1] >= MIN_INFORMATION).astype(np.float64)
     observed = skeleton.key_points(np.repeat(seen_y[:, None], 3, axis=1))

@@ -16,14 +16,32 @@ import numpy as np
 _JITTER = np.array([1.37e-7, -2.91e-7, 4.03e-7])
 
 
-def line_hits(triangles: np.ndarray, point: np.ndarray, axis: int) -> np.ndarray:
+@dataclass(frozen=True)
+class Triangles:
+    """A triangle soup with its per-triangle bounds, for many line queries.
+
+    Attributes:
+        corners: ``[F, 3, 3]`` float64 (triangle, corner, xyz); lo / hi: ``[F, 3]`` per-triangle bounds.
+    """
+
+    corners: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @classmethod
+    def of(cls, corners: np.ndarray) -> Triangles:
+        corners = np.asarray(corners, dtype=np.float64)
+        return cls(corners, corners.min(axis=1), corners.max(axis=1))
+
+
+def line_hits(triangles: Triangles, point: np.ndarray, axis: int) -> np.ndarray:
     """Sorted coordinates along ``axis`` where the line through ``point [3]`` parallel to that axis crosses
-    the surface of ``triangles [F, 3, 3]`` (any units)."""
+    the surface of ``triangles`` (any units)."""
     a, b = [i for i in range(3) if i != axis]
     p = np.asarray(point, dtype=np.float64) + _JITTER
-    ta, tb = triangles[:, :, a], triangles[:, :, b]
-    near = (ta.min(1) <= p[a]) & (ta.max(1) >= p[a]) & (tb.min(1) <= p[b]) & (tb.max(1) >= p[b])
-    tri = triangles[near].astype(np.float64)
+    lo, hi = triangles.lo, triangles.hi
+    near = (lo[:, a] <= p[a]) & (hi[:, a] >= p[a]) & (lo[:, b] <= p[b]) & (hi[:, b] >= p[b])
+    tri = triangles.corners[near]
     if not len(tri):
         return np.zeros(0)
     x, y = tri[:, :, a] - p[a], tri[:, :, b] - p[b]
@@ -44,7 +62,7 @@ def intervals(hits: np.ndarray) -> np.ndarray:
     return hits[:count].reshape(-1, 2)
 
 
-def is_inside(triangles: np.ndarray, point: np.ndarray) -> bool:
+def is_inside(triangles: Triangles, point: np.ndarray) -> bool:
     """Whether ``point`` is inside the surface: odd crossing counts on the + side along at least 2 of 3 axes
     (a majority, so one stray crossing of a not quite closed mesh does not decide)."""
     votes = 0
