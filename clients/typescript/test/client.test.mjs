@@ -9,6 +9,7 @@ import {
   Code,
   JobState,
   OutputFormat,
+  Severity,
   Stage,
   SyncHumanClient,
   SyncHumanError,
@@ -61,8 +62,13 @@ describe("SyncHumanClient against a live gateway", { timeout: 900_000 }, () => {
     await deployment?.stop();
   });
 
-  test("a photo becomes a GLB; events arrive in order, stages in pipeline order", async () => {
-    const job = await client.submit(PHOTO, { options: SMALL_OPTIONS, mediaType: "image/png" });
+  test("a photo becomes a GLB; events arrive in order, stages in pipeline order; a rig is asked for", async () => {
+    // The rigged GLB asked for too: on random checkpoints no pose is found, so the job succeeds with the plain
+    // GLB and a RIG_FAILED warning (or, should a pose be found, with person_rigged.glb).
+    const options = {
+      ...SMALL_OPTIONS, reconstruction: { ...SMALL_OPTIONS.reconstruction, outputs: [OutputFormat.RIGGED_GLB] },
+    };
+    const job = await client.submit(PHOTO, { options, mediaType: "image/png" });
     assert.equal(job.state, JobState.QUEUED);
     const events = await collect(client.watch(job.id));
     assert.deepEqual(events.map((e) => Number(e.sequence)), events.map((_, i) => i + 1), "sequences 1, 2, 3, ...");
@@ -79,6 +85,16 @@ describe("SyncHumanClient against a live gateway", { timeout: 900_000 }, () => {
     assert.equal(glb.subarray(0, 4).toString("latin1"), "glTF");
     const listed = last.event.value.artifacts.find((a) => a.blob.name === "person.glb");
     assert.equal(BigInt(glb.length), listed.blob.sizeBytes);
+    const phases = events.filter((e) => e.event.case === "progress").map((e) => e.event.value.phase);
+    assert.ok(phases.lastIndexOf("rig") > phases.lastIndexOf("export"), `phases: ${phases}`);
+    const rigged = last.event.value.artifacts.some((a) => a.blob.name === "person_rigged.glb");
+    const rigFailed = last.event.value.outputReport.issues.filter((issue) => issue.code === "RIG_FAILED");
+    if (rigged) assert.equal(rigFailed.length, 0);
+    else {
+      assert.equal(rigFailed.length, 1, JSON.stringify(last.event.value.outputReport.issues));
+      assert.equal(rigFailed[0].severity, Severity.WARNING);
+      assert.match(rigFailed[0].message, /^no rigged GLB was made: ./);
+    }
     finished = { job: last.event.value, events };
   });
 
