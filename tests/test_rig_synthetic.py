@@ -138,6 +138,24 @@ def test_left_right_labels_exchanged_on_the_back_views_give_the_same_joints(rigg
     assert error <= 0.01 * body.height
 
 
+def test_landmark_noise_of_a_pose_model_keeps_the_rig_within_the_bounds(rigged) -> None:
+    """Every landmark moved by Gaussian noise of 0.6 % of the image per axis (~5 px on a 768 view)."""
+    body, views, _, _ = rigged["walking"]
+    rng = np.random.default_rng(7)
+    noisy = []
+    for v in views:
+        marks = v.landmarks.copy()
+        marks[:, :2] += rng.normal(0.0, 0.006 * v.image_size[0], size=(33, 2))
+        noisy.append(ViewLandmarks(v.view, marks, v.image_size))
+    result = rig_glb(body.glb(), noisy)
+    assert result.reason is None
+    checks = rig_bodies.check_rig(body, result.joints, result.glb)
+    print("walking, noisy landmarks:", {k: round(v, 4) for k, v in checks.items()})
+    assert checks["joint_error_mean"] <= 0.03 and checks["joints_outside"] == 0, checks
+    assert checks["left_right_bleed"] == 0 and checks["stretch_p95"] <= 0.30, checks
+    assert checks["flips"] < 0.01, checks
+
+
 def test_one_view_that_disagrees_is_dropped(rigged) -> None:
     body, views, result, _ = rigged["a_pose"]
     bad = [_shifted(v, 0.0, 0.12) if v.view == "right" else v for v in views]

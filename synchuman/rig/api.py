@@ -113,18 +113,18 @@ def rig_glb(
         observations = _observations(views)
         timings["read"] = time.perf_counter() - start
         check()
-        # the views' cameras live in the model frame (z up): GLB (y up) -> model is the transpose
+        # the views' cameras live in the model frame (z up): GLB (y up) -> model by the inverse rotation
         model = mesh.positions.astype(np.float64) @ np.linalg.inv(Z_UP_TO_Y_UP.astype(np.float64))
         triangulation = joints.triangulate(observations)
         placed = joints.place_joints(model[mesh.faces], triangulation)
         timings["joints"] = time.perf_counter() - start - timings["read"]
+        check()
+        at = time.perf_counter()
+        index, weight = weights.bone_heat(model, mesh.faces, placed, check)
+        timings["weights"] = time.perf_counter() - at
     except (skin_gltf.GlbError, joints.RigFailure) as exc:
         log.warning("rig failed: %s", exc)
         return RigResult(None, str(exc), timings=timings)
-    check()
-    at = time.perf_counter()
-    index, weight = weights.bone_heat(model, mesh.faces, placed, check)
-    timings["weights"] = time.perf_counter() - at
     check()
     at = time.perf_counter()
     to_glb = Z_UP_TO_Y_UP.astype(np.float64)

@@ -19,15 +19,18 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from synchuman.rig import raycast, skeleton
+from synchuman.rig.joints import RigFailure
 
 #: Influences kept per vertex (glTF's one JOINTS_0/WEIGHTS_0 set).
 MAX_INFLUENCES = 4
-#: Voxel edge of the visibility grid, as a share of the body's height.
+#: Voxel edge of the visibility grid, as a share of the mesh's largest extent (about its height).
 CELL_SHARE = 1 / 160
 #: Samples along each vertex-to-bone segment in the visibility test.
 SEGMENT_SAMPLES = 16
 #: Nearest bones tried, in distance order, for each vertex's nearest visible bone.
 CANDIDATES = 4
+#: Largest magnitude of a cotangent weight (sliver triangles).
+MAX_COT = 1e4
 #: Vertices processed per block (bounds the memory of the distance and visibility arrays).
 BLOCK = 8192
 
@@ -50,7 +53,10 @@ def cotangent_laplacian(vertices: np.ndarray, faces: np.ndarray) -> tuple[sp.csc
         i, j, o = (k + 1) % 3, (k + 2) % 3, k  # the edge (i, j) opposite corner o
         a, b = v[:, i] - v[:, o], v[:, j] - v[:, o]
         cross = np.linalg.norm(np.cross(a, b), axis=1)
-        cot = (a * b).sum(1) / np.maximum(cross, 1e-20)
+        # a degenerate (zero-area) triangle adds nothing; slivers are capped (standard robustness measure)
+        dot = (a * b).sum(1)
+        valid = cross > 1e-12 * np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cot = np.where(valid, np.clip(dot / np.where(valid, cross, 1.0), -MAX_COT, MAX_COT), 0.0)
         rows += [faces[:, i], faces[:, j]]
         cols += [faces[:, j], faces[:, i]]
         vals += [cot / 2, cot / 2]
@@ -140,21 +146,26 @@ def bone_heat(
     """Skin weights of the mesh ``vertices [V, 3]``, ``faces [F, 3]`` for the skeleton ``joints`` (joint and
     bone-end positions, same frame and units as the vertices): joint indices ``[V, 4]`` uint16 into
     :data:`~.skeleton.JOINTS` and weights ``[V, 4]`` float32 summing to 1. ``check()`` is called between the
-    steps and blocks (it raises to stop)."""
+    steps and blocks (it raises to stop). :class:`~.joints.RigFailure` when the heat system has no
+    solution."""
     welded, wfaces, index = weld(vertices, faces)
     heads, tails, owner = skeleton.bones(joints)
-    height = float(np.ptp(welded[:, 2])) if len(welded) else 1.0
+    extent = float(np.ptp(welded, axis=0).max()) if len(welded) else 1.0
     check()
     triangles = welded[wfaces]
-    grid = raycast.occupancy(triangles, max(height * CELL_SHARE, 1e-6))
+    grid = raycast.occupancy(triangles, max(extent * CELL_SHARE, 1e-6))
     check()
     segment, dist = nearest_visible_bone(welded, heads, tails, grid, check)
     bone = owner[segment]
     laplacian, mass = cotangent_laplacian(welded, wfaces)
-    heat = mass / np.maximum(dist, 1e-3 * height) ** 2
+    # every vertex gets some heat (an unreferenced vertex has no area): the system is positive definite
+    heat = np.maximum(mass, 1e-30) / np.maximum(dist, 1e-3 * extent) ** 2
     check()
     system = (-laplacian + sp.diags(heat)).tocsc()
-    solve = spla.splu(system)  # COLAMD ordering: MMD on A^T + A took ~100x longer to order a 36k-vertex body
+    try:
+        solve = spla.splu(system)  # COLAMD: MMD on A^T + A took 100x longer on a 36k-vertex body
+    except RuntimeError as exc:  # SuperLU: "Factor is exactly singular"
+        raise RigFailure(f"the skin weights have no solution on this mesh ({exc}); no rig was made") from exc
     check()
     num_bones = len(skeleton.JOINTS)
     rhs = np.zeros((len(welded), num_bones))
@@ -163,6 +174,8 @@ def bone_heat(
     for j in range(num_bones):
         check()
         weights[:, j] = solve.solve(rhs[:, j])
+    if not np.isfinite(weights).all():
+        raise RigFailure("the skin weights came out non-finite (a degenerate mesh); no rig was made")
     weights = np.clip(weights, 0.0, 1.0)
     bone_side = np.array([skeleton.side(name) for name in skeleton.JOINTS])
     sides = _sides(welded, bone, joints)
