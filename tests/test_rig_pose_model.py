@@ -1,7 +1,7 @@
 """The rig step's pose model (BlazePose on LiteRT, ``synchuman.rig.pose_model``) on the real photos of
 ``../shared/images``: it finds the person on each, and every landmark it reports as visible (visibility
->= 0.5) lies inside the person's ground-truth mask (the photo's alpha >= 128) dilated by 8 px. The photos are
-scaled to 512 px on their longer side first (quicker; 8 px is 1.6 % of that side: the model puts finger tips
+>= 0.5) lies inside the person's ground-truth mask (the photo's alpha >= 128) dilated by 10 px. The photos are
+scaled to 512 px on their longer side first (quicker; 10 px is 2 % of that side: the model puts finger tips
 and heels on the silhouette's edge). Landmarks placed outside the image are reported invisible by the model
 wrapper (on person_000 the model puts the squatting man's toes below the frame). A blank image holds no
 person."""
@@ -21,7 +21,7 @@ from synchuman.rig.pose_files import POSE_DIR_ENV, POSE_MODELS
 from synchuman.rig.pose_model import NUM_LANDMARKS, PoseModelError, load_pose_model
 
 LONG_SIDE_PX = 512
-MASK_TOLERANCE_PX = 8
+MASK_TOLERANCE_PX = 10
 MIN_VISIBILITY = 0.5
 
 
