@@ -156,6 +156,23 @@ def test_landmark_noise_of_a_pose_model_keeps_the_rig_within_the_bounds(rigged) 
     assert checks["flips"] < 0.01, checks
 
 
+def test_landmarks_hidden_in_the_views_that_see_a_coordinate_still_give_it(rigged) -> None:
+    """Only the front and back views see x; with the hips marked hidden there (visibility 0.1, as a pose model
+    does under a coat) their x still comes from those views' guesses, not from nowhere."""
+    body, views, result, _ = rigged["a_pose"]
+    covered = []
+    for v in views:
+        marks = v.landmarks.copy()
+        if v.view in ("front", "back"):
+            marks[[23, 24], 2] = 0.1
+        covered.append(ViewLandmarks(v.view, marks, v.image_size))
+    again = rig_glb(body.glb(), covered)
+    assert again.reason is None
+    truth = body.truth()
+    for name in ("hips", "leftUpperLeg", "rightUpperLeg"):
+        assert np.linalg.norm(again.joints[name] - truth[name]) <= 0.01 * body.height, name
+
+
 def test_one_view_that_disagrees_is_dropped(rigged) -> None:
     body, views, result, _ = rigged["a_pose"]
     bad = [_shifted(v, 0.0, 0.12) if v.view == "right" else v for v in views]

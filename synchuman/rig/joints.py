@@ -28,6 +28,8 @@ from synchuman.rig.views import ViewCamera
 
 #: Landmarks with a visibility below this do not count.
 MIN_VISIBILITY = 0.3
+#: Weight of a hidden landmark (visibility below :data:`MIN_VISIBILITY`), per unit of its visibility.
+HIDDEN_WEIGHT = 0.05
 #: A view whose median landmark residual exceeds this share of the image disagrees with the others.
 DISAGREE_UV = 0.03
 #: Residual (image share) a non-default labelling must save per landmark to be preferred over the labels
@@ -67,16 +69,21 @@ class Triangulation:
 
 def _solve(observations: list[Observation]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Weighted least squares of every landmark over ``observations``: points ``[33, 3]``, information
-    ``[33, 3]`` (diagonal of the normal matrix) and per-view residual norms ``[views, 33]``."""
+    ``[33, 3]`` (the diagonal of the normal matrix of the visible landmarks alone) and per-view residual
+    norms ``[views, 33]``."""
     normal = np.zeros((skeleton.NUM_LANDMARKS, 3, 3))
     rhs = np.zeros((skeleton.NUM_LANDMARKS, 3))
+    information = np.zeros((skeleton.NUM_LANDMARKS, 3))
     for obs in observations:
-        w = np.where(obs.visibility >= MIN_VISIBILITY, obs.visibility, 0.0)
+        seen = obs.visibility >= MIN_VISIBILITY
+        # a hidden landmark's position is still the pose model's guess: it counts weakly, so it decides only a
+        # coordinate that no view sees (the hips' x when the front views see them covered by clothes, say)
+        w = np.where(seen, obs.visibility, HIDDEN_WEIGHT * np.maximum(obs.visibility, 0.01))
         a = obs.camera.matrix
         normal += w[:, None, None] * (a.T @ a)[None]
         rhs += w[:, None] * ((obs.uv - obs.camera.offset) @ a)
-    information = np.diagonal(normal, axis1=1, axis2=2).copy()
-    points = np.linalg.solve(normal + 1e-9 * np.eye(3), rhs[..., None])[..., 0]
+        information += np.where(seen, obs.visibility, 0.0)[:, None] * np.diagonal(a.T @ a)[None]
+    points = np.linalg.solve(normal + 1e-12 * np.eye(3), rhs[..., None])[..., 0]
     residuals = np.stack([np.linalg.norm(o.camera.project(points) - o.uv, axis=1) for o in observations])
     return points, information, residuals
 
