@@ -173,6 +173,22 @@ def test_landmarks_hidden_in_the_views_that_see_a_coordinate_still_give_it(rigge
         assert np.linalg.norm(again.joints[name] - truth[name]) <= 0.01 * body.height, name
 
 
+def test_a_joint_just_off_a_thin_limb_moves_into_it(rigged) -> None:
+    """The left wrist seen 0.035 (more than the forearm's radius) beside the forearm by the front and back
+    views: it is put back inside the forearm, on its axis."""
+    body, views, _, _ = rigged["arms_down"]
+    beside = []
+    for v in views:
+        marks = v.landmarks.copy()
+        if v.view in ("front", "back"):
+            marks[15, 0] += 0.035 * v.image_size[0]
+        beside.append(ViewLandmarks(v.view, marks, v.image_size))
+    result = rig_glb(body.glb(), beside)
+    assert result.reason is None
+    error = np.linalg.norm(result.joints["leftHand"] - body.truth()["leftHand"])
+    assert error <= 0.015 * body.height
+
+
 def test_one_view_that_disagrees_is_dropped(rigged) -> None:
     body, views, result, _ = rigged["a_pose"]
     bad = [_shifted(v, 0.0, 0.12) if v.view == "right" else v for v in views]

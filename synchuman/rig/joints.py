@@ -13,7 +13,9 @@ Placement: a joint moves along the front view's depth axis (y) to the middle of 
 line through it crosses there (front and back surface), the medial axis in depth; the stretch is the one
 holding the triangulated depth (or the front-most one when no side view saw the joint). A stretch much longer
 than the limb (a forearm resting on the chest: one merged stretch) keeps the triangulated depth when that lies
-clearly off its middle. A joint that is still outside the mesh (ray parity) fails the rig.
+clearly off its middle. A joint outside the mesh (ray parity: a landmark just off a thin limb) moves along the
+front view's image axes into the nearest part of the body within :data:`SNAP_SHARE` of the height; one that
+is still outside fails the rig.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ SWAP_MARGIN = 0.002
 #: A depth stretch is "merged" when the triangulated depth lies off its middle by more than this share of
 #: its length; the triangulated depth is then kept.
 MERGED_SHARE = 0.3
+#: Furthest a joint outside the mesh may move into it, as a share of the mesh's height.
+SNAP_SHARE = 0.04
 #: A coordinate counts as observed when its least-squares information (sum of view weights) reaches this.
 MIN_INFORMATION = 0.3
 
@@ -166,6 +170,31 @@ def _medial_depth(triangles: raycast.Triangles, point: np.ndarray, observed: boo
     return float(middle)
 
 
+def _snap_inside(triangles: raycast.Triangles, point: np.ndarray, limit: float) -> np.ndarray:
+    """``point`` moved along x or z (the image axes of the front view) into the nearest stretch of the body
+    those lines cross within ``limit``: to the stretch's middle when it is short (a limb crossed sideways),
+    else just inside its end (a limb along the line); unchanged when none is that near."""
+    best: tuple[float, int, float] | None = None
+    for axis in (0, 2):
+        for entry, leave in raycast.intervals(raycast.line_hits(triangles, point, axis)):
+            gap = max(entry - point[axis], point[axis] - leave, 0.0)
+            if gap > limit:
+                continue
+            inset = min(limit / 2, (leave - entry) / 2)
+            middle = (entry + leave) / 2
+            target = (
+                middle
+                if leave - entry <= 2 * limit
+                else (entry + inset if point[axis] < entry else leave - inset)
+            )
+            if best is None or abs(target - point[axis]) < best[0]:
+                best = (abs(target - point[axis]), axis, target)
+    moved = point.copy()
+    if best is not None:
+        moved[best[1]] = best[2]
+    return moved
+
+
 def place_joints(corners: np.ndarray, tri: Triangulation) -> dict[str, np.ndarray]:
     """Joint positions ``name -> (3,)`` (model frame) of the :data:`~.skeleton.JOINTS` and the bone ends,
     moved onto the medial axis of the mesh ``corners [F, 3, 3]``; :class:`RigFailure` names a joint left
@@ -175,11 +204,18 @@ def place_joints(corners: np.ndarray, tri: Triangulation) -> dict[str, np.ndarra
     seen_y = (tri.information[:, 1] >= MIN_INFORMATION).astype(np.float64)
     observed = skeleton.key_points(np.repeat(seen_y[:, None], 3, axis=1))
     out = dict(points)
+    limit = SNAP_SHARE * float(np.ptp(corners[..., 2])) if len(corners) else 0.0
+    outside = []
     for name in skeleton.JOINTS:
+        seen = bool(observed[name][0] > 0.999)
         p = points[name].copy()
-        p[1] = _medial_depth(triangles, p, bool(observed[name][0] > 0.999))
+        p[1] = _medial_depth(triangles, p, seen)
+        if not raycast.is_inside(triangles, p):
+            p = _snap_inside(triangles, p, limit)
+            p[1] = _medial_depth(triangles, p, seen)
+            if not raycast.is_inside(triangles, p):
+                outside.append(name)
         out[name] = p
-    outside = [name for name in skeleton.JOINTS if not raycast.is_inside(triangles, out[name])]
     if outside:
         raise RigFailure(
             f"joints {', '.join(outside)} lie outside the mesh (the landmarks do not match the body); "
