@@ -25,6 +25,10 @@ from synchuman.rig.views import BODY_VIEWS, view_camera
 
 log = logging.getLogger(__name__)
 
+#: A view counts (a person is on it) when at least this many of its landmarks are visible; a side view
+#: sees about half of the body's.
+MIN_VIEW_LANDMARKS = 8
+
 
 @dataclass(frozen=True)
 class ViewLandmarks:
@@ -78,9 +82,7 @@ def _observations(views: Sequence[ViewLandmarks]) -> list[joints.Observation]:
             raise joints.RigFailure(f"the {view.view} view's image size {view.image_size} is not positive")
         uv = marks[:, :2] / np.array([width, height], dtype=np.float64)
         out.append(joints.Observation(view_camera(view.view), uv, np.clip(marks[:, 2], 0.0, 1.0)))
-    seen = [
-        o for o in out if (o.visibility >= joints.MIN_VISIBILITY).sum() >= len(skeleton.REQUIRED_LANDMARKS)
-    ]
+    seen = [o for o in out if (o.visibility >= joints.MIN_VISIBILITY).sum() >= MIN_VIEW_LANDMARKS]
     if not seen:
         raise joints.RigFailure("no person was found in any view (too few visible body landmarks)")
     best = np.max([o.visibility for o in seen], axis=0)
