@@ -151,17 +151,19 @@ def test_watch_resumes_after_a_dropped_stream_without_losing_or_repeating_events
     config, _ = stack
     job, events = finished
     proxy = CuttingProxy(config.ports["gateway"])
+    own = {"token": TOKEN, "channel_options": [("grpc.use_local_subchannel_pool", 1)]}  # a connection each
     try:
-        with Client(proxy.address, token=TOKEN) as whole:
+        with Client(proxy.address, **own) as whole:
             assert list(whole.watch(job.id)) == events
-        total = proxy.served[-1]  # the server's bytes of one whole watch (connection set-up included)
+        assert len(proxy.served) == 1
+        total = proxy.served[0]  # the server's bytes of one whole watch (connection set-up included)
         proxy.cut_after = total // 2
-        with Client(proxy.address, token=TOKEN) as flaky:
+        with Client(proxy.address, **own) as flaky:
             assert list(flaky.watch(job.id, reconnect_delay_s=0.1)) == events
-        assert proxy.cuts == 1
+        assert proxy.cuts == 1 and len(proxy.served) == 3
 
         async def watch_async() -> list[reconstruction_pb2.WatchJobResponse]:
-            async with AsyncClient(proxy.address, token=TOKEN) as flaky_async:
+            async with AsyncClient(proxy.address, **own) as flaky_async:
                 return [event async for event in flaky_async.watch(job.id, reconnect_delay_s=0.1)]
 
         proxy.cut_after = total // 2
