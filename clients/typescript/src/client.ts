@@ -66,6 +66,12 @@ export interface SubmitOptions extends CallOptions {
   idempotencyKey?: string;
   /** Informational media type of the photo (the server identifies the image from its bytes). */
   mediaType?: string;
+  /**
+   * Webhook: the gateway POSTs a signed Standard Webhooks event here when the job ends (succeeded, failed or
+   * cancelled), retrying for at least 24 h. The gateway must have webhooks on and the host on its allow-list;
+   * delivery attempts show on `getJob(id).webhook`.
+   */
+  callbackUrl?: string;
 }
 
 export interface WatchOptions {
@@ -106,6 +112,7 @@ async function* uploadMessages(
       value: {
         options: options.options ? create(JobOptionsSchema, options.options) : undefined,
         idempotencyKey: options.idempotencyKey ?? "",
+        callbackUrl: options.callbackUrl ?? "",
         image: {
           name: "input",
           mediaType: options.mediaType ?? "application/octet-stream",

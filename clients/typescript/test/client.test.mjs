@@ -219,6 +219,12 @@ describe("SyncHumanClient against a live gateway", { timeout: 900_000 }, () => {
     assert.match(both.serverMessage, /target_faces/);
   });
 
+  test("a callback URL travels with the submission: a gateway without webhooks refuses it by name", async () => {
+    const refused = await rejectsWith(client.submit(PHOTO, { callbackUrl: "https://hooks.example.com/synchuman" }),
+      Code.InvalidArgument);
+    assert.equal(refused.details.badRequest?.fieldViolations[0]?.field, "callback_url", refused.message);
+  });
+
   test("the bearer token is required and checked", async () => {
     const anonymous = new SyncHumanClient({ address: deployment.grpcAddress });
     await rejectsWith(anonymous.get(finished.job.id), Code.Unauthenticated);
