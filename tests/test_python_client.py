@@ -173,6 +173,7 @@ def test_watch_resumes_after_a_dropped_stream_without_losing_or_repeating_events
         proxy.close()
     resumed = list(client.watch(job.id, after_sequence=3))
     assert resumed[0].sequence == 4 and resumed == events[3:]
+    assert list(client.watch(job.id, after_sequence=events[-1].sequence)) == [], "nothing after the last"
 
 
 def _stored(data_dir: Path, job_id: str, name: str) -> Path:

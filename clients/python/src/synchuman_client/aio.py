@@ -19,7 +19,7 @@ import grpc.aio
 
 from synchuman_client._proto import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
 from synchuman_client.errors import SyncHumanError, rpc_errors
-from synchuman_client.jobs import CallSettings, JobPage, list_request
+from synchuman_client.jobs import TERMINAL_STATES, CallSettings, JobPage, list_request
 from synchuman_client.transfer import ArtifactReceiver, Destination, Photo, photo_bytes, upload_requests
 from synchuman_client.watching import Resumption
 
@@ -108,14 +108,15 @@ class AsyncClient:
                 failure = SyncHumanError.from_rpc_error(exc)
             finally:
                 call.cancel()
+            if failure is None and (await self.get(job_id)).state in TERMINAL_STATES:
+                return  # closed cleanly after the last event: ``after_sequence`` was the job's last already
             await asyncio.sleep(resumption.retry_delay(failure))
 
     async def wait(self, job_id: str, *, timeout_s: float | None = None) -> reconstruction_pb2.Job:
         """Watch until the job ends; returns the final job (``DEADLINE_EXCEEDED`` after ``timeout_s``)."""
         async for event in self.watch(job_id, timeout_s=timeout_s):
-            if event.WhichOneof("event") == "finished":
-                return event.finished
-        raise AssertionError("watch ends with the finished event")  # pragma: no cover
+            last = event  # the last event is always ``finished``
+        return last.finished
 
     @overload
     async def download(

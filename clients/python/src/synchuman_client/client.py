@@ -19,7 +19,7 @@ import grpc
 
 from synchuman_client._proto import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
 from synchuman_client.errors import SyncHumanError, rpc_errors
-from synchuman_client.jobs import CallSettings, JobPage, list_request
+from synchuman_client.jobs import TERMINAL_STATES, CallSettings, JobPage, list_request
 from synchuman_client.transfer import ArtifactReceiver, Destination, Photo, photo_bytes, upload_requests
 from synchuman_client.watching import Resumption
 
@@ -113,15 +113,15 @@ class Client:
                 failure = SyncHumanError.from_rpc_error(exc)
             finally:
                 call.cancel()
+            if failure is None and self.get(job_id).state in TERMINAL_STATES:
+                return  # closed cleanly after the last event: ``after_sequence`` was the job's last already
             time.sleep(resumption.retry_delay(failure))
 
     def wait(self, job_id: str, *, timeout_s: float | None = None) -> reconstruction_pb2.Job:
         """Watch until the job ends; returns the final job whatever its state (see ``jobs.job_error``).
         ``DEADLINE_EXCEEDED`` when it has not ended within ``timeout_s``."""
-        for event in self.watch(job_id, timeout_s=timeout_s):
-            if event.WhichOneof("event") == "finished":
-                return event.finished
-        raise AssertionError("watch ends with the finished event")  # pragma: no cover
+        *_, last = self.watch(job_id, timeout_s=timeout_s)  # the last event is always ``finished``
+        return last.finished
 
     @overload
     def download(

@@ -1,8 +1,9 @@
 """How a watch of a job's events resumes after a dropped stream, shared by the sync and asyncio clients.
 
 ``WatchJob`` sends every event after ``after_sequence`` until the job's ``finished`` event. When the stream
-breaks (UNAVAILABLE, INTERNAL, UNKNOWN, ABORTED, or the server closing it before ``finished``) the watch is
-called again with ``after_sequence`` = the last sequence seen, so no event is lost or repeated; after
+breaks (UNAVAILABLE, INTERNAL, UNKNOWN, ABORTED, or the server closing it before ``finished`` while the job
+has not ended; a finished job's stream may close at once when ``after_sequence`` was its last event) the watch
+is called again with ``after_sequence`` = the last sequence seen, so no event is lost or repeated; after
 ``max_reconnects`` failures in a row without an event in between the last failure is raised (the waits
 between them double, up to :data:`MAX_RECONNECT_DELAY_S`). A ``timeout`` bounds the whole watch,
 reconnections included (``DEADLINE_EXCEEDED``).
