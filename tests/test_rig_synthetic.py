@@ -118,6 +118,30 @@ def test_the_rigged_glb_validates_loads_and_animates(rigged, tmp_path: Path) -> 
     assert times["min"] == [0.0] and times["max"] == [2.0]
 
 
+def test_the_view_cameras_are_the_bakes_cameras() -> None:
+    """A model-frame point lands where the project's rasteriser projects it with the bake's cameras (x
+    mirrored on the views stage 1 stores mirrored), for every view; the photo is the front camera."""
+    import torch
+
+    from synchuman.geometry.raster import project
+    from synchuman.pipelines.handoff import VIEW_NAMES
+    from synchuman.postprocess.pipeline import MIRRORED_VIEWS, GeneratedViews, generated_bake_views
+    from synchuman.rig.views import view_camera
+
+    points = np.random.default_rng(0).uniform(-0.45, 0.45, size=(50, 3))
+    cams = generated_bake_views(GeneratedViews(np.zeros((5, 8, 8, 3), np.uint8)), torch.device("cpu"))
+    for index, name in enumerate(VIEW_NAMES[:4]):
+        extrinsics, intrinsics = cams[index].extrinsics[None].float(), cams[index].intrinsics[None].float()
+        screen = project(torch.from_numpy(points).float(), extrinsics, intrinsics, True, 100, 100)
+        screen = screen[0, :, :2].numpy() / 100
+        if index in MIRRORED_VIEWS:
+            screen[:, 0] = 1 - screen[:, 0]
+        camera = view_camera(name)
+        assert camera.mirrored == (index in MIRRORED_VIEWS)
+        np.testing.assert_allclose(camera.project(points), screen, atol=1e-5)
+    np.testing.assert_allclose(view_camera("photo").project(points), view_camera("front").project(points))
+
+
 def _with_labels_swapped(view: ViewLandmarks) -> ViewLandmarks:
     return ViewLandmarks(view.view, view.landmarks[skeleton.swap_permutation()], view.image_size)
 

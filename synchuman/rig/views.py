@@ -33,14 +33,12 @@ class ViewCamera:
     Attributes:
         name: one of :data:`BODY_VIEWS`.
         matrix: ``[2, 3]`` float64; offset: ``[2]`` float64 (mirroring already applied).
-        direction: ``[3]`` unit viewing direction (camera to person) in the model frame.
         mirrored: True when the stored image is the camera's image flipped left-right.
     """
 
     name: str
     matrix: np.ndarray
     offset: np.ndarray
-    direction: np.ndarray
     mirrored: bool
 
     def project(self, points: np.ndarray) -> np.ndarray:
@@ -62,4 +60,4 @@ def view_camera(name: str) -> ViewCamera:
     mirrored = name != "photo" and index in MIRRORED_VIEWS
     if mirrored:
         matrix, offset = matrix * np.array([[-1.0], [1.0]]), np.array([1.0 - offset[0], offset[1]])
-    return ViewCamera(name, matrix, offset, rot[2], mirrored)
+    return ViewCamera(name, matrix, offset, mirrored)
