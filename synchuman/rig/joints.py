@@ -132,10 +132,13 @@ def triangulate(observations: list[Observation]) -> Triangulation:
     """Landmarks in 3-D from the views (see the module docstring); :class:`RigFailure` when they disagree.
 
     The frontal views (front, photo) come first and keep their labels as given."""
-    order = sorted(observations, key=lambda o: o.camera.name not in ("photo", "front"))
-    chosen, swapped = _best_labelling(order)
+    views = sorted(observations, key=lambda o: o.camera.name not in ("photo", "front"))
     dropped: list[str] = []
-    while len(chosen) >= 2:
+    while True:
+        # the labelling is chosen again without a dropped view: a view that disagrees may have swayed it
+        chosen, swapped = _best_labelling(views)
+        if len(chosen) < 2:
+            break
         disagreement = _view_disagreement(chosen)
         worst = int(np.argmax(disagreement))
         if disagreement[worst] <= DISAGREE_UV:
@@ -146,7 +149,7 @@ def triangulate(observations: list[Observation]) -> Triangulation:
                 f"the body landmarks of the {names} views disagree (median offset "
                 f"{disagreement.max():.1%} of the image, more than {DISAGREE_UV:.0%}); no rig was made"
             )
-        dropped.append(chosen.pop(worst).camera.name)
+        dropped.append(views.pop(worst).camera.name)
     points, information, _ = _solve(chosen)
     used = tuple(o.camera.name for o in chosen)
     return Triangulation(points, information, used, tuple(dropped), tuple(s for s in swapped if s in used))
