@@ -219,6 +219,10 @@ def test_errors_carry_the_code_and_decoded_details(stack, client, finished):
     refused = _code(unknown_profile, grpc.StatusCode.INVALID_ARGUMENT)
     assert refused.details.bad_request.field_violations[0].field == "options.profile"
     assert "standard" in refused.message
+    with pytest.raises(SyncHumanError) as no_webhooks:  # the URL travels; this gateway has no webhooks
+        client.submit(Image.fromarray(synthetic_person(), "RGBA"), callback_url="https://hooks.example.com/x")
+    violation = _code(no_webhooks, grpc.StatusCode.INVALID_ARGUMENT).details.bad_request.field_violations[0]
+    assert violation.field == "callback_url"
     with pytest.raises(SyncHumanError) as no_job:
         client.get("no-such-job")
     assert _code(no_job, grpc.StatusCode.NOT_FOUND).details.error_info.reason == "JOB_NOT_FOUND"

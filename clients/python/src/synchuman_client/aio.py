@@ -71,13 +71,15 @@ class AsyncClient:
         options: common_pb2.JobOptions | None = None,
         *,
         idempotency_key: str = "",
+        callback_url: str = "",
         timeout_s: float | None = None,
     ) -> reconstruction_pb2.Job:
         """Upload a photo (bytes, a file path or a PIL image) and store a job; see ``Client.submit``."""
         data, media_type = await asyncio.to_thread(photo_bytes, photo)
         with rpc_errors():
             response = await self.stub.SubmitJob(
-                upload_requests(data, options, idempotency_key, media_type), **self._call(timeout_s)
+                upload_requests(data, options, idempotency_key, media_type, callback_url),
+                **self._call(timeout_s),
             )
         return response.job
 

@@ -73,15 +73,19 @@ class Client:
         options: common_pb2.JobOptions | None = None,
         *,
         idempotency_key: str = "",
+        callback_url: str = "",
         timeout_s: float | None = None,
     ) -> reconstruction_pb2.Job:
         """Upload a photo (bytes, a file path or a PIL image) and store a job; returns it (state QUEUED, or
         whatever state the job of a known ``idempotency_key`` has). ``options``: unset fields take the named
-        profile's (``options.profile``), then the server's defaults."""
+        profile's (``options.profile``), then the server's defaults. ``callback_url``: the gateway POSTs a
+        signed event there when the job ends (its webhooks must be configured; ``Job.webhook`` shows the
+        deliveries)."""
         data, media_type = photo_bytes(photo)
         with rpc_errors():
             response = self.stub.SubmitJob(
-                upload_requests(data, options, idempotency_key, media_type), **self._call(timeout_s)
+                upload_requests(data, options, idempotency_key, media_type, callback_url),
+                **self._call(timeout_s),
             )
         return response.job
 

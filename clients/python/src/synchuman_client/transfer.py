@@ -50,13 +50,16 @@ def upload_requests(
     options: common_pb2.JobOptions | None = None,
     idempotency_key: str = "",
     media_type: str = "application/octet-stream",
+    callback_url: str = "",
 ) -> Iterator[reconstruction_pb2.SubmitJobRequest]:
-    """The messages of a ``SubmitJob`` upload: ``start`` (options, key, the photo's header with its size and
-    SHA-256), then the photo in chunks of :data:`CHUNK_BYTES`."""
+    """The messages of a ``SubmitJob`` upload: ``start`` (options, key, callback URL, the photo's header with
+    its size and SHA-256), then the photo in chunks of :data:`CHUNK_BYTES`."""
     header = common_pb2.BlobHeader(
         name="input", media_type=media_type, size_bytes=len(photo), sha256=hashlib.sha256(photo).hexdigest()
     )
-    start = reconstruction_pb2.SubmitJobStart(options=options, idempotency_key=idempotency_key, image=header)
+    start = reconstruction_pb2.SubmitJobStart(
+        options=options, idempotency_key=idempotency_key, image=header, callback_url=callback_url
+    )
     yield reconstruction_pb2.SubmitJobRequest(start=start)
     for offset in range(0, len(photo), CHUNK_BYTES):
         chunk = common_pb2.BlobChunk(name="input", offset=offset, data=photo[offset : offset + CHUNK_BYTES])
