@@ -2,9 +2,9 @@
 ``../shared/images``: it finds the person on each, and every landmark it reports as visible (visibility
 >= 0.5) lies inside the person's ground-truth mask (the photo's alpha >= 128) dilated by 10 px. The photos are
 scaled to 512 px on their longer side first (quicker; 10 px is 2 % of that side: the model puts finger tips
-and heels on the silhouette's edge). Landmarks placed outside the image are reported invisible by the model
-wrapper (on person_000 the model puts the squatting man's toes below the frame). A blank image holds no
-person."""
+and heels on the silhouette's edge). The same on the photos framed as stage 2's front view sees them (768 px,
+15 px). Landmarks placed outside the image are reported invisible by the model wrapper (on person_000 the
+model puts the squatting man's toes below the frame). A blank image holds no person."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from synchuman.rig.pose_model import NUM_LANDMARKS, PoseModelError, load_pose_mo
 
 LONG_SIDE_PX = 512
 MASK_TOLERANCE_PX = 10
+FRAMED_TOLERANCE_PX = 15
 MIN_VISIBILITY = 0.5
 
 
@@ -45,24 +46,38 @@ def _scaled_rgba(path: Path) -> np.ndarray:
     return np.asarray(image)
 
 
+def _assert_inside_the_person(name: str, rgba: np.ndarray, pose_model, tolerance_px: int) -> None:
+    """The person is found on ``rgba``; every visible landmark lies in its alpha mask + ``tolerance_px``."""
+    result = pose_model.find(rgba)
+    assert result is not None, f"{name}: no person found"
+    landmarks = result.landmarks
+    assert landmarks.shape == (NUM_LANDMARKS, 3) and landmarks.dtype == np.float32
+    visible = landmarks[:, 2] >= MIN_VISIBILITY
+    assert visible.sum() >= 20, f"{name}: only {visible.sum()} visible landmarks"
+    mask = (rgba[..., 3] >= 128).astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance_px + 1,) * 2)
+    allowed = cv2.dilate(mask, kernel) > 0
+    xy = landmarks[visible, :2]
+    on_image = (xy >= 0).all(axis=1) & (xy[:, 0] < mask.shape[1]) & (xy[:, 1] < mask.shape[0])
+    assert on_image.all(), f"{name}: visible landmarks off the image: {xy[~on_image]}"
+    inside = allowed[xy[:, 1].astype(int), xy[:, 0].astype(int)]
+    outside = np.flatnonzero(visible)[~inside].tolist()
+    assert inside.all(), f"{name}: landmarks {outside} outside the mask (+{tolerance_px} px)"
+
+
 def test_landmarks_on_real_photos_lie_inside_the_person(pose_model, images_dir: Path) -> None:
     for path in _photos(images_dir):
-        rgba = _scaled_rgba(path)
-        result = pose_model.find(rgba)
-        assert result is not None, f"{path.name}: no person found"
-        landmarks = result.landmarks
-        assert landmarks.shape == (NUM_LANDMARKS, 3) and landmarks.dtype == np.float32
-        visible = landmarks[:, 2] >= MIN_VISIBILITY
-        assert visible.sum() >= 20, f"{path.name}: only {visible.sum()} visible landmarks"
-        mask = (rgba[..., 3] >= 128).astype(np.uint8)
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * MASK_TOLERANCE_PX + 1,) * 2)
-        allowed = cv2.dilate(mask, kernel) > 0
-        xy = landmarks[visible, :2]
-        on_image = (xy >= 0).all(axis=1) & (xy[:, 0] < mask.shape[1]) & (xy[:, 1] < mask.shape[0])
-        assert on_image.all(), f"{path.name}: visible landmarks off the image: {xy[~on_image]}"
-        inside = allowed[xy[:, 1].astype(int), xy[:, 0].astype(int)]
-        outside = np.flatnonzero(visible)[~inside].tolist()
-        assert inside.all(), f"{path.name}: landmarks {outside} outside the mask (+{MASK_TOLERANCE_PX} px)"
+        _assert_inside_the_person(path.name, _scaled_rgba(path), pose_model, MASK_TOLERANCE_PX)
+
+
+def test_landmarks_on_the_framed_photos_lie_inside_the_person(pose_model, images_dir: Path) -> None:
+    """The photo as stage 2's front view shows it: framed by the preprocessing (768 x 768, the person
+    centred), composited over white by the pose model as stage 1 composites it; tolerance 15 px (2 %)."""
+    from synchuman.preprocess.pipeline import preprocess
+
+    for path in _photos(images_dir):
+        framed = preprocess(Image.open(path)).framed
+        _assert_inside_the_person(f"framed {path.name}", framed, pose_model, FRAMED_TOLERANCE_PX)
 
 
 def test_blank_image_has_no_person(pose_model) -> None:
