@@ -291,6 +291,16 @@ def test_images_need_the_web_page_built_on_the_host() -> None:
     assert "setup" in (REPO_ROOT / "Makefile").read_text().split("compose-test:", 1)[1].splitlines()[0]
 
 
+def test_images_ship_the_python_client() -> None:
+    """`synchuman reconstruct` / `selftest` inside an image need synchuman-client (clients/python): the build
+    context keeps it (its build folder out) and the app stage installs it with the project."""
+    ignored = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()]
+    assert "!clients/python" in ignored and "clients/python/build" in ignored
+    assert ignored.index("clients") < ignored.index("!clients/python")
+    install = next(line for line in dockerfile_stages()["app"] if "pip install" in line and "/tmp/src" in line)
+    assert "/tmp/src/clients/python" in install.split("&&")[0]
+
+
 def test_stage2_image_builds_gsplat_kernels_before_switching_user() -> None:
     """gsplat's CUDA extension is compiled while the GPU image is built, into a directory the runtime user
     owns, so no JIT build (and no writable cache) is needed at the first request."""
