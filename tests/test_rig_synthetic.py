@@ -249,6 +249,8 @@ def test_unusable_poses_give_a_reason_not_a_rig(rigged) -> None:
     assert "[33, 3]" in reason([ViewLandmarks("front", front.landmarks[:20], front.image_size)])
     result = rig_glb(b"not a glb at all", views)
     assert result.glb is None and "GLB" in result.reason
+    rigged_once = rig_glb(glb, views).glb
+    assert "already skinned" in rig_glb(rigged_once, views).reason
 
 
 def test_should_stop_stops_the_rig_step(rigged) -> None:
