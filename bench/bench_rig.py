@@ -10,8 +10,9 @@ of :func:`synchuman.rig.api.rig_glb` on the realistic body.
   ~240k faces) decimated as the post-processing does by default (simplify 0.7), UV-atlased (seams, as in
   ``person.glb``) and exported by :func:`synchuman.postprocess.export.glb_bytes`; its landmarks projected on
   the four views (512 px). ``rig_glb`` runs ``--repeats`` times: seconds (each phase too), peak RSS above the
-  start (sampled every 5 ms), the longest gap between two ``should_stop`` calls (cancellation latency), and
-  the Khronos validator's counts on the rigged GLB when node and the npm package are there.
+  start (sampled every 5 ms), the longest gap between two ``should_stop`` calls (cancellation latency), the
+  Khronos validator's counts on the rigged GLB when node and the npm package are there, and the table's
+  checks (its one part: no left/right bleeding figure).
 
 Usage: ``python bench/bench_rig.py`` (``--save-input F.npz`` keeps the realistic input, ``--input F.npz``
 reuses it: the GLB and landmarks need trimesh, xatlas and fast-simplification to build, the rig step only
@@ -81,18 +82,10 @@ def table(resolution: int, view_size: int) -> list[dict]:
     return rows
 
 
-def realistic_input(view_size: int) -> tuple[bytes, list[ViewLandmarks]]:
-    """The realistic body's plain GLB (decimated, atlased, textured) and its four views' landmarks."""
-    from benchlib.meshes import _BODY_CAPSULES, _HEAD, body_mesh
+def realistic_landmarks() -> np.ndarray:
+    """The realistic body's 33 landmarks ``[33, 3]`` (model frame) on its capsules and head."""
+    from benchlib.meshes import _BODY_CAPSULES, _HEAD
 
-    from synchuman.postprocess import export
-    from synchuman.postprocess.decimate import decimate
-    from synchuman.postprocess.uv_atlas import parametrize
-
-    verts, faces = decimate(*body_mesh(340), 0.7)
-    atlas = parametrize(verts, faces, 512)
-    texture = np.full((512, 512, 3), 170, np.uint8)
-    glb = export.glb_bytes(atlas.vertices, atlas.faces, atlas.uvs, texture)
     marks = np.zeros((33, 3))
     for index, (capsule, share) in _REALISTIC_POINTS.items():
         a, b, _ = _BODY_CAPSULES[capsule]
@@ -103,9 +96,33 @@ def realistic_input(view_size: int) -> tuple[bytes, list[ViewLandmarks]]:
                                 (9, 10, (0.02, -0.068, -0.03))):  # fmt: skip
         marks[left], marks[right] = head + offset, head + np.array(offset) * (-1, 1, 1)
     marks[0] = head + (0, -radius, -0.01)
-    body = rig_bodies.Body("realistic", atlas.vertices, atlas.faces, np.zeros(len(atlas.vertices), int),
-                           ("body",), marks)  # fmt: skip
-    return glb, rig_bodies.landmark_views(body, view_size)
+    return marks
+
+
+def realistic_body(glb: bytes) -> rig_bodies.Body:
+    """The realistic body as a :class:`~benchlib.rig_bodies.Body` of its GLB's vertices (one part)."""
+    from synchuman.postprocess.export import Z_UP_TO_Y_UP
+    from synchuman.rig.skin_gltf import Glb, read_mesh
+
+    mesh = read_mesh(Glb.parse(glb))
+    vertices = (mesh.positions @ Z_UP_TO_Y_UP.T).astype(np.float32)
+    return rig_bodies.Body("realistic", vertices, mesh.faces, np.zeros(len(vertices), int), ("body",),
+                           realistic_landmarks())  # fmt: skip
+
+
+def realistic_input(view_size: int) -> tuple[bytes, list[ViewLandmarks]]:
+    """The realistic body's plain GLB (decimated, atlased, textured) and its four views' landmarks."""
+    from benchlib.meshes import body_mesh
+
+    from synchuman.postprocess import export
+    from synchuman.postprocess.decimate import decimate
+    from synchuman.postprocess.uv_atlas import parametrize
+
+    verts, faces = decimate(*body_mesh(340), 0.7)
+    atlas = parametrize(verts, faces, 512)
+    texture = np.full((512, 512, 3), 170, np.uint8)
+    glb = export.glb_bytes(atlas.vertices, atlas.faces, atlas.uvs, texture)
+    return glb, rig_bodies.landmark_views(realistic_body(glb), view_size)
 
 
 class PeakRss:
@@ -215,6 +232,8 @@ def main() -> int:
     if result.glb:
         results["realistic"]["validator"] = validate(result.glb)
         results["realistic"]["rigged_glb_mb"] = round(len(result.glb) / 1e6, 2)
+        checks = rig_bodies.check_rig(realistic_body(glb), result.joints, result.glb)
+        results["realistic"]["checks"] = {k: round(v, 4) for k, v in checks.items()}
     print(json.dumps({k: v for k, v in results.items() if k != "table"}, indent=1, default=str))
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "bench_rig.json").write_text(json.dumps(results, indent=1, default=str))
