@@ -2,7 +2,8 @@
 gives either the rigged GLB or - what random weights give - a WARNING finding RIG_FAILED that says why, and
 the job still succeeds with its plain GLB; the phase ``rig`` runs after ``export`` (and not at all unless
 asked: tests/test_stage2_pipeline.py); a stop asked for during the rig step's work ends it within 2 s; a
-missing pose model is a RIG_FAILED reason naming the set-up script."""
+missing pose model is a RIG_FAILED reason naming the set-up script, and the stage-2 service says so as it
+starts; the CLI's --rig asks for the rigged GLB."""
 
 from __future__ import annotations
 
@@ -110,3 +111,18 @@ def test_the_cli_rig_flag_asks_for_the_rigged_glb_and_downloads_it() -> None:
     assert RIGGED_GLB in download_names(args)
     plain = build_parser().parse_args(["reconstruct", "p.jpg", "-o", "p.glb"])
     assert not job_options(plain).reconstruction.outputs
+
+
+def test_the_stage2_service_says_at_start_up_that_the_pose_model_is_missing(tmp_path: Path, caplog) -> None:
+    from services.stage2.backend import Stage2PipelineBackend
+    from synchuman.checkpoints.dinov2_config import TINY_DINOV2_CONFIG
+    from synchuman.checkpoints.tiny_common import write_model_folder
+
+    layout = CheckpointLayout(tmp_path)
+    write_model_folder(layout.dinov2, TINY_DINOV2_CONFIG, 0, layout.dinov2_weights.name, pickle=True)
+    write_tiny_stage2(tmp_path, 0, int(TINY_DINOV2_CONFIG["args"]["embed_dim"]))
+    with caplog.at_level("WARNING", logger="services.stage2.backend"):
+        backend = Stage2PipelineBackend.load(tmp_path, "cpu", "float32", render_views=0)
+    assert backend.pipeline.pose_dir == layout.pose
+    said = [r.getMessage() for r in caplog.records if "pose model missing" in r.getMessage()]
+    assert said and "fetch_pose_model.py" in said[0] and "RIG_FAILED" in said[0]
