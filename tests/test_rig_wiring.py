@@ -126,3 +126,15 @@ def test_the_stage2_service_says_at_start_up_that_the_pose_model_is_missing(tmp_
     assert backend.pipeline.pose_dir == layout.pose
     said = [r.getMessage() for r in caplog.records if "pose model missing" in r.getMessage()]
     assert said and "fetch_pose_model.py" in said[0] and "RIG_FAILED" in said[0]
+
+
+def test_a_profile_may_ask_for_the_rigged_glb(tmp_path: Path) -> None:
+    from gateway.profile_file import load_profiles
+    from synchuman.v1 import common_pb2
+
+    shipped = (REPO_ROOT / "gateway" / "profiles.toml").read_text()
+    path = tmp_path / "profiles.toml"
+    extra = '[animated]\ndescription = "rigged"\n\n[animated.reconstruction]\noutputs = ["rigged_glb"]\n'
+    path.write_text(f"{shipped}\n{extra}")
+    outputs = list(load_profiles(path).get("animated").options.reconstruction.outputs)
+    assert outputs == [common_pb2.OUTPUT_FORMAT_RIGGED_GLB]
