@@ -297,7 +297,8 @@ def test_images_ship_the_python_client() -> None:
     ignored = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()]
     assert "!clients/python" in ignored and "clients/python/build" in ignored
     assert ignored.index("clients") < ignored.index("!clients/python")
-    install = next(line for line in dockerfile_stages()["app"] if "pip install" in line and "/tmp/src" in line)
+    app = dockerfile_stages()["app"]
+    install = next(line for line in app if "pip install" in line and "/tmp/src" in line)
     assert "/tmp/src/clients/python" in install.split("&&")[0]
 
 

@@ -353,7 +353,8 @@ def test_tiny_stage2_pipeline_waits_for_stage1_before_its_first_sampler_step(tmp
         while not events and time.monotonic() - waiting_since < 30:
             time.sleep(0.05)
         time.sleep(0.5)
-        assert events == [("condition", 0, 0)]  # paused at the check before the first sampler step
+        # paused at the check before the first sampler step (sampling's start already reported)
+        assert events == [("condition", 0, 0), ("sampling", 0, SMALL.steps)]
     worker.join(60.0)
     assert results and results[0].glb[:4] == b"glTF"
     assert [e for e in events if e[0] == "sampling"][-1] == ("sampling", SMALL.steps, SMALL.steps)

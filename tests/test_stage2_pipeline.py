@@ -84,7 +84,9 @@ def test_reconstruct_makes_a_loadable_glb_with_ordered_progress_and_extras(pipel
     assert faces == result.report.face_count > 0
     assert result.report.glb_size_bytes == len(result.glb)
     assert 0.0 < result.report.texture_coverage <= 1.0
-    assert events[:4] == [("condition", 0, 0), ("sampling", 1, 3), ("sampling", 2, 3), ("sampling", 3, 3)]
+    assert events[:5] == [
+        ("condition", 0, 0), ("sampling", 0, 3), ("sampling", 1, 3), ("sampling", 2, 3), ("sampling", 3, 3)
+    ]
     phases = [e[0] for e in events[4:] if e[1] == e[2] == 0]  # phase starts; steps follow some of them
     assert phases[:2] == ["multiview_features", "decode"]
     assert phases[2:] == ["decimate", "visibility", "cut_fill", "uv_atlas", "bake", "export"]
@@ -103,7 +105,7 @@ def test_should_stop_between_sampler_steps_raises_cancelled(pipeline):
         pipeline.run(
             person_inputs(), Stage2Options(steps=50), lambda *e: events.append(e), lambda: len(events) >= 3
         )
-    assert events == [("condition", 0, 0), ("sampling", 1, 50), ("sampling", 2, 50)]
+    assert events == [("condition", 0, 0), ("sampling", 0, 50), ("sampling", 1, 50)]
 
 
 def test_should_stop_during_postprocessing_raises_cancelled(pipeline):
@@ -207,6 +209,6 @@ def test_served_over_grpc(pipeline):
         result = responses[-1].result
         assert result.report.glb_size_bytes == len(glb) and result.report.face_count > 0
         steps = [r.progress.step for r in responses if r.progress.phase == "sampling"]
-        assert steps == [1, 2]
+        assert steps == [0, 1, 2]
     finally:
         server.stop()

@@ -74,7 +74,7 @@ def test_photo_to_glb_with_views_voxels_geometry_and_progress(
     stages = [p.stage for p in seen]
     assert stages == sorted(stages, key=["preprocess", "multiview", "reconstruction"].index)
     assert [p.step for p in seen if p.stage == "multiview"] == [1, 2]
-    assert [p.step for p in seen if p.stage == "reconstruction" and p.phase == "sampling"] == [1, 2]
+    assert [p.step for p in seen if p.stage == "reconstruction" and p.phase == "sampling"] == [0, 1, 2]
 
 
 def test_same_seed_same_result_from_bytes_or_image(pipe: SyncHumanPipeline, photo: Image.Image) -> None:
