@@ -60,9 +60,10 @@ def test_the_gateway_app_serves_no_cdn_docs() -> None:
 
     from gateway.http import build_app
     from gateway.profile_file import load_profiles
+    from gateway.webhooks import WebhookSettings
 
-    # Routes are only declared, not called: the app reads the profile names (OpenAPI) and nothing else.
-    manager = SimpleNamespace(settings=SimpleNamespace(profiles=load_profiles()))
+    # Routes are only declared, not called: the app reads the profile names and whether webhooks are on.
+    manager = SimpleNamespace(settings=SimpleNamespace(profiles=load_profiles(), webhooks=WebhookSettings()))
     app = build_app(manager=manager)  # type: ignore[arg-type]
     client = TestClient(app)
     assert client.get("/redoc").status_code == 404
