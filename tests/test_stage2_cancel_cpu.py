@@ -2,8 +2,9 @@
 
 For each stage-2 phase a request whose options make that phase long (4000 visibility views, 5000 bake
 steps, 200 sampler steps) is cancelled as soon as the phase's first event arrives; 1.5 s later the service
-process must be idle (under 5 % of one core over the next 0.5 s, from ``/proc/<pid>/stat``) and it then serves
-the next request to the end. A SIGTERM with a 1 s grace period ends the process within a few seconds while
+process must be idle (under 5 % of one core over the next 0.5 s, from ``/proc/<pid>/stat``) and it then takes
+the next request and runs its sampler (that one is cancelled too; after all of the cancels the progress test
+runs a request to its result). A SIGTERM with a 1 s grace period ends the process within a few seconds while
 it works in the longest CPU phase. The progress the service streams uses only the documented phase names and
 no gap between two events is longer than the heartbeat.
 """
@@ -132,16 +133,22 @@ def test_cancel_in_each_phase_idles_the_service_within_2_s_and_it_serves_the_nex
     share = cpu_share(process.pid, 0.5)
     assert share < 0.05, f"{share:.0%} of a core busy 1.5-2 s after cancelling in {phase} ({reached=})"
     assert time.monotonic() - cancelled < 2.5
-    final = list(call(stub))[-1]
-    assert final.WhichOneof("payload") == "result"
+    # it takes the next request and runs its model again (a step of the sampler); that request is then
+    # cancelled too - the progress test below, after all of these, runs one to its result
+    following = call(stub)
+    assert read_progress_until(following, lambda p: p.phase == "sampling" and p.step >= 1), "next not served"
+    following.cancel()
 
 
 def test_progress_names_are_documented_and_no_gap_exceeds_the_heartbeat(stage2):
+    """Also the whole request after the cancels above: the service serves one to its result."""
     _, stub = stage2
     seen: list[tuple[str, float]] = []
-    for response in call(stub, visibility_views=600, bake_steps=300, outputs=RIGGED):
-        if response.WhichOneof("payload") == "progress":
-            seen.append((response.progress.phase, time.monotonic()))
+    last = None
+    for last in call(stub, visibility_views=600, bake_steps=300, outputs=RIGGED):
+        if last.WhichOneof("payload") == "progress":
+            seen.append((last.progress.phase, time.monotonic()))
+    assert last is not None and last.WhichOneof("payload") == "result"
     assert {name for name, _ in seen} <= set(RECONSTRUCTION.phases)
     assert [name for name in CPU_PHASES if name in {n for n, _ in seen}] == CPU_PHASES
     gaps = [later - earlier for (_, earlier), (_, later) in zip(seen, seen[1:], strict=False)]
